@@ -1,0 +1,1 @@
+"""Orchestration and record keeping around sagan_core: the CLI, stages, MLflow, Prefect, DVC glue."""

@@ -1,0 +1,47 @@
+"""The one implementation of each pipeline stage, called by the CLI, by dvc.yaml and by Prefect.
+
+Stages take validated Params and return small JSON-able summaries (paths, hashes, numbers), never
+models or tensors, so orchestration can pass them between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sagan_core.config import Params
+
+log = logging.getLogger("sagan")
+
+
+def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
+    from sagan_core.prepare import prepare as run_prepare
+
+    manifest = run_prepare(params.data, progress=progress)
+    log.info(
+        "prepared %d images (%d classes, %dpx, %d ch) into %s; %d rejected; content_hash %s",
+        manifest["num_images"],
+        manifest["num_classes"],
+        manifest["resolution"],
+        manifest["channels"],
+        params.data.prepared_dir,
+        len(manifest["rejected"]),
+        manifest["content_hash"][:12],
+    )
+    return {k: manifest[k] for k in ("num_images", "num_classes", "content_hash")} | {
+        "rejected": len(manifest["rejected"]),
+        "prepared_dir": params.data.prepared_dir,
+    }
+
+
+def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> dict[str, Any]:
+    from sagan_core.trainer import train as run_train
+
+    summary = run_train(params, resume=resume, callbacks=list(callbacks), progress=progress)
+    log.info(
+        "trained to step %d; checkpoint %s; samples %s",
+        summary["step"],
+        summary["checkpoint"],
+        summary["samples"],
+    )
+    return summary

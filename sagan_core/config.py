@@ -1,0 +1,213 @@
+"""params.yaml, validated: one pydantic model per section, one `Params` object that flows everywhere.
+
+Unknown keys and bad values are errors naming the key path (`train.lr_d: expected a number > 0,
+got -1`). `--set key.path=value` overrides are applied to the raw YAML before validation, so they
+are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+PositiveFloat = Field(gt=0)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    source: str = "demo"  # "demo", a folder, an archive, or "torchvision:NAME"
+    resolution: Literal[32, 64, 128, 256] = 32
+    channels: Literal[1, 3] = 1
+    hflip: bool = False  # random horizontal flips while training (off for digits: a flipped 7 is no 7)
+    max_rejected_fraction: float = Field(0.05, ge=0, le=1)
+    prepared_dir: str = "data/prepared"
+
+
+class ModelConfig(Section):
+    z_dim: int = Field(128, gt=0)
+    g_ch: int = Field(32, gt=0)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
+    d_ch: int = Field(32, gt=0)
+    # Feature-map resolutions at which a self-attention block is inserted; null = the paper's best
+    # placement for the output resolution (16 for 32-px models, 32 for 64/128/256-px models).
+    g_attn: list[int] | None = None
+    d_attn: list[int] | None = None
+    conditional: Literal["auto", "yes", "no"] = "auto"  # auto: conditional when the data has labels
+    sn_eps: float = Field(1e-6, gt=0)
+    bn_eps: float = Field(1e-5, gt=0)
+
+    @field_validator("g_attn", "d_attn")
+    @classmethod
+    def _powers_of_two(cls, v: list[int] | None) -> list[int] | None:
+        for r in v or []:
+            if r < 4 or r & (r - 1):
+                raise ValueError(f"expected feature-map resolutions (powers of two >= 4), got {r}")
+        return v
+
+
+class TrainConfig(Section):
+    steps: int = Field(2000, gt=0)  # generator steps; each has `n_dis` discriminator steps
+    batch_size: int = Field(64, gt=0)  # per process (DDP: per rank)
+    lr_g: float = Field(1e-4, gt=0)
+    lr_d: float = Field(4e-4, gt=0)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.9, ge=0, lt=1)  # the paper says 0.9; the official code used 0.999
+    n_dis: int = Field(1, gt=0)
+    seed: int = 0
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_start: int = Field(0, ge=0)  # before this step the EMA copy just tracks G
+    checkpoint_every: int = Field(500, gt=0)
+    sample_every: int = Field(500, gt=0)
+    log_every: int = Field(50, gt=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: Literal["auto", "yes", "no"] = "auto"  # auto: on CUDA only
+    compile: bool = False  # torch.compile the generator and discriminator
+    nproc_per_node: int = Field(1, gt=0)  # >1: the train stage relaunches itself under torchrun
+    out_dir: str = "models"
+    samples_dir: str = "samples"
+    metrics_file: str = "metrics/train.csv"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+
+class EvalConfig(Section):
+    num_samples: int = Field(2000, gt=0)
+    batch_size: int = Field(100, gt=0)
+    seed: int = 0
+    reference_split: str = "prepared"
+    inception_weights: str | None = None  # explicit path; default: the torch hub cache (TORCH_HOME)
+    dims: Literal[64, 192, 768, 2048] = 2048
+    kid_subsets: int = Field(100, gt=0)
+    kid_subset_size: int = Field(1000, gt=0)
+    use_ema: bool = True
+    device: str = "auto"
+    cache_dir: str = ".sagan/fid-stats"
+    metrics_file: str = "metrics/eval.json"
+
+
+class RegistryConfig(Section):
+    model_name: str = "sagan-demo"
+    min_improvement: float = Field(0.0, ge=0)  # FID must beat the champion's by more than this
+    experiment: str = "sagan"
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+
+
+class Params(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _attention_fits(self) -> Params:
+        for key in ("g_attn", "d_attn"):
+            for r in getattr(self.model, key) or []:
+                if r > self.data.resolution:
+                    raise ValueError(
+                        f"model.{key}: attention at {r}x{r} does not fit {self.data.resolution}-px images"
+                    )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """{'train.lr_g': 0.0001, ...}: the shape MLflow params and DVC want."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump().items():
+            for k, v in values.items():
+                out[f"{section}.{k}"] = v
+        return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error -> 'expected ..., got ...' in plain words."""
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing key"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
+            kind
+        ]
+        bound = next(iter(ctx.values()))
+        what = "a positive number" if kind == "greater_than" and bound == 0 else f"a number {op} {bound}"
+        return f"expected {what}, got {got!r}"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {got!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected an integer, got {got!r}"
+    if kind in ("float_parsing", "float_type"):
+        return f"expected a number, got {got!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false, got {got!r}"
+    if kind in ("string_type",):
+        return f"expected a string, got {got!r}"
+    if kind in ("list_type",):
+        return f"expected a list, got {got!r}"
+    if kind in ("dict_type", "model_type"):
+        return f"expected a mapping of keys, got {got!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return msg if "got" in msg else f"{msg}, got {got!r}"
+
+
+def validate(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        path = ".".join(str(p) for p in err["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        msg = _describe(err)
+        raise ConfigError(f"{path}: {msg}{more}" if path else f"{msg}{more}") from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` (value parsed as YAML, like `dvc exp run -S`)."""
+    key, sep, value = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    parts = key.split(".")
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read, override and validate params. A missing default params.yaml means all defaults."""
+    path = Path(path)
+    raw: Any = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where else ""
+            raise ConfigError(f"{path}: not valid YAML{line}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
+    elif str(path) != "params.yaml":
+        raise ConfigError(f"--params {path}: no such file")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw)

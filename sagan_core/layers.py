@@ -1,0 +1,128 @@
+"""Compact building blocks of SAGAN (after BigGAN-PyTorch's layers.py and the official SAGAN code).
+
+Spectral norm is torch's parametrization with one power iteration per forward in training mode:
+`sn(module)` wraps any conv/linear/embedding so the layer's weight is W / sigma(W).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def sn(module: nn.Module, eps: float = 1e-6) -> nn.Module:
+    # Glorot init as in the official SAGAN code, applied before the parametrization so its
+    # initial power iterations see the final weights.
+    nn.init.xavier_uniform_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    return spectral_norm(module, n_power_iterations=1, eps=eps)
+
+
+def sn_conv(cin: int, cout: int, k: int = 3, eps: float = 1e-6, bias: bool = True) -> nn.Module:
+    return sn(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias), eps)
+
+
+def sn_linear(cin: int, cout: int, eps: float = 1e-6, bias: bool = True) -> nn.Module:
+    return sn(nn.Linear(cin, cout, bias=bias), eps)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm whose gain and bias come from plain class embeddings (gain init 1, bias init 0).
+
+    With num_classes == 0 it is an ordinary affine BatchNorm (the unconditional model).
+    """
+
+    def __init__(self, ch: int, num_classes: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(ch, eps=eps, affine=num_classes == 0)
+        if num_classes:
+            self.gain = nn.Embedding(num_classes, ch)
+            self.bias = nn.Embedding(num_classes, ch)
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        out = self.bn(x)
+        if not self.num_classes:
+            return out
+        return out * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+class SelfAttention(nn.Module):
+    """The SAGAN self-attention block, as in the official code (sn_non_local_block_sim).
+
+    theta, phi: SN 1x1 convs to C/8; g: SN 1x1 conv to C/2; phi and g are 2x2 max-pooled (keys and
+    values at a quarter of the locations); softmax over keys; SN 1x1 conv C/2 -> C; y = x + gamma*o
+    with gamma initialised to 0, so the block starts as the identity.
+    """
+
+    def __init__(self, ch: int, eps: float = 1e-6):
+        super().__init__()
+        self.ch = ch
+        self.theta = sn_conv(ch, ch // 8, 1, eps, bias=False)
+        self.phi = sn_conv(ch, ch // 8, 1, eps, bias=False)
+        self.g = sn_conv(ch, ch // 2, 1, eps, bias=False)
+        self.o = sn_conv(ch // 2, ch, 1, eps, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))
+        self.keep_attention = False  # set by visualisation code to read back the last map
+        self.last_attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        theta = self.theta(x).flatten(2)  # B, C/8, N
+        phi = F.max_pool2d(self.phi(x), 2).flatten(2)  # B, C/8, N/4
+        g = F.max_pool2d(self.g(x), 2).flatten(2)  # B, C/2, N/4
+        attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # B, N, N/4: each query over keys
+        if self.keep_attention:
+            self.last_attention = attn.detach().float().view(b, h, w, h // 2, w // 2)
+        o = (g @ attn.transpose(1, 2)).view(b, c // 2, h, w)
+        return x + self.gamma * self.o(o)
+
+
+class GBlock(nn.Module):
+    """Generator ResNet up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus up-conv1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, num_classes: int, sn_eps: float = 1e-6, bn_eps: float = 1e-5):
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm(cin, num_classes, bn_eps)
+        self.conv1 = sn_conv(cin, cout, 3, sn_eps)
+        self.bn2 = ConditionalBatchNorm(cout, num_classes, bn_eps)
+        self.conv2 = sn_conv(cout, cout, 3, sn_eps)
+        self.shortcut = sn_conv(cin, cout, 1, sn_eps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DBlock(nn.Module):
+    """Discriminator ResNet block: (ReLU)-conv3x3-ReLU-conv3x3-(avgpool), conv1x1-(avgpool) shortcut.
+
+    `optimized=True` is the first block (no leading ReLU; the shortcut pools before its conv) as in
+    Miyato et al. and the official SAGAN code.
+    """
+
+    def __init__(self, cin: int, cout: int, downsample: bool, optimized: bool = False, sn_eps: float = 1e-6):
+        super().__init__()
+        self.downsample, self.optimized = downsample, optimized
+        self.conv1 = sn_conv(cin, cout, 3, sn_eps)
+        self.conv2 = sn_conv(cout, cout, 3, sn_eps)
+        self.learnable_sc = cin != cout or downsample
+        if self.learnable_sc:
+            self.shortcut = sn_conv(cin, cout, 1, sn_eps)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2) if self.downsample else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.optimized else F.relu(x)
+        h = self._pool(self.conv2(F.relu(self.conv1(h))))
+        if not self.learnable_sc:
+            return h + x
+        sc = self.shortcut(self._pool(x)) if self.optimized else self._pool(self.shortcut(x))
+        return h + sc

@@ -1,0 +1,124 @@
+"""SAGAN generator and discriminator (Zhang et al. 2018), ResNet architecture of the official code.
+
+Channel multipliers per resolution follow BigGAN-PyTorch's `G_arch`/`D_arch` (the same family the
+SAGAN code used at 128 px). Deliberate differences from the paper, each a parameter:
+- widths are `g_ch`/`d_ch` (paper: 64) so that CPU demos stay small;
+- self-attention placement is per feature-map resolution (`g_attn`/`d_attn`), default the paper's
+  best (32x32 at 64/128 px; 16x16 for 32-px models, where 32x32 is the output itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .layers import DBlock, GBlock, SelfAttention, sn, sn_conv, sn_linear
+
+# Channel multipliers (x ch) of each block's input and output, and its output resolution.
+G_ARCH = {
+    32: ([4, 4, 4], [4, 4, 4]),
+    64: ([16, 16, 8, 4], [16, 8, 4, 2]),
+    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
+    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
+}
+D_ARCH = {  # (outs, downsample)
+    32: ([4, 4, 4, 4], [True, True, False, False]),
+    64: ([1, 2, 4, 8, 16], [True, True, True, True, False]),
+    128: ([1, 2, 4, 8, 16, 16], [True, True, True, True, True, False]),
+    256: ([1, 2, 4, 8, 8, 16, 16], [True, True, True, True, True, True, False]),
+}
+
+
+def default_attention(resolution: int) -> list[int]:
+    return [16] if resolution <= 32 else [32]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the networks; stored in checkpoints as a plain dict."""
+
+    resolution: int
+    channels: int
+    num_classes: int  # 0 = unconditional
+    z_dim: int = 128
+    g_ch: int = 32
+    d_ch: int = 32
+    g_attn: tuple[int, ...] = (16,)
+    d_attn: tuple[int, ...] = (16,)
+    sn_eps: float = 1e-6
+    bn_eps: float = 1e-5
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["g_attn"], d["d_attn"] = list(self.g_attn), list(self.d_attn)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        d = dict(d)
+        d["g_attn"], d["d_attn"] = tuple(d["g_attn"]), tuple(d["d_attn"])
+        return cls(**d)
+
+
+class Generator(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        ins, outs = G_ARCH[spec.resolution]
+        ch, nc = spec.g_ch, spec.num_classes
+        self.bottom = 4
+        self.linear = sn_linear(spec.z_dim, ins[0] * ch * self.bottom**2, spec.sn_eps)
+        self.blocks = nn.ModuleList()
+        res = self.bottom
+        for cin, cout in zip(ins, outs):
+            res *= 2
+            self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps))
+            if res in spec.g_attn:
+                self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
+        self.out_bn = nn.BatchNorm2d(outs[-1] * ch, eps=spec.bn_eps)
+        self.out_conv = sn_conv(outs[-1] * ch, spec.channels, 3, spec.sn_eps)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.linear(z).view(z.shape[0], -1, self.bottom, self.bottom)
+        for block in self.blocks:
+            h = block(h) if isinstance(block, SelfAttention) else block(h, y)
+        return torch.tanh(self.out_conv(torch.relu(self.out_bn(h))))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        outs, down = D_ARCH[spec.resolution]
+        ch = spec.d_ch
+        self.blocks = nn.ModuleList()
+        cin, res = spec.channels, spec.resolution
+        for i, (cout, ds) in enumerate(zip(outs, down)):
+            self.blocks.append(DBlock(cin, cout * ch, ds, optimized=i == 0, sn_eps=spec.sn_eps))
+            res = res // 2 if ds else res
+            if res in spec.d_attn:
+                self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
+            cin = cout * ch
+        self.linear = sn_linear(cin, 1, spec.sn_eps)
+        # Projection discriminator (Miyato & Koyama 2018): <SN-embedding(y), h> added to the logit.
+        self.embed = sn(nn.Embedding(spec.num_classes, cin), spec.sn_eps) if spec.num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x
+        for block in self.blocks:
+            h = block(h)
+        h = torch.relu(h).sum(dim=(2, 3))  # global sum pooling
+        out = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(dim=1)
+        return out
+
+
+def attention_blocks(model: nn.Module) -> list[SelfAttention]:
+    return [m for m in model.modules() if isinstance(m, SelfAttention)]
+
+
+def build_models(spec: ModelSpec) -> tuple[Generator, Discriminator]:
+    return Generator(spec), Discriminator(spec)
