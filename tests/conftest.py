@@ -13,6 +13,7 @@ import torch
 
 from sagan_core.config import Params
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (standin_inception)
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SAGAN = [sys.executable, "-m", "pipelines.cli"]
@@ -50,7 +51,9 @@ def prepared_demo(tmp_path_factory) -> Path:
     from sagan_core.prepare import prepare
 
     root = tmp_path_factory.mktemp("demo")
-    prepare(Params.model_validate({"data": {"prepared_dir": str(root / "data/prepared")}}).data, progress=False)
+    prepare(
+        Params.model_validate({"data": {"prepared_dir": str(root / "data/prepared")}}).data, progress=False
+    )
     return root / "data/prepared"
 
 
@@ -61,7 +64,24 @@ def project(tmp_path, prepared_demo) -> Path:
     return tmp_path
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """`sagan ARGS` in a subprocess, as a user would run it."""
     full_env = os.environ | {"PYTHONPATH": str(REPO)} | (env or {})
-    return subprocess.run(SAGAN + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        SAGAN + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def standin_torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME holding the deterministic stand-in Inception weights (see standin_inception.py).
+
+    Tests that evaluate set TORCH_HOME to this path (monkeypatch.setenv or the subprocess env).
+    """
+    from standin_inception import write_standin
+
+    home = tmp_path_factory.mktemp("torch_home")
+    write_standin(home)
+    return home
