@@ -27,7 +27,11 @@ class DataConfig(Section):
     resolution: Literal[32, 64, 128, 256] = 32
     channels: Literal[1, 3] = 1
     hflip: bool = False  # random horizontal flips while training (off for digits: a flipped 7 is no 7)
-    max_rejected_fraction: float = Field(0.05, ge=0, le=1)
+    max_rejected_fraction: float = Field(0.05, ge=0, le=1)  # more rejected files than this fails prepare
+    min_size: int = Field(16, ge=1)  # images whose short side is smaller are rejected (too small)
+    # Images with more pixels are rejected before decoding (decompression bombs; ~7000 x 7000).
+    max_pixels: int = Field(50_000_000, gt=0)
+    workers: int = Field(0, ge=0)  # decoding processes for prepare; 0 = one per available core
     prepared_dir: str = "data/prepared"
 
 

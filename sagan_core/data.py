@@ -82,7 +82,7 @@ class BatchLoader:
             )
         self.epoch, self.cursor = 0, 0
         self._order: np.ndarray | None = None
-        self._flips: torch.Tensor | None = None
+        self._flips: np.ndarray | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -98,8 +98,13 @@ class BatchLoader:
     def _draw_epoch(self) -> None:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(len(self.data), generator=g)[: self.shard_len * self.world_size]
-        self._order = perm[self.rank :: self.world_size].numpy()
-        self._flips = torch.rand(self.shard_len, generator=g) < 0.5
+        order = perm[self.rank :: self.world_size].numpy()
+        # Each batch's indices sorted once per epoch: the memory map is then read front to back
+        # (page-cache and disk friendly), and a batch is a set, so its internal order is free.
+        full = self.batches_per_epoch * self.batch_size
+        order[:full] = np.sort(order[:full].reshape(-1, self.batch_size), axis=1).ravel()
+        self._order = order
+        self._flips = (torch.rand(self.shard_len, generator=g) < 0.5).numpy()
 
     def __iter__(self):
         return self
@@ -112,16 +117,19 @@ class BatchLoader:
             self._draw_epoch()
         sl = slice(self.cursor, self.cursor + self.batch_size)
         idx = self._order[sl]
-        order = np.argsort(idx)  # read the memory map in ascending order, then restore batch order
-        x = torch.empty((len(idx), *self.data.images.shape[1:]), dtype=torch.uint8)
-        x[torch.from_numpy(order)] = torch.from_numpy(self.data.images[idx[order]])
-        y = torch.from_numpy(self.data.labels[idx].astype(np.int64))
-        if self.device.type == "cuda":
-            x, y = x.pin_memory(), y.pin_memory()
-        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        y = y.to(self.device, non_blocking=True)
+        x = self.data.images[idx]  # one gather from the memory map (uint8)
         if self.hflip:
-            flips = self._flips[sl].to(self.device, non_blocking=True)
-            x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+            flips = self._flips[sl]
+            x[flips] = x[flips, ..., ::-1]
+        y = torch.from_numpy(self.data.labels[idx].astype(np.int64, copy=False))
         self.cursor += self.batch_size
-        return x, y
+        # The uint8 -> [-1, 1] conversion is done by numpy on CPU (single-threaded: torch's
+        # intra-op threads cost more in synchronisation than the work on small batches) and on
+        # the GPU for CUDA (4x less to copy over PCIe).
+        if self.device.type == "cuda":
+            xt = torch.from_numpy(x).pin_memory().to(self.device, non_blocking=True)
+            return xt.float().div_(127.5).sub_(1.0), y.pin_memory().to(self.device, non_blocking=True)
+        out = np.empty(x.shape, dtype=np.float32)
+        np.divide(x, np.float32(127.5), out=out, dtype=np.float32)
+        np.subtract(out, np.float32(1.0), out=out)
+        return torch.from_numpy(out).to(self.device), y.to(self.device)

@@ -1,85 +1,76 @@
-"""`sagan prepare`: turn a source into the prepared dataset (see data.py for the layout).
+"""`sagan prepare`: validate and decode every image of `data.source` into the prepared dataset.
 
-Sources: "demo" (the bundled real MNIST test set, 10k digits) and an ImageFolder directory
-(`root/<class>/*.png|jpg`; a flat folder of images is one unlabelled set -> unconditional).
-Images are converted to `data.channels`, resized so the short side is `data.resolution`, and
-center-cropped; the output is streamed into a memory-mapped array, never held in memory whole.
+Every file is checked; a bad one is never fatal on its own. It is listed in the manifest's
+`rejected` entries with one of these reasons (the prefix before ':' is stable, for tools):
+
+  empty file | unreadable | not an image | corrupt | truncated | decompression bomb | too small |
+  unsupported mode | not inside a class folder
+
+Prepare fails (SaganError, exit 1) only when no valid image remains or more than
+`data.max_rejected_fraction` of the files were rejected.
+
+Valid images are EXIF-rotated, converted to `data.channels` (grayscale, RGBA over white, palette,
+16-bit scaled to 8-bit), resized (short side, antialiased) and center-cropped to `data.resolution`.
+Decoding runs in `data.workers` processes; chunks come back in source order and are appended to
+the output file as they arrive, with a bounded number of chunks in flight, so memory stays flat
+however large the source is. The layout written is described in data.py.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
+import multiprocessing as mp
 import os
+import warnings
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .config import DataConfig
-from .errors import ConfigError, SaganError
+from .errors import SaganError
+from .sources import Source, open_source
 
-DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-@dataclass
-class Source:
-    """A list of items to decode, each with a class index, and the sorted class names."""
-
-    name: str
-    class_names: list[str]
-    items: list[tuple[Any, int]]  # (path or in-memory image, label)
-    rejected: list[dict[str, str]] = field(default_factory=list)
+_HEADER_LEN = 128  # fixed .npy header size, so the final image count can be written in place
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+class Rejected(Exception):
+    """A file that is not usable; str(e) is the manifest's reason."""
 
 
-def demo_source() -> Source:
-    images = _read_idx(DEMO_DIR / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(DEMO_DIR / "t10k-labels-idx1-ubyte.gz")
-    items = [(Image.fromarray(img, mode="L"), int(lab)) for img, lab in zip(images, labels)]
-    return Source("demo (MNIST test set)", [str(i) for i in range(10)], items)
+# --- one image --------------------------------------------------------------------------------
 
 
-def folder_source(root: Path) -> Source:
-    def images_in(d: Path) -> list[Path]:
-        return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-    class_dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name
-    )
-    if class_dirs:
-        class_names = [d.name for d in class_dirs]
-        items = [(p, i) for i, d in enumerate(class_dirs) for p in images_in(d)]
-    else:
-        class_names, items = [], [(p, 0) for p in images_in(root)]
-    return Source(str(root), class_names, items)
-
-
-def resolve_source(spec: str) -> Source:
-    if spec == "demo":
-        return demo_source()
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return folder_source(path)
-    raise ConfigError(f"data.source: expected 'demo' or an image folder, got {spec!r} (no such directory)")
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> L or RGB, scaling 16/32-bit data and flattening alpha onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # PIL's own I;16 -> L conversion clips at 255 instead of scaling the 16-bit range.
+        arr = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0  # float images in [0, 1]
+        img = Image.fromarray(np.clip(np.nan_to_num(arr) * scale, 0, 255).round().astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    target = "L" if channels == 1 else "RGB"
+    try:
+        return img.convert(target)
+    except (ValueError, OSError):
+        raise Rejected(f"unsupported mode: {img.mode}") from None
 
 
 def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
-    """PIL image -> uint8 C x H x W: convert mode, resize short side (antialiased), center-crop."""
-    img = img.convert("L" if channels == 1 else "RGB")
+    """Loaded PIL image -> uint8 C x H x W: convert mode, resize short side, center-crop."""
+    img = _to_mode(img, channels)
     w, h = img.size
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
@@ -91,82 +82,221 @@ def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def _decode(item: Any, cfg: DataConfig) -> np.ndarray:
-    if isinstance(item, Image.Image):
-        return to_array(item, cfg.resolution, cfg.channels)
-    with Image.open(item) as img:
+def _damage(e: BaseException) -> str:
+    """PIL reports a file that ends early as 'image file is truncated' / 'Truncated File Read'."""
+    return "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
+
+
+def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
+    """Validate and convert one item; raises Rejected with the reason."""
+    if source.root is not None:
+        path = source.root / key
+        try:
+            st = os.stat(path)
+        except OSError as e:  # dangling link, permission denied on the folder, vanished file
+            raise Rejected(f"unreadable: {e.strerror or e}") from None
+        if not os.path.isfile(path):
+            raise Rejected("unreadable: not a regular file")
+        if st.st_size == 0:
+            raise Rejected("empty file: 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
+            img = source.open(key)
+    except UnidentifiedImageError:
+        raise Rejected("not an image: no known image format") from None
+    except Image.DecompressionBombError as e:
+        raise Rejected(f"decompression bomb: {e}") from None
+    except PermissionError as e:
+        raise Rejected(f"unreadable: {e.strerror}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # SyntaxError: PIL's bad-header error
+        raise Rejected(f"{_damage(e)}: {e}") from None
+    with img:
+        w, h = img.size
+        if w * h > cfg.max_pixels:
+            raise Rejected(f"decompression bomb: {w}x{h} pixels > data.max_pixels={cfg.max_pixels}")
+        if min(w, h) < cfg.min_size:
+            raise Rejected(f"too small: {w}x{h} < data.min_size={cfg.min_size}")
+        if img.format == "JPEG":
+            # Let libjpeg decode at a reduced scale when the image is much larger than needed
+            # (faster, and the full-size pixels never exist in memory).
+            s = cfg.resolution / min(w, h)
+            img.draft(img.mode, (max(1, int(w * s)), max(1, int(h * s))))
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            raise Rejected(f"{_damage(e)}: {e}") from None
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as e:  # noqa: BLE001 - a malformed EXIF block must not be fatal
+            raise Rejected(f"corrupt: bad EXIF data ({e})") from None
         return to_array(img, cfg.resolution, cfg.channels)
 
 
-def content_hash(images_path: Path, labels: np.ndarray, class_names: list[str]) -> str:
-    h = hashlib.sha256()
-    with open(images_path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    h.update(labels.astype("<i8").tobytes())
-    h.update(json.dumps(class_names).encode())
-    return h.hexdigest()
+# --- many images, in order, in parallel ---------------------------------------------------------
+
+_worker: tuple[Source, DataConfig] | None = None
 
 
-def iter_decoded(source: Source, cfg: DataConfig) -> Iterator[tuple[np.ndarray | None, int, str | None]]:
-    for item, label in source.items:
+def _init_worker(source: Source, cfg: DataConfig) -> None:
+    global _worker
+    _worker = (source, cfg)
+    Image.MAX_IMAGE_PIXELS = None  # the data.max_pixels check replaces PIL's global limit
+
+
+def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
+    """A chunk -> (valid images stacked, one reason or None per key)."""
+    assert _worker is not None
+    source, cfg = _worker
+    out = np.empty((len(keys), cfg.channels, cfg.resolution, cfg.resolution), dtype=np.uint8)
+    reasons: list[str | None] = []
+    n = 0
+    for key in keys:
         try:
-            yield _decode(item, cfg), label, None
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            yield None, label, f"{type(e).__name__}: {e}"
+            out[n] = decode(source, key, cfg)
+            n += 1
+            reasons.append(None)
+        except Rejected as e:
+            reasons.append(str(e))
+    return out[:n], reasons
+
+
+def _chunks(items: list[tuple[Any, int]], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield [key for key, _ in items[i : i + size]]
+
+
+def decode_all(
+    source: Source, cfg: DataConfig, workers: int, chunk: int
+) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+    """Decoded chunks in source order. At most 2 chunks per worker are in flight at any time."""
+    chunks = _chunks(source.items, chunk)
+    if workers <= 1:
+        _init_worker(source, cfg)
+        yield from map(_decode_chunk, chunks)
+        return
+    with mp.get_context().Pool(workers, initializer=_init_worker, initargs=(source, cfg)) as pool:
+        pending: deque = deque()
+        for keys in chunks:
+            pending.append(pool.apply_async(_decode_chunk, (keys,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+# --- the output -------------------------------------------------------------------------------
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version-1.0 .npy header for uint8 C-order data, padded to a fixed length."""
+    d = repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode("latin1")
+    body = d + b" " * (_HEADER_LEN - 10 - len(d) - 1) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
     """Build `cfg.prepared_dir` from `cfg.source`; returns the manifest."""
-    source = resolve_source(cfg.source)
+    with open_source(cfg.source) as source:
+        return _prepare(source, cfg, progress)
+
+
+def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
+    total = len(source.items) + len(source.rejected)
+    if not source.items:
+        raise SaganError(f"data.source {cfg.source!r}: no images found ({total} rejected)")
     out = Path(cfg.prepared_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_max = len(source.items)
-    if n_max == 0:
-        raise SaganError(f"data.source {cfg.source!r}: no images found")
+    img_shape = (cfg.channels, cfg.resolution, cfg.resolution)
+    # Auto: one process per core, but none for tiny sources (pool start-up would dominate).
+    workers = cfg.workers or min(available_cores(), max(1, len(source.items) // 256))
+    # ~4 MB of decoded pixels per chunk: big enough to amortise IPC, small enough to bound memory.
+    chunk = max(8, min(512, (4 << 20) // int(np.prod(img_shape))))
+
     tmp_images = out / "images.npy.tmp"
-    arr = np.lib.format.open_memmap(
-        tmp_images, mode="w+", dtype=np.uint8, shape=(n_max, cfg.channels, cfg.resolution, cfg.resolution)
-    )
-    labels, rejected, n = [], list(source.rejected), 0
-    items = iter_decoded(source, cfg)
-    for (img, label, err), (item, _) in tqdm(
-        zip(items, source.items), total=n_max, desc="prepare", unit="img", disable=not progress
-    ):
-        if img is None:
-            rejected.append({"file": str(item), "reason": err})
-            continue
-        arr[n], n = img, n + 1
-        labels.append(label)
-    arr.flush()
-    del arr
+    hasher = hashlib.sha256()
+    labels: list[int] = []
+    rejected = list(source.rejected)
+    n = 0
+    bar = tqdm(total=len(source.items), desc="prepare", unit="img", disable=not progress, smoothing=0.1)
+    try:
+        with open(tmp_images, "wb") as f:
+            f.write(_npy_header((0, *img_shape)))  # rewritten with the real count at the end
+            pos = 0
+            for arrays, reasons in decode_all(source, cfg, workers, chunk):
+                data = np.ascontiguousarray(arrays).tobytes()
+                f.write(data)
+                hasher.update(data)
+                for reason in reasons:
+                    key, label = source.items[pos]
+                    pos += 1
+                    if reason is None:
+                        labels.append(label)
+                    else:
+                        rejected.append({"file": str(key), "reason": reason})
+                n += len(arrays)
+                bar.update(len(reasons))
+                bar.set_postfix(rejected=len(rejected), refresh=False)
+            f.seek(0)
+            f.write(_npy_header((n, *img_shape)))
+    except BaseException:
+        tmp_images.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
     if n == 0:
         tmp_images.unlink(missing_ok=True)
         raise SaganError(f"data.source {cfg.source!r}: no valid images ({len(rejected)} rejected)")
-    frac = len(rejected) / (n + len(rejected))
+    frac = len(rejected) / total
     if frac > cfg.max_rejected_fraction:
         tmp_images.unlink(missing_ok=True)
         raise SaganError(
-            f"data.source {cfg.source!r}: {len(rejected)} of {n + len(rejected)} images rejected "
-            f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction})"
+            f"data.source {cfg.source!r}: {len(rejected)} of {total} images rejected "
+            f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction}): "
+            + ", ".join(f"{k} {v}" for k, v in rejection_summary({"rejected": rejected}).items())
         )
-    final = np.load(tmp_images, mmap_mode="r")[:n]
-    np.save(out / "images.npy", final)
-    del final
-    tmp_images.unlink()
     label_arr = np.asarray(labels, dtype=np.int64)
+    # The hash covers the prepared bytes (pixels, shape, labels, class names), nothing about the
+    # source's location, so identical input and params give an identical hash anywhere.
+    hasher.update(json.dumps([list(img_shape), n, source.class_names]).encode())
+    hasher.update(label_arr.astype("<i8").tobytes())
     np.save(out / "labels.npy", label_arr)
+    os.replace(tmp_images, out / "images.npy")
+    counts = np.bincount(label_arr, minlength=max(1, len(source.class_names))).tolist()
     manifest = {
         "source": source.name,
         "num_images": n,
         "num_classes": len(source.class_names),
         "class_names": source.class_names,
+        "class_counts": counts if source.class_names else [],
         "resolution": cfg.resolution,
         "channels": cfg.channels,
-        "content_hash": content_hash(out / "images.npy", label_arr, source.class_names),
+        "content_hash": hasher.hexdigest(),
+        "num_rejected": len(rejected),
+        "num_ignored": source.ignored,
         "rejected": rejected,
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    _write_manifest(out / "manifest.json", manifest)
     return manifest
+
+
+def rejection_summary(manifest: dict[str, Any]) -> dict[str, int]:
+    """{'truncated': 2, 'too small': 1, ...}: counts per reason (the part before ':')."""
+    counts: dict[str, int] = {}
+    for r in manifest["rejected"]:
+        kind = r["reason"].split(":", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
