@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .errors import ConfigError
+
 
 def sn(module: nn.Module, eps: float = 1e-6) -> nn.Module:
     # Glorot init as in the official SAGAN code, applied before the parametrization so its
@@ -62,6 +64,11 @@ class SelfAttention(nn.Module):
 
     def __init__(self, ch: int, eps: float = 1e-6):
         super().__init__()
+        if ch < 8 or ch % 8:
+            raise ConfigError(
+                f"model: a self-attention block needs a multiple of 8 channels (C/8 keys), got {ch}; "
+                "widen model.g_ch/model.d_ch or move model.g_attn/model.d_attn"
+            )
         self.ch = ch
         self.theta = sn_conv(ch, ch // 8, 1, eps, bias=False)
         self.phi = sn_conv(ch, ch // 8, 1, eps, bias=False)

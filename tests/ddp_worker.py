@@ -1,0 +1,26 @@
+"""Run by torchrun in test_ddp.py: train a tiny model, then dump this rank's final weights."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_params  # noqa: E402
+
+from sagan_core.trainer import Trainer  # noqa: E402
+
+project = Path(sys.argv[1])
+trainer = Trainer(make_params(project, train__steps=3), progress=False)
+trainer.fit()
+rank = trainer.dist.rank
+torch.save(
+    {
+        "G": trainer.G.state_dict(),
+        "D": trainer.D.state_dict(),
+        "world": trainer.dist.world_size,
+        "first_batch_labels": None,
+    },
+    project / f"rank{rank}.pt",
+)
+torch.distributed.destroy_process_group()

@@ -1,0 +1,149 @@
+"""The SAGAN networks: shapes, the attention block, spectral norm, hinge loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sagan_core.layers import SelfAttention
+from sagan_core.losses import d_hinge, g_hinge
+from sagan_core.model import ModelSpec, attention_blocks, build_models, default_attention
+
+
+def spec_for(res: int, num_classes: int = 10, channels: int = 3, **kw) -> ModelSpec:
+    attn = tuple(default_attention(res))
+    kw = {"z_dim": 16, "g_ch": 4, "d_ch": 8, "g_attn": attn, "d_attn": attn} | kw
+    return ModelSpec(res, channels, num_classes, **kw)
+
+
+@pytest.mark.parametrize("res", [32, 64, 128, 256])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_shapes_for_each_resolution(res, num_classes):
+    spec = spec_for(res, num_classes)
+    g, d = build_models(spec)
+    z = torch.randn(2, spec.z_dim)
+    y = torch.tensor([1, 7]) if num_classes else None
+    x = g(z, y)
+    assert x.shape == (2, 3, res, res)
+    assert x.min() >= -1 and x.max() <= 1  # tanh output
+    assert d(x, y).shape == (2,)
+    # one attention block in each network, at the paper's default resolution
+    assert len(attention_blocks(g)) == 1 and len(attention_blocks(d)) == 1
+
+
+def test_attention_placement_follows_feature_map_resolution():
+    spec = spec_for(64, g_attn=(16, 64), d_attn=(8,), g_ch=8)
+    g, d = build_models(spec)
+    seen = {}
+
+    def hook(name):
+        return lambda m, inp, out: seen.setdefault(name, []).append(inp[0].shape[-1])
+
+    for i, blk in enumerate(attention_blocks(g)):
+        blk.register_forward_hook(hook(f"g{i}"))
+    for i, blk in enumerate(attention_blocks(d)):
+        blk.register_forward_hook(hook(f"d{i}"))
+    x = g(torch.randn(2, 16), torch.tensor([0, 1]))
+    d(x, torch.tensor([0, 1]))
+    assert seen == {"g0": [16], "g1": [64], "d0": [8]}
+
+
+def reference_attention(blk: SelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """The official code's sn_non_local_block_sim, written independently with einsum on the
+    (already spectrally normalised) 1x1 conv weights."""
+    b, c, h, w = x.shape
+    wt, wp, wg, wo = (m.weight[:, :, 0, 0] for m in (blk.theta, blk.phi, blk.g, blk.o))
+    theta = torch.einsum("oc,bchw->bhwo", wt, x).reshape(b, h * w, c // 8)
+    phi = F.max_pool2d(torch.einsum("oc,bchw->bohw", wp, x), 2)
+    phi = phi.permute(0, 2, 3, 1).reshape(b, h * w // 4, c // 8)
+    g = F.max_pool2d(torch.einsum("oc,bchw->bohw", wg, x), 2)
+    g = g.permute(0, 2, 3, 1).reshape(b, h * w // 4, c // 2)
+    attn = torch.softmax(torch.einsum("bqc,bkc->bqk", theta, phi), dim=-1)
+    attn_g = torch.einsum("bqk,bkc->bqc", attn, g).reshape(b, h, w, c // 2)
+    o = torch.einsum("oc,bhwc->bohw", wo, attn_g)
+    return x + blk.gamma * o
+
+
+def test_attention_matches_independent_einsum():
+    torch.manual_seed(0)
+    blk = SelfAttention(32).eval()  # eval: no power iteration, so both see the same weights
+    with torch.no_grad():
+        blk.gamma.fill_(0.7)
+    x = torch.randn(3, 32, 8, 8)
+    torch.testing.assert_close(blk(x), reference_attention(blk, x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_with_gamma_zero_is_identity():
+    torch.manual_seed(0)
+    blk = SelfAttention(16)
+    assert blk.gamma.item() == 0.0  # initialised to 0 as in the paper
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(blk(x), x)
+
+
+def test_too_narrow_attention_is_a_config_error():
+    from sagan_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of 8 channels"):
+        build_models(spec_for(64, d_ch=4))
+
+
+def test_attention_rows_are_distributions_over_keys():
+    blk = SelfAttention(16)
+    blk.keep_attention = True
+    blk(torch.randn(2, 16, 8, 8))
+    a = blk.last_attention  # B, h, w, h/2, w/2
+    assert a.shape == (2, 8, 8, 4, 4)
+    torch.testing.assert_close(a.sum(dim=(-1, -2)), torch.ones(2, 8, 8))
+
+
+def test_every_weight_is_spectrally_normalised():
+    """After power iterations, the top singular value of every SN weight (as a matrix) is ~1."""
+    torch.manual_seed(0)
+    g, d = build_models(spec_for(32, 10))
+    sn_modules = [m for net in (g, d) for m in net.modules() if hasattr(m, "parametrizations")]
+    # every conv / linear of G and D and D's embedding
+    convs = [m for net in (g, d) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(hasattr(m, "parametrizations") for m in convs)
+    assert hasattr(d.embed, "parametrizations")
+    # G's conditional-BN gains/biases are plain embeddings
+    assert not any(hasattr(m, "parametrizations") for m in g.modules() if isinstance(m, torch.nn.Embedding))
+    g.train(), d.train()
+    with torch.no_grad():
+        for _ in range(30):  # each forward = one power iteration per layer
+            x = g(torch.randn(4, 16), torch.randint(10, (4,)))
+            d(x, torch.randint(10, (4,)))
+    for m in sn_modules:
+        w = m.weight
+        top = torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2)
+        assert abs(top.item() - 1.0) < 0.02, (m, top.item())
+
+
+def test_conditional_bn_starts_as_plain_bn():
+    from sagan_core.layers import ConditionalBatchNorm
+
+    cbn = ConditionalBatchNorm(8, num_classes=5)
+    x = torch.randn(6, 8, 4, 4)
+    ref = torch.nn.functional.batch_norm(x, None, None, training=True, eps=cbn.bn.eps)
+    torch.testing.assert_close(cbn(x, torch.randint(5, (6,))), ref)
+
+
+def test_projection_term_depends_on_class():
+    torch.manual_seed(0)
+    _, d = build_models(spec_for(32, 10))
+    d.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        h = x
+        for blk in d.blocks:
+            h = blk(h)
+        h = torch.relu(h).sum(dim=(2, 3))
+        for k in (0, 3):
+            expected = d.linear(h).squeeze(1) + (d.embed.weight[k] * h).sum()
+            torch.testing.assert_close(d(x, torch.tensor([k])), expected)
+
+
+def test_hinge_loss_on_hand_computed_values():
+    real = torch.tensor([2.0, 0.5, -1.0])  # relu(1 - r) = 0, 0.5, 2   -> mean 2.5/3
+    fake = torch.tensor([-3.0, 0.0, 1.0])  # relu(1 + f) = 0, 1, 2     -> mean 1
+    torch.testing.assert_close(d_hinge(real, fake), torch.tensor(2.5 / 3 + 1.0))
+    torch.testing.assert_close(g_hinge(fake), torch.tensor(2.0 / 3))  # -mean(-3, 0, 1)
