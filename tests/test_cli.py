@@ -91,7 +91,7 @@ def test_prepare_then_train_end_to_end(tmp_path):
         "attention_step_000004.png",
     ):
         assert (tmp_path / "samples" / name).stat().st_size > 0, name
-    assert [r["step"] for r in csv.DictReader(tmp_path / "metrics/train.csv".read_text().splitlines())] == [
+    assert [r["step"] for r in csv.DictReader((tmp_path / "metrics/train.csv").read_text().splitlines())] == [
         "2",
         "4",
     ]

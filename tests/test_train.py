@@ -56,7 +56,7 @@ def test_checkpoint_contents_and_outputs(project):
     assert ck["spec"]["num_classes"] == 10  # labelled demo data -> conditional
     assert (project / "samples/latest.png").stat().st_size > 0
     assert (project / "samples/attention.png").stat().st_size > 0
-    rows = list(csv.DictReader(project / "metrics/train.csv".read_text().splitlines()))
+    rows = list(csv.DictReader((project / "metrics/train.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g0", "gamma_d0", "img_per_s"} <= rows[0].keys()
 
@@ -76,8 +76,8 @@ def test_resume_is_bitwise_exact(tmp_path, prepared_demo):
     for key in (*STATE_KEYS, "opt_g", "opt_d", "rng", "loader", "ema_n_averaged"):
         assert_same_tensors(ca[key], cb[key], key)
     # the training curve of the resumed run is the uninterrupted one, without duplicate rows
-    rows_a = list(csv.DictReader(a / "metrics/train.csv".read_text().splitlines()))
-    rows_b = list(csv.DictReader(b / "metrics/train.csv".read_text().splitlines()))
+    rows_a = list(csv.DictReader((a / "metrics/train.csv").read_text().splitlines()))
+    rows_b = list(csv.DictReader((b / "metrics/train.csv").read_text().splitlines()))
     assert [r["step"] for r in rows_b] == [str(i) for i in range(1, 7)]
     assert [r["loss_d"] for r in rows_a] == [r["loss_d"] for r in rows_b]
 
