@@ -30,7 +30,10 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # SAGAN_DIST_BACKEND overrides the choice, e.g. gloo for several ranks sharing one GPU
+        # (NCCL refuses two ranks on the same device).
+        backend = os.environ.get("SAGAN_DIST_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return info
 
 

@@ -9,18 +9,37 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from .errors import ConfigError
 
 
+class _SpectralNormFP32(_SpectralNorm):
+    """torch's spectral-norm parametrization, always computed in fp32.
+
+    Deliberately not plain `torch.nn.utils.parametrizations.spectral_norm`: under CUDA autocast
+    `torch.mv` runs in bf16 (8-bit mantissa) while `torch.vdot` does not, so the power iteration and
+    sigma would lose precision or mix dtypes. Same state-dict layout as torch's (original, _u, _v).
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight.float())
+
+
 def sn(module: nn.Module, eps: float = 1e-6) -> nn.Module:
+    """Spectral norm with one power iteration per training forward (Miyato et al. 2018)."""
     # Glorot init as in the official SAGAN code, applied before the parametrization so its
     # initial power iterations see the final weights.
     nn.init.xavier_uniform_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    return spectral_norm(module, n_power_iterations=1, eps=eps)
+    # dim=0 as torch's spectral_norm uses for Linear, Conv2d and Embedding
+    parametrize.register_parametrization(
+        module, "weight", _SpectralNormFP32(module.weight, 1, dim=0, eps=eps)
+    )
+    return module
 
 
 def sn_conv(cin: int, cout: int, k: int = 3, eps: float = 1e-6, bias: bool = True) -> nn.Module:

@@ -1,5 +1,6 @@
 """Run by torchrun in test_ddp.py: train a tiny model, then dump this rank's final weights."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from conftest import make_params  # noqa: E402
 from sagan_core.trainer import Trainer  # noqa: E402
 
 project = Path(sys.argv[1])
-trainer = Trainer(make_params(project, train__steps=3), progress=False)
+device = os.environ.get("SAGAN_TEST_DEVICE", "auto")
+trainer = Trainer(make_params(project, train__steps=3, train__device=device), progress=False)
 trainer.fit()
 rank = trainer.dist.rank
 torch.save(
@@ -19,7 +21,6 @@ torch.save(
         "G": trainer.G.state_dict(),
         "D": trainer.D.state_dict(),
         "world": trainer.dist.world_size,
-        "first_batch_labels": None,
     },
     project / f"rank{rank}.pt",
 )

@@ -118,6 +118,19 @@ def test_every_weight_is_spectrally_normalised():
         assert abs(top.item() - 1.0) < 0.02, (m, top.item())
 
 
+def test_spectral_norm_is_computed_in_fp32_inside_autocast():
+    from sagan_core.layers import sn_conv
+
+    torch.manual_seed(0)
+    conv = sn_conv(16, 16).eval()
+    with torch.no_grad():
+        plain = conv.weight
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = conv.weight
+    assert cast.dtype == torch.float32 and torch.equal(plain, cast)
+    assert conv.parametrizations.weight[0]._u.dtype == torch.float32
+
+
 def test_conditional_bn_starts_as_plain_bn():
     from sagan_core.layers import ConditionalBatchNorm
 
