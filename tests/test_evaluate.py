@@ -1,0 +1,154 @@
+"""`sagan evaluate`: eval.json with its protocol, the reference-statistics cache, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sagan_core import checkpoint as ckpt_io
+from sagan_core import fid as F
+from sagan_core.model import ModelSpec, build_models
+
+
+def write_checkpoint(path, seed: int, resolution: int = 32, channels: int = 1, num_classes: int = 10) -> None:
+    """A checkpoint as the trainer lays it out (untrained tiny networks: evaluation cares not)."""
+    torch.manual_seed(seed)
+    spec = ModelSpec(resolution, channels, num_classes, z_dim=16, g_ch=4, d_ch=4)
+    g, d = build_models(spec)
+    ckpt_io.save_atomic(
+        {
+            "step": 7,
+            "spec": spec.to_dict(),
+            "generator": g.state_dict(),
+            "generator_ema": g.state_dict(),
+            "discriminator": d.state_dict(),
+        },
+        path,
+    )
+
+
+def eval_params(make_params, project, **eval_overrides):
+    ev = {
+        "eval__num_samples": 20,
+        "eval__reference_size": 20,
+        "eval__batch_size": 10,
+        "eval__dims": 64,
+        "eval__kid_subsets": 5,
+        "eval__kid_subset_size": 10,
+        "eval__cache_dir": str(project / "cache"),
+        "eval__metrics_file": str(project / "metrics/eval.json"),
+        "eval__device": "cpu",
+    }
+    return make_params(project, **(ev | eval_overrides))
+
+
+def test_evaluate_writes_protocol_and_cache_removes_reference_pass(
+    project, make_params_fixture, monkeypatch, standin_torch_home
+):
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
+    params = eval_params(make_params_fixture, project)
+    write_checkpoint(project / "models/checkpoint.pt", seed=0)
+    write_checkpoint(project / "models/other.pt", seed=1)
+
+    passes = []
+    real_pass = F.features_pass
+    monkeypatch.setattr(F, "features_pass", lambda *a, **k: passes.append(k["desc"]) or real_pass(*a, **k))
+
+    first = F.evaluate(params, progress=False)
+    assert passes == ["reference", "samples"] and first["stats_cache"] == "miss"
+    on_disk = json.loads((project / "metrics/eval.json").read_text())
+    assert on_disk == json.loads(json.dumps(first))
+    for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std"):
+        assert np.isfinite(on_disk[key])
+    assert on_disk["fid"] > 0 and on_disk["is_mean"] >= 1.0
+    assert on_disk["num_samples"] == 20 and on_disk["reference_size"] == 20
+    assert on_disk["reference_split"] == "prepared" and on_disk["generator_step"] == 7
+    assert on_disk["ema"] is True and on_disk["class_balanced"] is True
+    assert on_disk["weights_file"] == "pt_inception-2015-12-05-6726825d.pth"
+    assert len(on_disk["weights_sha256"]) == 64
+    cached = F.load_stats(first["stats_file"])  # pytorch-fid's format, plus features for KID
+    assert cached.mu.shape == (64,) and cached.sigma.shape == (64, 64) and cached.features.shape == (20, 64)
+
+    # Another checkpoint: no reference pass; the FID uses the same cached statistics.
+    passes.clear()
+    second = F.evaluate(params, checkpoint=project / "models/other.pt", progress=False)
+    assert passes == ["samples"] and second["stats_cache"] == "hit"
+    assert second["fid"] != first["fid"]
+    # The same checkpoint again: same numbers (fixed seed; cached reference == computed reference).
+    passes.clear()
+    again = F.evaluate(params, progress=False)
+    assert passes == ["samples"] and again["fid"] == pytest.approx(first["fid"], abs=1e-9)
+    assert again["kid_mean"] == pytest.approx(first["kid_mean"], abs=1e-12)
+
+    # A statistics file made elsewhere (our cached file; pytorch-fid's format) as the reference.
+    p2 = eval_params(make_params_fixture, project, eval__reference_split=first["stats_file"])
+    passes.clear()
+    from_file = F.evaluate(p2, progress=False)
+    assert passes == ["samples"] and from_file["fid"] == pytest.approx(first["fid"], abs=1e-9)
+
+
+def test_cache_key_changes_with_everything_that_changes_statistics():
+    base = F.reference_protocol("c" * 64, "w" * 64, 2048, 1000, 10000)
+    paths = {F.cache_path("x", base)}
+    for change in (
+        F.reference_protocol("d" * 64, "w" * 64, 2048, 1000, 10000),  # dataset content
+        F.reference_protocol("c" * 64, "v" * 64, 2048, 1000, 10000),  # weights file
+        F.reference_protocol("c" * 64, "w" * 64, 64, 1000, 10000),  # dims
+        F.reference_protocol("c" * 64, "w" * 64, 2048, 2000, 10000),  # reference size
+    ):
+        paths.add(F.cache_path("x", change))
+    assert len(paths) == 5
+    assert F.cache_path("x", base) == F.cache_path("x", dict(base))
+
+
+def test_reference_subset_is_fixed_and_sorted():
+    a, b = F.reference_indices(100, 30), F.reference_indices(100, 30)
+    assert np.array_equal(a, b) and np.all(np.diff(a) > 0) and len(set(a)) == 30
+    assert np.array_equal(F.reference_indices(10, 30), np.arange(10))
+    assert np.array_equal(F.reference_indices(10, None), np.arange(10))
+
+
+def test_evaluate_cli_errors(project, standin_torch_home, tmp_path):
+    from conftest import run_cli
+
+    env = {"TORCH_HOME": str(standin_torch_home)}
+    sets = ["--set", "eval.device=cpu", "--set", "eval.num_samples=20", "--set", "eval.dims=64", "-q"]
+
+    def check(extra, code, needle):
+        r = run_cli(["evaluate", *sets, *extra], project, env)
+        assert r.returncode == code, (extra, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    check([], 2, "no checkpoint")  # before any checkpoint exists: a usage error
+    cases = []
+    # A checkpoint whose weights don't match its recorded architecture: runtime failure.
+    write_checkpoint(project / "models/checkpoint.pt", seed=0)
+    ck = torch.load(project / "models/checkpoint.pt", weights_only=True)
+    ck["spec"]["g_ch"] = 8
+    torch.save(ck, project / "models/foreign.pt")
+    cases.append((["--checkpoint", "models/foreign.pt"], 1, "do not match the architecture"))
+    cases.append((["--set", "eval.reference_split=other.csv"], 2, "eval.reference_split"))
+    cases.append((["--set", "eval.inception_weights=nope.pth"], 2, "eval.inception_weights"))
+    (project / "bad.npz").write_bytes(b"not a zip")
+    cases.append((["--set", "eval.reference_split=bad.npz"], 2, "bad.npz"))
+    for extra, code, needle in cases:
+        check(extra, code, needle)
+    # Weights missing and not downloadable: exit 1 naming the file and where to put it.
+    r = run_cli(["evaluate", *sets], project, {"TORCH_HOME": str(tmp_path / "th")} | _no_network())
+    assert r.returncode == 1, r.stderr
+    assert "pt_inception-2015-12-05-6726825d.pth" in r.stderr and str(tmp_path / "th" / "hub") in r.stderr
+
+
+def _no_network() -> dict:
+    # The sandbox has no route to GitHub; a dead proxy makes that certain (and quick) anywhere.
+    return {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+
+
+@pytest.fixture
+def make_params_fixture():
+    from conftest import make_params
+
+    return make_params

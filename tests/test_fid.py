@@ -1,0 +1,266 @@
+"""FID / IS / KID math against independent computations, and parity with pytorch-fid's image path."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import linalg
+from torchvision.utils import save_image
+
+from sagan_core import fid as F
+from sagan_core import inception as inc
+from sagan_core.errors import ConfigError, SaganError
+
+
+def scipy_frechet(mu1, s1, mu2, s2) -> float:
+    """The symmetric textbook form, tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), via eigh (PSD-exact)."""
+    w, v = linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    w2, _ = linalg.eigh(r1 @ s2 @ r1)
+    return float(
+        ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(w2, 0, None)).sum()
+    )
+
+
+def random_cov(rng, d, rank=None):
+    a = rng.normal(size=(d, rank or 2 * d))
+    return a @ a.T / a.shape[1]
+
+
+def test_frechet_matches_scipy_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    d = 16
+    # Diagonal covariances have the closed form sum (sqrt(a) - sqrt(b))^2 + |mu1 - mu2|^2.
+    a, b = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    closed = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    ours = F.frechet_distance(F.Stats(mu1, np.diag(a)), F.Stats(mu2, np.diag(b)))
+    assert ours == pytest.approx(closed, rel=1e-9)
+    s1, s2 = random_cov(rng, d), random_cov(rng, d)
+    ours = F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu2, s2))
+    assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-8)
+    assert F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu1, s1)) == pytest.approx(0, abs=1e-8)
+
+
+def test_frechet_nearly_singular_covariance():
+    rng = np.random.default_rng(1)
+    d = 32
+    s1 = random_cov(rng, d, rank=5) + 1e-10 * np.eye(d)  # nearly singular, like features from few samples
+    s2 = random_cov(rng, d, rank=6) + 1e-10 * np.eye(d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    ours = F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu2, s2))
+    assert np.isfinite(ours)
+    assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-4, abs=1e-4)
+
+
+def test_frechet_errors():
+    with pytest.raises(ConfigError, match="different dimensions"):
+        F.frechet_distance(F.Stats(np.zeros(4), np.eye(4)), F.Stats(np.zeros(8), np.eye(8)))
+    with pytest.raises(SaganError, match="NaN"):
+        F.frechet_distance(F.Stats(np.full(4, np.nan), np.eye(4)), F.Stats(np.zeros(4), np.eye(4)))
+
+
+def test_streaming_stats_equal_numpy():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(203, 12)) * 3 + 50).astype(np.float32)  # large mean: cancellation test
+    acc = F.StatsAccumulator(keep_features=True)
+    for i in range(0, len(x), 50):
+        acc.add(torch.from_numpy(x[i : i + 50]))
+    s = acc.result()
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(s.mu, x64.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(s.sigma, np.cov(x64, rowvar=False), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(s.features, x)
+    with pytest.raises(SaganError, match="not finite"):
+        F.StatsAccumulator().add(torch.tensor([[1.0, float("nan")]]))
+
+
+def original_inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
+    """The improved-GAN reference code's loop, on softmax probabilities."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    preds = e / e.sum(1, keepdims=True)
+    scores = []
+    for i in range(splits):
+        part = preds[(i * preds.shape[0] // splits) : ((i + 1) * preds.shape[0] // splits), :]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def test_inception_score_hand_cases():
+    k = 8
+    # Confident and evenly spread over k classes in every split: IS = k exactly; uniform: IS = 1.
+    confident = np.eye(k)[np.arange(80) % k] * 60.0
+    mean, std = F.inception_score(confident, splits=10)
+    assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0, abs=1e-6)
+    mean, std = F.inception_score(np.zeros((50, 1008)), splits=10)
+    assert mean == pytest.approx(1.0) and std == pytest.approx(0, abs=1e-12)
+    # Streamed in uneven batches, random logits: equal to the reference loop (103: uneven splits).
+    logits = np.random.default_rng(3).normal(size=(103, 20)) * 3
+    acc = F.ISAccumulator(103, 10)
+    for i in range(0, 103, 17):
+        acc.add(torch.from_numpy(logits[i : i + 17]))
+    np.testing.assert_allclose(acc.result(), original_inception_score(logits, 10), rtol=1e-9)
+
+
+def unbiased_mmd_loops(x, y):
+    """MMD^2_u by its definition, with explicit loops over pairs."""
+    d, m = x.shape[1], len(x)
+
+    def k(a, b):
+        return (a @ b / d + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_hand_case():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(9, 5)).astype(np.float32)
+    y = (rng.normal(size=(9, 5)) + 0.5).astype(np.float32)
+    # Subsets of all 9 samples are permutations: every subset gives the full-set MMD, std 0.
+    mean, std = F.kid(x, y, subsets=4, subset_size=100)
+    assert mean == pytest.approx(unbiased_mmd_loops(x.astype(float), y.astype(float)), rel=1e-9)
+    assert std == pytest.approx(0, abs=1e-12)
+    # Unbiased: two samples of one distribution average to ~0; a shift is clearly positive.
+    a, b = rng.normal(size=(400, 5)), rng.normal(size=(400, 5))
+    assert abs(F.kid(a, b, subsets=20, subset_size=100)[0]) < 0.02
+    assert F.kid(a, b + 1, subsets=20, subset_size=100)[0] > 0.2
+    # Both code paths (precomputed kernels for small sets, per-subset kernels for large ones) equal
+    # the loop definition on the same random subsets.
+    for n in (40, 3001):
+        f1, f2 = rng.normal(size=(n, 5)), rng.normal(size=(n, 5)) + 0.3
+        draw = np.random.default_rng(7)
+        expected = []
+        for _ in range(3):
+            a, b = draw.choice(n, 6, replace=False), draw.choice(n, 6, replace=False)
+            expected.append(unbiased_mmd_loops(f1[a], f2[b]))
+        mean, std = F.kid(f1, f2, subsets=3, subset_size=6, seed=7)
+        assert mean == pytest.approx(np.mean(expected), rel=1e-9)
+        assert std == pytest.approx(np.std(expected), rel=1e-7)
+
+
+# ---------------------------------------------------------------- parity with pytorch-fid's image path
+
+
+def test_quantize_and_range_match_png_and_pytorch_fid_dataset(tmp_path):
+    from pytorch_fid.fid_score import ImagePathDataset
+    from torchvision import transforms as TF
+
+    g = torch.Generator().manual_seed(0)
+    for channels in (1, 3):
+        x = torch.rand(6, channels, 9, 7, generator=g) * 2.4 - 1.2  # includes out-of-range values
+        x[0, 0, 0, :4] = torch.tensor([-1.0, 1.0, 0.0, 1 / 255])
+        files = []
+        for i in range(len(x)):
+            files.append(tmp_path / f"c{channels}_{i}.png")
+            save_image(x[i : i + 1], files[-1], normalize=True, value_range=(-1, 1))
+        u8 = inc.quantize(x)
+        png = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+        assert torch.equal(u8.expand(-1, 3, -1, -1), png)  # save_image writes gray as RGB
+        theirs = torch.stack([ImagePathDataset(files, TF.ToTensor())[i] for i in range(len(files))])
+        assert torch.equal(inc.to_inception_input(u8), theirs)
+
+
+def test_features_match_pytorch_fid_get_activations(tmp_path, monkeypatch, standin_torch_home):
+    from pytorch_fid.fid_score import get_activations
+    from pytorch_fid.inception import InceptionV3
+
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
+    u8 = torch.randint(0, 256, (4, 1, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    files = []
+    for i in range(len(u8)):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(u8[i, 0].numpy()).save(files[-1])
+    theirs = get_activations(files, InceptionV3([0]), batch_size=4, dims=64, num_workers=0)
+    net = inc.load_net(inc.resolve_weights(), 64, False, torch.device("cpu"))
+    ours, _ = inc.run_batch(net, u8, torch.device("cpu"))
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-6)
+    assert ours.std(0).mean() > 1e-3  # calibrated stand-in: features vary with content
+
+
+def test_missing_weights_name_file_and_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(inc, "WEIGHTS_URL", "http://127.0.0.1:9/nothing.pth")  # refused at once
+    with pytest.raises(SaganError) as e:
+        inc.resolve_weights()
+    assert inc.WEIGHTS_NAME in str(e.value) and str(tmp_path / "empty" / "hub" / "checkpoints") in str(
+        e.value
+    )
+    with pytest.raises(ConfigError, match="eval.inception_weights"):
+        inc.resolve_weights(str(tmp_path / "nope.pth"))
+
+
+# ---------------------------------------------------------------- `sagan fid` vs `python -m pytorch_fid`
+
+
+def write_folder(folder, images: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im[0]).save(folder / f"{i:04d}.png")
+
+
+def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_torch_home):
+    from conftest import run_cli
+
+    images = np.load(prepared_demo / "images.npy", mmap_mode="r")
+    n = 66  # > 64 features: full-rank covariances
+    write_folder(tmp_path / "a", np.asarray(images[:n]))
+    write_folder(tmp_path / "b", np.asarray(images[n : 2 * n]) // 2 + 60)  # dimmer digits: clearly apart
+    (tmp_path / "a" / "notes.txt").write_text("ignored, as pytorch-fid ignores it")
+    env = {"TORCH_HOME": str(standin_torch_home)}
+    ref = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytorch_fid",
+            "a",
+            "b",
+            "--dims",
+            "64",
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=__import__("os").environ | env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    theirs = float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
+    assert theirs > 1.0  # the calibrated stand-in separates the two folders
+
+    r = run_cli(["fid", "--save-stats", "b", "b.npz", "--dims", "64", "-q"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "b.npz") as f:
+        assert f["mu"].shape == (64,) and f["sigma"].shape == (64, 64)
+    r = run_cli(["fid", "a", "b.npz", "--dims", "64", "-q"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    ours = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))
+    assert abs(ours - theirs) < 1e-3
+
+    # Bad input: one line on stderr, no traceback, exit 2 (usage) -- before any Inception work.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.png").write_text("not a png")
+    np.savez(tmp_path / "s192.npz", mu=np.zeros(192), sigma=np.eye(192))
+    for args, needle in [
+        (["empty", "b.npz"], "no images"),
+        (["junk", "b.npz", "--dims", "64"], "not a readable image"),
+        (["s192.npz", "b.npz"], "different dimensions"),
+        (["missing", "b.npz"], "no such folder"),
+        (["a"], "expected two paths"),
+    ]:
+        r = run_cli(["fid", *args, "-q"], tmp_path, env)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
