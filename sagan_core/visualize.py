@@ -60,12 +60,14 @@ def attention_figure(
     for i in range(b):
         img = ((images[i] + 1) / 2).clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
         cmap = "gray" if img.ndim == 2 else None
-        axes[i, 0].imshow(img, cmap=cmap)
+        axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
+        if y is not None:
+            axes[i, 0].set_title(f"class {int(y[i])}", fontsize=8)
         for (qy, qx), c in zip(queries, colours):
             axes[i, 0].scatter([(qx + 0.5) * res / w], [(qy + 0.5) * res / h], s=30, c=c, edgecolors="black")
         for j, ((qy, qx), c) in enumerate(zip(queries, colours), start=1):
             heat = F.interpolate(maps[i, qy, qx][None, None], size=(res, res), mode="bilinear")[0, 0]
-            axes[i, j].imshow(img, cmap=cmap)
+            axes[i, j].imshow(img, cmap=cmap, vmin=0, vmax=1)
             axes[i, j].imshow(heat.numpy(), cmap="inferno", alpha=0.6)
             axes[i, j].scatter([(qx + 0.5) * res / w], [(qy + 0.5) * res / h], s=30, c=c, edgecolors="black")
     for ax in axes.flat:
