@@ -7,6 +7,7 @@ models or tensors, so orchestration can pass them between processes.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from sagan_core.config import Params
@@ -40,7 +41,22 @@ def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> dict[str, Any]:
     from sagan_core.trainer import train as run_train
 
-    summary = run_train(params, resume=resume, callbacks=list(callbacks), progress=progress)
+    callbacks = list(callbacks)
+    tracker = None
+    if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run
+        from . import tracking
+
+        if tracking.enabled(params):
+            tracker = tracking.MlflowCallback(params, resume=resume)  # fails fast if MLflow is down
+            callbacks.append(tracker)
+    try:
+        summary = run_train(params, resume=resume, callbacks=callbacks, progress=progress)
+    except BaseException:
+        if tracker is not None:
+            tracker.fail()
+        raise
+    if tracker is not None:
+        tracker.close()
     log.info(
         "trained to step %d; checkpoint %s; samples %s",
         summary["step"],
@@ -50,22 +66,17 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
     return summary
 
 
-def evaluate(params: Params, progress: bool = True, checkpoint=None) -> dict[str, Any]:
-    """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
-    from sagan_core.fid import evaluate as run_evaluate
+def register(params: Params) -> dict[str, Any]:
+    """Register the run's generator in the MLflow registry and apply the FID promotion gate."""
+    from . import registry
 
-    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
+    result = registry.register(params)
     log.info(
-        "FID %.4f  IS %.3f ± %.3f  KID %s  (%d samples vs %s %s, step %d, cache %s) -> %s",
-        result["fid"],
-        result["is_mean"],
-        result["is_std"],
-        "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}",
-        result["num_samples"],
-        result["reference_split"],
-        result["reference_size"],
-        result["generator_step"],
-        result["stats_cache"],
-        params.eval.metrics_file,
+        "%s v%d%s: %s (%s)",
+        result["model_name"],
+        result["version"],
+        "" if result["created"] else " (already registered)",
+        result["decision"],
+        result["reason"],
     )
     return result

@@ -85,3 +85,9 @@ def standin_torch_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("torch_home")
     write_standin(home)
     return home
+
+
+# MLflow tracking is on by default for the CLI stages (registry.tracking); the suite turns it off
+# so tests that train do not need a tracking store. MLflow tests (tests/test_mlflow.py) set
+# SAGAN_TRACKING=1 where they train or evaluate.
+os.environ.setdefault("SAGAN_TRACKING", "0")

@@ -1,0 +1,130 @@
+"""`sagan sample`: images from a registered/logged generator (any MLflow model URI) or a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sagan_core.config import Params
+from sagan_core.errors import ConfigError, SaganError
+
+log = logging.getLogger("sagan.sample")
+
+
+@dataclass
+class Sampler:
+    generate: Any  # (z: float32 N x z_dim tensor, y: int64 N tensor | None) -> N x C x H x W in [-1, 1]
+    z_dim: int
+    num_classes: int
+    class_names: list[str]
+    source: str
+
+
+def _is_checkpoint(model: str) -> bool:
+    p = Path(model)
+    return p.is_file() and p.suffix in (".pt", ".pth", ".ckpt")
+
+
+def load_sampler(model: str, params: Params) -> Sampler:
+    if _is_checkpoint(model):
+        from sagan_core import checkpoint as ckpt_io
+
+        g, meta = ckpt_io.load_generator(model, use_ema=True, device="cpu")
+        return Sampler(
+            lambda z, y: g(z, y if g.spec.num_classes else None),
+            g.spec.z_dim,
+            g.spec.num_classes,
+            list(meta.get("class_names", [])),
+            model,
+        )
+    if "://" not in model and ":/" not in model and not Path(model).is_dir():
+        raise ConfigError(
+            f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI"
+        )
+    return _load_mlflow(model, params)
+
+
+def _load_mlflow(uri: str, params: Params) -> Sampler:
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from . import tracking
+
+    _, tracking_uri = tracking.connect(params)
+    import mlflow
+    from mlflow.models import Model
+
+    try:
+        local = tracking.call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri)
+        mlmodel = Model.load(local)
+        module = mlflow.pytorch.load_model(local)
+    except MlflowException as e:
+        first = " ".join(str(e).split())[:300]
+        raise ConfigError(
+            f"--model {uri}: cannot load from {tracking.redact(tracking_uri)} ({first})"
+        ) from None
+    except OSError as e:
+        raise SaganError(f"--model {uri}: download failed ({e})") from None
+    meta = mlmodel.metadata or {}
+    if "z_dim" in meta:
+        z_dim, num_classes = int(meta["z_dim"]), int(meta.get("num_classes", 0))
+    else:  # a model logged elsewhere: the signature's input width is z_dim + 1
+        shape = mlmodel.signature.inputs.inputs[0].shape if mlmodel.signature else None
+        if not shape:
+            raise ConfigError(f"--model {uri}: not a sagan generator (no metadata, no tensor signature)")
+        z_dim, num_classes = int(shape[-1]) - 1, 0
+
+    def generate(z, y):
+        y = torch.zeros(len(z)) if y is None else y.float()
+        return module(torch.cat([z.float(), y[:, None]], dim=1))
+
+    return Sampler(generate, z_dim, num_classes, list(meta.get("class_names", [])), uri)
+
+
+def sample(
+    params: Params,
+    model: str,
+    n: int,
+    klass: int | None,
+    out: Path | None,
+    out_dir: Path | None,
+    seed: int,
+    nrow: int | None,
+) -> dict[str, Any]:
+    import torch
+
+    if n < 1:
+        raise ConfigError(f"--n: expected a positive number of images, got {n}")
+    s = load_sampler(model, params)
+    if klass is not None:
+        if not s.num_classes:
+            raise ConfigError(f"--class: {model} is an unconditional generator")
+        if not 0 <= klass < s.num_classes:
+            raise ConfigError(f"--class: expected 0..{s.num_classes - 1}, got {klass}")
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, s.z_dim, generator=gen)
+    y = None
+    if s.num_classes:
+        y = torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
+    with torch.no_grad():
+        images = s.generate(z, y).float().clamp(-1, 1)
+    written: list[str] = []
+    if out_dir is not None:
+        from torchvision.utils import save_image
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images):
+            path = out_dir / f"sample_{i:04d}.png"
+            save_image((img + 1) / 2, path)
+            written.append(str(path))
+    if out is not None or out_dir is None:
+        from sagan_core.visualize import save_grid
+
+        out = out or Path("samples/sample.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = nrow or (s.num_classes if s.num_classes and klass is None and n % s.num_classes == 0 else 8)
+        save_grid(images, out, rows)
+        written.append(str(out))
+    return {"model": s.source, "n": n, "class": klass, "files": written, "shape": list(images.shape)}

@@ -1,0 +1,131 @@
+"""Real services for the MLflow tests, one of each per test session.
+
+- an S3-compatible server on 127.0.0.1 (moto in server mode, ThreadedMotoServer(port=0)) with a bucket;
+- an `mlflow server` process (sqlite backend) whose artifact destination is that bucket, reached by
+  boto3 over HTTP (MLFLOW_S3_ENDPOINT_URL). Both are stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BUCKET = "sagan-mlflow-test"
+# Fake keys that moto accepts; tests check they never show up in MLflow (params, tags).
+ACCESS_KEY = "AKIASAGANTESTKEY0001"
+SECRET_KEY = "sagan-test-secret-do-not-log-7f3a9c"
+
+
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = S3(f"http://{host}:{port}", BUCKET)
+    s3.client().create_bucket(Bucket=BUCKET)
+    yield s3
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """URI of a running `mlflow server` (sqlite) storing artifacts in the moto bucket."""
+    root: Path = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    # No background job runner (it starts ~8 worker processes we do not need on a 2-core machine).
+    env = (
+        os.environ
+        | s3_server.env()
+        | {"PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    )
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in the finalizer below
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            f"s3://{s3_server.bucket}/artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server not healthy: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:  # the server and its uvicorn worker share a new session: stop the whole group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

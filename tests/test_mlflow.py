@@ -1,0 +1,345 @@
+# ruff: noqa: F811 - the session fixtures are imported from mlflow_fixtures and used as arguments
+"""MLflow tracking, S3 artifacts, registry promotion gate and sampling, against real services.
+
+One `mlflow server` (sqlite) with its artifacts on a moto S3 server, started once per session
+(tests/mlflow_fixtures.py). One tiny training run goes through the real CLI (train -> evaluate ->
+register -> sample); the promotion-gate cases reuse that run's logged generator with new runs and
+chosen FIDs, so they test the gate itself without training again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, SAGAN, run_cli, tiny_overrides
+from mlflow_fixtures import SECRET_KEY, free_port, mlflow_server, s3_server  # noqa: F401
+
+from sagan_core.config import Params
+
+MODEL = "sagan-e2e"
+
+
+def write_params(project: Path, uri: str, **registry) -> Path:
+    # a short evaluation protocol: 20 samples against a 40-image reference subset
+    raw = tiny_overrides(train__device="cpu", eval__device="cpu")
+    raw["eval"] |= {
+        "num_samples": 20,
+        "batch_size": 20,
+        "reference_size": 40,
+        "kid_subsets": 5,
+        "kid_subset_size": 10,
+    }
+    raw["registry"] = {"model_name": MODEL, "experiment": "sagan-test", "tracking_uri": uri} | registry
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    return project / "params.yaml"
+
+
+def params_in(project: Path) -> Params:
+    """The project's params with paths made absolute (tests call stages in this process)."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw.setdefault("data", {})["prepared_dir"] = str(project / "data/prepared")
+    raw["train"] |= {
+        "out_dir": str(project / "models"),
+        "samples_dir": str(project / "samples"),
+        "metrics_file": str(project / "metrics/train.csv"),
+    }
+    raw["eval"] |= {"metrics_file": str(project / "metrics/eval.json")}
+    return Params.model_validate(raw)
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prepared_demo, mlflow_server, standin_torch_home):
+    """A project trained, evaluated and registered through the CLI against the S3-backed server."""
+    project = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(prepared_demo, project / "data/prepared")
+    write_params(project, mlflow_server)
+    env = {"SAGAN_TRACKING": "1", "TORCH_HOME": str(standin_torch_home)}
+    for args in (["train", "-q"], ["evaluate", "-q"], ["register"]):
+        r = run_cli(args, project, env)
+        assert r.returncode == 0, f"sagan {args[0]}: {r.stderr[-3000:]}"
+    return project, r.stdout
+
+
+def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3_server):
+    project, _ = trained
+    record = json.loads((project / "models/mlflow_run.json").read_text())
+    client = client_for(mlflow_server)
+    run = client.get_run(record["run_id"])
+    params = params_in(project)
+    # all params, flattened, as the validated params say
+    assert run.data.params["train.steps"] == str(params.train.steps)
+    assert run.data.params["model.g_ch"] == str(params.model.g_ch)
+    assert set(params.flat()) <= set(run.data.params)
+    # lineage: git commit and the prepared data's content_hash as the dataset input
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    assert run.data.tags["sagan.data.content_hash"] == manifest["content_hash"]
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["sagan.git_commit"] != ""
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.digest == manifest["content_hash"][:36]
+    assert {t.key: t.value for t in ds.tags}["content_hash"] == manifest["content_hash"]
+    # per-step curves: one point per log_every step, matching metrics/train.csv
+    csv_rows = (project / "metrics/train.csv").read_text().splitlines()[1:]
+    history = client.get_metric_history(run.info.run_id, "loss_d")
+    assert [m.step for m in history] == [int(r.split(",")[0]) for r in csv_rows]
+    for key in ("loss_g", "d_real", "d_fake", "gamma_g0", "gamma_d0", "lr_g", "lr_d", "img_per_s"):
+        assert key in run.data.metrics, key
+    # evaluation joined the same run
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert run.data.metrics["fid"] == pytest.approx(ev["fid"])
+    assert run.data.tags["sagan.eval.num_samples"] == str(ev["num_samples"])
+    # images as a series (key + step), the attention figure, the checkpoint, the model
+    images = [f.path for f in client.list_artifacts(run.info.run_id, "images")]
+    for key in ("samples", "attention"):
+        steps = {p.split("+")[2] for p in images if p.startswith(f"images/{key}+step+")}
+        assert steps == {"2", "4"}, (key, images)
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+        "checkpoint/checkpoint.pt"
+    ]
+    assert client.list_artifacts(run.info.run_id, "figures")
+    # ... and they really are in the S3 bucket
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/checkpoint/checkpoint.pt") for k in keys)
+    assert any(k.endswith("model.pt2") for k in keys)
+    # the checkpoint artifact resumes elsewhere: it is the local checkpoint, byte for byte
+    local = Path(client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", str(project)))
+    assert local.read_bytes() == (project / "models/checkpoint.pt").read_bytes()
+    # never a credential
+    everything = json.dumps([run.data.params, run.data.tags])
+    assert SECRET_KEY not in everything and "AKIASAGAN" not in everything
+
+
+def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
+    import mlflow
+
+    from sagan_core.checkpoint import load_generator
+
+    project, out = trained
+    assert "champion" in out and MODEL in out
+    client = client_for(mlflow_server)
+    champ = client.get_model_version_by_alias(MODEL, "champion")
+    run = client.get_run(champ.run_id)
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    # lineage tags on the version
+    assert float(champ.tags["fid"]) == pytest.approx(ev["fid"])
+    assert champ.tags["content_hash"] == run.data.tags["sagan.data.content_hash"]
+    assert champ.tags["git_commit"] == run.data.tags["sagan.git_commit"]
+    assert json.loads(champ.tags["protocol"])["num_samples"] == ev["num_samples"]
+    assert champ.tags["promotion.decision"] == "champion"
+
+    # pyfunc and pytorch flavours give the local EMA generator's images for the same z / y
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    g, _ = load_generator(project / "models/checkpoint.pt", use_ema=True)
+    z = torch.randn(5, g.spec.z_dim, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 2, 3, 9])
+    with torch.no_grad():
+        expected = g(z, y).numpy()
+    from pipelines.tracking import pack_inputs
+
+    x = pack_inputs(z.numpy(), y.numpy())
+    got = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(x)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert got.min() >= -1 and got.max() <= 1
+    module = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")
+    np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), expected, atol=1e-5)
+
+    # registering the same run again creates no second version
+    r = run_cli(["register"], project, {"SAGAN_TRACKING": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "already registered" in r.stdout
+    assert len(client.search_model_versions(f"name='{MODEL}' and run_id='{champ.run_id}'")) == 1
+
+    # sampling from the registry: a grid, and one PNG per image
+    from PIL import Image
+
+    grid, folder = tmp_path / "grid.png", tmp_path / "each"
+    r = run_cli(
+        ["sample", "--model", f"models:/{MODEL}@champion", "--n", "6", "--class", "3", "--out", str(grid)],
+        project,
+    )
+    assert r.returncode == 0, r.stderr
+    assert Image.open(grid).size[0] > 32
+    r = run_cli(
+        ["sample", "--model", str(project / "models/checkpoint.pt"), "--n", "3", "--out-dir", str(folder)],
+        project,
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "sample_0000.png",
+        "sample_0001.png",
+        "sample_0002.png",
+    ]
+    assert Image.open(folder / "sample_0000.png").size == (32, 32)
+    r = run_cli(["sample", "--model", f"models:/{MODEL}@champion", "--class", "10"], project)
+    assert r.returncode == 2 and "--class" in r.stderr
+
+
+# ---- promotion gate --------------------------------------------------------------------------------
+PROTOCOL = {"num_samples": 64, "reference_split": "prepared", "reference_size": 100, "dims": 64}
+
+
+def fake_run(
+    root: Path,
+    uri: str,
+    trained_project: Path,
+    fid: float,
+    model: str,
+    min_improvement: float = 0.0,
+    **protocol,
+) -> Params:
+    """A new run that reuses the trained run's logged generator, with an eval.json saying `fid`."""
+    from pipelines import tracking
+
+    root.mkdir(parents=True)
+    write_params(root, uri, model_name=model, min_improvement=min_improvement)
+    params = params_in(root)
+    src = json.loads((trained_project / "models/mlflow_run.json").read_text())
+    client = client_for(uri)
+    exp = tracking.experiment_id(client, params, uri)
+    run = client.create_run(exp, tags={"sagan.data.content_hash": "c0ffee", "sagan.git_commit": "abc"})
+    tracking.write_run_record(
+        params,
+        {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": uri, "model_id": src["model_id"]},
+    )
+    (root / "metrics").mkdir()
+    ev = {"fid": fid, "kid_mean": 0.01, "kid_std": 0.001, "generator_step": src["step"]} | PROTOCOL | protocol
+    (root / "metrics/eval.json").write_text(json.dumps(ev))
+    return params
+
+
+def test_promotion_gate(trained, mlflow_server, tmp_path):
+    from pipelines import registry
+
+    project, _ = trained
+    client, name = client_for(mlflow_server), "gate-model"
+
+    def reg(label, fid, **protocol):
+        return registry.register(
+            fake_run(tmp_path / label, mlflow_server, project, fid, name, 1.0, **protocol)
+        )
+
+    first = reg("first", 50.0)
+    assert first["decision"] == "champion" and first["created"]
+    better = reg("better", 40.0)
+    assert better["decision"] == "champion"
+    assert client.get_model_version_by_alias(name, "champion").version == str(better["version"])
+    worse = reg("worse", 45.0)
+    assert worse["decision"] == "challenger"
+    assert client.get_model_version_by_alias(name, "challenger").version == str(worse["version"])
+    within = reg("within-margin", 39.5)  # better, but not by more than min_improvement=1.0
+    assert within["decision"] == "challenger" and "min_improvement" in within["reason"]
+    other = reg("other-protocol", 10.0, num_samples=5000)  # not comparable, however good
+    assert other["decision"] == "challenger" and "protocol" in other["reason"]
+    champ = client.get_model_version_by_alias(name, "champion")
+    assert champ.version == str(better["version"])
+    reason = client.get_model_version(name, str(worse["version"])).tags["promotion.reason"]
+    assert reason == worse["reason"] and "45" in reason
+    # no lock left behind
+    assert client.search_registered_models(f"name = '{name}.promotion-lock'") == []
+
+
+def test_two_registers_race_for_champion(trained, mlflow_server, tmp_path):
+    from pipelines import registry
+
+    project, _ = trained
+    name = "race-model"
+    client = client_for(mlflow_server)
+    registry.register(fake_run(tmp_path / "old", mlflow_server, project, 40.0, name))
+    dirs = {fid: tmp_path / f"fid{fid:g}" for fid in (30.0, 20.0)}
+    for fid, d in dirs.items():
+        fake_run(d, mlflow_server, project, fid, name)
+    env = os.environ | {"PYTHONPATH": str(REPO), "SAGAN_TRACKING": "1"}
+    procs = [
+        subprocess.Popen(
+            SAGAN + ["register"], cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for d in dirs.values()
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    best_run = json.loads((dirs[20.0] / "models/mlflow_run.json").read_text())["run_id"]
+    champ = client.get_model_version_by_alias(name, "champion")
+    assert champ.run_id == best_run and float(champ.tags["fid"]) == 20.0
+    assert client.get_model_version(name, champ.version).tags["promotion.decision"] == "champion"
+
+
+# ---- faults ----------------------------------------------------------------------------------------
+def test_unreachable_tracking_server_is_a_clear_error(trained, tmp_path):
+    project, _ = trained
+    work = tmp_path / "offline"
+    shutil.copytree(project / "models", work / "models")
+    shutil.copytree(project / "metrics", work / "metrics")
+    dead = f"http://127.0.0.1:{free_port()}"
+    write_params(work, dead)
+    before = (work / "models/mlflow_run.json").read_bytes()
+    env = {
+        "SAGAN_TRACKING": "1",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    r = run_cli(["register"], work, env)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and dead in lines[0] and "unreachable" in lines[0], r.stderr
+    # local state intact: the run record and checkpoint are untouched, register can be rerun later
+    assert (work / "models/mlflow_run.json").read_bytes() == before
+    assert (work / "models/checkpoint.pt").stat().st_size > 0
+
+
+@pytest.mark.parametrize("fault", ["missing-bucket", "no-credentials"])
+def test_s3_failure_names_bucket_and_leaves_no_version(
+    fault,
+    trained,
+    mlflow_server,
+    s3_server,
+    tmp_path,
+    monkeypatch,
+):
+    """Artifacts go straight from this client to S3 (experiment artifact_location s3://...)."""
+    from pipelines import registry, tracking
+    from sagan_core.errors import SaganError
+
+    project, _ = trained
+    bucket = "no-such-bucket" if fault == "missing-bucket" else s3_server.bucket
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    if fault == "no-credentials":
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    name = f"s3-fault-{fault}"
+    write_params(
+        tmp_path, mlflow_server, model_name=name, experiment=name, artifact_location=f"s3://{bucket}/x"
+    )
+    params = params_in(tmp_path)
+    client = client_for(mlflow_server)
+    exp = tracking.experiment_id(client, params, mlflow_server)
+    run = client.create_run(exp)
+    tracking.write_run_record(
+        params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server}
+    )
+    shutil.copytree(project / "models", tmp_path / "models", ignore=shutil.ignore_patterns("mlflow_run.json"))
+    shutil.copytree(project / "metrics", tmp_path / "metrics")
+    with pytest.raises(SaganError) as err:
+        registry.register(params)
+    msg = str(err.value)
+    assert f"'{bucket}'" in msg and s3_server.endpoint in msg and "\n" not in msg
+    assert client.search_model_versions(f"run_id='{run.info.run_id}'") == []
+    assert SECRET_KEY not in msg
