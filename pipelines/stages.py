@@ -80,3 +80,28 @@ def register(params: Params) -> dict[str, Any]:
         result["reason"],
     )
     return result
+
+
+def evaluate(params: Params, progress: bool = True, checkpoint=None) -> dict[str, Any]:
+    """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
+    from sagan_core.fid import evaluate as run_evaluate
+
+    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
+    if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
+        from .tracking import log_evaluation
+
+        log_evaluation(params, result)
+    log.info(
+        "FID %.4f  IS %.3f ± %.3f  KID %s  (%d samples vs %s %s, step %d, cache %s) -> %s",
+        result["fid"],
+        result["is_mean"],
+        result["is_std"],
+        "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}",
+        result["num_samples"],
+        result["reference_split"],
+        result["reference_size"],
+        result["generator_step"],
+        result["stats_cache"],
+        params.eval.metrics_file,
+    )
+    return result

@@ -88,18 +88,36 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    num_samples: int = Field(2000, gt=0)
-    batch_size: int = Field(100, gt=0)
-    seed: int = 0
+    """`sagan evaluate` (sagan_core/fid.py). Defaults are the short CPU demo protocol (Inception runs
+    at ~5-10 images/s on 2 CPU cores); the GPU protocol is num_samples 10000 (paper: 50000) and
+    reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.json."""
+
+    num_samples: int = Field(1000, ge=10)  # generated images (>= 10: the Inception Score's 10 splits)
+    batch_size: int = Field(50, gt=0)  # Inception batch; bounds GPU memory / RAM, not the results
+    seed: int = 0  # noise seed of the samples (class-balanced labels when conditional)
+    # "prepared": the prepared dataset's statistics (cached); or a pytorch-fid .npz file made elsewhere
     reference_split: str = "prepared"
+    reference_size: int | None = Field(1000, ge=2)  # a fixed seeded subset of the dataset; null = all
     inception_weights: str | None = None  # explicit path; default: the torch hub cache (TORCH_HOME)
-    dims: Literal[64, 192, 768, 2048] = 2048
+    dims: Literal[64, 192, 768, 2048] = 2048  # Inception block for FID/KID (2048 = pool3, the standard)
     kid_subsets: int = Field(100, gt=0)
-    kid_subset_size: int = Field(1000, gt=0)
+    kid_subset_size: int = Field(500, ge=2)  # standard: 1000 (needs more than 1000 samples for a std)
     use_ema: bool = True
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str = ".sagan/fid-stats"
     metrics_file: str = "metrics/eval.json"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return TrainConfig._device(v)
+
+    @field_validator("reference_split")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        if v != "prepared" and not v.endswith(".npz"):
+            raise ValueError(f"expected 'prepared' or a .npz statistics file, got {v!r}")
+        return v
 
 
 class RegistryConfig(Section):
