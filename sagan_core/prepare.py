@@ -89,6 +89,8 @@ def _damage(e: BaseException) -> str:
 
 def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
     """Validate and convert one item; raises Rejected with the reason."""
+    if source.archive is not None and len(key) == 0:
+        raise Rejected("empty file: 0 bytes")
     if source.root is not None:
         path = source.root / key
         try:
@@ -161,16 +163,11 @@ def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
     return out[:n], reasons
 
 
-def _chunks(items: list[tuple[Any, int]], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield [key for key, _ in items[i : i + size]]
-
-
 def decode_all(
     source: Source, cfg: DataConfig, workers: int, chunk: int
 ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
-    """Decoded chunks in source order. At most 2 chunks per worker are in flight at any time."""
-    chunks = _chunks(source.items, chunk)
+    """Decoded chunks in `source.read_order`. At most 2 chunks per worker are in flight at once."""
+    chunks = source.payloads(chunk)
     if workers <= 1:
         _init_worker(source, cfg)
         yield from map(_decode_chunk, chunks)
@@ -202,6 +199,18 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
 
 
+def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: int) -> None:
+    """Rewrite the image file with rows in `perm` order, a chunk at a time."""
+    src = np.load(path, mmap_mode="r")
+    tmp = path.with_suffix(".reorder")
+    with open(tmp, "wb") as f:
+        f.write(_npy_header((len(perm), *img_shape)))
+        for i in range(0, len(perm), chunk):
+            f.write(np.ascontiguousarray(src[perm[i : i + chunk]]).tobytes())
+    del src
+    os.replace(tmp, path)
+
+
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -227,29 +236,27 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
     chunk = max(8, min(512, (4 << 20) // int(np.prod(img_shape))))
 
     tmp_images = out / "images.npy.tmp"
-    hasher = hashlib.sha256()
-    labels: list[int] = []
-    rejected = list(source.rejected)
+    order = source.read_order if source.read_order is not None else range(len(source.items))
+    kept: list[int] = []  # item positions of the valid images, in the order they were written
+    bad: list[tuple[int, dict[str, str]]] = []
     n = 0
     bar = tqdm(total=len(source.items), desc="prepare", unit="img", disable=not progress, smoothing=0.1)
     try:
         with open(tmp_images, "wb") as f:
             f.write(_npy_header((0, *img_shape)))  # rewritten with the real count at the end
-            pos = 0
+            done = 0
             for arrays, reasons in decode_all(source, cfg, workers, chunk):
-                data = np.ascontiguousarray(arrays).tobytes()
-                f.write(data)
-                hasher.update(data)
+                f.write(np.ascontiguousarray(arrays).tobytes())
                 for reason in reasons:
-                    key, label = source.items[pos]
-                    pos += 1
+                    pos = order[done]
+                    done += 1
                     if reason is None:
-                        labels.append(label)
+                        kept.append(pos)
                     else:
-                        rejected.append({"file": str(key), "reason": reason})
+                        bad.append((pos, {"file": str(source.items[pos][0]), "reason": reason}))
                 n += len(arrays)
                 bar.update(len(reasons))
-                bar.set_postfix(rejected=len(rejected), refresh=False)
+                bar.set_postfix(rejected=len(bad) + len(source.rejected), refresh=False)
             f.seek(0)
             f.write(_npy_header((n, *img_shape)))
     except BaseException:
@@ -257,6 +264,7 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
         raise
     finally:
         bar.close()
+    rejected = list(source.rejected) + [r for _, r in sorted(bad, key=lambda b: b[0])]
     if n == 0:
         tmp_images.unlink(missing_ok=True)
         raise SaganError(f"data.source {cfg.source!r}: no valid images ({len(rejected)} rejected)")
@@ -268,6 +276,15 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
             f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction}): "
             + ", ".join(f"{k} {v}" for k, v in rejection_summary({"rejected": rejected}).items())
         )
+    perm = np.argsort(np.asarray(kept), kind="stable")
+    if np.any(perm != np.arange(n)):  # archives are read in archive order: restore sorted order
+        _reorder(tmp_images, perm, img_shape, chunk)
+    labels = [source.items[kept[i]][1] for i in perm]
+    hasher = hashlib.sha256()
+    with open(tmp_images, "rb") as f:
+        f.seek(_HEADER_LEN)
+        while block := f.read(1 << 22):
+            hasher.update(block)
     label_arr = np.asarray(labels, dtype=np.int64)
     # The hash covers the prepared bytes (pixels, shape, labels, class names), nothing about the
     # source's location, so identical input and params give an identical hash anywhere.

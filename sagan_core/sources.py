@@ -3,9 +3,10 @@
 - `demo`: the bundled MNIST test set (10,000 real digits, idx.gz in sagan_core/assets/mnist).
 - an ImageFolder directory: `root/<class>/**/*.png|jpg|...` -> labelled; a flat folder -> unlabelled.
   A folder of splits (`root/train/<class>`, `root/test/<class>`, ...) is merged class by class.
-- a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder, extracted
-  into a temporary directory after every member has been checked (no absolute paths, no `..`, no
-  links leaving the archive, no device files or FIFOs): one unsafe member refuses the whole archive.
+- a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder. Every member
+  is checked first (no absolute paths, no `..`, no links leaving the archive, no device files or
+  FIFOs): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
+  read front to back (one decompression pass) and decoded from memory.
 - `torchvision:NAME[:SPLIT]`: a torchvision built-in dataset (CIFAR10, MNIST, STL10, CelebA, ...),
   downloaded into `data/raw/torchvision` when online.
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import io
 import os
 import stat
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +47,9 @@ SKIPPED_DIRS = {"__MACOSX", "@eaDir"}
 class Source:
     """Items to decode in order: (key, label). Keys are relative paths (files) or indices (arrays).
 
-    `load(key)` returns an open PIL image; `root` is the directory that relative paths live in.
+    `payloads()` yields what decoding workers receive, chunk by chunk, in `read_order` (item
+    positions; None = item order): keys for folders and arrays, the file bytes for archives (read
+    sequentially, so a .tar.gz is decompressed once and never extracted to disk).
     """
 
     name: str
@@ -56,12 +59,34 @@ class Source:
     arrays: Any = None  # in-memory images for demo/torchvision sources
     rejected: list[dict[str, str]] = field(default_factory=list)
     ignored: int = 0  # files without an image extension (README.txt, labels.csv, ...)
+    archive: Path | None = None
+    members: dict[str, str] = field(default_factory=dict)  # item key -> archive member name
+    read_order: list[int] | None = None
 
-    def open(self, key: Any) -> Image.Image:
+    def open(self, payload: Any) -> Image.Image:
+        if self.archive is not None:
+            return Image.open(io.BytesIO(payload))
         if self.root is not None:
-            return Image.open(self.root / key)
-        img = self.arrays[key]
+            return Image.open(self.root / payload)
+        img = self.arrays[payload]
         return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+
+    def payloads(self, chunk: int) -> Iterator[list[Any]]:
+        order = self.read_order if self.read_order is not None else range(len(self.items))
+        if self.archive is None:
+            keys = [self.items[i][0] for i in order]
+            for i in range(0, len(keys), chunk):
+                yield keys[i : i + chunk]
+            return
+        wanted = [self.members[self.items[i][0]] for i in order]
+        batch: list[bytes] = []
+        for data in _read_members(self.archive, wanted):
+            batch.append(data)
+            if len(batch) == chunk:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -106,40 +131,31 @@ def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
     return sorted(found), ignored
 
 
-def _subdirs(d: Path) -> list[Path]:
-    return sorted((p for p in d.iterdir() if p.is_dir() and _visible(p.name)), key=lambda p: p.name)
+def _layout(src: Source, files: list[str]) -> Source:
+    """Sorted relative image paths -> class names, labelled items, and unlabelled loose files.
+
+    `root/<class>/**` is labelled by <class>; no subfolders at all -> one unlabelled set; a folder
+    of splits (`train/<class>/**`, `test/<class>/**`) is merged class by class.
+    """
+    nested = [f for f in files if "/" in f]
+    if not nested:  # flat folder: one unlabelled set
+        src.items = [(f, 0) for f in files]
+        return src
+    tops = {f.split("/", 1)[0] for f in nested}
+    splits = all(t.lower() in SPLIT_NAMES for t in tops) and all(f.count("/") >= 2 for f in nested)
+    label_of = {f: f.split("/")[1 if splits else 0] for f in nested}
+    src.class_names = sorted(set(label_of.values()))
+    index = {c: i for i, c in enumerate(src.class_names)}
+    src.items = sorted(((f, index[c]) for f, c in label_of.items()), key=lambda it: (it[1], it[0]))
+    # Images beside the class folders have no class: listed as rejected rather than silently lost.
+    src.rejected = [{"file": f, "reason": "not inside a class folder"} for f in files if "/" not in f]
+    return src
 
 
 def folder_source(root: Path, name: str | None = None) -> Source:
     root = root.resolve()
-    src = Source(name or str(root), [], [], root=root)
-    top = _subdirs(root)
-    loose, ignored = [], 0
-    for p in sorted(root.iterdir(), key=lambda p: p.name):
-        if not p.is_dir() and _visible(p.name):
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                loose.append(p.name)
-            else:
-                ignored += 1
-    if not top:  # flat folder: one unlabelled set
-        src.items, src.ignored = [(f, 0) for f in _files_under(root, root)[0]], ignored
-        return src
-    # A folder of splits (train/<class>, test/<class>) is one dataset: merge the splits class by class.
-    splits = all(d.name.lower() in SPLIT_NAMES and _subdirs(d) for d in top)
-    class_dirs: dict[str, list[Path]] = {}
-    for d in top:
-        for c in _subdirs(d) if splits else [d]:
-            class_dirs.setdefault(c.name, []).append(c)
-    src.class_names = sorted(class_dirs)
-    for label, cname in enumerate(src.class_names):
-        for d in class_dirs[cname]:
-            files, n_ignored = _files_under(d, root)
-            src.items += [(f, label) for f in files]
-            ignored += n_ignored
-    # Images beside the class folders have no class: listed as rejected rather than silently lost.
-    src.rejected = [{"file": f, "reason": "not inside a class folder"} for f in loose]
-    src.ignored = ignored
-    return src
+    files, ignored = _files_under(root, root)
+    return _layout(Source(name or str(root), [], [], root=root, ignored=ignored), files)
 
 
 # --- archives ---------------------------------------------------------------------------------
@@ -185,31 +201,58 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
             raise SaganError(f"{archive}: refused: member {info.filename!r} is a link or special file")
 
 
-@contextmanager
-def extracted(archive: Path) -> Iterator[Path]:
-    """Check every member, extract into a temporary folder, yield the dataset root, clean up."""
-    parent = Path(tempfile.gettempdir())
-    with tempfile.TemporaryDirectory(prefix="sagan-extract-", dir=parent) as tmp:
-        dest = Path(tmp)
-        try:
-            if archive.name.lower().endswith(".zip"):
-                with zipfile.ZipFile(archive) as zf:
-                    _check_zip(zf, archive)
-                    zf.extractall(dest)
-            else:
-                with tarfile.open(archive) as tf:
-                    _check_tar(tf, archive)
-                    # Our checks above give the clear message; the "data" filter is defence in depth.
-                    tf.extractall(dest, filter="data")
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise SaganError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from None
-        # An archive of one folder (`cifar10/train/...`) has that folder as its dataset root.
-        root = dest
-        while len(entries := [p for p in root.iterdir() if _visible(p.name)]) == 1 and entries[0].is_dir():
-            if entries[0].name.lower() in SPLIT_NAMES:
-                break
-            root = entries[0]
-        yield root
+def _strip_single_folder(names: list[str]) -> str:
+    """An archive of one folder (`cifar10/train/...`) has that folder as its dataset root."""
+    prefix = ""
+    while True:
+        rest = [n[len(prefix) :] for n in names]
+        firsts = {r.split("/", 1)[0] for r in rest}
+        if len(firsts) != 1 or any("/" not in r for r in rest):
+            return prefix
+        (first,) = firsts
+        if first.lower() in SPLIT_NAMES:
+            return prefix
+        prefix += first + "/"
+
+
+def archive_source(archive: Path, name: str) -> Source:
+    """Check every member, then list the image files; nothing is extracted to disk."""
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                _check_zip(zf, archive)
+                order = [i.filename for i in zf.infolist() if not i.is_dir()]
+        else:
+            with tarfile.open(archive) as tf:
+                _check_tar(tf, archive)
+                order = [m.name for m in tf.getmembers() if m.isfile() or m.issym() or m.islnk()]
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise SaganError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from None
+    visible = [
+        n for n in order if all(_visible(part) for part in PurePosixPath(n).parts) and not n.endswith("/")
+    ]
+    images = [n for n in visible if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS]
+    prefix = _strip_single_folder(images)
+    members = {n[len(prefix) :]: n for n in images}
+    src = _layout(Source(name, [], [], archive=archive, ignored=len(visible) - len(images)), sorted(members))
+    src.members = members
+    position = {key: i for i, (key, _) in enumerate(src.items)}
+    rank = {n: i for i, n in enumerate(order)}
+    src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
+    return src
+
+
+def _read_members(archive: Path, names: list[str]) -> Iterator[bytes]:
+    """The bytes of `names` (given in archive order), reading the archive front to back once."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for n in names:
+                yield zf.read(n)
+        return
+    with tarfile.open(archive) as tf:
+        for n in names:
+            f = tf.extractfile(n)  # links inside the archive resolve to their target's data
+            yield f.read() if f is not None else b""
 
 
 # --- torchvision ------------------------------------------------------------------------------
@@ -279,8 +322,7 @@ def open_source(spec: str) -> Iterator[Source]:
     if path.is_dir():
         yield folder_source(path, name=spec)
     elif path.is_file() and is_archive(path):
-        with extracted(path) as root:
-            yield folder_source(root, name=spec)
+        yield archive_source(path, spec)
     elif path.exists():
         raise ConfigError(f"data.source: {spec!r} is not a folder or a .tar/.tar.gz/.zip archive")
     else:
