@@ -2,4 +2,133 @@
 
 from __future__ import annotations
 
-from .app import ParamsOpt, QuietOpt, SetOpt, app, load  # noqa: F401
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sagan_core.errors import ConfigError
+
+from .app import ParamsOpt, SetOpt, app, load
+
+pipeline_app = typer.Typer(
+    name="pipeline",
+    help="The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even when nothing changed.")]
+
+
+def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[str, Any]:
+    load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    return {"params_file": str(params), "overrides": list(set_ or []), "force": force}
+
+
+@pipeline_app.command("run")
+def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
+    parameters = _flow_parameters(params, set_, force)
+    from .flow import sagan_pipeline
+
+    print(final_report(sagan_pipeline(**parameters), load(params, set_)))
+
+
+@pipeline_app.command("serve")
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    cron: Annotated[str, typer.Option(help="Cron schedule of the retraining runs.")] = "0 3 * * 0",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-retrain",
+) -> None:
+    """Serve a deployment that reruns the pipeline on a cron schedule (blocks; needs a Prefect server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    parameters = _flow_parameters(params, set_, force)
+    if not PREFECT_API_URL.value():
+        raise ConfigError(
+            "schedules need a running Prefect server: start one with `prefect server start` and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    from .flow import sagan_pipeline
+
+    # Scheduled runs start in this process's directory: pin the project so they find it.
+    parameters["project_dir"] = os.getcwd()
+    sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
+
+
+@pipeline_app.command("deploy")
+def deploy(
+    pool: Annotated[str, typer.Option(help="Prefect work pool (e.g. a process pool on a GPU machine).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    cron: Annotated[str | None, typer.Option(help="Optional cron schedule.")] = None,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "on-pool",
+) -> None:
+    """Deploy the flow to a work pool; a worker (`prefect worker start --pool POOL`) runs it where it runs."""
+    from prefect.settings import PREFECT_API_URL
+
+    parameters = _flow_parameters(params, set_, force)
+    if not PREFECT_API_URL.value():
+        raise ConfigError("work pools need a running Prefect server: see `sagan pipeline serve --help`")
+    from .flow import sagan_pipeline
+
+    # The worker loads the flow from this checkout and runs it on this project: both paths must
+    # exist on the worker's machine (same path, e.g. a shared filesystem).
+    code = Path(__file__).resolve().parents[1]
+    parameters["project_dir"] = os.getcwd()
+    remote = sagan_pipeline.from_source(source=str(code), entrypoint="pipelines/flow.py:sagan_pipeline")
+    deployment_id = remote.deploy(
+        name=name,
+        work_pool_name=pool,
+        parameters=parameters,
+        cron=cron,
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
+    print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}")
+    print(f"start a worker: prefect worker start --pool {pool}")
+    print(f"run it:         prefect deployment run sagan-pipeline/{name}")
+
+
+def _tool(name: str) -> str:
+    """The command as the user can type it here: .venv/bin/NAME when that is where sagan runs from."""
+    exe = Path(sys.executable).parent / name
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return name
+
+
+def final_report(result: dict[str, Any], params) -> str:
+    """Where to look after a run: the sample grid, the FID, the registered version, the UIs."""
+    uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    fid = result.get("fid")
+    kid = result.get("kid")
+    version = result.get("version")
+    registered = (
+        f"{result.get('model_name')} version {version}"
+        + (f", alias {result['alias']}" if result.get("alias") else "")
+        + (f" ({result['decision']}: {result['reason']})" if result.get("decision") else "")
+        if version is not None
+        else f"nothing registered ({result.get('decision')}: {result.get('reason')})"
+    )
+    return "\n".join(
+        [
+            "sagan pipeline: done",
+            f"  sample grid : {result.get('samples')}",
+            f"  FID         : {fid:.3f}" + (f"  (KID {kid:.4f})" if kid is not None else "")
+            if fid is not None
+            else "  FID         : -",
+            f"  trained     : {result.get('trained_steps')} new steps (checkpoint at step {result.get('step')})",
+            f"  registered  : {registered}",
+            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
+            f"  Prefect UI  : {_tool('prefect')} server start   (then open http://127.0.0.1:4200)",
+        ]
+    )

@@ -133,12 +133,26 @@ class RegistryConfig(Section):
     tracking: bool = True  # the CLI stages log to MLflow (env SAGAN_TRACKING=0 also turns it off)
 
 
+class PipelineConfig(Section):
+    """Settings of the Prefect flow (`sagan pipeline run|serve`), not of any stage's result."""
+
+    force: bool = False  # run every stage even when DVC says nothing changed (scheduled runs: retrain)
+    train_retries: int = Field(1, ge=0)  # a retried train resumes from its checkpoint, never restarts
+    register_retries: int = Field(3, ge=0)  # transient MLflow/upload errors
+    retry_delay_s: float = Field(2.0, ge=0)  # first retry delay; doubles on each further retry
+    train_timeout_s: float | None = Field(None, gt=0)  # null: no limit
+    stage_timeout_s: float | None = Field(None, gt=0)  # prepare, evaluate, register; null: no limit
+    lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
+    dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
+
+
 class Params(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _attention_fits(self) -> Params:

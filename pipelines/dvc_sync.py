@@ -1,0 +1,96 @@
+"""DVC as the cache of record for the Prefect flow.
+
+The flow calls each stage's one implementation (pipelines.stages) itself, because only the flow
+knows when a train must resume from its checkpoint (DVC would delete `models/` before re-running the
+stage). DVC still decides and records: before a stage, `dvc status <stage>` says whether it must
+run; after it, `dvc commit -f <stage>` writes its deps/params/outs into dvc.lock and the DVC cache,
+exactly as `dvc repro` would have. So after a flow run `dvc status` is clean and `dvc repro` agrees.
+
+DVC reads params.yaml, so `--set` overrides given to the flow are written into params.yaml first
+(what `dvc exp run -S` does); otherwise dvc.lock would record values the outputs were not made with.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sagan_core.config import apply_override
+from sagan_core.errors import ConfigError, SaganError
+
+log = logging.getLogger("sagan")
+
+
+class DvcProject:
+    """The DVC project at `root` (dvc.yaml + .dvc/), queried through DVC's Python API."""
+
+    def __init__(self, root: str | Path = "."):
+        self.root = Path(root).resolve()
+        spec = yaml.safe_load((self.root / "dvc.yaml").read_text()) or {}
+        self.stages: list[str] = list((spec.get("stages") or {}).keys())
+
+    @classmethod
+    def find(cls, root: str | Path, mode: str) -> DvcProject | None:
+        """The project when DVC sync is on (`pipeline.dvc`: auto = when dvc.yaml and .dvc/ exist)."""
+        root = Path(root)
+        present = (root / "dvc.yaml").exists() and (root / ".dvc").is_dir()
+        if mode == "no" or (mode == "auto" and not present):
+            return None
+        if not present:
+            raise ConfigError(f"pipeline.dvc: 'yes' but {root.resolve()} has no dvc.yaml and .dvc/")
+        return cls(root)
+
+    def _repo(self):
+        from dvc.repo import Repo
+
+        return Repo(str(self.root))
+
+    def status(self, stage: str | None = None) -> dict[str, Any]:
+        """`dvc status [stage]`: {} when up to date."""
+        with self._repo() as repo:
+            return repo.status(targets=[stage] if stage else None)
+
+    def changed(self, stage: str) -> bool:
+        if stage not in self.stages:
+            return True  # not tracked by DVC: always run
+        return bool(self.status(stage))
+
+    def commit(self, stage: str) -> None:
+        """Record the stage's current deps, params and outs in dvc.lock and the DVC cache."""
+        if stage not in self.stages:
+            return
+        try:
+            with self._repo() as repo:
+                repo.commit(stage, force=True)
+        except Exception as e:  # DVC raises many types; the flow reports one line
+            raise SaganError(f"dvc commit {stage}: {type(e).__name__}: {e}") from None
+
+
+def write_overrides(params_file: str | Path, overrides: list[str]) -> bool:
+    """Apply `key.path=value` overrides to the params file, keeping its comments; True if it changed.
+
+    `pipeline.*` overrides are flow settings for this run only and are never written.
+    """
+    from ruamel.yaml import YAML
+
+    persistent = [o for o in overrides if not o.strip().startswith("pipeline.")]
+    if not persistent:
+        return False
+    path = Path(params_file)
+    rt = YAML()  # round-trip mode: comments and key order survive
+    rt.preserve_quotes = True
+    data = rt.load(path.read_text()) if path.exists() else {}
+    before = yaml.safe_load(path.read_text()) if path.exists() else {}
+    for assignment in persistent:
+        apply_override(data, assignment)
+    out = io.StringIO()
+    rt.dump(data, out)
+    if yaml.safe_load(out.getvalue()) == before:
+        return False
+    path.write_text(out.getvalue())
+    log.info("wrote %s into %s (DVC reads params from it)", ", ".join(persistent), path)
+    return True

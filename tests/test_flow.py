@@ -1,0 +1,198 @@
+"""The Prefect flow `sagan-pipeline` end to end on the tiny preset, against one temporary Prefect
+server per session: failure and rerun, DVC staying the cache of record, kill -9 and resume, DDP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import prefect_fixtures
+import pytest
+import torch
+from conftest import REPO, SAGAN
+from prefect_fixtures import dvc_status, pipeline_project
+
+from pipelines import flow as flow_mod
+from pipelines import stages
+from pipelines.flow import StageFailed, checkpoint_step, sagan_pipeline
+from pipelines.lock import ProjectBusy, project_lock
+
+pytestmark = pytest.mark.slow
+prefect_api = prefect_fixtures.prefect_api  # the session's one temporary Prefect server
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def spy(monkeypatch, name: str, replacement=None) -> list:
+    """Record calls of stages.NAME (optionally replacing it); the flow looks stages up at call time."""
+    calls, real = [], getattr(stages, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return (replacement or real)(*args, **kwargs)
+
+    monkeypatch.setattr(stages, name, wrapper)
+    return calls
+
+
+def fake_downstream(monkeypatch) -> None:
+    """Stand-ins for evaluate/register where a test is about orchestration, not about FID or MLflow."""
+
+    def evaluate(params, progress=True):
+        step = checkpoint_step(Path(params.train.out_dir) / "checkpoint.pt")
+        return {"fid": float(step), "generator_step": step}
+
+    def register(params):
+        return {"model_name": params.registry.model_name, "version": 1, "decision": "champion", "reason": "t"}
+
+    monkeypatch.setattr(stages, "evaluate", evaluate)
+    monkeypatch.setattr(stages, "register", register)
+
+
+def artifacts(flow_run: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run]))
+        )
+    return {a.key: a.data for a in found if a.key}
+
+
+def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_nothing(
+    prefect_api, tmp_path, monkeypatch, standin_torch_home
+):
+    proj = pipeline_project(tmp_path / "proj", dvc=True)
+    ckpt = proj / "models/checkpoint.pt"
+    monkeypatch.setenv("SAGAN_TRACKING", "1")  # the real MLflow run, registry and promotion
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))  # offline, no Inception weights
+    trains, registers = spy(monkeypatch, "train"), spy(monkeypatch, "register")
+
+    with pytest.raises(StageFailed, match=r"^stage evaluate failed: .*Inception weights") as failed:
+        sagan_pipeline(project_dir=str(proj))
+    assert failed.value.stage == "evaluate"
+    assert registers == [] and not (proj / "metrics/eval.json").exists()  # downstream never ran
+    assert len(trains) == 1 and checkpoint_step(ckpt) == 4  # what was produced is kept...
+    pending = dvc_status(proj)
+    assert (
+        "evaluate:" in pending and "train:" not in pending and "prepare:" not in pending
+    )  # ...and committed
+    trained = sha(ckpt)
+
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))  # the weights are supplied
+    second = sagan_pipeline(project_dir=str(proj))
+    assert len(trains) == 1 and sha(ckpt) == trained and second["trained_steps"] == 0  # no retraining
+    evaluated = json.loads((proj / "metrics/eval.json").read_text())
+    assert second["fid"] == pytest.approx(evaluated["fid"]) and second["kid"] is not None
+    assert second["decision"] == "champion" and isinstance(second["version"], int)  # first model promoted
+    assert dvc_status(proj) == UP_TO_DATE
+
+    import mlflow
+
+    run = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db").get_run(second["mlflow_run"])
+    logged = {k for k in run.data.metrics if "fid" in k.lower() or "kid" in k.lower()}
+    assert logged, run.data.metrics.keys()  # FID/KID are in the MLflow run
+    found = artifacts(second["flow_run"])
+    assert {"sagan-summary", "sagan-runs"} <= found.keys()
+    assert f"{second['fid']:.4g}" in found["sagan-summary"] and second["data_hash"] in found["sagan-summary"]
+    assert "champion" in found["sagan-summary"]
+
+    third = sagan_pipeline(project_dir=str(proj))  # nothing changed: nothing trains, same answer
+    assert len(trains) == 1 and sha(ckpt) == trained and third["trained_steps"] == 0
+    assert (third["version"], third["decision"]) == (second["version"], second["decision"])
+    assert dvc_status(proj) == UP_TO_DATE
+    rows = json.loads(artifacts(third["flow_run"])["sagan-runs"])
+    assert len(rows) == 2 and rows[0]["version"] == str(third["version"])  # this run, then the last
+
+
+def test_failing_stage_stops_the_flow_and_names_stage_and_cause(prefect_api, tmp_path, monkeypatch):
+    proj = pipeline_project(tmp_path / "proj", dvc=False, data__source=str(tmp_path / "missing"))
+    trains = spy(monkeypatch, "train")
+    with pytest.raises(StageFailed, match=r"^stage prepare failed: data\.source: .*missing"):
+        sagan_pipeline(project_dir=str(proj))
+    assert trains == []
+
+
+def _tensors(obj, prefix=""):
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}")
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def test_kill9_during_training_then_rerun_resumes_and_matches_uninterrupted(
+    prefect_api, tmp_path, monkeypatch
+):
+    fake_downstream(monkeypatch)
+    steps = 10
+    extra = {"train__steps": steps, "train__checkpoint_every": 1, "train__sample_every": steps}
+    ref = pipeline_project(tmp_path / "uninterrupted", dvc=False, **extra)
+    assert sagan_pipeline(project_dir=str(ref))["trained_steps"] == steps
+
+    proj = pipeline_project(tmp_path / "killed", dvc=False, **extra)
+    ckpt = proj / "models/checkpoint.pt"
+    env = os.environ | {"PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen([*SAGAN, "pipeline", "run"], cwd=proj, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ckpt.exists() and 2 <= (checkpoint_step(ckpt) or 0) < steps - 2):
+            assert proc.poll() is None, "the flow ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = checkpoint_step(ckpt)
+    assert 0 < killed_at < steps
+
+    rerun = sagan_pipeline(project_dir=str(proj))  # the kernel released the killed run's lock
+    assert rerun["step"] == steps and rerun["trained_steps"] <= steps - killed_at  # not from step 0
+    got, want = (
+        dict(_tensors(torch.load(p, weights_only=True))) for p in (ckpt, ref / "models/checkpoint.pt")
+    )
+    assert got.keys() == want.keys() and len(got) > 10
+    different = [k for k in want if not torch.equal(got[k], want[k])]
+    assert different == []
+
+
+def test_train_task_runs_ddp_under_torchrun(prefect_api, tmp_path, monkeypatch):
+    fake_downstream(monkeypatch)
+    proj = pipeline_project(tmp_path / "ddp", dvc=False, train__nproc_per_node=2, train__steps=2)
+    lines, real = [], flow_mod.get_run_logger
+
+    class Recorder:  # keeps what the train task forwards from `sagan train` to the Prefect log
+        def __init__(self):
+            self.logger = real()
+
+        def info(self, msg, *args):
+            lines.append(msg % args if args else msg)
+            self.logger.info(msg, *args)
+
+    monkeypatch.setattr(flow_mod, "get_run_logger", Recorder)
+    result = sagan_pipeline(project_dir=str(proj))
+    assert result["step"] == 2 and result["trained_steps"] == 2
+    assert any("launching 2 processes" in line and "torch.distributed.run" in line for line in lines)
+
+
+def test_concurrent_run_on_the_same_project_fails_clearly(prefect_api, tmp_path):
+    proj = pipeline_project(tmp_path / "busy", dvc=False)
+    with (
+        project_lock(proj),
+        pytest.raises(ProjectBusy, match="another pipeline run .* is using this project"),
+    ):
+        sagan_pipeline(project_dir=str(proj))
+    assert not (proj / "data/prepared").exists()  # it touched nothing
