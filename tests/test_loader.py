@@ -1,8 +1,9 @@
-"""BatchLoader: values, flips, DDP shards, per-epoch seeding, exact resume, throughput."""
+"""BatchLoader: values, flips, DDP shards, per-epoch seeding, exact resume.
+
+Throughput (the 20,000 images/s target) is measured by benchmarks/prepare_and_load.py, not here.
+"""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -81,21 +82,3 @@ def test_batch_larger_than_shard_is_a_config_error():
 
     with pytest.raises(ConfigError, match="train.batch_size"):
         BatchLoader(fake_data(10), 8, seed=0, world_size=2)
-
-
-def test_throughput_target_at_32px(tmp_path):
-    """The issue's target: >= 20,000 images/s at 32x32 from the memory map, on this 2-core machine."""
-    n = 20_000
-    path = tmp_path / "images.npy"
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, 3, 32, 32))
-    arr[:] = np.random.default_rng(0).integers(0, 256, size=arr.shape, dtype=np.uint8)
-    del arr
-    data = PreparedData(np.load(path, mmap_mode="r"), np.zeros(n, dtype=np.int64), {"num_classes": 0})
-    loader = BatchLoader(data, 64, seed=0, hflip=True)
-    best = 0.0
-    for _ in range(3):  # best of three: the machine is shared
-        t, seen = time.perf_counter(), 0
-        while seen < 20_000:
-            seen += len(next(loader)[0])
-        best = max(best, seen / (time.perf_counter() - t))
-    assert best >= 20_000, f"{best:.0f} images/s"
