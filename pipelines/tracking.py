@@ -95,6 +95,8 @@ def connect(params: Params):
     import mlflow
     from mlflow import MlflowClient
 
+    # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -104,8 +106,12 @@ def connect(params: Params):
 
 def unreachable(uri: str, e: BaseException) -> TrackingError:
     reason = " ".join(str(e).split())
-    if len(reason) > 300:
-        reason = reason[:300] + "..."
+    for hint in ("Connection refused", "Name or service not known", "timed out", "Max retries exceeded"):
+        if hint in reason:  # the one phrase that says why, not urllib3's whole retry history
+            reason = hint
+            break
+    if len(reason) > 200:
+        reason = reason[:200] + "..."
     return TrackingError(
         f"MLflow tracking server {redact(uri)} unreachable or failing after "
         f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries ({type(e).__name__}: {reason}); "

@@ -324,6 +324,14 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
             monkeypatch.delenv(k, raising=False)
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups
+        # as in a fresh process: MLflow caches boto3 clients per endpoint, and boto3's default session
+        # keeps the credentials it resolved earlier in this process
+        import boto3
+        from mlflow.store.artifact import s3_artifact_repo
+
+        s3_artifact_repo._cached_get_s3_client.cache_clear()
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     name = f"s3-fault-{fault}"
     write_params(
         tmp_path, mlflow_server, model_name=name, experiment=name, artifact_location=f"s3://{bucket}/x"
@@ -335,7 +343,12 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     tracking.write_run_record(
         params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server}
     )
-    shutil.copytree(project / "models", tmp_path / "models", ignore=shutil.ignore_patterns("mlflow_run.json"))
+    shutil.copytree(
+        project / "models",
+        tmp_path / "models",
+        ignore=shutil.ignore_patterns("mlflow_run.json"),
+        dirs_exist_ok=True,
+    )
     shutil.copytree(project / "metrics", tmp_path / "metrics")
     with pytest.raises(SaganError) as err:
         registry.register(params)
