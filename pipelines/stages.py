@@ -17,11 +17,11 @@ log = logging.getLogger("sagan")
 
 def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
     from sagan_core.prepare import prepare as run_prepare
-
     from sagan_core.prepare import rejection_summary
+
     manifest = run_prepare(params.data, progress=progress)
-    log.info(
     by_reason = rejection_summary(manifest)
+    log.info(
         "prepared %d images (%d classes, %dpx, %d ch) into %s; %d rejected%s; content_hash %s",
         manifest["num_images"],
         manifest["num_classes"],
@@ -29,8 +29,8 @@ def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
         manifest["channels"],
         params.data.prepared_dir,
         len(manifest["rejected"]),
-        manifest["content_hash"][:12],
         f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else "",
+        manifest["content_hash"][:12],
     )
     return {k: manifest[k] for k in ("num_images", "num_classes", "content_hash")} | {
         "rejected": len(manifest["rejected"]),
