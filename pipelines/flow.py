@@ -129,9 +129,16 @@ def prepare_task(run: dict[str, Any]) -> dict[str, Any]:
         if not _must_run("prepare", run):
             manifest = json.loads((Path(params.data.prepared_dir) / "manifest.json").read_text())
             return {"skipped": True, "content_hash": manifest["content_hash"]}
-        result = stages.prepare(params, progress=False)
+        # In a child process: prepare decodes with a process pool, and forking this process (which
+        # runs Prefect's threads) can deadlock the workers on locks those threads hold.
+        _cli_subprocess("prepare", run, "--quiet")
+        manifest = json.loads((Path(params.data.prepared_dir) / "manifest.json").read_text())
         _commit("prepare", run)
-        return {"skipped": False, "content_hash": result["content_hash"], "num_images": result["num_images"]}
+        return {
+            "skipped": False,
+            "content_hash": manifest["content_hash"],
+            "num_images": manifest["num_images"],
+        }
 
 
 # ---- train ---------------------------------------------------------------------------------------
@@ -196,12 +203,12 @@ class PrefectProgress(Callback):
         )
 
 
-def _train_subprocess(run: dict[str, Any], resume: bool) -> None:
-    """`sagan train` in a child process: the path that relaunches itself under torchrun."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--params", run["params_file"]]
+def _cli_subprocess(stage: str, run: dict[str, Any], *extra: str) -> None:
+    """`sagan STAGE` in a child process, its output forwarded line by line to the Prefect log."""
+    cmd = [sys.executable, "-m", "pipelines.cli", stage, "--params", run["params_file"]]
     for o in run["overrides"]:
         cmd += ["--set", o]
-    cmd += ["--resume"] if resume else []
+    cmd += list(extra)
     logger = get_run_logger()
     logger.info("running %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -211,7 +218,9 @@ def _train_subprocess(run: dict[str, Any], resume: bool) -> None:
             last = line.strip()
             logger.info(last)
     if proc.wait() != 0:
-        raise SaganError(f"sagan train exited with code {proc.returncode}: {last}")
+        if last.startswith("sagan: "):  # the CLI's own one-line message: that is the cause
+            raise SaganError(last.removeprefix("sagan: ").removeprefix("error: "))
+        raise SaganError(f"sagan {stage} exited with code {proc.returncode}: {last}")
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -228,7 +237,8 @@ def train_task(run: dict[str, Any], data_hash: str) -> dict[str, Any]:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         TRAIN_STAMP.write_text(json.dumps({"fingerprint": train_fingerprint(params, data_hash)}))
         if params.train.nproc_per_node > 1:
-            _train_subprocess(run, resume)
+            # The `sagan train` path that relaunches itself under torchrun.
+            _cli_subprocess("train", run, *(["--resume"] if resume else []))
         else:
             stages.train(
                 params, resume=resume, progress=False, callbacks=[PrefectProgress(params.train.steps)]
