@@ -1,0 +1,145 @@
+"""`sagan pipeline serve` and `sagan pipeline deploy` against a real `prefect server start` process
+(schedules and work pools need one; the temporary test server cannot serve them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SAGAN
+from prefect_fixtures import free_port, pipeline_project
+
+pytestmark = pytest.mark.slow
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process we started and its children (it leads its own session)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait(what: str, check, timeout: float = 240, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on a free port, with its own PREFECT_HOME; yields the env to reach it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def healthy() -> bool:
+        assert server.poll() is None, (home / "server.log").read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait("the Prefect server", healthy)
+        yield env
+    finally:
+        _stop(server)
+        log.close()
+
+
+def prefect_cli(args: list[str], env: dict, cwd: Path | None = None) -> str:
+    out = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # rich wraps tables to the terminal width: a wide one keeps names on one line
+    return out.stdout
+
+
+def test_serve_creates_a_deployment_with_the_cron_schedule(prefect_server, tmp_path):
+    proj = pipeline_project(tmp_path / "proj", dvc=False)
+    env = prefect_server | {"COLUMNS": "250"}
+    serve = subprocess.Popen(
+        [*SAGAN, "pipeline", "serve", "--cron", "0 3 * * 0", "--name", "weekly"],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+
+        def listed() -> str | None:
+            assert serve.poll() is None, serve.stderr.read()
+            out = prefect_cli(["deployment", "ls"], env)
+            return out if "sagan-pipeline/weekly" in out else None
+
+        _wait("the served deployment", listed, every=3)
+        inspected = prefect_cli(["deployment", "inspect", "sagan-pipeline/weekly"], env)
+        assert "0 3 * * 0" in inspected
+        assert str(proj) in inspected  # scheduled runs are pinned to this project
+    finally:
+        _stop(serve)
+
+
+def test_serve_without_a_server_says_how_to_start_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [*SAGAN, "pipeline", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 2
+    assert "prefect server start" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_path):
+    env = prefect_server | {"COLUMNS": "250"}
+    proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2, train__checkpoint_every=2)
+    # The worker's run does prepare + train for real; evaluate needs Inception weights this offline
+    # machine lacks, so the run is expected to fail there: what is checked is that the pool ran it.
+    prefect_cli(["work-pool", "create", "sagan-test-pool", "--type", "process"], env)
+    out = subprocess.run(
+        [*SAGAN, "pipeline", "deploy", "--pool", "sagan-test-pool", "--name", "on-pool"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    prefect_cli(["deployment", "run", "sagan-pipeline/on-pool"], env)
+    worker = subprocess.run(
+        [*PREFECT, "worker", "start", "--pool", "sagan-test-pool", "--run-once"],
+        env=env | {"SAGAN_TRACKING": "0", "TORCH_HOME": str(tmp_path / "no-weights")},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    from pipelines.flow import checkpoint_step
+
+    assert checkpoint_step(proj / "models/checkpoint.pt") == 2  # trained on the worker
