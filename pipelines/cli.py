@@ -62,6 +62,7 @@ def _relaunch_under_torchrun(nproc: int) -> int:
 
 
 def _setup_logging() -> None:
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own INFO lines (db migrations)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr

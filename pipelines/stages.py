@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from sagan_core.config import Params
@@ -39,8 +40,15 @@ def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> dict[str, Any]:
+    from sagan_core.data import open_prepared
+    from sagan_core.errors import ConfigError
     from sagan_core.trainer import train as run_train
 
+    # User mistakes first, as one-line errors, before an MLflow run is opened for nothing.
+    open_prepared(params.data.prepared_dir)
+    checkpoint = Path(params.train.out_dir) / "checkpoint.pt"
+    if resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: no checkpoint at {checkpoint} (train without --resume first)")
     callbacks = list(callbacks)
     tracker = None
     if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run

@@ -43,7 +43,7 @@ TINY = [
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     (tmp_path / "params.yaml").write_text("train:\n  steps: 3\n")
-    r = run_cli(args, cwd=tmp_path)
+    r = run_cli(args, cwd=tmp_path, env={"SAGAN_TRACKING": "1"})  # as users run it: MLflow on
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sagan: error: "), r.stderr
