@@ -63,6 +63,9 @@ def _relaunch_under_torchrun(nproc: int) -> int:
 
 def _setup_logging() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own INFO lines (db migrations)
+    # Prefect's temporary server sends a telemetry heartbeat that races its own sqlite writes at
+    # start-up ("database is locked" traceback); it is of no use to a training pipeline anyway.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr
