@@ -46,9 +46,11 @@ def attention_figure(
     if not blocks:
         return None
     attn = blocks[-1]
+    pick = torch.linspace(0, len(z) - 1, n_images, device=z.device).long()  # rows from different classes
+    z, y = z[pick], None if y is None else y[pick]
     attn.keep_attention = True
     try:
-        images = g(z[:n_images], None if y is None else y[:n_images]).float().cpu()
+        images = g(z, y).float().cpu()
         maps = attn.last_attention[:n_images].cpu()  # B, h, w, h/2, w/2
     finally:
         attn.keep_attention, attn.last_attention = False, None
