@@ -25,13 +25,13 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sagan_core.checkpoint import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.trainer import Callback
@@ -177,18 +177,7 @@ def read_run_record(params: Params) -> dict[str, Any] | None:
 
 def write_run_record(params: Params, record: dict[str, Any]) -> None:
     """Atomic write: a crash never leaves a half-written record that loses the run id."""
-    path = run_file(params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(run_file(params), lambda f: f.write(json.dumps(record, indent=2).encode()))
 
 
 def require_run(params: Params, what: str) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -18,14 +19,15 @@ from .errors import ConfigError, SaganError
 from .model import Generator, ModelSpec
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same directory, fsync, rename: a crash leaves the old file intact."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write via `write(file)` to a temp file in the same directory, fsync, rename: a crash leaves
+    the old file intact (never a half-written one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,6 +39,11 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically (see write_atomic)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -91,3 +91,26 @@ def standin_torch_home(tmp_path_factory) -> Path:
 # so tests that train do not need a tracking store. MLflow tests (tests/test_mlflow.py) set
 # SAGAN_TRACKING=1 where they train or evaluate.
 os.environ.setdefault("SAGAN_TRACKING", "0")
+
+
+def run_two_rank_worker(project: Path, env: dict | None = None) -> tuple[dict, dict]:
+    """torchrun 2 processes of ddp_worker.py on `project`; returns each rank's final weights."""
+    full_env = os.environ | {"PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"} | (env or {})
+    worker = Path(__file__).parent / "ddp_worker.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(worker),
+        str(project),
+    ]
+    r = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r0, r1 = (torch.load(project / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    for net in ("G", "D"):
+        assert r0[net].keys() == r1[net].keys()
+        for k in r0[net]:
+            assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
+    return r0, r1

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, run_two_rank_worker
 
 from sagan_core.config import Params
 from sagan_core.data import BatchLoader, open_prepared
 
 
 def test_two_gloo_processes_end_with_identical_weights(project):
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(Path(__file__).parent / "ddp_worker.py"),
-        str(project),
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r0, r1 = (torch.load(project / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    r0, r1 = run_two_rank_worker(project, {"OMP_NUM_THREADS": "1"})  # asserts identical weights
     assert r0["world"] == r1["world"] == 2
-    for net in ("G", "D"):
-        assert r0[net].keys() == r1[net].keys()
-        for k in r0[net]:
-            assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
     ck = torch.load(project / "models/checkpoint.pt", weights_only=True)
     assert ck["step"] == 3
     for k, v in ck["generator"].items():  # rank 0 saved the shared weights
