@@ -297,7 +297,7 @@ class Trainer:
             inp = torch.cat([x.to(fake.dtype), fake]).contiguous(memory_format=mf)
             labels = None if y_fake is None else torch.cat([y, y_fake])
             with self._autocast():
-                logits = d_run(inp, labels if self.spec.num_classes else None)
+                logits = d_run(inp, labels)
             d_real, d_fake = logits[:b], logits[b:]
             loss_d = d_hinge(d_real, d_fake)
             self.opt_d.zero_grad(set_to_none=True)

@@ -34,6 +34,19 @@ def tiny_overrides(**extra: object) -> dict:
     return raw
 
 
+# The same tiny model as `sagan` CLI flags, for tests that run the command itself.
+TINY_CLI = [
+    "--set",
+    "model.g_ch=4",
+    "--set",
+    "model.d_ch=8",
+    "--set",
+    "model.z_dim=16",
+    "--set",
+    "train.batch_size=8",
+]
+
+
 def make_params(project: Path, **extra: object) -> Params:
     raw = tiny_overrides(**extra)
     raw.setdefault("data", {})["prepared_dir"] = str(project / "data/prepared")

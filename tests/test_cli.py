@@ -6,18 +6,8 @@ import csv
 
 import pytest
 import torch
+from conftest import TINY_CLI as TINY
 from conftest import run_cli
-
-TINY = [
-    "--set",
-    "model.g_ch=4",
-    "--set",
-    "model.d_ch=8",
-    "--set",
-    "model.z_dim=16",
-    "--set",
-    "train.batch_size=8",
-]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import run_cli, run_two_rank_worker
+from conftest import TINY_CLI, run_cli, run_two_rank_worker
 
 from sagan_core.config import Params
 from sagan_core.data import BatchLoader, open_prepared
@@ -34,14 +34,7 @@ def test_cli_relaunches_under_torchrun(project):
     r = run_cli(
         [
             "train",
-            "--set",
-            "model.g_ch=4",
-            "--set",
-            "model.d_ch=8",
-            "--set",
-            "model.z_dim=16",
-            "--set",
-            "train.batch_size=8",
+            *TINY_CLI,
             "--set",
             "train.steps=2",
             "--set",
