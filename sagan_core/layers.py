@@ -51,9 +51,14 @@ def sn_linear(cin: int, cout: int, eps: float = 1e-6, bias: bool = True) -> nn.M
 
 
 class ConditionalBatchNorm(nn.Module):
-    """BatchNorm whose gain and bias come from plain class embeddings (gain init 1, bias init 0).
+    """BatchNorm whose gain and bias come from per-class embeddings (categorical conditional BN).
 
-    With num_classes == 0 it is an ordinary affine BatchNorm (the unconditional model).
+    Init as BigGAN-PyTorch (which reproduces SAGAN): orthogonal class rows, gain = 1 + row, so
+    every class modulates the features differently from step 0. The official TF code starts all
+    classes at gain 1, bias 0; then the class signal must be built from scratch at Adam's lr per
+    step: after 2,000 steps of the CPU demo model, 67% of its samples were recognised as their
+    class by the digit classifier of benchmarks/demo_quality.py, against 97% with this init
+    (BENCHMARKS.md). With num_classes == 0 it is an ordinary affine BatchNorm.
     """
 
     def __init__(self, ch: int, num_classes: int, eps: float = 1e-5):
@@ -63,8 +68,9 @@ class ConditionalBatchNorm(nn.Module):
         if num_classes:
             self.gain = nn.Embedding(num_classes, ch)
             self.bias = nn.Embedding(num_classes, ch)
-            nn.init.ones_(self.gain.weight)
-            nn.init.zeros_(self.bias.weight)
+            with torch.no_grad():
+                nn.init.orthogonal_(self.gain.weight).add_(1.0)
+                nn.init.orthogonal_(self.bias.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         out = self.bn(x)

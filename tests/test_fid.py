@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pytorch_fid.fid_score import calculate_frechet_distance
 from scipy import linalg
 from torchvision.utils import save_image
 
@@ -57,6 +58,49 @@ def test_frechet_nearly_singular_covariance():
     ours = F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu2, s2))
     assert np.isfinite(ours)
     assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-4, abs=1e-4)
+
+
+def features(rng, n, d, decay):
+    """n samples of d-dim features with a power-law spectrum, like Inception features."""
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return rng.normal(size=(n, d)) @ (q * np.arange(1, d + 1.0) ** (-decay / 2)).T
+
+
+def stats_of(x):
+    return F.Stats(x.mean(0), np.cov(x, rowvar=False))
+
+
+def test_frechet_fast_path_equals_pytorch_fid_when_well_conditioned():
+    rng = np.random.default_rng(2)
+    d = 256
+    for n, decay in [(300, 2.0), (1000, 1.0)]:  # condition numbers ~1e6 .. 1e3
+        a, b = stats_of(features(rng, n, d, decay)), stats_of(1.1 * features(rng, n, d, decay) + 0.05)
+        assert F.trace_sqrt_product(a.sigma, b.sigma) is not None  # the eigh/SVD path is taken
+        ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+        assert F.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+def test_frechet_fast_path_with_dead_features_equals_pytorch_fid():
+    """Features that are 0 on every image (dead ReLUs) are zero rows/columns of a covariance."""
+    rng = np.random.default_rng(4)
+    x1, x2 = features(rng, 600, 128, 1.0), features(rng, 700, 128, 1.0) + 0.2
+    x1[:, :10] = 0  # dead in the first set only
+    x2[:, 5:12] = 0  # dead in the second, overlapping the first's
+    acc1, acc2 = F.StatsAccumulator(), F.StatsAccumulator()
+    acc1.add(x1)
+    acc2.add(x2)
+    a, b = acc1.result(), acc2.result()
+    assert not a.sigma[:, :10].any() and not b.sigma[:, 5:12].any()
+    assert F.trace_sqrt_product(a.sigma, b.sigma) is not None
+    ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert F.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+def test_frechet_singular_covariance_is_pytorch_fid_exactly():
+    rng = np.random.default_rng(3)
+    a, b = stats_of(features(rng, 40, 64, 1.0)), stats_of(features(rng, 50, 64, 1.0) + 0.1)  # n < d
+    assert F.trace_sqrt_product(a.sigma, b.sigma) is None
+    assert F.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 def test_frechet_errors():
