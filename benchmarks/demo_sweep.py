@@ -1,104 +1,128 @@
-"""Sweep candidate demo presets: train each on the demo digits, score with demo_quality's classifier.
+"""How fast do demo candidates learn class-conditional digits? Accuracy of the digit classifier over training.
 
-Used to choose params.yaml's CPU demo preset. Runs fp32 (the CPU numerics) on whatever device is
-given; a GPU makes the sweep fast, and the chosen preset is then confirmed on CPU.
+Each candidate is params.yaml plus overrides, trained on the bundled demo digits (fp32, the CPU
+numerics); every `--every` steps, 500 class-balanced samples of the EMA generator (eval mode), of
+the EMA generator with batch statistics, and of the raw generator are classified by
+demo_quality's classifier. Used to choose params.yaml's demo preset (BENCHMARKS.md, "Demo quality").
 
-  python benchmarks/demo_sweep.py --device cuda --out /tmp/sweep
+  python benchmarks/demo_sweep.py --only preset preset-official-cbn-init --steps 2000
+  OMP_NUM_THREADS=1 python benchmarks/demo_sweep.py --only preset &   # two candidates on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_quality import sample_accuracy, train_classifier  # noqa: E402
+from demo_quality import train_classifier  # noqa: E402
 
-from sagan_core.config import Params  # noqa: E402
+from sagan_core import layers  # noqa: E402
+from sagan_core.config import validate  # noqa: E402
 from sagan_core.prepare import prepare  # noqa: E402
-from sagan_core.trainer import train  # noqa: E402
+from sagan_core.trainer import Callback, Trainer  # noqa: E402
 
-CANDIDATES = {
-    "ch8-b64-600": {"model": {"g_ch": 8, "d_ch": 8}, "train": {"steps": 600, "batch_size": 64}},
-    "ch8-b64-600-ema.99": {
-        "model": {"g_ch": 8, "d_ch": 8},
-        "train": {"steps": 600, "batch_size": 64, "ema_decay": 0.99},
-    },
-    "ch8-b32-1200-ema.99": {
-        "model": {"g_ch": 8, "d_ch": 8},
-        "train": {"steps": 1200, "batch_size": 32, "ema_decay": 0.99},
-    },
-    "ch8-b64-600-lr2x": {
-        "model": {"g_ch": 8, "d_ch": 8},
-        "train": {"steps": 600, "batch_size": 64, "ema_decay": 0.99, "lr_g": 2e-4, "lr_d": 8e-4},
-    },
-    "ch8-b32-1200-lr2x": {
-        "model": {"g_ch": 8, "d_ch": 8},
-        "train": {"steps": 1200, "batch_size": 32, "ema_decay": 0.99, "lr_g": 2e-4, "lr_d": 8e-4},
-    },
-    "ch6-b64-800-ema.99": {
-        "model": {"g_ch": 6, "d_ch": 6},
-        "train": {"steps": 800, "batch_size": 64, "ema_decay": 0.99},
-    },
-    "ch8-b64-1000-ema.99": {
-        "model": {"g_ch": 8, "d_ch": 8},
-        "train": {"steps": 1000, "batch_size": 64, "ema_decay": 0.99},
-    },
-    "ch16-b64-600-ema.99": {
-        "model": {"g_ch": 16, "d_ch": 16},
-        "train": {"steps": 600, "batch_size": 64, "ema_decay": 0.99},
-    },
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (params.yaml overrides, cBN init: "default" or "official" = all gains 1, biases 0)
+CANDIDATES: dict[str, tuple[dict, str]] = {
+    "preset": ({}, "default"),
+    "preset-official-cbn-init": ({}, "official"),
+    "preset-d16": ({"model": {"d_ch": 16}}, "default"),
+    "preset-lr4x": ({"train": {"lr_g": 4e-4, "lr_d": 1.6e-3}}, "default"),
 }
+
+
+def official_cbn_init(model: torch.nn.Module) -> None:
+    """The official TF code's conditional-BN init: every class starts at gain 1, bias 0."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, layers.ConditionalBatchNorm) and m.num_classes:
+                m.gain.weight.fill_(1.0)
+                m.bias.weight.zero_()
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, g: torch.nn.Module, batch_stats: bool, per_class: int = 50) -> float:
+    g = copy.deepcopy(g).train(batch_stats)
+    gen = torch.Generator().manual_seed(123)
+    y = torch.arange(10).repeat_interleave(per_class)
+    z = torch.randn(len(y), g.spec.z_dim, generator=gen)
+    perm = torch.randperm(len(y), generator=gen)  # mixed classes in the batch-statistics case
+    x = g(z[perm], y[perm])
+    x = (x.clamp(-1, 1) * 127.5 + 127.5).round().div(127.5).sub(1)  # as saved to uint8
+    return (net(x).argmax(1) == y[perm]).float().mean().item()
+
+
+class Probe(Callback):
+    def __init__(self, name: str, net: torch.nn.Module, every: int, results: list):
+        self.name, self.net, self.every, self.results, self.t0 = name, net, every, results, time.time()
+
+    def on_step_end(self, step: int, trainer: Trainer) -> None:
+        if step % self.every:
+            return
+        row = {
+            "step": step,
+            "seconds": round(time.time() - self.t0),
+            "ema": accuracy(self.net, trainer.G_ema.module, False),
+            "ema_batch_stats": accuracy(self.net, trainer.G_ema.module, True),
+            "G": accuracy(self.net, trainer.G, False),
+        }
+        self.results.append(row)
+        print(
+            f"{self.name} step {step} t={row['seconds']}s  EMA {row['ema']:.1%}  "
+            f"EMA(batch stats) {row['ema_batch_stats']:.1%}  G {row['G']:.1%}",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sagan-sweep"))
-    ap.add_argument("--only", nargs="*", default=None)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--only", nargs="*", default=None, help=f"of {', '.join(CANDIDATES)}")
+    ap.add_argument("--steps", type=int, default=None, help="default: params.yaml's train.steps")
+    ap.add_argument("--every", type=int, default=200)
     args = ap.parse_args()
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
     prepared = args.out / "data/prepared"
-    prepare(Params.model_validate({"data": {"prepared_dir": str(prepared)}}).data, progress=False)
+    prepare(validate({**base, "data": {**base["data"], "prepared_dir": str(prepared)}}).data, progress=False)
     net, acc = train_classifier(prepared, epochs=4, device=torch.device(args.device))
     print(f"classifier accuracy on held-out real digits: {acc:.1%}", flush=True)
-    results = {}
-    for name, over in CANDIDATES.items():
+    for name, (over, cbn_init) in CANDIDATES.items():
         if args.only and name not in args.only:
             continue
-        for seed in args.seeds:
-            run = args.out / f"{name}-s{seed}"
-            raw = json.loads(json.dumps(over))
-            raw["data"] = {"prepared_dir": str(prepared)}
-            raw["train"] |= {
-                "device": args.device,
-                "precision": "fp32",
-                "channels_last": "no",
-                "seed": seed,
-                "out_dir": str(run / "models"),
-                "samples_dir": str(run / "samples"),
-                "metrics_file": str(run / "train.csv"),
-                "sample_every": 10_000,
-                "log_every": 100,
-                "checkpoint_every": 10_000,
-            }
-            t0 = time.perf_counter()
-            train(Params.model_validate(raw), progress=False)
-            sec = time.perf_counter() - t0
-            frac, per, _ = sample_accuracy(
-                net, run / "models/checkpoint.pt", 100, torch.device(args.device), run / "grid.png"
-            )
-            results[f"{name}-s{seed}"] = frac
-            print(
-                f"{name:>22} seed {seed}: {frac:.1%} recognised  (min class {min(per):.0%}; {sec:.0f} s)",
-                flush=True,
-            )
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        raw = copy.deepcopy(base)
+        for section, values in over.items():
+            raw[section] |= values
+        run = args.out / name
+        raw["data"]["prepared_dir"] = str(prepared)
+        raw["train"] |= {
+            "device": args.device,
+            "precision": "fp32",
+            "channels_last": "no",
+            "out_dir": str(run / "models"),
+            "samples_dir": str(run / "samples"),
+            "metrics_file": str(run / "train.csv"),
+            "sample_every": 10**6,
+            "checkpoint_every": 10**6,
+        }
+        if args.steps:
+            raw["train"]["steps"] = args.steps
+        results: list[dict] = []
+        trainer = Trainer(validate(raw), [Probe(name, net, args.every, results)], progress=False)
+        if cbn_init == "official":
+            official_cbn_init(trainer.G)
+            trainer.G_ema.module.load_state_dict(trainer.G.state_dict())
+        trainer.fit()
+        (run / "accuracy.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

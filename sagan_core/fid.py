@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
+from scipy.linalg import LinAlgWarning
 from scipy.special import xlogy
 from tqdm import tqdm
 
@@ -161,7 +163,10 @@ def _pytorch_fid_frechet(mu1, s1, mu2, s2) -> float:
     """pytorch-fid's own function, its asserts and prints turned into clear errors and logs."""
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out):  # pytorch-fid prints its singular-product notice
+        # pytorch-fid prints its singular-product notice; scipy warns that the product is singular,
+        # which is expected below the feature dimension (and said once, in the log, by the caller).
+        with contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore", LinAlgWarning)
             value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
     except ValueError as e:  # "Imaginary component ..." from a badly conditioned product
         raise SaganError(f"FID could not be computed: {e} (too few samples for the feature size?)") from None

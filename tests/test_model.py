@@ -131,13 +131,22 @@ def test_spectral_norm_is_computed_in_fp32_inside_autocast():
     assert conv.parametrizations.weight[0]._u.dtype == torch.float32
 
 
-def test_conditional_bn_starts_as_plain_bn():
+def test_conditional_bn_is_class_modulated_batch_norm_from_init():
+    """out = BN(x) * gain[y] + bias[y], with gain = 1 + orthogonal rows, bias = orthogonal rows."""
     from sagan_core.layers import ConditionalBatchNorm
 
+    torch.manual_seed(0)
     cbn = ConditionalBatchNorm(8, num_classes=5)
-    x = torch.randn(6, 8, 4, 4)
+    g, b = cbn.gain.weight.detach(), cbn.bias.weight.detach()
+    torch.testing.assert_close((g - 1) @ (g - 1).T, torch.eye(5))  # orthonormal class rows
+    torch.testing.assert_close(b @ b.T, torch.eye(5))
+    x, y = torch.randn(6, 8, 4, 4), torch.tensor([0, 1, 2, 3, 4, 0])
     ref = torch.nn.functional.batch_norm(x, None, None, training=True, eps=cbn.bn.eps)
-    torch.testing.assert_close(cbn(x, torch.randint(5, (6,))), ref)
+    ref = ref * g[y][:, :, None, None] + b[y][:, :, None, None]
+    out = cbn(x, y)
+    torch.testing.assert_close(out, ref)
+    same_x = x[:1].expand(2, -1, -1, -1)
+    assert not torch.allclose(*cbn(same_x, torch.tensor([0, 1])))  # classes differ from step 0
 
 
 def test_projection_term_depends_on_class():
