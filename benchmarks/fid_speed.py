@@ -20,7 +20,7 @@ Weights: pytorch-fid's file from the torch hub cache; if it is absent, a determi
 (tests/standin_inception.py) is written into a private TORCH_HOME and the output says so: timings
 are then still meaningful (same architecture), FID values are not.
 
-  python benchmarks/fid_speed.py --device cpu --num-samples 2100 --reference-size 4200   # ~45 min, 2 cores
+  python benchmarks/fid_speed.py --device cpu --num-samples 2100 --reference-size 3000   # ~40 min, 2 cores
   python benchmarks/fid_speed.py --device cuda --num-samples 10000 --reference-size 10000 --batch-size 200
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--num-samples", type=int, default=2100)
-    ap.add_argument("--reference-size", type=int, default=4200)
+    ap.add_argument("--reference-size", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--dims", type=int, default=2048)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
