@@ -32,9 +32,11 @@ def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
     parameters = _flow_parameters(params, set_, force)
-    from .flow import sagan_pipeline
+    from .flow import sagan_pipeline, short_console_errors
 
-    print(final_report(sagan_pipeline(**parameters), load(params, set_)))
+    with short_console_errors():
+        result = sagan_pipeline(**parameters)
+    print(final_report(result, load(params, set_)))
 
 
 @pipeline_app.command("serve")

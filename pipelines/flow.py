@@ -95,6 +95,48 @@ def _sagan_logs_to_prefect() -> Iterator[None]:
         logger.setLevel(level)
 
 
+class _NoTracebackForOwnErrors(logging.Formatter):
+    """Prefect logs a failed task or flow run with its traceback (three of them, chained, for one
+    missing file). Our own errors (SaganError: bad config, missing weights, diverged training)
+    already say what failed and what to do, so on the terminal they are shown without one;
+    unexpected exceptions keep theirs. Only the console changes: the Prefect UI gets every record whole."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    @staticmethod
+    def own_error(record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return isinstance(exc, SaganError) and not getattr(exc, "transient", False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.own_error(record):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text  # restored: later handlers see the full record
+        record.exc_info = record.exc_text = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+@contextlib.contextmanager
+def short_console_errors() -> Iterator[None]:
+    """While a flow runs in this process, print our own errors without tracebacks (see above)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [h.formatter for h in handlers]
+    for h in handlers:
+        h.setFormatter(_NoTracebackForOwnErrors(h.formatter))
+    try:
+        yield
+    finally:
+        for h, f in zip(handlers, saved, strict=True):
+            h.setFormatter(f)
+
+
 def _sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -3,24 +3,31 @@ server per session: failure and rerun, DVC staying the cache of record, kill -9 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import prefect_fixtures
 import pytest
 import torch
 from conftest import REPO, SAGAN
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect_fixtures import dvc_status, pipeline_project
 
 from pipelines import flow as flow_mod
 from pipelines import stages
-from pipelines.flow import StageFailed, checkpoint_step, sagan_pipeline
+from pipelines.flow import StageFailed, checkpoint_step, sagan_pipeline, short_console_errors
 from pipelines.lock import ProjectBusy, project_lock
+from sagan_core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 prefect_api = prefect_fixtures.prefect_api  # the session's one temporary Prefect server
@@ -196,3 +203,45 @@ def test_concurrent_run_on_the_same_project_fails_clearly(prefect_api, tmp_path)
     ):
         sagan_pipeline(project_dir=str(proj))
     assert not (proj / "data/prepared").exists()  # it touched nothing
+
+
+@task(cache_policy=NO_CACHE)
+def _raise(kind: str) -> None:
+    raise ConfigError("train.steps: expected an integer > 0") if kind == "own" else RuntimeError("a bug")
+
+
+@flow
+def _failing(kind: str) -> None:
+    _raise(kind)
+
+
+@contextlib.contextmanager
+def console_text() -> Iterator[io.StringIO]:
+    """What Prefect's console handler prints (pytest's capture already holds its original stream)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    buf = io.StringIO()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert handlers
+    saved = [h.console.file for h in handlers]  # it prints through a rich Console
+    for h in handlers:
+        h.console.file = buf
+    try:
+        yield buf
+    finally:
+        for h, stream in zip(handlers, saved, strict=True):
+            h.console.file = stream
+
+
+def test_own_errors_reach_the_console_without_traceback_unexpected_ones_with(prefect_api):
+    with console_text() as out, pytest.raises(ConfigError):
+        _failing("own")  # Prefect's own console output, for reference
+    assert "Traceback" in out.getvalue()
+
+    with console_text() as out, short_console_errors(), pytest.raises(ConfigError):
+        _failing("own")
+    assert "train.steps: expected an integer > 0" in out.getvalue() and "Traceback" not in out.getvalue()
+
+    with console_text() as out, short_console_errors(), pytest.raises(RuntimeError):
+        _failing("bug")
+    assert "Traceback" in out.getvalue()  # a bug keeps its traceback
