@@ -123,10 +123,13 @@ class _NoTracebackForOwnErrors(logging.Formatter):
 
 @contextlib.contextmanager
 def short_console_errors() -> Iterator[None]:
-    """While a flow runs in this process, print our own errors without tracebacks (see above)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
+    """While a flow runs in this process, print our own errors without tracebacks (see above).
 
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    The console is whatever the root logger prints through: Prefect's console handler, or the
+    `sagan` CLI's plain one when its logging was set up first."""
+    from prefect.logging.handlers import APILogHandler
+
+    handlers = [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
     saved = [h.formatter for h in handlers]
     for h in handlers:
         h.setFormatter(_NoTracebackForOwnErrors(h.formatter))

@@ -233,6 +233,24 @@ def console_text() -> Iterator[io.StringIO]:
             h.console.file = stream
 
 
+def test_pipeline_run_reports_a_stage_failure_in_one_line_without_traceback(prefect_api, tmp_path):
+    proj = pipeline_project(tmp_path / "proj", dvc=False)
+    env = os.environ | {"PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api}
+    missing = tmp_path / "missing.tar.gz"
+    out = subprocess.run(
+        [*SAGAN, "pipeline", "run", "--set", f"data.source={missing}"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("sagan: stage prepare failed: data.source:") and str(missing) in last
+    assert "Traceback" not in out.stderr + out.stdout
+
+
 def test_own_errors_reach_the_console_without_traceback_unexpected_ones_with(prefect_api):
     with console_text() as out, pytest.raises(ConfigError):
         _failing("own")  # Prefect's own console output, for reference
