@@ -100,8 +100,8 @@ class StatsAccumulator:
 WELL_CONDITIONED_RCOND = 1e-10
 
 
-def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float | None:
-    """Tr((S1 S2)^1/2) exactly; None when a covariance is (numerically) singular.
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, allow_singular: bool = False) -> float | None:
+    """Tr((S1 S2)^1/2) exactly; None when a covariance is (numerically) singular, unless allowed.
 
     Why not scipy's `sqrtm` (what pytorch-fid uses): a general, non-symmetric matrix square root of
     the 2048x2048 product costs ~20 s on 2 CPU cores, a fixed cost of every evaluation. Here, with
@@ -116,15 +116,18 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float | None:
     S_i) are dropped from that covariance first; the selection is an isometry, so this is exact.
     If what remains is singular (fewer samples than feature dimensions), the trace is
     ill-conditioned for any method: the caller falls back to pytorch-fid's own computation so that
-    the numbers stay identical to pytorch-fid's.
+    the numbers stay identical to pytorch-fid's. `allow_singular` computes it anyway (eigenvalues
+    that rounding made negative are clipped to 0: both matrices are PSD), for when that fails.
     """
     live1, live2 = s1.any(axis=0), s2.any(axis=0)
     if not live1.any() or not live2.any():
-        return None
+        return 0.0 if allow_singular else None  # a zero covariance: S1 S2 = 0
     w1, v1 = np.linalg.eigh(s1[np.ix_(live1, live1)])
     w2, v2 = np.linalg.eigh(s2[np.ix_(live2, live2)])
     if w1[0] <= WELL_CONDITIONED_RCOND * w1[-1] or w2[0] <= WELL_CONDITIONED_RCOND * w2[-1]:
-        return None
+        if not allow_singular:
+            return None
+        w1, w2 = np.clip(w1, 0.0, None), np.clip(w2, 0.0, None)
     cross = v2[live1[live2]].T @ v1[live2[live1]]  # V2^T V1 restricted to features live in both
     b = np.sqrt(w2)[:, None] * cross * np.sqrt(w1)[None, :]
     return float(np.linalg.svd(b, compute_uv=False).sum())
@@ -136,7 +139,13 @@ def frechet_distance(a: Stats, b: Stats) -> float:
 
 
 def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
-    """(Fréchet distance, how its trace was computed: "eigh-svd" or pytorch-fid's "sqrtm")."""
+    """(Fréchet distance, how its trace was computed).
+
+    "eigh-svd": well-conditioned covariances, exact and fast. "sqrtm": singular ones, pytorch-fid's
+    own computation (same digits as pytorch-fid). "eigh-svd-singular": pytorch-fid's sqrtm failed
+    (it refuses results whose imaginary part exceeds 1e-3, which happens with few samples of large
+    features); the exact PSD formula then gives the value pytorch-fid cannot, and a warning says so.
+    """
     if a.mu.shape != b.mu.shape or a.sigma.shape != b.sigma.shape:
         raise ConfigError(
             f"statistics have different dimensions ({a.mu.shape[0]} vs {b.mu.shape[0]} features); "
@@ -147,16 +156,29 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
             raise SaganError("statistics contain NaN/Inf values")
     mu1, mu2 = np.atleast_1d(a.mu).astype(np.float64), np.atleast_1d(b.mu).astype(np.float64)
     s1, s2 = np.atleast_2d(a.sigma).astype(np.float64), np.atleast_2d(b.sigma).astype(np.float64)
-    tr_covmean = trace_sqrt_product(s1, s2)
-    if tr_covmean is not None:
-        diff = mu1 - mu2
-        value, method = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean), "eigh-svd"
-    else:
+    diff = mu1 - mu2
+    tr_covmean, method = trace_sqrt_product(s1, s2), "eigh-svd"
+    if tr_covmean is None:
         log.info("a covariance is singular (fewer samples than feature dimensions?): FID via scipy sqrtm")
-        value, method = _pytorch_fid_frechet(mu1, s1, mu2, s2), "sqrtm"
+        try:
+            value, method = _pytorch_fid_frechet(mu1, s1, mu2, s2), "sqrtm"
+        except _SqrtmFailed as e:
+            log.warning(
+                "pytorch-fid's sqrtm failed on these statistics (%s; pytorch-fid itself would stop here): "
+                "FID computed with the exact formula for singular covariances instead. Use more samples "
+                "than feature dimensions for FIDs comparable with other tools.",
+                e,
+            )
+            tr_covmean, method = trace_sqrt_product(s1, s2, allow_singular=True), "eigh-svd-singular"
+    if method != "sqrtm":
+        value = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
     if not np.isfinite(value):
         raise SaganError("FID is not finite (too few samples for the feature size?)")
     return value, method
+
+
+class _SqrtmFailed(ValueError):
+    """pytorch-fid refused its sqrtm result (large imaginary part)."""
 
 
 def _pytorch_fid_frechet(mu1, s1, mu2, s2) -> float:
@@ -169,7 +191,7 @@ def _pytorch_fid_frechet(mu1, s1, mu2, s2) -> float:
             warnings.simplefilter("ignore", LinAlgWarning)
             value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
     except ValueError as e:  # "Imaginary component ..." from a badly conditioned product
-        raise SaganError(f"FID could not be computed: {e} (too few samples for the feature size?)") from None
+        raise _SqrtmFailed(str(e)) from None
     if out.getvalue().strip():
         log.warning("%s", out.getvalue().strip())
     return value

@@ -103,6 +103,26 @@ def test_frechet_singular_covariance_is_pytorch_fid_exactly():
     assert F.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
+def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplog):
+    """Few samples of large features: pytorch-fid's sqrtm result has an imaginary part > 1e-3 and it
+    raises. The value must then be exact: with S_i = X_i^T X_i / (n - 1) (X_i centred), the nonzero
+    eigenvalues of S1 S2 are the squared singular values of X1 X2^T / (n - 1), so
+    Tr (S1 S2)^1/2 is their sum, computed here in the n x n sample space, not from the covariances."""
+    rng = np.random.default_rng(0)
+    n, d = 10, 64
+    x1, x2 = 100 * rng.normal(size=(n, d)), 100 * rng.normal(size=(n, d)) + 1
+    a, b = stats_of(x1), stats_of(x2)
+    with pytest.raises(ValueError, match="Imaginary component"):
+        calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    tr_sqrt = np.linalg.svd(c1 @ c2.T / (n - 1), compute_uv=False).sum()
+    expected = ((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_sqrt
+    with caplog.at_level("WARNING", logger="sagan"):
+        value, method = F.frechet_with_method(a, b)
+    assert method == "eigh-svd-singular" and "sqrtm failed" in caplog.text
+    assert value == pytest.approx(expected, rel=1e-9)
+
+
 def test_frechet_errors():
     with pytest.raises(ConfigError, match="different dimensions"):
         F.frechet_distance(F.Stats(np.zeros(4), np.eye(4)), F.Stats(np.zeros(8), np.eye(8)))
