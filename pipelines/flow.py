@@ -274,8 +274,13 @@ def train_task(run: dict[str, Any], data_hash: str) -> dict[str, Any]:
         params = _params(run)
         ckpt = Path(params.train.out_dir) / "checkpoint.pt"
         logger = get_run_logger()
+        samples = str(Path(params.train.samples_dir) / "latest.png")
         if not _must_run("train", run):
-            return {"skipped": True, "checkpoint": str(ckpt), "sha256": _sha256(ckpt), "trained_steps": 0}
+            return {"skipped": True, "checkpoint": str(ckpt), "sha256": _sha256(ckpt)} | {
+                "step": checkpoint_step(ckpt),
+                "trained_steps": 0,
+                "samples": samples,
+            }
         resume, why = resume_decision(params, data_hash, run["force"])
         logger.info("train: %s", why)
         start = checkpoint_step(ckpt) if resume else 0
@@ -296,7 +301,7 @@ def train_task(run: dict[str, Any], data_hash: str) -> dict[str, Any]:
             "sha256": _sha256(ckpt),
             "step": end,
             "trained_steps": end - start,
-            "samples": str(Path(params.train.samples_dir) / "latest.png"),
+            "samples": samples,
         }
 
 

@@ -98,6 +98,7 @@ def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_no
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))  # the weights are supplied
     second = sagan_pipeline(project_dir=str(proj))
     assert len(trains) == 1 and sha(ckpt) == trained and second["trained_steps"] == 0  # no retraining
+    assert second["step"] == 4  # the report still says where the checkpoint is
     evaluated = json.loads((proj / "metrics/eval.json").read_text())
     assert second["fid"] == pytest.approx(evaluated["fid"]) and second["kid"] is not None
     assert second["decision"] == "champion" and isinstance(second["version"], int)  # first model promoted
