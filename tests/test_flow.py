@@ -18,7 +18,7 @@ from pathlib import Path
 import prefect_fixtures
 import pytest
 import torch
-from conftest import REPO, SAGAN
+from conftest import REPO, SAGAN, run_cli
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect_fixtures import dvc_status, pipeline_project
@@ -236,15 +236,9 @@ def console_text() -> Iterator[io.StringIO]:
 
 def test_pipeline_run_reports_a_stage_failure_in_one_line_without_traceback(prefect_api, tmp_path):
     proj = pipeline_project(tmp_path / "proj", dvc=False)
-    env = os.environ | {"PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api}
     missing = tmp_path / "missing.tar.gz"
-    out = subprocess.run(
-        [*SAGAN, "pipeline", "run", "--set", f"data.source={missing}"],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_cli(
+        ["pipeline", "run", "--set", f"data.source={missing}"], proj, {"PREFECT_API_URL": prefect_api}, 300
     )
     assert out.returncode == 1, out.stderr
     last = out.stderr.strip().splitlines()[-1]
