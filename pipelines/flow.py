@@ -276,7 +276,10 @@ def train_task(run: dict[str, Any], data_hash: str) -> dict[str, Any]:
         logger = get_run_logger()
         samples = str(Path(params.train.samples_dir) / "latest.png")
         if not _must_run("train", run):
-            return {"skipped": True, "checkpoint": str(ckpt), "sha256": _sha256(ckpt)} | {
+            return {
+                "skipped": True,
+                "checkpoint": str(ckpt),
+                "sha256": _sha256(ckpt),
                 "step": checkpoint_step(ckpt),
                 "trained_steps": 0,
                 "samples": samples,

@@ -133,6 +133,10 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, allow_singular: bool = Fa
     return float(np.linalg.svd(b, compute_uv=False).sum())
 
 
+class _SqrtmFailed(ValueError):
+    """pytorch-fid refused its sqrtm result (large imaginary part)."""
+
+
 def frechet_distance(a: Stats, b: Stats) -> float:
     """pytorch-fid's Fréchet distance (see `trace_sqrt_product`), with clear errors and logs."""
     return frechet_with_method(a, b)[0]
@@ -157,8 +161,14 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
     mu1, mu2 = np.atleast_1d(a.mu).astype(np.float64), np.atleast_1d(b.mu).astype(np.float64)
     s1, s2 = np.atleast_2d(a.sigma).astype(np.float64), np.atleast_2d(b.sigma).astype(np.float64)
     diff = mu1 - mu2
-    tr_covmean, method = trace_sqrt_product(s1, s2), "eigh-svd"
-    if tr_covmean is None:
+
+    def from_trace(tr_covmean: float) -> float:
+        return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+    tr_covmean = trace_sqrt_product(s1, s2)
+    if tr_covmean is not None:
+        value, method = from_trace(tr_covmean), "eigh-svd"
+    else:
         log.info("a covariance is singular (fewer samples than feature dimensions?): FID via scipy sqrtm")
         try:
             value, method = _pytorch_fid_frechet(mu1, s1, mu2, s2), "sqrtm"
@@ -169,16 +179,11 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
                 "than feature dimensions for FIDs comparable with other tools.",
                 e,
             )
-            tr_covmean, method = trace_sqrt_product(s1, s2, allow_singular=True), "eigh-svd-singular"
-    if method != "sqrtm":
-        value = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+            value = from_trace(trace_sqrt_product(s1, s2, allow_singular=True))
+            method = "eigh-svd-singular"
     if not np.isfinite(value):
         raise SaganError("FID is not finite (too few samples for the feature size?)")
     return value, method
-
-
-class _SqrtmFailed(ValueError):
-    """pytorch-fid refused its sqrtm result (large imaginary part)."""
 
 
 def _pytorch_fid_frechet(mu1, s1, mu2, s2) -> float:
