@@ -98,10 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         return _fail("error: ", " ".join(message.split()), getattr(e, "exit_code", 2))
-    except ConfigError as e:
-        return _fail("error: ", str(e), 2)
-    except SaganError as e:
-        return _fail("", str(e), 1)
+    except SaganError as e:  # ConfigError (a user mistake) carries exit code 2, the rest 1
+        return _fail("error: " if isinstance(e, ConfigError) else "", str(e), e.exit_code)
     except KeyboardInterrupt:
         return _fail("", "interrupted", 130)
 

@@ -47,13 +47,14 @@ def fid(
     """FID between two folders / .npz files, exactly as `python -m pytorch_fid A B` computes it."""
     from sagan_core import fid as F
     from sagan_core import inception as inc
+    from sagan_core.device import resolve_device
 
     if len(paths) != 2:
         raise ConfigError(f"expected two paths (A B), got {len(paths)}")
     if dims not in (64, 192, 768, 2048):
         raise ConfigError(f"--dims: expected one of 64, 192, 768, 2048, got {dims}")
     a, b = paths
-    dev = inc.resolve_device(device)
+    dev = resolve_device(device, "--device")
     if save_stats:
         if not a.is_dir():
             raise ConfigError(f"{a}: --save-stats needs a folder of images as the first path")

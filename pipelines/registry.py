@@ -36,6 +36,7 @@ from typing import Any
 
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.evaluate import protocol, protocol_id
 
 from . import tracking
 
@@ -66,8 +67,8 @@ def _version_tags(ev: dict[str, Any], run, record: dict[str, Any]) -> dict[str, 
     t = run.data.tags
     tags = {
         "fid": repr(float(ev["fid"])),
-        "protocol": json.dumps(tracking.protocol(ev), sort_keys=True, default=str),
-        "protocol_id": tracking.protocol_id(ev),
+        "protocol": json.dumps(protocol(ev), sort_keys=True, default=str),
+        "protocol_id": protocol_id(ev),
         "content_hash": t.get("sagan.data.content_hash", "unknown"),
         "git_commit": t.get("sagan.git_commit", "unknown"),
         "git_dirty": t.get("sagan.git_dirty", "unknown"),
@@ -96,7 +97,7 @@ def _ensure_model(client, params: Params, run_id: str, record: dict[str, Any]) -
         log.warning("logged model %s of run %s is %s: logging it again", model_id, run_id, model.status)
     from sagan_core import checkpoint as ckpt_io
 
-    ckpt = Path(params.train.out_dir) / "checkpoint.pt"
+    ckpt = params.train.checkpoint
     generator, meta = ckpt_io.load_generator(ckpt, use_ema=True, device="cpu")
     log.info("uploading the checkpoint and the generator of run %s from %s", run_id, ckpt)
     client.log_artifact(run_id, str(ckpt), tracking.CHECKPOINT_DIR)

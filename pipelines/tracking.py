@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sagan_core.checkpoint import write_atomic
+from sagan_core.atomic import write_json
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.evaluate import protocol_id
 from sagan_core.trainer import Callback
 
 log = logging.getLogger("sagan.mlflow")
 
-RUN_FILE = "mlflow_run.json"
 MODEL_NAME = "generator"  # name of the logged generator model inside the run
 CHECKPOINT_DIR = "checkpoint"  # artifact folder holding the full training checkpoint
 
@@ -162,7 +162,7 @@ def experiment_id(client, params: Params, uri: str) -> str:
 
 # ---- the run record ------------------------------------------------------------------------------
 def run_file(params: Params) -> Path:
-    return Path(params.train.out_dir) / RUN_FILE
+    return params.train.run_record
 
 
 def read_run_record(params: Params) -> dict[str, Any] | None:
@@ -177,7 +177,7 @@ def read_run_record(params: Params) -> dict[str, Any] | None:
 
 def write_run_record(params: Params, record: dict[str, Any]) -> None:
     """Atomic write: a crash never leaves a half-written record that loses the run id."""
-    write_atomic(run_file(params), lambda f: f.write(json.dumps(record, indent=2).encode()))
+    write_json(run_file(params), record)
 
 
 def require_run(params: Params, what: str) -> dict[str, Any]:
@@ -606,29 +606,3 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
         except Exception as e:  # noqa: BLE001
             raise artifact_error(uri, e, client, run_id) from None
     return run_id
-
-
-# Fields that define "the same evaluation protocol": the reference statistics (split, size, how
-# they were computed) and the sample count. Anything about the evaluated generator (its step,
-# EMA or not), timings and the sampling seed are deliberately not part of it.
-PROTOCOL_KEYS = (
-    "num_samples",
-    "reference_split",
-    "reference_size",
-    "reference_content_hash",
-    "weights_sha256",
-    "dims",
-    "protocol",  # the feature-extraction recipe (a string) or a dict of the fields above
-)
-
-
-def protocol(eval_metrics: dict[str, Any]) -> dict[str, Any]:
-    source = eval_metrics.get("protocol") if isinstance(eval_metrics.get("protocol"), dict) else eval_metrics
-    return {k: source[k] for k in PROTOCOL_KEYS if k in source}
-
-
-def protocol_id(eval_metrics: dict[str, Any]) -> str:
-    import hashlib
-
-    blob = json.dumps(protocol(eval_metrics), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

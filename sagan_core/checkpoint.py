@@ -7,42 +7,18 @@ Layout (all plain tensors, dicts, lists and numbers):
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from .atomic import write_atomic
 from .errors import ConfigError, SaganError
 from .model import Generator, ModelSpec
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via `write(file)` to a temp file in the same directory, fsync, rename: a crash leaves
-    the old file intact (never a half-written one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically (see write_atomic)."""
+    """torch.save, atomically (sagan_core.atomic)."""
     write_atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -34,6 +34,10 @@ class DataConfig(Section):
     workers: int = Field(0, ge=0)  # decoding processes for prepare; 0 = one per available core
     prepared_dir: str = "data/prepared"
 
+    @property
+    def manifest_file(self) -> Path:
+        return Path(self.prepared_dir) / "manifest.json"
+
 
 class ModelConfig(Section):
     z_dim: int = Field(128, gt=0)
@@ -78,6 +82,25 @@ class TrainConfig(Section):
     out_dir: str = "models"
     samples_dir: str = "samples"
     metrics_file: str = "metrics/train.csv"
+
+    # Paths that follow from the params, spelled once.
+    @property
+    def checkpoint(self) -> Path:
+        """The resumable checkpoint, rewritten every `checkpoint_every` steps and at the end."""
+        return Path(self.out_dir) / "checkpoint.pt"
+
+    @property
+    def run_record(self) -> Path:
+        """The MLflow run id of this training run (pipelines.tracking), next to the checkpoint."""
+        return Path(self.out_dir) / "mlflow_run.json"
+
+    @property
+    def latest_samples(self) -> Path:
+        return Path(self.samples_dir) / "latest.png"
+
+    @property
+    def latest_attention(self) -> Path:
+        return Path(self.samples_dir) / "attention.png"
 
     @field_validator("device")
     @classmethod

@@ -21,8 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,6 +36,8 @@ from scipy.special import xlogy
 from tqdm import tqdm
 
 from . import inception as inc
+from .atomic import write_atomic, write_json
+from .device import resolve_device
 from .errors import ConfigError, SaganError
 
 log = logging.getLogger("sagan.fid")
@@ -295,20 +295,12 @@ def load_stats(path: str | Path) -> Stats:
 
 def save_stats(path: str | Path, stats: Stats) -> None:
     """pytorch-fid's format (mu, sigma), plus our optional extras; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma}
     if stats.features is not None:
         arrays["features"] = stats.features
     if stats.protocol is not None:
         arrays["protocol"] = np.array(json.dumps(stats.protocol, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -472,21 +464,13 @@ def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
         yield inc.quantize(x)
 
 
-def write_json(path: str | Path, obj: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file."""
     from .checkpoint import load_generator
 
     ev = params.eval
-    ckpt = Path(checkpoint) if checkpoint else Path(params.train.out_dir) / "checkpoint.pt"
-    device = inc.resolve_device(ev.device)
+    ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
+    device = resolve_device(ev.device, "eval.device")
     weights = inc.resolve_weights(ev.inception_weights)
     weights_sha = inc.file_sha256(weights)
     g, meta = load_generator(ckpt, ev.use_ema, device)

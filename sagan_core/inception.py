@@ -174,14 +174,6 @@ def run_batch(
     return feat.float().cpu(), None if logits is None else logits.float().cpu()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"eval.device: {name!r} requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def load_net(weights: Path, dims: int, logits: bool, device: torch.device) -> InceptionFeatures:
     net = InceptionFeatures(weights, dims, logits).to(device)
     if device.type == "cuda":

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from .atomic import write_atomic, write_json
 from .config import DataConfig
 from .errors import SaganError
 from .sources import Source, open_source
@@ -202,19 +203,13 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: int) -> None:
     """Rewrite the image file with rows in `perm` order, a chunk at a time."""
     src = np.load(path, mmap_mode="r")
-    tmp = path.with_suffix(".reorder")
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
         f.write(_npy_header((len(perm), *img_shape)))
         for i in range(0, len(perm), chunk):
             f.write(np.ascontiguousarray(src[perm[i : i + chunk]]).tobytes())
-    del src
-    os.replace(tmp, path)
 
-
-def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, write)
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
@@ -306,7 +301,7 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
         "num_ignored": source.ignored,
         "rejected": rejected,
     }
-    _write_manifest(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 

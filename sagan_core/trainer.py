@@ -28,6 +28,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .config import Params
 from .data import BatchLoader, open_prepared
+from .device import resolve_device
 from .distributed import DistInfo, any_rank, broadcast_buffers, cleanup, init_distributed
 from .errors import ConfigError, SaganError
 from .losses import d_hinge, g_hinge
@@ -50,17 +51,6 @@ class Callback:
     def on_checkpoint(self, step: int, path: Path) -> None: ...
     def on_step_end(self, step: int, trainer: Trainer) -> None: ...
     def on_end(self, summary: dict[str, Any]) -> None: ...
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-    return torch.device(name)
 
 
 def model_spec(params: Params, num_classes: int) -> ModelSpec:
@@ -90,9 +80,9 @@ class Trainer:
     ):
         self.params, self.cfg, self.callbacks, self.progress = params, params.train, list(callbacks), progress
         cfg = self.cfg
-        probe = resolve_device(cfg.device)  # decides the process-group backend
+        probe = resolve_device(cfg.device, "train.device")  # decides the process-group backend
         self.dist: DistInfo = init_distributed(probe.type)
-        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        self.device = resolve_device(cfg.device, "train.device", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         on_cuda = self.device.type == "cuda"
@@ -141,7 +131,7 @@ class Trainer:
             cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
         )
         self.step = 0
-        self.ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
+        self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None
 
     # ---- checkpoint -------------------------------------------------------------------------
@@ -430,8 +420,8 @@ class Trainer:
             "step": self.step,
             "checkpoint": str(self.ckpt_path),
             "seconds": seconds,
-            "samples": str(Path(self.cfg.samples_dir) / "latest.png"),
-            "attention": str(Path(self.cfg.samples_dir) / "attention.png"),
+            "samples": str(self.cfg.latest_samples),
+            "attention": str(self.cfg.latest_attention),
             "metrics": metrics or {},
             "spec": self.spec.to_dict(),
         }

@@ -1,0 +1,55 @@
+"""What each stage returns: small typed records of paths, hashes and numbers (never models).
+
+pipelines.stages returns them; the CLI, the Prefect flow and the report read them by attribute.
+`skipped` is true when the flow found the stage up to date (DVC) and did not run it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prepared:
+    content_hash: str
+    num_images: int
+    num_classes: int
+    rejected: int
+    prepared_dir: str
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Trained:
+    checkpoint: str
+    step: int  # the checkpoint's step
+    trained_steps: int  # steps trained by this call (0: nothing to do, or skipped)
+    samples: str  # latest sample grid
+    attention: str  # latest attention figure
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    fid: float
+    is_mean: float
+    is_std: float
+    kid_mean: float | None  # None: the reference statistics hold no features
+    kid_std: float | None
+    generator_step: int
+    num_samples: int
+    metrics_file: str  # eval.json: these numbers and the whole protocol
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Registered:
+    model_name: str
+    version: int
+    created: bool  # false: the run was registered before; its promotion was re-decided
+    decision: str  # the alias it got: champion | challenger
+    reason: str
+    fid: float
+    run_id: str
+    model_uri: str
+    tracking_uri: str  # redacted (no user-info)
