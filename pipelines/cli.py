@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -38,27 +37,14 @@ def train(
 ) -> None:
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
     p = load(params, set_)
-    if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        sys.exit(_relaunch_under_torchrun(p.train.nproc_per_node))
+    if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
+        from .launch import run_torchrun
+
+        code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
+        raise typer.Exit(code)
     from . import stages
 
     stages.train(p, resume=resume, progress=not quiet)
-
-
-def _relaunch_under_torchrun(nproc: int) -> int:
-    """Run this same command as `nproc` DDP processes (gloo on CPU, NCCL on GPU)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "pipelines.cli",
-        *_argv,
-    ]
-    logging.getLogger("sagan").info("launching %d processes: %s", nproc, " ".join(cmd))
-    return subprocess.run(cmd).returncode
 
 
 def _setup_logging() -> None:
@@ -81,11 +67,9 @@ def _fail(prefix: str, message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps our exceptions to exit codes and one-line messages."""
-    global _argv
-    _argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     try:
-        result = app(args=_argv, prog_name="sagan", standalone_mode=False)
+        result = app(args=sys.argv[1:] if argv is None else argv, prog_name="sagan", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as e:
         return e.exit_code

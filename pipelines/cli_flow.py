@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +23,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even wh
 
 
 def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[str, Any]:
+    """What a deployment's runs get: the file and the overrides, validated when each run starts."""
     load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
     return {"params_file": str(params), "overrides": list(set_ or []), "force": force}
 
@@ -31,12 +31,16 @@ def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[
 @pipeline_app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
-    parameters = _flow_parameters(params, set_, force)
-    from .flow import sagan_pipeline, short_console_errors
+    validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    from .console import short_console_errors
+    from .flow import sagan_pipeline
+    from .report import final_report
 
     with short_console_errors():
-        result = sagan_pipeline(**parameters)
-    print(final_report(result, load(params, set_)))
+        summary = sagan_pipeline(
+            params_file=str(params), overrides=list(set_ or []), force=force, params=validated
+        )
+    print(final_report(summary, validated))
 
 
 @pipeline_app.command("serve")
@@ -97,40 +101,3 @@ def deploy(
     print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}")
     print(f"start a worker: prefect worker start --pool {pool}")
     print(f"run it:         prefect deployment run sagan-pipeline/{name}")
-
-
-def _tool(name: str) -> str:
-    """The command as the user can type it here: .venv/bin/NAME when that is where sagan runs from."""
-    exe = Path(sys.executable).parent / name
-    try:
-        return str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        return name
-
-
-def final_report(result: dict[str, Any], params) -> str:
-    """Where to look after a run: the sample grid, the FID, the registered version, the UIs."""
-    uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    fid = result.get("fid")
-    kid = result.get("kid")
-    version = result.get("version")
-    registered = (
-        f"{result.get('model_name')} version {version}"
-        + (f", alias {result['alias']}" if result.get("alias") else "")
-        + (f" ({result['decision']}: {result['reason']})" if result.get("decision") else "")
-        if version is not None
-        else f"nothing registered ({result.get('decision')}: {result.get('reason')})"
-    )
-    return "\n".join(
-        [
-            "sagan pipeline: done",
-            f"  sample grid : {result.get('samples')}",
-            f"  FID         : {fid:.3f}" + (f"  (KID {kid:.4f})" if kid is not None else "")
-            if fid is not None
-            else "  FID         : -",
-            f"  trained     : {result.get('trained_steps')} new steps (checkpoint at step {result.get('step')})",
-            f"  registered  : {registered}",
-            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
-            f"  Prefect UI  : {_tool('prefect')} server start   (then open http://127.0.0.1:4200)",
-        ]
-    )

@@ -1,7 +1,7 @@
 """The one implementation of each pipeline stage, called by the CLI, by dvc.yaml and by Prefect.
 
-Stages take validated Params and return small JSON-able summaries (paths, hashes, numbers), never
-models or tensors, so orchestration can pass them between processes.
+Stages take validated Params and return small typed records (pipelines.results: paths, hashes,
+numbers), never models or tensors, so orchestration can pass them on and read them by attribute.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from sagan_core.config import Params
+
+from .results import Evaluated, Prepared, Registered, Trained
 
 log = logging.getLogger("sagan")
 
 
-def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
+def prepare(params: Params, progress: bool = True) -> Prepared:
     from sagan_core.prepare import prepare as run_prepare
     from sagan_core.prepare import rejection_summary
 
@@ -33,22 +34,44 @@ def prepare(params: Params, progress: bool = True) -> dict[str, Any]:
         f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else "",
         manifest["content_hash"][:12],
     )
-    return {k: manifest[k] for k in ("num_images", "num_classes", "content_hash")} | {
-        "rejected": len(manifest["rejected"]),
-        "prepared_dir": params.data.prepared_dir,
-    }
+    return Prepared(
+        content_hash=manifest["content_hash"],
+        num_images=manifest["num_images"],
+        num_classes=manifest["num_classes"],
+        rejected=len(manifest["rejected"]),
+        prepared_dir=params.data.prepared_dir,
+    )
 
 
-def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> dict[str, Any]:
+def prepared(params: Params) -> Prepared:
+    """What an earlier `prepare` left in data.prepared_dir (the flow's record of a skipped stage)."""
+    from sagan_core.data import open_prepared
+
+    m = open_prepared(params.data.prepared_dir).manifest
+    return Prepared(
+        content_hash=m["content_hash"],
+        num_images=m["num_images"],
+        num_classes=m["num_classes"],
+        rejected=len(m["rejected"]),
+        prepared_dir=params.data.prepared_dir,
+        skipped=True,
+    )
+
+
+def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
     from sagan_core.data import open_prepared
     from sagan_core.errors import ConfigError
     from sagan_core.trainer import train as run_train
 
+    from .resume import checkpoint_step
+
     # User mistakes first, as one-line errors, before an MLflow run is opened for nothing.
     open_prepared(params.data.prepared_dir)
-    checkpoint = Path(params.train.out_dir) / "checkpoint.pt"
-    if resume and not checkpoint.exists():
-        raise ConfigError(f"--resume: no checkpoint at {checkpoint} (train without --resume first)")
+    if resume and not params.train.checkpoint.exists():
+        raise ConfigError(
+            f"--resume: no checkpoint at {params.train.checkpoint} (train without --resume first)"
+        )
+    start = (checkpoint_step(params.train.checkpoint) or 0) if resume else 0
     callbacks = list(callbacks)
     tracker = None
     if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run
@@ -71,10 +94,81 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
         summary["checkpoint"],
         summary["samples"],
     )
-    return summary
+    return Trained(
+        checkpoint=summary["checkpoint"],
+        step=summary["step"],
+        trained_steps=summary["step"] - start,
+        samples=summary["samples"],
+        attention=summary["attention"],
+    )
 
 
-def register(params: Params) -> dict[str, Any]:
+def trained(params: Params, start_step: int | None = None) -> Trained:
+    """The checkpoint in train.out_dir as a stage result: trained from `start_step` by a process
+    of ours (the DDP launcher), or, with None, left by an earlier run (the flow skipped the stage)."""
+    from .resume import checkpoint_step
+
+    step = checkpoint_step(params.train.checkpoint) or 0
+    return Trained(
+        checkpoint=str(params.train.checkpoint),
+        step=step,
+        trained_steps=0 if start_step is None else step - start_step,
+        samples=str(params.train.latest_samples),
+        attention=str(params.train.latest_attention),
+        skipped=start_step is None,
+    )
+
+
+def evaluate(params: Params, progress: bool = True, checkpoint: Path | None = None) -> Evaluated:
+    """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
+    from sagan_core.fid import evaluate as run_evaluate
+
+    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
+    if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
+        from .tracking import log_evaluation
+
+        log_evaluation(params, result)
+    kid = "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}"
+    log.info(
+        "FID %.4f  IS %.3f ± %.3f  KID %s  (%d samples vs %s %s, step %d, cache %s) -> %s",
+        result["fid"],
+        result["is_mean"],
+        result["is_std"],
+        kid,
+        result["num_samples"],
+        result["reference_split"],
+        result["reference_size"],
+        result["generator_step"],
+        result["stats_cache"],
+        params.eval.metrics_file,
+    )
+    return evaluation(result, params.eval.metrics_file)
+
+
+def evaluation(record: dict, metrics_file: str, skipped: bool = False) -> Evaluated:
+    """An eval.json record as the typed stage result."""
+    return Evaluated(
+        fid=record["fid"],
+        is_mean=record["is_mean"],
+        is_std=record["is_std"],
+        kid_mean=record["kid_mean"],
+        kid_std=record["kid_std"],
+        generator_step=record["generator_step"],
+        num_samples=record["num_samples"],
+        metrics_file=metrics_file,
+        skipped=skipped,
+    )
+
+
+def evaluated(params: Params) -> Evaluated:
+    """What an earlier `evaluate` wrote to eval.metrics_file (the flow's record of a skipped stage)."""
+    import json
+
+    record = json.loads(Path(params.eval.metrics_file).read_text())
+    return evaluation(record, params.eval.metrics_file, skipped=True)
+
+
+def register(params: Params) -> Registered:
     """Register the run's generator in the MLflow registry and apply the FID promotion gate."""
     from . import registry
 
@@ -86,30 +180,5 @@ def register(params: Params) -> dict[str, Any]:
         "" if result["created"] else " (already registered)",
         result["decision"],
         result["reason"],
-    )
-    return result
-
-
-def evaluate(params: Params, progress: bool = True, checkpoint=None) -> dict[str, Any]:
-    """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
-    from sagan_core.fid import evaluate as run_evaluate
-
-    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
-    if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
-        from .tracking import log_evaluation
-
-        log_evaluation(params, result)
-    log.info(
-        "FID %.4f  IS %.3f ± %.3f  KID %s  (%d samples vs %s %s, step %d, cache %s) -> %s",
-        result["fid"],
-        result["is_mean"],
-        result["is_std"],
-        "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}",
-        result["num_samples"],
-        result["reference_split"],
-        result["reference_size"],
-        result["generator_step"],
-        result["stats_cache"],
-        params.eval.metrics_file,
     )
     return result

@@ -173,7 +173,11 @@ def decode_all(
         _init_worker(source, cfg)
         yield from map(_decode_chunk, chunks)
         return
-    with mp.get_context().Pool(workers, initializer=_init_worker, initargs=(source, cfg)) as pool:
+    # forkserver, not fork: a caller may run threads (the Prefect flow runs prepare in-process, next to
+    # Prefect's threads), and forking a threaded process can deadlock the children on locks held by
+    # threads that do not exist in them.
+    ctx = mp.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(source, cfg)) as pool:
         pending: deque = deque()
         for keys in chunks:
             pending.append(pool.apply_async(_decode_chunk, (keys,)))

@@ -25,8 +25,11 @@ from prefect_fixtures import dvc_status, pipeline_project
 
 from pipelines import flow as flow_mod
 from pipelines import stages
-from pipelines.flow import StageFailed, checkpoint_step, sagan_pipeline, short_console_errors
+from pipelines.console import short_console_errors
+from pipelines.flow import StageFailed, sagan_pipeline
 from pipelines.lock import ProjectBusy, project_lock
+from pipelines.results import Evaluated, Registered
+from pipelines.resume import checkpoint_step
 from sagan_core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -54,11 +57,12 @@ def fake_downstream(monkeypatch) -> None:
     """Stand-ins for evaluate/register where a test is about orchestration, not about FID or MLflow."""
 
     def evaluate(params, progress=True):
-        step = checkpoint_step(Path(params.train.out_dir) / "checkpoint.pt")
-        return {"fid": float(step), "generator_step": step}
+        step = checkpoint_step(params.train.checkpoint)
+        return Evaluated(float(step), 1.0, 0.0, None, None, step, 1, params.eval.metrics_file)
 
     def register(params):
-        return {"model_name": params.registry.model_name, "version": 1, "decision": "champion", "reason": "t"}
+        name = params.registry.model_name
+        return Registered(name, 1, True, "champion", "t", 0.0, "run", f"models:/{name}/1", "sqlite://")
 
     monkeypatch.setattr(stages, "evaluate", evaluate)
     monkeypatch.setattr(stages, "register", register)
@@ -97,29 +101,29 @@ def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_no
 
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))  # the weights are supplied
     second = sagan_pipeline(project_dir=str(proj))
-    assert len(trains) == 1 and sha(ckpt) == trained and second["trained_steps"] == 0  # no retraining
-    assert second["step"] == 4  # the report still says where the checkpoint is
+    assert len(trains) == 1 and sha(ckpt) == trained and second.trained_steps == 0  # no retraining
+    assert second.step == 4  # the report still says where the checkpoint is
     evaluated = json.loads((proj / "metrics/eval.json").read_text())
-    assert second["fid"] == pytest.approx(evaluated["fid"]) and second["kid"] is not None
-    assert second["decision"] == "champion" and isinstance(second["version"], int)  # first model promoted
+    assert second.fid == pytest.approx(evaluated["fid"]) and second.kid is not None
+    assert second.decision == "champion" and isinstance(second.version, int)  # first model promoted
     assert dvc_status(proj) == UP_TO_DATE
 
     import mlflow
 
-    run = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db").get_run(second["mlflow_run"])
+    run = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db").get_run(second.mlflow_run)
     logged = {k for k in run.data.metrics if "fid" in k.lower() or "kid" in k.lower()}
     assert logged, run.data.metrics.keys()  # FID/KID are in the MLflow run
-    found = artifacts(second["flow_run"])
+    found = artifacts(second.flow_run)
     assert {"sagan-summary", "sagan-runs"} <= found.keys()
-    assert f"{second['fid']:.4g}" in found["sagan-summary"] and second["data_hash"] in found["sagan-summary"]
+    assert f"{second.fid:.4g}" in found["sagan-summary"] and second.data_hash in found["sagan-summary"]
     assert "champion" in found["sagan-summary"]
 
     third = sagan_pipeline(project_dir=str(proj))  # nothing changed: nothing trains, same answer
-    assert len(trains) == 1 and sha(ckpt) == trained and third["trained_steps"] == 0
-    assert (third["version"], third["decision"]) == (second["version"], second["decision"])
+    assert len(trains) == 1 and sha(ckpt) == trained and third.trained_steps == 0
+    assert (third.version, third.decision) == (second.version, second.decision)
     assert dvc_status(proj) == UP_TO_DATE
-    rows = json.loads(artifacts(third["flow_run"])["sagan-runs"])
-    assert len(rows) == 2 and rows[0]["version"] == str(third["version"])  # this run, then the last
+    rows = json.loads(artifacts(third.flow_run)["sagan-runs"])
+    assert len(rows) == 2 and rows[0]["version"] == str(third.version)  # this run, then the last
 
 
 def test_failing_stage_stops_the_flow_and_names_stage_and_cause(prefect_api, tmp_path, monkeypatch):
@@ -148,7 +152,7 @@ def test_kill9_during_training_then_rerun_resumes_and_matches_uninterrupted(
     steps = 10
     extra = {"train__steps": steps, "train__checkpoint_every": 1, "train__sample_every": steps}
     ref = pipeline_project(tmp_path / "uninterrupted", dvc=False, **extra)
-    assert sagan_pipeline(project_dir=str(ref))["trained_steps"] == steps
+    assert sagan_pipeline(project_dir=str(ref)).trained_steps == steps
 
     proj = pipeline_project(tmp_path / "killed", dvc=False, **extra)
     ckpt = proj / "models/checkpoint.pt"
@@ -168,7 +172,7 @@ def test_kill9_during_training_then_rerun_resumes_and_matches_uninterrupted(
     assert 0 < killed_at < steps
 
     rerun = sagan_pipeline(project_dir=str(proj))  # the kernel released the killed run's lock
-    assert rerun["step"] == steps and rerun["trained_steps"] <= steps - killed_at  # not from step 0
+    assert rerun.step == steps and rerun.trained_steps <= steps - killed_at  # not from step 0
     got, want = (
         dict(_tensors(torch.load(p, weights_only=True))) for p in (ckpt, ref / "models/checkpoint.pt")
     )
@@ -192,7 +196,7 @@ def test_train_task_runs_ddp_under_torchrun(prefect_api, tmp_path, monkeypatch):
 
     monkeypatch.setattr(flow_mod, "get_run_logger", Recorder)
     result = sagan_pipeline(project_dir=str(proj))
-    assert result["step"] == 2 and result["trained_steps"] == 2
+    assert result.step == 2 and result.trained_steps == 2
     assert any("launching 2 processes" in line and "torch.distributed.run" in line for line in lines)
 
 
@@ -258,3 +262,31 @@ def test_own_errors_reach_the_console_without_traceback_unexpected_ones_with(pre
     with console_text() as out, short_console_errors(), pytest.raises(RuntimeError):
         _failing("bug")
     assert "Traceback" in out.getvalue()  # a bug keeps its traceback
+
+
+def test_pipeline_run_validates_params_once_and_carries_them_to_every_stage(
+    prefect_api, tmp_path, monkeypatch
+):
+    from pipelines import cli
+    from sagan_core import config
+
+    fake_downstream(monkeypatch)
+    proj = pipeline_project(tmp_path / "once", dvc=False, train__steps=2)
+    validated, seen = [], []
+
+    def counting_validate(raw):
+        validated.append(real_validate(raw))
+        return validated[-1]
+
+    real_validate = config.validate
+    monkeypatch.setattr(config, "validate", counting_validate)
+    for name in ("prepare", "train", "evaluate", "register"):
+        real = getattr(stages, name)
+        monkeypatch.setattr(
+            stages, name, lambda params, *a, _real=real, **k: (seen.append(params), _real(params, *a, **k))[1]
+        )
+    monkeypatch.chdir(proj)
+    assert cli.main(["pipeline", "run", "--set", "train.seed=3"]) == 0
+    assert len(validated) == 1  # one validation in this process: the CLI's
+    assert len(seen) == 4 and all(p is validated[0] for p in seen)  # the same object reached every stage
+    assert validated[0].train.seed == 3

@@ -140,6 +140,6 @@ def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_
         timeout=400,
     )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    from pipelines.flow import checkpoint_step
+    from pipelines.resume import checkpoint_step
 
     assert checkpoint_step(proj / "models/checkpoint.pt") == 2  # trained on the worker
