@@ -3,7 +3,7 @@
 - `demo`: the bundled MNIST test set (10,000 real digits, idx.gz in sagan_core/assets/mnist).
 - an ImageFolder directory: `root/<class>/**/*.png|jpg|...` -> labelled; a flat folder -> unlabelled.
   A folder of splits (`root/train/<class>`, `root/test/<class>`, ...) is merged class by class.
-- a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder. Every member
+- a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder (sagan_core.archives). Every member
   is checked first (no absolute paths, no `..`, no links leaving the archive, no device files or
   FIFOs): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
   read front to back (one decompression pass) and decoded from memory.
@@ -20,9 +20,6 @@ import gzip
 import inspect
 import io
 import os
-import stat
-import tarfile
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,12 +29,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .archives import checked_members, is_archive, read_members
 from .errors import ConfigError, SaganError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
 TORCHVISION_ROOT = Path("data/raw/torchvision")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
 # Junk that archivers and file browsers leave next to images; never data.
 SKIPPED_DIRS = {"__MACOSX", "@eaDir"}
@@ -80,7 +77,7 @@ class Source:
             return
         wanted = [self.members[self.items[i][0]] for i in order]
         batch: list[bytes] = []
-        for data in _read_members(self.archive, wanted):
+        for data in read_members(self.archive, wanted):
             batch.append(data)
             if len(batch) == chunk:
                 yield batch
@@ -161,46 +158,6 @@ def folder_source(root: Path, name: str | None = None) -> Source:
 # --- archives ---------------------------------------------------------------------------------
 
 
-def is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _safe_name(name: str, archive: Path) -> PurePosixPath:
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        raise SaganError(
-            f"{archive}: refused: member {name!r} would be written outside the extraction folder"
-        )
-    return p
-
-
-def _check_tar(tf: tarfile.TarFile, archive: Path) -> None:
-    for m in tf.getmembers():
-        p = _safe_name(m.name, archive)
-        if m.issym() or m.islnk():
-            # Link targets are resolved from the link's folder (symlinks) or the root (hard links).
-            base = p.parent if m.issym() else PurePosixPath()
-            target = PurePosixPath(m.linkname.replace("\\", "/"))
-            parts = (base / target).parts
-            depth = 0
-            for part in parts:
-                depth += -1 if part == ".." else (0 if part == "." else 1)
-                if depth < 0:
-                    break
-            if target.is_absolute() or depth < 0:
-                raise SaganError(f"{archive}: refused: link {m.name!r} -> {m.linkname!r} leaves the archive")
-        elif not (m.isfile() or m.isdir()):
-            raise SaganError(f"{archive}: refused: member {m.name!r} is a device file or FIFO")
-
-
-def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
-    for info in zf.infolist():
-        _safe_name(info.filename, archive)
-        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no file type
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise SaganError(f"{archive}: refused: member {info.filename!r} is a link or special file")
-
-
 def _strip_single_folder(names: list[str]) -> str:
     """An archive of one folder (`cifar10/train/...`) has that folder as its dataset root."""
     prefix = ""
@@ -217,20 +174,7 @@ def _strip_single_folder(names: list[str]) -> str:
 
 def archive_source(archive: Path, name: str) -> Source:
     """Check every member, then list the image files; nothing is extracted to disk."""
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                _check_zip(zf, archive)
-                order = [i.filename for i in zf.infolist() if not i.is_dir()]
-        else:
-            with tarfile.open(archive) as tf:
-                _check_tar(tf, archive)
-                order = [m.name for m in tf.getmembers() if m.isfile() or m.issym() or m.islnk()]
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise SaganError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from None
-    if len(set(order)) != len(order):
-        dup = next(n for n in order if order.count(n) > 1)
-        raise SaganError(f"{archive}: refused: member {dup!r} appears more than once (ambiguous)")
+    order = checked_members(archive)
     visible = [
         n for n in order if all(_visible(part) for part in PurePosixPath(n).parts) and not n.endswith("/")
     ]
@@ -243,23 +187,6 @@ def archive_source(archive: Path, name: str) -> Source:
     rank = {n: i for i, n in enumerate(order)}
     src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
     return src
-
-
-def _read_members(archive: Path, names: list[str]) -> Iterator[bytes]:
-    """The bytes of `names` (given in archive order), reading the archive front to back once."""
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            for n in names:
-                yield zf.read(n)
-        return
-    wanted = set(names)
-    with tarfile.open(archive) as tf:
-        # Iterating the TarFile reads headers lazily, front to back (extractfile(name) would do a
-        # linear member search per call: quadratic on 60k files).
-        for m in tf:
-            if m.name in wanted:
-                f = tf.extractfile(m)  # links inside the archive resolve to their target's data
-                yield f.read() if f is not None else b""
 
 
 # --- torchvision ------------------------------------------------------------------------------
