@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from sagan_core.atomic import write_atomic
 from sagan_core.config import apply_override
 from sagan_core.errors import ConfigError, SaganError
 
@@ -91,6 +92,6 @@ def write_overrides(params_file: str | Path, overrides: list[str]) -> bool:
     rt.dump(data, out)
     if yaml.safe_load(out.getvalue()) == before:
         return False
-    path.write_text(out.getvalue())
+    write_atomic(path, lambda f: f.write(out.getvalue().encode()))  # a kill -9 never truncates it
     log.info("wrote %s into %s (DVC reads params from it)", ", ".join(persistent), path)
     return True
