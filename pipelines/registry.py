@@ -9,13 +9,9 @@ champion's by more than `registry.min_improvement` under the same protocol (same
 statistics and sample count); otherwise the version gets the alias `challenger`. The decision and
 its reason are recorded as version tags (`promotion.decision`, `promotion.reason`).
 
-Race safety: MLflow aliases have no compare-and-set, so "read champion, compare, set alias" is done
-under a lock. The lock is a registered model named `<model_name>.promotion-lock`: creating a
-registered model is atomic in the tracking store (unique name, RESOURCE_ALREADY_EXISTS for the
-loser), and deleting it releases the lock. A lock whose creation time has not changed for
-LOCK_STALE_S seconds of our own waiting is considered left behind by a crashed process and broken.
-Two racing registers therefore serialise their decisions, and whichever runs second compares with
-the first's result: exactly one champion, and the better FID wins.
+Race safety: the decision is taken under a lock held in the registry itself
+(pipelines.promotion_lock), so two racing registers serialise their decisions, and whichever runs
+second compares with the first's result: exactly one champion, and the better FID wins.
 
 Idempotence: a run already registered under the model (search by run_id) is not registered again;
 its promotion decision is re-evaluated (so a register interrupted before the alias was set can be
@@ -26,11 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import socket
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +29,14 @@ from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import protocol, protocol_id
 
-from . import tracking
+from .promotion_lock import promotion_lock
+from .tracking.generator_model import log_checkpoint_and_generator
+from .tracking.run_record import require_run
+from .tracking.store import artifact_error, call, connect, redact
 
 log = logging.getLogger("sagan.registry")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-LOCK_WAIT_S = 120.0  # give up waiting for the promotion lock after this long
-LOCK_STALE_S = 60.0  # a lock unchanged this long is assumed abandoned (a decision takes < 1 s)
 
 
 def _code(e: Exception) -> str:
@@ -95,15 +87,8 @@ def _ensure_model(client, params: Params, run_id: str, record: dict[str, Any]) -
         if model.status == LoggedModelStatus.READY:
             return model_id
         log.warning("logged model %s of run %s is %s: logging it again", model_id, run_id, model.status)
-    from sagan_core import checkpoint as ckpt_io
-
-    ckpt = params.train.checkpoint
-    generator, meta = ckpt_io.load_generator(ckpt, use_ema=True, device="cpu")
-    log.info("uploading the checkpoint and the generator of run %s from %s", run_id, ckpt)
-    client.log_artifact(run_id, str(ckpt), tracking.CHECKPOINT_DIR)
-    model_id = tracking.log_generator(client, run_id, generator, meta)
-    tracking.write_run_record(params, record | {"model_id": model_id, "step": int(meta.get("step", 0))})
-    return model_id
+    log.info("uploading the checkpoint and the generator of run %s from %s", run_id, params.train.checkpoint)
+    return log_checkpoint_and_generator(client, run_id, params, params.train.checkpoint)
 
 
 def _existing_version(client, name: str, run_id: str):
@@ -140,58 +125,6 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
             except Exception as e:  # noqa: BLE001
                 log.warning("could not delete failed version %s v%s: %s", name, mv.version, e)
         raise
-
-
-@contextmanager
-def promotion_lock(client, name: str):
-    """Mutual exclusion for alias decisions on `name` (see the module docstring)."""
-    from mlflow.exceptions import MlflowException
-
-    lock = f"{name}.promotion-lock"
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    deadline = time.monotonic() + LOCK_WAIT_S
-    seen: tuple[int | None, float] | None = None  # (creation timestamp, when we first saw it)
-    while True:
-        try:
-            client.create_registered_model(
-                lock, tags={"sagan.lock.owner": owner}, description="transient lock held by sagan register"
-            )
-            break
-        except MlflowException as e:
-            if "RESOURCE_ALREADY_EXISTS" not in _code(e):
-                raise
-        try:
-            created = client.get_registered_model(lock).creation_timestamp
-        except MlflowException:
-            created = None  # released in between
-        now = time.monotonic()
-        if seen is None or seen[0] != created:
-            seen = (created, now)
-        elif created is not None and now - seen[1] > LOCK_STALE_S:
-            log.warning("breaking the stale promotion lock %s", lock)
-            _delete_quietly(client, lock)
-            seen = None
-            continue
-        if now > deadline:
-            raise SaganError(
-                f"registry: could not get the promotion lock {lock!r} within {LOCK_WAIT_S:.0f}s; "
-                "another `sagan register` is still deciding (rerun later)"
-            )
-        time.sleep(0.1 + random.random() * 0.3)
-    try:
-        yield
-    finally:
-        _delete_quietly(client, lock)
-
-
-def _delete_quietly(client, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" not in _code(e):
-            raise
 
 
 def _alias_version(client, name: str, alias: str):
@@ -233,11 +166,11 @@ def decide(mv, champion, min_improvement: float) -> tuple[bool, str]:
 
 def register(params: Params) -> dict[str, Any]:
     """Register the recorded run's generator and apply the promotion gate; returns the decision."""
-    record = tracking.require_run(params, "sagan register")
+    record = require_run(params, "sagan register")
     ev = load_eval(params)
-    client, uri = tracking.connect(params)
+    client, uri = connect(params)
     run_id, name = record["run_id"], params.registry.model_name
-    return tracking.call(uri, _register, client, uri, params, record, ev, run_id, name)
+    return call(uri, _register, client, uri, params, record, ev, run_id, name)
 
 
 def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
@@ -248,8 +181,8 @@ def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
     except MlflowException as e:
         if "RESOURCE_DOES_NOT_EXIST" in _code(e):
             raise ConfigError(
-                f"sagan register: MLflow run {run_id} (from {tracking.run_file(params)}) does not exist "
-                f"at {tracking.redact(uri)}"
+                f"sagan register: MLflow run {run_id} (from {params.train.run_record}) does not exist "
+                f"at {redact(uri)}"
             ) from None
         raise
     step = ev.get("generator_step", ev.get("step"))
@@ -261,10 +194,10 @@ def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
     try:
         model_id = _ensure_model(client, params, run_id, record)
     except (MlflowException, OSError) as e:
-        raise tracking.artifact_error(uri, e, client, run_id) from None
+        raise artifact_error(uri, e, client, run_id) from None
     except Exception as e:
         if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise tracking.artifact_error(uri, e, client, run_id) from None
+            raise artifact_error(uri, e, client, run_id) from None
         raise
     tags = _version_tags(ev, run, record)
     mv = _existing_version(client, name, run_id)
@@ -297,5 +230,5 @@ def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
         "fid": float(mv.tags.get("fid", ev["fid"])),
         "run_id": run_id,
         "model_uri": f"models:/{name}/{mv.version}",
-        "tracking_uri": tracking.redact(uri),
+        "tracking_uri": redact(uri),
     }

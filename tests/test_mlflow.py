@@ -203,16 +203,17 @@ def fake_run(
     **protocol,
 ) -> Params:
     """A new run that reuses the trained run's logged generator, with an eval.json saying `fid`."""
-    from pipelines import tracking
+    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.store import experiment_id
 
     root.mkdir(parents=True)
     write_params(root, uri, model_name=model, min_improvement=min_improvement)
     params = params_in(root)
     src = json.loads((trained_project / "models/mlflow_run.json").read_text())
     client = client_for(uri)
-    exp = tracking.experiment_id(client, params, uri)
+    exp = experiment_id(client, params, uri)
     run = client.create_run(exp, tags={"sagan.data.content_hash": "c0ffee", "sagan.git_commit": "abc"})
-    tracking.write_run_record(
+    write_run_record(
         params,
         {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": uri, "model_id": src["model_id"]},
     )
@@ -312,7 +313,9 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     monkeypatch,
 ):
     """Artifacts go straight from this client to S3 (experiment artifact_location s3://...)."""
-    from pipelines import registry, tracking
+    from pipelines import registry
+    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.store import experiment_id
     from sagan_core.errors import SaganError
 
     project, _ = trained
@@ -338,11 +341,9 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     )
     params = params_in(tmp_path)
     client = client_for(mlflow_server)
-    exp = tracking.experiment_id(client, params, mlflow_server)
+    exp = experiment_id(client, params, mlflow_server)
     run = client.create_run(exp)
-    tracking.write_run_record(
-        params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server}
-    )
+    write_run_record(params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server})
     shutil.copytree(
         project / "models",
         tmp_path / "models",
