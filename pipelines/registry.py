@@ -30,6 +30,7 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import protocol, protocol_id
 
 from .promotion_lock import promotion_lock
+from .results import Registered
 from .tracking.generator_model import log_checkpoint_and_generator
 from .tracking.run_record import require_run
 from .tracking.store import artifact_error, call, connect, redact
@@ -164,20 +165,51 @@ def decide(mv, champion, min_improvement: float) -> tuple[bool, str]:
     )
 
 
-def register(params: Params) -> dict[str, Any]:
+def register(params: Params) -> Registered:
     """Register the recorded run's generator and apply the promotion gate; returns the decision."""
     record = require_run(params, "sagan register")
     ev = load_eval(params)
     client, uri = connect(params)
+    return call(uri, _register, client, uri, params, record, ev)
+
+
+def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict[str, Any]) -> Registered:
     run_id, name = record["run_id"], params.registry.model_name
-    return call(uri, _register, client, uri, params, record, ev, run_id, name)
+    run = _recorded_run(client, uri, params, run_id)
+    step = ev.get("generator_step", ev.get("step"))
+    if step is not None and record.get("step") is not None and int(step) != int(record["step"]):
+        raise ConfigError(
+            f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
+            f"ended at step {record['step']} (run `sagan evaluate` again)"
+        )
+    model_id = _upload_model(client, uri, params, run_id, record)
+    mv = _existing_version(client, name, run_id)
+    created = mv is None
+    if created:
+        mv = _create_version(client, name, model_id, run_id, _version_tags(ev, run, record))
+    else:
+        log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
+        mv = client.get_model_version(name, mv.version)
+    decision, reason = _promote(client, name, mv, params.registry.min_improvement)
+    return Registered(
+        model_name=name,
+        version=int(mv.version),
+        created=created,
+        decision=decision,
+        reason=reason,
+        fid=float(mv.tags.get("fid", ev["fid"])),
+        run_id=run_id,
+        model_uri=f"models:/{name}/{mv.version}",
+        tracking_uri=redact(uri),
+    )
 
 
-def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
+def _recorded_run(client, uri: str, params: Params, run_id: str):
+    """The run named by the run record; a one-line ConfigError when the store does not have it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        run = client.get_run(run_id)
+        return client.get_run(run_id)
     except MlflowException as e:
         if "RESOURCE_DOES_NOT_EXIST" in _code(e):
             raise ConfigError(
@@ -185,34 +217,32 @@ def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
                 f"at {redact(uri)}"
             ) from None
         raise
-    step = ev.get("generator_step", ev.get("step"))
-    if step is not None and record.get("step") is not None and int(step) != int(record["step"]):
-        raise ConfigError(
-            f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
-            f"ended at step {record['step']} (run `sagan evaluate` again)"
-        )
+
+
+def _upload_model(client, uri: str, params: Params, run_id: str, record: dict[str, Any]) -> str:
+    """_ensure_model with every artifact-store failure (MLflow, OS or boto) as one line."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        model_id = _ensure_model(client, params, run_id, record)
+        return _ensure_model(client, params, run_id, record)
     except (MlflowException, OSError) as e:
         raise artifact_error(uri, e, client, run_id) from None
     except Exception as e:
+        # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError); matching
+        # by module avoids importing botocore just to name them
         if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
             raise artifact_error(uri, e, client, run_id) from None
         raise
-    tags = _version_tags(ev, run, record)
-    mv = _existing_version(client, name, run_id)
-    created = mv is None
-    if created:
-        mv = _create_version(client, name, model_id, run_id, tags)
-    else:
-        log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
-        mv = client.get_model_version(name, mv.version)
 
+
+def _promote(client, name: str, mv, min_improvement: float) -> tuple[str, str]:
+    """Decide and set the alias of version `mv` under the promotion lock; (decision, reason)."""
     with promotion_lock(client, name):
         champion = _alias_version(client, name, CHAMPION)
-        promote, reason = decide(mv, champion, params.registry.min_improvement)
+        promote, reason = decide(mv, champion, min_improvement)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, mv.version)
+            # a version is champion or challenger, never both
             challenger = _alias_version(client, name, CHALLENGER)
             if challenger is not None and challenger.version == mv.version:
                 client.delete_registered_model_alias(name, CHALLENGER)
@@ -221,14 +251,4 @@ def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
         decision = CHAMPION if promote else CHALLENGER
         client.set_model_version_tag(name, mv.version, "promotion.decision", decision)
         client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
-    return {
-        "model_name": name,
-        "version": int(mv.version),
-        "created": created,
-        "decision": decision,
-        "reason": reason,
-        "fid": float(mv.tags.get("fid", ev["fid"])),
-        "run_id": run_id,
-        "model_uri": f"models:/{name}/{mv.version}",
-        "tracking_uri": redact(uri),
-    }
+    return decision, reason

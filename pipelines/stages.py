@@ -13,6 +13,8 @@ from typing import Any
 
 from sagan_core.config import Params
 
+from .results import Registered
+
 log = logging.getLogger("sagan")
 
 
@@ -74,18 +76,18 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
     return summary
 
 
-def register(params: Params) -> dict[str, Any]:
+def register(params: Params) -> Registered:
     """Register the run's generator in the MLflow registry and apply the FID promotion gate."""
     from . import registry
 
     result = registry.register(params)
     log.info(
         "%s v%d%s: %s (%s)",
-        result["model_name"],
-        result["version"],
-        "" if result["created"] else " (already registered)",
-        result["decision"],
-        result["reason"],
+        result.model_name,
+        result.version,
+        "" if result.created else " (already registered)",
+        result.decision,
+        result.reason,
     )
     return result
 

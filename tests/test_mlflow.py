@@ -235,21 +235,21 @@ def test_promotion_gate(trained, mlflow_server, tmp_path):
         )
 
     first = reg("first", 50.0)
-    assert first["decision"] == "champion" and first["created"]
+    assert first.decision == "champion" and first.created
     better = reg("better", 40.0)
-    assert better["decision"] == "champion"
-    assert client.get_model_version_by_alias(name, "champion").version == str(better["version"])
+    assert better.decision == "champion"
+    assert client.get_model_version_by_alias(name, "champion").version == str(better.version)
     worse = reg("worse", 45.0)
-    assert worse["decision"] == "challenger"
-    assert client.get_model_version_by_alias(name, "challenger").version == str(worse["version"])
+    assert worse.decision == "challenger"
+    assert client.get_model_version_by_alias(name, "challenger").version == str(worse.version)
     within = reg("within-margin", 39.5)  # better, but not by more than min_improvement=1.0
-    assert within["decision"] == "challenger" and "min_improvement" in within["reason"]
+    assert within.decision == "challenger" and "min_improvement" in within.reason
     other = reg("other-protocol", 10.0, num_samples=5000)  # not comparable, however good
-    assert other["decision"] == "challenger" and "protocol" in other["reason"]
+    assert other.decision == "challenger" and "protocol" in other.reason
     champ = client.get_model_version_by_alias(name, "champion")
-    assert champ.version == str(better["version"])
-    reason = client.get_model_version(name, str(worse["version"])).tags["promotion.reason"]
-    assert reason == worse["reason"] and "45" in reason
+    assert champ.version == str(better.version)
+    reason = client.get_model_version(name, str(worse.version)).tags["promotion.reason"]
+    assert reason == worse.reason and "45" in reason
     # no lock left behind
     assert client.search_registered_models(f"name = '{name}.promotion-lock'") == []
 
