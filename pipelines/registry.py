@@ -51,12 +51,13 @@ def load_eval(params: Params) -> dict[str, Any]:
     try:
         ev = json.loads(path.read_text())
         float(ev["fid"])
+        int(ev["generator_step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SaganError(f"{path}: not a sagan evaluation (no numeric fid: {e})") from None
+        raise SaganError(f"{path}: not a sagan evaluation (no numeric fid or generator_step: {e})") from None
     return ev
 
 
-def _version_tags(ev: dict[str, Any], run, record: dict[str, Any]) -> dict[str, str]:
+def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
     t = run.data.tags
     tags = {
         "fid": repr(float(ev["fid"])),
@@ -66,13 +67,11 @@ def _version_tags(ev: dict[str, Any], run, record: dict[str, Any]) -> dict[str, 
         "git_commit": t.get("sagan.git_commit", "unknown"),
         "git_dirty": t.get("sagan.git_dirty", "unknown"),
         "run_id": run.info.run_id,
+        "generator_step": str(ev["generator_step"]),
     }
     for k in ("kid_mean", "kid_std", "is_mean", "is_std"):
         if isinstance(ev.get(k), (int, float)):
             tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
-    step = ev.get("generator_step", ev.get("step", record.get("step")))
-    if step is not None:
-        tags["generator_step"] = str(step)
     if "sagan.data.dvc_md5" in t:
         tags["dvc_md5"] = t["sagan.data.dvc_md5"]
     return tags
@@ -82,6 +81,8 @@ def _ensure_model(client, params: Params, run_id: str, record: dict[str, Any]) -
     """The run's READY LoggedModel id; logs it from the local checkpoint when training could not."""
     from mlflow.entities import LoggedModelStatus
 
+    # Both keys are really written: log_generator sets the run tag, then the record gets model_id;
+    # the tag still names the model if the process died between the two writes.
     model_id = record.get("model_id") or client.get_run(run_id).data.tags.get("sagan.model_id")
     if model_id:
         model = client.get_logged_model(model_id)
@@ -176,8 +177,9 @@ def register(params: Params) -> Registered:
 def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict[str, Any]) -> Registered:
     run_id, name = record["run_id"], params.registry.model_name
     run = _recorded_run(client, uri, params, run_id)
-    step = ev.get("generator_step", ev.get("step"))
-    if step is not None and record.get("step") is not None and int(step) != int(record["step"]):
+    step = ev["generator_step"]
+    # the record has a step once the run's generator was logged (not yet if training's upload failed)
+    if record.get("step") is not None and int(step) != int(record["step"]):
         raise ConfigError(
             f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
             f"ended at step {record['step']} (run `sagan evaluate` again)"
@@ -186,7 +188,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
     mv = _existing_version(client, name, run_id)
     created = mv is None
     if created:
-        mv = _create_version(client, name, model_id, run_id, _version_tags(ev, run, record))
+        mv = _create_version(client, name, model_id, run_id, _version_tags(ev, run))
     else:
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)
@@ -197,7 +199,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         created=created,
         decision=decision,
         reason=reason,
-        fid=float(mv.tags.get("fid", ev["fid"])),
+        fid=float(mv.tags["fid"]),  # the version's own: a rerun reports the FID it was registered with
         run_id=run_id,
         model_uri=f"models:/{name}/{mv.version}",
         tracking_uri=redact(uri),

@@ -55,10 +55,10 @@ class MlflowCallback(Callback):
         from mlflow.entities import RunStatus
 
         record = read_run_record(self.params) if self.resume else None
-        if record and record.get("tracking_uri") != redact(self.uri):
+        if record and record["tracking_uri"] != redact(self.uri):
             log.warning(
                 "--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
-                record.get("tracking_uri"),
+                record["tracking_uri"],
                 redact(self.uri),
             )
             record = None
@@ -177,7 +177,7 @@ class MlflowCallback(Callback):
         metrics_csv = Path(self.params.train.metrics_file)
         if metrics_csv.exists():
             self.client.log_artifact(self.run_id, str(metrics_csv), "metrics")
-        attention = Path(summary.get("attention", ""))
+        attention = Path(summary["attention"])
         if attention.is_file():
             self.client.log_artifact(self.run_id, str(attention), "figures")
         log_checkpoint_and_generator(self.client, self.run_id, self.params, Path(summary["checkpoint"]))

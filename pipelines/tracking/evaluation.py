@@ -39,7 +39,7 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
         return None
     client, uri = connect(params)
     run_id = record["run_id"]
-    step = int(eval_metrics.get("generator_step", eval_metrics.get("step", 0)) or 0)
+    step = int(eval_metrics["generator_step"])
     now = int(time.time() * 1000)
     metrics = [
         Metric(k, float(v), now, step)

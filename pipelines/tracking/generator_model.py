@@ -60,7 +60,7 @@ def _metadata(spec, meta: dict[str, Any]) -> dict[str, Any]:
         "class_names": list(meta.get("class_names", [])),
         "resolution": spec.resolution,
         "channels": spec.channels,
-        "step": int(meta.get("step", 0)),
+        "step": int(meta["step"]),
         "input": f"float32 N x {spec.z_dim + 1}: z in columns 0..{spec.z_dim - 1}, class id in the last",
         "output": "float32 N x C x H x W images in [-1, 1]",
     }
@@ -112,7 +112,7 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
         metadata=_metadata(spec, meta),
         # explicit requirements: MLflow's inference would load the model once more in a subprocess
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        step=int(meta.get("step", 0)),
+        step=int(meta["step"]),
     )
     client.set_tag(run_id, "sagan.model_id", info.model_id)
     return info.model_id
@@ -131,5 +131,5 @@ def log_checkpoint_and_generator(client, run_id: str, params: Params, checkpoint
     client.log_artifact(run_id, str(checkpoint), CHECKPOINT_DIR)
     model_id = log_generator(client, run_id, generator, meta)
     record = read_run_record(params) or {}
-    write_run_record(params, record | {"model_id": model_id, "step": int(meta.get("step", 0))})
+    write_run_record(params, record | {"model_id": model_id, "step": int(meta["step"])})
     return model_id

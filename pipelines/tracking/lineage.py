@@ -93,9 +93,9 @@ def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> No
         "sagan.git_commit": commit,
         "sagan.git_dirty": str(dirty).lower(),
         "sagan.data.content_hash": data["content_hash"],
-        "sagan.spec": json.dumps(info.get("spec", {}), sort_keys=True),
-        "sagan.device": str(info.get("device")),
-        "sagan.world_size": str(info.get("world_size")),
+        "sagan.spec": json.dumps(info["spec"], sort_keys=True),
+        "sagan.device": str(info["device"]),
+        "sagan.world_size": str(info["world_size"]),
     }
     if "dvc_md5" in data:
         tags["sagan.data.dvc_md5"] = data["dvc_md5"]
