@@ -16,9 +16,9 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet
     from . import stages
 
     r = stages.register(load(params, set_))
-    again = "" if r["created"] else " (already registered; no new version)"
-    typer.echo(f"registered {r['model_name']} v{r['version']}{again}: {r['decision']} - {r['reason']}")
-    typer.echo(f"model: {r['model_uri']}  run: {r['run_id']}  tracking: {r['tracking_uri']}")
+    again = "" if r.created else " (already registered; no new version)"
+    typer.echo(f"registered {r.model_name} v{r.version}{again}: {r.decision} - {r.reason}")
+    typer.echo(f"model: {r.model_uri}  run: {r.run_id}  tracking: {r.tracking_uri}")
 
 
 @app.command()

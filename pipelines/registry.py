@@ -9,13 +9,9 @@ champion's by more than `registry.min_improvement` under the same protocol (same
 statistics and sample count); otherwise the version gets the alias `challenger`. The decision and
 its reason are recorded as version tags (`promotion.decision`, `promotion.reason`).
 
-Race safety: MLflow aliases have no compare-and-set, so "read champion, compare, set alias" is done
-under a lock. The lock is a registered model named `<model_name>.promotion-lock`: creating a
-registered model is atomic in the tracking store (unique name, RESOURCE_ALREADY_EXISTS for the
-loser), and deleting it releases the lock. A lock whose creation time has not changed for
-LOCK_STALE_S seconds of our own waiting is considered left behind by a crashed process and broken.
-Two racing registers therefore serialise their decisions, and whichever runs second compares with
-the first's result: exactly one champion, and the better FID wins.
+Race safety: the decision is taken under a lock held in the registry itself
+(pipelines.promotion_lock), so two racing registers serialise their decisions, and whichever runs
+second compares with the first's result: exactly one champion, and the better FID wins.
 
 Idempotence: a run already registered under the model (search by run_id) is not registered again;
 its promotion decision is re-evaluated (so a register interrupted before the alias was set can be
@@ -26,11 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import socket
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +29,15 @@ from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import protocol, protocol_id
 
-from . import tracking
+from .promotion_lock import promotion_lock
+from .results import Registered
+from .tracking.generator_model import log_checkpoint_and_generator
+from .tracking.run_record import require_run
+from .tracking.store import artifact_error, call, connect, redact
 
 log = logging.getLogger("sagan.registry")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-LOCK_WAIT_S = 120.0  # give up waiting for the promotion lock after this long
-LOCK_STALE_S = 60.0  # a lock unchanged this long is assumed abandoned (a decision takes < 1 s)
 
 
 def _code(e: Exception) -> str:
@@ -58,12 +51,13 @@ def load_eval(params: Params) -> dict[str, Any]:
     try:
         ev = json.loads(path.read_text())
         float(ev["fid"])
+        int(ev["generator_step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SaganError(f"{path}: not a sagan evaluation (no numeric fid: {e})") from None
+        raise SaganError(f"{path}: not a sagan evaluation (no numeric fid or generator_step: {e})") from None
     return ev
 
 
-def _version_tags(ev: dict[str, Any], run, record: dict[str, Any]) -> dict[str, str]:
+def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
     t = run.data.tags
     tags = {
         "fid": repr(float(ev["fid"])),
@@ -73,13 +67,11 @@ def _version_tags(ev: dict[str, Any], run, record: dict[str, Any]) -> dict[str, 
         "git_commit": t.get("sagan.git_commit", "unknown"),
         "git_dirty": t.get("sagan.git_dirty", "unknown"),
         "run_id": run.info.run_id,
+        "generator_step": str(ev["generator_step"]),
     }
     for k in ("kid_mean", "kid_std", "is_mean", "is_std"):
         if isinstance(ev.get(k), (int, float)):
             tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
-    step = ev.get("generator_step", ev.get("step", record.get("step")))
-    if step is not None:
-        tags["generator_step"] = str(step)
     if "sagan.data.dvc_md5" in t:
         tags["dvc_md5"] = t["sagan.data.dvc_md5"]
     return tags
@@ -89,21 +81,16 @@ def _ensure_model(client, params: Params, run_id: str, record: dict[str, Any]) -
     """The run's READY LoggedModel id; logs it from the local checkpoint when training could not."""
     from mlflow.entities import LoggedModelStatus
 
+    # Both keys are really written: log_generator sets the run tag, then the record gets model_id;
+    # the tag still names the model if the process died between the two writes.
     model_id = record.get("model_id") or client.get_run(run_id).data.tags.get("sagan.model_id")
     if model_id:
         model = client.get_logged_model(model_id)
         if model.status == LoggedModelStatus.READY:
             return model_id
         log.warning("logged model %s of run %s is %s: logging it again", model_id, run_id, model.status)
-    from sagan_core import checkpoint as ckpt_io
-
-    ckpt = params.train.checkpoint
-    generator, meta = ckpt_io.load_generator(ckpt, use_ema=True, device="cpu")
-    log.info("uploading the checkpoint and the generator of run %s from %s", run_id, ckpt)
-    client.log_artifact(run_id, str(ckpt), tracking.CHECKPOINT_DIR)
-    model_id = tracking.log_generator(client, run_id, generator, meta)
-    tracking.write_run_record(params, record | {"model_id": model_id, "step": int(meta.get("step", 0))})
-    return model_id
+    log.info("uploading the checkpoint and the generator of run %s from %s", run_id, params.train.checkpoint)
+    return log_checkpoint_and_generator(client, run_id, params, params.train.checkpoint)
 
 
 def _existing_version(client, name: str, run_id: str):
@@ -140,58 +127,6 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
             except Exception as e:  # noqa: BLE001
                 log.warning("could not delete failed version %s v%s: %s", name, mv.version, e)
         raise
-
-
-@contextmanager
-def promotion_lock(client, name: str):
-    """Mutual exclusion for alias decisions on `name` (see the module docstring)."""
-    from mlflow.exceptions import MlflowException
-
-    lock = f"{name}.promotion-lock"
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    deadline = time.monotonic() + LOCK_WAIT_S
-    seen: tuple[int | None, float] | None = None  # (creation timestamp, when we first saw it)
-    while True:
-        try:
-            client.create_registered_model(
-                lock, tags={"sagan.lock.owner": owner}, description="transient lock held by sagan register"
-            )
-            break
-        except MlflowException as e:
-            if "RESOURCE_ALREADY_EXISTS" not in _code(e):
-                raise
-        try:
-            created = client.get_registered_model(lock).creation_timestamp
-        except MlflowException:
-            created = None  # released in between
-        now = time.monotonic()
-        if seen is None or seen[0] != created:
-            seen = (created, now)
-        elif created is not None and now - seen[1] > LOCK_STALE_S:
-            log.warning("breaking the stale promotion lock %s", lock)
-            _delete_quietly(client, lock)
-            seen = None
-            continue
-        if now > deadline:
-            raise SaganError(
-                f"registry: could not get the promotion lock {lock!r} within {LOCK_WAIT_S:.0f}s; "
-                "another `sagan register` is still deciding (rerun later)"
-            )
-        time.sleep(0.1 + random.random() * 0.3)
-    try:
-        yield
-    finally:
-        _delete_quietly(client, lock)
-
-
-def _delete_quietly(client, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" not in _code(e):
-            raise
 
 
 def _alias_version(client, name: str, alias: str):
@@ -231,55 +166,85 @@ def decide(mv, champion, min_improvement: float) -> tuple[bool, str]:
     )
 
 
-def register(params: Params) -> dict[str, Any]:
+def register(params: Params) -> Registered:
     """Register the recorded run's generator and apply the promotion gate; returns the decision."""
-    record = tracking.require_run(params, "sagan register")
+    record = require_run(params, "sagan register")
     ev = load_eval(params)
-    client, uri = tracking.connect(params)
+    client, uri = connect(params)
+    return call(uri, _register, client, uri, params, record, ev)
+
+
+def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict[str, Any]) -> Registered:
     run_id, name = record["run_id"], params.registry.model_name
-    return tracking.call(uri, _register, client, uri, params, record, ev, run_id, name)
-
-
-def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in _code(e):
-            raise ConfigError(
-                f"sagan register: MLflow run {run_id} (from {tracking.run_file(params)}) does not exist "
-                f"at {tracking.redact(uri)}"
-            ) from None
-        raise
-    step = ev.get("generator_step", ev.get("step"))
-    if step is not None and record.get("step") is not None and int(step) != int(record["step"]):
+    run = _recorded_run(client, uri, params, run_id)
+    step = ev["generator_step"]
+    # the record has a step once the run's generator was logged (not yet if training's upload failed)
+    if record.get("step") is not None and int(step) != int(record["step"]):
         raise ConfigError(
             f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
             f"ended at step {record['step']} (run `sagan evaluate` again)"
         )
-    try:
-        model_id = _ensure_model(client, params, run_id, record)
-    except (MlflowException, OSError) as e:
-        raise tracking.artifact_error(uri, e, client, run_id) from None
-    except Exception as e:
-        if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise tracking.artifact_error(uri, e, client, run_id) from None
-        raise
-    tags = _version_tags(ev, run, record)
+    model_id = _upload_model(client, uri, params, run_id, record)
     mv = _existing_version(client, name, run_id)
     created = mv is None
     if created:
-        mv = _create_version(client, name, model_id, run_id, tags)
+        mv = _create_version(client, name, model_id, run_id, _version_tags(ev, run))
     else:
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)
+    decision, reason = _promote(client, name, mv, params.registry.min_improvement)
+    return Registered(
+        model_name=name,
+        version=int(mv.version),
+        created=created,
+        decision=decision,
+        reason=reason,
+        fid=float(mv.tags["fid"]),  # the version's own: a rerun reports the FID it was registered with
+        run_id=run_id,
+        model_uri=f"models:/{name}/{mv.version}",
+        tracking_uri=redact(uri),
+    )
 
+
+def _recorded_run(client, uri: str, params: Params, run_id: str):
+    """The run named by the run record; a one-line ConfigError when the store does not have it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in _code(e):
+            raise ConfigError(
+                f"sagan register: MLflow run {run_id} (from {params.train.run_record}) does not exist "
+                f"at {redact(uri)}"
+            ) from None
+        raise
+
+
+def _upload_model(client, uri: str, params: Params, run_id: str, record: dict[str, Any]) -> str:
+    """_ensure_model with every artifact-store failure (MLflow, OS or boto) as one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ensure_model(client, params, run_id, record)
+    except (MlflowException, OSError) as e:
+        raise artifact_error(uri, e, client, run_id) from None
+    except Exception as e:
+        # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError); matching
+        # by module avoids importing botocore just to name them
+        if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise artifact_error(uri, e, client, run_id) from None
+        raise
+
+
+def _promote(client, name: str, mv, min_improvement: float) -> tuple[str, str]:
+    """Decide and set the alias of version `mv` under the promotion lock; (decision, reason)."""
     with promotion_lock(client, name):
         champion = _alias_version(client, name, CHAMPION)
-        promote, reason = decide(mv, champion, params.registry.min_improvement)
+        promote, reason = decide(mv, champion, min_improvement)
         if promote:
             client.set_registered_model_alias(name, CHAMPION, mv.version)
+            # a version is champion or challenger, never both
             challenger = _alias_version(client, name, CHALLENGER)
             if challenger is not None and challenger.version == mv.version:
                 client.delete_registered_model_alias(name, CHALLENGER)
@@ -288,14 +253,4 @@ def _register(client, uri, params, record, ev, run_id, name) -> dict[str, Any]:
         decision = CHAMPION if promote else CHALLENGER
         client.set_model_version_tag(name, mv.version, "promotion.decision", decision)
         client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
-    return {
-        "model_name": name,
-        "version": int(mv.version),
-        "created": created,
-        "decision": decision,
-        "reason": reason,
-        "fid": float(mv.tags.get("fid", ev["fid"])),
-        "run_id": run_id,
-        "model_uri": f"models:/{name}/{mv.version}",
-        "tracking_uri": tracking.redact(uri),
-    }
+    return decision, reason

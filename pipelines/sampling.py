@@ -50,21 +50,19 @@ def _load_mlflow(uri: str, params: Params) -> Sampler:
     import torch
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
+    from .tracking.store import call, connect, redact
 
-    _, tracking_uri = tracking.connect(params)
+    _, tracking_uri = connect(params)
     import mlflow
     from mlflow.models import Model
 
     try:
-        local = tracking.call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri)
+        local = call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri)
         mlmodel = Model.load(local)
         module = mlflow.pytorch.load_model(local)
     except MlflowException as e:
         first = " ".join(str(e).split())[:300]
-        raise ConfigError(
-            f"--model {uri}: cannot load from {tracking.redact(tracking_uri)} ({first})"
-        ) from None
+        raise ConfigError(f"--model {uri}: cannot load from {redact(tracking_uri)} ({first})") from None
     except OSError as e:
         raise SaganError(f"--model {uri}: download failed ({e})") from None
     meta = mlmodel.metadata or {}

@@ -175,10 +175,10 @@ def register(params: Params) -> Registered:
     result = registry.register(params)
     log.info(
         "%s v%d%s: %s (%s)",
-        result["model_name"],
-        result["version"],
-        "" if result["created"] else " (already registered)",
-        result["decision"],
-        result["reason"],
+        result.model_name,
+        result.version,
+        "" if result.created else " (already registered)",
+        result.decision,
+        result.reason,
     )
     return result

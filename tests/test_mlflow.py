@@ -203,16 +203,17 @@ def fake_run(
     **protocol,
 ) -> Params:
     """A new run that reuses the trained run's logged generator, with an eval.json saying `fid`."""
-    from pipelines import tracking
+    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.store import experiment_id
 
     root.mkdir(parents=True)
     write_params(root, uri, model_name=model, min_improvement=min_improvement)
     params = params_in(root)
     src = json.loads((trained_project / "models/mlflow_run.json").read_text())
     client = client_for(uri)
-    exp = tracking.experiment_id(client, params, uri)
+    exp = experiment_id(client, params, uri)
     run = client.create_run(exp, tags={"sagan.data.content_hash": "c0ffee", "sagan.git_commit": "abc"})
-    tracking.write_run_record(
+    write_run_record(
         params,
         {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": uri, "model_id": src["model_id"]},
     )
@@ -234,21 +235,21 @@ def test_promotion_gate(trained, mlflow_server, tmp_path):
         )
 
     first = reg("first", 50.0)
-    assert first["decision"] == "champion" and first["created"]
+    assert first.decision == "champion" and first.created
     better = reg("better", 40.0)
-    assert better["decision"] == "champion"
-    assert client.get_model_version_by_alias(name, "champion").version == str(better["version"])
+    assert better.decision == "champion"
+    assert client.get_model_version_by_alias(name, "champion").version == str(better.version)
     worse = reg("worse", 45.0)
-    assert worse["decision"] == "challenger"
-    assert client.get_model_version_by_alias(name, "challenger").version == str(worse["version"])
+    assert worse.decision == "challenger"
+    assert client.get_model_version_by_alias(name, "challenger").version == str(worse.version)
     within = reg("within-margin", 39.5)  # better, but not by more than min_improvement=1.0
-    assert within["decision"] == "challenger" and "min_improvement" in within["reason"]
+    assert within.decision == "challenger" and "min_improvement" in within.reason
     other = reg("other-protocol", 10.0, num_samples=5000)  # not comparable, however good
-    assert other["decision"] == "challenger" and "protocol" in other["reason"]
+    assert other.decision == "challenger" and "protocol" in other.reason
     champ = client.get_model_version_by_alias(name, "champion")
-    assert champ.version == str(better["version"])
-    reason = client.get_model_version(name, str(worse["version"])).tags["promotion.reason"]
-    assert reason == worse["reason"] and "45" in reason
+    assert champ.version == str(better.version)
+    reason = client.get_model_version(name, str(worse.version)).tags["promotion.reason"]
+    assert reason == worse.reason and "45" in reason
     # no lock left behind
     assert client.search_registered_models(f"name = '{name}.promotion-lock'") == []
 
@@ -312,7 +313,9 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     monkeypatch,
 ):
     """Artifacts go straight from this client to S3 (experiment artifact_location s3://...)."""
-    from pipelines import registry, tracking
+    from pipelines import registry
+    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.store import experiment_id
     from sagan_core.errors import SaganError
 
     project, _ = trained
@@ -338,11 +341,9 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     )
     params = params_in(tmp_path)
     client = client_for(mlflow_server)
-    exp = tracking.experiment_id(client, params, mlflow_server)
+    exp = experiment_id(client, params, mlflow_server)
     run = client.create_run(exp)
-    tracking.write_run_record(
-        params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server}
-    )
+    write_run_record(params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server})
     shutil.copytree(
         project / "models",
         tmp_path / "models",

@@ -1,0 +1,33 @@
+"""MLflow tracking: one MLflow run per experiment run, shared by train, evaluate and register.
+
+`sagan train` creates the run and records its id in `<train.out_dir>/mlflow_run.json` (written
+atomically, next to the checkpoint); `sagan evaluate`, `sagan register` and `sagan train --resume`
+reopen that run, so params, curves, images, the checkpoint, the generator model and FID all live in
+one place.
+
+Where things go:
+- embedded default: tracking store `sqlite:///<project>/mlflow.db`, artifacts in `<project>/mlartifacts`
+  (MLflow 3.13+ refuses the plain `./mlruns` file store);
+- team mode: `registry.tracking_uri` or `$MLFLOW_TRACKING_URI` = an `mlflow server` (which stores
+  artifacts on S3 with `--artifacts-destination s3://...`); credentials come from the environment
+  (AWS_* / MLFLOW_S3_ENDPOINT_URL / MLFLOW_TRACKING_TOKEN) and are never logged: params are only the
+  validated params.yaml, and URIs are shown without their user-info part.
+
+One module per concern:
+- store: is tracking on, the store's URI, connecting, experiments, one-line errors;
+- run_record: mlflow_run.json;
+- lineage: git commit, prepared data's content_hash and DVC md5;
+- callback: MlflowCallback, the trainer's hooks;
+- generator_model: the generator as an MLflow model (pack_inputs builds its input);
+- evaluation: FID/IS/KID joining the run.
+
+Code in this repository imports from those modules; the names below are the package's public
+surface (`pipelines.tracking.pack_inputs` is documented in the README).
+"""
+
+from .callback import MlflowCallback
+from .evaluation import log_evaluation
+from .generator_model import pack_inputs
+from .store import TrackingError, connect, enabled, redact
+
+__all__ = ["MlflowCallback", "TrackingError", "connect", "enabled", "log_evaluation", "pack_inputs", "redact"]

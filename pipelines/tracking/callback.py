@@ -1,0 +1,183 @@
+"""MlflowCallback: the trainer's hooks, recording one training run in MLflow.
+
+Logging must not slow training: metrics are buffered by the trainer to one call per
+`train.log_every` steps and sent with one asynchronous `log_batch`; images are uploaded every
+`train.sample_every` steps; the checkpoint and the model are uploaded once at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sagan_core.config import Params
+from sagan_core.trainer import Callback
+
+from .generator_model import log_checkpoint_and_generator
+from .lineage import log_lineage
+from .run_record import read_run_record, write_run_record
+from .store import artifact_error, call, connect, experiment_id, redact
+
+log = logging.getLogger("sagan.mlflow")
+
+
+class MlflowCallback(Callback):
+    """Records a training run in MLflow: params, lineage, curves, images, checkpoint and model.
+
+    Created before the trainer so an unreachable server fails the command before any training;
+    afterwards a logging failure never stops training: it is reported once and re-raised at the end
+    (local checkpoint, samples and metrics/train.csv are written regardless).
+    """
+
+    def __init__(self, params: Params, resume: bool = False):
+        self.params, self.resume = params, resume
+        self.client, self.uri = connect(params)
+        self.pending: list[Any] = []  # async log_batch operations, awaited at the end
+        self.error: BaseException | None = None
+        self.monitor = None
+        self.ended = False
+        self.run_id, self.experiment_id = self._open_run()
+        write_run_record(
+            params,
+            {
+                "run_id": self.run_id,
+                "experiment_id": self.experiment_id,
+                "tracking_uri": redact(self.uri),
+            },
+        )
+        log.info("MLflow run %s at %s", self.run_id, redact(self.uri))
+
+    def _open_run(self) -> tuple[str, str]:
+        """(run_id, experiment_id): the recorded run reopened on --resume, else a new run."""
+        from mlflow.entities import RunStatus
+
+        record = read_run_record(self.params) if self.resume else None
+        if record and record["tracking_uri"] != redact(self.uri):
+            log.warning(
+                "--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
+                record["tracking_uri"],
+                redact(self.uri),
+            )
+            record = None
+        if record:
+            run_id = record["run_id"]
+            call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return run_id, record["experiment_id"]
+        exp = experiment_id(self.client, self.params, self.uri)
+        run = call(
+            self.uri,
+            self.client.create_run,
+            exp,
+            tags={"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"},
+        )
+        return run.info.run_id, exp
+
+    # -- helpers --
+    def _guard(self, what: str, fn, *args, **kwargs):
+        """Run a logging call; the first failure is kept and reported, later calls are skipped."""
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - tracking must never kill a training run midway
+            self.error = e
+            log.warning("MLflow logging stopped (%s failed: %s); training continues", what, e)
+            return None
+
+    def _log_params(self) -> None:
+        from mlflow.entities import Param, RunTag
+
+        flat = {k: ("null" if v is None else str(v)) for k, v in self.params.flat().items()}
+        logged = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v[:6000]) for k, v in flat.items() if k not in logged]
+        # MLflow params are immutable: a --resume with other values (e.g. more steps) is kept as tags.
+        changed = [RunTag(f"sagan.resume.{k}", v) for k, v in flat.items() if k in logged and logged[k] != v]
+        for i in range(0, max(len(new), 1), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(self.run_id, params=new[i : i + 100], tags=changed if i == 0 else [])
+
+    # -- Callback --
+    def on_start(self, info: dict[str, Any]) -> None:
+        self._guard("logging params", self._log_params)
+        self._guard("logging lineage", log_lineage, self.client, self.run_id, self.params, info)
+        try:  # system metrics (CPU, memory, disk, network, GPU) sampled in a background thread
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=10, resume_logging=self.resume, tracking_uri=self.uri
+            )
+            self.monitor.start()
+        except Exception as e:  # noqa: BLE001 - optional (needs psutil); never worth failing over
+            log.warning("MLflow system metrics unavailable: %s", e)
+            self.monitor = None
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        op = self._guard(
+            "logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False
+        )
+        if op is not None:
+            self.pending.append(op)
+
+    def on_image(self, step: int, key: str, path: Path) -> None:
+        from PIL import Image
+
+        def upload():
+            with Image.open(path) as im:
+                self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step)
+
+        self._guard(f"logging image {key}", upload)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        self.ended = True
+        self._guard("flushing metrics", self._flush)
+        self._stop_monitor()
+        if self.error is None:
+            self._guard("uploading the checkpoint and model", self._log_final, summary)
+        status = "FINISHED" if self.error is None else "FAILED"
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001 - the error below is the one to report
+            log.debug("could not close MLflow run: %s", e)
+        if self.error is not None:
+            raise artifact_error(self.uri, self.error, self.client, self.run_id) from None
+
+    # -- after training (called by pipelines.stages.train) --
+    def close(self) -> None:
+        """After training: a run with nothing left to train (on_end never ran) is closed as finished."""
+        if not self.ended:
+            self.fail(status="FINISHED")
+
+    def fail(self, status: str = "FAILED") -> None:
+        """Training raised: mark the run failed (best effort), stop the monitor."""
+        self._stop_monitor()
+        try:
+            self._flush()
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001 - the training error is the one to report
+            log.debug("could not mark MLflow run failed: %s", e)
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):  # best effort: it only samples CPU/GPU load
+                self.monitor.finish()
+            self.monitor = None
+
+    def _flush(self) -> None:
+        for op in self.pending:
+            op.wait()
+        self.pending.clear()
+
+    def _log_final(self, summary: dict[str, Any]) -> None:
+        metrics_csv = Path(self.params.train.metrics_file)
+        if metrics_csv.exists():
+            self.client.log_artifact(self.run_id, str(metrics_csv), "metrics")
+        attention = Path(summary["attention"])
+        if attention.is_file():
+            self.client.log_artifact(self.run_id, str(attention), "figures")
+        log_checkpoint_and_generator(self.client, self.run_id, self.params, Path(summary["checkpoint"]))

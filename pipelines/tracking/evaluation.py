@@ -1,0 +1,62 @@
+"""Evaluation joins the training run: FID/IS/KID as metrics at the generator's step, the protocol as tags.
+
+Tags rather than params because MLflow params are immutable and an evaluation may be rerun (with
+another protocol) on the same run; `sagan.eval.protocol_id` lets runs be compared only when equal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sagan_core.config import Params
+from sagan_core.evaluate import protocol_id
+
+from .run_record import read_run_record
+from .store import artifact_error, call, connect, enabled
+
+log = logging.getLogger("sagan.mlflow")
+
+METRIC_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std")
+
+
+def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
+    """Add FID/IS/KID and the protocol fields to the training run; returns its id.
+
+    `eval_metrics` is what sagan_core's evaluate returns (and writes to eval.json). Skipped (None)
+    when tracking is off or no tracked training ran here.
+    """
+    if not enabled(params):
+        return None
+    from mlflow.entities import Metric, RunTag
+
+    record = read_run_record(params)
+    if record is None:
+        log.warning("no MLflow run recorded at %s: evaluation not tracked", params.train.run_record)
+        return None
+    client, uri = connect(params)
+    run_id = record["run_id"]
+    step = int(eval_metrics["generator_step"])
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(k, float(v), now, step)
+        for k, v in eval_metrics.items()
+        if k in METRIC_KEYS and isinstance(v, (int, float))  # KID is None without reference features
+    ]
+    tags = [
+        RunTag(f"sagan.eval.{k}", json.dumps(v) if not isinstance(v, str) else v)
+        for k, v in eval_metrics.items()
+        if k not in METRIC_KEYS
+    ]
+    tags.append(RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics)))
+    call(uri, client.log_batch, run_id, metrics=metrics, tags=tags)
+    eval_file = Path(params.eval.metrics_file)
+    if eval_file.exists():
+        try:
+            client.log_artifact(run_id, str(eval_file), "metrics")
+        except Exception as e:  # noqa: BLE001 - any upload failure becomes the one-line artifact error
+            raise artifact_error(uri, e, client, run_id) from None
+    return run_id

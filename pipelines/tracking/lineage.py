@@ -1,0 +1,122 @@
+"""Lineage of a training run: the git commit of the code and the identity of the prepared data.
+
+The prepared data is identified by the content_hash of its manifest and, when DVC tracks the
+folder, by the md5 DVC records for it; both become run tags and tags of the run's dataset input, so
+a registered version can be traced to the exact images it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sagan_core.config import Params
+
+
+def git_commit() -> tuple[str, bool]:
+    """(commit, dirty) of the working tree, ('unknown', False) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+        )
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def data_lineage(params: Params) -> dict[str, str]:
+    """content_hash of the prepared data, plus the DVC md5 of its folder when DVC tracks it."""
+    prepared = Path(params.data.prepared_dir)
+    out = {"path": str(prepared)}
+    try:
+        manifest = json.loads((prepared / "manifest.json").read_text())
+        out["content_hash"] = str(manifest.get("content_hash", "unknown"))
+        out["num_images"] = str(manifest.get("num_images", ""))
+    except (OSError, ValueError):
+        out["content_hash"] = "unknown"
+    dvc = dvc_md5(prepared)
+    if dvc:
+        out["dvc_md5"] = dvc
+    return out
+
+
+def dvc_md5(prepared: Path) -> str | None:
+    """The md5 `dvc.lock` (or a `.dvc` file) records for the prepared folder; None without DVC."""
+    import yaml
+
+    target = os.path.normpath(str(prepared))
+    candidates = [Path("dvc.lock"), prepared.with_name(prepared.name + ".dvc")]
+    for path in candidates:
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        # dvc.lock lists outs per stage; a `.dvc` file lists them at the top level
+        outs = []
+        if "stages" in doc:
+            for stage in (doc.get("stages") or {}).values():
+                outs += stage.get("outs", []) if isinstance(stage, dict) else []
+        outs += doc.get("outs", []) or []
+        for o in outs:
+            path_ok = isinstance(o, dict) and os.path.normpath(str(o.get("path", ""))) in (
+                target,
+                prepared.name,
+            )
+            if path_ok and o.get("md5"):
+                return str(o["md5"])
+    return None
+
+
+def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> None:
+    """Tag the run with code and data lineage and log the prepared data as its dataset input.
+
+    `info` is the trainer's on_start info (spec, device, world_size).
+    """
+    from mlflow.entities import RunTag
+
+    commit, dirty = git_commit()
+    data = data_lineage(params)
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "sagan.git_commit": commit,
+        "sagan.git_dirty": str(dirty).lower(),
+        "sagan.data.content_hash": data["content_hash"],
+        "sagan.spec": json.dumps(info["spec"], sort_keys=True),
+        "sagan.device": str(info["device"]),
+        "sagan.world_size": str(info["world_size"]),
+    }
+    if "dvc_md5" in data:
+        tags["sagan.data.dvc_md5"] = data["dvc_md5"]
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    _log_dataset(client, run_id, data)
+
+
+def _log_dataset(client, run_id: str, data: dict[str, str]) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(Path(data["path"]).resolve()))
+    # MLflow caps dataset digests at 36 characters; the full hash travels as an input tag
+    dataset = MetaDataset(source, name="prepared", digest=data["content_hash"][:36])
+    input_tags = [
+        InputTag("mlflow.data.context", "training"),
+        InputTag("content_hash", data["content_hash"]),
+    ]
+    if "dvc_md5" in data:
+        input_tags.append(InputTag("dvc_md5", data["dvc_md5"]))
+    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), input_tags)])

@@ -1,0 +1,159 @@
+"""The tracking store: is tracking on, where it is, how to reach it, and how its failures read.
+
+Every other tracking module goes through `connect` and `call`, so an unreachable server or a
+failing artifact store always ends the command with the same one-line TrackingError that names the
+server (without credentials) instead of a retry history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from sagan_core.config import Params
+from sagan_core.errors import ConfigError, SaganError
+
+# Fail in well under a minute when the server is down (MLflow's own default retries for minutes).
+# Users who want more patience set these variables themselves; setdefault never overrides them.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+class TrackingError(SaganError):
+    """The tracking server or the artifact store failed (exit code 1)."""
+
+
+def enabled(params: Params) -> bool:
+    """Tracking on: registry.tracking and not SAGAN_TRACKING=0 (the test suite's default)."""
+    env = os.environ.get("SAGAN_TRACKING", "").strip().lower()
+    return params.registry.tracking and env not in ("0", "off", "false", "no")
+
+
+# ---- URIs and connection -------------------------------------------------------------------------
+def redact(uri: str) -> str:
+    """The URI without user:password@ (never print or log credentials)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=host))
+    return uri
+
+
+def tracking_uri(params: Params) -> str:
+    """registry.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
+    uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "postgresql", "mysql", "mssql", "file:")) or "://" not in uri
+
+
+def connect(params: Params):
+    """Point MLflow at the configured store; returns (client, uri). Checks the server answers."""
+    for k, v in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    import mlflow
+    from mlflow import MlflowClient
+
+    # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    return client, uri
+
+
+def experiment_id(client, params: Params, uri: str) -> str:
+    """The experiment `registry.experiment`, created on first use.
+
+    With a local (sqlite) store its artifacts go to `<project>/mlartifacts` explicitly; with a server,
+    to `registry.artifact_location` when set, else the server's default (its --artifacts-destination).
+    """
+    from mlflow.exceptions import MlflowException
+
+    name = params.registry.experiment
+    exp = call(uri, client.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(f"registry.experiment: experiment {name!r} is deleted in {redact(uri)}")
+        return exp.experiment_id
+    location = params.registry.artifact_location
+    if location is None and _is_local_store(uri):
+        location = (Path.cwd().resolve() / "mlartifacts").as_uri()
+    try:
+        return call(uri, client.create_experiment, name, artifact_location=location)
+    except MlflowException as e:  # created by a concurrent process in the meantime
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+# ---- failures as one line ------------------------------------------------------------------------
+def unreachable(uri: str, e: BaseException) -> TrackingError:
+    reason = " ".join(str(e).split())
+    for hint in ("Connection refused", "Name or service not known", "timed out", "Max retries exceeded"):
+        if hint in reason:  # the one phrase that says why, not urllib3's whole retry history
+            reason = hint
+            break
+    if len(reason) > 200:
+        reason = reason[:200] + "..."
+    return TrackingError(
+        f"MLflow tracking server {redact(uri)} unreachable or failing after "
+        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries ({type(e).__name__}: {reason}); "
+        "local checkpoints and metrics are intact, rerun the command when the server is back"
+    )
+
+
+def call(uri: str, fn, *args, **kwargs):
+    """Run one MLflow client call, turning connection failures into a one-line TrackingError."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    try:
+        return fn(*args, **kwargs)
+    except (RequestException, ConnectionError, TimeoutError) as e:
+        raise unreachable(uri, e) from None
+    except MlflowException as e:
+        msg = str(e)
+        if "API request to" in msg and ("Max retries" in msg or "Connection" in msg or "failed" in msg):
+            raise unreachable(uri, e) from None
+        raise
+
+
+def artifact_error(uri: str, e: BaseException, client=None, run_id: str | None = None) -> SaganError:
+    """One line naming where the upload went (bucket and endpoint for S3) and why it failed."""
+    if isinstance(e, SaganError):
+        return e
+    reason = " ".join(str(e).split())[:300]
+    where = ""
+    try:
+        location = client.get_run(run_id).info.artifact_uri if client and run_id else ""
+    except Exception:  # noqa: BLE001 - only decorates the message; the upload error is the one to report
+        location = ""
+    if location.startswith("s3://"):
+        bucket = urlsplit(location).netloc
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "the AWS default endpoint")
+        where = f" to S3 bucket {bucket!r} at {endpoint}"
+    elif location:
+        where = f" to {redact(location)}"
+    if "API request to" in reason and "Max retries" in reason:
+        return unreachable(uri, e)
+    return TrackingError(
+        f"MLflow logging failed{where} ({type(e).__name__}: {reason}); check the bucket and the "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/MLFLOW_S3_ENDPOINT_URL environment; the local checkpoint "
+        "and metrics are intact"
+    )
