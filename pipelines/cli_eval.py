@@ -1,4 +1,4 @@
-"""`sagan evaluate` and `sagan fid`: FID / IS / KID evaluation (see sagan_core.fid)."""
+"""`sagan evaluate` and `sagan fid`: FID / IS / KID evaluation (see sagan_core.evaluate, sagan_core.fid)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,18 +22,13 @@ from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 from tqdm import tqdm
 
 from . import inception as inc
-from .atomic import write_atomic, write_json
-from .device import resolve_device
-from .errors import ConfigError, SaganError
-from .metrics import IS_SPLITS, ISAccumulator, Stats, StatsAccumulator, frechet_with_method, kid
+from .atomic import write_atomic
+from .errors import ConfigError
+from .metrics import ISAccumulator, Stats, StatsAccumulator
 
-log = logging.getLogger("sagan.fid")
-
-REFERENCE_SUBSET_SEED = 0  # fixed: which images form a reference subset is part of the protocol
+# The feature-extraction recipe, recorded in eval.json and in every cached reference's key: features
+# (hence FIDs) are comparable only between evaluations that name the same recipe.
 PROTOCOL = "pytorch-fid 0.3.0 InceptionV3: uint8 images / 255, gray->RGB, bilinear 299 (align_corners=False)"
-
-
-# ---------------------------------------------------------------- statistics files and folders
 
 
 def load_stats(path: str | Path) -> Stats:
@@ -136,153 +129,3 @@ def stats_of_path(
     batches = _uint8_batches_from_files(files, batch_size)
     stats, _, _ = features_pass(net, batches, n_batches, device, progress=progress, desc=path.name)
     return stats
-
-
-# ---------------------------------------------------------------- sagan evaluate
-
-
-def reference_indices(n: int, size: int | None) -> np.ndarray:
-    """All images, or a fixed seeded subset (sorted, for sequential reads of the memory map)."""
-    if size is None or size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(REFERENCE_SUBSET_SEED)
-    return np.sort(rng.choice(n, size, replace=False))
-
-
-def _array_batches(images: np.ndarray, idx: np.ndarray, batch_size: int):
-    for start in range(0, len(idx), batch_size):
-        yield torch.from_numpy(np.ascontiguousarray(images[idx[start : start + batch_size]]))
-
-
-def reference_protocol(
-    content_hash: str, weights_sha: str, dims: int, size: int, dataset_size: int
-) -> dict[str, Any]:
-    """Everything that determines reference statistics; the cache key is its hash."""
-    return {
-        "format": 1,
-        "protocol": PROTOCOL,
-        "content_hash": content_hash,
-        "weights_sha256": weights_sha,
-        "dims": dims,
-        "reference_size": size,
-        "subset_seed": REFERENCE_SUBSET_SEED if size < dataset_size else None,
-    }
-
-
-def cache_path(cache_dir: str | Path, protocol: dict[str, Any]) -> Path:
-    key = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()
-    name = f"{protocol['content_hash'][:12]}-d{protocol['dims']}-n{protocol['reference_size']}-{key[:12]}.npz"
-    return Path(cache_dir) / name
-
-
-def reference_stats(
-    params, net: inc.InceptionFeatures, weights_sha: str, device: torch.device, progress: bool = True
-) -> tuple[Stats, dict[str, Any]]:
-    """Reference statistics: a .npz file, or the prepared dataset's (cached; computed on a miss)."""
-    from .data import open_prepared
-
-    ev = params.eval
-    if ev.reference_split != "prepared":
-        path = Path(ev.reference_split)
-        if not path.is_file():
-            raise ConfigError(f"eval.reference_split: no such statistics file {path}")
-        stats = load_stats(path)
-        size = stats.num if stats.num is not None else (stats.protocol or {}).get("reference_size")
-        return stats, {"reference_size": size, "stats_cache": "file", "reference_seconds": 0.0}
-    data = open_prepared(params.data.prepared_dir)
-    idx = reference_indices(len(data), ev.reference_size)
-    protocol = reference_protocol(data.manifest["content_hash"], weights_sha, ev.dims, len(idx), len(data))
-    path = cache_path(ev.cache_dir, protocol)
-    info = {"reference_size": len(idx), "reference_content_hash": protocol["content_hash"]}
-    if path.is_file():
-        stats = load_stats(path)
-        if stats.protocol == protocol:
-            log.info("reference statistics from cache %s", path)
-            return stats, info | {"stats_cache": "hit", "stats_file": str(path), "reference_seconds": 0.0}
-    batches = _array_batches(data.images, idx, ev.batch_size)
-    n_batches = -(-len(idx) // ev.batch_size)
-    stats, seconds, _ = features_pass(
-        net, batches, n_batches, device, keep_features=True, progress=progress, desc="reference"
-    )
-    stats.protocol = protocol
-    save_stats(path, stats)
-    log.info("reference statistics cached in %s", path)
-    return stats, info | {"stats_cache": "miss", "stats_file": str(path), "reference_seconds": seconds}
-
-
-def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
-    """n generated images as uint8 batches: fixed seed, class-balanced labels when conditional."""
-    spec = g.spec
-    gen = torch.Generator().manual_seed(seed)  # CPU noise: the same samples on every device
-    labels = torch.arange(n) % spec.num_classes if spec.num_classes else None
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        z = torch.randn(b, spec.z_dim, generator=gen).to(device)
-        y = None if labels is None else labels[start : start + b].to(device)
-        with torch.inference_mode():
-            x = g(z, y)
-        if not torch.isfinite(x).all():
-            raise SaganError("the generator produced NaN/Inf images; this checkpoint cannot be evaluated")
-        yield inc.quantize(x)
-
-
-def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file."""
-    from .checkpoint import load_generator
-
-    ev = params.eval
-    ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
-    device = resolve_device(ev.device, "eval.device")
-    weights = inc.resolve_weights(ev.inception_weights)
-    weights_sha = inc.file_sha256(weights)
-    g, meta = load_generator(ckpt, ev.use_ema, device)
-    net = inc.load_net(weights, ev.dims, True, device)
-    ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
-
-    is_acc = ISAccumulator(ev.num_samples)
-    n_batches = -(-ev.num_samples // ev.batch_size)
-    batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
-    gen, seconds, n = features_pass(
-        net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
-    )
-    t0 = time.perf_counter()
-    fid, fid_method = frechet_with_method(gen, ref)
-    fid_seconds = time.perf_counter() - t0
-    is_mean, is_std = is_acc.result()
-    kid_mean = kid_std = None
-    if ref.features is not None:
-        kid_mean, kid_std = kid(gen.features, ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
-    else:
-        log.warning("%s has no features: KID not computed", ev.reference_split)
-    result = {
-        "fid": fid,
-        "is_mean": is_mean,
-        "is_std": is_std,
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "num_samples": n,
-        "reference_split": ev.reference_split,
-        **{k: v for k, v in ref_info.items() if k != "reference_seconds"},
-        "dims": ev.dims,
-        "is_splits": IS_SPLITS,
-        "kid_subsets": ev.kid_subsets,
-        "kid_subset_size": min(ev.kid_subset_size, n, ref.num or n),
-        "weights_file": weights.name,
-        "weights_sha256": weights_sha,
-        "checkpoint": str(ckpt),
-        "generator_step": int(meta["step"]),
-        "ema": ev.use_ema,
-        "class_balanced": bool(g.spec.num_classes),
-        "seed": ev.seed,
-        "protocol": PROTOCOL,
-        "fid_method": fid_method,
-        "timing": {
-            "device": str(device),
-            "samples_seconds": seconds,
-            "samples_images_per_s": n / seconds,
-            "reference_seconds": ref_info["reference_seconds"],
-            "frechet_seconds": fid_seconds,
-        },
-    }
-    write_json(ev.metrics_file, result)
-    return result
