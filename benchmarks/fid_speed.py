@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from sagan_core import checkpoint as ckpt_io  # noqa: E402
-from sagan_core import fid as F  # noqa: E402
+from sagan_core import evaluate as E  # noqa: E402
 from sagan_core import inception as inc  # noqa: E402
 from sagan_core.config import Params  # noqa: E402
 from sagan_core.data import open_prepared  # noqa: E402
@@ -143,7 +143,7 @@ def main() -> None:
     real = work / "real"
     shutil.rmtree(real, ignore_errors=True)
     real.mkdir()
-    for i in F.reference_indices(len(data), args.reference_size):
+    for i in E.reference_indices(len(data), args.reference_size):
         to_pil(np.asarray(data.images[i])).save(real / f"{i:06d}.png")
     export_s = time.perf_counter() - t0
 
@@ -153,7 +153,7 @@ def main() -> None:
     samples.mkdir()
     g, _ = ckpt_io.load_generator(ckpt, True, device)
     k = 0
-    for u8 in F.sample_uint8(g, args.num_samples, args.batch_size, 0, device):
+    for u8 in E.sample_uint8(g, args.num_samples, args.batch_size, 0, device):
         for im in u8.cpu().numpy():
             to_pil(im).save(samples / f"{k:06d}.png")
             k += 1

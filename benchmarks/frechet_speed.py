@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from sagan_core import fid as F
+from sagan_core import metrics
 
 
 def features(rng: np.random.Generator, n: int, d: int, scale: float, dead: slice) -> np.ndarray:
@@ -33,7 +33,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     stats = []
     for scale, dead in [(1.0, slice(0, 20)), (1.1, slice(10, 40))]:
-        acc = F.StatsAccumulator()
+        acc = metrics.StatsAccumulator()
         acc.add(features(rng, args.samples, args.dims, scale, dead))
         stats.append(acc.result())
     a, b = stats
@@ -42,7 +42,7 @@ def main() -> None:
     ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours, method = F.frechet_with_method(a, b)
+    ours, method = metrics.frechet_with_method(a, b)
     t_ours = time.perf_counter() - t0
     print(f"{args.samples} samples, {args.dims} dims")
     print(f"pytorch-fid (scipy sqrtm): {ref:.9f}  {t_ref:.1f} s")

@@ -1,4 +1,4 @@
-"""`sagan evaluate` and `sagan fid`: FID / IS / KID evaluation (see sagan_core.fid)."""
+"""`sagan evaluate` and `sagan fid`: FID / IS / KID evaluation (see sagan_core.evaluate, sagan_core.fid)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def fid(
     """FID between two folders / .npz files, exactly as `python -m pytorch_fid A B` computes it."""
     from sagan_core import fid as F
     from sagan_core import inception as inc
+    from sagan_core import metrics
     from sagan_core.device import resolve_device
 
     if len(paths) != 2:
@@ -69,4 +70,4 @@ def fid(
         typer.echo(f"saved statistics of {a} to {b}")
         return
     sb = F.stats_of_path(b, dims, batch_size, dev, w, progress=not quiet)
-    typer.echo(f"FID: {F.frechet_distance(sa, sb)!r}")
+    typer.echo(f"FID: {metrics.frechet_distance(sa, sb)!r}")

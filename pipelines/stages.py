@@ -121,7 +121,7 @@ def trained(params: Params, start_step: int | None = None) -> Trained:
 
 def evaluate(params: Params, progress: bool = True, checkpoint: Path | None = None) -> Evaluated:
     """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
-    from sagan_core.fid import evaluate as run_evaluate
+    from sagan_core.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
     if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run

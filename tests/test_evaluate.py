@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sagan_core import checkpoint as ckpt_io
+from sagan_core import evaluate as E
 from sagan_core import fid as F
 from sagan_core.model import ModelSpec, build_models
 
@@ -54,10 +55,10 @@ def test_evaluate_writes_protocol_and_cache_removes_reference_pass(
     write_checkpoint(project / "models/other.pt", seed=1)
 
     passes = []
-    real_pass = F.features_pass
-    monkeypatch.setattr(F, "features_pass", lambda *a, **k: passes.append(k["desc"]) or real_pass(*a, **k))
+    real_pass = E.features_pass
+    monkeypatch.setattr(E, "features_pass", lambda *a, **k: passes.append(k["desc"]) or real_pass(*a, **k))
 
-    first = F.evaluate(params, progress=False)
+    first = E.evaluate(params, progress=False)
     assert passes == ["reference", "samples"] and first["stats_cache"] == "miss"
     on_disk = json.loads((project / "metrics/eval.json").read_text())
     assert on_disk == json.loads(json.dumps(first))
@@ -74,41 +75,41 @@ def test_evaluate_writes_protocol_and_cache_removes_reference_pass(
 
     # Another checkpoint: no reference pass; the FID uses the same cached statistics.
     passes.clear()
-    second = F.evaluate(params, checkpoint=project / "models/other.pt", progress=False)
+    second = E.evaluate(params, checkpoint=project / "models/other.pt", progress=False)
     assert passes == ["samples"] and second["stats_cache"] == "hit"
     assert second["fid"] != first["fid"]
     # The same checkpoint again: same numbers (fixed seed; cached reference == computed reference).
     passes.clear()
-    again = F.evaluate(params, progress=False)
+    again = E.evaluate(params, progress=False)
     assert passes == ["samples"] and again["fid"] == pytest.approx(first["fid"], abs=1e-9)
     assert again["kid_mean"] == pytest.approx(first["kid_mean"], abs=1e-12)
 
     # A statistics file made elsewhere (our cached file; pytorch-fid's format) as the reference.
     p2 = eval_params(make_params_fixture, project, eval__reference_split=first["stats_file"])
     passes.clear()
-    from_file = F.evaluate(p2, progress=False)
+    from_file = E.evaluate(p2, progress=False)
     assert passes == ["samples"] and from_file["fid"] == pytest.approx(first["fid"], abs=1e-9)
 
 
 def test_cache_key_changes_with_everything_that_changes_statistics():
-    base = F.reference_protocol("c" * 64, "w" * 64, 2048, 1000, 10000)
-    paths = {F.cache_path("x", base)}
+    base = E.reference_protocol("c" * 64, "w" * 64, 2048, 1000, 10000)
+    paths = {E.cache_path("x", base)}
     for change in (
-        F.reference_protocol("d" * 64, "w" * 64, 2048, 1000, 10000),  # dataset content
-        F.reference_protocol("c" * 64, "v" * 64, 2048, 1000, 10000),  # weights file
-        F.reference_protocol("c" * 64, "w" * 64, 64, 1000, 10000),  # dims
-        F.reference_protocol("c" * 64, "w" * 64, 2048, 2000, 10000),  # reference size
+        E.reference_protocol("d" * 64, "w" * 64, 2048, 1000, 10000),  # dataset content
+        E.reference_protocol("c" * 64, "v" * 64, 2048, 1000, 10000),  # weights file
+        E.reference_protocol("c" * 64, "w" * 64, 64, 1000, 10000),  # dims
+        E.reference_protocol("c" * 64, "w" * 64, 2048, 2000, 10000),  # reference size
     ):
-        paths.add(F.cache_path("x", change))
+        paths.add(E.cache_path("x", change))
     assert len(paths) == 5
-    assert F.cache_path("x", base) == F.cache_path("x", dict(base))
+    assert E.cache_path("x", base) == E.cache_path("x", dict(base))
 
 
 def test_reference_subset_is_fixed_and_sorted():
-    a, b = F.reference_indices(100, 30), F.reference_indices(100, 30)
+    a, b = E.reference_indices(100, 30), E.reference_indices(100, 30)
     assert np.array_equal(a, b) and np.all(np.diff(a) > 0) and len(set(a)) == 30
-    assert np.array_equal(F.reference_indices(10, 30), np.arange(10))
-    assert np.array_equal(F.reference_indices(10, None), np.arange(10))
+    assert np.array_equal(E.reference_indices(10, 30), np.arange(10))
+    assert np.array_equal(E.reference_indices(10, None), np.arange(10))
 
 
 def test_evaluate_cli_errors(project, standin_torch_home, tmp_path):

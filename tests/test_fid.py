@@ -14,8 +14,8 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from scipy import linalg
 from torchvision.utils import save_image
 
-from sagan_core import fid as F
 from sagan_core import inception as inc
+from sagan_core import metrics
 from sagan_core.errors import ConfigError, SaganError
 
 
@@ -41,12 +41,14 @@ def test_frechet_matches_scipy_on_known_gaussians():
     a, b = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     closed = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    ours = F.frechet_distance(F.Stats(mu1, np.diag(a)), F.Stats(mu2, np.diag(b)))
+    ours = metrics.frechet_distance(metrics.Stats(mu1, np.diag(a)), metrics.Stats(mu2, np.diag(b)))
     assert ours == pytest.approx(closed, rel=1e-9)
     s1, s2 = random_cov(rng, d), random_cov(rng, d)
-    ours = F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu2, s2))
+    ours = metrics.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu2, s2))
     assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-8)
-    assert F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu1, s1)) == pytest.approx(0, abs=1e-8)
+    assert metrics.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu1, s1)) == pytest.approx(
+        0, abs=1e-8
+    )
 
 
 def test_frechet_nearly_singular_covariance():
@@ -55,7 +57,7 @@ def test_frechet_nearly_singular_covariance():
     s1 = random_cov(rng, d, rank=5) + 1e-10 * np.eye(d)  # nearly singular, like features from few samples
     s2 = random_cov(rng, d, rank=6) + 1e-10 * np.eye(d)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
-    ours = F.frechet_distance(F.Stats(mu1, s1), F.Stats(mu2, s2))
+    ours = metrics.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu2, s2))
     assert np.isfinite(ours)
     assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-4, abs=1e-4)
 
@@ -67,7 +69,7 @@ def features(rng, n, d, decay):
 
 
 def stats_of(x):
-    return F.Stats(x.mean(0), np.cov(x, rowvar=False))
+    return metrics.Stats(x.mean(0), np.cov(x, rowvar=False))
 
 
 def test_frechet_fast_path_equals_pytorch_fid_when_well_conditioned():
@@ -75,9 +77,9 @@ def test_frechet_fast_path_equals_pytorch_fid_when_well_conditioned():
     d = 256
     for n, decay in [(300, 2.0), (1000, 1.0)]:  # condition numbers ~1e6 .. 1e3
         a, b = stats_of(features(rng, n, d, decay)), stats_of(1.1 * features(rng, n, d, decay) + 0.05)
-        assert F.trace_sqrt_product(a.sigma, b.sigma) is not None  # the eigh/SVD path is taken
+        assert metrics.trace_sqrt_product(a.sigma, b.sigma) is not None  # the eigh/SVD path is taken
         ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-        assert F.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+        assert metrics.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
 
 
 def test_frechet_fast_path_with_dead_features_equals_pytorch_fid():
@@ -86,21 +88,21 @@ def test_frechet_fast_path_with_dead_features_equals_pytorch_fid():
     x1, x2 = features(rng, 600, 128, 1.0), features(rng, 700, 128, 1.0) + 0.2
     x1[:, :10] = 0  # dead in the first set only
     x2[:, 5:12] = 0  # dead in the second, overlapping the first's
-    acc1, acc2 = F.StatsAccumulator(), F.StatsAccumulator()
+    acc1, acc2 = metrics.StatsAccumulator(), metrics.StatsAccumulator()
     acc1.add(x1)
     acc2.add(x2)
     a, b = acc1.result(), acc2.result()
     assert not a.sigma[:, :10].any() and not b.sigma[:, 5:12].any()
-    assert F.trace_sqrt_product(a.sigma, b.sigma) is not None
+    assert metrics.trace_sqrt_product(a.sigma, b.sigma) is not None
     ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-    assert F.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    assert metrics.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
 
 
 def test_frechet_singular_covariance_is_pytorch_fid_exactly():
     rng = np.random.default_rng(3)
     a, b = stats_of(features(rng, 40, 64, 1.0)), stats_of(features(rng, 50, 64, 1.0) + 0.1)  # n < d
-    assert F.trace_sqrt_product(a.sigma, b.sigma) is None
-    assert F.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert metrics.trace_sqrt_product(a.sigma, b.sigma) is None
+    assert metrics.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplog):
@@ -118,22 +120,24 @@ def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplo
     tr_sqrt = np.linalg.svd(c1 @ c2.T / (n - 1), compute_uv=False).sum()
     expected = ((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_sqrt
     with caplog.at_level("WARNING", logger="sagan"):
-        value, method = F.frechet_with_method(a, b)
+        value, method = metrics.frechet_with_method(a, b)
     assert method == "eigh-svd-singular" and "sqrtm failed" in caplog.text
     assert value == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_errors():
     with pytest.raises(ConfigError, match="different dimensions"):
-        F.frechet_distance(F.Stats(np.zeros(4), np.eye(4)), F.Stats(np.zeros(8), np.eye(8)))
+        metrics.frechet_distance(metrics.Stats(np.zeros(4), np.eye(4)), metrics.Stats(np.zeros(8), np.eye(8)))
     with pytest.raises(SaganError, match="NaN"):
-        F.frechet_distance(F.Stats(np.full(4, np.nan), np.eye(4)), F.Stats(np.zeros(4), np.eye(4)))
+        metrics.frechet_distance(
+            metrics.Stats(np.full(4, np.nan), np.eye(4)), metrics.Stats(np.zeros(4), np.eye(4))
+        )
 
 
 def test_streaming_stats_equal_numpy():
     rng = np.random.default_rng(2)
     x = (rng.normal(size=(203, 12)) * 3 + 50).astype(np.float32)  # large mean: cancellation test
-    acc = F.StatsAccumulator(keep_features=True)
+    acc = metrics.StatsAccumulator(keep_features=True)
     for i in range(0, len(x), 50):
         acc.add(torch.from_numpy(x[i : i + 50]))
     s = acc.result()
@@ -142,7 +146,7 @@ def test_streaming_stats_equal_numpy():
     np.testing.assert_allclose(s.sigma, np.cov(x64, rowvar=False), rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(s.features, x)
     with pytest.raises(SaganError, match="not finite"):
-        F.StatsAccumulator().add(torch.tensor([[1.0, float("nan")]]))
+        metrics.StatsAccumulator().add(torch.tensor([[1.0, float("nan")]]))
 
 
 def original_inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:
@@ -161,13 +165,13 @@ def test_inception_score_hand_cases():
     k = 8
     # Confident and evenly spread over k classes in every split: IS = k exactly; uniform: IS = 1.
     confident = np.eye(k)[np.arange(80) % k] * 60.0
-    mean, std = F.inception_score(confident, splits=10)
+    mean, std = metrics.inception_score(confident, splits=10)
     assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0, abs=1e-6)
-    mean, std = F.inception_score(np.zeros((50, 1008)), splits=10)
+    mean, std = metrics.inception_score(np.zeros((50, 1008)), splits=10)
     assert mean == pytest.approx(1.0) and std == pytest.approx(0, abs=1e-12)
     # Streamed in uneven batches, random logits: equal to the reference loop (103: uneven splits).
     logits = np.random.default_rng(3).normal(size=(103, 20)) * 3
-    acc = F.ISAccumulator(103, 10)
+    acc = metrics.ISAccumulator(103, 10)
     for i in range(0, 103, 17):
         acc.add(torch.from_numpy(logits[i : i + 17]))
     np.testing.assert_allclose(acc.result(), original_inception_score(logits, 10), rtol=1e-9)
@@ -191,13 +195,13 @@ def test_kid_hand_case():
     x = rng.normal(size=(9, 5)).astype(np.float32)
     y = (rng.normal(size=(9, 5)) + 0.5).astype(np.float32)
     # Subsets of all 9 samples are permutations: every subset gives the full-set MMD, std 0.
-    mean, std = F.kid(x, y, subsets=4, subset_size=100)
+    mean, std = metrics.kid(x, y, subsets=4, subset_size=100)
     assert mean == pytest.approx(unbiased_mmd_loops(x.astype(float), y.astype(float)), rel=1e-9)
     assert std == pytest.approx(0, abs=1e-12)
     # Unbiased: two samples of one distribution average to ~0; a shift is clearly positive.
     a, b = rng.normal(size=(400, 5)), rng.normal(size=(400, 5))
-    assert abs(F.kid(a, b, subsets=20, subset_size=100)[0]) < 0.02
-    assert F.kid(a, b + 1, subsets=20, subset_size=100)[0] > 0.2
+    assert abs(metrics.kid(a, b, subsets=20, subset_size=100)[0]) < 0.02
+    assert metrics.kid(a, b + 1, subsets=20, subset_size=100)[0] > 0.2
     # Both code paths (precomputed kernels for small sets, per-subset kernels for large ones) equal
     # the loop definition on the same random subsets.
     for n in (40, 3001):
@@ -207,7 +211,7 @@ def test_kid_hand_case():
         for _ in range(3):
             a, b = draw.choice(n, 6, replace=False), draw.choice(n, 6, replace=False)
             expected.append(unbiased_mmd_loops(f1[a], f2[b]))
-        mean, std = F.kid(f1, f2, subsets=3, subset_size=6, seed=7)
+        mean, std = metrics.kid(f1, f2, subsets=3, subset_size=6, seed=7)
         assert mean == pytest.approx(np.mean(expected), rel=1e-9)
         assert std == pytest.approx(np.std(expected), rel=1e-7)
 
