@@ -95,7 +95,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.Complet
     return dt, r
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--num-samples", type=int, default=2100)
@@ -104,25 +104,25 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=2048)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: an untrained demo-size G")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="fid_speed_"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    device = torch.device(args.device)
 
-    standin = False
+def ensure_weights(work: Path, env: dict) -> bool:
+    """True when the stand-in weights had to be used (pytorch-fid's file is absent)."""
+    if inc.default_weights_path().is_file():
+        return False
+    from standin_inception import write_standin
+
+    env["TORCH_HOME"] = os.environ["TORCH_HOME"] = str(work / "torch_home")
     if not inc.default_weights_path().is_file():
-        from standin_inception import write_standin
+        write_standin(work / "torch_home")
+    print("*** pytorch-fid's Inception weights are absent: using the deterministic STAND-IN weights.")
+    print("*** Timings are representative (same network); FID values mean nothing about quality.")
+    return True
 
-        env["TORCH_HOME"] = os.environ["TORCH_HOME"] = str(work / "torch_home")
-        if not inc.default_weights_path().is_file():
-            write_standin(work / "torch_home")
-        standin = True
-        print("*** pytorch-fid's Inception weights are absent: using the deterministic STAND-IN weights.")
-        print("*** Timings are representative (same network); FID values mean nothing about quality.")
-    weights = inc.resolve_weights()
 
+def ensure_inputs(args, work: Path, env: dict):
+    """The prepared demo data and the checkpoint to evaluate (an untrained G unless given)."""
     params = Params.model_validate({"data": {"prepared_dir": str(work / "data/prepared")}})
     if not (work / "data/prepared/manifest.json").exists():
         run([sys.executable, "-m", "pipelines.cli", "prepare", "-q"], work, env)
@@ -137,8 +137,12 @@ def main() -> None:
             | {"discriminator": d.state_dict()},
             ckpt,
         )
+    return data, ckpt
 
-    # (a) the usual workflow. The reference export is timed apart (one-time cost).
+
+def usual_workflow(args, work: Path, env: dict, data, ckpt: Path) -> dict:
+    """(a) PNG files + `python -m pytorch_fid`. The reference export is timed apart (one-time cost)."""
+    device = torch.device(args.device)
     t0 = time.perf_counter()
     real = work / "real"
     shutil.rmtree(real, ignore_errors=True)
@@ -160,10 +164,12 @@ def main() -> None:
     png_s = time.perf_counter() - t0
     dims_flags = ["--dims", str(args.dims), "--batch-size", str(args.batch_size), "--device", args.device]
     cli_s, r = run([sys.executable, "-m", "pytorch_fid", str(samples), str(real), *dims_flags], work, env)
-    fid_a = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))
-    time_a = png_s + cli_s
+    fid = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))
+    return {"fid": fid, "seconds": png_s + cli_s, "png_s": png_s, "export_s": export_s}
 
-    # (b) cold cache, (c) warm cache.
+
+def sagan_evaluate(args, work: Path, env: dict, ckpt: Path) -> tuple[float, dict, float, dict]:
+    """(b) `sagan evaluate` with a cold statistics cache, then (c) with a warm one."""
     sets = {
         "eval.num_samples": args.num_samples,
         "eval.reference_size": args.reference_size,
@@ -183,11 +189,16 @@ def main() -> None:
     time_c, _ = run(cmd, work, env)
     eval_c = json.loads((work / "eval.json").read_text())
     assert eval_b["stats_cache"] == "miss" and eval_c["stats_cache"] == "hit"
+    return time_b, eval_b, time_c, eval_c
 
+
+def report(args, standin: bool, weights: Path, a: dict, b: tuple[float, dict], c: tuple[float, dict]) -> None:
+    (time_b, eval_b), (time_c, eval_c) = b, c
+    device = torch.device(args.device)
     ips = eval_c["timing"]["samples_images_per_s"]
     peak = matmul_flops(device)
     per_img = inception_flops_per_image(weights)
-    fids = [fid_a, eval_b["fid"], eval_c["fid"]]
+    fids = [a["fid"], eval_b["fid"], eval_c["fid"]]
     spread = max(fids) - min(fids)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\nmachine: {dev_name}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
@@ -196,10 +207,13 @@ def main() -> None:
         f"samples {args.num_samples}, reference {eval_b['reference_size']}, dims {args.dims}, batch {args.batch_size}, device {args.device}"
     )
     print("\n| run | wall s | FID |\n| --- | --- | --- |")
-    print(f"| (a) PNG + `python -m pytorch_fid` | {time_a:.1f} (PNG write {png_s:.1f}) | {fid_a:.6f} |")
+    print(
+        f"| (a) PNG + `python -m pytorch_fid` | {a['seconds']:.1f} (PNG write {a['png_s']:.1f}) | {a['fid']:.6f} |"
+    )
     print(f"| (b) `sagan evaluate`, cold cache | {time_b:.1f} | {eval_b['fid']:.6f} |")
     print(f"| (c) `sagan evaluate`, warm cache | {time_c:.1f} | {eval_c['fid']:.6f} |")
-    print(f"\nreference export as PNG (one-time, not in (a)): {export_s:.1f} s")
+    print(f"\nreference export as PNG (one-time, not in (a)): {a['export_s']:.1f} s")
+    time_a = a["seconds"]
     print(
         f"speed-up (a)/(c): {time_a / time_c:.2f}x (target >= 2); (a)/(b): {time_a / time_b:.2f}x (target >= 1)"
     )
@@ -213,6 +227,19 @@ def main() -> None:
     )
     ok = time_a / time_c >= 2 and time_b <= time_a and spread < 1e-3
     print("targets met" if ok else "TARGETS NOT MET")
+
+
+def main() -> None:
+    args = parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="fid_speed_"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    standin = ensure_weights(work, env)
+    weights = inc.resolve_weights()
+    data, ckpt = ensure_inputs(args, work, env)
+    a = usual_workflow(args, work, env, data, ckpt)
+    time_b, eval_b, time_c, eval_c = sagan_evaluate(args, work, env, ckpt)
+    report(args, standin, weights, a, (time_b, eval_b), (time_c, eval_c))
 
 
 if __name__ == "__main__":

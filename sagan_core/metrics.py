@@ -52,7 +52,7 @@ class Stats:
 class StatsAccumulator:
     """Streaming mean and covariance (float64, ddof=1 like np.cov) of feature batches."""
 
-    def __init__(self, keep_features: bool = False, expected: int | None = None):
+    def __init__(self, keep_features: bool = False):
         self.n, self.shift, self.s, self.ss = 0, None, None, None
         self.keep = keep_features
         self.kept: list[np.ndarray] = []

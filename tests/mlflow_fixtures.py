@@ -1,4 +1,4 @@
-"""Real services for the MLflow tests, one of each per test session.
+"""Real services for the MLflow tests (a pytest plugin, registered in conftest.py), one of each per session.
 
 - an S3-compatible server on 127.0.0.1 (moto in server mode, ThreadedMotoServer(port=0)) with a bucket;
 - an `mlflow server` process (sqlite backend) whose artifact destination is that bucket, reached by
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 BUCKET = "sagan-mlflow-test"
 # Fake keys that moto accepts; tests check they never show up in MLflow (params, tags).
@@ -49,12 +49,6 @@ class S3:
             aws_secret_access_key=SECRET_KEY,
             region_name="us-east-1",
         )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_overrides
+from helpers import REPO, tiny_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import project_params
 
 from sagan_core import checkpoint as ckpt_io
 from sagan_core import evaluate as E
@@ -31,7 +32,7 @@ def write_checkpoint(path, seed: int, resolution: int = 32, channels: int = 1, n
     )
 
 
-def eval_params(make_params, project, **eval_overrides):
+def eval_params(project, **eval_overrides):
     ev = {
         "eval__num_samples": 20,
         "eval__reference_size": 20,
@@ -43,14 +44,12 @@ def eval_params(make_params, project, **eval_overrides):
         "eval__metrics_file": str(project / "metrics/eval.json"),
         "eval__device": "cpu",
     }
-    return make_params(project, **(ev | eval_overrides))
+    return project_params(project, **(ev | eval_overrides))
 
 
-def test_evaluate_writes_protocol_and_cache_removes_reference_pass(
-    project, make_params_fixture, monkeypatch, standin_torch_home
-):
+def test_evaluate_writes_protocol_and_cache_removes_reference_pass(project, monkeypatch, standin_torch_home):
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
-    params = eval_params(make_params_fixture, project)
+    params = eval_params(project)
     write_checkpoint(project / "models/checkpoint.pt", seed=0)
     write_checkpoint(project / "models/other.pt", seed=1)
 
@@ -85,7 +84,7 @@ def test_evaluate_writes_protocol_and_cache_removes_reference_pass(
     assert again["kid_mean"] == pytest.approx(first["kid_mean"], abs=1e-12)
 
     # A statistics file made elsewhere (our cached file; pytorch-fid's format) as the reference.
-    p2 = eval_params(make_params_fixture, project, eval__reference_split=first["stats_file"])
+    p2 = eval_params(project, eval__reference_split=first["stats_file"])
     passes.clear()
     from_file = E.evaluate(p2, progress=False)
     assert passes == ["samples"] and from_file["fid"] == pytest.approx(first["fid"], abs=1e-9)
@@ -113,7 +112,7 @@ def test_reference_subset_is_fixed_and_sorted():
 
 
 def test_evaluate_cli_errors(project, standin_torch_home, tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     env = {"TORCH_HOME": str(standin_torch_home)}
     sets = ["--set", "eval.device=cpu", "--set", "eval.num_samples=20", "--set", "eval.dims=64", "-q"]
@@ -146,10 +145,3 @@ def test_evaluate_cli_errors(project, standin_torch_home, tmp_path):
 def _no_network() -> dict:
     # The sandbox has no route to GitHub; a dead proxy makes that certain (and quick) anywhere.
     return {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-
-
-@pytest.fixture
-def make_params_fixture():
-    from conftest import make_params
-
-    return make_params

@@ -277,7 +277,7 @@ def write_folder(folder, images: np.ndarray) -> None:
 
 
 def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_torch_home):
-    from conftest import run_cli
+    from helpers import run_cli
 
     images = np.load(prepared_demo / "images.npy", mmap_mode="r")
     n = 66  # > 64 features: full-rank covariances

@@ -15,13 +15,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import prefect_fixtures
 import pytest
 import torch
-from conftest import REPO, SAGAN, run_cli
+from helpers import REPO, SAGAN, dvc_status, pipeline_project, run_cli
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect_fixtures import dvc_status, pipeline_project
 
 from pipelines import flow as flow_mod
 from pipelines import stages
@@ -33,7 +31,6 @@ from pipelines.resume import checkpoint_step
 from sagan_core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
-prefect_api = prefect_fixtures.prefect_api  # the session's one temporary Prefect server
 UP_TO_DATE = "Data and pipelines are up to date."
 
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the session fixtures are imported from mlflow_fixtures and used as arguments
 """MLflow tracking, S3 artifacts, registry promotion gate and sampling, against real services.
 
 One `mlflow server` (sqlite) with its artifacts on a moto S3 server, started once per session
@@ -19,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, SAGAN, run_cli, tiny_overrides
-from mlflow_fixtures import SECRET_KEY, free_port, mlflow_server, s3_server  # noqa: F401
+from helpers import REPO, SAGAN, free_port, project_params, run_cli, tiny_overrides
+from mlflow_fixtures import SECRET_KEY
 
 from sagan_core.config import Params
 
@@ -43,16 +42,8 @@ def write_params(project: Path, uri: str, **registry) -> Path:
 
 
 def params_in(project: Path) -> Params:
-    """The project's params with paths made absolute (tests call stages in this process)."""
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw.setdefault("data", {})["prepared_dir"] = str(project / "data/prepared")
-    raw["train"] |= {
-        "out_dir": str(project / "models"),
-        "samples_dir": str(project / "samples"),
-        "metrics_file": str(project / "metrics/train.csv"),
-    }
-    raw["eval"] |= {"metrics_file": str(project / "metrics/eval.json")}
-    return Params.model_validate(raw)
+    """The project's params.yaml with every output path inside the project."""
+    return project_params(project, yaml.safe_load((project / "params.yaml").read_text()))
 
 
 def client_for(uri: str):

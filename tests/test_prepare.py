@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_params, run_cli
+from helpers import project_params, run_cli
 from PIL import Image
 
 from sagan_core.config import DataConfig
@@ -109,7 +109,7 @@ def test_cli_prints_rejection_summary_and_the_folder_trains(tmp_path):
     r = run_cli(["prepare", "--quiet"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "24 images" in r.stderr and "8 rejected" in r.stderr and "truncated: 2" in r.stderr
-    summary = train(make_params(tmp_path, data__channels=3, train__steps=2), progress=False)
+    summary = train(project_params(tmp_path, data__channels=3, train__steps=2), progress=False)
     assert summary["step"] == 2 and (tmp_path / "models/checkpoint.pt").exists()
 
 

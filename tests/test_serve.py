@@ -12,8 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAGAN
-from prefect_fixtures import free_port, pipeline_project
+from helpers import REPO, SAGAN, free_port, pipeline_project
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]

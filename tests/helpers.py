@@ -1,0 +1,133 @@
+"""Helpers shared by the tests (fixtures live in conftest.py and the plugins it registers).
+
+Tests run on CPU, in temporary project directories, with tiny models.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from sagan_core.config import Params
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SAGAN = [sys.executable, "-m", "pipelines.cli"]
+
+
+def tiny_overrides(**extra: object) -> dict:
+    """Params for a model small enough to take a few steps per second on one CPU core.
+
+    extra: `section__key=value` overrides, e.g. train__steps=8."""
+    raw = {
+        "model": {"g_ch": 4, "d_ch": 4, "z_dim": 16},
+        "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "sample_every": 2, "log_every": 1},
+        "eval": {"num_samples": 64, "batch_size": 32, "dims": 64, "kid_subsets": 10, "kid_subset_size": 32},
+    }
+    for key, value in extra.items():
+        section, _, name = key.partition("__")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+# The same tiny model as `sagan` CLI flags, for tests that run the command itself.
+TINY_CLI = [
+    "--set",
+    "model.g_ch=4",
+    "--set",
+    "model.d_ch=8",
+    "--set",
+    "model.z_dim=16",
+    "--set",
+    "train.batch_size=8",
+]
+
+
+def project_params(project: Path, raw: dict | None = None, **extra: object) -> Params:
+    """Validated params whose outputs all lie inside `project` (tests call stages in this process).
+
+    raw: a params mapping (e.g. a project's params.yaml); default: the tiny preset plus `extra`."""
+    raw = copy.deepcopy(raw) if raw is not None else tiny_overrides(**extra)
+    raw.setdefault("data", {})["prepared_dir"] = str(project / "data/prepared")
+    raw.setdefault("train", {}).update(
+        out_dir=str(project / "models"),
+        samples_dir=str(project / "samples"),
+        metrics_file=str(project / "metrics/train.csv"),
+    )
+    raw.setdefault("eval", {})["metrics_file"] = str(project / "metrics/eval.json")
+    return Params.model_validate(raw)
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`sagan ARGS` in a subprocess, as a user would run it."""
+    full_env = os.environ | {"PYTHONPATH": str(REPO)} | (env or {})
+    return subprocess.run(
+        SAGAN + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_two_rank_worker(project: Path, env: dict | None = None) -> tuple[dict, dict]:
+    """torchrun 2 processes of ddp_worker.py on `project`; returns each rank's final weights."""
+    full_env = os.environ | {"PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"} | (env or {})
+    worker = Path(__file__).parent / "ddp_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker)]
+    r = subprocess.run([*cmd, str(project)], env=full_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r0, r1 = (torch.load(project / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    for net in ("G", "D"):
+        assert r0[net].keys() == r1[net].keys()
+        for k in r0[net]:
+            assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
+    return r0, r1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flat_overrides(raw: dict) -> list[str]:
+    return [f"{section}.{k}={v}" for section, values in raw.items() for k, v in values.items()]
+
+
+def pipeline_project(root: Path, dvc: bool, **extra: object) -> Path:
+    """A project folder: the repo's params.yaml with the tiny preset written in, and, with `dvc`,
+    a git + DVC repository holding the repo's dvc.yaml and the code its stages depend on."""
+    from pipelines.dvc_sync import write_overrides
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    # Samples (with their attention figure) only at the end: they cost more than a tiny step.
+    # FID on 20 generated vs 20 reference images: Inception costs ~0.1-0.2 s per image on CPU.
+    small = {"train__sample_every": 4, "eval__num_samples": 20, "eval__reference_size": 20}
+    small |= {"eval__kid_subset_size": 10, "eval__batch_size": 20}
+    write_overrides(root / "params.yaml", flat_overrides(tiny_overrides(**(small | extra))))
+    if not dvc:
+        return root  # no dvc.yaml: pipeline.dvc=auto leaves DVC out
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "sagan_core", root / "sagan_core", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / ".gitignore").write_text("/.sagan/\n/mlflow.db\n/mlruns/\n/mlartifacts/\n")
+    env = os.environ | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env |= {"GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, check=True, env=env, capture_output=True)
+    return root
+
+
+def dvc_status(root: Path) -> str:
+    """`dvc status` as a user runs it (a separate process: an independent check of the flow's view)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
