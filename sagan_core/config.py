@@ -52,6 +52,9 @@ class ModelConfig(Section):
     conditional: Literal["auto", "yes", "no"] = "auto"  # auto: conditional when the data has labels
     sn_eps: float = Field(1e-6, gt=0)
     bn_eps: float = Field(1e-5, gt=0)
+    # Conditional-BN gains/biases: orthogonal = BigGAN-PyTorch (gain 1 + orthogonal rows, bias
+    # orthogonal rows; classes differ from step 0); official = the official SAGAN code (gain 1, bias 0).
+    cbn_init: Literal["orthogonal", "official"] = "orthogonal"
 
     @field_validator("g_attn", "d_attn")
     @classmethod

@@ -5,7 +5,8 @@ params validation). Deliberate differences from the paper, each a parameter:
 - widths are `g_ch`/`d_ch` (paper: 64) so that CPU demos stay small;
 - self-attention placement is per feature-map resolution (`g_attn`/`d_attn`): exactly one block after
   the first block that outputs each listed resolution, default the paper's best (32x32 at 64/128 px;
-  16x16 for 32-px models, where 32x32 is the output itself).
+  16x16 for 32-px models, where 32x32 is the output itself);
+- conditional-BN init (`cbn_init`), see layers.ConditionalBatchNorm.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ModelSpec:
     d_attn: tuple[int, ...] = (16,)
     sn_eps: float = 1e-6
     bn_eps: float = 1e-5
+    cbn_init: str = "orthogonal"  # absent from checkpoints made before it existed: their init
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,7 +68,7 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList()
         attn = _slots("g_attn", spec.resolution, spec.g_attn)
         for i, (cin, cout) in enumerate(zip(ins, outs)):
-            self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps))
+            self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps, spec.cbn_init))
             if i in attn:
                 self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
         self.out_bn = nn.BatchNorm2d(outs[-1] * ch, eps=spec.bn_eps)

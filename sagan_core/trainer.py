@@ -71,6 +71,7 @@ def model_spec(params: Params, num_classes: int) -> ModelSpec:
         d_attn=tuple(m.d_attn if m.d_attn is not None else default_attention(d.resolution)),
         sn_eps=m.sn_eps,
         bn_eps=m.bn_eps,
+        cbn_init=m.cbn_init,
     )
 
 

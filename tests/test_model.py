@@ -211,3 +211,33 @@ def test_attention_at_a_resolution_the_network_lacks_is_rejected(key, value, mes
 def test_params_validation_does_not_import_torch():
     code = "import sys; import sagan_core.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def class_outputs(cbn_init: str) -> torch.Tensor:
+    """The generator's image for one z under each of its 10 classes, at initialisation."""
+    torch.manual_seed(0)
+    g, _ = build_models(spec_for(32, 10, cbn_init=cbn_init))
+    with torch.no_grad():
+        return g.eval()(torch.randn(1, 16).expand(10, -1), torch.arange(10))
+
+
+def test_cbn_init_official_starts_every_class_alike():
+    out = class_outputs("official")
+    for k in range(1, 10):
+        torch.testing.assert_close(out[k], out[0], rtol=0, atol=1e-6)
+
+
+def test_cbn_init_orthogonal_starts_classes_apart():
+    out = class_outputs("orthogonal")
+    assert all(not torch.allclose(out[k], out[0], atol=1e-3) for k in range(1, 10))
+
+
+def test_cbn_init_is_in_params_and_spec_and_old_specs_load():
+    from sagan_core.config import validate
+
+    assert validate({}).model.cbn_init == "orthogonal"
+    assert validate({"model": {"cbn_init": "official"}}).model.cbn_init == "official"
+    old = spec_for(32).to_dict()
+    del old["cbn_init"]  # checkpoints written before the key existed
+    assert ModelSpec.from_dict(old).cbn_init == "orthogonal"
+    assert ModelSpec.from_dict(old) == spec_for(32)
