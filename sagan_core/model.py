@@ -12,14 +12,17 @@ params validation). Deliberate differences from the paper, each a parameter:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .arch import BOTTOM, D_ARCH, G_ARCH, attention_slots
-from .arch import default_attention as default_attention  # the old import path
+from .arch import BOTTOM, D_ARCH, G_ARCH, attention_slots, default_attention
 from .errors import ConfigError
 from .layers import DBlock, GBlock, SelfAttention, sn, sn_conv, sn_linear
+
+if TYPE_CHECKING:
+    from .config import Params
 
 
 def _slots(key: str, resolution: int, wanted: tuple[int, ...]) -> set[int]:
@@ -55,6 +58,29 @@ class ModelSpec:
         d = dict(d)
         d["g_attn"], d["d_attn"] = tuple(d["g_attn"]), tuple(d["d_attn"])
         return cls(**d)
+
+
+def model_spec(params: Params, num_classes: int) -> ModelSpec:
+    """The spec that `params` ask for, on a dataset with `num_classes` classes (0 or 1: unlabelled)."""
+    m, d = params.model, params.data
+    conditional = {"auto": num_classes > 1, "yes": True, "no": False}[m.conditional]
+    if conditional and num_classes < 2:
+        raise ConfigError(
+            "model.conditional: 'yes' needs a labelled dataset (class subfolders), this one has none"
+        )
+    return ModelSpec(
+        resolution=d.resolution,
+        channels=d.channels,
+        num_classes=num_classes if conditional else 0,
+        z_dim=m.z_dim,
+        g_ch=m.g_ch,
+        d_ch=m.d_ch,
+        g_attn=tuple(m.g_attn if m.g_attn is not None else default_attention(d.resolution)),
+        d_attn=tuple(m.d_attn if m.d_attn is not None else default_attention(d.resolution)),
+        sn_eps=m.sn_eps,
+        bn_eps=m.bn_eps,
+        cbn_init=m.cbn_init,
+    )
 
 
 class Generator(nn.Module):
