@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .arch import attention_slots
 from .errors import ConfigError
 
 PositiveFloat = Field(gt=0)
@@ -43,13 +44,17 @@ class ModelConfig(Section):
     z_dim: int = Field(128, gt=0)
     g_ch: int = Field(32, gt=0)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
     d_ch: int = Field(32, gt=0)
-    # Feature-map resolutions at which a self-attention block is inserted; null = the paper's best
-    # placement for the output resolution (16 for 32-px models, 32 for 64/128/256-px models).
+    # Feature-map resolutions with a self-attention block (one each, after the first block that
+    # outputs it; sagan_core/arch.py); null = the paper's best placement for the output resolution
+    # (16 for 32-px models, 32 for 64/128/256-px models).
     g_attn: list[int] | None = None
     d_attn: list[int] | None = None
     conditional: Literal["auto", "yes", "no"] = "auto"  # auto: conditional when the data has labels
     sn_eps: float = Field(1e-6, gt=0)
     bn_eps: float = Field(1e-5, gt=0)
+    # Conditional-BN gains/biases: orthogonal = BigGAN-PyTorch (gain 1 + orthogonal rows, bias
+    # orthogonal rows; classes differ from step 0); official = the official SAGAN code (gain 1, bias 0).
+    cbn_init: Literal["orthogonal", "official"] = "orthogonal"
 
     @field_validator("g_attn", "d_attn")
     @classmethod
@@ -179,12 +184,9 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _attention_fits(self) -> Params:
+        """Every g_attn/d_attn resolution is a feature map the network has (ValueError names which)."""
         for key in ("g_attn", "d_attn"):
-            for r in getattr(self.model, key) or []:
-                if r > self.data.resolution:
-                    raise ValueError(
-                        f"model.{key}: attention at {r}x{r} does not fit {self.data.resolution}-px images"
-                    )
+            attention_slots(key, self.data.resolution, getattr(self.model, key) or [])
         return self
 
     def flat(self) -> dict[str, Any]:

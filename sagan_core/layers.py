@@ -53,24 +53,31 @@ def sn_linear(cin: int, cout: int, eps: float = 1e-6, bias: bool = True) -> nn.M
 class ConditionalBatchNorm(nn.Module):
     """BatchNorm whose gain and bias come from per-class embeddings (categorical conditional BN).
 
-    Init as BigGAN-PyTorch (which reproduces SAGAN): orthogonal class rows, gain = 1 + row, so
-    every class modulates the features differently from step 0. The official TF code starts all
-    classes at gain 1, bias 0; then the class signal must be built from scratch at Adam's lr per
-    step: after 2,000 steps of the CPU demo model, 67% of its samples were recognised as their
-    class by the digit classifier of benchmarks/demo_quality.py, against 97% with this init
-    (BENCHMARKS.md). With num_classes == 0 it is an ordinary affine BatchNorm.
+    `init="orthogonal"` (default) as BigGAN-PyTorch (which reproduces SAGAN): orthogonal class rows,
+    gain = 1 + row, bias = row, so every class modulates the features differently from step 0.
+    `init="official"` as the official TF code: every class starts at gain 1, bias 0; then the class
+    signal must be built from scratch at Adam's lr per step: after 2,000 steps of the CPU demo model,
+    67% of its samples were recognised as their class by the digit classifier of
+    benchmarks/demo_quality.py, against 97% with the orthogonal init (BENCHMARKS.md).
+    With num_classes == 0 it is an ordinary affine BatchNorm.
     """
 
-    def __init__(self, ch: int, num_classes: int, eps: float = 1e-5):
+    def __init__(self, ch: int, num_classes: int, eps: float = 1e-5, init: str = "orthogonal"):
         super().__init__()
+        if init not in ("orthogonal", "official"):
+            raise ConfigError(f"model.cbn_init: expected orthogonal or official, got {init!r}")
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(ch, eps=eps, affine=num_classes == 0)
         if num_classes:
             self.gain = nn.Embedding(num_classes, ch)
             self.bias = nn.Embedding(num_classes, ch)
             with torch.no_grad():
-                nn.init.orthogonal_(self.gain.weight).add_(1.0)
-                nn.init.orthogonal_(self.bias.weight)
+                if init == "orthogonal":
+                    nn.init.orthogonal_(self.gain.weight).add_(1.0)
+                    nn.init.orthogonal_(self.bias.weight)
+                else:
+                    nn.init.ones_(self.gain.weight)
+                    nn.init.zeros_(self.bias.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         out = self.bn(x)
@@ -118,11 +125,19 @@ class SelfAttention(nn.Module):
 class GBlock(nn.Module):
     """Generator ResNet up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus up-conv1x1 shortcut."""
 
-    def __init__(self, cin: int, cout: int, num_classes: int, sn_eps: float = 1e-6, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        num_classes: int,
+        sn_eps: float = 1e-6,
+        bn_eps: float = 1e-5,
+        cbn_init: str = "orthogonal",
+    ):
         super().__init__()
-        self.bn1 = ConditionalBatchNorm(cin, num_classes, bn_eps)
+        self.bn1 = ConditionalBatchNorm(cin, num_classes, bn_eps, cbn_init)
         self.conv1 = sn_conv(cin, cout, 3, sn_eps)
-        self.bn2 = ConditionalBatchNorm(cout, num_classes, bn_eps)
+        self.bn2 = ConditionalBatchNorm(cout, num_classes, bn_eps, cbn_init)
         self.conv2 = sn_conv(cout, cout, 3, sn_eps)
         self.shortcut = sn_conv(cin, cout, 1, sn_eps)
 

@@ -1,38 +1,35 @@
 """SAGAN generator and discriminator (Zhang et al. 2018), ResNet architecture of the official code.
 
-Channel multipliers per resolution follow BigGAN-PyTorch's `G_arch`/`D_arch` (the same family the
-SAGAN code used at 128 px). Deliberate differences from the paper, each a parameter:
+Channel multipliers per resolution follow BigGAN-PyTorch (sagan_core/arch.py, shared with the
+params validation). Deliberate differences from the paper, each a parameter:
 - widths are `g_ch`/`d_ch` (paper: 64) so that CPU demos stay small;
-- self-attention placement is per feature-map resolution (`g_attn`/`d_attn`), default the paper's
-  best (32x32 at 64/128 px; 16x16 for 32-px models, where 32x32 is the output itself).
+- self-attention placement is per feature-map resolution (`g_attn`/`d_attn`): exactly one block after
+  the first block that outputs each listed resolution, default the paper's best (32x32 at 64/128 px;
+  16x16 for 32-px models, where 32x32 is the output itself);
+- conditional-BN init (`cbn_init`), see layers.ConditionalBatchNorm.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .arch import BOTTOM, D_ARCH, G_ARCH, attention_slots, default_attention
+from .errors import ConfigError
 from .layers import DBlock, GBlock, SelfAttention, sn, sn_conv, sn_linear
 
-# Channel multipliers (x ch) of each block's input and output, and its output resolution.
-G_ARCH = {
-    32: ([4, 4, 4], [4, 4, 4]),
-    64: ([16, 16, 8, 4], [16, 8, 4, 2]),
-    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
-    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
-}
-D_ARCH = {  # (outs, downsample)
-    32: ([4, 4, 4, 4], [True, True, False, False]),
-    64: ([1, 2, 4, 8, 16], [True, True, True, True, False]),
-    128: ([1, 2, 4, 8, 16, 16], [True, True, True, True, True, False]),
-    256: ([1, 2, 4, 8, 8, 16, 16], [True, True, True, True, True, True, False]),
-}
+if TYPE_CHECKING:
+    from .config import Params
 
 
-def default_attention(resolution: int) -> list[int]:
-    return [16] if resolution <= 32 else [32]
+def _slots(key: str, resolution: int, wanted: tuple[int, ...]) -> set[int]:
+    try:
+        return attention_slots(key, resolution, wanted)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,7 @@ class ModelSpec:
     d_attn: tuple[int, ...] = (16,)
     sn_eps: float = 1e-6
     bn_eps: float = 1e-5
+    cbn_init: str = "orthogonal"  # absent from checkpoints made before it existed: their init
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,20 +60,42 @@ class ModelSpec:
         return cls(**d)
 
 
+def model_spec(params: Params, num_classes: int) -> ModelSpec:
+    """The spec that `params` ask for, on a dataset with `num_classes` classes (0 or 1: unlabelled)."""
+    m, d = params.model, params.data
+    conditional = {"auto": num_classes > 1, "yes": True, "no": False}[m.conditional]
+    if conditional and num_classes < 2:
+        raise ConfigError(
+            "model.conditional: 'yes' needs a labelled dataset (class subfolders), this one has none"
+        )
+    return ModelSpec(
+        resolution=d.resolution,
+        channels=d.channels,
+        num_classes=num_classes if conditional else 0,
+        z_dim=m.z_dim,
+        g_ch=m.g_ch,
+        d_ch=m.d_ch,
+        g_attn=tuple(m.g_attn if m.g_attn is not None else default_attention(d.resolution)),
+        d_attn=tuple(m.d_attn if m.d_attn is not None else default_attention(d.resolution)),
+        sn_eps=m.sn_eps,
+        bn_eps=m.bn_eps,
+        cbn_init=m.cbn_init,
+    )
+
+
 class Generator(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
         ins, outs = G_ARCH[spec.resolution]
         ch, nc = spec.g_ch, spec.num_classes
-        self.bottom = 4
+        self.bottom = BOTTOM
         self.linear = sn_linear(spec.z_dim, ins[0] * ch * self.bottom**2, spec.sn_eps)
         self.blocks = nn.ModuleList()
-        res = self.bottom
-        for cin, cout in zip(ins, outs):
-            res *= 2
-            self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps))
-            if res in spec.g_attn:
+        attn = _slots("g_attn", spec.resolution, spec.g_attn)
+        for i, (cin, cout) in enumerate(zip(ins, outs)):
+            self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps, spec.cbn_init))
+            if i in attn:
                 self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
         self.out_bn = nn.BatchNorm2d(outs[-1] * ch, eps=spec.bn_eps)
         self.out_conv = sn_conv(outs[-1] * ch, spec.channels, 3, spec.sn_eps)
@@ -94,11 +114,10 @@ class Discriminator(nn.Module):
         outs, down = D_ARCH[spec.resolution]
         ch = spec.d_ch
         self.blocks = nn.ModuleList()
-        cin, res = spec.channels, spec.resolution
+        cin, attn = spec.channels, _slots("d_attn", spec.resolution, spec.d_attn)
         for i, (cout, ds) in enumerate(zip(outs, down)):
             self.blocks.append(DBlock(cin, cout * ch, ds, optimized=i == 0, sn_eps=spec.sn_eps))
-            res = res // 2 if ds else res
-            if res in spec.d_attn:
+            if i in attn:
                 self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
             cin = cout * ch
         self.linear = sn_linear(cin, 1, spec.sn_eps)

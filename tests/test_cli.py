@@ -24,6 +24,10 @@ from conftest import run_cli
             ["train", "--set", "model.g_attn=[64]"],
             "model.g_attn: attention at 64x64 does not fit 32-px images",
         ),
+        (
+            ["train", "--set", "model.d_attn=[32]"],
+            "model.d_attn: no 32x32 feature map in the 32-px discriminator; valid: 16, 8",
+        ),
         (["train", "--set", "train.steps"], "--set 'train.steps': expected key.path=value"),
         (["train", "--params", "missing.yaml"], "--params missing.yaml: no such file"),
         (["train", "--bogus"], "No such option: --bogus"),

@@ -1,12 +1,17 @@
 """The SAGAN networks: shapes, the attention block, spectral norm, hinge loss."""
 
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sagan_core.arch import default_attention
 from sagan_core.layers import SelfAttention
 from sagan_core.losses import d_hinge, g_hinge
-from sagan_core.model import ModelSpec, attention_blocks, build_models, default_attention
+from sagan_core.model import ModelSpec, attention_blocks, build_models
 
 
 def spec_for(res: int, num_classes: int = 10, channels: int = 3, **kw) -> ModelSpec:
@@ -169,3 +174,70 @@ def test_hinge_loss_on_hand_computed_values():
     fake = torch.tensor([-3.0, 0.0, 1.0])  # relu(1 + f) = 0, 1, 2     -> mean 1
     torch.testing.assert_close(d_hinge(real, fake), torch.tensor(2.5 / 3 + 1.0))
     torch.testing.assert_close(g_hinge(fake), torch.tensor(2.0 / 3))  # -mean(-3, 0, 1)
+
+
+def test_one_attention_block_per_resolution_after_the_first_block_reaching_it():
+    """At 32 px D's blocks output 16, 8, 8, 8: d_attn [8] is one block, right after the second."""
+    spec = spec_for(32, g_attn=(8, 32), d_attn=(8,))
+    g, d = build_models(spec)
+    assert [type(b).__name__ for b in d.blocks] == ["DBlock", "DBlock", "SelfAttention", "DBlock", "DBlock"]
+    assert [type(b).__name__ for b in g.blocks] == [
+        "GBlock",
+        "SelfAttention",
+        "GBlock",
+        "GBlock",
+        "SelfAttention",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("g_attn", [4], "model.g_attn: no 4x4 feature map in the 32-px generator; valid: 8, 16, 32"),
+        ("d_attn", [32], "model.d_attn: no 32x32 feature map in the 32-px discriminator; valid: 16, 8"),
+        ("d_attn", [16, 4], "model.d_attn: no 4x4 feature map in the 32-px discriminator; valid: 16, 8"),
+    ],
+)
+def test_attention_at_a_resolution_the_network_lacks_is_rejected(key, value, message):
+    from sagan_core.config import validate
+    from sagan_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate({"model": {key: value}})
+    with pytest.raises(ConfigError, match=re.escape(message)):  # a spec built by hand, too
+        build_models(spec_for(32, **{key: tuple(value)}))
+
+
+def test_params_validation_does_not_import_torch():
+    code = "import sys; import sagan_core.config; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def class_outputs(cbn_init: str) -> torch.Tensor:
+    """The generator's image for one z under each of its 10 classes, at initialisation."""
+    torch.manual_seed(0)
+    g, _ = build_models(spec_for(32, 10, cbn_init=cbn_init))
+    with torch.no_grad():
+        return g.eval()(torch.randn(1, 16).expand(10, -1), torch.arange(10))
+
+
+def test_cbn_init_official_starts_every_class_alike():
+    out = class_outputs("official")
+    for k in range(1, 10):
+        torch.testing.assert_close(out[k], out[0], rtol=0, atol=1e-6)
+
+
+def test_cbn_init_orthogonal_starts_classes_apart():
+    out = class_outputs("orthogonal")
+    assert all(not torch.allclose(out[k], out[0], atol=1e-3) for k in range(1, 10))
+
+
+def test_cbn_init_is_in_params_and_spec_and_old_specs_load():
+    from sagan_core.config import validate
+
+    assert validate({}).model.cbn_init == "orthogonal"
+    assert validate({"model": {"cbn_init": "official"}}).model.cbn_init == "official"
+    old = spec_for(32).to_dict()
+    del old["cbn_init"]  # checkpoints written before the key existed
+    assert ModelSpec.from_dict(old).cbn_init == "orthogonal"
+    assert ModelSpec.from_dict(old) == spec_for(32)

@@ -153,3 +153,58 @@ def test_unconditional_when_forced(project):
     ck = load_ckpt(project)
     assert ck["spec"]["num_classes"] == 0
     assert not any("embed" in k for k in ck["discriminator"])
+
+
+class StopAt(Callback):
+    """Stops training with an exception after a given step (a stand-in for an interrupted run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step: int, trainer: Trainer) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+class DiskSnapshot(Callback):
+    """The metrics CSV as it is on disk (what a kill -9 would leave) after a given step."""
+
+    def __init__(self, path, step: int):
+        self.path, self.step, self.text = path, step, None
+
+    def on_step_end(self, step: int, trainer: Trainer) -> None:
+        if step == self.step:
+            self.text = self.path.read_text()
+
+
+def steps_in(text: str) -> list[int]:
+    return [int(r["step"]) for r in csv.DictReader(text.splitlines())]
+
+
+def test_metrics_history_survives_a_kill_right_after_resume(project):
+    """On resume the rows after the checkpoint are dropped and the rest is on disk before training
+    goes on: a kill -9 before the next logging step keeps the history up to the checkpoint."""
+    metrics = project / "metrics/train.csv"
+    extra = {"train__steps": 8, "train__checkpoint_every": 2}
+    with pytest.raises(KeyboardInterrupt):
+        train(make_params(project, **extra), callbacks=[StopAt(4)], progress=False)
+    assert steps_in(metrics.read_text()) == [1, 2, 3]  # logged past the checkpoint at step 2
+    assert load_ckpt(project)["step"] == 2
+    snapshot = DiskSnapshot(metrics, 3)
+    train(make_params(project, **extra, train__log_every=2), resume=True, callbacks=[snapshot])
+    assert steps_in(snapshot.text) == [1, 2]  # on disk between resume and the next logging step
+    assert steps_in(metrics.read_text()) == [1, 2, 4, 6, 8]
+
+
+def test_step_line_is_the_one_progress_line(project, caplog):
+    from sagan_core.progress import step_line
+
+    metrics = {"loss_d": 1.23456, "loss_g": -0.5, "gamma_g0": 0.01234, "gamma_d0": -0.2, "img_per_s": 812.4}
+    assert (
+        step_line(50, 1800, metrics)
+        == "step 50/1800  loss_d 1.2346  loss_g -0.5000  812 img/s  γ g0=0.012 d0=-0.200"
+    )
+    caplog.set_level("INFO", logger="sagan.train")
+    train(make_params(project, train__steps=2, train__log_every=2))  # stderr is no terminal here
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(lines) == 1 and lines[0].startswith("step 2/2  loss_d ") and "γ g0=" in lines[0]
