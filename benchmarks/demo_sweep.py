@@ -27,7 +27,8 @@ from demo_quality import train_classifier  # noqa: E402
 from sagan_core import layers  # noqa: E402
 from sagan_core.config import validate  # noqa: E402
 from sagan_core.prepare import prepare  # noqa: E402
-from sagan_core.trainer import Callback, Trainer  # noqa: E402
+from sagan_core.progress import Callback  # noqa: E402
+from sagan_core.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -51,8 +51,7 @@ from sagan_core import evaluate as E  # noqa: E402
 from sagan_core import inception as inc  # noqa: E402
 from sagan_core.config import Params  # noqa: E402
 from sagan_core.data import open_prepared  # noqa: E402
-from sagan_core.model import build_models  # noqa: E402
-from sagan_core.trainer import model_spec  # noqa: E402
+from sagan_core.model import build_models, model_spec  # noqa: E402
 
 
 def matmul_flops(device: torch.device) -> float:

@@ -27,7 +27,9 @@ def evaluate(
     from . import stages
 
     result = stages.evaluate(load(params, set_), progress=not quiet, checkpoint=checkpoint)
-    typer.echo(json.dumps({k: getattr(result, k) for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")}))
+    typer.echo(
+        json.dumps({k: getattr(result, k) for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
+    )
 
 
 @app.command()

@@ -21,8 +21,7 @@ from prefect.artifacts import (
 )
 
 from sagan_core.config import Params
-from sagan_core.progress import step_line
-from sagan_core.trainer import Callback
+from sagan_core.progress import Callback, step_line
 
 from .results import Evaluated, Prepared, Registered, Trained
 from .resume import STATE_DIR

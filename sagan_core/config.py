@@ -116,7 +116,7 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """`sagan evaluate` (sagan_core/fid.py). Defaults are the short CPU demo protocol (Inception runs
+    """`sagan evaluate` (sagan_core/evaluate.py). Defaults are the short CPU demo protocol (Inception runs
     at ~5-10 images/s on 2 CPU cores); the GPU protocol is num_samples 10000 (paper: 50000) and
     reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.json."""
 
@@ -149,7 +149,7 @@ class EvalConfig(Section):
 
 
 class RegistryConfig(Section):
-    """MLflow tracking and registry (pipelines/tracking.py, pipelines/registry.py)."""
+    """MLflow tracking and registry (pipelines/tracking/, pipelines/registry.py)."""
 
     model_name: str = "sagan-demo"  # registered model that `sagan register` adds versions to
     min_improvement: float = Field(0.0, ge=0)  # FID must beat the champion's by more than this

@@ -34,8 +34,6 @@ from .model import attention_blocks, build_models, model_spec
 from .progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
 from .visualize import attention_figure, fixed_inputs, save_grid
 
-__all__ = ["Callback", "Trainer", "TrainingDiverged", "model_spec", "train"]
-
 log = logging.getLogger("sagan.train")
 
 
@@ -84,9 +82,8 @@ class Trainer:
         betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
-        self.noise = torch.Generator(device=self.device).manual_seed(
-            cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
-        )
+        noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
+        self.noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.step = 0
         self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None

@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_params  # noqa: E402
+from helpers import project_params  # noqa: E402
 
 from sagan_core.trainer import Trainer  # noqa: E402
 
 project = Path(sys.argv[1])
 device = os.environ.get("SAGAN_TEST_DEVICE", "auto")
-trainer = Trainer(make_params(project, train__steps=3, train__device=device), progress=False)
+trainer = Trainer(project_params(project, train__steps=3, train__device=device), progress=False)
 trainer.fit()
 rank = trainer.dist.rank
 torch.save(

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 import torch
-from conftest import TINY_CLI as TINY
-from conftest import run_cli
+from helpers import TINY_CLI as TINY
+from helpers import run_cli
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_params, run_two_rank_worker
+from helpers import project_params, run_two_rank_worker
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -32,7 +32,7 @@ def test_spectral_norm_is_exact_under_cuda_bf16_autocast():
 
 
 def test_bf16_channels_last_training_on_cuda(project):
-    params = make_params(project, train__steps=4, model__g_ch=8, model__d_ch=8)
+    params = project_params(project, train__steps=4, model__g_ch=8, model__d_ch=8)
     t = Trainer(params, progress=False)
     assert t.device.type == "cuda" and t.use_bf16 and t.channels_last  # the CUDA defaults
     summary = t.fit()
@@ -45,7 +45,7 @@ def test_bf16_channels_last_training_on_cuda(project):
 
 
 def test_torch_compile_with_inductor_on_cuda(project):
-    params = make_params(project, train__steps=6, train__compile=True, model__g_ch=8, model__d_ch=8)
+    params = project_params(project, train__steps=6, train__compile=True, model__g_ch=8, model__d_ch=8)
     summary = train(params, progress=False)
     assert summary["step"] == 6
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["metrics"].values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import TINY_CLI, run_cli, run_two_rank_worker
+from helpers import TINY_CLI, run_cli, run_two_rank_worker
 
 from sagan_core.config import Params
 from sagan_core.data import BatchLoader, open_prepared

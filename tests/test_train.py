@@ -6,9 +6,10 @@ import csv
 
 import pytest
 import torch
-from conftest import make_params
+from helpers import project_params
 
-from sagan_core.trainer import Callback, Trainer, TrainingDiverged, train
+from sagan_core.progress import Callback
+from sagan_core.trainer import Trainer, TrainingDiverged, train
 
 STATE_KEYS = ("generator", "generator_ema", "discriminator")
 
@@ -47,7 +48,7 @@ def assert_same_tensors(a, b, path=""):
 
 
 def test_checkpoint_contents_and_outputs(project):
-    params = make_params(project, train__steps=3)
+    params = project_params(project, train__steps=3)
     summary = train(params, progress=False)
     ck = load_ckpt(project)  # weights_only=True must work
     assert ck["step"] == 3 == summary["step"]
@@ -67,10 +68,10 @@ def test_resume_is_bitwise_exact(tmp_path, prepared_demo):
     for p in (a, b):  # 20 images / batch 8 = 2 batches an epoch: the resumed part crosses epochs
         subset_prepared(prepared_demo, p / "data/prepared", 20)
     extra = {"train__steps": 6, "train__checkpoint_every": 100, "train__ema_start": 2, "data__hflip": True}
-    train(make_params(a, **extra), progress=False)
-    train(make_params(b, **(extra | {"train__steps": 3})), progress=False)
+    train(project_params(a, **extra), progress=False)
+    train(project_params(b, **(extra | {"train__steps": 3})), progress=False)
     assert load_ckpt(b)["step"] == 3
-    train(make_params(b, **extra), resume=True, progress=False)
+    train(project_params(b, **extra), resume=True, progress=False)
     ca, cb = load_ckpt(a), load_ckpt(b)
     assert ca["step"] == cb["step"] == 6
     for key in (*STATE_KEYS, "opt_g", "opt_d", "rng", "loader", "ema_n_averaged"):
@@ -85,9 +86,9 @@ def test_resume_is_bitwise_exact(tmp_path, prepared_demo):
 def test_resume_refuses_a_different_architecture(project):
     from sagan_core.errors import ConfigError
 
-    train(make_params(project, train__steps=2), progress=False)
+    train(project_params(project, train__steps=2), progress=False)
     with pytest.raises(ConfigError, match="g_ch=4"):
-        train(make_params(project, train__steps=4, model__g_ch=8), resume=True, progress=False)
+        train(project_params(project, train__steps=4, model__g_ch=8), resume=True, progress=False)
 
 
 class PoisonAt(Callback):
@@ -103,7 +104,7 @@ class PoisonAt(Callback):
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(project):
-    params = make_params(project, train__steps=8, train__checkpoint_every=2, train__log_every=1)
+    params = project_params(project, train__steps=8, train__checkpoint_every=2, train__log_every=1)
     with pytest.raises(TrainingDiverged, match=r"diverged at step 3.*not finite.*step 2"):
         train(params, callbacks=[PoisonAt(3)], progress=False)
     ck = load_ckpt(project)
@@ -114,7 +115,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(project):
 
 def test_nan_guard_checks_before_every_checkpoint(project):
     """With sparse logging, the checkpoint write itself refuses non-finite weights."""
-    params = make_params(project, train__steps=8, train__checkpoint_every=2, train__log_every=100)
+    params = project_params(project, train__steps=8, train__checkpoint_every=2, train__log_every=100)
     with pytest.raises(TrainingDiverged, match="generator weights"):
         train(params, callbacks=[PoisonAt(3)], progress=False)
     assert load_ckpt(project)["step"] == 2
@@ -122,7 +123,7 @@ def test_nan_guard_checks_before_every_checkpoint(project):
 
 def test_cuda_default_paths_run_on_cpu(project):
     """bf16 autocast and channels_last (the CUDA defaults) are the same code path: run them here."""
-    params = make_params(project, train__steps=2, train__precision="bf16", train__channels_last="yes")
+    params = project_params(project, train__steps=2, train__precision="bf16", train__channels_last="yes")
     t = Trainer(params, progress=False)
     assert t.use_bf16 and t.channels_last
     t.fit()
@@ -143,13 +144,13 @@ def test_compile_path_runs_on_cpu(project, monkeypatch):
     import functools
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    params = make_params(project, train__steps=2, train__compile=True, model__conditional="no")
+    params = project_params(project, train__steps=2, train__compile=True, model__conditional="no")
     summary = train(params, progress=False)
     assert summary["step"] == 2 and torch.isfinite(torch.tensor(summary["metrics"]["loss_d"]))
 
 
 def test_unconditional_when_forced(project):
-    train(make_params(project, train__steps=1, model__conditional="no"), progress=False)
+    train(project_params(project, train__steps=1, model__conditional="no"), progress=False)
     ck = load_ckpt(project)
     assert ck["spec"]["num_classes"] == 0
     assert not any("embed" in k for k in ck["discriminator"])
@@ -187,11 +188,11 @@ def test_metrics_history_survives_a_kill_right_after_resume(project):
     metrics = project / "metrics/train.csv"
     extra = {"train__steps": 8, "train__checkpoint_every": 2}
     with pytest.raises(KeyboardInterrupt):
-        train(make_params(project, **extra), callbacks=[StopAt(4)], progress=False)
+        train(project_params(project, **extra), callbacks=[StopAt(4)], progress=False)
     assert steps_in(metrics.read_text()) == [1, 2, 3]  # logged past the checkpoint at step 2
     assert load_ckpt(project)["step"] == 2
     snapshot = DiskSnapshot(metrics, 3)
-    train(make_params(project, **extra, train__log_every=2), resume=True, callbacks=[snapshot])
+    train(project_params(project, **extra, train__log_every=2), resume=True, callbacks=[snapshot])
     assert steps_in(snapshot.text) == [1, 2]  # on disk between resume and the next logging step
     assert steps_in(metrics.read_text()) == [1, 2, 4, 6, 8]
 
@@ -205,6 +206,6 @@ def test_step_line_is_the_one_progress_line(project, caplog):
         == "step 50/1800  loss_d 1.2346  loss_g -0.5000  812 img/s  γ g0=0.012 d0=-0.200"
     )
     caplog.set_level("INFO", logger="sagan.train")
-    train(make_params(project, train__steps=2, train__log_every=2))  # stderr is no terminal here
+    train(project_params(project, train__steps=2, train__log_every=2))  # stderr is no terminal here
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 1 and lines[0].startswith("step 2/2  loss_d ") and "γ g0=" in lines[0]

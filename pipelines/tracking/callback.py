@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sagan_core.config import Params
-from sagan_core.trainer import Callback
+from sagan_core.progress import Callback
 
 from .generator_model import log_checkpoint_and_generator
 from .lineage import log_lineage
