@@ -13,8 +13,6 @@ Weights are never substituted: an explicit file, or pytorch-fid's file in the to
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from pytorch_fid import inception as pfi
 from torch import nn
 
+from .atomic import write_atomic
 from .errors import ConfigError, SaganError
 
 WEIGHTS_URL = pfi.FID_WEIGHTS_URL
@@ -60,21 +59,19 @@ def resolve_weights(explicit: str | None = None) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    """Download to a temp file beside `dest`, check torch hub's hash prefix, rename into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
+    """Download through the atomic writer, checking torch hub's hash prefix before the file appears."""
+    prefix = dest.stem.rsplit("-", 1)[-1]  # torch hub convention: name-<sha256 prefix>.pth
+
+    def fetch(f) -> None:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
             while chunk := r.read(1 << 20):
                 h.update(chunk)
                 f.write(chunk)
-        prefix = dest.stem.rsplit("-", 1)[-1]  # torch hub convention: name-<sha256 prefix>.pth
-        if not h.hexdigest().startswith(prefix):
+        if not h.hexdigest().startswith(prefix):  # raising here leaves no file behind
             raise OSError(f"downloaded file has sha256 {h.hexdigest()[:8]}..., expected {prefix}...")
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomic(dest, fetch)
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -100,7 +100,7 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
         "num_ignored": source.ignored,
         "rejected": rejected,
     }
-    write_json(out / "manifest.json", manifest)
+    write_json(cfg.manifest_file, manifest)
     return manifest
 
 

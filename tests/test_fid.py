@@ -1,4 +1,8 @@
-"""FID / IS / KID math against independent computations, and parity with pytorch-fid's image path."""
+"""FID / IS / KID math against independent computations, and parity with pytorch-fid's image path.
+
+Longer than 300 lines: each metric case sits beside the independent computation it is checked
+against; the parity cases share the stand-in weights and image folders built here.
+"""
 
 from __future__ import annotations
 
@@ -276,6 +280,7 @@ def write_folder(folder, images: np.ndarray) -> None:
         Image.fromarray(im[0]).save(folder / f"{i:04d}.png")
 
 
+@pytest.mark.slow  # two CLIs over the same folders: ~40 s on 2 cores
 def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_torch_home):
     from helpers import run_cli
 

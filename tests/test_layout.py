@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-PACKAGES = ("sagan_core", "pipelines", "benchmarks")
+PACKAGES = ("sagan_core", "pipelines", "benchmarks", "tests")
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
 
 

@@ -4,6 +4,9 @@ One `mlflow server` (sqlite) with its artifacts on a moto S3 server, started onc
 (tests/mlflow_fixtures.py). One tiny training run goes through the real CLI (train -> evaluate ->
 register -> sample); the promotion-gate cases reuse that run's logged generator with new runs and
 chosen FIDs, so they test the gate itself without training again.
+
+Longer than 300 lines: every case shares the session's servers and the module's one trained run
+(the `trained` fixture); split across modules, that run would train once per module.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from helpers import REPO, SAGAN, free_port, project_params, run_cli, tiny_overri
 from mlflow_fixtures import SECRET_KEY
 
 from sagan_core.config import Params
+
+pytestmark = pytest.mark.slow  # a real mlflow server and S3 server, and a CLI training run
 
 MODEL = "sagan-e2e"
 
@@ -155,9 +160,12 @@ def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
     assert "already registered" in r.stdout
     assert len(client.search_model_versions(f"name='{MODEL}' and run_id='{champ.run_id}'")) == 1
 
-    # sampling from the registry: a grid, and one PNG per image
+
+def test_sample_from_the_registry_and_from_a_checkpoint(trained, mlflow_server, tmp_path):
+    """A grid from the registered champion, and one PNG per image from the local checkpoint."""
     from PIL import Image
 
+    project, _ = trained
     grid, folder = tmp_path / "grid.png", tmp_path / "each"
     r = run_cli(
         ["sample", "--model", f"models:/{MODEL}@champion", "--n", "6", "--class", "3", "--out", str(grid)],

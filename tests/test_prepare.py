@@ -1,4 +1,8 @@
-"""Ingestion: sources, per-file validation with reasons, conversions, determinism, safe archives."""
+"""Ingestion: sources, per-file validation with reasons, conversions, determinism, safe archives.
+
+Longer than 300 lines: the source kinds (folders, archives, demo) share the image and archive
+builders at the top; one module keeps them next to every case that uses them.
+"""
 
 from __future__ import annotations
 

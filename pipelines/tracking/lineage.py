@@ -41,7 +41,7 @@ def data_lineage(params: Params) -> dict[str, str]:
     prepared = Path(params.data.prepared_dir)
     out = {"path": str(prepared)}
     try:
-        manifest = json.loads((prepared / "manifest.json").read_text())
+        manifest = json.loads(params.data.manifest_file.read_text())
         out["content_hash"] = str(manifest.get("content_hash", "unknown"))
         out["num_images"] = str(manifest.get("num_images", ""))
     except (OSError, ValueError):
