@@ -34,27 +34,24 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
         f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else "",
         manifest["content_hash"][:12],
     )
-    return Prepared(
-        content_hash=manifest["content_hash"],
-        num_images=manifest["num_images"],
-        num_classes=manifest["num_classes"],
-        rejected=len(manifest["rejected"]),
-        prepared_dir=params.data.prepared_dir,
-    )
+    return _prepared(manifest, params.data.prepared_dir)
 
 
 def prepared(params: Params) -> Prepared:
     """What an earlier `prepare` left in data.prepared_dir (the flow's record of a skipped stage)."""
     from sagan_core.data import open_prepared
 
-    m = open_prepared(params.data.prepared_dir).manifest
+    return _prepared(open_prepared(params.data.prepared_dir).manifest, params.data.prepared_dir, skipped=True)
+
+
+def _prepared(manifest: dict, prepared_dir: str, skipped: bool = False) -> Prepared:
     return Prepared(
-        content_hash=m["content_hash"],
-        num_images=m["num_images"],
-        num_classes=m["num_classes"],
-        rejected=len(m["rejected"]),
-        prepared_dir=params.data.prepared_dir,
-        skipped=True,
+        content_hash=manifest["content_hash"],
+        num_images=manifest["num_images"],
+        num_classes=manifest["num_classes"],
+        rejected=len(manifest["rejected"]),
+        prepared_dir=prepared_dir,
+        skipped=skipped,
     )
 
 

@@ -45,7 +45,7 @@ def step_line(step: int, steps: int, metrics: dict[str, float]) -> str:
     """The one log line of a logging step: `step 50/1800  loss_d 1.2345  loss_g ...  γ g0=... d0=...`."""
     return (
         f"step {step}/{steps}  loss_d {metrics['loss_d']:.4f}  loss_g {metrics['loss_g']:.4f}  "
-        f"{metrics.get('img_per_s', 0.0):.0f} img/s  γ {_gammas(metrics)}"
+        f"{metrics['img_per_s']:.0f} img/s  γ {_gammas(metrics)}"
     )
 
 
