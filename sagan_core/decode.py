@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .archives import BadMember
 from .config import DataConfig
 from .sources import Source
 
@@ -72,6 +73,8 @@ def _damage(e: BaseException) -> str:
 
 def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
     """Validate and convert one item; raises Rejected with the reason."""
+    if isinstance(key, BadMember):  # an archive member rejected before it was read
+        raise Rejected(key.reason)
     if source.archive is not None and len(key) == 0:
         raise Rejected("empty file: 0 bytes")
     if source.root is not None:
@@ -150,7 +153,7 @@ def decode_all(
     source: Source, cfg: DataConfig, workers: int, chunk: int
 ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
     """Decoded chunks in `source.read_order`. At most 2 chunks per worker are in flight at once."""
-    chunks = source.payloads(chunk)
+    chunks = source.payloads(chunk, cfg.max_pixels)
     if workers <= 1:
         _init_worker(source, cfg)
         yield from map(_decode_chunk, chunks)

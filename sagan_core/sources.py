@@ -6,7 +6,8 @@
 - a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder (sagan_core.archives). Every member
   is checked first (no absolute paths, no `..`, no links leaving the archive, no device files or
   FIFOs): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
-  read front to back (one decompression pass) and decoded from memory.
+  read front to back (one decompression pass) and decoded from memory. A member that cannot be
+  read (or is a decompression bomb by its declared size or header) is one rejected file.
 - `torchvision:NAME[:SPLIT]`: a torchvision built-in dataset (CIFAR10, MNIST, STL10, CelebA, ...),
   downloaded into `data/raw/torchvision` when online.
 
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .archives import checked_members, is_archive, read_members
+from .archives import BadMember, checked_members, is_archive, read_members
 from .errors import ConfigError, SaganError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
@@ -46,7 +47,8 @@ class Source:
 
     `payloads()` yields what decoding workers receive, chunk by chunk, in `read_order` (item
     positions; None = item order): keys for folders and arrays, the file bytes for archives (read
-    sequentially, so a .tar.gz is decompressed once and never extracted to disk).
+    sequentially, so a .tar.gz is decompressed once and never extracted to disk), or a BadMember
+    with the rejection reason for a member that was not read (no larger than `max_pixels` allows).
     """
 
     name: str
@@ -68,7 +70,7 @@ class Source:
         img = self.arrays[payload]
         return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 
-    def payloads(self, chunk: int) -> Iterator[list[Any]]:
+    def payloads(self, chunk: int, max_pixels: int) -> Iterator[list[Any]]:
         order = self.read_order if self.read_order is not None else range(len(self.items))
         if self.archive is None:
             keys = [self.items[i][0] for i in order]
@@ -76,8 +78,8 @@ class Source:
                 yield keys[i : i + chunk]
             return
         wanted = [self.members[self.items[i][0]] for i in order]
-        batch: list[bytes] = []
-        for data in read_members(self.archive, wanted):
+        batch: list[bytes | BadMember] = []
+        for data in read_members(self.archive, wanted, max_pixels):
             batch.append(data)
             if len(batch) == chunk:
                 yield batch
