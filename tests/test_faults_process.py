@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import time
 from types import SimpleNamespace
 
+from helpers import pipeline_project, run_cli
 from test_evaluate import eval_params, write_checkpoint
 
 from pipelines.registry import _version_tags
+from pipelines.resume import checkpoint_step
 from sagan_core import evaluate as E
 from sagan_core import inception as inc
 
@@ -37,3 +42,26 @@ def test_official_sha256_is_the_torch_hub_prefix_of_the_file_name():
     # torch hub names files NAME-<first 8 hex of sha256>.pth; the full digest must agree with it.
     assert len(inc.OFFICIAL_SHA256) == 64 and inc.WEIGHTS_NAME.endswith(f"-{inc.OFFICIAL_SHA256[:8]}.pth")
     assert inc.is_official(inc.OFFICIAL_SHA256) and not inc.is_official("0" * 64)
+
+
+def test_train_removes_stale_temp_files_of_interrupted_writes(tmp_path, prepared_demo):
+    proj = pipeline_project(tmp_path / "p", dvc=False, train__steps=2)
+    shutil.copytree(prepared_demo, proj / "data/prepared")
+    models = proj / "models"
+    models.mkdir()
+    stale = models / ".checkpoint.pt.k1ll3d.tmp"  # what a kill -9 inside write_atomic leaves
+    stale.write_bytes(b"half a checkpoint")
+    held = models / ".checkpoint.pt.l1ve.tmp"  # another process's write in progress: not ours
+    held.write_bytes(b"being written")
+    past = time.time() - 3600
+    for p in (stale, held):
+        os.utime(p, (past, past))
+    other = models / "notes.tmp"  # not the writer's pattern: untouched
+    other.write_text("mine")
+    with open(held, "rb"):
+        r = run_cli(["train", "--quiet"], cwd=proj, env={"SAGAN_TRACKING": "0"})
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and held.exists() and other.exists()
+    assert sum("stale temp file" in line for line in r.stderr.splitlines()) == 1, r.stderr
+    assert checkpoint_step(models / "checkpoint.pt") == 2
+    assert sorted(p.name for p in models.glob(".*.tmp")) == [held.name]
