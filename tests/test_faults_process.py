@@ -3,14 +3,19 @@ Inception weights are verified against the official file's sha256 (foreign ones 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import time
 from types import SimpleNamespace
 
-from helpers import pipeline_project, run_cli
+import psutil
+import pytest
+from helpers import REPO, SAGAN, pipeline_project, run_cli
 from test_evaluate import eval_params, write_checkpoint
 
 from pipelines.registry import _version_tags
@@ -65,3 +70,54 @@ def test_train_removes_stale_temp_files_of_interrupted_writes(tmp_path, prepared
     assert sum("stale temp file" in line for line in r.stderr.splitlines()) == 1, r.stderr
     assert checkpoint_step(models / "checkpoint.pt") == 2
     assert sorted(p.name for p in models.glob(".*.tmp")) == [held.name]
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone, or a zombie, since it was listed
+        return ""
+
+
+def _alive(procs: list[psutil.Process]) -> list[str]:
+    """Those still running (a zombie awaiting its reaper is dead), as 'pid cmdline' for messages."""
+    left = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {_cmdline(p)[:120]}")
+    return left
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_kill9_of_pipeline_run_leaves_no_process_behind(tmp_path, nproc):
+    proj = pipeline_project(tmp_path / "p", dvc=False, train__steps=100000, train__nproc_per_node=nproc)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # Prefect's temporary server
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect"), "SAGAN_TRACKING": "0"}
+    proc = subprocess.Popen([*SAGAN, "pipeline", "run"], cwd=proj, env=env, stdout=subprocess.DEVNULL)
+    descendants: list[psutil.Process] = []
+    try:
+        ranks = []
+        deadline = time.monotonic() + 400
+        while len(ranks) < (nproc if nproc > 1 else 0) or not (proj / "models/checkpoint.pt").exists():
+            assert proc.poll() is None, "the pipeline ended before it could be killed"
+            assert time.monotonic() < deadline, "training never got underway"
+            time.sleep(0.2)
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+            ranks = [p for p in descendants if "pipelines.cli train" in _cmdline(p)]
+        cmdlines = [_cmdline(p) for p in descendants]
+        assert any("uvicorn" in c for c in cmdlines), cmdlines  # the temporary server is ours
+        if nproc > 1:
+            assert any("torch.distributed.run" in c for c in cmdlines), cmdlines
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while _alive(descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(descendants) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        for p in descendants:  # stragglers of a failed run must not outlive the test either
+            with contextlib.suppress(psutil.Error):
+                p.kill()
