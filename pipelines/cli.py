@@ -38,9 +38,10 @@ def train(
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
     p = load(params, set_)
     if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
-        from .launch import run_torchrun
+        from .launch import run_torchrun, supervised
 
-        code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
+        with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
+            code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
         raise typer.Exit(code)
     from . import stages
 

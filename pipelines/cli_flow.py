@@ -32,6 +32,13 @@ def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
     validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    from .launch import supervised
+
+    with supervised():  # nothing it starts (Prefect's temporary server, torchrun) outlives it
+        _run(params, set_, force, validated)
+
+
+def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:
     from .console import short_console_errors
     from .flow import sagan_pipeline
     from .report import final_report

@@ -1,15 +1,27 @@
-"""Multi-process training: `sagan train` as N DDP processes under torchrun.
+"""Processes the pipeline starts: `sagan train` as N DDP processes under torchrun, and the
+watchdog that makes sure none of them outlives the command that started it.
 
 The one launcher, used by `sagan train` (train.nproc_per_node > 1) and by the flow's train task.
 The N processes read the already validated params from a file written here (no argv travels
 through globals), so every rank trains exactly what the parent validated.
+
+`supervised()`: a kill -9 of `sagan pipeline run` runs no cleanup code in it, so Prefect's
+temporary server (uvicorn, started by Prefect itself) and torchrun with its ranks (in sessions of
+their own) would live on as orphans. A small watchdog process, started first and in a session of
+its own (terminal signals and group kills pass it by), records the command's descendants every
+0.2 s; when the command dies without saying "done", it SIGKILLs every recorded process still alive
+(same pid and start time) with all of its descendants. Linux /proc only; elsewhere it does nothing.
 """
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
@@ -58,3 +70,76 @@ def run_torchrun(
             last = line.strip()
             log(last)
     return proc.wait(), last
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError, ValueError):
+            kids += [int(k) for k in f.read_text().split()]
+    return kids
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat): with the pid, its identity."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _tree(root: int) -> dict[int, str]:
+    """root's descendants now, as pid -> start time."""
+    found: dict[int, str] = {}
+    todo = _children(root)
+    while todo:
+        pid = todo.pop()
+        start = _start_time(pid)
+        if pid not in found and start is not None:
+            found[pid] = start
+            todo += _children(pid)
+    return found
+
+
+def watch(parent: int) -> None:
+    """The watchdog's loop (see the module docstring); `parent` writes "done" when it ends normally."""
+    me, before = os.getpid(), _tree(parent)  # already there (a test's server): not ours to kill
+    seen: dict[int, str] = {}
+    while os.getppid() == parent:
+        if select.select([sys.stdin], [], [], 0.2)[0]:
+            if sys.stdin.readline():
+                return  # "done": the command ended on its own and cleans up after itself
+            break  # EOF: the command died
+        now = _tree(parent)
+        if os.getppid() != parent:  # it died during the walk: the walk may be partial
+            break
+        seen |= {p: s for p, s in now.items() if p != me and before.get(p) != s}
+    # Collect the whole forest first: once a parent is killed its children are reparented.
+    doomed = {p: s for p, s in seen.items() if _start_time(p) == s}
+    for pid in list(doomed):
+        doomed |= _tree(pid)
+    for pid, start in doomed.items():
+        if _start_time(pid) == start:
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def supervised() -> Iterator[None]:
+    """Run the body with a watchdog that kills what it started if this process dies (kill -9)."""
+    if not Path("/proc/self/task").is_dir():
+        yield
+        return
+    root = str(Path(__file__).resolve().parents[1])  # the watchdog runs this very code
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from pipelines.launch import watch; watch({os.getpid()})"
+    )
+    dog = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            dog.stdin.write(b"done\n")
+            dog.stdin.close()
+        with suppress(subprocess.TimeoutExpired):
+            dog.wait(timeout=5)

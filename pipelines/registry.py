@@ -74,6 +74,8 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
             tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
     if "sagan.data.dvc_md5" in t:
         tags["dvc_md5"] = t["sagan.data.dvc_md5"]
+    if "weights_official" in ev:  # absent in eval.json files written before the check existed
+        tags["weights_official"] = str(bool(ev["weights_official"])).lower()
     return tags
 
 

@@ -69,6 +69,10 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
             f"--resume: no checkpoint at {params.train.checkpoint} (train without --resume first)"
         )
     start = (checkpoint_step(params.train.checkpoint) or 0) if resume else 0
+    if os.environ.get("RANK", "0") == "0":  # one cleaner; rank 0 is the one that writes checkpoints
+        from sagan_core.atomic import remove_stale_temps
+
+        remove_stale_temps(params.train.checkpoint.parent)  # what a kill mid-write left behind
     callbacks = list(callbacks)
     tracker = None
     if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run

@@ -2,16 +2,26 @@
 
 Write to a temp file in the same directory, fsync, rename over the target, fsync the directory: a
 crash (or kill -9) leaves either the old file or the new one, never a half-written file.
+What such a crash does leave is the temp file `.<name>.<random>.tmp`; `remove_stale_temps` deletes
+those at the next start of a stage that writes into the folder.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+log = logging.getLogger("sagan")
+
+# When this process started (to the import): a temp file older than this was begun by an earlier
+# process, which may have died mid-write; one we or a live process are writing is newer or open.
+_STARTED = time.time()
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -38,3 +48,37 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """`obj` as indented JSON (with a final newline), atomically."""
     write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _open_elsewhere(paths: set[str]) -> set[str]:
+    """The `paths` some process holds open (Linux /proc; elsewhere none is known to be open)."""
+    held: set[str] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                if target in paths:
+                    held.add(target)
+        except OSError:  # processes come and go, and others' fds may be unreadable
+            continue
+    return held
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the writer's temp files in `folder` left by interrupted writes; returns them.
+
+    Stale: named `.<name>.*.tmp`, last modified before this process started, and open in no process
+    (so a concurrent writer's file is never pulled from under it).
+    """
+    folder = Path(folder)
+    old = [p for p in folder.glob(".?*.*.tmp") if p.is_file() and p.stat().st_mtime < _STARTED]
+    if not old:
+        return []
+    held = _open_elsewhere({str(p.resolve()) for p in old})
+    stale = [p for p in old if str(p.resolve()) not in held]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        names = ", ".join(p.name for p in stale)
+        log.info("removed %d stale temp file(s) of interrupted writes in %s: %s", len(stale), folder, names)
+    return stale

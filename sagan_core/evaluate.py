@@ -203,14 +203,20 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
     device = resolve_device(ev.device, "eval.device")
     weights = inc.resolve_weights(ev.inception_weights)
     weights_sha = inc.file_sha256(weights)
+    official = inc.is_official(weights_sha)
     g, meta = load_generator(ckpt, ev.use_ema, device)
     net = inc.load_net(weights, ev.dims, True, device)
     ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
+    # Every evaluation that yields scores warns, not just the first (each eval.json is read on its
+    # own); after the input checks, so a failing evaluation stays one error line.
+    if not official:
+        log.warning(inc.unofficial_warning(weights))
     gen, is_acc, n, seconds = _samples_stats(ev, g, net, device, progress)
     scores, fid_seconds = _scores(ev, gen, ref, is_acc)
     provenance = {
         "weights_file": weights.name,
         "weights_sha256": weights_sha,
+        "weights_official": official,
         "checkpoint": str(ckpt),
         "generator_step": int(meta["step"]),
         "ema": ev.use_ema,

@@ -8,6 +8,8 @@ write a PNG). So our features equal pytorch-fid's on the same images, and FIDs a
 
 Weights are never substituted: an explicit file, or pytorch-fid's file in the torch hub cache
 (TORCH_HOME/hub/checkpoints), downloaded there if missing; otherwise a SaganError naming the file.
+Any other file is used (tests and air-gapped machines need stand-ins) but is never mistaken for the
+official one: `is_official` compares its sha256 with the official file's, and evaluations say so.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ WEIGHTS_URL = pfi.FID_WEIGHTS_URL
 WEIGHTS_NAME = WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
 DOWNLOAD_TIMEOUT_S = 20
 POOL3 = 3  # pytorch-fid's block index of the 2048-d pool3 features
+# sha256 of pytorch-fid's released file (95,628,359 bytes). pytorch-fid ships no checksum; this is the
+# value published by several independent projects that verify the file, and it starts with the
+# 8-hex prefix (6726825d) that torch hub's naming convention puts in the file name.
+OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 def default_weights_path() -> Path:
@@ -88,6 +94,19 @@ def file_sha256(path: Path) -> str:
                 h.update(chunk)
         _HASHES[key] = h.hexdigest()
     return _HASHES[key]
+
+
+def is_official(sha256: str) -> bool:
+    """Whether a weights file with this sha256 is pytorch-fid's (so FIDs match published ones)."""
+    return sha256 == OFFICIAL_SHA256
+
+
+def unofficial_warning(path: Path) -> str:
+    """The one line every evaluation with foreign weights prints: FIDs are not comparable."""
+    return (
+        f"WARNING: Inception weights {path} are not pytorch-fid's official {WEIGHTS_NAME} (sha256 "
+        f"{OFFICIAL_SHA256[:8]}...): FIDs are NOT comparable with published ones"
+    )
 
 
 class InceptionFeatures(nn.Module):

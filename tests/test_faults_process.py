@@ -1,0 +1,123 @@
+"""Issue 14: nothing the pipeline started outlives it; stale atomic-writer temp files are cleaned;
+Inception weights are verified against the official file's sha256 (foreign ones are flagged)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from types import SimpleNamespace
+
+import psutil
+import pytest
+from helpers import REPO, SAGAN, pipeline_project, run_cli
+from test_evaluate import eval_params, write_checkpoint
+
+from pipelines.registry import _version_tags
+from pipelines.resume import checkpoint_step
+from sagan_core import evaluate as E
+from sagan_core import inception as inc
+
+
+def test_foreign_inception_weights_warn_and_are_recorded_unofficial(
+    project, monkeypatch, standin_torch_home, caplog
+):
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
+    write_checkpoint(project / "models/checkpoint.pt", seed=0)
+    with caplog.at_level(logging.WARNING, logger="sagan.evaluate"):
+        result = E.evaluate(eval_params(project), progress=False)
+    on_disk = json.loads((project / "metrics/eval.json").read_text())
+    assert on_disk["weights_official"] is False and result["weights_official"] is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    weights = inc.default_weights_path()
+    assert any(str(weights) in w and "NOT comparable with published" in w for w in warnings), warnings
+
+    # The registered version carries the flag, so a registry reader sees it without eval.json.
+    run = SimpleNamespace(data=SimpleNamespace(tags={}), info=SimpleNamespace(run_id="r1"))
+    assert _version_tags(on_disk, run)["weights_official"] == "false"
+    assert _version_tags(on_disk | {"weights_official": True}, run)["weights_official"] == "true"
+
+
+def test_official_sha256_is_the_torch_hub_prefix_of_the_file_name():
+    # torch hub names files NAME-<first 8 hex of sha256>.pth; the full digest must agree with it.
+    assert len(inc.OFFICIAL_SHA256) == 64 and inc.WEIGHTS_NAME.endswith(f"-{inc.OFFICIAL_SHA256[:8]}.pth")
+    assert inc.is_official(inc.OFFICIAL_SHA256) and not inc.is_official("0" * 64)
+
+
+def test_train_removes_stale_temp_files_of_interrupted_writes(tmp_path, prepared_demo):
+    proj = pipeline_project(tmp_path / "p", dvc=False, train__steps=2)
+    shutil.copytree(prepared_demo, proj / "data/prepared")
+    models = proj / "models"
+    models.mkdir()
+    stale = models / ".checkpoint.pt.k1ll3d.tmp"  # what a kill -9 inside write_atomic leaves
+    stale.write_bytes(b"half a checkpoint")
+    held = models / ".checkpoint.pt.l1ve.tmp"  # another process's write in progress: not ours
+    held.write_bytes(b"being written")
+    past = time.time() - 3600
+    for p in (stale, held):
+        os.utime(p, (past, past))
+    other = models / "notes.tmp"  # not the writer's pattern: untouched
+    other.write_text("mine")
+    with open(held, "rb"):
+        r = run_cli(["train", "--quiet"], cwd=proj, env={"SAGAN_TRACKING": "0"})
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and held.exists() and other.exists()
+    assert sum("stale temp file" in line for line in r.stderr.splitlines()) == 1, r.stderr
+    assert checkpoint_step(models / "checkpoint.pt") == 2
+    assert sorted(p.name for p in models.glob(".*.tmp")) == [held.name]
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone, or a zombie, since it was listed
+        return ""
+
+
+def _alive(procs: list[psutil.Process]) -> list[str]:
+    """Those still running (a zombie awaiting its reaper is dead), as 'pid cmdline' for messages."""
+    left = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {_cmdline(p)[:120]}")
+    return left
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_kill9_of_pipeline_run_leaves_no_process_behind(tmp_path, nproc):
+    proj = pipeline_project(tmp_path / "p", dvc=False, train__steps=100000, train__nproc_per_node=nproc)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # Prefect's temporary server
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect"), "SAGAN_TRACKING": "0"}
+    proc = subprocess.Popen([*SAGAN, "pipeline", "run"], cwd=proj, env=env, stdout=subprocess.DEVNULL)
+    descendants: list[psutil.Process] = []
+    try:
+        ranks = []
+        deadline = time.monotonic() + 400
+        while len(ranks) < (nproc if nproc > 1 else 0) or not (proj / "models/checkpoint.pt").exists():
+            assert proc.poll() is None, "the pipeline ended before it could be killed"
+            assert time.monotonic() < deadline, "training never got underway"
+            time.sleep(0.2)
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+            ranks = [p for p in descendants if "pipelines.cli train" in _cmdline(p)]
+        cmdlines = [_cmdline(p) for p in descendants]
+        assert any("uvicorn" in c for c in cmdlines), cmdlines  # the temporary server is ours
+        if nproc > 1:
+            assert any("torch.distributed.run" in c for c in cmdlines), cmdlines
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while _alive(descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(descendants) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        for p in descendants:  # stragglers of a failed run must not outlive the test either
+            with contextlib.suppress(psutil.Error):
+                p.kill()
