@@ -14,13 +14,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .arch import attention_slots
+from .config_messages import describe
 from .errors import ConfigError
 
 PositiveFloat = Field(gt=0)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/NaN anywhere: `lr_d: .inf` would pass `> 0` and only surface as a diverged run.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, v: Any, info: Any) -> Any:  # info: pydantic's ValidationInfo
+        """pydantic's lax mode reads true as 1: `--set train.steps=true` is a mistake, not one step.
+        Strings that spell numbers ("7") stay accepted, like YAML's own numbers."""
+        what = _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation) if info.field_name else None
+        if isinstance(v, bool) and what:
+            raise ValueError(f"expected {what}, got {v}")
+        return v
+
+
+_NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
 
 class DataConfig(Section):
@@ -41,9 +56,12 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    z_dim: int = Field(128, gt=0)
-    g_ch: int = Field(32, gt=0)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
-    d_ch: int = Field(32, gt=0)
+    # Upper bounds on the sizes that allocate: a typo such as z_dim=100000000 otherwise ends in a
+    # MemoryError or minutes of swapping before the first step. Each is far above any published
+    # setting (BigGAN: z_dim 120, widths 64-96 per multiplier; a 1024 multiplier is ~16x BigGAN-deep).
+    z_dim: int = Field(128, gt=0, le=4096)
+    g_ch: int = Field(32, gt=0, le=1024)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
+    d_ch: int = Field(32, gt=0, le=1024)
     # Feature-map resolutions with a self-attention block (one each, after the first block that
     # outputs it; sagan_core/arch.py); null = the paper's best placement for the output resolution
     # (16 for 32-px models, 32 for 64/128/256-px models).
@@ -67,7 +85,7 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     steps: int = Field(2000, gt=0)  # generator steps; each has `n_dis` discriminator steps
-    batch_size: int = Field(64, gt=0)  # per process (DDP: per rank)
+    batch_size: int = Field(64, gt=0, le=8192)  # per process (DDP: per rank); BigGAN used 2048 in all
     lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(4e-4, gt=0)
     beta1: float = Field(0.0, ge=0, lt=1)
@@ -121,7 +139,8 @@ class EvalConfig(Section):
     reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.json."""
 
     num_samples: int = Field(1000, ge=10)  # generated images (>= 10: the Inception Score's 10 splits)
-    batch_size: int = Field(50, gt=0)  # Inception batch; bounds GPU memory / RAM, not the results
+    # Inception batch; bounds GPU memory / RAM, not the results (4096 at 299 px is ~4 GiB of input alone)
+    batch_size: int = Field(50, gt=0, le=4096)
     seed: int = 0  # noise seed of the samples (class-balanced labels when conditional)
     # "prepared": the prepared dataset's statistics (cached); or a pytorch-fid .npz file made elsewhere
     reference_split: str = "prepared"
@@ -198,38 +217,6 @@ class Params(Section):
         return out
 
 
-def _describe(err: dict[str, Any]) -> str:
-    """One pydantic error -> 'expected ..., got ...' in plain words."""
-    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "missing key"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
-            kind
-        ]
-        bound = next(iter(ctx.values()))
-        what = "a positive number" if kind == "greater_than" and bound == 0 else f"a number {op} {bound}"
-        return f"expected {what}, got {got!r}"
-    if kind == "literal_error":
-        return f"expected one of {ctx.get('expected')}, got {got!r}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer, got {got!r}"
-    if kind in ("float_parsing", "float_type"):
-        return f"expected a number, got {got!r}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"expected true or false, got {got!r}"
-    if kind in ("string_type",):
-        return f"expected a string, got {got!r}"
-    if kind in ("list_type",):
-        return f"expected a list, got {got!r}"
-    if kind in ("dict_type", "model_type"):
-        return f"expected a mapping of keys, got {got!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    return msg if "got" in msg else f"{msg}, got {got!r}"
-
-
 def validate(raw: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw)
@@ -237,7 +224,7 @@ def validate(raw: dict[str, Any]) -> Params:
         err = e.errors()[0]
         path = ".".join(str(p) for p in err["loc"])
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        msg = _describe(err)
+        msg = describe(err)
         raise ConfigError(f"{path}: {msg}{more}" if path else f"{msg}{more}") from None
 
 
@@ -260,19 +247,37 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node[parts[-1]] = value
 
 
+def _read_raw(path: Path) -> dict[str, Any]:
+    """The params file as a mapping; every way it can be unusable is a one-line ConfigError."""
+    if path.is_dir():
+        raise ConfigError(f"--params {path}: not a file (a directory)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--params {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"--params {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}") from None
+    # An empty file is most likely a truncated or wrong one; silently training with the built-in
+    # defaults would hide that. (No file at all still means the defaults, see load_params.)
+    if raw is None:
+        raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
+    return raw
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read, override and validate params. A missing default params.yaml means all defaults."""
     path = Path(path)
     raw: Any = {}
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where else ""
-            raise ConfigError(f"{path}: not valid YAML{line}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
+        raw = _read_raw(path)
     elif str(path) != "params.yaml":
         raise ConfigError(f"--params {path}: no such file")
     for assignment in overrides:
