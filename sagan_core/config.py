@@ -14,10 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .arch import attention_slots
-from .config_messages import describe
 from .errors import ConfigError
 
-PositiveFloat = Field(gt=0)
+# Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
+_NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
 
 class Section(BaseModel):
@@ -27,15 +27,11 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _bool_is_not_a_number(cls, v: Any, info: Any) -> Any:  # info: pydantic's ValidationInfo
-        """pydantic's lax mode reads true as 1: `--set train.steps=true` is a mistake, not one step.
-        Strings that spell numbers ("7") stay accepted, like YAML's own numbers."""
+        """`--set train.steps=true` is a mistake, not one step; strings of digits stay accepted."""
         what = _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation) if info.field_name else None
         if isinstance(v, bool) and what:
             raise ValueError(f"expected {what}, got {v}")
         return v
-
-
-_NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
 
 class DataConfig(Section):
@@ -56,9 +52,8 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    # Upper bounds on the sizes that allocate: a typo such as z_dim=100000000 otherwise ends in a
-    # MemoryError or minutes of swapping before the first step. Each is far above any published
-    # setting (BigGAN: z_dim 120, widths 64-96 per multiplier; a 1024 multiplier is ~16x BigGAN-deep).
+    # Upper bounds on sizes that allocate (z_dim=100000000 is a MemoryError or minutes of swapping),
+    # far above any published setting (BigGAN: z_dim 120, width multipliers 64-96).
     z_dim: int = Field(128, gt=0, le=4096)
     g_ch: int = Field(32, gt=0, le=1024)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
     d_ch: int = Field(32, gt=0, le=1024)
@@ -217,6 +212,37 @@ class Params(Section):
         return out
 
 
+# pydantic error types -> what was expected, in plain words
+_EXPECTED = {
+    **dict.fromkeys(("int_parsing", "int_type", "int_from_float"), "an integer"),
+    **dict.fromkeys(("float_parsing", "float_type"), "a number"),
+    **dict.fromkeys(("bool_parsing", "bool_type"), "true or false"),
+    **dict.fromkeys(("dict_type", "model_type"), "a mapping of keys"),
+    **{"finite_number": "a finite number", "string_type": "a string", "list_type": "a list"},
+}
+_OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error -> 'expected ..., got ...' in plain words."""
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing key"
+    if kind in _OPS:
+        op = _OPS[kind]
+        bound = next(iter(ctx.values()))
+        what = "a positive number" if kind == "greater_than" and bound == 0 else f"a number {op} {bound}"
+        return f"expected {what}, got {got!r}"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {got!r}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {got!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return msg if "got" in msg else f"{msg}, got {got!r}"
+
+
 def validate(raw: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw)
@@ -224,7 +250,7 @@ def validate(raw: dict[str, Any]) -> Params:
         err = e.errors()[0]
         path = ".".join(str(p) for p in err["loc"])
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        msg = describe(err)
+        msg = _describe(err)
         raise ConfigError(f"{path}: {msg}{more}" if path else f"{msg}{more}") from None
 
 
@@ -247,39 +273,26 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node[parts[-1]] = value
 
 
-def _read_raw(path: Path) -> dict[str, Any]:
-    """The params file as a mapping; every way it can be unusable is a one-line ConfigError."""
-    if path.is_dir():
-        raise ConfigError(f"--params {path}: not a file (a directory)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--params {path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"--params {path}: cannot read it ({e.strerror or e})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{line}") from None
-    # An empty file is most likely a truncated or wrong one; silently training with the built-in
-    # defaults would hide that. (No file at all still means the defaults, see load_params.)
-    if raw is None:
-        raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
-    return raw
-
-
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read, override and validate params. A missing default params.yaml means all defaults."""
-    path = Path(path)
-    raw: Any = {}
-    if path.exists():
-        raw = _read_raw(path)
-    elif str(path) != "params.yaml":
+    """Read, override and validate params. A missing default params.yaml means all defaults; every
+    way a given file can be unusable (a directory, not UTF-8, empty, not YAML) is one ConfigError."""
+    path, raw = Path(path), {}
+    if not path.exists() and str(path) != "params.yaml":
         raise ConfigError(f"--params {path}: no such file")
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else f"not UTF-8 text, byte {e.start}"
+            raise ConfigError(f"--params {path}: cannot read it ({why})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        # Empty is most likely truncated or the wrong file: training on the defaults would hide that.
+        if raw is None:
+            raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
     for assignment in overrides:
         apply_override(raw, assignment)
     return validate(raw)

@@ -40,7 +40,7 @@ def one_line(r, code: int, *fragments: str) -> str:
     ("name", "make", "message"),
     [
         ("latin1.yaml", lambda p: p.write_bytes(b"train:\n  steps: 3 # \xe9t\xe9\n"), "not UTF-8"),
-        ("adir", lambda p: p.mkdir(), "not a file"),
+        ("adir", lambda p: p.mkdir(), "Is a directory"),
         ("empty.yaml", lambda p: p.write_text(""), "empty"),
         ("comments.yaml", lambda p: p.write_text("# nothing here\n\n  # at all\n"), "empty"),
     ],
