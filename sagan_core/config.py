@@ -16,11 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .arch import attention_slots
 from .errors import ConfigError
 
-PositiveFloat = Field(gt=0)
+# Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
+_NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/NaN anywhere: `lr_d: .inf` would pass `> 0` and only surface as a diverged run.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, v: Any, info: Any) -> Any:  # info: pydantic's ValidationInfo
+        """`--set train.steps=true` is a mistake, not one step; strings of digits stay accepted."""
+        what = _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation) if info.field_name else None
+        if isinstance(v, bool) and what:
+            raise ValueError(f"expected {what}, got {v}")
+        return v
 
 
 class DataConfig(Section):
@@ -41,9 +52,11 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    z_dim: int = Field(128, gt=0)
-    g_ch: int = Field(32, gt=0)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
-    d_ch: int = Field(32, gt=0)
+    # Upper bounds on sizes that allocate (z_dim=100000000 is a MemoryError or minutes of swapping),
+    # far above any published setting (BigGAN: z_dim 120, width multipliers 64-96).
+    z_dim: int = Field(128, gt=0, le=4096)
+    g_ch: int = Field(32, gt=0, le=1024)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
+    d_ch: int = Field(32, gt=0, le=1024)
     # Feature-map resolutions with a self-attention block (one each, after the first block that
     # outputs it; sagan_core/arch.py); null = the paper's best placement for the output resolution
     # (16 for 32-px models, 32 for 64/128/256-px models).
@@ -67,7 +80,7 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     steps: int = Field(2000, gt=0)  # generator steps; each has `n_dis` discriminator steps
-    batch_size: int = Field(64, gt=0)  # per process (DDP: per rank)
+    batch_size: int = Field(64, gt=0, le=8192)  # per process (DDP: per rank); BigGAN used 2048 in all
     lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(4e-4, gt=0)
     beta1: float = Field(0.0, ge=0, lt=1)
@@ -121,7 +134,8 @@ class EvalConfig(Section):
     reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.json."""
 
     num_samples: int = Field(1000, ge=10)  # generated images (>= 10: the Inception Score's 10 splits)
-    batch_size: int = Field(50, gt=0)  # Inception batch; bounds GPU memory / RAM, not the results
+    # Inception batch; bounds GPU memory / RAM, not the results (4096 at 299 px is ~4 GiB of input alone)
+    batch_size: int = Field(50, gt=0, le=4096)
     seed: int = 0  # noise seed of the samples (class-balanced labels when conditional)
     # "prepared": the prepared dataset's statistics (cached); or a pytorch-fid .npz file made elsewhere
     reference_split: str = "prepared"
@@ -198,6 +212,17 @@ class Params(Section):
         return out
 
 
+# pydantic error types -> what was expected, in plain words
+_EXPECTED = {
+    **dict.fromkeys(("int_parsing", "int_type", "int_from_float"), "an integer"),
+    **dict.fromkeys(("float_parsing", "float_type"), "a number"),
+    **dict.fromkeys(("bool_parsing", "bool_type"), "true or false"),
+    **dict.fromkeys(("dict_type", "model_type"), "a mapping of keys"),
+    **{"finite_number": "a finite number", "string_type": "a string", "list_type": "a list"},
+}
+_OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
 def _describe(err: dict[str, Any]) -> str:
     """One pydantic error -> 'expected ..., got ...' in plain words."""
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
@@ -205,27 +230,15 @@ def _describe(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "missing key"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
-            kind
-        ]
+    if kind in _OPS:
+        op = _OPS[kind]
         bound = next(iter(ctx.values()))
         what = "a positive number" if kind == "greater_than" and bound == 0 else f"a number {op} {bound}"
         return f"expected {what}, got {got!r}"
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}, got {got!r}"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"expected an integer, got {got!r}"
-    if kind in ("float_parsing", "float_type"):
-        return f"expected a number, got {got!r}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"expected true or false, got {got!r}"
-    if kind in ("string_type",):
-        return f"expected a string, got {got!r}"
-    if kind in ("list_type",):
-        return f"expected a list, got {got!r}"
-    if kind in ("dict_type", "model_type"):
-        return f"expected a mapping of keys, got {got!r}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {got!r}"
     msg = err["msg"].removeprefix("Value error, ")
     return msg if "got" in msg else f"{msg}, got {got!r}"
 
@@ -261,20 +274,25 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read, override and validate params. A missing default params.yaml means all defaults."""
-    path = Path(path)
-    raw: Any = {}
+    """Read, override and validate params. A missing default params.yaml means all defaults; every
+    way a given file can be unusable (a directory, not UTF-8, empty, not YAML) is one ConfigError."""
+    path, raw = Path(path), {}
+    if not path.exists() and str(path) != "params.yaml":
+        raise ConfigError(f"--params {path}: no such file")
     if path.exists():
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else f"not UTF-8 text, byte {e.start}"
+            raise ConfigError(f"--params {path}: cannot read it ({why})") from None
         except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where else ""
-            raise ConfigError(f"{path}: not valid YAML{line}") from None
+            mark = getattr(e, "problem_mark", None)
+            raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        # Empty is most likely truncated or the wrong file: training on the defaults would hide that.
+        if raw is None:
+            raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
-    elif str(path) != "params.yaml":
-        raise ConfigError(f"--params {path}: no such file")
     for assignment in overrides:
         apply_override(raw, assignment)
     return validate(raw)

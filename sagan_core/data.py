@@ -38,12 +38,57 @@ class PreparedData:
         return int(self.images.shape[0])
 
 
+# What the trainer, evaluation and the stage records read from the manifest (types as prepare writes them).
+MANIFEST_KEYS = {
+    "num_images": int,
+    "num_classes": int,
+    "resolution": int,
+    "channels": int,
+    "content_hash": str,
+}
+
+
+def _damaged(path: Path, what: str) -> SaganError:
+    """A prepared dataset that is on disk but unusable: a runtime failure (exit 1), one line."""
+    return SaganError(f"{path}: {what}; run `sagan prepare` again")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise _damaged(path, f"not valid JSON ({type(e).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(path, "expected a JSON object")
+    return manifest
+
+
+def _check(directory: Path, manifest: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> None:
+    """The manifest has what its readers need and agrees with the arrays (a half-copied or
+    hand-edited dataset otherwise fails later with a KeyError or an index error inside training)."""
+    path = directory / "manifest.json"
+    missing = sorted(MANIFEST_KEYS.keys() - manifest.keys())
+    if missing:
+        raise _damaged(path, f"missing {', '.join(missing)}")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise _damaged(path, f"{key} is {manifest[key]!r}, expected {kind.__name__}")
+    if images.ndim != 4 or images.dtype != np.uint8:
+        shape = f"{images.dtype} {images.shape}"
+        raise _damaged(directory / "images.npy", f"expected uint8 N x C x H x W, got {shape}")
+    if manifest["num_images"] != len(images):
+        raise _damaged(path, f"num_images is {manifest['num_images']}, images.npy has {len(images)}")
+    if labels.shape != (len(images),):
+        raise _damaged(directory / "labels.npy", f"{len(labels)} labels for {len(images)} images")
+
+
 def open_prepared(directory: str | Path) -> PreparedData:
+    """The prepared dataset; a damaged one (any file) is a SaganError (exit 1) naming the file."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
         raise ConfigError(f"{directory}: no prepared dataset (run `sagan prepare` first)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(manifest_path)
     try:
         images = np.load(directory / "images.npy", mmap_mode="r")
         labels = np.load(directory / "labels.npy")
@@ -51,8 +96,7 @@ def open_prepared(directory: str | Path) -> PreparedData:
         raise SaganError(
             f"{directory}: prepared dataset is damaged ({e}); run `sagan prepare` again"
         ) from None
-    if images.ndim != 4 or images.dtype != np.uint8 or len(labels) != len(images):
-        raise SaganError(f"{directory}: prepared dataset is inconsistent; run `sagan prepare` again")
+    _check(directory, manifest, images, labels)
     return PreparedData(images, labels, manifest)
 
 

@@ -7,15 +7,19 @@ bit for bit where an uninterrupted one would be.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import ConfigError
+from . import checkpoint as ckpt_io
+from .errors import ConfigError, SaganError
 from .model import ModelSpec
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+log = logging.getLogger("sagan.train")
 
 
 def gather(t: Trainer) -> dict[str, Any]:
@@ -39,7 +43,8 @@ def gather(t: Trainer) -> dict[str, Any]:
 
 
 def restore(t: Trainer, ckpt: dict[str, Any]) -> None:
-    """Refuses (ConfigError) a checkpoint of another architecture, naming what differs."""
+    """Refuses (ConfigError) a checkpoint of another architecture, naming what differs; a part that
+    does not fit (hand-edited, truncated state) is a SaganError naming the file and the part."""
     saved = ModelSpec.from_dict(ckpt["spec"])
     if saved != t.spec:
         now = t.spec.to_dict()
@@ -48,15 +53,80 @@ def restore(t: Trainer, ckpt: dict[str, Any]) -> None:
             f"--resume: the checkpoint was trained with {', '.join(diff)}; "
             "restore those params or train from scratch"
         )
-    t.G.load_state_dict(ckpt["generator"])
-    t.G_ema.module.load_state_dict(ckpt["generator_ema"])
-    t.G_ema.n_averaged.copy_(ckpt["ema_n_averaged"])
-    t.D.load_state_dict(ckpt["discriminator"])
-    t.opt_g.load_state_dict(ckpt["opt_g"])
-    t.opt_d.load_state_dict(ckpt["opt_d"])
-    t.noise.set_state(ckpt["rng"]["noise"])
-    torch.set_rng_state(ckpt["rng"]["cpu"])
-    if t.device.type == "cuda" and "cuda" in ckpt["rng"]:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], t.device)
-    t.loader.load_state_dict(ckpt["loader"])
+    parts = [  # in this order: the order that made resume bit-exact
+        ("generator", t.G.load_state_dict),
+        ("generator_ema", t.G_ema.module.load_state_dict),
+        ("ema_n_averaged", t.G_ema.n_averaged.copy_),
+        ("discriminator", t.D.load_state_dict),
+        ("opt_g", t.opt_g.load_state_dict),
+        ("opt_d", t.opt_d.load_state_dict),
+        ("rng", lambda rng: t.noise.set_state(rng["noise"])),
+        ("rng", lambda rng: torch.set_rng_state(rng["cpu"])),
+        ("rng", _set_cuda_rng(t)),
+        ("loader", t.loader.load_state_dict),
+    ]
+    for key, put in parts:
+        try:
+            put(ckpt[key])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SaganError(f"{t.ckpt_path}: damaged checkpoint: {key} does not fit ({reason})") from None
     t.step = int(ckpt["step"])
+
+
+def _set_cuda_rng(t: Trainer):
+    def put(rng: dict[str, Any]) -> None:
+        if t.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], t.device)
+
+    return put
+
+
+def resume(t: Trainer) -> None:
+    """Load `t`'s checkpoint into it, then apply optimizer settings that the params changed."""
+    restore(t, ckpt_io.load(t.ckpt_path, map_location=t.device, keys=ckpt_io.RESUME))
+    apply_changed_optim(t)
+
+
+def apply_changed_optim(t: Trainer) -> None:
+    """`--resume --set train.lr_g=...`: the loaded optimizer state carries the old settings, while the
+    new checkpoint records the params; use the params (the user asked), and say it breaks bit-exactness."""
+    cfg = t.cfg
+    changes = [("train.lr_g", t.opt_g, "lr", cfg.lr_g), ("train.lr_d", t.opt_d, "lr", cfg.lr_d)]
+    betas = (float(cfg.beta1), float(cfg.beta2))
+    changes += [(f"train.beta{i + 1}", opt, i, betas[i]) for opt in (t.opt_g, t.opt_d) for i in (0, 1)]
+    said = set()
+    for key, opt, slot, new in changes:
+        for group in opt.param_groups:
+            old = group[slot] if slot == "lr" else group["betas"][slot]
+            if old == new:
+                continue
+            if slot == "lr":
+                group["lr"] = new
+            else:
+                group["betas"] = tuple(new if i == slot else b for i, b in enumerate(group["betas"]))
+            if key not in said:
+                said.add(key)
+                log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
+
+
+def nonfinite(t: Trainer) -> list[str]:
+    """The parts of the training state holding inf/NaN: the weights and the optimizers' moments (a
+    non-finite exp_avg_sq leaves the weights finite for a while, but every later update is garbage,
+    and a checkpoint holding it cannot be resumed). One device sync per tensor list."""
+    bad = []
+    with torch.no_grad():
+        for name, net, opt in (("generator", t.G, t.opt_g), ("discriminator", t.D, t.opt_d)):
+            if not _all_finite(list(net.parameters())):
+                bad.append(f"{name} weights")
+            # "step" is a counter (on the CPU even for CUDA parameters), not a learned value.
+            moments = [
+                v for s in opt.state.values() for k, v in s.items() if k != "step" and torch.is_tensor(v)
+            ]
+            if not _all_finite(moments):
+                bad.append(f"{name} optimizer state")
+    return bad
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    return not tensors or bool(torch.stack([x.isfinite().all() for x in tensors]).all())

@@ -108,10 +108,7 @@ class Trainer:
     def _check_finite(self, weights: bool, losses: dict[str, float] | None = None) -> None:
         bad = [k for k, v in (losses or {}).items() if not math.isfinite(v)]
         if weights and not bad:
-            with torch.no_grad():
-                for name, net in (("generator", self.G), ("discriminator", self.D)):
-                    if not torch.stack([p.isfinite().all() for p in net.parameters()]).all():
-                        bad.append(f"{name} weights")
+            bad = train_state.nonfinite(self)  # weights and optimizer moments
         if any_rank(bool(bad), self.device):
             kept = (
                 f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
@@ -254,7 +251,7 @@ class Trainer:
     def _resume(self) -> None:
         if not self.ckpt_path.exists():
             raise ConfigError(f"--resume: no checkpoint at {self.ckpt_path} (train without --resume first)")
-        self.load_state_dict(ckpt_io.load(self.ckpt_path, map_location=self.device))
+        train_state.resume(self)  # also applies changed learning rates / betas, logging each
         self.last_good_step = self.step
         log.info("resumed from %s at step %d", self.ckpt_path, self.step)
 
