@@ -33,7 +33,7 @@ from .promotion_lock import promotion_lock
 from .results import Registered
 from .tracking.generator_model import log_checkpoint_and_generator
 from .tracking.run_record import require_run
-from .tracking.store import artifact_error, call, connect, redact
+from .tracking.store import artifact_error, call, connect, redact, scrub
 
 log = logging.getLogger("sagan.registry")
 
@@ -125,7 +125,7 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
             try:
                 client.delete_model_version(name, mv.version)
             except Exception as e:  # noqa: BLE001
-                log.warning("could not delete failed version %s v%s: %s", name, mv.version, e)
+                log.warning("could not delete failed version %s v%s: %s", name, mv.version, scrub(str(e)))
         raise
 
 

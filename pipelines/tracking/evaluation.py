@@ -23,6 +23,18 @@ log = logging.getLogger("sagan.mlflow")
 METRIC_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std")
 
 
+def check_reachable(params: Params) -> None:
+    """Before the Inception pass (minutes): a one-line TrackingError if the run's server is down.
+
+    The FID could not join its run anyway, and the user would wait for the whole pass to learn it.
+    """
+    record = read_run_record(params) if enabled(params) else None
+    if record is None:
+        return
+    client, uri = connect(params)
+    call(uri, client.get_run, record["run_id"])
+
+
 def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     """Add FID/IS/KID and the protocol fields to the training run; returns its id.
 
