@@ -32,7 +32,7 @@ from sagan_core.evaluate import protocol, protocol_id
 from .promotion_lock import promotion_lock
 from .results import Registered
 from .tracking.generator_model import log_checkpoint_and_generator
-from .tracking.run_record import require_run
+from .tracking.run_record import recover, require_run
 from .tracking.store import artifact_error, call, connect, redact, scrub
 
 log = logging.getLogger("sagan.registry")
@@ -184,6 +184,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
             f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
             f"ended at step {record['step']} (run `sagan evaluate` again)"
         )
+    recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost
     model_id = _upload_model(client, uri, params, run_id, record)
     mv = _existing_version(client, name, run_id)
     created = mv is None

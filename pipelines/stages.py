@@ -120,10 +120,10 @@ def evaluate(params: Params, progress: bool = True, checkpoint: Path | None = No
     """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
     from sagan_core.evaluate import evaluate as run_evaluate
 
-    from .tracking.evaluation import check_reachable, log_evaluation
+    from .tracking.evaluation import log_evaluation, reopen_run
 
     if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
-        check_reachable(params)  # fail in seconds, not after the Inception pass
+        reopen_run(params)  # fail in seconds, not after the Inception pass
     result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
     if checkpoint is None:
         log_evaluation(params, result)

@@ -7,13 +7,16 @@ $MLFLOW_TRACKING_URI (the session's `mlflow server` ignores basic auth); the oth
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import free_port, project_params, run_cli, tiny_overrides
+from helpers import REPO, SAGAN, free_port, project_params, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow  # a real mlflow server and S3 server, and CLI training runs
 
@@ -180,3 +183,61 @@ def test_client_side_s3_down_during_register_names_bucket_not_server(
     line = error_line(r.stderr)
     assert f"'{s3_server.bucket}'" in line and dead in line, line
     assert "tracking server" not in line and mlflow_server not in line, line
+
+
+# ---- 2. an outage mid-training: the next command backfills the curves and ends the run -------------
+def train_through_an_outage(project: Path, server) -> subprocess.CompletedProcess:
+    """`sagan train` whose server is killed once a few steps are logged; it stays down to the end."""
+    env = os.environ | {"PYTHONPATH": str(REPO), "SAGAN_TRACKING": "1"} | FAST_FAIL
+    proc = subprocess.Popen(
+        [*SAGAN, "train", "-q"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    csv_file, deadline = project / "metrics/train.csv", time.monotonic() + 300
+    while not (csv_file.exists() and len(csv_file.read_text().splitlines()) > 4):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    server.stop()
+    out, err = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_outage_mid_training_is_backfilled_and_the_run_ended(
+    prepared_demo, s3_server, tmp_path, standin_torch_home
+):
+    from mlflow_fixtures import MlflowServer
+
+    project = tmp_path / "p"
+    shutil.copytree(prepared_demo, project / "data/prepared")
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server", s3_server, f"s3://{s3_server.bucket}/outage").start()
+    try:
+        write_params(project, server.uri)
+        raw = yaml.safe_load((project / "params.yaml").read_text())
+        raw["train"] |= {"steps": 30, "sample_every": 30, "checkpoint_every": 30}
+        (project / "params.yaml").write_text(yaml.safe_dump(raw))
+        r = train_through_an_outage(project, server)
+        assert r.returncode == 1 and "unreachable" in error_line(r.stderr)
+        server.start()  # back, same port and store
+        client = client_for(server.uri)
+        run_id = json.loads((project / "models/mlflow_run.json").read_text())["run_id"]
+        csv_rows = (project / "metrics/train.csv").read_text().splitlines()
+        steps = [int(row.split(",")[0]) for row in csv_rows[1:]]
+        assert steps[-1] == 30
+        assert client.get_run(run_id).info.status == "RUNNING"
+        assert len(client.get_metric_history(run_id, "loss_d")) < len(steps)  # the outage lost points
+        r = run_cli(
+            ["evaluate", "-q"], project, {"SAGAN_TRACKING": "1", "TORCH_HOME": str(standin_torch_home)}
+        )
+        assert r.returncode == 0, r.stderr
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and "fid" in run.data.metrics
+        for key in csv_rows[0].split(",")[1:]:
+            history = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in history) == steps, key
+    finally:
+        server.stop()

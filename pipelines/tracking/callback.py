@@ -18,7 +18,7 @@ from sagan_core.progress import Callback
 
 from .generator_model import log_checkpoint_and_generator
 from .lineage import log_lineage
-from .run_record import read_run_record, write_run_record
+from .run_record import read_run_record, recover, write_run_record
 from .store import artifact_error, call, connect, experiment_id, redact, scrub
 
 log = logging.getLogger("sagan.mlflow")
@@ -64,6 +64,7 @@ class MlflowCallback(Callback):
             record = None
         if record:
             run_id = record["run_id"]
+            recover(self.client, self.uri, self.params, run_id, end=False)  # curves an outage lost
             call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id, record["experiment_id"]
         exp = experiment_id(self.client, self.params, self.uri)
