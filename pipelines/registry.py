@@ -32,8 +32,8 @@ from sagan_core.evaluate import protocol, protocol_id
 from .promotion_lock import promotion_lock
 from .results import Registered
 from .tracking.generator_model import log_checkpoint_and_generator
-from .tracking.run_record import require_run
-from .tracking.store import artifact_error, call, connect, redact
+from .tracking.run_record import recover, require_run
+from .tracking.store import artifact_error, call, connect, redact, scrub
 
 log = logging.getLogger("sagan.registry")
 
@@ -127,7 +127,7 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
             try:
                 client.delete_model_version(name, mv.version)
             except Exception as e:  # noqa: BLE001
-                log.warning("could not delete failed version %s v%s: %s", name, mv.version, e)
+                log.warning("could not delete failed version %s v%s: %s", name, mv.version, scrub(str(e)))
         raise
 
 
@@ -186,6 +186,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
             f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
             f"ended at step {record['step']} (run `sagan evaluate` again)"
         )
+    recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost
     model_id = _upload_model(client, uri, params, run_id, record)
     mv = _existing_version(client, name, run_id)
     created = mv is None

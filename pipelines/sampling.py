@@ -50,7 +50,7 @@ def _load_mlflow(uri: str, params: Params) -> Sampler:
     import torch
     from mlflow.exceptions import MlflowException
 
-    from .tracking.store import call, connect, redact
+    from .tracking.store import call, connect, redact, scrub
 
     _, tracking_uri = connect(params)
     import mlflow
@@ -61,10 +61,10 @@ def _load_mlflow(uri: str, params: Params) -> Sampler:
         mlmodel = Model.load(local)
         module = mlflow.pytorch.load_model(local)
     except MlflowException as e:
-        first = " ".join(str(e).split())[:300]
+        first = scrub(" ".join(str(e).split()))[:300]
         raise ConfigError(f"--model {uri}: cannot load from {redact(tracking_uri)} ({first})") from None
     except OSError as e:
-        raise SaganError(f"--model {uri}: download failed ({e})") from None
+        raise SaganError(f"--model {uri}: download failed ({scrub(str(e))})") from None
     meta = mlmodel.metadata or {}
     if "z_dim" in meta:
         z_dim, num_classes = int(meta["z_dim"]), int(meta.get("num_classes", 0))

@@ -124,10 +124,12 @@ def evaluate(params: Params, progress: bool = True, checkpoint: Path | None = No
     """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
     from sagan_core.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
-    if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
-        from .tracking import log_evaluation
+    from .tracking.evaluation import log_evaluation, reopen_run
 
+    if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
+        reopen_run(params)  # fail in seconds, not after the Inception pass
+    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
+    if checkpoint is None:
         log_evaluation(params, result)
     kid = "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}"
     log.info(

@@ -174,6 +174,19 @@ class RegistryConfig(Section):
     artifact_location: str | None = None
     tracking: bool = True  # the CLI stages log to MLflow (env SAGAN_TRACKING=0 also turns it off)
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        """A password in params.yaml would be versioned by git/DVC and become a flow parameter.
+
+        The message says "got" itself so the error line never echoes the URI (and its password)."""
+        if uri and "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "got a URI with user-info (user:password@); remove it and set MLFLOW_TRACKING_USERNAME/"
+                "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment instead"
+            )
+        return uri
+
 
 class PipelineConfig(Section):
     """Settings of the Prefect flow (`sagan pipeline run|serve`), not of any stage's result."""

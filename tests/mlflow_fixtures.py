@@ -123,3 +123,42 @@ def mlflow_server(s3_server, tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+class MlflowServer:
+    """Another `mlflow server` (its own sqlite in `root`) for tests that break or stop their server;
+    the session's `mlflow_server` must keep running. `stop()` then `start()` keeps port and store."""
+
+    def __init__(self, root: Path, s3: S3, destination: str):
+        self.root, self.s3, self.destination = root, s3, destination
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        env = os.environ | self.s3.env() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--workers", "1"]
+        cmd += ["--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]
+        cmd += ["--artifacts-destination", self.destination, "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.root / "server.log", "a") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server not up: {(self.root / 'server.log').read_text()[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return self
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """The whole process group (server and its uvicorn worker), as the session fixture does."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None

@@ -15,7 +15,7 @@ Where things go:
 
 One module per concern:
 - store: is tracking on, the store's URI, connecting, experiments, one-line errors;
-- run_record: mlflow_run.json;
+- run_record: mlflow_run.json, and recovering what an outage made the server miss;
 - lineage: git commit, prepared data's content_hash and DVC md5;
 - callback: MlflowCallback, the trainer's hooks;
 - generator_model: the generator as an MLflow model (pack_inputs builds its input);

@@ -18,8 +18,8 @@ from sagan_core.progress import Callback
 
 from .generator_model import log_checkpoint_and_generator
 from .lineage import log_lineage
-from .run_record import read_run_record, write_run_record
-from .store import artifact_error, call, connect, experiment_id, redact
+from .run_record import read_run_record, recover, write_run_record
+from .store import artifact_error, call, connect, experiment_id, redact, scrub
 
 log = logging.getLogger("sagan.mlflow")
 
@@ -64,6 +64,7 @@ class MlflowCallback(Callback):
             record = None
         if record:
             run_id = record["run_id"]
+            recover(self.client, self.uri, self.params, run_id, end=False)  # curves an outage lost
             call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id, record["experiment_id"]
         exp = experiment_id(self.client, self.params, self.uri)
@@ -84,7 +85,7 @@ class MlflowCallback(Callback):
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never kill a training run midway
             self.error = e
-            log.warning("MLflow logging stopped (%s failed: %s); training continues", what, e)
+            log.warning("MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(e)))
             return None
 
     def _log_params(self) -> None:
@@ -110,7 +111,7 @@ class MlflowCallback(Callback):
             )
             self.monitor.start()
         except Exception as e:  # noqa: BLE001 - optional (needs psutil); never worth failing over
-            log.warning("MLflow system metrics unavailable: %s", e)
+            log.warning("MLflow system metrics unavailable: %s", scrub(str(e)))
             self.monitor = None
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -143,7 +144,7 @@ class MlflowCallback(Callback):
         try:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as e:  # noqa: BLE001 - the error below is the one to report
-            log.debug("could not close MLflow run: %s", e)
+            log.debug("could not close MLflow run: %s", scrub(str(e)))
         if self.error is not None:
             raise artifact_error(self.uri, self.error, self.client, self.run_id) from None
 
@@ -160,7 +161,7 @@ class MlflowCallback(Callback):
             self._flush()
             self.client.set_terminated(self.run_id, status=status)
         except Exception as e:  # noqa: BLE001 - the training error is the one to report
-            log.debug("could not mark MLflow run failed: %s", e)
+            log.debug("could not mark MLflow run failed: %s", scrub(str(e)))
 
     def _stop_monitor(self) -> None:
         if self.monitor is not None:

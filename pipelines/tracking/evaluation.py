@@ -15,12 +15,26 @@ from typing import Any
 from sagan_core.config import Params
 from sagan_core.evaluate import protocol_id
 
-from .run_record import read_run_record
+from .run_record import read_run_record, recover
 from .store import artifact_error, call, connect, enabled
 
 log = logging.getLogger("sagan.mlflow")
 
 METRIC_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std")
+
+
+def reopen_run(params: Params) -> None:
+    """Before the Inception pass (minutes): a one-line TrackingError if the run's server is down.
+
+    The FID could not join its run anyway, and the user would wait for the whole pass to learn it.
+    A run the server answers for gets what an outage made it miss (run_record.recover).
+    """
+    record = read_run_record(params) if enabled(params) else None
+    if record is None:
+        return
+    client, uri = connect(params)
+    call(uri, client.get_run, record["run_id"])
+    recover(client, uri, params, record["run_id"], end=True)
 
 
 def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:

@@ -3,16 +3,29 @@
 `sagan train` writes it (run_id, experiment_id, the redacted tracking URI) when it opens the run and
 adds model_id and step once the generator is logged; evaluate, register and `train --resume` read
 it to reopen the same run.
+
+Reopening also sends what an outage made the server miss: a server that goes down mid-training loses
+the rest of the curves (the callback stops logging and cannot even close the run, which stays
+RUNNING), but every row is still in `metrics/train.csv`. `recover` logs each metric's steps after its
+last logged one and ends a run left RUNNING (FINISHED when the checkpoint reached train.steps).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from sagan_core.atomic import write_json
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
+
+from .store import call
+
+log = logging.getLogger("sagan.mlflow")
 
 
 def read_run_record(params: Params) -> dict[str, Any] | None:
@@ -40,3 +53,57 @@ def require_run(params: Params, what: str) -> dict[str, Any]:
             "(run `sagan train` with tracking on first)"
         )
     return record
+
+
+# ---- after an outage ------------------------------------------------------------------------------
+_BATCH = 1000  # log_batch takes at most 1000 metrics per call
+
+
+def _rows(params: Params, upto: int) -> list[dict[str, str]]:
+    """metrics/train.csv rows up to the checkpoint's step: later rows are redone by a resume."""
+    path = Path(params.train.metrics_file)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
+    """Log every metric's rows after its last logged step; returns how many values were sent."""
+    from mlflow.entities import Metric
+
+    rows = _rows(params, upto)
+    if not rows:
+        return 0
+    now = int(time.time() * 1000)
+    missing = []
+    for key in (k for k in rows[0] if k != "step"):
+        last = max((m.step for m in call(uri, client.get_metric_history, run_id, key)), default=-1)
+        missing += [
+            Metric(key, float(r[key]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[key]
+        ]
+    for i in range(0, len(missing), _BATCH):
+        call(uri, client.log_batch, run_id, metrics=missing[i : i + _BATCH])
+    if missing:
+        log.info(
+            "MLflow run %s: %d metric values the server missed logged from %s",
+            run_id,
+            len(missing),
+            params.train.metrics_file,
+        )
+    return len(missing)
+
+
+def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
+    """Backfill the run's curves; with `end`, close a run left RUNNING by an interrupted training."""
+    from mlflow.entities import RunStatus
+
+    from ..resume import checkpoint_step
+
+    step = checkpoint_step(params.train.checkpoint) or 0
+    backfill(client, uri, params, run_id, step)
+    if not end or call(uri, client.get_run, run_id).info.status != "RUNNING":
+        return
+    status = RunStatus.FINISHED if step >= params.train.steps else RunStatus.FAILED
+    call(uri, client.set_terminated, run_id, status=RunStatus.to_string(status))
+    log.info("MLflow run %s was left RUNNING: ended %s", run_id, RunStatus.to_string(status))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,6 +50,46 @@ def redact(uri: str) -> str:
     return uri
 
 
+# scheme://user:password@ anywhere in a message (MLflow's and requests' errors quote the full URL)
+_USER_INFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def scrub(text: str) -> str:
+    """`text` with the user-info of every URL in it removed (for messages that quote URLs)."""
+    return _USER_INFO.sub(r"\1", text)
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites a log record whose text carries user-info (MLflow logs request URLs on failures)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
+            return True
+        if _USER_INFO.search(message):
+            record.msg, record.args = scrub(message), None
+        return True
+
+
+def _hide_credentials(uri: str) -> None:
+    """Keep a user-info URI out of every line MLflow prints.
+
+    MLflow writes "View run ... at: <URL>" to stdout itself (TrackingServiceClient._log_url on
+    set_terminated), with the URL's user-info; there is no logger to filter, so the public switch
+    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT turns those links off (forced: the link would leak).
+    MLflow's loggers all end in the "mlflow" logger's own handler (propagate=False), which gets the
+    scrubbing filter, as does urllib3's retry logger (it is set to ERROR, but users may lower it).
+    """
+    if uri != redact(uri):
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    for name in ("mlflow", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if not any(isinstance(f, _ScrubFilter) for f in target.filters):
+                target.addFilter(_ScrubFilter())
+
+
 def tracking_uri(params: Params) -> str:
     """registry.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
     uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -71,6 +112,7 @@ def connect(params: Params):
     # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     uri = tracking_uri(params)
+    _hide_credentials(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
@@ -104,7 +146,7 @@ def experiment_id(client, params: Params, uri: str) -> str:
 
 # ---- failures as one line ------------------------------------------------------------------------
 def unreachable(uri: str, e: BaseException) -> TrackingError:
-    reason = " ".join(str(e).split())
+    reason = scrub(" ".join(str(e).split()))
     for hint in ("Connection refused", "Name or service not known", "timed out", "Max retries exceeded"):
         if hint in reason:  # the one phrase that says why, not urllib3's whole retry history
             reason = hint
@@ -118,6 +160,20 @@ def unreachable(uri: str, e: BaseException) -> TrackingError:
     )
 
 
+# A proxied upload (mlflow-artifacts:/) the server could not pass on to its store answers HTTP 5xx;
+# urllib3's retries then say "too many 500 error responses", MLflow's own check "error code 500".
+_SERVER_5XX = re.compile(r"too many 5\d\d error responses|error code 5\d\d")
+
+
+def server_store_error(uri: str) -> TrackingError:
+    """The tracking server took the upload but could not store it: its artifact store is at fault."""
+    return TrackingError(
+        f"MLflow tracking server {redact(uri)} could not store the artifact (its artifact proxy failed); on the "
+        "server's side, check its artifact store: the --artifacts-destination bucket exists, its S3 endpoint "
+        "(MLFLOW_S3_ENDPOINT_URL) and credentials (AWS_*) are right; the local checkpoint and metrics are intact"
+    )
+
+
 def call(uri: str, fn, *args, **kwargs):
     """Run one MLflow client call, turning connection failures into a one-line TrackingError."""
     from mlflow.exceptions import MlflowException
@@ -125,10 +181,12 @@ def call(uri: str, fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (RequestException, ConnectionError, TimeoutError) as e:
-        raise unreachable(uri, e) from None
-    except MlflowException as e:
+    except (RequestException, ConnectionError, TimeoutError, MlflowException) as e:
         msg = str(e)
+        if "mlflow-artifacts" in msg and _SERVER_5XX.search(msg):
+            raise server_store_error(uri) from None
+        if not isinstance(e, MlflowException):
+            raise unreachable(uri, e) from None
         if "API request to" in msg and ("Max retries" in msg or "Connection" in msg or "failed" in msg):
             raise unreachable(uri, e) from None
         raise
@@ -138,22 +196,30 @@ def artifact_error(uri: str, e: BaseException, client=None, run_id: str | None =
     """One line naming where the upload went (bucket and endpoint for S3) and why it failed."""
     if isinstance(e, SaganError):
         return e
-    reason = " ".join(str(e).split())[:300]
-    where = ""
+    full = scrub(" ".join(str(e).split()))
+    reason = full[:300]
     try:
         location = client.get_run(run_id).info.artifact_uri if client and run_id else ""
     except Exception:  # noqa: BLE001 - only decorates the message; the upload error is the one to report
         location = ""
-    if location.startswith("s3://"):
+    if location.startswith("s3://"):  # this client uploads to S3 itself: the server is not involved
         bucket = urlsplit(location).netloc
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "the AWS default endpoint")
-        where = f" to S3 bucket {bucket!r} at {endpoint}"
-    elif location:
-        where = f" to {redact(location)}"
-    if "API request to" in reason and "Max retries" in reason:
+        return TrackingError(
+            f"S3 upload to bucket {bucket!r} at {endpoint} failed ({type(e).__name__}: {reason}); check that "
+            "the bucket exists, the endpoint answers and this machine's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/"
+            "MLFLOW_S3_ENDPOINT_URL environment; the local checkpoint and metrics are intact"
+        )
+    # The server answered get_run just now, so an upload it proxies that failed (HTTP 5xx, or the
+    # connection reset when it answers 500 before reading the body) is its artifact store's failure.
+    proxied = location.startswith("mlflow-artifacts:") and "mlflow-artifacts" in full
+    if proxied or (_SERVER_5XX.search(full) and not location):
+        return server_store_error(uri)
+    if "API request to" in full and "Max retries" in full:
         return unreachable(uri, e)
+    where = f" to {redact(location)}" if location else ""
     return TrackingError(
-        f"MLflow logging failed{where} ({type(e).__name__}: {reason}); check the bucket and the "
+        f"MLflow logging failed{where} ({type(e).__name__}: {reason}); check the artifact store and the "
         "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/MLFLOW_S3_ENDPOINT_URL environment; the local checkpoint "
         "and metrics are intact"
     )
