@@ -25,6 +25,7 @@ from sagan_core.progress import Callback, step_line
 
 from .results import Evaluated, Prepared, Registered, Trained
 from .resume import STATE_DIR
+from .tracking import redact
 
 HISTORY = STATE_DIR / "history.jsonl"
 
@@ -158,7 +159,9 @@ def _tool(name: str) -> str:
 
 def final_report(s: RunSummary, params: Params) -> str:
     """Where to look after a run: the sample grid, the FID, the registered version, the UIs."""
-    uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = redact(
+        params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    )
     kid = f"  (KID {s.kid:.4f})" if s.kid is not None else ""
     return "\n".join(
         [

@@ -241,3 +241,32 @@ def test_outage_mid_training_is_backfilled_and_the_run_ended(
             assert sorted(m.step for m in history) == steps, key
     finally:
         server.stop()
+
+
+def test_final_report_of_pipeline_run_shows_no_password(monkeypatch):
+    from pipelines.report import RunSummary, final_report
+    from sagan_core.config import Params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:report-secret-51@127.0.0.1:5999")
+    summary = RunSummary(
+        "t",
+        "flow",
+        "abc",
+        4,
+        4,
+        "models/checkpoint.pt",
+        "samples/latest.png",
+        1.0,
+        None,
+        1.0,
+        "m",
+        1,
+        "champion",
+        "r",
+        "run",
+        None,
+        "http://127.0.0.1:5999",
+        "not used",
+    )
+    text = final_report(summary, Params())
+    assert "report-secret-51" not in text and "http://127.0.0.1:5999" in text
