@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, SAGAN, free_port, project_params, run_cli, tiny_overrides
+from helpers import REPO, SAGAN, free_port, pipeline_project, project_params, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow  # a real mlflow server and S3 server, and CLI training runs
 
@@ -241,6 +241,22 @@ def test_outage_mid_training_is_backfilled_and_the_run_ended(
             assert sorted(m.step for m in history) == steps, key
     finally:
         server.stop()
+
+
+def test_pipeline_run_keeps_the_password_out_of_prefect_and_its_output(
+    tmp_path, mlflow_server, prefect_api, standin_torch_home
+):
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    proj = pipeline_project(tmp_path / "flow", dvc=False, registry__model_name="sagan-faults-flow")
+    env = {"SAGAN_TRACKING": "1", "TORCH_HOME": str(standin_torch_home), "PREFECT_API_URL": prefect_api}
+    r = run_cli(["pipeline", "run"], proj, env | {"MLFLOW_TRACKING_URI": with_password(mlflow_server)}, 600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "champion" in r.stdout and MARKER not in r.stdout + r.stderr
+    assert MARKER not in (proj / "params.yaml").read_text()
+    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+    files = list(db.parent.glob(db.name + "*"))  # the database and its -wal/-shm companions
+    assert db in files and all(MARKER.encode() not in f.read_bytes() for f in files)
 
 
 def test_final_report_of_pipeline_run_shows_no_password(monkeypatch):
