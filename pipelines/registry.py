@@ -106,6 +106,17 @@ def _existing_version(client, name: str, run_id: str):
     return found
 
 
+def version_description(tags: dict[str, str]) -> str:
+    """The version's description: what it is, its FID, and a warning when that FID is not comparable."""
+    text = f"SAGAN generator (EMA) at step {tags.get('generator_step', '?')}; FID {float(tags['fid']):.4g}."
+    if tags.get("weights_official") == "false":
+        text += (
+            "\n\n**Unofficial Inception weights**: this FID was computed with a file other than"
+            " pytorch-fid's official weights; it is not comparable with published FIDs."
+        )
+    return text
+
+
 def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[str, str]):
     from mlflow.exceptions import MlflowException
 
@@ -116,8 +127,14 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
             raise
     mv = None
     try:
+        description = version_description(tags)
         mv = client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags=tags,
+            model_id=model_id,
+            description=description,
         )
         if mv.status != "READY":
             raise SaganError(f"model version {name} v{mv.version} ended {mv.status}: {mv.status_message}")
