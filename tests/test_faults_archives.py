@@ -63,6 +63,13 @@ def prepare_cli(project: Path, source: str, *extra: str) -> dict:
     return manifest
 
 
+def zip_to_damage(tmp_path: Path, name: str, data: bytes) -> tuple[Path, bytearray, zipfile.ZipInfo]:
+    """The good images plus `name` as ds.zip: its path, its bytes (to damage) and that member's info."""
+    z = write_zip(tmp_path / "ds.zip", name, data)
+    with zipfile.ZipFile(z) as zf:
+        return z, bytearray(z.read_bytes()), zf.getinfo(name)
+
+
 def test_tar_symlink_to_a_missing_member_is_one_rejected_file(tmp_path):
     tar = tmp_path / "ds.tar"
     with tarfile.open(tar, "w") as tf:
@@ -78,10 +85,7 @@ def test_tar_symlink_to_a_missing_member_is_one_rejected_file(tmp_path):
 
 
 def test_zip_member_with_a_bad_crc_is_one_rejected_file(tmp_path):
-    z = write_zip(tmp_path / "ds.zip", "dog/bad.png", png(7))
-    raw = bytearray(z.read_bytes())
-    with zipfile.ZipFile(z) as zf:
-        info = zf.getinfo("dog/bad.png")
+    z, raw, info = zip_to_damage(tmp_path, "dog/bad.png", png(7))
     # Stored data follows the 30-byte local header, the name and the extra field.
     data_at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     raw[data_at + 40] ^= 0xFF
@@ -91,10 +95,7 @@ def test_zip_member_with_a_bad_crc_is_one_rejected_file(tmp_path):
 
 
 def test_encrypted_zip_member_is_one_rejected_file(tmp_path):
-    z = write_zip(tmp_path / "ds.zip", "cat/secret.png", png(8))
-    raw = bytearray(z.read_bytes())
-    with zipfile.ZipFile(z) as zf:
-        info = zf.getinfo("cat/secret.png")
+    z, raw, info = zip_to_damage(tmp_path, "cat/secret.png", png(8))
     name = info.filename.encode()
     raw[info.header_offset + 6] |= 0x01  # general-purpose flag bit 0 (local header): encrypted
     central = raw.index(b"PK\x01\x02")
