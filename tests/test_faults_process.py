@@ -92,6 +92,7 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     return left
 
 
+@pytest.mark.slow  # a whole `sagan pipeline run` with its Prefect server, killed: ~20 s each
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_kill9_of_pipeline_run_leaves_no_process_behind(tmp_path, nproc):
     proj = pipeline_project(tmp_path / "p", dvc=False, train__steps=100000, train__nproc_per_node=nproc)
