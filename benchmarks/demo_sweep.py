@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from demo_quality import train_classifier  # noqa: E402
 
 from sagan_core import layers  # noqa: E402
-from sagan_core.config import validate  # noqa: E402
+from sagan_core.params_file import validate  # noqa: E402
 from sagan_core.prepare import prepare  # noqa: E402
 from sagan_core.progress import Callback  # noqa: E402
 from sagan_core.trainer import Trainer  # noqa: E402

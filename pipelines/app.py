@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from sagan_core.config import Params, load_params
+from sagan_core.config import Params
+from sagan_core.params_file import load_params
 
 app = typer.Typer(
     name="sagan",

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from sagan_core.atomic import write_atomic
-from sagan_core.config import apply_override
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.params_file import apply_override
 
 log = logging.getLogger("sagan")
 

@@ -24,8 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from sagan_core.config import Params, load_params
+from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.params_file import load_params
 
 from . import launch, resume, stages
 from .console import sagan_logs_to_prefect

@@ -1,8 +1,7 @@
 """params.yaml, validated: one pydantic model per section, one `Params` object that flows everywhere.
 
 Unknown keys and bad values are errors naming the key path (`train.lr_d: expected a number > 0,
-got -1`). `--set key.path=value` overrides are applied to the raw YAML before validation, so they
-are checked exactly like the file.
+got -1`). Reading the file and `--set` overrides live in params_file.py.
 """
 
 from __future__ import annotations
@@ -10,12 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .arch import attention_slots
-from .config_errors import one_line
-from .errors import ConfigError
 
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
@@ -224,54 +220,3 @@ class Params(Section):
             for k, v in values.items():
                 out[f"{section}.{k}"] = v
         return out
-
-
-def validate(raw: dict[str, Any]) -> Params:
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(one_line(e)) from None
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `key.path=value` (value parsed as YAML, like `dvc exp run -S`)."""
-    key, sep, value = assignment.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    parts = key.split(".")
-    node = raw
-    for i, p in enumerate(parts[:-1]):
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = value
-
-
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read, override and validate params. A missing default params.yaml means all defaults; every
-    way a given file can be unusable (a directory, not UTF-8, empty, not YAML) is one ConfigError."""
-    path, raw = Path(path), {}
-    if not path.exists() and str(path) != "params.yaml":
-        raise ConfigError(f"--params {path}: no such file")
-    if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            why = e.strerror if isinstance(e, OSError) else f"not UTF-8 text, byte {e.start}"
-            raise ConfigError(f"--params {path}: cannot read it ({why})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
-        # Empty is most likely truncated or the wrong file: training on the defaults would hide that.
-        if raw is None:
-            raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return validate(raw)

@@ -265,7 +265,7 @@ def test_pipeline_run_validates_params_once_and_carries_them_to_every_stage(
     prefect_api, tmp_path, monkeypatch
 ):
     from pipelines import cli
-    from sagan_core import config
+    from sagan_core import params_file
 
     fake_downstream(monkeypatch)
     proj = pipeline_project(tmp_path / "once", dvc=False, train__steps=2)
@@ -275,8 +275,8 @@ def test_pipeline_run_validates_params_once_and_carries_them_to_every_stage(
         validated.append(real_validate(raw))
         return validated[-1]
 
-    real_validate = config.validate
-    monkeypatch.setattr(config, "validate", counting_validate)
+    real_validate = params_file.validate
+    monkeypatch.setattr(params_file, "validate", counting_validate)
     for name in ("prepare", "train", "evaluate", "register"):
         real = getattr(stages, name)
         monkeypatch.setattr(

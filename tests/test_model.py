@@ -199,8 +199,8 @@ def test_one_attention_block_per_resolution_after_the_first_block_reaching_it():
     ],
 )
 def test_attention_at_a_resolution_the_network_lacks_is_rejected(key, value, message):
-    from sagan_core.config import validate
     from sagan_core.errors import ConfigError
+    from sagan_core.params_file import validate
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate({"model": {key: value}})
@@ -233,7 +233,7 @@ def test_cbn_init_orthogonal_starts_classes_apart():
 
 
 def test_cbn_init_is_in_params_and_spec_and_old_specs_load():
-    from sagan_core.config import validate
+    from sagan_core.params_file import validate
 
     assert validate({}).model.cbn_init == "orthogonal"
     assert validate({"model": {"cbn_init": "official"}}).model.cbn_init == "official"
