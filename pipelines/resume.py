@@ -18,7 +18,7 @@ STATE_DIR = Path(".sagan/pipeline")
 TRAIN_STAMP = STATE_DIR / "train-fingerprint.json"
 # Train params that change nothing in the trained weights: a checkpoint made with other values of
 # these can still be resumed (train.steps too: `--resume` continues the same run to more steps).
-_NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "compile"}
+_NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "compile", "compile_mode"}
 
 
 def train_fingerprint(params: Params, data_hash: str) -> str:

@@ -90,9 +90,15 @@ class TrainConfig(Section):
     sample_every: int = Field(500, gt=0)
     log_every: int = Field(50, gt=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: Literal["auto", "yes", "no"] = "auto"  # auto: on CUDA only
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 units (AMX/AVX512-BF16), else fp32
+    # (sagan_core/precision.py); spectral norm and FID/IS/KID stay fp32 in every case
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "yes", "no"] = "auto"  # auto: yes on CUDA and CPU (faster on both)
     compile: bool = False  # torch.compile the generator and discriminator
+    # torch.compile mode; reduce-overhead = CUDA graphs on CUDA (no effect on CPU)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
     nproc_per_node: int = Field(1, gt=0)  # >1: the train stage relaunches itself under torchrun
     out_dir: str = "models"
     samples_dir: str = "samples"

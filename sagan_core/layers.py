@@ -16,16 +16,35 @@ from .errors import ConfigError
 
 
 class _SpectralNormFP32(_SpectralNorm):
-    """torch's spectral-norm parametrization, always computed in fp32.
+    """torch's spectral-norm parametrization, always computed in fp32, with fewer small ops.
 
-    Deliberately not plain `torch.nn.utils.parametrizations.spectral_norm`: under CUDA autocast
-    `torch.mv` runs in bf16 (8-bit mantissa) while `torch.vdot` does not, so the power iteration and
-    sigma would lose precision or mix dtypes. Same state-dict layout as torch's (original, _u, _v).
+    Deliberately not plain `torch.nn.utils.parametrizations.spectral_norm`: under autocast (CUDA, or
+    bf16 on CPU) `torch.mv` runs in bf16 (8-bit mantissa) while `torch.vdot` does not, so the power
+    iteration and sigma would lose precision or mix dtypes. Same state-dict layout as torch's
+    (original, _u, _v) and the same arithmetic as its forward (one power iteration in training, then
+    sigma = u . W v with cloned u, v); only the per-call Python is leaner: no autocast context
+    unless autocast is on, no cast of an fp32 weight, no `.H` view, since it runs ~40 times a step.
     """
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type):
+            return self._normalized(weight)
         with torch.autocast(weight.device.type, enabled=False):
-            return super().forward(weight.float())
+            return self._normalized(weight.float())
+
+    def _normalized(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return F.normalize(weight, dim=0, eps=self.eps)
+        w = weight.flatten(1)  # dim=0: the matrix torch's _reshape_weight_to_matrix makes
+        if self.training:
+            with torch.no_grad():
+                torch.mv(w, self._v, out=self._u)
+                self._u.div_(torch.linalg.vector_norm(self._u, dim=0, keepdim=True).clamp_min_(self.eps))
+                torch.mv(w.t(), self._u, out=self._v)
+                self._v.div_(torch.linalg.vector_norm(self._v, dim=0, keepdim=True).clamp_min_(self.eps))
+        # clones: u, v are saved for backward and the next forward updates them in place
+        sigma = torch.vdot(self._u.clone(), torch.mv(w, self._v.clone()))
+        return weight / sigma
 
 
 def sn(module: nn.Module, eps: float = 1e-6) -> nn.Module:
@@ -83,7 +102,8 @@ class ConditionalBatchNorm(nn.Module):
         out = self.bn(x)
         if not self.num_classes:
             return out
-        return out * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+        # one fused multiply-add instead of a multiply and an add over the whole feature map
+        return torch.addcmul(self.bias(y)[:, :, None, None], out, self.gain(y)[:, :, None, None])
 
 
 class SelfAttention(nn.Module):
@@ -112,18 +132,30 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        theta = self.theta(x).flatten(2)  # B, C/8, N
-        phi = F.max_pool2d(self.phi(x), 2).flatten(2)  # B, C/8, N/4
-        g = F.max_pool2d(self.g(x), 2).flatten(2)  # B, C/2, N/4
-        attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # B, N, N/4: each query over keys
+        # theta, phi and g read the same x: one conv with their (separately normalised) weights
+        # stacked, and one max-pool for phi and g. Same products, fewer kernels.
+        w_qkv = torch.cat([self.theta.weight, self.phi.weight, self.g.weight])
+        theta, pg = F.conv2d(x, w_qkv).split([c // 8, c // 8 + c // 2], dim=1)
+        phi, g = F.max_pool2d(pg, 2).split([c // 8, c // 2], dim=1)
+        # (B, N, C') views; free when x is channels_last
+        q, k, v = (t.permute(0, 2, 3, 1).flatten(1, 2) for t in (theta, phi, g))
         if self.keep_attention:
+            attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # B, N, N/4: each query over keys
             self.last_attention = attn.detach().float().view(b, h, w, h // 2, w // 2)
-        o = (g @ attn.transpose(1, 2)).view(b, c // 2, h, w)
+            o = attn @ v
+        else:  # the same softmax(q k^T) v (no 1/sqrt(d) scaling in SAGAN), as one fused kernel
+            o = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
+        o = o.transpose(1, 2).unflatten(2, (h, w))  # B, C/2, H, W (channels_last strides)
         return x + self.gamma * self.o(o)
 
 
 class GBlock(nn.Module):
-    """Generator ResNet up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus up-conv1x1 shortcut."""
+    """Generator ResNet up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus conv1x1-up shortcut.
+
+    The shortcut's 1x1 conv runs before the nearest upsampling: a 1x1 conv acts on each pixel alone
+    and nearest upsampling copies pixels, so the two commute exactly, and the conv does 4x fewer
+    FLOPs at the low resolution (the official code upsamples first; same function).
+    """
 
     def __init__(
         self,
@@ -144,7 +176,7 @@ class GBlock(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
         h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
-        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return h + F.interpolate(self.shortcut(x), scale_factor=2, mode="nearest")
 
 
 class DBlock(nn.Module):

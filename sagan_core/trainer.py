@@ -1,8 +1,7 @@
 """SAGAN training: hinge loss, TTUR, EMA generator, exact resume, NaN guard, DDP.
 
-One code path for CPU and GPU: on CUDA the defaults turn on bf16 autocast and channels_last (and
-`train.compile` adds torch.compile); on CPU the same loop runs in fp32, and tests can force bf16 or
-channels_last there too.
+One code path for CPU and GPU: precision.py decides bf16 autocast, channels_last, fused Adam and
+torch.compile for the device (`train.precision/channels_last/compile/compile_mode`).
 
 A "step" is one generator update preceded by `n_dis` discriminator updates. Every random draw
 comes from state that the checkpoint stores (the noise generator, the loader's (epoch, cursor)),
@@ -14,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import checkpoint as ckpt_io
-from . import train_state
+from . import precision, train_state
 from .config import Params
 from .data import BatchLoader, open_prepared
 from .device import resolve_device
@@ -51,11 +49,10 @@ class Trainer:
         probe = resolve_device(cfg.device, "train.device")  # decides the process-group backend
         self.dist: DistInfo = init_distributed(probe.type)
         self.device = resolve_device(cfg.device, "train.device", self.dist.local_rank)
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:
+        if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_cuda)
-        self.channels_last = cfg.channels_last == "yes" or (cfg.channels_last == "auto" and on_cuda)
+        self.plan = precision.plan(cfg, self.device)
+        self.use_bf16, self.channels_last = self.plan.bf16, self.plan.channels_last
 
         data, want = open_prepared(params.data.prepared_dir), (params.data.resolution, params.data.channels)
         if (data.manifest["resolution"], data.manifest["channels"]) != want:
@@ -80,8 +77,8 @@ class Trainer:
         )
         self.G_ema.eval()
         betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_g = precision.adam(self.G.parameters(), cfg.lr_g, betas, self.device)
+        self.opt_d = precision.adam(self.D.parameters(), cfg.lr_d, betas, self.device)
         noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
         self.noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.step = 0
@@ -136,9 +133,7 @@ class Trainer:
             self._emit("on_image", self.step, "attention", Path(fig))
 
     def _autocast(self):
-        if not self.use_bf16:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return self.plan.autocast(self.device)
 
     def _prepare_modules(self):
         """DDP wrappers and torch.compile; the plain modules stay the ones that are saved."""
@@ -147,8 +142,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             g_run = DDP(self.G, device_ids=ids)
             d_run = DDP(self.D, device_ids=ids)
-        if self.cfg.compile:
-            g_run, d_run, d_for_g = torch.compile(g_run), torch.compile(d_run), torch.compile(self.D)
+        if self.plan.compile:
+            g_run, d_run, d_for_g = (precision.compiled(m, self.plan) for m in (g_run, d_run, self.D))
         return g_run, d_run, d_for_g
 
     def _update_ema(self) -> None:
@@ -169,8 +164,8 @@ class Trainer:
 
     def train_step(self, g_run, d_run, d_for_g) -> torch.Tensor:
         """n_dis D updates then one G update; returns [loss_d, loss_g, D(x), D(G(z))] (on device)."""
-        cfg, b = self.cfg, self.cfg.batch_size
-        mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        cfg, b, mf = self.cfg, self.cfg.batch_size, self.plan.memory_format
+        precision.begin_step(self.plan)
         for p in self.D.parameters():
             p.requires_grad_(True)
         for _ in range(cfg.n_dis):
@@ -260,9 +255,7 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "device": str(self.device),
             "world_size": self.dist.world_size,
-            "bf16": self.use_bf16,
-            "channels_last": self.channels_last,
-            "compile": self.cfg.compile,
+            **self.plan.describe(),
             "start_step": self.step,
             "num_images": len(self.loader.data),
         }
