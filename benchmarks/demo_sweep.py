@@ -1,12 +1,14 @@
 """How fast do demo candidates learn class-conditional digits? Accuracy of the digit classifier over training.
 
-Each candidate is params.yaml plus overrides, trained on the bundled demo digits (fp32, the CPU
-numerics); every `--every` steps, 500 class-balanced samples of the EMA generator (eval mode), of
+Each candidate is params.yaml plus overrides, trained on the bundled demo digits (fp32 and NCHW
+unless --precision / --channels-last say otherwise); every `--every` steps, 500 class-balanced samples of the EMA generator (eval mode), of
 the EMA generator with batch statistics, and of the raw generator are classified by
 demo_quality's classifier. Used to choose params.yaml's demo preset (BENCHMARKS.md, "Demo quality").
 
   python benchmarks/demo_sweep.py --only preset preset-official-cbn-init --steps 2000
   OMP_NUM_THREADS=1 python benchmarks/demo_sweep.py --only preset &   # two candidates on 2 cores
+  python benchmarks/demo_sweep.py --only preset --precision bf16 --channels-last yes --steps 2400 \
+      --save-at 1800 2400      # checkpoints to score with demo_quality.py (1,000 samples)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_quality import train_classifier  # noqa: E402
 
+from sagan_core import checkpoint as ckpt_io  # noqa: E402
 from sagan_core import layers  # noqa: E402
 from sagan_core.params_file import validate  # noqa: E402
 from sagan_core.prepare import prepare  # noqa: E402
@@ -63,10 +66,13 @@ def accuracy(net: torch.nn.Module, g: torch.nn.Module, batch_stats: bool, per_cl
 
 
 class Probe(Callback):
-    def __init__(self, name: str, net: torch.nn.Module, every: int, results: list):
+    def __init__(self, name: str, net: torch.nn.Module, every: int, results: list, save_at=(), out=None):
         self.name, self.net, self.every, self.results, self.t0 = name, net, every, results, time.time()
+        self.save_at, self.out = set(save_at), out
 
     def on_step_end(self, step: int, trainer: Trainer) -> None:
+        if step in self.save_at:  # a full checkpoint, for demo_quality.py
+            ckpt_io.save_atomic(trainer.state_dict(), self.out / f"checkpoint_{step:06d}.pt")
         if step % self.every:
             return
         row = {
@@ -91,6 +97,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help=f"of {', '.join(CANDIDATES)}")
     ap.add_argument("--steps", type=int, default=None, help="default: params.yaml's train.steps")
     ap.add_argument("--every", type=int, default=200)
+    ap.add_argument("--precision", default="fp32", help="train.precision (auto | fp32 | bf16)")
+    ap.add_argument("--channels-last", default="no", help="train.channels_last (auto | yes | no)")
+    ap.add_argument("--save-at", type=int, nargs="*", default=[], help="steps to save checkpoints at")
     args = ap.parse_args()
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     prepared = args.out / "data/prepared"
@@ -107,8 +116,8 @@ def main() -> None:
         raw["data"]["prepared_dir"] = str(prepared)
         raw["train"] |= {
             "device": args.device,
-            "precision": "fp32",
-            "channels_last": "no",
+            "precision": args.precision,
+            "channels_last": args.channels_last,
             "out_dir": str(run / "models"),
             "samples_dir": str(run / "samples"),
             "metrics_file": str(run / "train.csv"),
@@ -118,7 +127,8 @@ def main() -> None:
         if args.steps:
             raw["train"]["steps"] = args.steps
         results: list[dict] = []
-        trainer = Trainer(validate(raw), [Probe(name, net, args.every, results)], progress=False)
+        probe = Probe(name, net, args.every, results, args.save_at, run)
+        trainer = Trainer(validate(raw), [probe], progress=False)
         if cbn_init == "official":
             official_cbn_init(trainer.G)
             trainer.G_ema.module.load_state_dict(trainer.G.state_dict())
