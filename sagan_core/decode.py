@@ -13,6 +13,7 @@ import os
 import warnings
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .archives import BadMember
 from .config import DataConfig
+from .errors import ConfigError
 from .sources import Source
 
 
@@ -166,6 +168,38 @@ def decode_all(
         pending: deque = deque()
         for keys in chunks:
             pending.append(pool.apply_async(_decode_chunk, (keys,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as pytorch-fid's ImagePathDataset reads it: PIL, converted to RGB, H x W x 3 uint8."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB")).copy()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ConfigError(f"{path}: not a readable image ({type(e).__name__})") from None
+
+
+def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
+    return [read_rgb(f) for f in paths]
+
+
+def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.ndarray]]:
+    """Each chunk of image files decoded (`read_rgb`), in order. With workers > 1 the files are
+    decoded in that many processes, up to 2 chunks per worker ahead of the consumer, so decoding
+    overlaps with whatever the caller does with a chunk (the Inception pass) and memory stays
+    bounded. A worker's ConfigError (an unreadable file) is raised here."""
+    if workers <= 1 or len(chunks) < 2:
+        yield from map(_read_rgb_chunk, chunks)
+        return
+    # forkserver as in decode_all; the workers import this module (PIL, numpy), never torch.
+    with mp.get_context("forkserver").Pool(min(workers, len(chunks))) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_read_rgb_chunk, (chunk,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:

@@ -3,7 +3,8 @@
 - Features come from `sagan_core.inception` (pytorch-fid's InceptionV3, fed exactly as pytorch-fid
   feeds it), one uint8 batch at a time, into `sagan_core.metrics`' streaming accumulators, so
   images and activations in memory are bounded by the batch size.
-- Folders are read as pytorch-fid reads them (its extensions, top level only, sorted, PIL RGB).
+- Folders are read as pytorch-fid reads them (its extensions, top level only, sorted, PIL RGB),
+  decoded in worker processes concurrently with the Inception pass (decode.read_rgb_chunks).
 - Statistics files are pytorch-fid's `.npz` (`mu`, `sigma`); ours may add `features` (for KID) and
   `protocol` (a JSON string), which pytorch-fid ignores.
 """
@@ -17,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 from tqdm import tqdm
 
 from . import inception as inc
 from .atomic import write_atomic
+from .decode import available_cores, read_rgb_chunks
 from .errors import ConfigError
 from .metrics import ISAccumulator, Stats, StatsAccumulator
 
@@ -67,18 +68,13 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))  # exactly pytorch-fid's ImagePathDataset
-    except (UnidentifiedImageError, OSError) as e:
-        raise ConfigError(f"{path}: not a readable image ({type(e).__name__})") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
-def _uint8_batches_from_files(files: list[Path], batch_size: int):
-    for start in range(0, len(files), batch_size):
-        imgs = [_read_rgb(f) for f in files[start : start + batch_size]]
+def _uint8_batches_from_files(files: list[Path], batch_size: int, workers: int | None = None):
+    """uint8 N x 3 x H x W batches of the files; decoded in worker processes (pytorch-fid's CLI uses
+    DataLoader workers too) while the caller runs Inception on the previous batches."""
+    chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+    workers = min(available_cores(), 8) if workers is None else workers
+    for arrays in read_rgb_chunks(chunks, workers):
+        imgs = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
         if all(im.shape == imgs[0].shape for im in imgs):
             yield torch.stack(imgs)
         else:  # mixed sizes: Inception resizes each image on its own, so one at a time is identical

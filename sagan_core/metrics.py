@@ -43,9 +43,12 @@ class Stats:
     sigma: np.ndarray
     features: np.ndarray | None = None  # float32 N x dims, for KID
     protocol: dict[str, Any] | None = None
+    n: int | None = None  # samples behind mu/sigma, when known
 
     @property
     def num(self) -> int | None:
+        if self.n is not None:
+            return self.n
         return None if self.features is None else len(self.features)
 
 
@@ -79,7 +82,7 @@ class StatsAccumulator:
         mean_d = self.s / self.n
         sigma = (self.ss - self.n * np.outer(mean_d, mean_d)) / (self.n - 1)
         features = np.concatenate(self.kept) if self.keep else None
-        return Stats(self.shift + mean_d, sigma, features)
+        return Stats(self.shift + mean_d, sigma, features, n=self.n)
 
 
 # A covariance whose smallest eigenvalue is below this fraction of its largest is treated as
@@ -152,7 +155,10 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
     def from_trace(tr_covmean: float) -> float:
         return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
-    tr_covmean = trace_sqrt_product(s1, s2)
+    # rank(sigma) <= n - 1: with n <= dims samples a covariance is singular for sure, so the
+    # eigendecompositions of the exact path would only find that out (seconds at 2048 dims).
+    doomed = any(s.num is not None and s.num <= len(mu1) for s in (a, b))
+    tr_covmean = None if doomed else trace_sqrt_product(s1, s2)
     if tr_covmean is not None:
         value, method = from_trace(tr_covmean), "eigh-svd"
     else:

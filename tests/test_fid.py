@@ -109,6 +109,24 @@ def test_frechet_singular_covariance_is_pytorch_fid_exactly():
     assert metrics.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
+def test_frechet_with_fewer_samples_than_dims_skips_the_eigendecompositions(monkeypatch):
+    """n <= dims: the covariance is singular by construction, so the exact path is not even tried."""
+    rng = np.random.default_rng(4)
+    a, b = metrics.StatsAccumulator(), metrics.StatsAccumulator()  # what Inception passes accumulate
+    a.add(features(rng, 64, 64, 1.0))  # n == dims
+    b.add(features(rng, 200, 64, 1.0) + 0.1)
+    a, b = a.result(), b.result()
+    assert (a.num, b.num) == (64, 200)
+
+    def doomed(*args, **kwargs):
+        raise AssertionError("eigendecomposition path attempted for a necessarily singular covariance")
+
+    monkeypatch.setattr(metrics, "trace_sqrt_product", doomed)
+    value, method = metrics.frechet_with_method(a, b)
+    assert method == "sqrtm"
+    assert value == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+
+
 def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplog):
     """Few samples of large features: pytorch-fid's sqrtm result has an imaginary part > 1e-3 and it
     raises. The value must then be exact: with S_i = X_i^T X_i / (n - 1) (X_i centred), the nonzero
