@@ -355,3 +355,25 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
         r = run_cli(["fid", *args, "-q"], tmp_path, env)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_folder_decoding_in_workers_equals_serial_and_reports_bad_files(tmp_path):
+    """Worker-process decoding (overlapping the Inception pass) yields exactly the serial batches."""
+
+    from sagan_core.decode import read_rgb_chunks
+    from sagan_core.fid import _uint8_batches_from_files, list_images
+
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        mode = "L" if i % 3 == 0 else "RGB"
+        arr = rng.integers(0, 256, (12, 12) if mode == "L" else (12, 12, 3), dtype=np.uint8)
+        Image.fromarray(arr, mode).save(tmp_path / f"{i:02d}.png")
+    files = list_images(tmp_path)
+    serial = list(_uint8_batches_from_files(files, 3, workers=0))
+    parallel = list(_uint8_batches_from_files(files, 3, workers=2))
+    assert [b.shape for b in serial] == [(3, 3, 12, 12), (3, 3, 12, 12), (1, 3, 12, 12)]
+    assert all(torch.equal(s, p) for s, p in zip(serial, parallel, strict=True))
+    (tmp_path / "07.png").write_bytes(b"not a png")
+    chunks = [files[:3], files[3:], [tmp_path / "07.png"]]
+    with pytest.raises(ConfigError, match="07.png: not a readable image"):
+        list(read_rgb_chunks(chunks, workers=2))
