@@ -139,12 +139,12 @@ class SelfAttention(nn.Module):
         phi, g = F.max_pool2d(pg, 2).split([c // 8, c // 2], dim=1)
         # (B, N, C') views; free when x is channels_last
         q, k, v = (t.permute(0, 2, 3, 1).flatten(1, 2) for t in (theta, phi, g))
+        # Explicit softmax(q k^T) v: torch's fused attention has no CPU kernel for q/k (C/8) and v
+        # (C/2) of different widths, and its math fallback adds masking checks (measured slower).
+        attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # B, N, N/4: each query over keys
         if self.keep_attention:
-            attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # B, N, N/4: each query over keys
             self.last_attention = attn.detach().float().view(b, h, w, h // 2, w // 2)
-            o = attn @ v
-        else:  # the same softmax(q k^T) v (no 1/sqrt(d) scaling in SAGAN), as one fused kernel
-            o = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
+        o = attn @ v
         o = o.transpose(1, 2).unflatten(2, (h, w))  # B, C/2, H, W (channels_last strides)
         return x + self.gamma * self.o(o)
 
