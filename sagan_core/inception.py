@@ -14,6 +14,7 @@ official one: `is_official` compares its sha256 with the official file's, and ev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import urllib.request
 from contextlib import contextmanager
@@ -168,12 +169,15 @@ def to_inception_input(u8: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def exact_fp32():
-    """No TF32 in convolutions or matmuls during the pass: reduced precision moves FID."""
+    """No TF32 and no autocast (bf16 training, CPU or CUDA) during the pass: reduced precision moves FID."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(dev, enabled=False))
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 

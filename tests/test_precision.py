@@ -126,3 +126,14 @@ def test_auto_bf16_channels_last_cpu_training_loads_in_fp32(project, monkeypatch
     with torch.no_grad():
         x = g(torch.randn(4, g.spec.z_dim), torch.arange(4) % g.spec.num_classes)
     assert x.dtype == torch.float32 and torch.isfinite(x).all() and x.shape[-1] == params.data.resolution
+
+
+def test_inception_pass_leaves_training_autocast():
+    """FID/IS/KID stay fp32 even when evaluated from inside a bf16 training context."""
+    from sagan_core.inception import exact_fp32
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with exact_fp32():
+            assert not torch.is_autocast_enabled("cpu")
+            assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.float32
+        assert torch.is_autocast_enabled("cpu")
