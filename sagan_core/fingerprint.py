@@ -48,4 +48,8 @@ def record(params, content_hash: str) -> dict[str, Any]:
 def changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """`key: old -> new` for each input that differs between two fingerprint records."""
     old, new = (saved or {}).get("inputs", {}), now["inputs"]
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 
+import pytest
 import torch
 from helpers import project_params
 
@@ -29,11 +30,17 @@ def rows(project):
     return list(csv.DictReader((project / "metrics/train.csv").read_text().splitlines()))
 
 
+@pytest.mark.slow  # two Inception passes + the reference: ~20 s on 2 cores
 def test_eval_during_training_best_and_kept_checkpoints(project, monkeypatch, standin_torch_home):
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
     extra = EVAL | {"eval__cache_dir": str(project / "cache"), "train__log_every": 3}
     params = project_params(
-        project, train__steps=8, train__eval_every=4, train__keep_checkpoints=1, train__checkpoint_every=2, **extra
+        project,
+        train__steps=8,
+        train__eval_every=4,
+        train__keep_checkpoints=1,
+        train__checkpoint_every=2,
+        **extra,
     )
     summary = train(params, progress=False)
     table = rows(project)
@@ -60,7 +67,8 @@ def test_no_inception_weights_trains_on_with_one_warning(project, monkeypatch, t
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # no download either, quickly
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    params = project_params(project, train__steps=4, train__eval_every=2, **EVAL)
+    quiet = {"train__sample_every": 100, "train__checkpoint_every": 100}
+    params = project_params(project, train__steps=4, train__eval_every=2, **EVAL, **quiet)
     with caplog.at_level(logging.WARNING, logger="sagan"):
         summary = train(params, progress=False)
     assert summary["step"] == 4
@@ -73,7 +81,8 @@ def test_no_inception_weights_trains_on_with_one_warning(project, monkeypatch, t
 def test_ema_generator_gets_its_own_batchnorm_statistics(project):
     """With G's copied running statistics, the EMA generator's eval-mode output is far from what its
     own weights produce with batch statistics; standing statistics close most of that gap."""
-    params = project_params(project, train__steps=30, train__ema_decay=0.9, train__standing_stats=0)
+    quiet = {"train__sample_every": 100, "train__checkpoint_every": 100}
+    params = project_params(project, train__steps=30, train__ema_decay=0.9, train__standing_stats=0, **quiet)
     t = Trainer(params, progress=False)
     t.fit()
     g = t.G_ema.module
@@ -89,12 +98,22 @@ def test_ema_generator_gets_its_own_batchnorm_statistics(project):
 
 
 def test_checkpoint_records_what_shaped_it_and_resume_names_changes(project, caplog):
-    params = project_params(project, train__steps=2)
+    params = project_params(project, train__steps=2, train__sample_every=100)
     train(params, progress=False)
     fp = torch.load(project / "models/checkpoint.pt", weights_only=True)["fingerprint"]
     assert fp["inputs"]["train.batch_size"] == 8 and len(fp["sha256"]) == 64
-    assert fp["inputs"]["data.content_hash"] == E.open_prepared(params.data.prepared_dir).manifest["content_hash"]
-    changed = project_params(project, train__steps=3, train__seed=5, train__ema_decay=0.5, train__log_every=2)
+    assert (
+        fp["inputs"]["data.content_hash"]
+        == E.open_prepared(params.data.prepared_dir).manifest["content_hash"]
+    )
+    changed = project_params(
+        project,
+        train__steps=3,
+        train__sample_every=100,
+        train__seed=5,
+        train__ema_decay=0.5,
+        train__log_every=2,
+    )
     with caplog.at_level(logging.WARNING, logger="sagan"):
         train(changed, resume=True, progress=False)
     said = " ".join(r.getMessage() for r in caplog.records)
