@@ -125,3 +125,11 @@ def keep_step(state: dict[str, Any], path: Path, keep: int) -> None:
     kept = sorted(path.parent.glob("step_[0-9]*.pt"))  # zero-padded: name order is step order
     for old in kept[: max(len(kept) - keep, 0)]:
         old.unlink(missing_ok=True)
+
+
+def candidate(train_cfg, which: str | Path) -> Path:
+    """The checkpoint that `which` names: "best" (train.out_dir/best.pt; the last checkpoint when
+    in-training evaluation wrote none), "last" (checkpoint.pt) or a path."""
+    if str(which) == "best":
+        return train_cfg.best_checkpoint if train_cfg.best_checkpoint.exists() else train_cfg.checkpoint
+    return train_cfg.checkpoint if str(which) == "last" else Path(which)

@@ -24,6 +24,7 @@ from . import inception as inc
 from .errors import SaganError
 from .fid import features_pass
 from .metrics import Stats, frechet_distance, kid
+from .progress import Callback
 
 log = logging.getLogger("sagan.train")
 
@@ -62,8 +63,10 @@ class Scorer:
         return {"kid": kid_mean, "kid_std": kid_std, "fid": frechet_distance(gen, self.ref)}
 
 
-class PeriodicEval:
-    """When to evaluate, the scorer, and the best value so far (kept in the checkpoint for resume)."""
+class PeriodicEval(Callback):
+    """When to evaluate, the scorer, and the best value so far (kept in the checkpoint for resume).
+    A Callback only to hear `on_start`: a best.pt the (resumed) checkpoint knows nothing of is
+    another run's, and goes."""
 
     def __init__(self, params, device: torch.device, enabled: bool = True):
         cfg = params.train
@@ -72,6 +75,7 @@ class PeriodicEval:
         self.scorer: Scorer | None = None
         self.seconds = 0.0  # wall time spent evaluating (benchmarks/eval_cost.py)
         self.improved = False  # whether the last evaluation wrote best.pt
+        self.main = enabled
         # `every` stays the schedule on every process (DDP ranks log the same steps); only the main
         # process, with Inception weights, has a scorer.
         if not (enabled and self.every):
@@ -80,6 +84,11 @@ class PeriodicEval:
             self.scorer = Scorer(params, cfg.eval_samples, device)
         except SaganError as e:  # ConfigError too: a missing eval.inception_weights file
             log.warning("in-training evaluation is off (train.eval_every=%d): %s", self.every, e)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        if self.main and self.best is None and self.path.exists():
+            log.info("removing %s: it scored other weights than this run's", self.path)
+            self.path.unlink()
 
     def due(self, step: int, last: bool) -> bool:
         return bool(self.every) and (step % self.every == 0 or last)

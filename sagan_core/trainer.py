@@ -242,7 +242,7 @@ class Trainer:
         fields += ["kid", "kid_std", "fid"] if cfg.eval_every else []
         csv_log = MetricsCSV(cfg.metrics_file, fields) if main else None
         console = ConsoleProgress(cfg.steps) if main and self.progress else None
-        self.hooks = [cb for cb in (csv_log, *self.callbacks, console) if cb is not None]
+        self.hooks = [cb for cb in (csv_log, self.evals, *self.callbacks, console) if cb is not None]
         meter = StepMeter(self.device, self.step, images_per_step=cfg.batch_size * self.dist.world_size)
         t0, metrics = time.perf_counter(), {}
         try:
