@@ -51,3 +51,18 @@ def best_model(
     model_id = log_generator(client, run_id, generator, meta)
     value = ckpt.get("best_value")
     return model_id, f"{ckpt.get('best_metric')} {value:.6g} at step {step}, the best in-training score"
+
+
+def link_version(client, model_id: str, name: str, version: str) -> None:
+    """Mark the LoggedModel as registered (the UI's "Registered" column), as `mlflow.register_model`
+    does: the open-source registry stores no model_id on the version itself (its source
+    `models:/<model_id>` and the version tag `model_id` name the model)."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    model = client.get_logged_model(model_id)
+    versions = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if {"name": name, "version": str(version)} not in versions:
+        versions.append({"name": name, "version": str(version)})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})

@@ -218,6 +218,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
     if created:
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
         mv = _create_version(client, name, model_id, run_id, tags)
+        candidate.link_version(client, model_id, name, mv.version)
     else:
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)
