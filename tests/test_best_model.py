@@ -4,11 +4,14 @@ dataset, and `sagan register` (registry.candidate=best) registering that LoggedM
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
 from helpers import project_params
 
 from pipelines import stages
+from pipelines.resume_from import fetch
 from pipelines.tracking.run_record import read_run_record
 
 pytestmark = pytest.mark.slow  # training with in-training evaluation, evaluate and register
@@ -59,3 +62,11 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     # every evaluation step is on the run's curves (only the best ones with a model_id)
     history = client.get_metric_history(mv.run_id, "kid")
     assert sorted(m.step for m in history) == [2, 4]
+
+    # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
+    clone = project / "clone"
+    shutil.copytree(project / "data/prepared", clone / "data/prepared")
+    fetch(project_params(clone, registry__tracking_uri=uri), "models:/best-test@champion")
+    fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
+    assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
+    assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
