@@ -52,10 +52,12 @@ def measure(params, steps: int) -> tuple[float, float, float]:
         trainer.train_step(g_run, d_run, d_for_g)
     sync()
     step_s = (time.perf_counter() - t0) / steps
+    print(f"step {step_s * 1000:.1f} ms", flush=True)  # partial results survive a timeout
     scorer = Scorer(params, params.train.eval_samples, trainer.device)
     t0 = time.perf_counter()
     scorer._load()  # Inception + the reference statistics: once per process (cached on disk after)
     ref_s = time.perf_counter() - t0
+    print(f"reference (once) {ref_s:.1f} s", flush=True)
     g = trainer.G_ema.module
     t0 = time.perf_counter()
     standing_stats.accumulate(g, params.train.standing_stats, params.train.batch_size, 0, trainer.device)
