@@ -33,10 +33,23 @@ def train(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from models/checkpoint.pt.")] = False,
+    resume_from: Annotated[
+        str | None,
+        typer.Option(
+            "--resume-from",
+            help="Continue from a checkpoint file, runs:/<run_id> or models:/<name>@<alias> "
+            "(bit-exact, into the same MLflow run).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
     p = load(params, set_)
+    if resume_from:
+        from .resume_from import fetch
+
+        fetch(p, resume_from)
+        resume = True
     if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
         from .launch import run_torchrun, supervised
 

@@ -18,8 +18,12 @@ def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", help="Checkpoint to evaluate [default: train.out_dir/checkpoint.pt]."),
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="best, last or a checkpoint path [default: registry.candidate]; best is "
+            "train.out_dir/best.pt (the last checkpoint when in-training evaluation wrote none).",
+        ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -28,7 +28,8 @@ def sample(
         typer.Option(
             "--model",
             "-m",
-            help="MLflow model URI (models:/NAME@champion, runs:/..., models:/m-...) or a checkpoint.",
+            help="MLflow model URI (models:/NAME@champion, runs:/..., models:/m-...), a checkpoint, "
+            "or best / last (train.out_dir's best.pt, else the last checkpoint / checkpoint.pt).",
         ),
     ],
     n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 64,

@@ -102,7 +102,6 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         do_resume, why = resume.resume_decision(params, data_hash, run.force)
         logger = get_run_logger()
         logger.info("train: %s", why)
-        resume.stamp(params, data_hash)
         if params.train.nproc_per_node > 1:
             result = _train_under_torchrun(params, do_resume)
         else:

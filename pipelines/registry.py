@@ -29,8 +29,10 @@ from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import protocol, protocol_id
 
+from . import candidate
 from .promotion_lock import promotion_lock
 from .results import Registered
+from .resume import checkpoint_step
 from .tracking.generator_model import log_checkpoint_and_generator
 from .tracking.run_record import recover, require_run
 from .tracking.store import artifact_error, call, connect, redact, scrub
@@ -196,19 +198,27 @@ def register(params: Params) -> Registered:
 def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict[str, Any]) -> Registered:
     run_id, name = record["run_id"], params.registry.model_name
     run = _recorded_run(client, uri, params, run_id)
-    step = ev["generator_step"]
-    # the record has a step once the run's generator was logged (not yet if training's upload failed)
-    if record.get("step") is not None and int(step) != int(record["step"]):
+    step = int(ev["generator_step"])
+    path, which, why = candidate.choice(params)
+    # the candidate's step: its local checkpoint, else (another machine) the run's last logged step
+    want = checkpoint_step(path) if path.exists() else record.get("step")
+    if want is not None and step != int(want):
         raise ConfigError(
-            f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
-            f"ended at step {record['step']} (run `sagan evaluate` again)"
+            f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the "
+            f"{which} checkpoint ({path}) is at step {want} (run `sagan evaluate` again)"
         )
     recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost
-    model_id = _upload_model(client, uri, params, run_id, record)
+    if which == "best":
+        model_id, score = call(uri, candidate.best_model, client, params, run_id, record, path, step)
+        why = f"{why}: {score}"
+    else:
+        model_id = _upload_model(client, uri, params, run_id, record)
     mv = _existing_version(client, name, run_id)
     created = mv is None
     if created:
-        mv = _create_version(client, name, model_id, run_id, _version_tags(ev, run))
+        tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
+        mv = _create_version(client, name, model_id, run_id, tags)
+        candidate.link_version(client, model_id, name, mv.version)
     else:
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)

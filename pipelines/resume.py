@@ -2,62 +2,54 @@
 
 A checkpoint is resumed only when it was made from the same data and the same params that shape
 the weights (a retried task, or a rerun after a crash or kill -9); `--resume` is bit-exact, so the
-result equals an uninterrupted run. The fingerprint of what made the checkpoint is kept in
-`.sagan/pipeline/train-fingerprint.json`.
+result equals an uninterrupted run. The checkpoint itself records what made it (its `fingerprint`,
+sagan_core/fingerprint.py): a stale checkpoint (other data or training params) is never resumed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
+from sagan_core import fingerprint
 from sagan_core.config import Params
 
-STATE_DIR = Path(".sagan/pipeline")
-TRAIN_STAMP = STATE_DIR / "train-fingerprint.json"
-# Train params that change nothing in the trained weights: a checkpoint made with other values of
-# these can still be resumed (train.steps too: `--resume` continues the same run to more steps).
-_NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "compile", "compile_mode"}
+STATE_DIR = Path(".sagan/pipeline")  # the flow's own files (run history: pipelines/report.py)
 
 
-def train_fingerprint(params: Params, data_hash: str) -> str:
-    """What a checkpoint must have been made from to be resumable: data, model and train params."""
-    train = {k: v for k, v in params.train.model_dump().items() if k not in _NOT_IN_FINGERPRINT}
-    blob = json.dumps(
-        {"data": data_hash, "model": params.model.model_dump(), "train": train, "hflip": params.data.hflip},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def stamp(params: Params, data_hash: str) -> None:
-    """Record what the checkpoint about to be written is made from."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    TRAIN_STAMP.write_text(json.dumps({"fingerprint": train_fingerprint(params, data_hash)}))
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a checkpoint; None when it is missing, truncated or foreign."""
+def _checkpoint_head(path: Path) -> dict | None:
+    """The checkpoint (memory-mapped: nothing large is read); None when missing, truncated or foreign."""
     import torch
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        int(ckpt["step"])
+        return ckpt
     except Exception:  # missing, truncated or foreign: not resumable
         return None
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint; None when it is missing, truncated or foreign."""
+    ckpt = _checkpoint_head(path)
+    return None if ckpt is None else int(ckpt["step"])
+
+
 def resume_decision(params: Params, data_hash: str, force: bool) -> tuple[bool, str]:
     """(resume?, why): resume only a checkpoint of this very run that is not past train.steps."""
-    ckpt = params.train.checkpoint
+    ckpt_path = params.train.checkpoint
     if force:
         return False, "force: training from step 0"
-    if not ckpt.exists():
+    if not ckpt_path.exists():
         return False, "no checkpoint: training from step 0"
-    saved = json.loads(TRAIN_STAMP.read_text()) if TRAIN_STAMP.exists() else {}
-    if saved.get("fingerprint") != train_fingerprint(params, data_hash):
-        return False, "checkpoint is from other data or params: training from step 0"
-    step = checkpoint_step(ckpt)
-    if step is None or step > params.train.steps:
+    ckpt = _checkpoint_head(ckpt_path)
+    if ckpt is None:
+        return False, "checkpoint is unreadable: training from step 0"
+    now = fingerprint.record(params, data_hash)
+    saved = ckpt.get("fingerprint") or {}
+    if saved.get("sha256") != now["sha256"]:
+        changed = fingerprint.changes(saved, now) if saved else ["it records no fingerprint"]
+        return False, f"checkpoint is stale ({'; '.join(changed)[:500]}): training from step 0"
+    step = int(ckpt["step"])
+    if step > params.train.steps:
         return False, f"checkpoint step {step} does not fit train.steps={params.train.steps}: from step 0"
     return True, f"resuming from the checkpoint at step {step}"

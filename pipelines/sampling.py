@@ -28,6 +28,10 @@ def _is_checkpoint(model: str) -> bool:
 
 
 def load_sampler(model: str, params: Params) -> Sampler:
+    if model in ("best", "last"):  # train.out_dir's best.pt (else the last) or checkpoint.pt
+        from sagan_core.checkpoint import candidate
+
+        model = str(candidate(params.train, model))
     if _is_checkpoint(model):
         from sagan_core import checkpoint as ckpt_io
 

@@ -120,16 +120,21 @@ def trained(params: Params, start_step: int | None = None) -> Trained:
     )
 
 
-def evaluate(params: Params, progress: bool = True, checkpoint: Path | None = None) -> Evaluated:
-    """FID / IS / KID of the checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json)."""
+def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | None = None) -> Evaluated:
+    """FID / IS / KID of a checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json).
+
+    checkpoint: "best", "last" or a path; None: registry.candidate (sagan_core.checkpoint.candidate)."""
+    from sagan_core.checkpoint import candidate
     from sagan_core.evaluate import evaluate as run_evaluate
 
     from .tracking.evaluation import log_evaluation, reopen_run
 
-    if checkpoint is None:  # the run's own checkpoint: FID/IS/KID join its MLflow run
+    own = checkpoint is None or str(checkpoint) in ("best", "last")  # FID/IS/KID join the run
+    path = candidate(params.train, params.registry.candidate if checkpoint is None else checkpoint)
+    if own:
         reopen_run(params)  # fail in seconds, not after the Inception pass
-    result = run_evaluate(params, checkpoint=checkpoint, progress=progress)
-    if checkpoint is None:
+    result = run_evaluate(params, checkpoint=path, progress=progress)
+    if own:
         log_evaluation(params, result)
     kid = "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}"
     log.info(

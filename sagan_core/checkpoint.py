@@ -2,7 +2,9 @@
 
 Layout (all plain tensors, dicts, lists and numbers):
   step, spec (ModelSpec as dict), class_names, generator, generator_ema, discriminator,
-  opt_g, opt_d, rng {noise, cpu, cuda}, loader {epoch, cursor}, params (the validated params).
+  opt_g, opt_d, rng {noise, cpu, cuda}, loader {epoch, cursor}, params (the validated params),
+  fingerprint (sagan_core/fingerprint.py), best (the best in-training score so far, or None).
+models/best.pt adds best_metric and best_value; models/step_NNNNNN.pt are copies (keep_checkpoints).
 
 Every way a file can fail to be one (foreign, truncated, hand-edited, refused by the safe
 unpickler) is one SaganError line naming it: the CLI shows it without a traceback.
@@ -112,3 +114,22 @@ def load_generator(
         raise SaganError(f"{path}: weights do not match the architecture recorded in it ({first})") from None
     meta = {k: ckpt[k] for k in ("step", "spec", "class_names", "params") if k in ckpt}
     return g.to(device).eval(), meta
+
+
+def keep_step(state: dict[str, Any], path: Path, keep: int) -> None:
+    """train.keep_checkpoints: write `state` also to `path` (step_NNNNNN.pt), then delete the oldest
+    step files beyond `keep`, only after the new one is safely written (atomic write above)."""
+    if keep <= 0:
+        return
+    save_atomic(state, path)
+    kept = sorted(path.parent.glob("step_[0-9]*.pt"))  # zero-padded: name order is step order
+    for old in kept[: max(len(kept) - keep, 0)]:
+        old.unlink(missing_ok=True)
+
+
+def candidate(train_cfg, which: str | Path) -> Path:
+    """The checkpoint that `which` names: "best" (train.out_dir/best.pt; the last checkpoint when
+    in-training evaluation wrote none), "last" (checkpoint.pt) or a path."""
+    if str(which) == "best":
+        return train_cfg.best_checkpoint if train_cfg.best_checkpoint.exists() else train_cfg.checkpoint
+    return train_cfg.checkpoint if str(which) == "last" else Path(which)

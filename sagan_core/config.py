@@ -103,12 +103,30 @@ class TrainConfig(Section):
     out_dir: str = "models"
     samples_dir: str = "samples"
     metrics_file: str = "metrics/train.csv"
+    # In-training evaluation (sagan_core/periodic_eval.py): KID + FID of the EMA generator every
+    # eval_every steps and at the end, against `sagan evaluate`'s cached reference statistics.
+    eval_every: int = Field(0, ge=0)  # 0 = off
+    eval_samples: int = Field(250, ge=10)  # generated images per in-training evaluation
+    select_metric: Literal["kid", "fid"] = "kid"  # what models/best.pt minimises (KID: unbiased)
+    keep_checkpoints: int = Field(0, ge=0)  # periodic checkpoints kept as step_NNNNNN.pt (0: none)
+    # Batches of fresh z/labels that recompute the EMA generator's BatchNorm statistics before it is
+    # sampled, evaluated or saved (sagan_core/standing_stats.py); 0 = G's running statistics.
+    standing_stats: int = Field(16, ge=0, le=10000)
 
     # Paths that follow from the params, spelled once.
     @property
     def checkpoint(self) -> Path:
         """The resumable checkpoint, rewritten every `checkpoint_every` steps and at the end."""
         return Path(self.out_dir) / "checkpoint.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The checkpoint with the best in-training `select_metric` so far (train.eval_every > 0)."""
+        return Path(self.out_dir) / "best.pt"
+
+    def step_checkpoint(self, step: int) -> Path:
+        """A periodic checkpoint kept by train.keep_checkpoints."""
+        return Path(self.out_dir) / f"step_{step:06d}.pt"
 
     @property
     def run_record(self) -> Path:
@@ -176,6 +194,9 @@ class RegistryConfig(Section):
     # the server's --artifacts-destination with a tracking server; or e.g. s3://bucket/prefix.
     artifact_location: str | None = None
     tracking: bool = True  # the CLI stages log to MLflow (env SAGAN_TRACKING=0 also turns it off)
+    # Which checkpoint evaluate/register/the flow use: best (models/best.pt; the last checkpoint when
+    # in-training evaluation wrote none) or last (models/checkpoint.pt).
+    candidate: Literal["best", "last"] = "best"
 
     @field_validator("tracking_uri")
     @classmethod

@@ -34,6 +34,8 @@ class Callback:
     def on_image(self, step: int, key: str, path: Path) -> None: ...
     def on_checkpoint(self, step: int, path: Path) -> None: ...
     def on_step_end(self, step: int, trainer: Trainer) -> None: ...
+    # models/best.pt was just written: its in-training scores (kid, kid_std, fid) at `step`
+    def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None: ...
     def on_end(self, summary: dict[str, Any]) -> None: ...
 
 
@@ -41,11 +43,16 @@ def _gammas(metrics: dict[str, float]) -> str:
     return " ".join(f"{k[6:]}={v:.3f}" for k, v in metrics.items() if k.startswith("gamma"))
 
 
+def _scores(metrics: dict[str, float]) -> str:
+    return f"  KID {metrics['kid']:.5f}  FID {metrics['fid']:.2f}" if "kid" in metrics else ""
+
+
 def step_line(step: int, steps: int, metrics: dict[str, float]) -> str:
-    """The one log line of a logging step: `step 50/1800  loss_d 1.2345  loss_g ...  γ g0=... d0=...`."""
+    """The one log line of a logging step: `step 50/1800  loss_d 1.2345  loss_g ...  γ g0=... d0=...`
+    (and `KID ... FID ...` on in-training evaluation steps)."""
     return (
         f"step {step}/{steps}  loss_d {metrics['loss_d']:.4f}  loss_g {metrics['loss_g']:.4f}  "
-        f"{metrics['img_per_s']:.0f} img/s  γ {_gammas(metrics)}"
+        f"{metrics['img_per_s']:.0f} img/s  γ {_gammas(metrics)}{_scores(metrics)}"
     )
 
 
@@ -62,12 +69,12 @@ class MetricsCSV(Callback):
             with open(self.path, newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=self.fields)
+        writer = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(kept)
         write_atomic(self.path, lambda f: f.write(text.getvalue().encode()))
         self.file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the whole run
-        self.writer = csv.DictWriter(self.file, fieldnames=self.fields)
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
@@ -104,7 +111,7 @@ class ConsoleProgress(Callback):
             return
         self.bar.set_postfix_str(
             f"D={metrics['loss_d']:.3f} G={metrics['loss_g']:.3f} {metrics['img_per_s']:.0f} img/s "
-            f"γ {_gammas(metrics)}",
+            f"γ {_gammas(metrics)}{_scores(metrics)}",
             refresh=False,
         )
 
@@ -132,3 +139,30 @@ class StepMeter:
         self.acc.zero_()
         self.count, self.t, self.step = 0, now, step
         return dict(zip(["loss_d", "loss_g", "d_real", "d_fake"], vals)), rate
+
+
+def start_info(t: Trainer) -> dict[str, Any]:
+    """What `on_start` receives."""
+    return {
+        "spec": t.spec.to_dict(),
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
+        **t.plan.describe(),  # bf16, channels_last, compile, compile_mode (precision.py)
+        "start_step": t.step,
+        "num_images": len(t.loader.data),
+    }
+
+
+def summary(t: Trainer, seconds: float, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """What `on_end` receives and `train()` returns."""
+    return {
+        "step": t.step,
+        "checkpoint": str(t.ckpt_path),
+        "seconds": seconds,
+        "eval_seconds": t.evals.seconds,  # of `seconds`, in-training evaluation
+        "best": t.evals.best,  # {"metric", "value", "step"} of models/best.pt, or None
+        "samples": str(t.cfg.latest_samples),
+        "attention": str(t.cfg.latest_attention),
+        "metrics": metrics or {},
+        "spec": t.spec.to_dict(),
+    }

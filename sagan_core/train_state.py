@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import checkpoint as ckpt_io
+from . import fingerprint
 from .errors import ConfigError, SaganError
 from .model import ModelSpec
 
@@ -39,6 +40,8 @@ def gather(t: Trainer) -> dict[str, Any]:
         "rng": rng,
         "loader": t.loader.state_dict(),
         "params": t.params.model_dump(),
+        "fingerprint": fingerprint.record(t.params, t.content_hash),
+        "best": t.evals.state_dict(),  # the best in-training score so far (None: no evaluation yet)
     }
 
 
@@ -71,6 +74,7 @@ def restore(t: Trainer, ckpt: dict[str, Any]) -> None:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise SaganError(f"{t.ckpt_path}: damaged checkpoint: {key} does not fit ({reason})") from None
+    t.evals.load_state_dict(ckpt.get("best"))
     t.step = int(ckpt["step"])
 
 
@@ -84,7 +88,14 @@ def _set_cuda_rng(t: Trainer):
 
 def resume(t: Trainer) -> None:
     """Load `t`'s checkpoint into it, then apply optimizer settings that the params changed."""
-    restore(t, ckpt_io.load(t.ckpt_path, map_location=t.device, keys=ckpt_io.RESUME))
+    ckpt = ckpt_io.load(t.ckpt_path, map_location=t.device, keys=ckpt_io.RESUME)
+    restore(t, ckpt)
+    changed = fingerprint.changes(ckpt.get("fingerprint"), fingerprint.record(t.params, t.content_hash))
+    if changed and "fingerprint" in ckpt:
+        log.warning(
+            "--resume: what shaped the checkpoint changed (%s); training goes on, no longer bit-exact",
+            "; ".join(changed),
+        )
     apply_changed_optim(t)
 
 

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import checkpoint as ckpt_io
-from . import precision, train_state
+from . import precision, standing_stats, train_state
 from .config import Params
 from .data import BatchLoader, open_prepared
 from .device import resolve_device
@@ -29,7 +29,8 @@ from .distributed import DistInfo, any_rank, broadcast_buffers, cleanup, init_di
 from .errors import ConfigError, SaganError
 from .losses import d_hinge, g_hinge
 from .model import attention_blocks, build_models, model_spec
-from .progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
+from .periodic_eval import PeriodicEval
+from .progress import Callback, ConsoleProgress, MetricsCSV, StepMeter, start_info, summary
 from .visualize import attention_figure, fixed_inputs, save_grid
 
 log = logging.getLogger("sagan.train")
@@ -62,6 +63,7 @@ class Trainer:
                 "(run `sagan prepare` again)"
             )
         self.class_names = list(data.manifest.get("class_names", []))
+        self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
         self.spec = model_spec(params, data.num_classes)
         rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
         self.loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
@@ -84,6 +86,8 @@ class Trainer:
         self.step = 0
         self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None
+        self.evals = PeriodicEval(params, self.device, enabled=self.dist.is_main)
+        self._stats_step: int | None = None  # the step G_ema's own BatchNorm statistics are from
 
     # ---- checkpoint -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -98,7 +102,9 @@ class Trainer:
             broadcast_buffers(self.G)
             broadcast_buffers(self.D)
         if self.dist.is_main:
-            ckpt_io.save_atomic(self.state_dict(), self.ckpt_path)
+            self._own_ema_stats()
+            ckpt_io.save_atomic(state := self.state_dict(), self.ckpt_path)
+            ckpt_io.keep_step(state, self.cfg.step_checkpoint(self.step), self.cfg.keep_checkpoints)
             self._emit("on_checkpoint", self.step, self.ckpt_path)
         self.last_good_step = self.step
 
@@ -120,6 +126,7 @@ class Trainer:
         """A grid of the EMA generator on fixed noise and its attention figure, each also as `latest`."""
         z, y, nrow = fixed
         z, y = z.to(self.device), None if y is None else y.to(self.device)
+        self._own_ema_stats()
         out, g = Path(self.cfg.samples_dir), self.G_ema.module
         with torch.no_grad(), self._autocast():
             images = g(z, y)
@@ -131,6 +138,23 @@ class Trainer:
         if fig is not None:
             self.cfg.latest_attention.write_bytes(Path(fig).read_bytes())
             self._emit("on_image", self.step, "attention", Path(fig))
+
+    def _own_ema_stats(self) -> None:
+        """G_ema's BatchNorm statistics from its own outputs (once per step; standing_stats.py)."""
+        if self._stats_step != self.step:  # its own seeded noise: training's RNG is untouched
+            seed, n = self.cfg.seed * 1_000_003 + self.step, self.cfg.standing_stats
+            standing_stats.accumulate(self.G_ema.module, n, self.cfg.batch_size, seed, self.device)
+            self._stats_step = self.step
+
+    def _evaluate(self) -> dict[str, float]:
+        """KID/FID of the EMA generator when due (main process); best.pt when the metric improved."""
+        if self.evals.scorer is None or not self.evals.due(self.step, self.step == self.cfg.steps):
+            return {}
+        self._own_ema_stats()
+        scores = self.evals.run(self.G_ema.module, self.step, self.state_dict)
+        if self.evals.improved:
+            self._emit("on_best", self.step, self.evals.path, scores)
+        return scores
 
     def _autocast(self):
         return self.plan.autocast(self.device)
@@ -202,7 +226,7 @@ class Trainer:
             self._resume()
         if self.step >= cfg.steps:
             log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", self.step, cfg.steps)
-            return self._summary(0.0)
+            return summary(self, 0.0)
         g_run, d_run, d_for_g = self._prepare_modules()
         self.G.train()
         self.D.train()
@@ -210,22 +234,24 @@ class Trainer:
         gammas |= {f"gamma_d{i}": blk.gamma for i, blk in enumerate(attention_blocks(self.D))}
         fixed = fixed_inputs(self.spec.z_dim, self.spec.num_classes)
         fields = ["step", "loss_d", "loss_g", "d_real", "d_fake", *gammas, "lr_g", "lr_d", "img_per_s"]
+        fields += ["kid", "kid_std", "fid"] if cfg.eval_every else []
         csv_log = MetricsCSV(cfg.metrics_file, fields) if main else None
         console = ConsoleProgress(cfg.steps) if main and self.progress else None
-        self.hooks = [cb for cb in (csv_log, *self.callbacks, console) if cb is not None]
+        self.hooks = [cb for cb in (csv_log, self.evals, *self.callbacks, console) if cb is not None]
         meter = StepMeter(self.device, self.step, images_per_step=cfg.batch_size * self.dist.world_size)
         t0, metrics = time.perf_counter(), {}
         try:
-            self._emit("on_start", self._start_info())
+            self._emit("on_start", start_info(self))
             while self.step < cfg.steps:
                 meter.add(self.train_step(g_run, d_run, d_for_g))
                 self.step += 1
                 self._update_ema()
                 self._emit("on_step_end", self.step, self)
                 last = self.step == cfg.steps
-                if self.step % cfg.log_every == 0 or last:
+                if self.step % cfg.log_every == 0 or last or self.evals.due(self.step, last):
                     metrics = self._metrics(*meter.read(self.step), gammas)  # every rank: NaN guard
                     if main:
+                        metrics |= self._evaluate()  # KID/FID on evaluation steps
                         self._emit("on_metrics", self.step, metrics)
                 if main and (self.step % cfg.sample_every == 0 or last):
                     self._sample(fixed)
@@ -234,10 +260,10 @@ class Trainer:
         finally:
             for recorder in filter(None, (console, csv_log)):
                 recorder.close()
-        summary = self._summary(time.perf_counter() - t0, metrics)
+        result = summary(self, time.perf_counter() - t0, metrics)
         if main:
-            self._emit("on_end", summary)
-        return summary
+            self._emit("on_end", result)
+        return result
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.hooks:
@@ -250,16 +276,6 @@ class Trainer:
         self.last_good_step = self.step
         log.info("resumed from %s at step %d", self.ckpt_path, self.step)
 
-    def _start_info(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_dict(),
-            "device": str(self.device),
-            "world_size": self.dist.world_size,
-            **self.plan.describe(),
-            "start_step": self.step,
-            "num_images": len(self.loader.data),
-        }
-
     def _metrics(self, losses: dict[str, float], rate: float, gammas: dict[str, Any]) -> dict[str, float]:
         """The step metrics of a logging step; stops on non-finite losses or weights (every rank)."""
         self._check_finite(weights=True, losses=losses)
@@ -269,17 +285,6 @@ class Trainer:
             | {"lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]}
             | {"img_per_s": rate}
         )
-
-    def _summary(self, seconds: float, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "checkpoint": str(self.ckpt_path),
-            "seconds": seconds,
-            "samples": str(self.cfg.latest_samples),
-            "attention": str(self.cfg.latest_attention),
-            "metrics": metrics or {},
-            "spec": self.spec.to_dict(),
-        }
 
 
 def train(params: Params, resume: bool = False, callbacks=(), progress: bool = True) -> dict[str, Any]:

@@ -28,7 +28,15 @@ def tiny_overrides(**extra: object) -> dict:
     extra: `section__key=value` overrides, e.g. train__steps=8."""
     raw = {
         "model": {"g_ch": 4, "d_ch": 4, "z_dim": 16},
-        "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "sample_every": 2, "log_every": 1},
+        # in-training evaluation off (params.yaml turns it on): tests that want it set train.eval_every
+        "train": {
+            "steps": 4,
+            "batch_size": 8,
+            "checkpoint_every": 2,
+            "sample_every": 2,
+            "log_every": 1,
+            "eval_every": 0,
+        },
         "eval": {"num_samples": 64, "batch_size": 32, "dims": 64, "kid_subsets": 10, "kid_subset_size": 32},
     }
     for key, value in extra.items():

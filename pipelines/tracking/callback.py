@@ -2,7 +2,9 @@
 
 Logging must not slow training: metrics are buffered by the trainer to one call per
 `train.log_every` steps and sent with one asynchronous `log_batch`; images are uploaded every
-`train.sample_every` steps; the checkpoint and the model are uploaded once at the end.
+`train.sample_every` steps. Each checkpoint is uploaded when written, and each best checkpoint's
+generator becomes a LoggedModel linked to its KID/FID, both in the background (tracking/uploads.py);
+the last generator is logged at the end.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 from sagan_core.config import Params
 from sagan_core.progress import Callback
 
-from .generator_model import log_checkpoint_and_generator
+from .best_model import SCORE_KEYS, log_best
+from .generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
 from .lineage import log_lineage
 from .run_record import read_run_record, recover, write_run_record
 from .store import artifact_error, call, connect, experiment_id, redact, scrub
+from .uploads import Uploader, snapshot
 
 log = logging.getLogger("sagan.mlflow")
 
@@ -39,15 +43,13 @@ class MlflowCallback(Callback):
         self.error: BaseException | None = None
         self.monitor = None
         self.ended = False
+        self.linked_step: int | None = None  # the step whose KID/FID go with a best LoggedModel
         self.run_id, self.experiment_id = self._open_run()
-        write_run_record(
-            params,
-            {
-                "run_id": self.run_id,
-                "experiment_id": self.experiment_id,
-                "tracking_uri": redact(self.uri),
-            },
-        )
+        # a resumed run keeps what its record knew (model_id, step, best) until they are replaced
+        kept = (read_run_record(params) or {}) if resume else {}
+        run = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": redact(self.uri)}
+        write_run_record(params, (kept if kept.get("run_id") == self.run_id else {}) | run)
+        self.uploads = Uploader()
         log.info("MLflow run %s at %s", self.run_id, redact(self.uri))
 
     def _open_run(self) -> tuple[str, str]:
@@ -118,7 +120,8 @@ class MlflowCallback(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        linked = SCORE_KEYS if step == self.linked_step else ()  # logged with their model_id (on_best)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k not in linked]
         op = self._guard(
             "logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False
         )
@@ -134,8 +137,20 @@ class MlflowCallback(Callback):
 
         self._guard(f"logging image {key}", upload)
 
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        snap = snapshot(path, path.name)
+        upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
+        self.uploads.submit(f"uploading the checkpoint of step {step}", upload, snap, key="checkpoint")
+
+    def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None:
+        self.linked_step = step
+        snap = snapshot(path, path.name)
+        log_model = lambda: log_best(self.client, self.run_id, self.params, snap, step, scores)  # noqa: E731
+        self.uploads.submit(f"logging the best generator (step {step})", log_model, snap)
+
     def on_end(self, summary: dict[str, Any]) -> None:
         self.ended = True
+        self.uploads.close()  # queued uploads finish first (failures were reported as they came)
         self._guard("flushing metrics", self._flush)
         self._stop_monitor()
         if self.error is None:
@@ -157,6 +172,8 @@ class MlflowCallback(Callback):
     def fail(self, status: str = "FAILED") -> None:
         """Training raised: mark the run failed (best effort), stop the monitor."""
         self._stop_monitor()
+        if self.uploads.thread.is_alive():  # the last checkpoint reaches the run: resumable from it
+            self.uploads.close()
         try:
             self._flush()
             self.client.set_terminated(self.run_id, status=status)

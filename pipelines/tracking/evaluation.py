@@ -37,6 +37,12 @@ def reopen_run(params: Params) -> None:
     recover(client, uri, params, record["run_id"], end=True)
 
 
+def _digest(params: Params) -> str:
+    from .lineage import data_lineage
+
+    return data_lineage(params)["content_hash"][:36]  # the run's dataset input digest (lineage.py)
+
+
 def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     """Add FID/IS/KID and the protocol fields to the training run; returns its id.
 
@@ -55,8 +61,17 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     run_id = record["run_id"]
     step = int(eval_metrics["generator_step"])
     now = int(time.time() * 1000)
+    # linked to the LoggedModel of the evaluated generator when the run logged one for that step
+    best = record.get("best") or {}
+    model_id = best.get("model_id") if best.get("step") == step else None
+    model_id = model_id or (record.get("model_id") if record.get("step") == step else None)
+    link = (
+        {"model_id": model_id, "dataset_name": "prepared", "dataset_digest": _digest(params)}
+        if model_id
+        else {}
+    )
     metrics = [
-        Metric(k, float(v), now, step)
+        Metric(k, float(v), now, step, **link)
         for k, v in eval_metrics.items()
         if k in METRIC_KEYS and isinstance(v, (int, float))  # KID is None without reference features
     ]

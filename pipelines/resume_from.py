@@ -1,0 +1,83 @@
+"""`sagan train --resume-from SOURCE`: continue a training run from a checkpoint anywhere.
+
+SOURCE is a checkpoint file, `runs:/<run_id>` (the checkpoint the run uploaded as it trained,
+tracking/uploads.py) or `models:/<name>@<alias>` / `models:/<name>/<version>` (the checkpoint of
+the registered version's run: best.pt when the version was registered as the best checkpoint).
+The checkpoint becomes train.out_dir/checkpoint.pt and training resumes from it bit-exactly; from
+MLflow, the run record is pointed at the source run first, so the resumed training logs into that
+same run (when tracking is on and the run lives at the current tracking URI).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from sagan_core.atomic import write_atomic
+from sagan_core.config import Params
+from sagan_core.errors import ConfigError, SaganError
+
+from .tracking.generator_model import CHECKPOINT_DIR
+
+
+def fetch(params: Params, source: str) -> None:
+    """Put SOURCE's checkpoint at train.out_dir/checkpoint.pt (and, from MLflow, its run record)."""
+    target = params.train.checkpoint
+    if not source.startswith(("runs:/", "models:/")):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"--resume-from {source}: no such checkpoint file")
+        if path.resolve() != target.resolve():
+            _install(path, target)
+        return
+    from .tracking.run_record import write_run_record
+    from .tracking.store import call, connect, redact
+
+    client, uri = connect(params)
+    run_id, artifact = call(uri, _locate, client, source)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = call(uri, client.download_artifacts, run_id, f"{CHECKPOINT_DIR}/{artifact}", tmp)
+        except SaganError:
+            raise
+        except Exception as e:  # noqa: BLE001 - MLflow/boto/OS errors: one line naming the source
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SaganError(
+                f"--resume-from {source}: cannot download {CHECKPOINT_DIR}/{artifact} ({first})"
+            ) from None
+        _install(Path(local), target)
+    run = call(uri, client.get_run, run_id)
+    write_run_record(
+        params, {"run_id": run_id, "experiment_id": run.info.experiment_id, "tracking_uri": redact(uri)}
+    )
+
+
+def _locate(client, source: str) -> tuple[str, str]:
+    """(run id, checkpoint file name in its CHECKPOINT_DIR artifacts) of a runs:/ or models:/ URI."""
+    from mlflow.exceptions import MlflowException
+
+    if source.startswith("runs:/"):
+        run_id = source.removeprefix("runs:/").strip("/").split("/")[0]
+        if not run_id:
+            raise ConfigError(f"--resume-from {source}: expected runs:/<run_id>")
+        return run_id, "checkpoint.pt"
+    ref = source.removeprefix("models:/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = ref.partition("/")
+            mv = client.get_model_version(name, version)
+    except MlflowException as e:
+        raise ConfigError(f"--resume-from {source}: no such model version ({e.message[:200]})") from None
+    if not mv.run_id:
+        raise ConfigError(f"--resume-from {source}: the version names no training run")
+    return mv.run_id, "best.pt" if (mv.tags or {}).get("candidate") == "best" else "checkpoint.pt"
+
+
+def _install(src: Path, target: Path) -> None:
+    """Copy atomically: a failed copy leaves the previous checkpoint.pt as it was."""
+    with open(src, "rb") as f:
+        write_atomic(target, lambda out: shutil.copyfileobj(f, out))

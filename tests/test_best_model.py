@@ -1,0 +1,72 @@
+"""The best checkpoint in MLflow: a LoggedModel per best checkpoint, linked to its KID/FID and the
+dataset, and `sagan register` (registry.candidate=best) registering that LoggedModel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import project_params
+
+from pipelines import stages
+from pipelines.resume_from import fetch
+from pipelines.tracking.run_record import read_run_record
+
+pytestmark = pytest.mark.slow  # training with in-training evaluation, evaluate and register
+
+
+def test_registered_version_is_the_best_logged_model_with_its_scores(
+    project, monkeypatch, standin_torch_home
+):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("SAGAN_TRACKING", "1")
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
+    uri = f"sqlite:///{project}/mlflow.db"
+    ev = {"eval__num_samples": 20, "eval__reference_size": 20, "eval__batch_size": 20, "eval__dims": 64}
+    ev |= {"eval__kid_subsets": 5, "eval__kid_subset_size": 10, "eval__cache_dir": str(project / "cache")}
+    params = project_params(
+        project,
+        train__steps=4,
+        train__eval_every=2,
+        train__eval_samples=20,
+        train__sample_every=100,
+        registry__tracking_uri=uri,
+        registry__artifact_location=str(project / "artifacts"),
+        registry__model_name="best-test",
+        **ev,
+    )
+    stages.train(params, progress=False)
+    best = read_run_record(params)["best"]
+    evaluated = stages.evaluate(params, progress=False)
+    assert evaluated.generator_step == best["step"]  # registry.candidate=best: best.pt was evaluated
+    registered = stages.register(params)
+
+    client = MlflowClient(uri, registry_uri=uri)
+    mv = client.get_model_version("best-test", str(registered.version))
+    # the version is the LoggedModel: its source, its tag, and the model's "registered" link (the
+    # open-source registry store keeps no model_id field on versions; mlflow.register_model links so)
+    assert mv.source == f"models:/{best['model_id']}" and mv.tags["model_id"] == best["model_id"]
+    linked = json.loads(client.get_logged_model(best["model_id"]).tags["mlflow.modelVersions"])
+    assert linked == [{"name": "best-test", "version": str(registered.version)}]
+    assert mv.tags["candidate"] == "best" and f"at step {best['step']}" in mv.tags["candidate.reason"]
+    model = client.get_logged_model(best["model_id"])
+    assert model.tags["sagan.step"] == str(best["step"]) and "best kid" in model.tags["sagan.why"]
+    scores = {m.key: m for m in model.metrics}
+    assert {"kid", "kid_std", "fid"} <= scores.keys()
+    assert scores["kid"].step == best["step"] and scores["kid"].value == pytest.approx(best["value"])
+    manifest = (project / "data/prepared/manifest.json").read_text()
+    assert scores["fid"].dataset_name == "prepared" and scores["fid"].dataset_digest in manifest
+    # every evaluation step is on the run's curves (only the best ones with a model_id)
+    history = client.get_metric_history(mv.run_id, "kid")
+    assert sorted(m.step for m in history) == [2, 4]
+
+    # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
+    clone = project / "clone"
+    shutil.copytree(project / "data/prepared", clone / "data/prepared")
+    fetch(project_params(clone, registry__tracking_uri=uri), "models:/best-test@champion")
+    fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
+    assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
+    assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
