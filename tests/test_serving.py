@@ -171,3 +171,25 @@ def test_sample_from_the_champion_with_truncation(registered, tmp_path):
     assert r.returncode == 0, r.stderr
     got = np.stack([np.asarray(Image.open(out / f"sample_000{i}.png").convert("L")) for i in (0, 1)])
     assert np.abs(got.astype(int) - _expected_pixels(project, 4, 2, 5, 0.5)).max() <= 1
+
+
+@pytest.mark.slow
+def test_registered_version_and_model_carry_model_cards(registered):
+    from mlflow import MlflowClient
+
+    project, uri = registered
+    client = MlflowClient(uri, registry_uri=uri)
+    champ = client.get_model_version_by_alias(MODEL, "champion")
+    card = champ.description
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    for heading in ("## Data", "## Training", "## Evaluation", "## How to sample"):
+        assert heading in card
+    assert manifest["content_hash"] in card and f"{manifest['num_images']:,}" in card
+    assert f"{len(manifest['class_names'])}: {', '.join(manifest['class_names'][:3])}" in card
+    assert f"{ev['fid']:.4g}" in card and f"{ev['kid_mean']:.4g}" in card
+    assert f"**Promotion: champion.** {champ.tags['promotion.reason']}" in card
+    assert f"sagan sample --model models:/{MODEL}/{champ.version}" in card
+    assert "| hardware | cpu × 1" in card and "| training time | 0 min" in card
+    model = client.get_registered_model(MODEL)
+    assert "@champion" in model.description and f"models:/{MODEL}@champion" in model.description

@@ -175,6 +175,8 @@ class MlflowCallback(Callback):
         self.pending.clear()
 
     def _log_final(self, summary: dict[str, Any]) -> None:
+        # how long this training session took (the model card's "training time")
+        self.client.set_tag(self.run_id, "sagan.train_seconds", f"{float(summary['seconds']):.0f}")
         metrics_csv = Path(self.params.train.metrics_file)
         if metrics_csv.exists():
             self.client.log_artifact(self.run_id, str(metrics_csv), "metrics")
