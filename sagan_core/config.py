@@ -196,6 +196,14 @@ class PipelineConfig(Section):
     stage_timeout_s: float | None = Field(None, gt=0)  # prepare, evaluate, register; null: no limit
     lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
     dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
+    notify_url: str | None = None  # webhook POSTed a JSON message when a flow run fails or completes
+
+    @field_validator("notify_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith(("http://", "https://")) and len(v.split()) == 1):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v
 
 
 class Params(Section):

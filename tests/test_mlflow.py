@@ -102,7 +102,9 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
     images = [f.path for f in client.list_artifacts(run.info.run_id, "images")]
     for key in ("samples", "attention"):
         steps = {p.split("+")[2] for p in images if p.startswith(f"images/{key}+step+")}
-        assert steps == {"2", "4"}, (key, images)
+        assert steps == {"0", "2", "4"}, (key, images)  # from step 0: MLflow's image cards open there
+    # the latest grid is a plain artifact too
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "samples")] == ["samples/latest.png"]
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")] == [
         "checkpoint/checkpoint.pt"
     ]

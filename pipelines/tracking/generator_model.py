@@ -8,6 +8,9 @@ The training checkpoint is uploaded next to it, so the run can be resumed from i
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +101,9 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
         params=_key_params(run.data.params),
         tags={"sagan.serialization": "pt2", "sagan.interface": "table: class, n, seed, truncation"},
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    # MLflow checks the input example by loading the model back, which draws a download progress
+    # bar on stderr even under --quiet; its documented switch turns that bar off
+    with tempfile.TemporaryDirectory() as tmp, _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
         torch_dir = str(Path(tmp) / "generator")
         example = pack_inputs(torch.randn(2, spec.z_dim).numpy(), [0, max(spec.num_classes - 1, 0)])
         mlflow.pytorch.save_model(module, torch_dir, serialization_format="pt2", input_example=example)
@@ -122,6 +127,19 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
         )
     client.set_tag(run_id, "sagan.model_id", info.model_id)
     return info.model_id
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _key_params(params: dict[str, str]) -> dict[str, str]:

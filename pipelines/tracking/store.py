@@ -132,16 +132,28 @@ def experiment_id(client, params: Params, uri: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"registry.experiment: experiment {name!r} is deleted in {redact(uri)}")
+        if exp.tags.get(EXPERIMENT_KIND) is None:  # made before sagan tagged its experiments
+            call(uri, client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return exp.experiment_id
     location = params.registry.artifact_location
     if location is None and _is_local_store(uri):
         location = (Path.cwd().resolve() / "mlartifacts").as_uri()
     try:
-        return call(uri, client.create_experiment, name, artifact_location=location)
+        tags = {EXPERIMENT_KIND: MODEL_TRAINING, "mlflow.note.content": EXPERIMENT_NOTE}
+        return call(uri, client.create_experiment, name, artifact_location=location, tags=tags)
     except MlflowException as e:  # created by a concurrent process in the meantime
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+# The experiment type the MLflow 3 UI reads (what its "experiment type" selector sets): a model
+# training experiment opens on its runs; untagged, the UI infers one and may open GenAI traces.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_NOTE = (
+    "SAGAN training runs (sagan train / evaluate / register): curves, sample grids and attention figures"
+    " per step, FID/KID/IS, the EMA generator as a model."
+)
 
 
 # ---- failures as one line ------------------------------------------------------------------------
