@@ -3,7 +3,7 @@
 A version's card answers what a reader of the registry page asks: what data (source, content_hash,
 images, classes), what training (steps, the params that shape the model, hardware, time), how it was
 evaluated and what it scored (protocol, FID/KID/IS), why it was or was not promoted, and how to
-sample it. Everything comes from records already made: the run (params, tags), eval.json and the
+sample it. Everything comes from records already made: the run (params, tags), eval.record.json and the
 prepared data's manifest; a missing piece reads "unknown", never a guess.
 """
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from sagan_core.config import Params
@@ -47,7 +46,7 @@ def _code(e: Exception) -> str:
 
 
 def load_eval(params: Params) -> dict[str, Any]:
-    path = Path(params.eval.metrics_file)
+    path = params.eval.record_file  # the scores with their protocol (eval.json has the numbers only)
     if not path.exists():
         raise ConfigError(f"sagan register: no evaluation at {path} (run `sagan evaluate` first)")
     try:
@@ -76,7 +75,7 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
             tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
     if "sagan.data.dvc_md5" in t:
         tags["dvc_md5"] = t["sagan.data.dvc_md5"]
-    if "weights_official" in ev:  # absent in eval.json files written before the check existed
+    if "weights_official" in ev:  # absent in records written before the check existed
         tags["weights_official"] = str(bool(ev["weights_official"])).lower()
     return tags
 
@@ -183,7 +182,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
     # the record has a step once the run's generator was logged (not yet if training's upload failed)
     if record.get("step") is not None and int(step) != int(record["step"]):
         raise ConfigError(
-            f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the run "
+            f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the run "
             f"ended at step {record['step']} (run `sagan evaluate` again)"
         )
     recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost

@@ -32,7 +32,7 @@ def test_foreign_inception_weights_warn_and_are_recorded_unofficial(
     write_checkpoint(project / "models/checkpoint.pt", seed=0)
     with caplog.at_level(logging.WARNING, logger="sagan.evaluate"):
         result = E.evaluate(eval_params(project), progress=False)
-    on_disk = json.loads((project / "metrics/eval.json").read_text())
+    on_disk = json.loads((project / "metrics/eval.record.json").read_text())
     assert on_disk["weights_official"] is False and result["weights_official"] is False
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     weights = inc.default_weights_path()

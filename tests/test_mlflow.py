@@ -95,7 +95,7 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
     for key in ("loss_g", "d_real", "d_fake", "gamma_g0", "gamma_d0", "lr_g", "lr_d", "img_per_s"):
         assert key in run.data.metrics, key
     # evaluation joined the same run
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = json.loads((project / "metrics/eval.record.json").read_text())
     assert run.data.metrics["fid"] == pytest.approx(ev["fid"])
     assert run.data.tags["sagan.eval.num_samples"] == str(ev["num_samples"])
     # images as a series (key + step), the attention figure, the checkpoint, the model
@@ -131,7 +131,7 @@ def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
     client = client_for(mlflow_server)
     champ = client.get_model_version_by_alias(MODEL, "champion")
     run = client.get_run(champ.run_id)
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = json.loads((project / "metrics/eval.record.json").read_text())
     # lineage tags on the version
     assert float(champ.tags["fid"]) == pytest.approx(ev["fid"])
     assert champ.tags["content_hash"] == run.data.tags["sagan.data.content_hash"]
@@ -204,7 +204,7 @@ def fake_run(
     min_improvement: float = 0.0,
     **protocol,
 ) -> Params:
-    """A new run that reuses the trained run's logged generator, with an eval.json saying `fid`."""
+    """A new run that reuses the trained run's logged generator, with an evaluation record saying `fid`."""
     from pipelines.tracking.run_record import write_run_record
     from pipelines.tracking.store import experiment_id
 
@@ -221,7 +221,7 @@ def fake_run(
     )
     (root / "metrics").mkdir()
     ev = {"fid": fid, "kid_mean": 0.01, "kid_std": 0.001, "generator_step": src["step"]} | PROTOCOL | protocol
-    (root / "metrics/eval.json").write_text(json.dumps(ev))
+    (root / "metrics/eval.record.json").write_text(json.dumps(ev))
     return params
 
 

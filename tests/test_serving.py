@@ -182,7 +182,7 @@ def test_registered_version_and_model_carry_model_cards(registered):
     champ = client.get_model_version_by_alias(MODEL, "champion")
     card = champ.description
     manifest = json.loads((project / "data/prepared/manifest.json").read_text())
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = json.loads((project / "metrics/eval.record.json").read_text())
     for heading in ("## Data", "## Training", "## Evaluation", "## How to sample"):
         assert heading in card
     assert manifest["content_hash"] in card and f"{manifest['num_images']:,}" in card
