@@ -11,9 +11,8 @@ import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
-from pathlib import Path
 
+import tomllib
 from helpers import REPO
 
 # Declared but never imported, on purpose, and why.

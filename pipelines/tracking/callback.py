@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,11 @@ class MlflowCallback(Callback):
             call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id, record["experiment_id"]
         exp = experiment_id(self.client, self.params, self.uri)
-        run = call(
-            self.uri,
-            self.client.create_run,
-            exp,
-            tags={"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"},
-        )
+        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
+        exp_name = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: the run is findable by it
+        if exp_name:
+            tags["sagan.dvc_exp"] = exp_name
+        run = call(self.uri, self.client.create_run, exp, tags=tags, run_name=exp_name)
         return run.info.run_id, exp
 
     # -- helpers --

@@ -90,12 +90,21 @@ def _hide_credentials(uri: str) -> None:
                 target.addFilter(_ScrubFilter())
 
 
+def project_root() -> Path:
+    """The project directory: $DVC_ROOT when DVC runs the stage, else the working directory.
+
+    `dvc exp run --queue` / `--temp` run stages in a temporary copy under .dvc/tmp/exps and set
+    DVC_ROOT to the project itself, so every experiment records into the project's MLflow store,
+    not into a copy thrown away with the workspace."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
 def tracking_uri(params: Params) -> str:
     """registry.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
     uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def _is_local_store(uri: str) -> bool:
@@ -137,7 +146,7 @@ def experiment_id(client, params: Params, uri: str) -> str:
         return exp.experiment_id
     location = params.registry.artifact_location
     if location is None and _is_local_store(uri):
-        location = (Path.cwd().resolve() / "mlartifacts").as_uri()
+        location = (project_root() / "mlartifacts").as_uri()
     try:
         tags = {EXPERIMENT_KIND: MODEL_TRAINING, "mlflow.note.content": EXPERIMENT_NOTE}
         return call(uri, client.create_experiment, name, artifact_location=location, tags=tags)
