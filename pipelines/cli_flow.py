@@ -80,9 +80,11 @@ def serve(
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     from .flow import sagan_pipeline
+    from .project_limit import ensure_limit
 
     # Scheduled runs start in this process's directory: pin the project so they find it.
     parameters["project_dir"] = os.getcwd()
+    ensure_limit(os.getcwd())  # one run of this project at a time, whichever process runs it
     sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
 
 
@@ -104,11 +106,13 @@ def deploy(
     if not PREFECT_API_URL.value():
         raise ConfigError("work pools need a running Prefect server: see `sagan pipeline serve --help`")
     from .flow import sagan_pipeline
+    from .project_limit import ensure_limit
 
     # The worker loads the flow from this checkout and runs it on this project: both paths must
     # exist on the worker's machine (same path, e.g. a shared filesystem).
     code = Path(__file__).resolve().parents[1]
     parameters["project_dir"] = os.getcwd()
+    limit = ensure_limit(os.getcwd())  # one run of this project at a time, on any worker
     remote = sagan_pipeline.from_source(source=str(code), entrypoint="pipelines/flow.py:sagan_pipeline")
     deployment_id = remote.deploy(
         name=name,
@@ -121,6 +125,6 @@ def deploy(
         job_variables={"env": route_sagan_logs_to_prefect({})},
         print_next_steps=False,
     )
-    print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}")
+    print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}; project limit {limit}")
     print(f"start a worker: prefect worker start --pool {pool}")
     print(f"run it:         prefect deployment run sagan-pipeline/{name}")

@@ -33,6 +33,7 @@ from .console import sagan_logs_to_prefect
 from .dvc_sync import DvcProject, write_overrides
 from .flow_params import FlowSettings, to_overrides
 from .lock import project_lock
+from .project_limit import project_slot
 from .report import PrefectProgress, RunSummary, publish, summarize
 from .results import Evaluated, Prepared, Registered, Trained
 
@@ -188,7 +189,7 @@ def sagan_pipeline(
     with sagan_logs_to_prefect(), _in_dir(project_dir):
         params = params or load_params(params_file, overrides)
         cfg = params.pipeline
-        with project_lock(".", cfg.lock_timeout_s):
+        with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
             run = _context(params, params_file, overrides, force)
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
             retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
