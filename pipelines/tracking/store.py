@@ -125,7 +125,21 @@ def connect(params: Params):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store_once(client, Path(uri.removeprefix("sqlite:///")))
     return client, uri
+
+
+def _create_sqlite_store_once(client, db: Path) -> None:
+    """Two processes creating one new sqlite store at once (two queued DVC experiments starting
+    together) both run MLflow's schema migrations and one fails; the first call that creates the
+    tables is made under an exclusive lock next to the database, so only one process does it."""
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client.search_experiments(max_results=1)  # creates (or checks) the schema
 
 
 def experiment_id(client, params: Params, uri: str) -> str:
