@@ -53,10 +53,13 @@ def test_no_truncation_is_plain_noise_and_bad_values_are_refused():
             truncated_normal(2, 4, bad, torch.Generator())
 
 
-def test_sample_refuses_a_bad_truncation_in_one_line(tmp_path):
-    r = run_cli(["sample", "--model", "nowhere.pt", "--truncation", "0"], tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().splitlines() == ["sagan: error: --truncation: expected a number >= 0.01, got 0.0"]
+def test_sample_refuses_a_bad_truncation_before_loading_anything(tmp_path):
+    from pipelines.sampling import sample
+    from sagan_core.config import Params
+    from sagan_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--truncation: expected a number >= 0.01, got 0.0$"):
+        sample(Params(), str(tmp_path / "nowhere.pt"), 4, None, None, None, 0, None, truncation=0.0)
 
 
 # ---- a real server ---------------------------------------------------------------------------------
