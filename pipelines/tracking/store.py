@@ -7,9 +7,11 @@ server (without credentials) instead of a retry history.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -124,22 +126,26 @@ def connect(params: Params):
     _hide_credentials(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, registry_uri=uri)
-    if uri.startswith("sqlite:///"):
-        _create_sqlite_store_once(client, Path(uri.removeprefix("sqlite:///")))
+    with _sqlite_creation_lock(uri):  # the client's constructor creates a new store's tables
+        client = MlflowClient(uri, registry_uri=uri)
     return client, uri
 
 
-def _create_sqlite_store_once(client, db: Path) -> None:
+@contextlib.contextmanager
+def _sqlite_creation_lock(uri: str) -> Iterator[None]:
     """Two processes creating one new sqlite store at once (two queued DVC experiments starting
-    together) both run MLflow's schema migrations and one fails; the first call that creates the
-    tables is made under an exclusive lock next to the database, so only one process does it."""
+    together) both run MLflow's schema migrations and one fails; an exclusive lock next to the
+    database makes them take turns (a no-op for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
     import fcntl
 
+    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        client.search_experiments(max_results=1)  # creates (or checks) the schema
+        yield
 
 
 def experiment_id(client, params: Params, uri: str) -> str:
