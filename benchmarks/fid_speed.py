@@ -221,9 +221,9 @@ def sagan_evaluate(args, work: Path, env: dict, ckpt: Path) -> tuple[float, dict
         cmd += ["--set", f"{key}={v}"]
     shutil.rmtree(work / "cache", ignore_errors=True)
     time_b, _ = run(cmd, work, env)
-    eval_b = json.loads((work / "eval.json").read_text())
+    eval_b = json.loads((work / "eval.record.json").read_text())
     time_c, _ = run(cmd, work, env)
-    eval_c = json.loads((work / "eval.json").read_text())
+    eval_c = json.loads((work / "eval.record.json").read_text())
     assert eval_b["stats_cache"] == "miss" and eval_c["stats_cache"] == "hit"
     return time_b, eval_b, time_c, eval_c
 

@@ -23,16 +23,25 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even wh
 
 
 def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[str, Any]:
-    """What a deployment's runs get: the file and the overrides, validated when each run starts."""
+    """What a deployment's runs get: the file and the overrides, validated when each run starts.
+
+    The overrides become the typed `settings` form (what the Prefect UI shows and edits); only
+    what the form cannot hold (null values) stays a `key.path=value` string."""
+    from .flow_params import split_overrides
+
     load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
-    return {"params_file": str(params), "overrides": list(set_ or []), "force": force}
+    settings, rest = split_overrides(list(set_ or []))
+    return {"params_file": str(params), "settings": settings, "overrides": rest, "force": force}
 
 
 @pipeline_app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
     validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    from .console import route_sagan_logs_to_prefect
     from .launch import supervised
+
+    route_sagan_logs_to_prefect()  # before Prefect is imported: it reads the setting then
 
     with supervised():  # nothing it starts (Prefect's temporary server, torchrun) outlives it
         _run(params, set_, force, validated)
@@ -59,6 +68,9 @@ def serve(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-retrain",
 ) -> None:
     """Serve a deployment that reruns the pipeline on a cron schedule (blocks; needs a Prefect server)."""
+    from .console import route_sagan_logs_to_prefect
+
+    route_sagan_logs_to_prefect()  # the served runs' processes inherit it
     from prefect.settings import PREFECT_API_URL
 
     parameters = _flow_parameters(params, set_, force)
@@ -68,9 +80,11 @@ def serve(
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     from .flow import sagan_pipeline
+    from .project_limit import ensure_limit
 
     # Scheduled runs start in this process's directory: pin the project so they find it.
     parameters["project_dir"] = os.getcwd()
+    ensure_limit(os.getcwd())  # one run of this project at a time, whichever process runs it
     sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
 
 
@@ -86,15 +100,19 @@ def deploy(
     """Deploy the flow to a work pool; a worker (`prefect worker start --pool POOL`) runs it where it runs."""
     from prefect.settings import PREFECT_API_URL
 
+    from .console import route_sagan_logs_to_prefect
+
     parameters = _flow_parameters(params, set_, force)
     if not PREFECT_API_URL.value():
         raise ConfigError("work pools need a running Prefect server: see `sagan pipeline serve --help`")
     from .flow import sagan_pipeline
+    from .project_limit import ensure_limit
 
     # The worker loads the flow from this checkout and runs it on this project: both paths must
     # exist on the worker's machine (same path, e.g. a shared filesystem).
     code = Path(__file__).resolve().parents[1]
     parameters["project_dir"] = os.getcwd()
+    limit = ensure_limit(os.getcwd())  # one run of this project at a time, on any worker
     remote = sagan_pipeline.from_source(source=str(code), entrypoint="pipelines/flow.py:sagan_pipeline")
     deployment_id = remote.deploy(
         name=name,
@@ -103,8 +121,10 @@ def deploy(
         cron=cron,
         build=False,
         push=False,
+        # the worker's flow-run process: Prefect's setting routes the `sagan` logger to the UI
+        job_variables={"env": route_sagan_logs_to_prefect({})},
         print_next_steps=False,
     )
-    print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}")
+    print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}; project limit {limit}")
     print(f"start a worker: prefect worker start --pool {pool}")
     print(f"run it:         prefect deployment run sagan-pipeline/{name}")

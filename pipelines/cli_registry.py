@@ -42,6 +42,12 @@ def sample(
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Write one PNG per image here.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the latent noise.")] = 0,
     nrow: Annotated[int | None, typer.Option("--nrow", help="Images per grid row.")] = None,
+    truncation: Annotated[
+        float | None,
+        typer.Option(
+            "--truncation", help="Truncation trick: redraw noise entries with |z| > t (default: none)."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     quiet: QuietOpt = False,
@@ -49,6 +55,6 @@ def sample(
     """Sample images from a registered generator or a local checkpoint."""
     from .sampling import sample as run_sample
 
-    r = run_sample(load(params, set_), model, n, klass, out, out_dir, seed, nrow)
+    r = run_sample(load(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
     shown = r["files"] if len(r["files"]) <= 3 else [r["files"][0], "...", r["files"][-1]]
     typer.echo(f"sampled {r['n']} images from {r['model']}: {', '.join(shown)}")

@@ -1,6 +1,7 @@
 """What the flow prints on the terminal and sends to the Prefect log.
 
-- `sagan_logs_to_prefect`: the stages' `sagan` log lines also reach the Prefect UI during a flow run.
+- `route_sagan_logs_to_prefect` / `sagan_logs_to_prefect`: the stages' `sagan` log lines reach the Prefect
+  UI through Prefect's own setting (PREFECT_LOGGING_EXTRA_LOGGERS), not a handler of ours.
 - `short_console_errors`: our own errors (SaganError) are printed without Prefect's tracebacks.
 """
 
@@ -8,25 +9,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 from sagan_core.errors import SaganError
 
+SAGAN_LOGGER = "sagan"
+
+
+def route_sagan_logs_to_prefect(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Add the `sagan` logger to PREFECT_LOGGING_EXTRA_LOGGERS in `env` (default: this process's),
+    keeping any the user set. Prefect reads the setting when it sets up logging (on import, in
+    this process or in the flow-run processes a server or worker starts) and gives those loggers
+    its API handler, so the stages' log lines appear in the flow run's logs. Returns `env`."""
+    env = os.environ if env is None else env
+    extra = [name.strip() for name in env.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if name.strip()]
+    if SAGAN_LOGGER not in extra:
+        env["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join([*extra, SAGAN_LOGGER])
+    return env
+
 
 @contextlib.contextmanager
 def sagan_logs_to_prefect() -> Iterator[None]:
-    """Send the stages' `sagan` log lines to the Prefect UI too, for the flow run's duration only
-    (outside a flow run Prefect's API handler has nowhere to send them)."""
-    from prefect.logging.handlers import APILogHandler
-
-    logger, handler = logging.getLogger("sagan"), APILogHandler()
+    """For the flow run's duration, `sagan` INFO lines pass (a worker's root logger stops at WARNING);
+    Prefect's own handler (PREFECT_LOGGING_EXTRA_LOGGERS, above) sends them to the UI."""
+    logger = logging.getLogger(SAGAN_LOGGER)
     level = logger.level
-    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
         logger.setLevel(level)
 
 

@@ -28,10 +28,12 @@ from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import load_params
 
-from . import launch, resume, stages
+from . import launch, notify, resume, stages
 from .console import sagan_logs_to_prefect
 from .dvc_sync import DvcProject, write_overrides
+from .flow_params import FlowSettings, to_overrides
 from .lock import project_lock
+from .project_limit import project_slot
 from .report import PrefectProgress, RunSummary, publish, summarize
 from .results import Evaluated, Prepared, Registered, Trained
 
@@ -160,9 +162,15 @@ def _context(params: Params, params_file: str, overrides: list[str], force: bool
     return RunContext(params, force or params.pipeline.force, dvc)
 
 
-@flow(name="sagan-pipeline", description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)")
+@flow(
+    name="sagan-pipeline",
+    description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)",
+    on_completion=[notify.on_completion],
+    on_failure=[notify.on_failure],
+)
 def sagan_pipeline(
     params_file: str = "params.yaml",
+    settings: FlowSettings | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
     project_dir: str = ".",
@@ -170,15 +178,17 @@ def sagan_pipeline(
 ) -> RunSummary:
     """Run the four stages on the project in `project_dir`.
 
-    overrides: `key.path=value` strings, exactly like `sagan ... --set` (and validated the same way).
+    settings: typed params.yaml overrides (the Prefect UI's form); empty fields keep the file's values.
+    overrides: `key.path=value` strings, exactly like `sagan ... --set`, applied after `settings`
+    (both validated the same way as the file).
     force: run every stage even when nothing changed (also `pipeline.force`).
     params: the already validated params_file + overrides (the CLI passes them: validated once).
     """
-    overrides = list(overrides or [])
+    overrides = [*to_overrides(settings), *(overrides or [])]
     with sagan_logs_to_prefect(), _in_dir(project_dir):
         params = params or load_params(params_file, overrides)
         cfg = params.pipeline
-        with project_lock(".", cfg.lock_timeout_s):
+        with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
             run = _context(params, params_file, overrides, force)
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
             retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}

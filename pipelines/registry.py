@@ -7,7 +7,8 @@ points at the LoggedModel of its run, whose run holds the params and curves.
 Promotion: the alias `champion` moves to the new version only when its FID beats the current
 champion's by more than `registry.min_improvement` under the same protocol (same reference
 statistics and sample count); otherwise the version gets the alias `challenger`. The decision and
-its reason are recorded as version tags (`promotion.decision`, `promotion.reason`).
+its reason are recorded as version tags (`promotion.decision`, `promotion.reason`) and in the
+version's description, its model card (pipelines.model_card).
 
 Race safety: the decision is taken under a lock held in the registry itself
 (pipelines.promotion_lock), so two racing registers serialise their decisions, and whichever runs
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from sagan_core.config import Params
@@ -30,6 +30,7 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import protocol, protocol_id
 
 from . import candidate
+from .model_card import model_description, version_card
 from .promotion_lock import promotion_lock
 from .results import Registered
 from .resume import checkpoint_step
@@ -47,7 +48,7 @@ def _code(e: Exception) -> str:
 
 
 def load_eval(params: Params) -> dict[str, Any]:
-    path = Path(params.eval.metrics_file)
+    path = params.eval.record_file  # the scores with their protocol (eval.json has the numbers only)
     if not path.exists():
         raise ConfigError(f"sagan register: no evaluation at {path} (run `sagan evaluate` first)")
     try:
@@ -76,7 +77,7 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
             tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
     if "sagan.data.dvc_md5" in t:
         tags["dvc_md5"] = t["sagan.data.dvc_md5"]
-    if "weights_official" in ev:  # absent in eval.json files written before the check existed
+    if "weights_official" in ev:  # absent in records written before the check existed
         tags["weights_official"] = str(bool(ev["weights_official"])).lower()
     return tags
 
@@ -108,28 +109,9 @@ def _existing_version(client, name: str, run_id: str):
     return found
 
 
-def version_description(tags: dict[str, str]) -> str:
-    """The version's description: what it is, its FID, and a warning when that FID is not comparable."""
-    text = f"SAGAN generator (EMA) at step {tags.get('generator_step', '?')}; FID {float(tags['fid']):.4g}."
-    if tags.get("weights_official") == "false":
-        text += (
-            "\n\n**Unofficial Inception weights**: this FID was computed with a file other than"
-            " pytorch-fid's official weights; it is not comparable with published FIDs."
-        )
-    return text
-
-
-def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[str, str]):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(name, description="SAGAN generators (EMA), registered by sagan")
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in _code(e):
-            raise
+def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[str, str], description: str):
     mv = None
     try:
-        description = version_description(tags)
         mv = client.create_model_version(
             name,
             source=f"models:/{model_id}",
@@ -204,7 +186,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
     want = checkpoint_step(path) if path.exists() else record.get("step")
     if want is not None and step != int(want):
         raise ConfigError(
-            f"sagan register: {params.eval.metrics_file} evaluated the generator at step {step}, the "
+            f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
             f"{which} checkpoint ({path}) is at step {want} (run `sagan evaluate` again)"
         )
     recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost
@@ -213,16 +195,20 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         why = f"{why}: {score}"
     else:
         model_id = _upload_model(client, uri, params, run_id, record)
+    _describe_model(client, params, name)
     mv = _existing_version(client, name, run_id)
     created = mv is None
     if created:
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
-        mv = _create_version(client, name, model_id, run_id, tags)
+        pending = version_card(params, name, 0, run, ev, "pending", "decided once registered")
+        mv = _create_version(client, name, model_id, run_id, tags, pending)
         candidate.link_version(client, model_id, name, mv.version)
     else:
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)
     decision, reason = _promote(client, name, mv, params.registry.min_improvement)
+    card = version_card(params, name, int(mv.version), run, ev, decision, reason)
+    client.update_model_version(name, mv.version, description=card)
     return Registered(
         model_name=name,
         version=int(mv.version),
@@ -234,6 +220,20 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         model_uri=f"models:/{name}/{mv.version}",
         tracking_uri=redact(uri),
     )
+
+
+def _describe_model(client, params: Params, name: str) -> None:
+    """Create the registered model if needed; its description is kept current (model_card)."""
+    from mlflow.exceptions import MlflowException
+
+    description = model_description(params, name)
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in _code(e):
+            raise
+        if client.get_registered_model(name).description != description:
+            client.update_registered_model(name, description=description)
 
 
 def _recorded_run(client, uri: str, params: Params, run_id: str):

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import (
+    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -52,6 +53,7 @@ class RunSummary:
     mlflow_url: str | None
     tracking_uri: str
     dvc: str  # "clean", "not clean: <stages>", or "not used"
+    samples_url: str | None = None  # the run's latest grid, as the MLflow UI / server serves it
 
 
 class PrefectProgress(Callback):
@@ -95,6 +97,7 @@ def summarize(
         reason=reg.reason,
         mlflow_run=reg.run_id,
         mlflow_url=run_url(reg),
+        samples_url=artifact_url(reg, "samples/latest.png"),
         tracking_uri=reg.tracking_uri,
         dvc=dvc,
     )
@@ -102,8 +105,7 @@ def summarize(
 
 def run_url(reg: Registered) -> str | None:
     """The MLflow UI page of the run (samples under its artifacts); `mlflow ui` for a local store."""
-    uri = reg.tracking_uri
-    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    uri, base = reg.tracking_uri, _ui_base(reg.tracking_uri)
     try:
         import mlflow
 
@@ -111,6 +113,18 @@ def run_url(reg: Registered) -> str | None:
     except Exception:  # the link is a convenience; never fail a finished run over it
         return None
     return f"{base}/#/experiments/{exp}/runs/{reg.run_id}"
+
+
+def _ui_base(uri: str) -> str:
+    """Where the MLflow UI answers: the tracking server itself, or `mlflow ui`'s default address."""
+    return uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+
+
+def artifact_url(reg: Registered, path: str) -> str | None:
+    """A URL for one of the run's artifacts, as the MLflow UI fetches it (its get-artifact endpoint)."""
+    if not reg.run_id:
+        return None
+    return f"{_ui_base(reg.tracking_uri)}/get-artifact?path={path}&run_uuid={reg.run_id}"
 
 
 def _fmt(x: Any) -> str:
@@ -141,6 +155,9 @@ def publish(s: RunSummary) -> None:
             f"| DVC | {'`dvc status` clean' if s.dvc == 'clean' else s.dvc} |",
         ]
     )
+    if s.samples_url:  # the grid itself, from the MLflow run (shown while its UI/server is up)
+        md += f"\n\n## Samples at step {s.step}\n\n![sample grid]({s.samples_url})\n"
+        create_image_artifact(s.samples_url, key="sagan-samples", description=f"sample grid, step {s.step}")
     create_markdown_artifact(md, key="sagan-summary", description="sagan: evaluation and promotion")
     rows = [json.loads(line) for line in HISTORY.read_text().splitlines()[-50:]]
     columns = ["time", "data_hash", "trained_steps", "fid", "kid", "version", "decision"]

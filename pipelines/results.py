@@ -38,7 +38,7 @@ class Evaluated:
     kid_std: float | None
     generator_step: int
     num_samples: int
-    metrics_file: str  # eval.json: these numbers and the whole protocol
+    metrics_file: str  # eval.json: these numbers (the protocol is in eval.record.json next to it)
     skipped: bool = False
 
 

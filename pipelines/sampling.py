@@ -51,24 +51,35 @@ def load_sampler(model: str, params: Params) -> Sampler:
 
 
 def _load_mlflow(uri: str, params: Params) -> Sampler:
-    import torch
     from mlflow.exceptions import MlflowException
 
     from .tracking.store import call, connect, redact, scrub
 
     _, tracking_uri = connect(params)
     import mlflow
-    from mlflow.models import Model
 
     try:
         local = call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri)
-        mlmodel = Model.load(local)
-        module = mlflow.pytorch.load_model(local)
+        model = mlflow.pyfunc.load_model(local)
     except MlflowException as e:
         first = scrub(" ".join(str(e).split()))[:300]
         raise ConfigError(f"--model {uri}: cannot load from {redact(tracking_uri)} ({first})") from None
     except OSError as e:
         raise SaganError(f"--model {uri}: download failed ({scrub(str(e))})") from None
+    try:
+        inner = model.unwrap_python_model()
+    except MlflowException:  # not a PythonModel (e.g. a bare pytorch-flavor model)
+        inner = None
+    if hasattr(inner, "generate"):  # our table pyfunc: its tensor interface
+        return Sampler(inner.generate, inner.z_dim, inner.num_classes, inner.class_names, uri)
+    return _packed_torch_model(uri, local, model.metadata)
+
+
+def _packed_torch_model(uri: str, local: str, mlmodel) -> Sampler:
+    """A bare torch model taking [z | class id] (generators logged before the table pyfunc)."""
+    import mlflow
+    import torch
+
     meta = mlmodel.metadata or {}
     if "z_dim" in meta:
         z_dim, num_classes = int(meta["z_dim"]), int(meta.get("num_classes", 0))
@@ -77,6 +88,7 @@ def _load_mlflow(uri: str, params: Params) -> Sampler:
         if not shape:
             raise ConfigError(f"--model {uri}: not a sagan generator (no metadata, no tensor signature)")
         z_dim, num_classes = int(shape[-1]) - 1, 0
+    module = mlflow.pytorch.load_model(local)
 
     def generate(z, y):
         y = torch.zeros(len(z)) if y is None else y.float()
@@ -94,11 +106,16 @@ def sample(
     out_dir: Path | None,
     seed: int,
     nrow: int | None,
+    truncation: float | None = None,
 ) -> dict[str, Any]:
     import torch
 
+    from .tracking.generator_pyfunc import MIN_TRUNCATION, truncated_normal
+
     if n < 1:
         raise ConfigError(f"--n: expected a positive number of images, got {n}")
+    if truncation is not None and not truncation >= MIN_TRUNCATION:
+        raise ConfigError(f"--truncation: expected a number >= {MIN_TRUNCATION}, got {truncation}")
     s = load_sampler(model, params)
     if klass is not None:
         if not s.num_classes:
@@ -106,7 +123,7 @@ def sample(
         if not 0 <= klass < s.num_classes:
             raise ConfigError(f"--class: expected 0..{s.num_classes - 1}, got {klass}")
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, s.z_dim, generator=gen)
+    z = truncated_normal(n, s.z_dim, truncation, gen)  # the same z as the served model's for a seed
     y = None
     if s.num_classes:
         y = torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
@@ -129,4 +146,12 @@ def sample(
         rows = nrow or (s.num_classes if s.num_classes and klass is None and n % s.num_classes == 0 else 8)
         save_grid(images, out, rows)
         written.append(str(out))
-    return {"model": s.source, "n": n, "class": klass, "files": written, "shape": list(images.shape)}
+    shape = list(images.shape)
+    return {
+        "model": s.source,
+        "n": n,
+        "class": klass,
+        "truncation": truncation,
+        "files": written,
+        "shape": shape,
+    }

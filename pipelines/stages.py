@@ -154,7 +154,7 @@ def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | Non
 
 
 def evaluation(record: dict, metrics_file: str, skipped: bool = False) -> Evaluated:
-    """An eval.json record as the typed stage result."""
+    """An evaluation record (eval.record.json) as the typed stage result."""
     return Evaluated(
         fid=record["fid"],
         is_mean=record["is_mean"],
@@ -172,7 +172,7 @@ def evaluated(params: Params) -> Evaluated:
     """What an earlier `evaluate` wrote to eval.metrics_file (the flow's record of a skipped stage)."""
     import json
 
-    record = json.loads(Path(params.eval.metrics_file).read_text())
+    record = json.loads(params.eval.record_file.read_text())
     return evaluation(record, params.eval.metrics_file, skipped=True)
 
 

@@ -152,7 +152,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """`sagan evaluate` (sagan_core/evaluate.py). Defaults are the short CPU demo protocol (Inception runs
     at ~5-10 images/s on 2 CPU cores); the GPU protocol is num_samples 10000 (paper: 50000) and
-    reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.json."""
+    reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.record.json."""
 
     num_samples: int = Field(1000, ge=10)  # generated images (>= 10: the Inception Score's 10 splits)
     # Inception batch; bounds GPU memory / RAM, not the results (4096 at 299 px is ~4 GiB of input alone)
@@ -168,7 +168,13 @@ class EvalConfig(Section):
     use_ema: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str = ".sagan/fid-stats"
-    metrics_file: str = "metrics/eval.json"
+    metrics_file: str = "metrics/eval.json"  # the scores only (numbers: what `dvc metrics show` lists)
+
+    @property
+    def record_file(self) -> Path:
+        """The evaluation's whole record next to metrics_file: scores, protocol, provenance, timings."""
+        path = Path(self.metrics_file)
+        return path.with_name(f"{path.stem}.record.json")
 
     @field_validator("device")
     @classmethod
@@ -223,6 +229,14 @@ class PipelineConfig(Section):
     stage_timeout_s: float | None = Field(None, gt=0)  # prepare, evaluate, register; null: no limit
     lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
     dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
+    notify_url: str | None = None  # webhook POSTed a JSON message when a flow run fails or completes
+
+    @field_validator("notify_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith(("http://", "https://")) and len(v.split()) == 1):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v
 
 
 class Params(Section):

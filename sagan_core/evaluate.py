@@ -7,7 +7,8 @@
 - Reference statistics of the prepared dataset are cached under `eval.cache_dir`, keyed by the
   dataset's content_hash, the weights file's sha256 and every protocol setting that changes them.
 - Samples come from a fixed seed (CPU noise, class-balanced labels) and go through Inception
-  (`sagan_core.fid`) into the metrics (`sagan_core.metrics`); the record is eval.json.
+  (`sagan_core.fid`) into the metrics (`sagan_core.metrics`); the record is eval.record.json, the
+  numbers alone eval.json.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator) -> tuple[dict[str
 
 
 def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file."""
+    """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file
+    (the numbers) and eval.record_file (everything); returns the record."""
     ev = params.eval
     ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
     device = resolve_device(ev.device, "eval.device")
@@ -231,8 +233,16 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
         "frechet_seconds": fid_seconds,
     }
     result = _record(ev, scores, n, ref, ref_info, provenance, timing)
-    write_json(ev.metrics_file, result)
+    write_json(ev.record_file, result)
+    write_json(ev.metrics_file, metrics_only(result))
     return result
+
+
+def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
+    """eval.json: the numbers DVC users compare (`dvc metrics show`, `dvc exp show`), nothing else;
+    the protocol and timings stay in the record file. KID is absent when it could not be computed."""
+    keys = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "generator_step")
+    return {k: record[k] for k in keys if isinstance(record.get(k), (int, float))}
 
 
 def _record(
@@ -244,9 +254,9 @@ def _record(
     provenance: dict[str, Any],
     timing: dict[str, Any],
 ) -> dict[str, Any]:
-    """eval.json: the scores, the protocol they hold under, where they come from, timings.
+    """eval.record.json: the scores, the protocol they hold under, where they come from, timings.
 
-    The key order is eval.json's (json keeps insertion order): scores first, for people reading it.
+    The key order is the file's (json keeps insertion order): scores first, for people reading it.
     """
     return {
         **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")},

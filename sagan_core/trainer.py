@@ -242,6 +242,8 @@ class Trainer:
         t0, metrics = time.perf_counter(), {}
         try:
             self._emit("on_start", start_info(self))
+            if main and self.step == 0:  # the untrained G too: image series start at step 0
+                self._sample(fixed)
             while self.step < cfg.steps:
                 meter.add(self.train_step(g_run, d_run, d_for_g))
                 self.step += 1

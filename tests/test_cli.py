@@ -78,6 +78,8 @@ def test_prepare_then_train_end_to_end(tmp_path):
     ck = torch.load(tmp_path / "models/checkpoint.pt", weights_only=True)
     assert ck["step"] == 4
     for name in (
+        "step_000000.png",
+        "attention_step_000000.png",
         "step_000002.png",
         "step_000004.png",
         "latest.png",

@@ -59,8 +59,13 @@ def test_evaluate_writes_protocol_and_cache_removes_reference_pass(project, monk
 
     first = E.evaluate(params, progress=False)
     assert passes == ["reference", "samples"] and first["stats_cache"] == "miss"
-    on_disk = json.loads((project / "metrics/eval.json").read_text())
+    on_disk = json.loads((project / "metrics/eval.record.json").read_text())
     assert on_disk == json.loads(json.dumps(first))
+    # eval.json holds the numbers alone, for `dvc metrics show` / `dvc exp show`
+    numbers = json.loads((project / "metrics/eval.json").read_text())
+    assert set(numbers) == {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "generator_step"}
+    assert all(isinstance(v, (int, float)) for v in numbers.values())
+    assert numbers["fid"] == on_disk["fid"] and numbers["generator_step"] == 7
     for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std"):
         assert np.isfinite(on_disk[key])
     assert on_disk["fid"] > 0 and on_disk["is_mean"] >= 1.0

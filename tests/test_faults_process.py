@@ -18,7 +18,8 @@ import pytest
 from helpers import REPO, SAGAN, pipeline_project, run_cli
 from test_evaluate import eval_params, write_checkpoint
 
-from pipelines.registry import _version_tags, version_description
+from pipelines.model_card import version_card
+from pipelines.registry import _version_tags
 from pipelines.resume import checkpoint_step
 from sagan_core import evaluate as E
 from sagan_core import inception as inc
@@ -31,7 +32,7 @@ def test_foreign_inception_weights_warn_and_are_recorded_unofficial(
     write_checkpoint(project / "models/checkpoint.pt", seed=0)
     with caplog.at_level(logging.WARNING, logger="sagan.evaluate"):
         result = E.evaluate(eval_params(project), progress=False)
-    on_disk = json.loads((project / "metrics/eval.json").read_text())
+    on_disk = json.loads((project / "metrics/eval.record.json").read_text())
     assert on_disk["weights_official"] is False and result["weights_official"] is False
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     weights = inc.default_weights_path()
@@ -41,9 +42,15 @@ def test_foreign_inception_weights_warn_and_are_recorded_unofficial(
     run = SimpleNamespace(data=SimpleNamespace(tags={}), info=SimpleNamespace(run_id="r1"))
     assert _version_tags(on_disk, run)["weights_official"] == "false"
     assert _version_tags(on_disk | {"weights_official": True}, run)["weights_official"] == "true"
-    # ... and its description (the model card line) says what that means.
-    assert "Unofficial Inception weights" in version_description(_version_tags(on_disk, run))
-    assert "Unofficial" not in version_description(_version_tags(on_disk | {"weights_official": True}, run))
+    # ... and its description (the model card) says what that means.
+    params = eval_params(project)
+    run.data.params = {}
+    card = version_card(params, "m", 1, run, on_disk, "champion", "no champion yet")
+    assert "Unofficial Inception weights" in card
+    card = version_card(
+        params, "m", 1, run, on_disk | {"weights_official": True}, "champion", "no champion yet"
+    )
+    assert "Unofficial" not in card
 
 
 def test_official_sha256_is_the_torch_hub_prefix_of_the_file_name():

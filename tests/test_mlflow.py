@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -94,14 +95,16 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
     for key in ("loss_g", "d_real", "d_fake", "gamma_g0", "gamma_d0", "lr_g", "lr_d", "img_per_s"):
         assert key in run.data.metrics, key
     # evaluation joined the same run
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = json.loads((project / "metrics/eval.record.json").read_text())
     assert run.data.metrics["fid"] == pytest.approx(ev["fid"])
     assert run.data.tags["sagan.eval.num_samples"] == str(ev["num_samples"])
     # images as a series (key + step), the attention figure, the checkpoint, the model
     images = [f.path for f in client.list_artifacts(run.info.run_id, "images")]
     for key in ("samples", "attention"):
         steps = {p.split("+")[2] for p in images if p.startswith(f"images/{key}+step+")}
-        assert steps == {"2", "4"}, (key, images)
+        assert steps == {"0", "2", "4"}, (key, images)  # from step 0: MLflow's image cards open there
+    # the latest grid is a plain artifact too
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "samples")] == ["samples/latest.png"]
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")] == [
         "checkpoint/checkpoint.pt"
     ]
@@ -128,7 +131,7 @@ def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
     client = client_for(mlflow_server)
     champ = client.get_model_version_by_alias(MODEL, "champion")
     run = client.get_run(champ.run_id)
-    ev = json.loads((project / "metrics/eval.json").read_text())
+    ev = json.loads((project / "metrics/eval.record.json").read_text())
     # lineage tags on the version
     assert float(champ.tags["fid"]) == pytest.approx(ev["fid"])
     assert champ.tags["content_hash"] == run.data.tags["sagan.data.content_hash"]
@@ -137,7 +140,7 @@ def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
     assert champ.tags["promotion.decision"] == "champion"
     assert "Unofficial Inception weights" in champ.description  # the suite evaluates with the stand-in
 
-    # pyfunc and pytorch flavours give the local EMA generator's images for the same z / y
+    # the pyfunc's tensor interface gives the local EMA generator's images for the same z / y
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.set_registry_uri(mlflow_server)
     g, _ = load_generator(project / "models/checkpoint.pt", use_ema=True)
@@ -145,15 +148,14 @@ def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
     y = torch.tensor([0, 1, 2, 3, 9])
     with torch.no_grad():
         expected = g(z, y).numpy()
-    from pipelines.tracking import pack_inputs
-
-    x = pack_inputs(z.numpy(), y.numpy())
-    got = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(x)
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    got = served.unwrap_python_model().generate(z, y).numpy()
     assert got.shape == expected.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert got.min() >= -1 and got.max() <= 1
-    module = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")
-    np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), expected, atol=1e-5)
+    # ... and its table interface answers one PNG per image (tests/test_serving.py checks pixels)
+    table = served.predict(pd.DataFrame([{"class": "3", "n": 2, "seed": 0}]))
+    assert list(table["class_id"]) == [3, 3] and all(len(b) > 100 for b in table["image"])
 
     # registering the same run again creates no second version
     r = run_cli(["register"], project, {"SAGAN_TRACKING": "1"})
@@ -202,7 +204,7 @@ def fake_run(
     min_improvement: float = 0.0,
     **protocol,
 ) -> Params:
-    """A new run that reuses the trained run's logged generator, with an eval.json saying `fid`."""
+    """A new run that reuses the trained run's logged generator, with an evaluation record saying `fid`."""
     from pipelines.tracking.run_record import write_run_record
     from pipelines.tracking.store import experiment_id
 
@@ -219,7 +221,7 @@ def fake_run(
     )
     (root / "metrics").mkdir()
     ev = {"fid": fid, "kid_mean": 0.01, "kid_std": 0.001, "generator_step": src["step"]} | PROTOCOL | protocol
-    (root / "metrics/eval.json").write_text(json.dumps(ev))
+    (root / "metrics/eval.record.json").write_text(json.dumps(ev))
     return params
 
 

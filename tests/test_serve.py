@@ -142,3 +142,37 @@ def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_
     from pipelines.resume import checkpoint_step
 
     assert checkpoint_step(proj / "models/checkpoint.pt") == 2  # trained on the worker
+
+
+def test_a_deployment_run_waits_for_the_projects_prefect_concurrency_limit(prefect_server, tmp_path):
+    """Another holder of the project's global concurrency slot (a run on another machine) stops the run."""
+    from pipelines.project_limit import limit_name
+
+    env = prefect_server | {"COLUMNS": "250"}
+    proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)
+    prefect_cli(["work-pool", "create", "sagan-limit-pool", "--type", "process"], env)
+    out = subprocess.run(
+        [*SAGAN, "pipeline", "deploy", "--pool", "sagan-limit-pool", "--name", "guarded"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    name = limit_name(proj)
+    assert name in out.stdout
+    inspected = prefect_cli(["gcl", "inspect", name, "--output", "json"], env)
+    assert '"limit": 1' in inspected and '"active_slots": 0' in inspected
+    prefect_cli(["gcl", "update", name, "--active-slots", "1"], env)  # held elsewhere
+    prefect_cli(["deployment", "run", "sagan-pipeline/guarded"], env)
+    worker = subprocess.run(
+        [*PREFECT, "worker", "start", "--pool", "sagan-limit-pool", "--run-once"],
+        env=env | {"SAGAN_TRACKING": "0"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    logs = worker.stdout + worker.stderr
+    assert "another flow run holds this project" in logs and name in logs, logs[-3000:]
+    assert not (proj / "data/prepared").exists()  # nothing ran

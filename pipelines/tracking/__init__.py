@@ -18,11 +18,12 @@ One module per concern:
 - run_record: mlflow_run.json, and recovering what an outage made the server miss;
 - lineage: git commit, prepared data's content_hash and DVC md5;
 - callback: MlflowCallback, the trainer's hooks;
-- generator_model: the generator as an MLflow model (pack_inputs builds its input);
+- generator_model: the generator as an MLflow model (pack_inputs builds its network's input);
+- generator_pyfunc: that model's pyfunc (table in, PNGs out), logged as code;
 - evaluation: FID/IS/KID joining the run.
 
 Code in this repository imports from those modules; the names below are the package's public
-surface (`pipelines.tracking.pack_inputs` is documented in the README).
+surface.
 """
 
 from .callback import MlflowCallback

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,20 @@ from .store import artifact_error, call, connect, experiment_id, redact, scrub
 from .uploads import Uploader, snapshot
 
 log = logging.getLogger("sagan.mlflow")
+
+
+READABLE_SIDE = 768  # px: MLflow's image preview shows the image at its own size
+
+
+def readable(path: Path):
+    """The image as RGB, enlarged by a whole factor (nearest neighbour: pixels stay sharp squares)
+    until its short side reaches READABLE_SIDE, so 32-px samples are legible in MLflow's preview."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    factor = max(1, -(-READABLE_SIDE // min(rgb.size)))
+    return rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST) if factor > 1 else rgb
 
 
 class MlflowCallback(Callback):
@@ -70,12 +85,11 @@ class MlflowCallback(Callback):
             call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id, record["experiment_id"]
         exp = experiment_id(self.client, self.params, self.uri)
-        run = call(
-            self.uri,
-            self.client.create_run,
-            exp,
-            tags={"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"},
-        )
+        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
+        exp_name = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: the run is findable by it
+        if exp_name:
+            tags["sagan.dvc_exp"] = exp_name
+        run = call(self.uri, self.client.create_run, exp, tags=tags, run_name=exp_name)
         return run.info.run_id, exp
 
     # -- helpers --
@@ -106,12 +120,12 @@ class MlflowCallback(Callback):
         self._guard("logging params", self._log_params)
         self._guard("logging lineage", log_lineage, self.client, self.run_id, self.params, info)
         try:  # system metrics (CPU, memory, disk, network, GPU) sampled in a background thread
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            import mlflow
 
-            self.monitor = SystemMetricsMonitor(
-                self.run_id, sampling_interval=10, resume_logging=self.resume, tracking_uri=self.uri
-            )
-            self.monitor.start()
+            # MLflow's public switch for them is a fluent run with log_system_metrics; connect()
+            # pointed the fluent API at this store. The run is ended (and closed) in _stop_monitor.
+            mlflow.set_system_metrics_sampling_interval(10)
+            self.monitor = mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
         except Exception as e:  # noqa: BLE001 - optional (needs psutil); never worth failing over
             log.warning("MLflow system metrics unavailable: %s", scrub(str(e)))
             self.monitor = None
@@ -129,11 +143,11 @@ class MlflowCallback(Callback):
             self.pending.append(op)
 
     def on_image(self, step: int, key: str, path: Path) -> None:
-        from PIL import Image
-
         def upload():
-            with Image.open(path) as im:
-                self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step)
+            self.client.log_image(self.run_id, readable(path), key=key, step=step)
+            latest = path.with_name("latest.png")
+            if key == "samples" and latest.is_file():  # the newest grid, also as a plain file
+                self.client.log_artifact(self.run_id, str(latest), "samples")
 
         self._guard(f"logging image {key}", upload)
 
@@ -181,9 +195,12 @@ class MlflowCallback(Callback):
             log.debug("could not mark MLflow run failed: %s", scrub(str(e)))
 
     def _stop_monitor(self) -> None:
+        """End the fluent run that samples system metrics; the caller sets the run's final status."""
         if self.monitor is not None:
+            import mlflow
+
             with contextlib.suppress(Exception):  # best effort: it only samples CPU/GPU load
-                self.monitor.finish()
+                mlflow.end_run()
             self.monitor = None
 
     def _flush(self) -> None:
@@ -192,6 +209,8 @@ class MlflowCallback(Callback):
         self.pending.clear()
 
     def _log_final(self, summary: dict[str, Any]) -> None:
+        # how long this training session took (the model card's "training time")
+        self.client.set_tag(self.run_id, "sagan.train_seconds", f"{float(summary['seconds']):.0f}")
         metrics_csv = Path(self.params.train.metrics_file)
         if metrics_csv.exists():
             self.client.log_artifact(self.run_id, str(metrics_csv), "metrics")

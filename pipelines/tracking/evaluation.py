@@ -82,10 +82,10 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     ]
     tags.append(RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics)))
     call(uri, client.log_batch, run_id, metrics=metrics, tags=tags)
-    eval_file = Path(params.eval.metrics_file)
-    if eval_file.exists():
-        try:
-            client.log_artifact(run_id, str(eval_file), "metrics")
-        except Exception as e:  # noqa: BLE001 - any upload failure becomes the one-line artifact error
-            raise artifact_error(uri, e, client, run_id) from None
+    for eval_file in (Path(params.eval.metrics_file), params.eval.record_file):
+        if eval_file.exists():
+            try:
+                client.log_artifact(run_id, str(eval_file), "metrics")
+            except Exception as e:  # noqa: BLE001 - any upload failure becomes the one-line artifact error
+                raise artifact_error(uri, e, client, run_id) from None
     return run_id

@@ -1,12 +1,16 @@
-"""The generator as an MLflow model: one float32 input, pt2 serialization, no sagan needed to load.
+"""The generator as an MLflow model: a table-in, PNG-out pyfunc around a pt2 network, no sagan needed.
 
-MLflow's PyTorch pyfunc passes exactly one float32 array to a model, so the generator is logged
-wrapped in LatentToImage, which takes z and the class id packed side by side (`pack_inputs`).
+The network is G wrapped in LatentToImage, which takes z and the class id packed side by side in
+one float32 array (`pack_inputs`: what MLflow's PyTorch flavor passes); the pyfunc around it
+(generator_pyfunc.py) turns rows of class / n / seed / truncation into that and images into PNGs.
 The training checkpoint is uploaded next to it, so the run can be resumed from its artifacts alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,34 +65,32 @@ def _metadata(spec, meta: dict[str, Any]) -> dict[str, Any]:
         "resolution": spec.resolution,
         "channels": spec.channels,
         "step": int(meta["step"]),
-        "input": f"float32 N x {spec.z_dim + 1}: z in columns 0..{spec.z_dim - 1}, class id in the last",
-        "output": "float32 N x C x H x W images in [-1, 1]",
+        "input": "table: class (name or id), n, seed, truncation (optional)",
+        "output": "table: one row per image: class, class_id, seed, index, image (base64 PNG)",
+        "tensor_interface": "unwrap_python_model().generate(z: N x z_dim, y: N class ids) -> N x C x H x W",
     }
 
 
 def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
     """Log the (EMA) generator as an MLflow model; returns the LoggedModel id.
 
-    Serialization: `pt2` (torch.export), MLflow 3.17's default, chosen explicitly. Verified for this
-    model: in eval mode the spectral-norm parametrizations use their stored u/v (no power
-    iteration) and the attention block is plain tensor ops, so the export traces cleanly with a
-    dynamic batch dimension and reproduces the eager outputs exactly (tests/test_mlflow.py checks
-    pyfunc output == local EMA generator output). pt2 also needs neither pickle (MLflow refuses
-    pickle deserialization unless allowed) nor the sagan package at load time.
+    The model is a pyfunc (generator_pyfunc.py, "models from code": MLflow's documented way to log
+    a custom PythonModel without pickling it) taking a table of class / n / seed / truncation and
+    answering PNG images, so `mlflow models serve` serves something a client can call by hand. The
+    network inside is a nested torch model serialized as `pt2` (torch.export), MLflow 3.17's
+    default, chosen explicitly: in eval mode the spectral-norm parametrizations use their stored
+    u/v and attention is plain tensor ops, so the export traces cleanly with a dynamic batch and
+    reproduces the eager outputs exactly (tests/test_mlflow.py). Neither needs pickle nor sagan.
     """
+    import tempfile
+
     import mlflow
-    import numpy as np
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model
 
     spec = generator.spec
     module = _packed_module_class()(generator.cpu().float().eval()).eval()
-    rng = np.random.default_rng(0)
-    n = 2  # > 1 so the exported batch dimension stays dynamic
-    y = rng.integers(0, max(spec.num_classes, 1), n)
-    example = pack_inputs(rng.standard_normal((n, spec.z_dim)), y)
-    with torch.no_grad():
-        out = module(torch.from_numpy(example)).numpy()
+    config = _metadata(spec, meta)
     # The LoggedModel is created in the run's experiment explicitly: log_model alone would put it
     # in the fluent "current" experiment (Default, ./mlruns) since no fluent run is active here.
     run = client.get_run(run_id)
@@ -96,26 +98,90 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
         run.info.experiment_id,
         name=MODEL_NAME,
         source_run_id=run_id,
-        params=dict(run.data.params),
-        tags={"sagan.serialization": "pt2"},
+        params=_key_params(run.data.params),
+        tags={"sagan.serialization": "pt2", "sagan.interface": "table: class, n, seed, truncation"},
     )
-    info = mlflow.pytorch.log_model(
-        module,
-        name=MODEL_NAME,
-        run_id=run_id,
-        model_id=logged.model_id,
-        # MLflow would reload and run the model here; tests/test_mlflow.py checks pyfunc == eager G
-        validate_serving_input=False,
-        serialization_format="pt2",
-        signature=infer_signature(example, out),
-        input_example=example,
-        metadata=_metadata(spec, meta),
-        # explicit requirements: MLflow's inference would load the model once more in a subprocess
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        step=int(meta["step"]),
-    )
+    # MLflow checks the input example by loading the model back, which draws a download progress
+    # bar on stderr even under --quiet; its documented switch turns that bar off
+    with tempfile.TemporaryDirectory() as tmp, _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+        torch_dir = str(Path(tmp) / "generator")
+        example = pack_inputs(torch.randn(2, spec.z_dim).numpy(), [0, max(spec.num_classes - 1, 0)])
+        mlflow.pytorch.save_model(module, torch_dir, serialization_format="pt2", input_example=example)
+        # Model.log is the public API behind every flavor's log_model; unlike pyfunc.log_model it
+        # takes run_id, so the model joins this run without a fluent run being opened around it.
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(Path(__file__).with_name("generator_pyfunc.py")),
+            artifacts={"generator": torch_dir},
+            model_config=config,
+            signature=_table_signature(),
+            input_example=_table_example(spec, meta),
+            metadata=config,
+            # explicit requirements: MLflow's inference would load the model once more in a subprocess
+            pip_requirements=_requirements(),
+            step=int(meta["step"]),
+        )
     client.set_tag(run_id, "sagan.model_id", info.model_id)
     return info.model_id
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _key_params(params: dict[str, str]) -> dict[str, str]:
+    """The params that say what this generator is (architecture, data, training schedule)."""
+    keep = ("data.source", "data.resolution", "data.channels", "model.", "train.steps", "train.batch_size")
+    keep += ("train.lr_g", "train.lr_d", "train.n_dis", "train.ema_decay", "train.seed")
+    return {k: v for k, v in params.items() if k.startswith(keep)}
+
+
+def _table_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = Schema(
+        [
+            # Any: JSON gives 7 as int64 and a row without it as NaN; MLflow converts neither to
+            # long nor double, so the pyfunc checks the values itself (GeneratorModel.predict).
+            ColSpec(AnyType(), "class", required=False),  # a class name or id; unconditional: omit
+            ColSpec(AnyType(), "n", required=False),  # images for this row (default 1)
+            ColSpec(AnyType(), "seed", required=False),  # noise seed (default 0)
+            ColSpec(AnyType(), "truncation", required=False),  # resample |z| > t (default: none)
+        ]
+    )
+    outputs = Schema(
+        [ColSpec("string", "class"), ColSpec("long", "class_id"), ColSpec("long", "seed")]
+        + [ColSpec("long", "index"), ColSpec("string", "image")]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _table_example(spec, meta: dict[str, Any]):
+    import pandas as pd
+
+    names = list(meta.get("class_names", []))
+    klass = (names[0] if names else "0") if spec.num_classes else None
+    return pd.DataFrame([{"class": klass, "n": 2, "seed": 0, "truncation": 1.0}])
+
+
+def _requirements() -> list[str]:
+    import importlib.metadata as md
+
+    return [f"{name}=={md.version(name).split('+')[0]}" for name in ("torch", "mlflow", "pandas", "pillow")]
 
 
 def log_checkpoint_and_generator(client, run_id: str, params: Params, checkpoint: Path) -> str:

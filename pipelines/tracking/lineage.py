@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,19 +103,21 @@ def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> No
 
 
 def _log_dataset(client, run_id: str, data: dict[str, str]) -> None:
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local
-        warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(Path(data["path"]).resolve()))
-    # MLflow caps dataset digests at 36 characters; the full hash travels as an input tag
-    dataset = MetaDataset(source, name="prepared", digest=data["content_hash"][:36])
+    # The public Dataset entity, described as MLflow's own local-path source describes itself
+    # (source type "local", {"uri": path}); MLflow caps digests at 36 characters, so the full
+    # hash travels as an input tag.
+    dataset = Dataset(
+        name="prepared",
+        digest=data["content_hash"][:36],
+        source_type="local",
+        source=json.dumps({"uri": str(Path(data["path"]).resolve())}),
+    )
     input_tags = [
         InputTag("mlflow.data.context", "training"),
         InputTag("content_hash", data["content_hash"]),
     ]
     if "dvc_md5" in data:
         input_tags.append(InputTag("dvc_md5", data["dvc_md5"]))
-    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), input_tags)])
+    client.log_inputs(run_id, [DatasetInput(dataset, input_tags)])

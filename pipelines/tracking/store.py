@@ -7,9 +7,11 @@ server (without credentials) instead of a retry history.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -90,12 +92,21 @@ def _hide_credentials(uri: str) -> None:
                 target.addFilter(_ScrubFilter())
 
 
+def project_root() -> Path:
+    """The project directory: $DVC_ROOT when DVC runs the stage, else the working directory.
+
+    `dvc exp run --queue` / `--temp` run stages in a temporary copy under .dvc/tmp/exps and set
+    DVC_ROOT to the project itself, so every experiment records into the project's MLflow store,
+    not into a copy thrown away with the workspace."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
 def tracking_uri(params: Params) -> str:
     """registry.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
     uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def _is_local_store(uri: str) -> bool:
@@ -115,8 +126,26 @@ def connect(params: Params):
     _hide_credentials(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, registry_uri=uri)
+    with _sqlite_creation_lock(uri):  # the client's constructor creates a new store's tables
+        client = MlflowClient(uri, registry_uri=uri)
     return client, uri
+
+
+@contextlib.contextmanager
+def _sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Two processes creating one new sqlite store at once (two queued DVC experiments starting
+    together) both run MLflow's schema migrations and one fails; an exclusive lock next to the
+    database makes them take turns (a no-op for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def experiment_id(client, params: Params, uri: str) -> str:
@@ -132,16 +161,28 @@ def experiment_id(client, params: Params, uri: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"registry.experiment: experiment {name!r} is deleted in {redact(uri)}")
+        if exp.tags.get(EXPERIMENT_KIND) is None:  # made before sagan tagged its experiments
+            call(uri, client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return exp.experiment_id
     location = params.registry.artifact_location
     if location is None and _is_local_store(uri):
-        location = (Path.cwd().resolve() / "mlartifacts").as_uri()
+        location = (project_root() / "mlartifacts").as_uri()
     try:
-        return call(uri, client.create_experiment, name, artifact_location=location)
+        tags = {EXPERIMENT_KIND: MODEL_TRAINING, "mlflow.note.content": EXPERIMENT_NOTE}
+        return call(uri, client.create_experiment, name, artifact_location=location, tags=tags)
     except MlflowException as e:  # created by a concurrent process in the meantime
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+# The experiment type the MLflow 3 UI reads (what its "experiment type" selector sets): a model
+# training experiment opens on its runs; untagged, the UI infers one and may open GenAI traces.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_NOTE = (
+    "SAGAN training runs (sagan train / evaluate / register): curves, sample grids and attention figures"
+    " per step, FID/KID/IS, the EMA generator as a model."
+)
 
 
 # ---- failures as one line ------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Model cards: the markdown description of every registered version and of the registered model.
+
+A version's card answers what a reader of the registry page asks: what data (source, content_hash,
+images, classes), what training (steps, the params that shape the model, hardware, time), how it was
+evaluated and what it scored (protocol, FID/KID/IS), why it was or was not promoted, and how to
+sample it. Everything comes from records already made: the run (params, tags), eval.record.json and the
+prepared data's manifest; a missing piece reads "unknown", never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sagan_core.config import Params
+
+
+def _manifest(params: Params) -> dict[str, Any]:
+    try:
+        return json.loads((Path(params.data.prepared_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _num(value: Any, fmt: str = ".4g") -> str:
+    return format(float(value), fmt) if isinstance(value, (int, float)) else "unknown"
+
+
+def _duration(seconds: Any) -> str:
+    try:
+        s = int(float(seconds))
+    except (TypeError, ValueError):
+        return "unknown"
+    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s"
+
+
+def _classes(manifest: dict[str, Any]) -> str:
+    names = manifest.get("class_names") or []
+    if not names:
+        return "none (unconditional)" if manifest else "unknown"
+    shown = ", ".join(map(str, names[:20])) + (", …" if len(names) > 20 else "")
+    return f"{len(names)}: {shown}"
+
+
+def _data(params: Params, run_params: dict[str, str], tags: dict[str, str]) -> list[str]:
+    m = _manifest(params)
+    res = f"{m['resolution']} px, {m['channels']} channel(s)" if "resolution" in m else "unknown"
+    return [
+        "## Data",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source | `{run_params.get('data.source', params.data.source)}` |",
+        f"| content_hash | `{tags.get('sagan.data.content_hash', m.get('content_hash', 'unknown'))}` |",
+        f"| images | {m['num_images']:,} |" if "num_images" in m else "| images | unknown |",
+        f"| classes | {_classes(m)} |",
+        f"| resolution | {res} |",
+    ]
+
+
+def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> list[str]:
+    p = run_params.get
+    arch = f"z_dim {p('model.z_dim', '?')}, g_ch {p('model.g_ch', '?')}, d_ch {p('model.d_ch', '?')}"
+    arch += f", attention G {p('model.g_attn', '?')} / D {p('model.d_attn', '?')} (null = paper default)"
+    opt = f"Adam lr_G {p('train.lr_g', '?')}, lr_D {p('train.lr_d', '?')}, β=({p('train.beta1', '?')}, "
+    opt += f"{p('train.beta2', '?')}), n_dis {p('train.n_dis', '?')}, hinge loss"
+    ema = f"decay {p('train.ema_decay', '?')} from step {p('train.ema_start', '?')} (the EMA generator is registered)"
+    device, world = tags.get("sagan.device", "unknown"), tags.get("sagan.world_size", "1")
+    precision = p("train.precision", "?")
+    return [
+        "## Training",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| steps | {step} of {p('train.steps', '?')} (batch {p('train.batch_size', '?')} per process) |",
+        f"| architecture | {arch} |",
+        f"| optimizer | {opt} |",
+        f"| EMA | {ema} |",
+        f"| seed | {p('train.seed', '?')} |",
+        f"| hardware | {device} × {world} process(es), precision {precision} |",
+        f"| training time | {_duration(tags.get('sagan.train_seconds'))} (last training session) |",
+        f"| code | git `{tags.get('sagan.git_commit', 'unknown')[:12]}`"
+        + (" (uncommitted changes)" if tags.get("sagan.git_dirty") == "true" else "")
+        + " |",
+    ]
+
+
+def _evaluation(ev: dict[str, Any]) -> list[str]:
+    ref = ev.get("reference_size")
+    ref_text = "all prepared images" if ref is None else f"{ref} prepared images (fixed seeded subset)"
+    if ev.get("reference_split") not in (None, "prepared"):
+        ref_text = f"statistics file `{ev['reference_split']}`"
+    official = ev.get("weights_official")
+    weights = {True: "pytorch-fid's official FID weights", False: "**unofficial** weights"}.get(
+        official, "unknown weights"
+    )
+    lines = [
+        "## Evaluation",
+        "",
+        f"Protocol: {ev.get('num_samples', '?')} generated images (EMA generator, seed {ev.get('seed', '?')},"
+        f" class-balanced) against {ref_text}; pytorch-fid InceptionV3, {ev.get('dims', '?')}-d pool features,"
+        f" {weights}; KID over {ev.get('kid_subsets', '?')} subsets of {ev.get('kid_subset_size', '?')}."
+        " FIDs from different protocols are not comparable.",
+        "",
+        "| FID | KID (mean ± std) | IS (mean ± std) |",
+        "|---|---|---|",
+        f"| {_num(ev.get('fid'))} | {_num(ev.get('kid_mean'))} ± {_num(ev.get('kid_std'))} "
+        f"| {_num(ev.get('is_mean'))} ± {_num(ev.get('is_std'))} |",
+    ]
+    if official is False:
+        lines += [
+            "",
+            "**Unofficial Inception weights**: this FID was computed with a file other than"
+            " pytorch-fid's official weights; it is not comparable with published FIDs.",
+        ]
+    return lines
+
+
+def _how_to_sample(name: str, version: int, manifest: dict[str, Any]) -> list[str]:
+    names = manifest.get("class_names") or []
+    klass = f'"class": "{names[0]}", ' if names else ""
+    uri = f"models:/{name}/{version}"
+    return [
+        "## How to sample",
+        "",
+        "```bash",
+        f"sagan sample --model {uri} --n 64 --out grid.png" + (" --class 0" if names else ""),
+        f"mlflow models serve -m {uri} --env-manager local -p 5001",
+        "curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
+        f'  -d \'{{"dataframe_records": [{{{klass}"n": 4, "seed": 0, "truncation": 1.0}}]}}\'',
+        "```",
+        "",
+        "The answer has one row per image: `class`, `class_id`, `seed`, `index`, `image` (base64 PNG).",
+    ]
+
+
+def version_card(
+    params: Params, name: str, version: int, run, ev: dict[str, Any], decision: str, reason: str
+) -> str:
+    """The markdown description of version `version` of `name`, registered from `run`."""
+    run_params, tags = dict(run.data.params), dict(run.data.tags)
+    step = ev.get("generator_step", "?")
+    lines = [
+        f"# {name} v{version}: SAGAN generator (EMA) at step {step}",
+        "",
+        f"**Promotion: {decision}.** {reason}.",
+        "",
+        f"FID {_num(ev.get('fid'))} · KID {_num(ev.get('kid_mean'))} · IS {_num(ev.get('is_mean'))} · "
+        f"run `{run.info.run_id}`",
+        "",
+        *_data(params, run_params, tags),
+        "",
+        *_training(run_params, tags, step),
+        "",
+        *_evaluation(ev),
+        "",
+        *_how_to_sample(name, version, _manifest(params)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def model_description(params: Params, name: str) -> str:
+    """The registered model's description: what its versions are and how its aliases move."""
+    return "\n".join(
+        [
+            f"# {name}",
+            "",
+            "Self-Attention GAN generators (the EMA copy of G), trained, evaluated and registered by"
+            f" the `sagan` pipeline from `{params.data.source}` data. Each version's description is its"
+            " model card: data, training, evaluation protocol and scores, promotion decision.",
+            "",
+            f"- `@champion`: the best FID so far under one evaluation protocol (a new version takes it only"
+            f" when its FID is lower by more than {params.registry.min_improvement:g}).",
+            "- `@challenger`: the latest version that did not beat the champion.",
+            "",
+            f"Sample: `sagan sample --model models:/{name}@champion --out grid.png`; serve:"
+            f" `mlflow models serve -m models:/{name}@champion --env-manager local` (input rows: class, n,"
+            " seed, truncation; output: base64 PNGs).",
+        ]
+    )

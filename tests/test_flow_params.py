@@ -1,0 +1,137 @@
+"""The flow as a Prefect user meets it: typed parameters (a form), validation errors as the one-line
+config message, webhook hooks on failure and completion, and `sagan` log lines in the run's logs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from helpers import pipeline_project, run_cli
+from test_flow import fake_downstream
+
+from pipelines.flow import sagan_pipeline
+from pipelines.flow_params import FlowSettings, split_overrides, to_overrides
+from sagan_core.params_file import load_params
+
+
+def _schema_of(prop: dict, defs: dict) -> dict:
+    """A property's own schema, through Prefect's/pydantic's `anyOf: [X, null]` and `$ref`s."""
+    for option in prop.get("anyOf", [prop]):
+        if "$ref" in option:
+            return defs[option["$ref"].split("/")[-1]]
+        if option.get("type") != "null":
+            return option
+    return prop
+
+
+def test_flow_parameters_are_a_typed_form_of_every_params_key():
+    schema = sagan_pipeline.parameters.model_dump()
+    defs = schema["definitions"]
+    settings = _schema_of(schema["properties"]["settings"], defs)
+    train = _schema_of(settings["properties"]["train"], defs)["properties"]
+    assert _schema_of(train["lr_g"], defs)["type"] == "number"
+    assert _schema_of(train["steps"], defs)["type"] == "integer"
+    assert _schema_of(train["compile"], defs)["type"] == "boolean"
+    data = _schema_of(settings["properties"]["data"], defs)["properties"]
+    assert _schema_of(data["resolution"], defs)["enum"] == [32, 64, 128, 256]  # a drop-down
+    from sagan_core.config import Params
+
+    for section, cls in Params.model_fields.items():  # every key of params.yaml has its field
+        form = _schema_of(settings["properties"][section], defs)["properties"]
+        assert set(form) == set(cls.annotation.model_fields), section
+
+
+def test_form_values_mean_what_the_same_set_strings_mean(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("train:\n  steps: 7\n")
+    assignments = [
+        "train.lr_g=3e-4",
+        "model.g_attn=[16]",
+        "data.source=my images",
+        "eval.reference_size=null",
+    ]
+    settings, rest = split_overrides(assignments)
+    assert rest == ["eval.reference_size=null"]  # an empty form field means "keep the file's"
+    via_form = load_params(params_file, [*to_overrides(FlowSettings.model_validate(settings)), *rest])
+    assert via_form == load_params(params_file, assignments)
+    assert via_form.train.steps == 7 and via_form.data.source == "my images"
+
+
+# ---- against Prefect ---------------------------------------------------------------------------------
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture
+def webhook():
+    _Hook.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect_api, tmp_path):
+    proj = pipeline_project(tmp_path / "proj", dvc=False)
+    state = sagan_pipeline(settings={"train": {"lr_d": -1}}, project_dir=str(proj), return_state=True)
+    assert state.is_failed()
+    assert "train.lr_d: expected a positive number, got -1" in state.message
+
+
+@pytest.mark.slow
+def test_failure_and_completion_post_to_the_notify_url(prefect_api, tmp_path, monkeypatch, webhook):
+    url, received = webhook
+    missing = tmp_path / "missing"
+    proj = pipeline_project(tmp_path / "fails", dvc=False, data__source=str(missing))
+    state = sagan_pipeline(
+        settings={"pipeline": {"notify_url": url}}, project_dir=str(proj), return_state=True
+    )
+    assert state.is_failed()
+    (failed,) = received
+    assert (
+        failed["state"] == "Failed"
+        and "stage prepare failed" in failed["text"]
+        and str(missing) in failed["text"]
+    )
+
+    fake_downstream(monkeypatch)  # about the hooks, not FID or MLflow: a real prepare + train, then stand-ins
+    proj = pipeline_project(tmp_path / "completes", dvc=False, train__steps=2)
+    summary = sagan_pipeline(settings={"pipeline": {"notify_url": url}}, project_dir=str(proj))
+    done = received[1]
+    assert done["state"] == "Completed" and done["decision"] == summary.decision == "champion"
+    assert f"{summary.model_name} v{summary.version}: champion" in done["text"]
+
+    received.clear()  # off by default: nothing is posted
+    sagan_pipeline(project_dir=str(proj))
+    assert received == []
+
+
+@pytest.mark.slow
+def test_sagan_log_lines_reach_the_flow_runs_logs_through_prefect_settings(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)
+    env = {"PREFECT_API_URL": prefect_api, "SAGAN_TRACKING": "0", "TORCH_HOME": str(tmp_path / "no-weights")}
+    out = run_cli(["pipeline", "run"], proj, env, 600)
+    assert out.returncode == 1 and "stage evaluate failed" in out.stderr  # offline: no Inception weights
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    ours = [log.message for log in logs if log.name == "sagan" or log.name.startswith("sagan.")]
+    assert any("prepared" in m for m in ours), ours
