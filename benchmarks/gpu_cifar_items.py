@@ -37,7 +37,7 @@ def cifar_run(ctx) -> dict:
     """prepare + train the CIFAR-10 preset for the time left (steps from the measured img/s), then
     score the checkpoint with cifar_quality.py (its judge is trained on the first run)."""
     if ctx.dry:
-        ctx.archive = write_toy_archive(ctx.work / "cifar10-toy.tar.gz", train_per_class=10, test_per_class=2)
+        ctx.archive = write_toy_archive(ctx.work / "cifar10-toy.tar.gz", train_per_class=20, test_per_class=2)
     elif ARCHIVE.is_file():
         ctx.archive = ARCHIVE
     else:

@@ -182,4 +182,4 @@ def ddp_two_ranks(ctx) -> dict:
     t0 = time.perf_counter()
     sh([*SAGAN, "train", "--quiet", *[a for s in sets for a in ("--set", s)]], proj, env)
     ckpt = torch.load(proj / "models/checkpoint.pt", weights_only=False, map_location="cpu")
-    return {"step": ckpt["step"], "seconds": time.perf_counter() - t0}
+    return {"step": ckpt["step"], "train_seconds": time.perf_counter() - t0}
