@@ -111,7 +111,8 @@ def fid_speed(ctx) -> dict:
     home, weights = _torch_home(ctx)
     env = {"TORCH_HOME": str(home)}
     n, dims, batch, dev = ctx.size["fid_samples"], ctx.size["fid_dims"], 200, str(ctx.device)
-    real = np.asarray(open_prepared(proj / "data/prepared").images[:n]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    images = open_prepared(proj / "data/prepared").images  # sorted by class: take every k-th image
+    real = np.asarray(images[:: max(1, len(images) // n)][:n]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
     _write_pngs(real, ctx.work / "fid/real")
     ref = ctx.work / "fid/ref.npz"
     fid_cli = [

@@ -95,7 +95,9 @@ def _prepared(ctx, resolution: int) -> Path:
 
     out = ctx.work / f"prepared{resolution}"
     if not (out / "manifest.json").exists():
-        src = image_folder(ctx.work / f"images{resolution}", resolution)
+        # enough images for a full batch (the loader drops incomplete ones) on each of 2 DDP ranks
+        per_class = max(8, ctx.size[f"batch{resolution}"] // 2)
+        src = image_folder(ctx.work / f"images{resolution}", resolution, per_class=per_class)
         prepare(
             DataConfig(source=str(src), resolution=resolution, channels=3, prepared_dir=str(out)),
             progress=False,
