@@ -115,17 +115,8 @@ def fid_speed(ctx) -> dict:
     real = np.asarray(images[:: max(1, len(images) // n)][:n]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
     _write_pngs(real, ctx.work / "fid/real")
     ref = ctx.work / "fid/ref.npz"
-    fid_cli = [
-        sys.executable,
-        "-m",
-        "pytorch_fid",
-        "--device",
-        dev,
-        "--dims",
-        str(dims),
-        "--batch-size",
-        str(batch),
-    ]
+    fid_cli = [sys.executable, "-m", "pytorch_fid", "--device", dev, "--dims", str(dims)]
+    fid_cli += ["--batch-size", str(batch)]
     sh([*fid_cli, "--save-stats", str(ctx.work / "fid/real"), str(ref)], REPO, env)
     sets = [
         f"eval.num_samples={n}",
