@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Each capability registers its subcommands on `app` in its own module.
-from . import cli_eval, cli_flow, cli_registry  # noqa: E402,F401
+from . import cli_config, cli_eval, cli_flow, cli_registry  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())
