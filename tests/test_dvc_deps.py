@@ -18,6 +18,7 @@ from helpers import REPO
 CORE = REPO / "sagan_core"
 
 # Modules a stage imports that cannot change what it writes, and why.
+FOLDER_READING = ("archives.py", "decode.py", "sources.py")
 NOT_SHAPING = {
     "errors.py": "exception classes: messages and exit codes only",
     "config_errors.py": "the wording of a validation error",
@@ -26,7 +27,13 @@ NOT_SHAPING = {
     "atomic.py": "writes bytes atomically; the bytes come from the caller",
 }
 NOT_SHAPING_IN = {
-    "prepare": {"arch.py": "config.py checks attention placement with it; prepare builds no model"}
+    "prepare": {"arch.py": "config.py checks attention placement with it; prepare builds no model"},
+    # fid.py reads image folders with these (`sagan fid`); the evaluate stage and in-training
+    # evaluation score the prepared arrays against the cached reference statistics, never a folder.
+    **{
+        s: {m: "fid.py's folder reading; the stage scores prepared arrays" for m in FOLDER_READING}
+        for s in ("train", "evaluate")
+    },
 }
 
 
