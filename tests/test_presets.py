@@ -151,8 +151,9 @@ def test_pipeline_run_with_the_cifar10_preset_end_to_end(tmp_path, prefect_api, 
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((proj / "data/prepared/manifest.json").read_text())
     assert (manifest["channels"], manifest["num_classes"]) == (3, 10)
-    evaluated = json.loads((proj / "metrics/eval.json").read_text())
-    assert evaluated["num_samples"] == 20 and evaluated["dims"] == 64 and evaluated["fid"] >= 0
+    scores = json.loads((proj / "metrics/eval.json").read_text())  # numbers only
+    evaluated = json.loads((proj / "metrics/eval.record.json").read_text())  # + protocol
+    assert evaluated["num_samples"] == 20 and evaluated["dims"] == 64 and scores["fid"] >= 0
     import torch
 
     ckpt = torch.load(proj / "models/checkpoint.pt", weights_only=False)

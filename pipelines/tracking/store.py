@@ -124,11 +124,29 @@ def connect(params: Params):
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     uri = tracking_uri(params)
     _hide_credentials(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    with _environment_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
     with _sqlite_creation_lock(uri):  # the client's constructor creates a new store's tables
         client = MlflowClient(uri, registry_uri=uri)
     return client, uri
+
+
+@contextlib.contextmanager
+def _environment_kept(*names: str) -> Iterator[None]:
+    """MLflow's set_tracking_uri/set_registry_uri also export the URI as $MLFLOW_TRACKING_URI /
+    $MLFLOW_REGISTRY_URI; left there, the next project connected in this process (a Prefect worker
+    serving several, the test suite) would take it for the user's setting and record into this
+    project's store. MLflow's in-process URI does not read them back once set."""
+    before = {n: os.environ.get(n) for n in names}
+    try:
+        yield
+    finally:
+        for n, v in before.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 @contextlib.contextmanager
