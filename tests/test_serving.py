@@ -103,7 +103,12 @@ def _served(model_uri: str, tracking_uri: str, cwd: Path):
     log = open(cwd / "serve.log", "w")  # noqa: SIM115 - closed below
     # as with the venv activated: mlflow starts `uvicorn` from PATH
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+    # the registry too: an MLFLOW_REGISTRY_URI left in this process's environment would win
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_REGISTRY_URI": tracking_uri,
+        "PATH": path,
+    }
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
