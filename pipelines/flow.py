@@ -84,15 +84,19 @@ class RunContext:
         if self.dvc is not None:
             self.dvc.commit(stage)
 
+    def dvc_stage(self, stage: str, compute, skipped):
+        """Run a stage unless DVC says it is up to date (then read its recorded result); commit it."""
+        if not self.must_run(stage):
+            return skipped(self.params)
+        result = compute(self.params, progress=False)
+        self.commit(stage)
+        return result
+
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(run: RunContext) -> Prepared:
     with _stage("prepare"):
-        if not run.must_run("prepare"):
-            return stages.prepared(run.params)
-        result = stages.prepare(run.params, progress=False)
-        run.commit("prepare")
-        return result
+        return run.dvc_stage("prepare", stages.prepare, skipped=stages.prepared)
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -127,11 +131,7 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext) -> Evaluated:
     with _stage("evaluate"):
-        if not run.must_run("evaluate"):
-            return stages.evaluated(run.params)
-        result = stages.evaluate(run.params, progress=False)
-        run.commit("evaluate")
-        return result
+        return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
 
 
 @task(name="register", cache_policy=NO_CACHE)

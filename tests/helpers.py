@@ -5,9 +5,11 @@ Tests run on CPU, in temporary project directories, with tiny models.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +98,18 @@ def run_two_rank_worker(project: Path, env: dict | None = None) -> tuple[dict, d
         for k in r0[net]:
             assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
     return r0, r1
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a process we started with start_new_session=True, and its children."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,21 +11,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SAGAN, free_port, pipeline_project
+from helpers import REPO, SAGAN, free_port, pipeline_project, stop_process_group
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process we started and its children (it leads its own session)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def _deploy(proj: Path, pool: str, name: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SAGAN, "pipeline", "deploy", "--pool", pool, "--name", name],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _wait(what: str, check, timeout: float = 240, every: float = 1.0):
@@ -68,7 +67,7 @@ def prefect_server(tmp_path_factory):
         _wait("the Prefect server", healthy)
         yield env
     finally:
-        _stop(server)
+        stop_process_group(server)
         log.close()
 
 
@@ -102,7 +101,7 @@ def test_serve_creates_a_deployment_with_the_cron_schedule(prefect_server, tmp_p
         assert "0 3 * * 0" in inspected
         assert str(proj) in inspected  # scheduled runs are pinned to this project
     finally:
-        _stop(serve)
+        stop_process_group(serve)
 
 
 def test_serve_without_a_server_says_how_to_start_one(tmp_path):
@@ -121,14 +120,7 @@ def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_
     # The worker's run does prepare + train for real; evaluate needs Inception weights this offline
     # machine lacks, so the run is expected to fail there: what is checked is that the pool ran it.
     prefect_cli(["work-pool", "create", "sagan-test-pool", "--type", "process"], env)
-    out = subprocess.run(
-        [*SAGAN, "pipeline", "deploy", "--pool", "sagan-test-pool", "--name", "on-pool"],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _deploy(proj, "sagan-test-pool", "on-pool", env)
     assert out.returncode == 0, out.stderr
     prefect_cli(["deployment", "run", "sagan-pipeline/on-pool"], env)
     worker = subprocess.run(
@@ -151,14 +143,7 @@ def test_a_deployment_run_waits_for_the_projects_prefect_concurrency_limit(prefe
     env = prefect_server | {"COLUMNS": "250"}
     proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)
     prefect_cli(["work-pool", "create", "sagan-limit-pool", "--type", "process"], env)
-    out = subprocess.run(
-        [*SAGAN, "pipeline", "deploy", "--pool", "sagan-limit-pool", "--name", "guarded"],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _deploy(proj, "sagan-limit-pool", "guarded", env)
     assert out.returncode == 0, out.stderr
     name = limit_name(proj)
     assert name in out.stdout

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import free_port, run_cli, tiny_overrides
+from helpers import free_port, run_cli, stop_process_group, tiny_overrides
 
 from pipelines.tracking.generator_pyfunc import truncated_normal
 
@@ -123,13 +122,7 @@ def _served(model_uri: str, tracking_uri: str, cwd: Path):
             time.sleep(1)
         yield f"http://127.0.0.1:{port}/invocations"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         log.close()
 
 
