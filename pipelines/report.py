@@ -112,7 +112,10 @@ def run_url(reg: Registered) -> str | None:
         exp = mlflow.MlflowClient(uri).get_run(reg.run_id).info.experiment_id
     except Exception:  # the link is a convenience; never fail a finished run over it
         return None
-    return f"{base}/#/experiments/{exp}/runs/{reg.run_id}"
+    # The UI's own `workflowType` link parameter: MLflow 3.17 picks its GenAI or model-training
+    # layout from browser storage (GenAI on a first visit), not from the experiment's
+    # `mlflow.experimentKind` tag (mlflow/mlflow#24498); the parameter opens model training.
+    return f"{base}/#/experiments/{exp}/runs/{reg.run_id}?workflowType=machine_learning"
 
 
 def _ui_base(uri: str) -> str:
@@ -188,6 +191,7 @@ def final_report(s: RunSummary, params: Params) -> str:
             f"  trained     : {s.trained_steps} new steps (checkpoint at step {s.step})",
             f"  registered  : {s.model_name} version {s.version}, alias {s.decision} ({s.reason})",
             f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
+            *([f"                then open {s.mlflow_url}"] if s.mlflow_url else []),
             f"  Prefect UI  : {_tool('prefect')} server start   (then open http://127.0.0.1:4200)",
         ]
     )

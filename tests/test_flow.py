@@ -114,6 +114,9 @@ def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_no
     assert {"sagan-summary", "sagan-runs"} <= found.keys()
     assert f"{second.fid:.4g}" in found["sagan-summary"] and second.data_hash in found["sagan-summary"]
     assert "champion" in found["sagan-summary"]
+    # the run's link opens MLflow's model-training layout (3.17 ignores the experiment's kind tag there)
+    link = f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    assert second.mlflow_url.endswith(link) and link in found["sagan-summary"]
 
     third = sagan_pipeline(project_dir=str(proj))  # nothing changed: nothing trains, same answer
     assert len(trains) == 1 and sha(ckpt) == trained and third.trained_steps == 0
