@@ -39,7 +39,16 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
         **ev,
     )
     stages.train(params, progress=False)
-    best = read_run_record(params)["best"]
+    record = read_run_record(params)
+    best = record["best"]
+    # the final generator is one LoggedModel: when the last step was the best, that one is reused
+    assert (record["model_id"] == best["model_id"]) == (record["step"] == best["step"])
+    tracker = MlflowClient(uri)
+    logged = tracker.search_logged_models(
+        experiment_ids=[tracker.get_run(record["run_id"]).info.experiment_id]
+    )
+    final_only = [m for m in logged if m.tags.get("sagan.checkpoint") != "best"]
+    assert len(final_only) == (0 if record["step"] == best["step"] else 1)
     evaluated = stages.evaluate(params, progress=False)
     assert evaluated.generator_step == best["step"]  # registry.candidate=best: best.pt was evaluated
     registered = stages.register(params)

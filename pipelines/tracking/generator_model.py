@@ -189,13 +189,19 @@ def log_checkpoint_and_generator(client, run_id: str, params: Params, checkpoint
 
     Training calls this at its end; `sagan register` calls it when training could not (e.g. the
     artifact store was down then), so both leave the run in the same state. Returns the model id.
+    When the in-training evaluation of the last step made it the best, its LoggedModel (same EMA
+    weights, same standing statistics) is reused rather than exported and logged a second time.
     """
     from sagan_core import checkpoint as ckpt_io
 
     # Load first: a checkpoint that does not load is reported before anything is uploaded.
     generator, meta = ckpt_io.load_generator(checkpoint, use_ema=True, device="cpu")
     client.log_artifact(run_id, str(checkpoint), CHECKPOINT_DIR)
-    model_id = log_generator(client, run_id, generator, meta)
     record = read_run_record(params) or {}
+    best = record.get("best") or {}
+    if best.get("model_id") and best.get("step") == int(meta["step"]):
+        model_id = best["model_id"]  # the last step was the best: that generator is logged already
+    else:
+        model_id = log_generator(client, run_id, generator, meta)
     write_run_record(params, record | {"model_id": model_id, "step": int(meta["step"])})
     return model_id
