@@ -41,14 +41,7 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     stages.train(params, progress=False)
     record = read_run_record(params)
     best = record["best"]
-    # the final generator is one LoggedModel: when the last step was the best, that one is reused
-    assert (record["model_id"] == best["model_id"]) == (record["step"] == best["step"])
-    tracker = MlflowClient(uri)
-    logged = tracker.search_logged_models(
-        experiment_ids=[tracker.get_run(record["run_id"]).info.experiment_id]
-    )
-    final_only = [m for m in logged if m.tags.get("sagan.checkpoint") != "best"]
-    assert len(final_only) == (0 if record["step"] == best["step"] else 1)
+    assert_final_generator_logged_once(uri, record)
     evaluated = stages.evaluate(params, progress=False)
     assert evaluated.generator_step == best["step"]  # registry.candidate=best: best.pt was evaluated
     registered = stages.register(params)
@@ -79,3 +72,14 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
     assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
     assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
+
+
+def assert_final_generator_logged_once(uri: str, record: dict) -> None:
+    """When the last step was the best, its LoggedModel is the final generator too (not logged twice)."""
+    from mlflow import MlflowClient
+
+    best, client = record["best"], MlflowClient(uri)
+    assert (record["model_id"] == best["model_id"]) == (record["step"] == best["step"])
+    exp = client.get_run(record["run_id"]).info.experiment_id
+    final_only = [m for m in client.search_logged_models([exp]) if m.tags.get("sagan.checkpoint") != "best"]
+    assert len(final_only) == (0 if record["step"] == best["step"] else 1)
