@@ -165,13 +165,20 @@ def decode_all(
     # threads that do not exist in them.
     ctx = mp.get_context("forkserver")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(source, cfg)) as pool:
-        pending: deque = deque()
-        for keys in chunks:
-            pending.append(pool.apply_async(_decode_chunk, (keys,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
+        yield from _in_order(pool, _decode_chunk, chunks, ahead=2 * workers)
+
+
+def _in_order(pool, fn, items, ahead: int) -> Iterator:
+    """fn(item) for each item in `pool`, results in order, at most `ahead` in flight. Not
+    `pool.imap`: it submits every item at once, so finished results pile up in memory while the
+    consumer is slower (here: decoded image chunks waiting for Inception or the writer)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= ahead:
             yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -197,13 +204,7 @@ def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.
         return
     # forkserver as in decode_all; the workers import this module (PIL, numpy), never torch.
     with mp.get_context("forkserver").Pool(min(workers, len(chunks))) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_read_rgb_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        yield from _in_order(pool, _read_rgb_chunk, chunks, ahead=2 * workers)
 
 
 def available_cores() -> int:
