@@ -47,10 +47,9 @@ def best_model(
     if model_id and client.get_logged_model(model_id).status == LoggedModelStatus.READY:
         return model_id, f"{best['metric']} {best['value']:.6g} at step {step}, the best in-training score"
     generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")
-    ckpt = ckpt_io.load(path)
     model_id = log_generator(client, run_id, generator, meta)
-    value = ckpt.get("best_value")
-    return model_id, f"{ckpt.get('best_metric')} {value:.6g} at step {step}, the best in-training score"
+    value = meta.get("best_value")
+    return model_id, f"{meta.get('best_metric')} {value:.6g} at step {step}, the best in-training score"
 
 
 def link_version(client, model_id: str, name: str, version: str) -> None:

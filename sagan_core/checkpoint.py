@@ -112,7 +112,8 @@ def load_generator(
     except (RuntimeError, TypeError) as e:  # TypeError: not a state dict at all
         first = str(e).splitlines()[0]
         raise SaganError(f"{path}: weights do not match the architecture recorded in it ({first})") from None
-    meta = {k: ckpt[k] for k in ("step", "spec", "class_names", "params") if k in ckpt}
+    keys = ("step", "spec", "class_names", "params", "best_metric", "best_value")  # best_*: best.pt
+    meta = {k: ckpt[k] for k in keys if k in ckpt}
     return g.to(device).eval(), meta
 
 
