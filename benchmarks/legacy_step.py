@@ -64,7 +64,7 @@ def legacy_modules(*nets: torch.nn.Module) -> None:
 
 def make_legacy(t) -> None:
     """Old forwards on t's G, EMA G and D; torch's default (for-loop) Adam, as the old trainer built it."""
-    if t.channels_last:
+    if t.plan.channels_last:
         raise ValueError(
             "the step before issue 13 ran NCHW on CPU: build the trainer with channels_last 'no'"
         )

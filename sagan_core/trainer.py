@@ -53,7 +53,6 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.plan = precision.plan(cfg, self.device)
-        self.use_bf16, self.channels_last = self.plan.bf16, self.plan.channels_last
 
         data, want = open_prepared(params.data.prepared_dir), (params.data.resolution, params.data.channels)
         if (data.manifest["resolution"], data.manifest["channels"]) != want:
@@ -71,7 +70,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.G, self.D = build_models(self.spec)
         for net in (self.G, self.D):
-            net.to(self.device, memory_format=torch.channels_last if self.channels_last else None)
+            net.to(self.device, memory_format=self.plan.memory_format)
         # EMA of parameters only: averaging spectral-norm vectors would un-normalise them, so the
         # buffers (BN statistics, u/v) are copied from G after each update instead.
         self.G_ema = AveragedModel(

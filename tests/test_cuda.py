@@ -34,7 +34,7 @@ def test_spectral_norm_is_exact_under_cuda_bf16_autocast():
 def test_bf16_channels_last_training_on_cuda(project):
     params = project_params(project, train__steps=4, model__g_ch=8, model__d_ch=8)
     t = Trainer(params, progress=False)
-    assert t.device.type == "cuda" and t.use_bf16 and t.channels_last  # the CUDA defaults
+    assert t.device.type == "cuda" and t.plan.bf16 and t.plan.channels_last  # the CUDA defaults
     summary = t.fit()
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["metrics"].values())
     g_cpu, _ = load_generator(project / "models/checkpoint.pt", device="cpu")

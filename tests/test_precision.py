@@ -112,8 +112,8 @@ def test_auto_bf16_channels_last_cpu_training_loads_in_fp32(project, monkeypatch
     params = project_params(project, train__steps=2, model__g_ch=8, model__d_ch=8)
     t = Trainer(params, progress=False)
     assert (
-        t.use_bf16
-        and t.channels_last
+        t.plan.bf16
+        and t.plan.channels_last
         and t.G.blocks[0].conv1.parametrizations.weight.original.is_contiguous(
             memory_format=torch.channels_last
         )

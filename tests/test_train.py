@@ -125,7 +125,7 @@ def test_cuda_default_paths_run_on_cpu(project):
     """bf16 autocast and channels_last (the CUDA defaults) are the same code path: run them here."""
     params = project_params(project, train__steps=2, train__precision="bf16", train__channels_last="yes")
     t = Trainer(params, progress=False)
-    assert t.use_bf16 and t.channels_last
+    assert t.plan.bf16 and t.plan.channels_last
     t.fit()
     ck = load_ckpt(project)
     assert ck["step"] == 2
