@@ -6,6 +6,12 @@ where links are not possible, in a temporary folder), so the trainer can replace
 best.pt at once; the local files are never touched. A failed job is retried with exponential backoff
 and then reported once (training goes on: the run can still be completed by `sagan register`).
 Checkpoint uploads coalesce: when several are waiting, only the newest is sent.
+
+Jobs run torch on one intra-op thread (`one_torch_thread`). Logging a generator runs torch (export,
+the input-example check), and torch's OpenMP runtime gives every thread that runs a parallel op its
+own team of workers. A second team on a 2-core machine made libgomp count more busy threads than
+cores and stop spin-waiting for good, in every team: the CPU training step ran ~15% slower for the
+rest of the run after the first best checkpoint (BENCHMARKS.md, "Background jobs and OpenMP").
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .store import scrub
@@ -37,6 +44,23 @@ def snapshot(path: Path, name: str) -> Path:
     except OSError:  # another file system, or links not supported
         shutil.copy2(path, target)
     return target
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch ops in this block run on the calling thread only (no OpenMP team of its own).
+
+    `torch.set_num_threads` sets the calling thread's OpenMP count and the default that threads
+    starting later pick up; threads already running torch (the training loop) keep theirs. The
+    default is put back at the end."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Uploader:
@@ -76,7 +100,8 @@ class Uploader:
     def _run(self, what: str, job: Callable[[], None]) -> None:
         for attempt in range(self.retries + 1):
             try:
-                job()
+                with one_torch_thread():
+                    job()
                 return
             except Exception as e:  # noqa: BLE001 - uploads never stop training
                 if attempt == self.retries:
