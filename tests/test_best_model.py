@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from helpers import project_params
 
 from pipelines import stages
 from pipelines.resume_from import fetch
+from pipelines.tracking import best_model
 from pipelines.tracking.run_record import read_run_record
 
 pytestmark = pytest.mark.slow  # training with in-training evaluation, evaluate and register
@@ -38,10 +40,14 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
         registry__model_name="best-test",
         **ev,
     )
+    exports = spy_best_exports(monkeypatch)
     stages.train(params, progress=False)
     record = read_run_record(params)
     best = record["best"]
     assert_final_generator_logged_once(uri, record)
+    # torch.export turns oneDNN/cuDNN off process-wide while it traces: never beside a training step
+    assert exports and all(t is threading.main_thread() for t in exports)
+    assert_training_untouched(project, monkeypatch)
     evaluated = stages.evaluate(params, progress=False)
     assert evaluated.generator_step == best["step"]  # registry.candidate=best: best.pt was evaluated
     registered = stages.register(params)
@@ -83,3 +89,30 @@ def assert_final_generator_logged_once(uri: str, record: dict) -> None:
     exp = client.get_run(record["run_id"]).info.experiment_id
     final_only = [m for m in client.search_logged_models([exp]) if m.tags.get("sagan.checkpoint") != "best"]
     assert len(final_only) == (0 if record["step"] == best["step"] else 1)
+
+
+def spy_best_exports(monkeypatch) -> list[threading.Thread]:
+    """The threads that exported best generators (the real export runs)."""
+    threads, real = [], best_model.export_generator
+
+    def export(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(best_model, "export_generator", export)
+    return threads
+
+
+def assert_training_untouched(project, monkeypatch) -> None:
+    """Evaluating, exporting and logging changed no trained tensor: the same steps untracked and
+    without evaluation give the same weights, bit for bit."""
+    plain = project / "plain"
+    shutil.copytree(project / "data/prepared", plain / "data/prepared")
+    monkeypatch.setenv("SAGAN_TRACKING", "0")
+    stages.train(project_params(plain, train__steps=4, train__sample_every=100), progress=False)
+    monkeypatch.setenv("SAGAN_TRACKING", "1")
+    ours, theirs = (torch.load(p / "models/checkpoint.pt", weights_only=True) for p in (project, plain))
+    for part in ("generator", "generator_ema", "discriminator"):
+        assert ours[part].keys() == theirs[part].keys()
+        for key, tensor in ours[part].items():
+            assert torch.equal(tensor, theirs[part][key]), f"{part}.{key}"

@@ -1,33 +1,45 @@
 """Each best checkpoint of a training run (models/best.pt) as an MLflow LoggedModel.
 
-The generator is logged exactly as the end-of-training one (generator_model.log_generator), then
-linked to the in-training KID/FID that made it best: those metrics carry its `model_id` and the
-prepared dataset (name + digest, as lineage logs the run's dataset input), so the LoggedModel page
-shows its scores and data. Tags say which step and why. The checkpoint itself goes to the run's
-artifacts as `checkpoint/best.pt` (resumable with `--resume-from`), and the run record keeps
-{"best": {model_id, step, metric, value}} for `sagan register`.
+The generator is logged exactly as the end-of-training one (generator_model), in two halves: the
+export on the training thread (`export_best`: torch.export must not overlap a training step), the
+logging and uploads in the background (`log_best`). It is linked to the in-training KID/FID that
+made it best: those metrics carry its `model_id` and the prepared dataset (name + digest, as
+lineage logs the run's dataset input), so the LoggedModel page shows its scores and data. Tags say
+which step and why. The checkpoint itself goes to the run's artifacts as `checkpoint/best.pt`
+(resumable with `--resume-from`), and the run record keeps {"best": {model_id, step, metric,
+value}} for `sagan register`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sagan_core.config import Params
 
-from .generator_model import CHECKPOINT_DIR, log_generator
+from .generator_model import CHECKPOINT_DIR, export_generator, log_exported
 from .lineage import data_lineage
 from .run_record import read_run_record, write_run_record
 
 SCORE_KEYS = ("kid", "kid_std", "fid")
 
 
-def log_best(client, run_id: str, params: Params, snap: Path, step: int, scores: dict[str, float]) -> str:
-    """Log the generator of best-checkpoint snapshot `snap`; returns the LoggedModel id."""
+def export_best(snap: Path) -> tuple[Path, dict[str, Any], Any]:
+    """(exported network folder, checkpoint metadata, model spec) of best-checkpoint snapshot
+    `snap`'s EMA generator, exported next to the snapshot (its folder goes when the job is done)."""
     from sagan_core import checkpoint as ckpt_io
 
-    metric = params.train.select_metric
     generator, meta = ckpt_io.load_generator(snap, use_ema=True, device="cpu")
-    model_id = log_generator(client, run_id, generator, meta)
+    return export_generator(generator, snap.parent), meta, generator.spec
+
+
+def log_best(
+    client, run_id: str, params: Params, snap: Path, exported: tuple, step: int, scores: dict[str, float]
+) -> str:
+    """Log the generator `export_best` exported from `snap`; returns the LoggedModel id."""
+    metric = params.train.select_metric
+    torch_dir, meta, spec = exported
+    model_id = log_exported(client, run_id, torch_dir, spec, meta)
     why = f"best {metric} so far: {scores[metric]:.6g} at step {step} (in-training evaluation)"
     client.set_logged_model_tags(
         model_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from sagan_core.config import Params
 from sagan_core.progress import Callback
 
-from .best_model import SCORE_KEYS, log_best
+from .best_model import SCORE_KEYS, export_best, log_best
 from .generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
 from .lineage import log_lineage
 from .run_record import read_run_record, recover, write_run_record
@@ -159,7 +160,13 @@ class MlflowCallback(Callback):
     def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None:
         self.linked_step = step
         snap = snapshot(path, path.name)
-        log_model = lambda: log_best(self.client, self.run_id, self.params, snap, step, scores)  # noqa: E731
+        try:  # here, on the training thread: torch.export must not overlap a step (best_model.py)
+            exported = export_best(snap)
+        except Exception as e:  # noqa: BLE001 - like a failed upload: reported, training goes on
+            shutil.rmtree(snap.parent, ignore_errors=True)
+            log.warning("MLflow: exporting the best generator (step %d) failed: %s", step, scrub(str(e)))
+            return
+        log_model = lambda: log_best(self.client, self.run_id, self.params, snap, exported, step, scores)  # noqa: E731
         self.uploads.submit(f"logging the best generator (step {step})", log_model, snap)
 
     def on_end(self, summary: dict[str, Any]) -> None:

@@ -71,25 +71,49 @@ def _metadata(spec, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
-    """Log the (EMA) generator as an MLflow model; returns the LoggedModel id.
+def export_generator(generator, folder: Path) -> Path:
+    """G as the network inside the logged model: pt2 (torch.export) under `folder/generator`.
 
-    The model is a pyfunc (generator_pyfunc.py, "models from code": MLflow's documented way to log
-    a custom PythonModel without pickling it) taking a table of class / n / seed / truncation and
-    answering PNG images, so `mlflow models serve` serves something a client can call by hand. The
-    network inside is a nested torch model serialized as `pt2` (torch.export), MLflow 3.17's
-    default, chosen explicitly: in eval mode the spectral-norm parametrizations use their stored
-    u/v and attention is plain tensor ops, so the export traces cleanly with a dynamic batch and
-    reproduces the eager outputs exactly (tests/test_mlflow.py). Neither needs pickle nor sagan.
+    MLflow 3.17's default serialization, chosen explicitly: in eval mode the spectral-norm
+    parametrizations use their stored u/v and attention is plain tensor ops, so the export traces
+    cleanly with a dynamic batch and reproduces the eager outputs exactly (tests/test_mlflow.py).
+    Call it where no training step runs at the same time (the training thread, or after training):
+    while it traces, torch.export turns oneDNN, NNPACK and cuDNN off for the whole process
+    (torch/export/_trace.py, `_ignore_backend_decomps`), so a step running meanwhile would be slower
+    and compute other numbers.
     """
-    import tempfile
-
     import mlflow
     import torch
-    from mlflow.models import Model
 
     spec = generator.spec
     module = _packed_module_class()(generator.cpu().float().eval()).eval()
+    torch_dir = Path(folder) / "generator"
+    z = torch.randn(2, spec.z_dim, generator=torch.Generator().manual_seed(0))  # not the global RNG
+    example = pack_inputs(z.numpy(), [0, max(spec.num_classes - 1, 0)])
+    # Requirements given, not inferred: MLflow infers them by loading the model in a new Python
+    # process, which took a whole core from training for ~10 s after every best checkpoint.
+    mlflow.pytorch.save_model(
+        module,
+        str(torch_dir),
+        serialization_format="pt2",
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
+    return torch_dir
+
+
+def log_exported(client, run_id: str, torch_dir: Path, spec, meta: dict[str, Any]) -> str:
+    """Log the exported network (`export_generator`) as the run's generator model; returns the
+    LoggedModel id.
+
+    The model is a pyfunc (generator_pyfunc.py, "models from code": MLflow's documented way to log
+    a custom PythonModel without pickling it) taking a table of class / n / seed / truncation and
+    answering PNG images, so `mlflow models serve` serves something a client can call by hand.
+    Neither it nor the network needs pickle or sagan.
+    """
+    import mlflow
+    from mlflow.models import Model
+
     config = _metadata(spec, meta)
     # The LoggedModel is created in the run's experiment explicitly: log_model alone would put it
     # in the fluent "current" experiment (Default, ./mlruns) since no fluent run is active here.
@@ -103,10 +127,7 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
     )
     # MLflow checks the input example by loading the model back, which draws a download progress
     # bar on stderr even under --quiet; its documented switch turns that bar off
-    with tempfile.TemporaryDirectory() as tmp, _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
-        torch_dir = str(Path(tmp) / "generator")
-        example = pack_inputs(torch.randn(2, spec.z_dim).numpy(), [0, max(spec.num_classes - 1, 0)])
-        mlflow.pytorch.save_model(module, torch_dir, serialization_format="pt2", input_example=example)
+    with _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
         # Model.log is the public API behind every flavor's log_model; unlike pyfunc.log_model it
         # takes run_id, so the model joins this run without a fluent run being opened around it.
         info = Model.log(
@@ -116,17 +137,25 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
             run_id=run_id,
             model_id=logged.model_id,
             python_model=str(Path(__file__).with_name("generator_pyfunc.py")),
-            artifacts={"generator": torch_dir},
+            artifacts={"generator": str(torch_dir)},
             model_config=config,
             signature=_table_signature(),
             input_example=_table_example(spec, meta),
             metadata=config,
-            # explicit requirements: MLflow's inference would load the model once more in a subprocess
-            pip_requirements=_requirements(),
+            pip_requirements=_requirements(),  # as in export_generator: no inference subprocess
             step=int(meta["step"]),
         )
     client.set_tag(run_id, "sagan.model_id", info.model_id)
     return info.model_id
+
+
+def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
+    """Export and log the (EMA) generator (`export_generator` + `log_exported`); returns the
+    LoggedModel id."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return log_exported(client, run_id, export_generator(generator, Path(tmp)), generator.spec, meta)
 
 
 @contextlib.contextmanager
