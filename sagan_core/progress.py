@@ -123,9 +123,10 @@ class ConsoleProgress(Callback):
 class StepMeter:
     """Per-step [loss_d, loss_g, D(x), D(G(z))] summed on the device: one host sync per log interval."""
 
-    def __init__(self, device: torch.device, step: int, images_per_step: int):
+    def __init__(self, device: torch.device, step: int, images_per_step: int, clock=time.perf_counter):
         self.acc, self.count, self.images_per_step = torch.zeros(4, device=device), 0, images_per_step
-        self.t, self.step = time.perf_counter(), step
+        self.clock = clock
+        self.t, self.step = clock(), step
 
     def add(self, values: torch.Tensor) -> None:
         self.acc += values
@@ -134,11 +135,16 @@ class StepMeter:
     def read(self, step: int) -> tuple[dict[str, float], float]:
         """Means since the last read, and images/s; then starts the next interval."""
         vals = (self.acc / self.count).tolist()
-        now = time.perf_counter()
+        now = self.clock()
         rate = (step - self.step) * self.images_per_step / (now - self.t)
         self.acc.zero_()
         self.count, self.t, self.step = 0, now, step
         return dict(zip(["loss_d", "loss_g", "d_real", "d_fake"], vals)), rate
+
+    def restart_clock(self) -> None:
+        """The next interval's time starts now: what ran since the last read (an in-training
+        evaluation, reported apart) is not counted as training in `img_per_s`."""
+        self.t = self.clock()
 
 
 def start_info(t: Trainer) -> dict[str, Any]:

@@ -252,7 +252,10 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or last or self.evals.due(self.step, last):
                     metrics = self._metrics(*meter.read(self.step), gammas)  # every rank: NaN guard
                     if main:
-                        metrics |= self._evaluate()  # KID/FID on evaluation steps
+                        scores = self._evaluate()  # KID/FID on evaluation steps
+                        if scores:
+                            meter.restart_clock()  # img_per_s counts training, not evaluation
+                        metrics |= scores
                         self._emit("on_metrics", self.step, metrics)
                 if main and (self.step % cfg.sample_every == 0 or last):
                     self._sample(fixed)

@@ -119,3 +119,21 @@ def test_checkpoint_records_what_shaped_it_and_resume_names_changes(project, cap
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "train.seed: 0 -> 5" in said and "train.ema_decay: 0.999 -> 0.5" in said
     assert "bit-exact" in said and "log_every" not in said and "train.steps" not in said
+
+
+def test_img_per_s_after_an_evaluation_counts_training_only():
+    """The interval after an in-training evaluation reports the steps' rate, not one that includes
+    the evaluation (the trainer restarts the meter's clock after scoring)."""
+    from sagan_core.progress import StepMeter
+
+    now = [100.0]
+    meter = StepMeter(torch.device("cpu"), step=0, images_per_step=32, clock=lambda: now[0])
+    for _ in range(2):
+        meter.add(torch.ones(4))
+        now[0] += 0.1  # a 0.1 s step
+    assert meter.read(2)[1] == pytest.approx(2 * 32 / 0.2)
+    now[0] += 40.0  # an evaluation
+    meter.restart_clock()
+    meter.add(torch.ones(4))
+    now[0] += 0.1
+    assert meter.read(3)[1] == pytest.approx(32 / 0.1)
