@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # cifar_judge beside this file
 from cifar_judge import get_judge, holdout_per_class, judge_pass, load_data, split_holdout  # noqa: E402
 
-from sagan_core.checkpoint import load_generator  # noqa: E402
 from sagan_core.device import resolve_device  # noqa: E402
-from sagan_core.evaluate import sample_uint8  # noqa: E402
-from sagan_core.metrics import Stats, frechet_distance  # noqa: E402
+from sagan_core.evaluate.metrics import Stats, frechet_distance  # noqa: E402
+from sagan_core.evaluate.protocol import sample_uint8  # noqa: E402
+from sagan_core.model.checkpoint import load_generator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sagan_core.checkpoint import load_generator
-from sagan_core.data import open_prepared
-from sagan_core.visualize import save_grid
+from sagan_core.data.dataset import open_prepared
+from sagan_core.model.checkpoint import load_generator
+from sagan_core.model.visualize import save_grid
 
 
 def classifier() -> nn.Module:

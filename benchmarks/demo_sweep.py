@@ -26,12 +26,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_quality import train_classifier  # noqa: E402
 
-from sagan_core import checkpoint as ckpt_io  # noqa: E402
-from sagan_core import layers  # noqa: E402
+from sagan_core.data.prepare import prepare  # noqa: E402
+from sagan_core.model import checkpoint as ckpt_io  # noqa: E402
+from sagan_core.model import layers  # noqa: E402
 from sagan_core.params_file import validate  # noqa: E402
-from sagan_core.prepare import prepare  # noqa: E402
-from sagan_core.progress import Callback  # noqa: E402
-from sagan_core.trainer import Trainer  # noqa: E402
+from sagan_core.train.progress import Callback  # noqa: E402
+from sagan_core.train.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """How far the EMA generator's eval-mode output is from its own batch statistics, with G's copied
-BatchNorm running statistics versus standing statistics of N batches (sagan_core/standing_stats.py).
+BatchNorm running statistics versus standing statistics of N batches (sagan_core/train/standing_stats.py).
 
 Gap = mean |eval-mode output - batch-statistics output| on the [-1, 1] scale, same z/labels, 500
 images; the raw G with its own running statistics is the reference point.
@@ -13,9 +13,9 @@ import argparse
 
 import torch
 
-from sagan_core import checkpoint as ckpt_io
-from sagan_core import standing_stats
-from sagan_core.model import Generator, ModelSpec
+from sagan_core.model import checkpoint as ckpt_io
+from sagan_core.model.networks import Generator, ModelSpec
+from sagan_core.train import standing_stats
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from sagan_core import standing_stats
 from sagan_core.params_file import load_params
-from sagan_core.periodic_eval import Scorer
-from sagan_core.trainer import Trainer
+from sagan_core.train import standing_stats
+from sagan_core.train.periodic_eval import Scorer
+from sagan_core.train.trainer import Trainer
 
 GPU = {  # a long GPU run: 128 px SAGAN, paper widths, 100k steps, eval every 5k on 10k samples
     "data.resolution": 128,

@@ -50,12 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from sagan_core import checkpoint as ckpt_io  # noqa: E402
-from sagan_core import evaluate as E  # noqa: E402
-from sagan_core import inception as inc  # noqa: E402
 from sagan_core.config import Params  # noqa: E402
-from sagan_core.data import open_prepared  # noqa: E402
-from sagan_core.model import build_models, model_spec  # noqa: E402
+from sagan_core.data.dataset import open_prepared  # noqa: E402
+from sagan_core.evaluate import inception as inc  # noqa: E402
+from sagan_core.evaluate import protocol as E  # noqa: E402
+from sagan_core.model import checkpoint as ckpt_io  # noqa: E402
+from sagan_core.model.networks import build_models, model_spec  # noqa: E402
 
 
 def matmul_flops(device: torch.device) -> float:

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from sagan_core import metrics
+from sagan_core.evaluate import metrics
 
 
 def features(rng: np.random.Generator, n: int, d: int, scale: float, dead: slice) -> np.ndarray:

@@ -101,9 +101,9 @@ def _write_pngs(images: np.ndarray, folder: Path) -> None:
 
 def fid_speed(ctx) -> dict:
     """Same samples, same reference statistics: `sagan evaluate` vs PNGs + pytorch_fid; |ΔFID| < 1e-3."""
-    from sagan_core.checkpoint import load_generator
-    from sagan_core.data import open_prepared
-    from sagan_core.evaluate import sample_uint8
+    from sagan_core.data.dataset import open_prepared
+    from sagan_core.evaluate.protocol import sample_uint8
+    from sagan_core.model.checkpoint import load_generator
 
     proj = getattr(ctx, "cifar_project", None)
     if proj is None:

@@ -91,7 +91,7 @@ def _params(ctx, resolution: int, prepared: Path, **train):
 
 def _prepared(ctx, resolution: int) -> Path:
     from sagan_core.config import DataConfig
-    from sagan_core.prepare import prepare
+    from sagan_core.data.prepare import prepare
 
     out = ctx.work / f"prepared{resolution}"
     if not (out / "manifest.json").exists():
@@ -109,7 +109,7 @@ def _one_config(ctx, resolution: int, precision: str, compile_: bool) -> dict:
     """img/s of the trainer's own train_step, FLOPs per step counted by PyTorch, peak memory."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sagan_core.trainer import Trainer
+    from sagan_core.train.trainer import Trainer
 
     p = _params(ctx, resolution, _prepared(ctx, resolution), precision=precision, compile=compile_)
     t = Trainer(p, progress=False)

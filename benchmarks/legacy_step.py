@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from sagan_core import layers
+from sagan_core.model import layers
 
 
 def _sn_forward(self, weight):

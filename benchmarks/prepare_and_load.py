@@ -30,7 +30,7 @@ DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 CHILD = """
 import json, resource, sys, time
 from sagan_core.config import DataConfig
-from sagan_core.prepare import prepare
+from sagan_core.data.prepare import prepare
 cfg = DataConfig(source=sys.argv[1], prepared_dir=sys.argv[2], resolution=int(sys.argv[3]), channels=3,
                  workers=int(sys.argv[4]))
 t = time.perf_counter()
@@ -65,7 +65,7 @@ def bench_prepare(archive: Path, resolution: int, workers: int) -> dict:
 def bench_loader(resolution: int, seconds: float, batch_size: int = 64, n: int = 50_000) -> dict:
     import torch
 
-    from sagan_core.data import BatchLoader, PreparedData
+    from sagan_core.data.dataset import BatchLoader, PreparedData
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "images.npy"

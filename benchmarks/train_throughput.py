@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from legacy_step import make_legacy  # noqa: E402
 
 from sagan_core.config import Params  # noqa: E402
-from sagan_core.trainer import Trainer  # noqa: E402
+from sagan_core.train.trainer import Trainer  # noqa: E402
 
 
 def synthetic_dataset(root: Path, res: int, n: int = 2048, channels: int = 3) -> Path:

@@ -14,11 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pipelines.tracking.generator_model import CHECKPOINT_DIR
 from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
-
-from .tracking.generator_model import CHECKPOINT_DIR
 
 
 def fetch(params: Params, source: str) -> None:
@@ -31,8 +30,8 @@ def fetch(params: Params, source: str) -> None:
         if path.resolve() != target.resolve():
             _install(path, target)
         return
-    from .tracking.run_record import write_run_record
-    from .tracking.store import call, connect, redact
+    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.store import call, connect, redact
 
     client, uri = connect(params)
     run_id, artifact = call(uri, _locate, client, source)

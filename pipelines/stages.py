@@ -10,16 +10,15 @@ import logging
 import os
 from pathlib import Path
 
+from pipelines.results import Evaluated, Prepared, Registered, Trained
 from sagan_core.config import Params
-
-from .results import Evaluated, Prepared, Registered, Trained
 
 log = logging.getLogger("sagan")
 
 
 def prepare(params: Params, progress: bool = True) -> Prepared:
-    from sagan_core.prepare import prepare as run_prepare
-    from sagan_core.prepare import rejection_summary
+    from sagan_core.data.prepare import prepare as run_prepare
+    from sagan_core.data.prepare import rejection_summary
 
     manifest = run_prepare(params.data, progress=progress)
     by_reason = rejection_summary(manifest)
@@ -39,7 +38,7 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
 
 def prepared(params: Params) -> Prepared:
     """What an earlier `prepare` left in data.prepared_dir (the flow's record of a skipped stage)."""
-    from sagan_core.data import open_prepared
+    from sagan_core.data.dataset import open_prepared
 
     return _prepared(open_prepared(params.data.prepared_dir).manifest, params.data.prepared_dir, skipped=True)
 
@@ -56,11 +55,10 @@ def _prepared(manifest: dict, prepared_dir: str, skipped: bool = False) -> Prepa
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
-    from sagan_core.data import open_prepared
+    from pipelines.flow.resume import checkpoint_step
+    from sagan_core.data.dataset import open_prepared
     from sagan_core.errors import ConfigError
-    from sagan_core.trainer import train as run_train
-
-    from .resume import checkpoint_step
+    from sagan_core.train.trainer import train as run_train
 
     # User mistakes first, as one-line errors, before an MLflow run is opened for nothing.
     open_prepared(params.data.prepared_dir)
@@ -76,7 +74,7 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
     callbacks = list(callbacks)
     tracker = None
     if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run
-        from . import tracking
+        from pipelines import tracking
 
         if tracking.enabled(params):
             tracker = tracking.MlflowCallback(params, resume=resume)  # fails fast if MLflow is down
@@ -107,7 +105,7 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
 def trained(params: Params, start_step: int | None = None) -> Trained:
     """The checkpoint in train.out_dir as a stage result: trained from `start_step` by a process
     of ours (the DDP launcher), or, with None, left by an earlier run (the flow skipped the stage)."""
-    from .resume import checkpoint_step
+    from pipelines.flow.resume import checkpoint_step
 
     step = checkpoint_step(params.train.checkpoint) or 0
     return Trained(
@@ -124,10 +122,9 @@ def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | Non
     """FID / IS / KID of a checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json).
 
     checkpoint: "best", "last" or a path; None: registry.candidate (sagan_core.checkpoint.candidate)."""
-    from sagan_core.checkpoint import candidate
-    from sagan_core.evaluate import evaluate as run_evaluate
-
-    from .tracking.evaluation import log_evaluation, reopen_run
+    from pipelines.tracking.evaluation import log_evaluation, reopen_run
+    from sagan_core.evaluate.protocol import evaluate as run_evaluate
+    from sagan_core.model.checkpoint import candidate
 
     own = checkpoint is None or str(checkpoint) in ("best", "last")  # FID/IS/KID join the run
     path = candidate(params.train, params.registry.candidate if checkpoint is None else checkpoint)
@@ -178,7 +175,7 @@ def evaluated(params: Params) -> Evaluated:
 
 def register(params: Params) -> Registered:
     """Register the run's generator in the MLflow registry and apply the FID promotion gate."""
-    from . import registry
+    from pipelines.registry import register as registry
 
     result = registry.register(params)
     log.info(

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .arch import attention_slots
+from sagan_core.model.arch import attention_slots
 
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
@@ -55,7 +55,7 @@ class ModelConfig(Section):
     g_ch: int = Field(32, gt=0, le=1024)  # generator width multiplier (the paper/BigGAN use 64 at 128px)
     d_ch: int = Field(32, gt=0, le=1024)
     # Feature-map resolutions with a self-attention block (one each, after the first block that
-    # outputs it; sagan_core/arch.py); null = the paper's best placement for the output resolution
+    # outputs it; sagan_core/model/arch.py); null = the paper's best placement for the output resolution
     # (16 for 32-px models, 32 for 64/128/256-px models).
     g_attn: list[int] | None = None
     d_attn: list[int] | None = None
@@ -91,7 +91,7 @@ class TrainConfig(Section):
     log_every: int = Field(50, gt=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 units (AMX/AVX512-BF16), else fp32
-    # (sagan_core/precision.py); spectral norm and FID/IS/KID stay fp32 in every case
+    # (sagan_core/train/precision.py); spectral norm and FID/IS/KID stay fp32 in every case
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "yes", "no"] = "auto"  # auto: yes on CUDA and CPU (faster on both)
     compile: bool = False  # torch.compile the generator and discriminator
@@ -103,14 +103,14 @@ class TrainConfig(Section):
     out_dir: str = "models"
     samples_dir: str = "samples"
     metrics_file: str = "metrics/train.csv"
-    # In-training evaluation (sagan_core/periodic_eval.py): KID + FID of the EMA generator every
+    # In-training evaluation (sagan_core/train/periodic_eval.py): KID + FID of the EMA generator every
     # eval_every steps and at the end, against `sagan evaluate`'s cached reference statistics.
     eval_every: int = Field(0, ge=0)  # 0 = off
     eval_samples: int = Field(250, ge=10)  # generated images per in-training evaluation
     select_metric: Literal["kid", "fid"] = "kid"  # what models/best.pt minimises (KID: unbiased)
     keep_checkpoints: int = Field(0, ge=0)  # periodic checkpoints kept as step_NNNNNN.pt (0: none)
     # Batches of fresh z/labels that recompute the EMA generator's BatchNorm statistics before it is
-    # sampled, evaluated or saved (sagan_core/standing_stats.py); 0 = G's running statistics.
+    # sampled, evaluated or saved (sagan_core/train/standing_stats.py); 0 = G's running statistics.
     standing_stats: int = Field(16, ge=0, le=10000)
 
     # Paths that follow from the params, spelled once.
@@ -150,7 +150,7 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """`sagan evaluate` (sagan_core/evaluate.py). Defaults are the short CPU demo protocol (Inception runs
+    """`sagan evaluate` (sagan_core/evaluate/protocol.py). Defaults are the short CPU demo protocol (Inception runs
     at ~5-10 images/s on 2 CPU cores); the GPU protocol is num_samples 10000 (paper: 50000) and
     reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.record.json."""
 
@@ -190,7 +190,7 @@ class EvalConfig(Section):
 
 
 class RegistryConfig(Section):
-    """MLflow tracking and registry (pipelines/tracking/, pipelines/registry.py)."""
+    """MLflow tracking and registry (pipelines/tracking/, pipelines/registry/register.py)."""
 
     model_name: str = "sagan-demo"  # registered model that `sagan register` adds versions to
     min_improvement: float = Field(0.0, ge=0)  # FID must beat the champion's by more than this

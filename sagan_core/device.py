@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from sagan_core.errors import ConfigError
 
 
 def resolve_device(name: str, key: str = "device", local_rank: int = 0) -> torch.device:

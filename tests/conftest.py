@@ -28,7 +28,7 @@ os.environ.setdefault("SAGAN_TRACKING", "0")
 @pytest.fixture(scope="session")
 def prepared_demo(tmp_path_factory) -> Path:
     """The bundled demo dataset, prepared once per session (32 px, 1 channel)."""
-    from sagan_core.prepare import prepare
+    from sagan_core.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("demo")
     prepare(

@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import project_params  # noqa: E402
 
-from sagan_core.trainer import Trainer  # noqa: E402
+from sagan_core.train.trainer import Trainer  # noqa: E402
 
 project = Path(sys.argv[1])
 device = os.environ.get("SAGAN_TEST_DEVICE", "auto")

@@ -12,8 +12,8 @@ from helpers import project_params, run_two_rank_worker
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sagan_core.checkpoint import load_generator
-from sagan_core.trainer import Trainer, train
+from sagan_core.model.checkpoint import load_generator
+from sagan_core.train.trainer import Trainer, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

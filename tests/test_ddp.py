@@ -6,7 +6,7 @@ import torch
 from helpers import TINY_CLI, run_cli, run_two_rank_worker
 
 from sagan_core.config import Params
-from sagan_core.data import BatchLoader, open_prepared
+from sagan_core.data.dataset import BatchLoader, open_prepared
 
 
 def test_two_gloo_processes_end_with_identical_weights(project):

@@ -17,17 +17,16 @@ from helpers import REPO
 
 CORE = REPO / "sagan_core"
 
-# Modules a stage imports that cannot change what it writes, and why.
-FOLDER_READING = ("archives.py", "decode.py", "sources.py")
+# Modules a stage imports that cannot change what it writes, and why (paths under sagan_core/).
+FOLDER_READING = ("data/archives.py", "data/decode.py", "data/sources.py")
 NOT_SHAPING = {
     "errors.py": "exception classes: messages and exit codes only",
-    "config_errors.py": "the wording of a validation error",
     "params_file.py": "reads params.yaml; DVC tracks the values themselves as params",
-    "progress.py": "Callback hooks, console progress and metrics/train.csv (a plot, not an out)",
+    "train/progress.py": "Callback hooks, console progress and metrics/train.csv (a plot, not an out)",
     "atomic.py": "writes bytes atomically; the bytes come from the caller",
 }
 NOT_SHAPING_IN = {
-    "prepare": {"arch.py": "config.py checks attention placement with it; prepare builds no model"},
+    "prepare": {"model/arch.py": "config.py checks attention placement with it; prepare builds no model"},
     # fid.py reads image folders with these (`sagan fid`); the evaluate stage and in-training
     # evaluation score the prepared arrays against the cached reference statistics, never a folder.
     **{
@@ -37,25 +36,32 @@ NOT_SHAPING_IN = {
 }
 
 
-def _imports(module: Path) -> set[str]:
-    """sagan_core modules (file names) imported anywhere in `module`, lazy imports included."""
+def _module_file(dotted: str) -> str | None:
+    """`sagan_core.a.b` -> "a/b.py" (a module file under sagan_core/), else None (a package)."""
+    rel = Path(*dotted.split(".")[1:]).with_suffix(".py")
+    return str(rel) if (CORE / rel).is_file() else None
+
+
+def _imported(node: ast.ImportFrom | ast.Import, package: str) -> list[str]:
+    """Dotted sagan_core names an import statement brings in (`from P import m`: P.m when a module)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.startswith("sagan_core.")]
+    base = node.module or ""
+    if node.level:  # relative: from the importing module's package
+        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join([*parts, base] if base else parts)
+    if not base.startswith("sagan_core"):
+        return []
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def _imports(module: str) -> set[str]:
+    """sagan_core modules (paths under sagan_core/) imported anywhere in `module`, lazy ones included."""
+    package = ".".join(["sagan_core", *Path(module).parent.parts])
     found = set()
-    for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level == 1 and module.parent == CORE:  # from .x import y / from . import x
-                names = [base] if base else [a.name for a in node.names]
-            elif base == "sagan_core":  # from sagan_core import x
-                names = [a.name for a in node.names]
-            elif base.startswith("sagan_core."):
-                names = [base.split(".")[1]]
-            else:
-                continue
-        elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("sagan_core.")]
-        else:
-            continue
-        found |= {f"{n.split('.')[0]}.py" for n in names if (CORE / f"{n.split('.')[0]}.py").exists()}
+    for node in ast.walk(ast.parse((CORE / module).read_text())):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            found |= {f for name in _imported(node, package) if (f := _module_file(name))}
     return found
 
 
@@ -64,12 +70,8 @@ def _stage_roots(stage: str) -> set[str]:
     tree = ast.parse((REPO / "pipelines/stages.py").read_text())
     (func,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == stage]
     module_level = [n for n in tree.body if isinstance(n, ast.ImportFrom | ast.Import)]
-    roots = set()
-    for node in [*module_level, *ast.walk(func)]:
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sagan_core"):
-            parts = node.module.split(".")
-            roots |= {f"{parts[1]}.py"} if len(parts) > 1 else {f"{a.name}.py" for a in node.names}
-    return roots
+    return {f for node in [*module_level, *ast.walk(func)] if isinstance(node, ast.ImportFrom | ast.Import)
+            for name in _imported(node, "pipelines") if (f := _module_file(name))}
 
 
 def closure(stage: str) -> set[str]:
@@ -78,7 +80,7 @@ def closure(stage: str) -> set[str]:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += _imports(CORE / name) - seen
+            todo += _imports(name) - seen
     return seen
 
 
@@ -99,6 +101,8 @@ def test_every_shaping_module_of_a_stage_is_a_dependency(stage):
 def test_the_closure_follows_lazy_and_relative_imports():
     # independent expectations from reading the code: the trainer saves checkpoints and sample
     # grids, evaluate loads the checkpoint and runs pytorch-fid's Inception network
-    assert {"trainer.py", "checkpoint.py", "visualize.py", "model.py", "layers.py"} <= closure("train")
-    assert {"evaluate.py", "inception.py", "checkpoint.py", "fid.py", "metrics.py"} <= closure("evaluate")
-    assert "trainer.py" not in closure("prepare")
+    train = {"train/trainer.py", "model/checkpoint.py", "model/visualize.py", "model/networks.py"}
+    assert train | {"model/layers.py"} <= closure("train")
+    evaluate = {"evaluate/protocol.py", "evaluate/inception.py", "model/checkpoint.py", "evaluate/fid.py"}
+    assert evaluate | {"evaluate/metrics.py"} <= closure("evaluate")
+    assert "train/trainer.py" not in closure("prepare")

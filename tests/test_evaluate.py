@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import project_params
 
-from sagan_core import checkpoint as ckpt_io
-from sagan_core import evaluate as E
-from sagan_core import fid as F
-from sagan_core.model import ModelSpec, build_models
+from sagan_core.evaluate import fid as F
+from sagan_core.evaluate import protocol as E
+from sagan_core.model import checkpoint as ckpt_io
+from sagan_core.model.networks import ModelSpec, build_models
 
 
 def write_checkpoint(path, seed: int, resolution: int = 32, channels: int = 1, num_classes: int = 10) -> None:
@@ -119,7 +119,7 @@ def test_reference_subset_is_fixed_and_sorted():
 def test_evaluate_cli_errors(project, standin_torch_home, tmp_path, monkeypatch, capsys):
     from helpers import run_cli
 
-    from pipelines import cli
+    from pipelines.cli import main as cli
 
     env = {"TORCH_HOME": str(standin_torch_home)}
     sets = ["--set", "eval.device=cpu", "--set", "eval.num_samples=20", "--set", "eval.dims=64", "-q"]

@@ -129,7 +129,7 @@ def peak_rss_growth_mb(archive: Path, prepared: Path, max_pixels: int) -> float:
     torch imported), which would hide any growth below it."""
     script = f"""
 from sagan_core.config import DataConfig
-from sagan_core.prepare import prepare
+from sagan_core.data.prepare import prepare
 def peak_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))

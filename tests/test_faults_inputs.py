@@ -16,12 +16,12 @@ import pytest
 import torch
 from helpers import TINY_CLI, project_params, run_cli
 
-from sagan_core import checkpoint as ckpt_io
-from sagan_core.data import open_prepared
+from sagan_core.data.dataset import open_prepared
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.params_file import load_params
-from sagan_core.progress import Callback
-from sagan_core.trainer import TrainingDiverged, train
+from sagan_core.train.progress import Callback
+from sagan_core.train.trainer import TrainingDiverged, train
 
 
 def one_line(r, code: int, *fragments: str) -> str:

@@ -18,11 +18,11 @@ import pytest
 from helpers import REPO, SAGAN, pipeline_project, run_cli
 from test_evaluate import eval_params, write_checkpoint
 
-from pipelines.model_card import version_card
-from pipelines.registry import _version_tags
-from pipelines.resume import checkpoint_step
-from sagan_core import evaluate as E
-from sagan_core import inception as inc
+from pipelines.flow.resume import checkpoint_step
+from pipelines.registry.model_card import version_card
+from pipelines.registry.register import _version_tags
+from sagan_core.evaluate import inception as inc
+from sagan_core.evaluate import protocol as E
 
 
 def test_foreign_inception_weights_warn_and_are_recorded_unofficial(

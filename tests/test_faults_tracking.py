@@ -260,7 +260,7 @@ def test_pipeline_run_keeps_the_password_out_of_prefect_and_its_output(
 
 
 def test_final_report_of_pipeline_run_shows_no_password(monkeypatch):
-    from pipelines.report import RunSummary, final_report
+    from pipelines.flow.report import RunSummary, final_report
     from sagan_core.config import Params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:report-secret-51@127.0.0.1:5999")

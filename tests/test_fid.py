@@ -18,9 +18,9 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from scipy import linalg
 from torchvision.utils import save_image
 
-from sagan_core import inception as inc
-from sagan_core import metrics
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.evaluate import inception as inc
+from sagan_core.evaluate import metrics
 
 
 def scipy_frechet(mu1, s1, mu2, s2) -> float:
@@ -360,8 +360,8 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
 def test_folder_decoding_in_workers_equals_serial_and_reports_bad_files(tmp_path):
     """Worker-process decoding (overlapping the Inception pass) yields exactly the serial batches."""
 
-    from sagan_core.decode import read_rgb_chunks
-    from sagan_core.fid import _uint8_batches_from_files, list_images
+    from sagan_core.data.decode import read_rgb_chunks
+    from sagan_core.evaluate.fid import _uint8_batches_from_files, list_images
 
     rng = np.random.default_rng(0)
     for i in range(7):

@@ -21,13 +21,13 @@ from helpers import REPO, SAGAN, dvc_status, pipeline_project, run_cli
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import flow as flow_mod
 from pipelines import stages
-from pipelines.console import short_console_errors
-from pipelines.flow import StageFailed, sagan_pipeline
+from pipelines.flow import pipeline as flow_mod
+from pipelines.flow.console import short_console_errors
+from pipelines.flow.pipeline import StageFailed, sagan_pipeline
+from pipelines.flow.resume import checkpoint_step
 from pipelines.lock import ProjectBusy, project_lock
 from pipelines.results import Evaluated, Registered
-from pipelines.resume import checkpoint_step
 from sagan_core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -267,7 +267,7 @@ def test_own_errors_reach_the_console_without_traceback_unexpected_ones_with(pre
 def test_pipeline_run_validates_params_once_and_carries_them_to_every_stage(
     prefect_api, tmp_path, monkeypatch
 ):
-    from pipelines import cli
+    from pipelines.cli import main as cli
     from sagan_core import params_file
 
     fake_downstream(monkeypatch)

@@ -11,8 +11,8 @@ import pytest
 from helpers import pipeline_project, run_cli
 from test_flow import fake_downstream
 
-from pipelines.flow import sagan_pipeline
-from pipelines.flow_params import FlowSettings, split_overrides, to_overrides
+from pipelines.flow.pipeline import sagan_pipeline
+from pipelines.flow.settings import FlowSettings, split_overrides, to_overrides
 from sagan_core.params_file import load_params
 
 

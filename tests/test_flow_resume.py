@@ -7,7 +7,7 @@ import torch
 from helpers import pipeline_project
 from test_flow import fake_downstream
 
-from pipelines.flow import sagan_pipeline
+from pipelines.flow.pipeline import sagan_pipeline
 
 pytestmark = pytest.mark.slow
 

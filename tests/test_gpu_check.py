@@ -30,8 +30,8 @@ def test_cifar_quality_scores_a_checkpoint_against_a_ceiling(tmp_path):
     import cifar_quality
     from cifar_judge import write_toy_archive
 
-    from sagan_core.checkpoint import save_atomic
-    from sagan_core.model import ModelSpec, build_models
+    from sagan_core.model.checkpoint import save_atomic
+    from sagan_core.model.networks import ModelSpec, build_models
 
     archive = write_toy_archive(tmp_path / "toy.tar.gz", train_per_class=30, test_per_class=10)
     spec = ModelSpec(resolution=32, channels=3, num_classes=10, z_dim=16, g_ch=4, d_ch=4)

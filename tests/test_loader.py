@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sagan_core.data import BatchLoader, PreparedData
+from sagan_core.data.dataset import BatchLoader, PreparedData
 
 
 def fake_data(n: int, res: int = 8, channels: int = 3) -> PreparedData:

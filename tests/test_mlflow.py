@@ -124,7 +124,7 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
 def test_register_promote_load_and_sample(trained, mlflow_server, tmp_path):
     import mlflow
 
-    from sagan_core.checkpoint import load_generator
+    from sagan_core.model.checkpoint import load_generator
 
     project, out = trained
     assert "champion" in out and MODEL in out
@@ -226,7 +226,7 @@ def fake_run(
 
 
 def test_promotion_gate(trained, mlflow_server, tmp_path):
-    from pipelines import registry
+    from pipelines.registry import register as registry
 
     project, _ = trained
     client, name = client_for(mlflow_server), "gate-model"
@@ -257,7 +257,7 @@ def test_promotion_gate(trained, mlflow_server, tmp_path):
 
 
 def test_two_registers_race_for_champion(trained, mlflow_server, tmp_path):
-    from pipelines import registry
+    from pipelines.registry import register as registry
 
     project, _ = trained
     name = "race-model"
@@ -315,7 +315,7 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     monkeypatch,
 ):
     """Artifacts go straight from this client to S3 (experiment artifact_location s3://...)."""
-    from pipelines import registry
+    from pipelines.registry import register as registry
     from pipelines.tracking.run_record import write_run_record
     from pipelines.tracking.store import experiment_id
     from sagan_core.errors import SaganError

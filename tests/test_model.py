@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sagan_core.arch import default_attention
-from sagan_core.layers import SelfAttention
-from sagan_core.losses import d_hinge, g_hinge
-from sagan_core.model import ModelSpec, attention_blocks, build_models
+from sagan_core.model.arch import default_attention
+from sagan_core.model.layers import SelfAttention
+from sagan_core.model.networks import ModelSpec, attention_blocks, build_models
+from sagan_core.train.losses import d_hinge, g_hinge
 
 
 def spec_for(res: int, num_classes: int = 10, channels: int = 3, **kw) -> ModelSpec:
@@ -124,7 +124,7 @@ def test_every_weight_is_spectrally_normalised():
 
 
 def test_spectral_norm_is_computed_in_fp32_inside_autocast():
-    from sagan_core.layers import sn_conv
+    from sagan_core.model.layers import sn_conv
 
     torch.manual_seed(0)
     conv = sn_conv(16, 16).eval()
@@ -138,7 +138,7 @@ def test_spectral_norm_is_computed_in_fp32_inside_autocast():
 
 def test_conditional_bn_is_class_modulated_batch_norm_from_init():
     """out = BN(x) * gain[y] + bias[y], with gain = 1 + orthogonal rows, bias = orthogonal rows."""
-    from sagan_core.layers import ConditionalBatchNorm
+    from sagan_core.model.layers import ConditionalBatchNorm
 
     torch.manual_seed(0)
     cbn = ConditionalBatchNorm(8, num_classes=5)

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from helpers import project_params
 from torch.nn.utils.parametrizations import spectral_norm
 
-from sagan_core import precision
-from sagan_core.checkpoint import load_generator
 from sagan_core.config import TrainConfig
-from sagan_core.layers import GBlock, SelfAttention, sn_conv
-from sagan_core.trainer import Trainer
+from sagan_core.model.checkpoint import load_generator
+from sagan_core.model.layers import GBlock, SelfAttention, sn_conv
+from sagan_core.train import precision
+from sagan_core.train.trainer import Trainer
 
 
 def test_gblock_shortcut_before_upsample_equals_upsample_first():
@@ -130,7 +130,7 @@ def test_auto_bf16_channels_last_cpu_training_loads_in_fp32(project, monkeypatch
 
 def test_inception_pass_leaves_training_autocast():
     """FID/IS/KID stay fp32 even when evaluated from inside a bf16 training context."""
-    from sagan_core.inception import exact_fp32
+    from sagan_core.evaluate.inception import exact_fp32
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with exact_fp32():

@@ -21,9 +21,9 @@ from helpers import project_params, run_cli
 from PIL import Image
 
 from sagan_core.config import DataConfig
+from sagan_core.data.prepare import prepare, rejection_summary
 from sagan_core.errors import ConfigError, SaganError
-from sagan_core.prepare import prepare, rejection_summary
-from sagan_core.trainer import train
+from sagan_core.train.trainer import train
 
 
 def cfg(tmp: Path, source, **kw) -> DataConfig:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from helpers import REPO, flat_overrides, run_cli, tiny_overrides
 
-from pipelines import cli
+from pipelines.cli import main as cli
 from sagan_core.params_file import load_params
 
 PRESETS = sorted((REPO / "configs").glob("*.yaml"))
@@ -119,7 +119,7 @@ def test_dvc_repro_uses_the_preset_written_by_init(tmp_path):
     proj = pipeline_project(tmp_path / "proj", dvc=True)
     archive = toy_archive(proj / "data/raw/cifar.tar.gz")
     assert run_cli(["init", "--preset", "cifar10", "--force"], cwd=proj).returncode == 0
-    from pipelines.dvc_sync import write_overrides
+    from pipelines.flow.dvc_sync import write_overrides
 
     write_overrides(proj / "params.yaml", [f"data.source={archive.relative_to(proj)}"])
     bin_dir = Path(sys.executable).parent  # the stages call `sagan`

@@ -131,14 +131,14 @@ def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_
         timeout=400,
     )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    from pipelines.resume import checkpoint_step
+    from pipelines.flow.resume import checkpoint_step
 
     assert checkpoint_step(proj / "models/checkpoint.pt") == 2  # trained on the worker
 
 
 def test_a_deployment_run_waits_for_the_projects_prefect_concurrency_limit(prefect_server, tmp_path):
     """Another holder of the project's global concurrency slot (a run on another machine) stops the run."""
-    from pipelines.project_limit import limit_name
+    from pipelines.flow.project_limit import limit_name
 
     env = prefect_server | {"COLUMNS": "250"}
     proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)

@@ -53,7 +53,7 @@ def test_no_truncation_is_plain_noise_and_bad_values_are_refused():
 
 
 def test_sample_refuses_a_bad_truncation_before_loading_anything(tmp_path):
-    from pipelines.sampling import sample
+    from pipelines.registry.sampling import sample
     from sagan_core.config import Params
     from sagan_core.errors import ConfigError
 
@@ -128,7 +128,7 @@ def _served(model_uri: str, tracking_uri: str, cwd: Path):
 
 def _expected_pixels(project: Path, klass: int, n: int, seed: int, t: float | None) -> np.ndarray:
     """The local EMA generator's images for that request, quantized as a PNG stores them."""
-    from sagan_core.checkpoint import load_generator
+    from sagan_core.model.checkpoint import load_generator
 
     g, _ = load_generator(project / "models/checkpoint.pt", use_ema=True)
     z = truncated_normal(n, g.spec.z_dim, t, torch.Generator().manual_seed(seed))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import project_params
 
-from sagan_core.progress import Callback
-from sagan_core.trainer import Trainer, TrainingDiverged, train
+from sagan_core.train.progress import Callback
+from sagan_core.train.trainer import Trainer, TrainingDiverged, train
 
 STATE_KEYS = ("generator", "generator_ema", "discriminator")
 
@@ -198,7 +198,7 @@ def test_metrics_history_survives_a_kill_right_after_resume(project):
 
 
 def test_step_line_is_the_one_progress_line(project, caplog):
-    from sagan_core.progress import step_line
+    from sagan_core.train.progress import step_line
 
     metrics = {"loss_d": 1.23456, "loss_g": -0.5, "gamma_g0": 0.01234, "gamma_d0": -0.2, "img_per_s": 812.4}
     assert (

@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import project_params
 
-from sagan_core import checkpoint as ckpt_io
-from sagan_core import evaluate as E
-from sagan_core import standing_stats
-from sagan_core.trainer import Trainer, train
+from sagan_core.evaluate import protocol as E
+from sagan_core.model import checkpoint as ckpt_io
+from sagan_core.train import standing_stats
+from sagan_core.train.trainer import Trainer, train
 
 EVAL = {
     "eval__reference_size": 20,
@@ -124,7 +124,7 @@ def test_checkpoint_records_what_shaped_it_and_resume_names_changes(project, cap
 def test_img_per_s_after_an_evaluation_counts_training_only():
     """The interval after an in-training evaluation reports the steps' rate, not one that includes
     the evaluation (the trainer restarts the meter's clock after scoring)."""
-    from sagan_core.progress import StepMeter
+    from sagan_core.train.progress import StepMeter
 
     now = [100.0]
     meter = StepMeter(torch.device("cpu"), step=0, images_per_step=32, clock=lambda: now[0])

@@ -26,9 +26,9 @@ Code in this repository imports from those modules; the names below are the pack
 surface.
 """
 
-from .callback import MlflowCallback
-from .evaluation import log_evaluation
-from .generator_model import pack_inputs
-from .store import TrackingError, connect, enabled, redact
+from pipelines.tracking.callback import MlflowCallback
+from pipelines.tracking.evaluation import log_evaluation
+from pipelines.tracking.generator_model import pack_inputs
+from pipelines.tracking.store import TrackingError, connect, enabled, redact
 
 __all__ = ["MlflowCallback", "TrackingError", "connect", "enabled", "log_evaluation", "pack_inputs", "redact"]

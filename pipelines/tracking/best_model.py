@@ -15,11 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.generator_model import CHECKPOINT_DIR, export_generator, log_exported
+from pipelines.tracking.lineage import data_lineage
+from pipelines.tracking.run_record import read_run_record, write_run_record
 from sagan_core.config import Params
-
-from .generator_model import CHECKPOINT_DIR, export_generator, log_exported
-from .lineage import data_lineage
-from .run_record import read_run_record, write_run_record
 
 SCORE_KEYS = ("kid", "kid_std", "fid")
 
@@ -27,7 +26,7 @@ SCORE_KEYS = ("kid", "kid_std", "fid")
 def export_best(snap: Path) -> tuple[Path, dict[str, Any], Any]:
     """(exported network folder, checkpoint metadata, model spec) of best-checkpoint snapshot
     `snap`'s EMA generator, exported next to the snapshot (its folder goes when the job is done)."""
-    from sagan_core import checkpoint as ckpt_io
+    from sagan_core.model import checkpoint as ckpt_io
 
     generator, meta = ckpt_io.load_generator(snap, use_ema=True, device="cpu")
     return export_generator(generator, snap.parent), meta, generator.spec

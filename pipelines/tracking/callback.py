@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.best_model import SCORE_KEYS, export_best, log_best
+from pipelines.tracking.generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
+from pipelines.tracking.lineage import log_lineage
+from pipelines.tracking.run_record import read_run_record, recover, write_run_record
+from pipelines.tracking.store import artifact_error, call, connect, experiment_id, redact, scrub
+from pipelines.tracking.uploads import Uploader, snapshot
 from sagan_core.config import Params
-from sagan_core.progress import Callback
-
-from .best_model import SCORE_KEYS, export_best, log_best
-from .generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
-from .lineage import log_lineage
-from .run_record import read_run_record, recover, write_run_record
-from .store import artifact_error, call, connect, experiment_id, redact, scrub
-from .uploads import Uploader, snapshot
+from sagan_core.train.progress import Callback
 
 log = logging.getLogger("sagan.mlflow")
 

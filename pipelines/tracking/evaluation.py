@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.run_record import read_run_record, recover
+from pipelines.tracking.store import artifact_error, call, connect, enabled
 from sagan_core.config import Params
-from sagan_core.evaluate import protocol_id
-
-from .run_record import read_run_record, recover
-from .store import artifact_error, call, connect, enabled
+from sagan_core.evaluate.protocol import protocol_id
 
 log = logging.getLogger("sagan.mlflow")
 
@@ -38,7 +37,7 @@ def reopen_run(params: Params) -> None:
 
 
 def _digest(params: Params) -> str:
-    from .lineage import data_lineage
+    from pipelines.tracking.lineage import data_lineage
 
     return data_lineage(params)["content_hash"][:36]  # the run's dataset input digest (lineage.py)
 

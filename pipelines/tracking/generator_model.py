@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.run_record import read_run_record, write_run_record
 from sagan_core.config import Params
-
-from .run_record import read_run_record, write_run_record
 
 MODEL_NAME = "generator"  # name of the logged generator model inside the run
 CHECKPOINT_DIR = "checkpoint"  # artifact folder holding the full training checkpoint
@@ -221,7 +220,7 @@ def log_checkpoint_and_generator(client, run_id: str, params: Params, checkpoint
     When the in-training evaluation of the last step made it the best, its LoggedModel (same EMA
     weights, same standing statistics) is reused rather than exported and logged a second time.
     """
-    from sagan_core import checkpoint as ckpt_io
+    from sagan_core.model import checkpoint as ckpt_io
 
     # Load first: a checkpoint that does not load is reported before anything is uploaded.
     generator, meta = ckpt_io.load_generator(checkpoint, use_ema=True, device="cpu")

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.store import call
 from sagan_core.atomic import write_json
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
-
-from .store import call
 
 log = logging.getLogger("sagan.mlflow")
 
@@ -98,7 +97,7 @@ def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
     """Backfill the run's curves; with `end`, close a run left RUNNING by an interrupted training."""
     from mlflow.entities import RunStatus
 
-    from ..resume import checkpoint_step
+    from pipelines.flow.resume import checkpoint_step
 
     step = checkpoint_step(params.train.checkpoint) or 0
     backfill(client, uri, params, run_id, step)

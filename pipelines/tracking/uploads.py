@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .store import scrub
+from pipelines.tracking.store import scrub
 
 log = logging.getLogger("sagan.mlflow")
 

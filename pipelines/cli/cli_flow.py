@@ -1,0 +1,129 @@
+"""`sagan pipeline run|serve`: the Prefect flow and its scheduled deployment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipelines.cli.app import ParamsOpt, SetOpt, app, load
+from sagan_core.errors import ConfigError
+
+pipeline_app = typer.Typer(
+    name="pipeline",
+    help="The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even when nothing changed.")]
+
+
+def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[str, Any]:
+    """What a deployment's runs get: the file and the overrides, validated when each run starts.
+
+    The overrides become the typed `settings` form (what the Prefect UI shows and edits); only
+    what the form cannot hold (null values) stays a `key.path=value` string."""
+    from pipelines.flow.settings import split_overrides
+
+    load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    settings, rest = split_overrides(list(set_ or []))
+    return {"params_file": str(params), "settings": settings, "overrides": rest, "force": force}
+
+
+@pipeline_app.command("run")
+def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
+    validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    from pipelines.flow.console import route_sagan_logs_to_prefect
+    from pipelines.launch import supervised
+
+    route_sagan_logs_to_prefect()  # before Prefect is imported: it reads the setting then
+
+    with supervised():  # nothing it starts (Prefect's temporary server, torchrun) outlives it
+        _run(params, set_, force, validated)
+
+
+def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:
+    from pipelines.flow.console import short_console_errors
+    from pipelines.flow.pipeline import sagan_pipeline
+    from pipelines.flow.report import final_report
+
+    with short_console_errors():
+        summary = sagan_pipeline(
+            params_file=str(params), overrides=list(set_ or []), force=force, params=validated
+        )
+    print(final_report(summary, validated))
+
+
+@pipeline_app.command("serve")
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    cron: Annotated[str, typer.Option(help="Cron schedule of the retraining runs.")] = "0 3 * * 0",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-retrain",
+) -> None:
+    """Serve a deployment that reruns the pipeline on a cron schedule (blocks; needs a Prefect server)."""
+    from pipelines.flow.console import route_sagan_logs_to_prefect
+
+    route_sagan_logs_to_prefect()  # the served runs' processes inherit it
+    from prefect.settings import PREFECT_API_URL
+
+    parameters = _flow_parameters(params, set_, force)
+    if not PREFECT_API_URL.value():
+        raise ConfigError(
+            "schedules need a running Prefect server: start one with `prefect server start` and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    from pipelines.flow.pipeline import sagan_pipeline
+    from pipelines.flow.project_limit import ensure_limit
+
+    # Scheduled runs start in this process's directory: pin the project so they find it.
+    parameters["project_dir"] = os.getcwd()
+    ensure_limit(os.getcwd())  # one run of this project at a time, whichever process runs it
+    sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
+
+
+@pipeline_app.command("deploy")
+def deploy(
+    pool: Annotated[str, typer.Option(help="Prefect work pool (e.g. a process pool on a GPU machine).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    cron: Annotated[str | None, typer.Option(help="Optional cron schedule.")] = None,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "on-pool",
+) -> None:
+    """Deploy the flow to a work pool; a worker (`prefect worker start --pool POOL`) runs it where it runs."""
+    from prefect.settings import PREFECT_API_URL
+
+    from pipelines.flow.console import route_sagan_logs_to_prefect
+
+    parameters = _flow_parameters(params, set_, force)
+    if not PREFECT_API_URL.value():
+        raise ConfigError("work pools need a running Prefect server: see `sagan pipeline serve --help`")
+    from pipelines.flow.pipeline import sagan_pipeline
+    from pipelines.flow.project_limit import ensure_limit
+
+    # The worker loads the flow from this checkout and runs it on this project: both paths must
+    # exist on the worker's machine (same path, e.g. a shared filesystem).
+    code = Path(__file__).resolve().parents[2]
+    parameters["project_dir"] = os.getcwd()
+    limit = ensure_limit(os.getcwd())  # one run of this project at a time, on any worker
+    remote = sagan_pipeline.from_source(source=str(code), entrypoint="pipelines/flow/pipeline.py:sagan_pipeline")
+    deployment_id = remote.deploy(
+        name=name,
+        work_pool_name=pool,
+        parameters=parameters,
+        cron=cron,
+        build=False,
+        push=False,
+        # the worker's flow-run process: Prefect's setting routes the `sagan` logger to the UI
+        job_variables={"env": route_sagan_logs_to_prefect({})},
+        print_next_steps=False,
+    )
+    print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}; project limit {limit}")
+    print(f"start a worker: prefect worker start --pool {pool}")
+    print(f"run it:         prefect deployment run sagan-pipeline/{name}")

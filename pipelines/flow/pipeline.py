@@ -1,0 +1,211 @@
+"""The Prefect flow `sagan-pipeline`: prepare -> train -> evaluate -> register.
+
+The flow validates params once and hands the validated `Params` to its tasks, in a `RunContext`
+with the one DvcProject. Each task calls the one implementation of its stage (pipelines.stages) and
+returns its typed result (pipelines.results). DVC is the cache of record (pipelines.dvc_sync): a
+stage that `dvc status` calls up to date is skipped, and a stage that ran is `dvc commit`ted.
+Training is never restarted blindly: the train task resumes whenever the checkpoint was made from
+the same data and params (pipelines.resume), and resume is bit-exact.
+
+One run per project at a time (pipelines.lock). Stage failures stop the flow with
+`stage NAME failed: cause`; outputs of the stages before it are kept (and committed to DVC), so a
+rerun continues from the failed stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from pipelines import launch, stages
+from pipelines.flow import notify, resume
+from pipelines.flow.console import sagan_logs_to_prefect
+from pipelines.flow.dvc_sync import DvcProject, write_overrides
+from pipelines.flow.project_limit import project_slot
+from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
+from pipelines.flow.settings import FlowSettings, to_overrides
+from pipelines.lock import project_lock
+from pipelines.results import Evaluated, Prepared, Registered, Trained
+from sagan_core.config import Params
+from sagan_core.errors import ConfigError, SaganError
+from sagan_core.params_file import load_params
+
+
+class StageFailed(SaganError):
+    """A stage raised; the message names the stage and the cause."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        text = str(cause) if isinstance(cause, SaganError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"stage {stage} failed: {text}")
+        self.stage = stage
+        # Our own errors are deliberate and permanent (bad config, diverged training, missing
+        # weights); anything else (network, I/O, server hiccups) may pass on a retry.
+        self.transient = not isinstance(cause, SaganError)
+
+
+def _retry_transient(task_, task_run, state) -> bool:
+    return getattr(state.data, "transient", True)  # a failed task's state carries its exception
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    try:
+        yield
+    except StageFailed:
+        raise
+    except Exception as e:
+        raise StageFailed(name, e) from e
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every task needs, built once per flow run."""
+
+    params: Params
+    force: bool
+    dvc: DvcProject | None
+
+    def must_run(self, stage: str) -> bool:
+        if self.force or self.dvc is None:
+            return True
+        changed = self.dvc.changed(stage)
+        if not changed:
+            get_run_logger().info("%s: up to date (dvc status), skipped", stage)
+        return changed
+
+    def commit(self, stage: str) -> None:
+        if self.dvc is not None:
+            self.dvc.commit(stage)
+
+    def dvc_stage(self, stage: str, compute, skipped):
+        """Run a stage unless DVC says it is up to date (then read its recorded result); commit it."""
+        if not self.must_run(stage):
+            return skipped(self.params)
+        result = compute(self.params, progress=False)
+        self.commit(stage)
+        return result
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(run: RunContext) -> Prepared:
+    with _stage("prepare"):
+        return run.dvc_stage("prepare", stages.prepare, skipped=stages.prepared)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(run: RunContext, data_hash: str) -> Trained:
+    with _stage("train"):
+        params = run.params
+        if not run.must_run("train"):
+            return stages.trained(params)
+        do_resume, why = resume.resume_decision(params, data_hash, run.force)
+        logger = get_run_logger()
+        logger.info("train: %s", why)
+        if params.train.nproc_per_node > 1:
+            result = _train_under_torchrun(params, do_resume)
+        else:
+            progress = PrefectProgress(params.train.steps)
+            result = stages.train(params, resume=do_resume, progress=False, callbacks=[progress])
+        run.commit("train")
+        return result
+
+
+def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
+    """train.nproc_per_node DDP processes; their output lines go to the Prefect log as they come."""
+    start = (resume.checkpoint_step(params.train.checkpoint) or 0) if do_resume else 0
+    log = get_run_logger().info
+    code, last = launch.run_torchrun(params, do_resume, quiet=True, log=log, forward=True)
+    if code != 0:  # the CLI's own one-line message, when it printed one, is the cause
+        cause = last.removeprefix("sagan: ").removeprefix("error: ")
+        raise SaganError(cause if last.startswith("sagan: ") else f"torchrun exited with code {code}: {last}")
+    return stages.trained(params, start_step=start)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(run: RunContext) -> Evaluated:
+    with _stage("evaluate"):
+        return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(run: RunContext) -> Registered:
+    with _stage("register"):
+        result = stages.register(run.params)
+        run.commit("register")
+        return result
+
+
+@contextlib.contextmanager
+def _in_dir(path: str | Path) -> Iterator[None]:
+    """Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
+    dvc = DvcProject.find(".", params.pipeline.dvc)
+    if dvc is not None and params_file != "params.yaml":
+        raise ConfigError(f"--params {params_file}: DVC reads params.yaml; use --set overrides")
+    if dvc is not None:
+        write_overrides(params_file, overrides)
+    return RunContext(params, force or params.pipeline.force, dvc)
+
+
+@flow(
+    name="sagan-pipeline",
+    description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)",
+    on_completion=[notify.on_completion],
+    on_failure=[notify.on_failure],
+)
+def sagan_pipeline(
+    params_file: str = "params.yaml",
+    settings: FlowSettings | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    project_dir: str = ".",
+    params: Params | None = None,
+) -> RunSummary:
+    """Run the four stages on the project in `project_dir`.
+
+    settings: typed params.yaml overrides (the Prefect UI's form); empty fields keep the file's values.
+    overrides: `key.path=value` strings, exactly like `sagan ... --set`, applied after `settings`
+    (both validated the same way as the file).
+    force: run every stage even when nothing changed (also `pipeline.force`).
+    params: the already validated params_file + overrides (the CLI passes them: validated once).
+    """
+    overrides = [*to_overrides(settings), *(overrides or [])]
+    with sagan_logs_to_prefect(), _in_dir(project_dir):
+        params = params or load_params(params_file, overrides)
+        cfg = params.pipeline
+        with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
+            run = _context(params, params_file, overrides, force)
+            backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
+            retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
+            prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run)
+            trained = train_task.with_options(
+                retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
+            )(run, prep.content_hash)
+            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run)
+            # Register always runs: it is idempotent (a run already registered is not registered
+            # again, its promotion is re-decided), so an unchanged project ends with the same answer.
+            reg = register_task.with_options(
+                retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
+            )(run)
+            dvc = "not used"
+            if run.dvc is not None:
+                pending = run.dvc.status()
+                dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
+            summary = summarize(params, prep, trained, ev, reg, dvc)
+            publish(summary)
+            return summary

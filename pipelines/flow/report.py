@@ -1,0 +1,196 @@
+"""What a pipeline run tells its user: live training progress in Prefect, the run's summary as
+Prefect artifacts (a markdown summary, a table of past runs) and the closing lines on the terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from pipelines.flow.resume import STATE_DIR
+from pipelines.results import Evaluated, Prepared, Registered, Trained
+from pipelines.tracking import redact
+from sagan_core.config import Params
+from sagan_core.train.progress import Callback, step_line
+
+HISTORY = STATE_DIR / "history.jsonl"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One pipeline run, as the flow returns it and `history.jsonl` keeps it."""
+
+    time: str
+    flow_run: str
+    data_hash: str  # the prepared data's content_hash, first 12 hex digits
+    trained_steps: int
+    step: int  # the checkpoint's step
+    checkpoint: str
+    samples: str
+    fid: float
+    kid: float | None
+    is_mean: float
+    model_name: str
+    version: int
+    decision: str  # the alias the version got: champion | challenger
+    reason: str
+    mlflow_run: str
+    mlflow_url: str | None
+    tracking_uri: str
+    dvc: str  # "clean", "not clean: <stages>", or "not used"
+    samples_url: str | None = None  # the run's latest grid, as the MLflow UI / server serves it
+
+
+class PrefectProgress(Callback):
+    """Training progress in the Prefect UI: a progress artifact and one log line per log interval."""
+
+    def __init__(self, steps: int):
+        self.steps, self.artifact_id = steps, None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.artifact_id = create_progress_artifact(
+            100.0 * info["start_step"] / self.steps,
+            key="sagan-train-progress",
+            description=f"sagan training, {self.steps} steps",
+        )
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, 100.0 * step / self.steps)
+        get_run_logger().info("train %s", step_line(step, self.steps, metrics))
+
+
+def summarize(
+    params: Params, prep: Prepared, trained: Trained, ev: Evaluated, reg: Registered, dvc: str
+) -> RunSummary:
+    from prefect.runtime import flow_run
+
+    return RunSummary(
+        time=time.strftime("%Y-%m-%d %H:%M:%S"),
+        flow_run=str(flow_run.id),
+        data_hash=prep.content_hash[:12],
+        trained_steps=trained.trained_steps,
+        step=trained.step,
+        checkpoint=trained.checkpoint,
+        samples=str(params.train.latest_samples),
+        fid=ev.fid,
+        kid=ev.kid_mean,
+        is_mean=ev.is_mean,
+        model_name=reg.model_name,
+        version=reg.version,
+        decision=reg.decision,
+        reason=reg.reason,
+        mlflow_run=reg.run_id,
+        mlflow_url=run_url(reg),
+        samples_url=artifact_url(reg, "samples/latest.png"),
+        tracking_uri=reg.tracking_uri,
+        dvc=dvc,
+    )
+
+
+def run_url(reg: Registered) -> str | None:
+    """The MLflow UI page of the run (samples under its artifacts); `mlflow ui` for a local store."""
+    uri, base = reg.tracking_uri, _ui_base(reg.tracking_uri)
+    try:
+        import mlflow
+
+        exp = mlflow.MlflowClient(uri).get_run(reg.run_id).info.experiment_id
+    except Exception:  # the link is a convenience; never fail a finished run over it
+        return None
+    # The UI's own `workflowType` link parameter: MLflow 3.17 picks its GenAI or model-training
+    # layout from browser storage (GenAI on a first visit), not from the experiment's
+    # `mlflow.experimentKind` tag (mlflow/mlflow#24498); the parameter opens model training.
+    return f"{base}/#/experiments/{exp}/runs/{reg.run_id}?workflowType=machine_learning"
+
+
+def _ui_base(uri: str) -> str:
+    """Where the MLflow UI answers: the tracking server itself, or `mlflow ui`'s default address."""
+    return uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+
+
+def artifact_url(reg: Registered, path: str) -> str | None:
+    """A URL for one of the run's artifacts, as the MLflow UI fetches it (its get-artifact endpoint)."""
+    if not reg.run_id:
+        return None
+    return f"{_ui_base(reg.tracking_uri)}/get-artifact?path={path}&run_uuid={reg.run_id}"
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else ("-" if x is None else str(x))
+
+
+def publish(s: RunSummary) -> None:
+    """Append the run to the history; the markdown summary and the table of past runs as artifacts."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with HISTORY.open("a") as f:
+        f.write(json.dumps(dataclasses.asdict(s)) + "\n")
+    link = f"[{s.mlflow_run}]({s.mlflow_url})" if s.mlflow_url else s.mlflow_run
+    md = "\n".join(
+        [
+            "# sagan pipeline run",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| FID | {_fmt(s.fid)} |",
+            f"| IS | {_fmt(s.is_mean)} |",
+            f"| KID | {_fmt(s.kid)} |",
+            f"| decision | **{s.decision}**: {s.reason} |",
+            f"| registered | {s.model_name} v{s.version} ({s.decision}) |",
+            f"| data hash | `{s.data_hash}` |",
+            f"| trained | {s.trained_steps} steps (checkpoint step {s.step}) |",
+            f"| sample grid | `{s.samples}` (also under the MLflow run's artifacts) |",
+            f"| MLflow run | {link} |",
+            f"| DVC | {'`dvc status` clean' if s.dvc == 'clean' else s.dvc} |",
+        ]
+    )
+    if s.samples_url:  # the grid itself, from the MLflow run (shown while its UI/server is up)
+        md += f"\n\n## Samples at step {s.step}\n\n![sample grid]({s.samples_url})\n"
+        create_image_artifact(s.samples_url, key="sagan-samples", description=f"sample grid, step {s.step}")
+    create_markdown_artifact(md, key="sagan-summary", description="sagan: evaluation and promotion")
+    rows = [json.loads(line) for line in HISTORY.read_text().splitlines()[-50:]]
+    columns = ["time", "data_hash", "trained_steps", "fid", "kid", "version", "decision"]
+    table = [{c: _fmt(r.get(c)) for c in columns} for r in reversed(rows)]  # older lines may lack a key
+    create_table_artifact(table, key="sagan-runs", description="sagan pipeline runs, newest first")
+
+
+def _tool(name: str) -> str:
+    """The command as the user can type it here: .venv/bin/NAME when that is where sagan runs from."""
+    exe = Path(sys.executable).parent / name
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return name
+
+
+def final_report(s: RunSummary, params: Params) -> str:
+    """Where to look after a run: the sample grid, the FID, the registered version, the UIs."""
+    uri = redact(
+        params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    )
+    kid = f"  (KID {s.kid:.4f})" if s.kid is not None else ""
+    return "\n".join(
+        [
+            "sagan pipeline: done",
+            f"  sample grid : {s.samples}",
+            f"  FID         : {s.fid:.3f}{kid}",
+            f"  trained     : {s.trained_steps} new steps (checkpoint at step {s.step})",
+            f"  registered  : {s.model_name} version {s.version}, alias {s.decision} ({s.reason})",
+            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
+            *([f"                then open {s.mlflow_url}"] if s.mlflow_url else []),
+            f"  Prefect UI  : {_tool('prefect')} server start   (then open http://127.0.0.1:4200)",
+        ]
+    )

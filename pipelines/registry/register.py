@@ -1,0 +1,285 @@
+"""`sagan register`: the run's generator becomes a version of `registry.model_name`; FID gate.
+
+Lineage: every version is tagged with the FID/KID/IS it was evaluated at, the evaluation protocol
+(and its id), the prepared data's content_hash (and DVC md5), the git commit and the run id, and it
+points at the LoggedModel of its run, whose run holds the params and curves.
+
+Promotion: the alias `champion` moves to the new version only when its FID beats the current
+champion's by more than `registry.min_improvement` under the same protocol (same reference
+statistics and sample count); otherwise the version gets the alias `challenger`. The decision and
+its reason are recorded as version tags (`promotion.decision`, `promotion.reason`) and in the
+version's description, its model card (pipelines.model_card).
+
+Race safety: the decision is taken under a lock held in the registry itself
+(pipelines.promotion_lock), so two racing registers serialise their decisions, and whichever runs
+second compares with the first's result: exactly one champion, and the better FID wins.
+
+Idempotence: a run already registered under the model (search by run_id) is not registered again;
+its promotion decision is re-evaluated (so a register interrupted before the alias was set can be
+rerun). A version left in a failed state is deleted, never kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pipelines.flow.resume import checkpoint_step
+from pipelines.registry import candidate
+from pipelines.registry.model_card import model_description, version_card
+from pipelines.registry.promotion_lock import promotion_lock
+from pipelines.results import Registered
+from pipelines.tracking.generator_model import log_checkpoint_and_generator
+from pipelines.tracking.run_record import recover, require_run
+from pipelines.tracking.store import artifact_error, call, connect, redact, scrub
+from sagan_core.config import Params
+from sagan_core.errors import ConfigError, SaganError
+from sagan_core.evaluate.protocol import protocol, protocol_id
+
+log = logging.getLogger("sagan.registry")
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _code(e: Exception) -> str:
+    return str(getattr(e, "error_code", ""))
+
+
+def load_eval(params: Params) -> dict[str, Any]:
+    path = params.eval.record_file  # the scores with their protocol (eval.json has the numbers only)
+    if not path.exists():
+        raise ConfigError(f"sagan register: no evaluation at {path} (run `sagan evaluate` first)")
+    try:
+        ev = json.loads(path.read_text())
+        float(ev["fid"])
+        int(ev["generator_step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SaganError(f"{path}: not a sagan evaluation (no numeric fid or generator_step: {e})") from None
+    return ev
+
+
+def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
+    t = run.data.tags
+    tags = {
+        "fid": repr(float(ev["fid"])),
+        "protocol": json.dumps(protocol(ev), sort_keys=True, default=str),
+        "protocol_id": protocol_id(ev),
+        "content_hash": t.get("sagan.data.content_hash", "unknown"),
+        "git_commit": t.get("sagan.git_commit", "unknown"),
+        "git_dirty": t.get("sagan.git_dirty", "unknown"),
+        "run_id": run.info.run_id,
+        "generator_step": str(ev["generator_step"]),
+    }
+    for k in ("kid_mean", "kid_std", "is_mean", "is_std"):
+        if isinstance(ev.get(k), (int, float)):
+            tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
+    if "sagan.data.dvc_md5" in t:
+        tags["dvc_md5"] = t["sagan.data.dvc_md5"]
+    if "weights_official" in ev:  # absent in records written before the check existed
+        tags["weights_official"] = str(bool(ev["weights_official"])).lower()
+    return tags
+
+
+def _ensure_model(client, params: Params, run_id: str, record: dict[str, Any]) -> str:
+    """The run's READY LoggedModel id; logs it from the local checkpoint when training could not."""
+    from mlflow.entities import LoggedModelStatus
+
+    # Both keys are really written: log_generator sets the run tag, then the record gets model_id;
+    # the tag still names the model if the process died between the two writes.
+    model_id = record.get("model_id") or client.get_run(run_id).data.tags.get("sagan.model_id")
+    if model_id:
+        model = client.get_logged_model(model_id)
+        if model.status == LoggedModelStatus.READY:
+            return model_id
+        log.warning("logged model %s of run %s is %s: logging it again", model_id, run_id, model.status)
+    log.info("uploading the checkpoint and the generator of run %s from %s", run_id, params.train.checkpoint)
+    return log_checkpoint_and_generator(client, run_id, params, params.train.checkpoint)
+
+
+def _existing_version(client, name: str, run_id: str):
+    """This run's version of `name`, if any; failed registrations are deleted (no partial entries)."""
+    found = None
+    for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if mv.status == "FAILED_REGISTRATION":
+            client.delete_model_version(name, mv.version)
+        elif found is None or int(mv.version) < int(found.version):
+            found = mv
+    return found
+
+
+def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[str, str], description: str):
+    mv = None
+    try:
+        mv = client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags=tags,
+            model_id=model_id,
+            description=description,
+        )
+        if mv.status != "READY":
+            raise SaganError(f"model version {name} v{mv.version} ended {mv.status}: {mv.status_message}")
+        return mv
+    except BaseException:
+        if mv is not None:  # never leave a version behind that does not load
+            try:
+                client.delete_model_version(name, mv.version)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not delete failed version %s v%s: %s", name, mv.version, scrub(str(e)))
+        raise
+
+
+def _alias_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in _code(e) or "INVALID_PARAMETER_VALUE" in _code(e):
+            return None
+        raise
+
+
+def decide(mv, champion, min_improvement: float) -> tuple[bool, str]:
+    """(promote?, reason) comparing version `mv` with the current `champion` (or None)."""
+    fid = float(mv.tags["fid"])
+    if champion is None:
+        return True, f"no champion yet; FID {fid:.4g}"
+    if champion.version == mv.version:
+        return True, f"already the champion; FID {fid:.4g}"
+    c_fid = champion.tags.get("fid")
+    if champion.tags.get("protocol_id") != mv.tags.get("protocol_id") or c_fid is None:
+        return False, (
+            f"champion v{champion.version} was evaluated under another protocol "
+            f"({champion.tags.get('protocol', 'unknown')}); FIDs are not comparable"
+        )
+    c_fid = float(c_fid)
+    gain = c_fid - fid
+    if gain > min_improvement:
+        return True, (
+            f"FID {fid:.4g} beats champion v{champion.version}'s {c_fid:.4g} by {gain:.4g} "
+            f"> min_improvement {min_improvement:g}"
+        )
+    return False, (
+        f"FID {fid:.4g} does not beat champion v{champion.version}'s {c_fid:.4g} by more than "
+        f"min_improvement {min_improvement:g}"
+    )
+
+
+def register(params: Params) -> Registered:
+    """Register the recorded run's generator and apply the promotion gate; returns the decision."""
+    record = require_run(params, "sagan register")
+    ev = load_eval(params)
+    client, uri = connect(params)
+    return call(uri, _register, client, uri, params, record, ev)
+
+
+def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict[str, Any]) -> Registered:
+    run_id, name = record["run_id"], params.registry.model_name
+    run = _recorded_run(client, uri, params, run_id)
+    step = int(ev["generator_step"])
+    path, which, why = candidate.choice(params)
+    # the candidate's step: its local checkpoint, else (another machine) the run's last logged step
+    want = checkpoint_step(path) if path.exists() else record.get("step")
+    if want is not None and step != int(want):
+        raise ConfigError(
+            f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
+            f"{which} checkpoint ({path}) is at step {want} (run `sagan evaluate` again)"
+        )
+    recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost
+    if which == "best":
+        model_id, score = call(uri, candidate.best_model, client, params, run_id, record, path, step)
+        why = f"{why}: {score}"
+    else:
+        model_id = _upload_model(client, uri, params, run_id, record)
+    _describe_model(client, params, name)
+    mv = _existing_version(client, name, run_id)
+    created = mv is None
+    if created:
+        tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
+        pending = version_card(params, name, 0, run, ev, "pending", "decided once registered")
+        mv = _create_version(client, name, model_id, run_id, tags, pending)
+        candidate.link_version(client, model_id, name, mv.version)
+    else:
+        log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
+        mv = client.get_model_version(name, mv.version)
+    decision, reason = _promote(client, name, mv, params.registry.min_improvement)
+    card = version_card(params, name, int(mv.version), run, ev, decision, reason)
+    client.update_model_version(name, mv.version, description=card)
+    return Registered(
+        model_name=name,
+        version=int(mv.version),
+        created=created,
+        decision=decision,
+        reason=reason,
+        fid=float(mv.tags["fid"]),  # the version's own: a rerun reports the FID it was registered with
+        run_id=run_id,
+        model_uri=f"models:/{name}/{mv.version}",
+        tracking_uri=redact(uri),
+    )
+
+
+def _describe_model(client, params: Params, name: str) -> None:
+    """Create the registered model if needed; its description is kept current (model_card)."""
+    from mlflow.exceptions import MlflowException
+
+    description = model_description(params, name)
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in _code(e):
+            raise
+        if client.get_registered_model(name).description != description:
+            client.update_registered_model(name, description=description)
+
+
+def _recorded_run(client, uri: str, params: Params, run_id: str):
+    """The run named by the run record; a one-line ConfigError when the store does not have it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in _code(e):
+            raise ConfigError(
+                f"sagan register: MLflow run {run_id} (from {params.train.run_record}) does not exist "
+                f"at {redact(uri)}"
+            ) from None
+        raise
+
+
+def _upload_model(client, uri: str, params: Params, run_id: str, record: dict[str, Any]) -> str:
+    """_ensure_model with every artifact-store failure (MLflow, OS or boto) as one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ensure_model(client, params, run_id, record)
+    except (MlflowException, OSError) as e:
+        raise artifact_error(uri, e, client, run_id) from None
+    except Exception as e:
+        # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError); matching
+        # by module avoids importing botocore just to name them
+        if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise artifact_error(uri, e, client, run_id) from None
+        raise
+
+
+def _promote(client, name: str, mv, min_improvement: float) -> tuple[str, str]:
+    """Decide and set the alias of version `mv` under the promotion lock; (decision, reason)."""
+    with promotion_lock(client, name):
+        champion = _alias_version(client, name, CHAMPION)
+        promote, reason = decide(mv, champion, min_improvement)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, mv.version)
+            # a version is champion or challenger, never both
+            challenger = _alias_version(client, name, CHALLENGER)
+            if challenger is not None and challenger.version == mv.version:
+                client.delete_registered_model_alias(name, CHALLENGER)
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        decision = CHAMPION if promote else CHALLENGER
+        client.set_model_version_tag(name, mv.version, "promotion.decision", decision)
+        client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
+    return decision, reason

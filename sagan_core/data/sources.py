@@ -1,0 +1,267 @@
+"""Where `sagan prepare` reads images from: `data.source` -> a Source (an ordered list of items).
+
+- `demo`: the bundled MNIST test set (10,000 real digits, idx.gz in sagan_core/data/assets/mnist).
+- an ImageFolder directory: `root/<class>/**/*.png|jpg|...` -> labelled; a flat folder -> unlabelled.
+  A folder of splits (`root/train/<class>`, `root/test/<class>`, ...) is merged class by class.
+- a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder (sagan_core.archives). Every member
+  is checked first (no absolute paths, no `..`, no links leaving the archive, no device files or
+  FIFOs): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
+  read front to back (one decompression pass) and decoded from memory. A member that cannot be
+  read (or is a decompression bomb by its declared size or header) is one rejected file.
+- `torchvision:NAME[:SPLIT]`: a torchvision built-in dataset (CIFAR10, MNIST, STL10, CelebA, ...),
+  downloaded into `data/raw/torchvision` when online.
+
+Order is deterministic and independent of the filesystem: class names are sorted, files are sorted
+by their path relative to the root, and labels index the sorted class names.
+"""
+
+from __future__ import annotations
+
+import gzip
+import inspect
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sagan_core.data.archives import BadMember, checked_members, is_archive, read_members
+from sagan_core.errors import ConfigError, SaganError
+
+DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
+TORCHVISION_ROOT = Path("data/raw/torchvision")
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
+# Junk that archivers and file browsers leave next to images; never data.
+SKIPPED_DIRS = {"__MACOSX", "@eaDir"}
+
+
+@dataclass
+class Source:
+    """Items to decode in order: (key, label). Keys are relative paths (files) or indices (arrays).
+
+    `payloads()` yields what decoding workers receive, chunk by chunk, in `read_order` (item
+    positions; None = item order): keys for folders and arrays, the file bytes for archives (read
+    sequentially, so a .tar.gz is decompressed once and never extracted to disk), or a BadMember
+    with the rejection reason for a member that was not read (no larger than `max_pixels` allows).
+    """
+
+    name: str
+    class_names: list[str]
+    items: list[tuple[Any, int]]
+    root: Path | None = None
+    arrays: Any = None  # in-memory images for demo/torchvision sources
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    ignored: int = 0  # files without an image extension (README.txt, labels.csv, ...)
+    archive: Path | None = None
+    members: dict[str, str] = field(default_factory=dict)  # item key -> archive member name
+    read_order: list[int] | None = None
+
+    def open(self, payload: Any) -> Image.Image:
+        if self.archive is not None:
+            return Image.open(io.BytesIO(payload))
+        if self.root is not None:
+            return Image.open(self.root / payload)
+        img = self.arrays[payload]
+        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+
+    def payloads(self, chunk: int, max_pixels: int) -> Iterator[list[Any]]:
+        order = self.read_order if self.read_order is not None else range(len(self.items))
+        if self.archive is None:
+            keys = [self.items[i][0] for i in order]
+            for i in range(0, len(keys), chunk):
+                yield keys[i : i + chunk]
+            return
+        wanted = [self.members[self.items[i][0]] for i in order]
+        batch: list[bytes | BadMember] = []
+        for data in read_members(self.archive, wanted, max_pixels):
+            batch.append(data)
+            if len(batch) == chunk:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def demo_source() -> Source:
+    images = _read_idx(DEMO_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = _read_idx(DEMO_DIR / "t10k-labels-idx1-ubyte.gz")
+    items = [(i, int(lab)) for i, lab in enumerate(labels)]
+    return Source("demo (MNIST test set)", [str(i) for i in range(10)], items, arrays=images)
+
+
+# --- image folders ----------------------------------------------------------------------------
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name not in SKIPPED_DIRS
+
+
+def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
+    """Sorted image-file paths under `d` relative to `root` (links not followed into dirs), and
+    the number of other files ignored. Entries that are not regular files (dangling links, FIFOs)
+    are kept so that validation rejects them with a reason instead of silently losing them."""
+    found, ignored = [], 0
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [n for n in dirnames if _visible(n)]
+        for n in filenames:
+            if not _visible(n):
+                continue
+            if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath, n).relative_to(root).as_posix())
+            else:
+                ignored += 1
+    return sorted(found), ignored
+
+
+def _layout(src: Source, files: list[str]) -> Source:
+    """Sorted relative image paths -> class names, labelled items, and unlabelled loose files.
+
+    `root/<class>/**` is labelled by <class>; no subfolders at all -> one unlabelled set; a folder
+    of splits (`train/<class>/**`, `test/<class>/**`) is merged class by class.
+    """
+    nested = [f for f in files if "/" in f]
+    if not nested:  # flat folder: one unlabelled set
+        src.items = [(f, 0) for f in files]
+        return src
+    tops = {f.split("/", 1)[0] for f in nested}
+    splits = all(t.lower() in SPLIT_NAMES for t in tops) and all(f.count("/") >= 2 for f in nested)
+    label_of = {f: f.split("/")[1 if splits else 0] for f in nested}
+    src.class_names = sorted(set(label_of.values()))
+    index = {c: i for i, c in enumerate(src.class_names)}
+    src.items = sorted(((f, index[c]) for f, c in label_of.items()), key=lambda it: (it[1], it[0]))
+    # Images beside the class folders have no class: listed as rejected rather than silently lost.
+    src.rejected = [{"file": f, "reason": "not inside a class folder"} for f in files if "/" not in f]
+    return src
+
+
+def folder_source(root: Path, name: str | None = None) -> Source:
+    root = root.resolve()
+    files, ignored = _files_under(root, root)
+    return _layout(Source(name or str(root), [], [], root=root, ignored=ignored), files)
+
+
+# --- archives ---------------------------------------------------------------------------------
+
+
+def _strip_single_folder(names: list[str]) -> str:
+    """An archive of one folder (`cifar10/train/...`) has that folder as its dataset root."""
+    prefix = ""
+    while True:
+        rest = [n[len(prefix) :] for n in names]
+        firsts = {r.split("/", 1)[0] for r in rest}
+        if len(firsts) != 1 or any("/" not in r for r in rest):
+            return prefix
+        (first,) = firsts
+        if first.lower() in SPLIT_NAMES:
+            return prefix
+        prefix += first + "/"
+
+
+def archive_source(archive: Path, name: str) -> Source:
+    """Check every member, then list the image files; nothing is extracted to disk."""
+    order = checked_members(archive)
+    visible = [
+        n for n in order if all(_visible(part) for part in PurePosixPath(n).parts) and not n.endswith("/")
+    ]
+    images = [n for n in visible if PurePosixPath(n).suffix.lower() in IMAGE_EXTENSIONS]
+    prefix = _strip_single_folder(images)
+    members = {n[len(prefix) :]: n for n in images}
+    src = _layout(Source(name, [], [], archive=archive, ignored=len(visible) - len(images)), sorted(members))
+    src.members = members
+    position = {key: i for i, (key, _) in enumerate(src.items)}
+    rank = {n: i for i, n in enumerate(order)}
+    src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
+    return src
+
+
+# --- torchvision ------------------------------------------------------------------------------
+
+
+def torchvision_source(spec: str) -> Source:
+    _, _, rest = spec.partition(":")
+    name, _, split = rest.partition(":")
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None)
+    if not name or cls is None or not inspect.isclass(cls):
+        known = "CIFAR10, CIFAR100, MNIST, FashionMNIST, KMNIST, STL10, SVHN, CelebA, ..."
+        raise ConfigError(f"data.source: unknown torchvision dataset {name!r} (e.g. {known})")
+    root = TORCHVISION_ROOT / name
+    sig = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = {"download": True}
+    if "train" in sig:
+        kwargs["train"] = split in ("", "train")
+    elif "split" in sig:
+        kwargs["split"] = split or "train"
+    try:
+        ds = cls(str(root), **kwargs)
+    except Exception as e:  # noqa: BLE001 - torchvision raises anything from URLError to RuntimeError
+        raise SaganError(
+            f"data.source {spec!r}: could not load or download {name} ({type(e).__name__}: {e}); "
+            f"offline, put the files torchvision expects for {name} under {root.resolve()}/ "
+            "or use an image folder or archive as data.source"
+        ) from None
+    classes = getattr(ds, "classes", None)
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = getattr(ds, "labels", None)
+    items: list[tuple[Any, int]]
+    if classes and targets is not None and len(targets) == len(ds):
+        # Labels index the sorted class names, whatever order the dataset declares them in.
+        names = sorted(str(c) for c in classes)
+        remap = {old: names.index(str(c)) for old, c in enumerate(classes)}
+        items = [(i, remap[int(t)]) for i, t in enumerate(np.asarray(targets).tolist())]
+    else:
+        names, items = [], [(i, 0) for i in range(len(ds))]
+    return Source(f"torchvision:{name}", names, items, arrays=_TorchvisionImages(ds))
+
+
+class _TorchvisionImages:
+    """ds[i] -> the PIL image (torchvision datasets return (image, target))."""
+
+    def __init__(self, ds: Any):
+        self.ds = ds
+
+    def __getitem__(self, i: int) -> Image.Image:
+        return self.ds[i][0]
+
+
+# --- dispatch ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def open_source(spec: str) -> Iterator[Source]:
+    if spec == "demo":
+        yield demo_source()
+        return
+    if spec.startswith("torchvision:"):
+        yield torchvision_source(spec)
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        yield folder_source(path, name=spec)
+    elif path.is_file() and is_archive(path):
+        yield archive_source(path, spec)
+    elif path.exists():
+        raise ConfigError(f"data.source: {spec!r} is not a folder or a .tar/.tar.gz/.zip archive")
+    else:
+        raise ConfigError(
+            f"data.source: {spec!r} does not exist (expected demo, a folder, an archive or torchvision:NAME)"
+        )

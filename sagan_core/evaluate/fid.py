@@ -1,0 +1,127 @@
+"""pytorch-fid statistics files and image folders, and the Inception pass that turns images into statistics.
+
+- Features come from `sagan_core.inception` (pytorch-fid's InceptionV3, fed exactly as pytorch-fid
+  feeds it), one uint8 batch at a time, into `sagan_core.metrics`' streaming accumulators, so
+  images and activations in memory are bounded by the batch size.
+- Folders are read as pytorch-fid reads them (its extensions, top level only, sorted, PIL RGB),
+  decoded in worker processes concurrently with the Inception pass (decode.read_rgb_chunks).
+- Statistics files are pytorch-fid's `.npz` (`mu`, `sigma`); ours may add `features` (for KID) and
+  `protocol` (a JSON string), which pytorch-fid ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_fid.fid_score import IMAGE_EXTENSIONS
+from tqdm import tqdm
+
+from sagan_core.atomic import write_atomic
+from sagan_core.data.decode import available_cores, read_rgb_chunks
+from sagan_core.errors import ConfigError
+from sagan_core.evaluate import inception as inc
+from sagan_core.evaluate.metrics import ISAccumulator, Stats, StatsAccumulator
+
+# The feature-extraction recipe, recorded in eval.json and in every cached reference's key: features
+# (hence FIDs) are comparable only between evaluations that name the same recipe.
+PROTOCOL = "pytorch-fid 0.3.0 InceptionV3: uint8 images / 255, gray->RGB, bilinear 299 (align_corners=False)"
+
+
+def load_stats(path: str | Path) -> Stats:
+    path = Path(path)
+    try:
+        with np.load(path) as f:
+            if "mu" not in f or "sigma" not in f:
+                raise ConfigError(f"{path}: not a statistics file (expected arrays 'mu' and 'sigma')")
+            features = f.get("features")
+            protocol = json.loads(str(f["protocol"])) if "protocol" in f else None
+            stats = Stats(f["mu"][:], f["sigma"][:], features, protocol)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable .npz statistics file ({e})") from None
+    d = stats.mu.shape
+    if len(d) != 1 or stats.sigma.shape != (d[0], d[0]):
+        raise ConfigError(f"{path}: inconsistent statistics (mu {stats.mu.shape}, sigma {stats.sigma.shape})")
+    return stats
+
+
+def save_stats(path: str | Path, stats: Stats) -> None:
+    """pytorch-fid's format (mu, sigma), plus our optional extras; written atomically."""
+    arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma}
+    if stats.features is not None:
+        arrays["features"] = stats.features
+    if stats.protocol is not None:
+        arrays["protocol"] = np.array(json.dumps(stats.protocol, sort_keys=True))
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The files pytorch-fid reads from a folder: its extensions, top level only, sorted."""
+    files = sorted(f for ext in IMAGE_EXTENSIONS for f in folder.glob(f"*.{ext}"))
+    if not files:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ConfigError(f"{folder}: no images ({exts}) in this folder")
+    return files
+
+
+def _uint8_batches_from_files(files: list[Path], batch_size: int, workers: int | None = None):
+    """uint8 N x 3 x H x W batches of the files; decoded in worker processes (pytorch-fid's CLI uses
+    DataLoader workers too) while the caller runs Inception on the previous batches."""
+    chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+    workers = min(available_cores(), 8) if workers is None else workers
+    for arrays in read_rgb_chunks(chunks, workers):
+        imgs = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
+        if all(im.shape == imgs[0].shape for im in imgs):
+            yield torch.stack(imgs)
+        else:  # mixed sizes: Inception resizes each image on its own, so one at a time is identical
+            yield from (im[None] for im in imgs)
+
+
+def features_pass(
+    net: inc.InceptionFeatures,
+    batches,
+    total_batches: int,
+    device: torch.device,
+    keep_features: bool = False,
+    is_acc: ISAccumulator | None = None,
+    progress: bool = True,
+    desc: str = "inception",
+) -> tuple[Stats, float, int]:
+    """Run uint8 batches through Inception: (statistics, seconds, images)."""
+    acc = StatsAccumulator(keep_features)
+    t0 = time.perf_counter()
+    with inc.exact_fp32():
+        for u8 in tqdm(batches, total=total_batches, desc=desc, unit="batch", disable=not progress):
+            feat, logits = inc.run_batch(net, u8, device)
+            acc.add(feat)
+            if is_acc is not None:
+                is_acc.add(logits)
+    return acc.result(), time.perf_counter() - t0, acc.n
+
+
+def stats_of_path(
+    path: str | Path,
+    dims: int,
+    batch_size: int,
+    device: torch.device,
+    weights: Path | None = None,
+    progress: bool = True,
+) -> Stats:
+    """Statistics of a folder of images (computed) or of a .npz file (loaded), like pytorch-fid."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".npz":
+        return load_stats(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such folder or file")
+    if not path.is_dir():
+        raise ConfigError(f"{path}: expected a folder of images or a .npz statistics file")
+    files = list_images(path)
+    net = inc.load_net(weights or inc.resolve_weights(), dims, False, device)
+    n_batches = sum(1 for _ in range(0, len(files), batch_size))
+    batches = _uint8_batches_from_files(files, batch_size)
+    stats, _, _ = features_pass(net, batches, n_batches, device, progress=progress, desc=path.name)
+    return stats

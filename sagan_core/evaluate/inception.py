@@ -1,0 +1,201 @@
+"""pytorch-fid's Inception, fed exactly like pytorch-fid feeds it, without touching image files.
+
+pytorch-fid's folder path is: PIL `.convert('RGB')` -> `ToTensor()` (uint8 / 255) -> `InceptionV3`
+(bilinear resize to 299x299 with align_corners=False, then x * 2 - 1). We build the very same
+`pytorch_fid.inception.InceptionV3` module and give it the very same float tensors, computed from
+uint8 images (quantized from generator output exactly as `torchvision.utils.save_image` would
+write a PNG). So our features equal pytorch-fid's on the same images, and FIDs are comparable.
+
+Weights are never substituted: an explicit file, or pytorch-fid's file in the torch hub cache
+(TORCH_HOME/hub/checkpoints), downloaded there if missing; otherwise a SaganError naming the file.
+Any other file is used (tests and air-gapped machines need stand-ins) but is never mistaken for the
+official one: `is_official` compares its sha256 with the official file's, and evaluations say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from pytorch_fid import inception as pfi
+from torch import nn
+
+from sagan_core.atomic import write_atomic
+from sagan_core.errors import ConfigError, SaganError
+
+WEIGHTS_URL = pfi.FID_WEIGHTS_URL
+WEIGHTS_NAME = WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
+DOWNLOAD_TIMEOUT_S = 20
+POOL3 = 3  # pytorch-fid's block index of the 2048-d pool3 features
+# sha256 of pytorch-fid's released file (95,628,359 bytes). pytorch-fid ships no checksum; this is the
+# value published by several independent projects that verify the file, and it starts with the
+# 8-hex prefix (6726825d) that torch hub's naming convention puts in the file name.
+OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
+
+def default_weights_path() -> Path:
+    """Where pytorch-fid's `load_state_dict_from_url` keeps the file (honours TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
+
+
+def resolve_weights(explicit: str | None = None) -> Path:
+    """The Inception weights file to use: `explicit`, else the hub cache (downloading if needed)."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"eval.inception_weights: no such file {path}")
+        return path
+    path = default_weights_path()
+    if path.is_file():
+        return path
+    try:
+        _download(WEIGHTS_URL, path)
+    except OSError as e:  # URLError, timeouts, disk errors
+        raise SaganError(
+            f"pytorch-fid Inception weights {WEIGHTS_NAME} not found in {path.parent} and the download "
+            f"failed ({getattr(e, 'reason', e)}); put the file there (from {WEIGHTS_URL}), set "
+            "TORCH_HOME, or set eval.inception_weights"
+        ) from None
+    return path
+
+
+def _download(url: str, dest: Path) -> None:
+    """Download through the atomic writer, checking torch hub's hash prefix before the file appears."""
+    prefix = dest.stem.rsplit("-", 1)[-1]  # torch hub convention: name-<sha256 prefix>.pth
+
+    def fetch(f) -> None:
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+        if not h.hexdigest().startswith(prefix):  # raising here leaves no file behind
+            raise OSError(f"downloaded file has sha256 {h.hexdigest()[:8]}..., expected {prefix}...")
+
+    write_atomic(dest, fetch)
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, memoized on (path, size, mtime): it keys the statistics cache."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def is_official(sha256: str) -> bool:
+    """Whether a weights file with this sha256 is pytorch-fid's (so FIDs match published ones)."""
+    return sha256 == OFFICIAL_SHA256
+
+
+def unofficial_warning(path: Path) -> str:
+    """The one line every evaluation with foreign weights prints: FIDs are not comparable."""
+    return (
+        f"WARNING: Inception weights {path} are not pytorch-fid's official {WEIGHTS_NAME} (sha256 "
+        f"{OFFICIAL_SHA256[:8]}...): FIDs are NOT comparable with published ones"
+    )
+
+
+class InceptionFeatures(nn.Module):
+    """pytorch-fid's InceptionV3 returning (features of `dims`, unbiased logits or None).
+
+    The logits for the Inception Score are pool3 @ fc.weight^T without the bias, as in the original
+    TensorFlow IS code (it multiplies pool_3 by the softmax MatMul weights) and torch-fidelity.
+    """
+
+    def __init__(self, weights: Path, dims: int = 2048, logits: bool = False):
+        super().__init__()
+        if dims not in pfi.InceptionV3.BLOCK_INDEX_BY_DIM:
+            raise ConfigError(f"dims: expected one of 64, 192, 768, 2048, got {dims}")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or foreign files raise many types
+            raise SaganError(f"{weights}: not a readable weights file ({type(e).__name__})") from None
+        self.block = pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]
+        blocks = sorted({self.block, POOL3} if logits else {self.block})
+        # pytorch-fid's constructor loads weights through load_state_dict_from_url (which would
+        # download); hand it the file we resolved instead, so the module is exactly pytorch-fid's.
+        try:
+            with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+                self.net = pfi.InceptionV3(blocks, resize_input=True, normalize_input=True)
+        except (RuntimeError, KeyError) as e:
+            first = str(e).splitlines()[0]
+            raise SaganError(f"{weights}: not pytorch-fid Inception weights ({first})") from None
+        self.fc_weight = nn.Parameter(state["fc.weight"].float(), requires_grad=False) if logits else None
+        self.eval()
+
+    def forward(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outs = dict(zip(self.net.output_blocks, self.net(x01)))
+        feat = outs[self.block]
+        if feat.shape[2] != 1 or feat.shape[3] != 1:  # as pytorch-fid does for dims < 2048
+            feat = F.adaptive_avg_pool2d(feat, output_size=(1, 1))
+        logits = None
+        if self.fc_weight is not None:
+            logits = outs[POOL3].flatten(1) @ self.fc_weight.t()
+        return feat.flatten(1), logits
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8, exactly as save_image(normalize, value_range=(-1, 1)).
+
+    torchvision's make_grid normalizes with clamp, sub_(low), div_(high - low); save_image then
+    does mul(255).add_(0.5).clamp_(0, 255) and a truncating uint8 cast. Same ops, same order.
+    """
+    x = x.float().clamp(-1.0, 1.0).sub(-1.0).div(2.0)
+    return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def to_inception_input(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> what ToTensor() gives for the PNG opened with .convert('RGB')."""
+    x = u8.float().div(255)
+    if x.shape[1] == 1:  # PIL's L -> RGB conversion replicates the gray value
+        x = x.repeat(1, 3, 1, 1)  # contiguous, like the DataLoader's batches
+    return x
+
+
+@contextmanager
+def exact_fp32():
+    """No TF32 and no autocast (bf16 training, CPU or CUDA) during the pass: reduced precision moves FID."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with contextlib.ExitStack() as stack:
+            for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(dev, enabled=False))
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@torch.inference_mode()
+def run_batch(
+    net: InceptionFeatures, u8: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features (float32, CPU) and logits of one uint8 batch, on `device`."""
+    x = to_inception_input(u8.to(device, non_blocking=True))
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    feat, logits = net(x)
+    return feat.float().cpu(), None if logits is None else logits.float().cpu()
+
+
+def load_net(weights: Path, dims: int, logits: bool, device: torch.device) -> InceptionFeatures:
+    net = InceptionFeatures(weights, dims, logits).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    return net

@@ -1,0 +1,274 @@
+"""`sagan evaluate`: FID / IS / KID of a checkpoint's generator, and what makes two evaluations comparable.
+
+- The protocol's identity: two evaluations are comparable only under the same protocol: the same
+  reference statistics (split, size, content, Inception weights, feature dims, feature-extraction
+  recipe) and the same sample count. The registry's promotion gate compares FIDs only between
+  versions with the same `protocol_id`.
+- Reference statistics of the prepared dataset are cached under `eval.cache_dir`, keyed by the
+  dataset's content_hash, the weights file's sha256 and every protocol setting that changes them.
+- Samples come from a fixed seed (CPU noise, class-balanced labels) and go through Inception
+  (`sagan_core.fid`) into the metrics (`sagan_core.metrics`); the record is eval.record.json, the
+  numbers alone eval.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sagan_core.atomic import write_json
+from sagan_core.data.dataset import open_prepared
+from sagan_core.device import resolve_device
+from sagan_core.errors import ConfigError, SaganError
+from sagan_core.evaluate import inception as inc
+from sagan_core.evaluate.fid import PROTOCOL, features_pass, load_stats, save_stats
+from sagan_core.evaluate.metrics import IS_SPLITS, ISAccumulator, Stats, frechet_with_method, kid
+from sagan_core.model.checkpoint import load_generator
+
+log = logging.getLogger("sagan.evaluate")
+
+REFERENCE_SUBSET_SEED = 0  # fixed: which images form a reference subset is part of the protocol
+
+
+# ---------------------------------------------------------------- the protocol's identity
+
+
+# Fields that define "the same evaluation protocol": the reference statistics (split, size, how
+# they were computed) and the sample count. Anything about the evaluated generator (its step,
+# EMA or not), timings and the sampling seed are deliberately not part of it.
+PROTOCOL_KEYS = (
+    "num_samples",
+    "reference_split",
+    "reference_size",
+    "reference_content_hash",
+    "weights_sha256",
+    "dims",
+    "protocol",  # the feature-extraction recipe (a string) or a dict of the fields above
+)
+
+
+def protocol(eval_metrics: dict[str, Any]) -> dict[str, Any]:
+    source = eval_metrics.get("protocol") if isinstance(eval_metrics.get("protocol"), dict) else eval_metrics
+    return {k: source[k] for k in PROTOCOL_KEYS if k in source}
+
+
+def protocol_id(eval_metrics: dict[str, Any]) -> str:
+    blob = json.dumps(protocol(eval_metrics), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- reference statistics
+
+
+def reference_indices(n: int, size: int | None) -> np.ndarray:
+    """All images, or a fixed seeded subset (sorted, for sequential reads of the memory map)."""
+    if size is None or size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(REFERENCE_SUBSET_SEED)
+    return np.sort(rng.choice(n, size, replace=False))
+
+
+def _array_batches(images: np.ndarray, idx: np.ndarray, batch_size: int):
+    for start in range(0, len(idx), batch_size):
+        yield torch.from_numpy(np.ascontiguousarray(images[idx[start : start + batch_size]]))
+
+
+def reference_protocol(
+    content_hash: str, weights_sha: str, dims: int, size: int, dataset_size: int
+) -> dict[str, Any]:
+    """Everything that determines reference statistics; the cache key is its hash."""
+    return {
+        "format": 1,
+        "protocol": PROTOCOL,
+        "content_hash": content_hash,
+        "weights_sha256": weights_sha,
+        "dims": dims,
+        "reference_size": size,
+        "subset_seed": REFERENCE_SUBSET_SEED if size < dataset_size else None,
+    }
+
+
+def cache_path(cache_dir: str | Path, ref_protocol: dict[str, Any]) -> Path:
+    key = hashlib.sha256(json.dumps(ref_protocol, sort_keys=True).encode()).hexdigest()
+    content, dims, size = ref_protocol["content_hash"], ref_protocol["dims"], ref_protocol["reference_size"]
+    return Path(cache_dir) / f"{content[:12]}-d{dims}-n{size}-{key[:12]}.npz"
+
+
+def reference_stats(
+    params, net: inc.InceptionFeatures, weights_sha: str, device: torch.device, progress: bool = True
+) -> tuple[Stats, dict[str, Any]]:
+    """Reference statistics: a .npz file, or the prepared dataset's (cached; computed on a miss)."""
+    ev = params.eval
+    if ev.reference_split != "prepared":
+        return _reference_file(Path(ev.reference_split))
+    data = open_prepared(params.data.prepared_dir)
+    idx = reference_indices(len(data), ev.reference_size)
+    ref_protocol = reference_protocol(
+        data.manifest["content_hash"], weights_sha, ev.dims, len(idx), len(data)
+    )
+    path = cache_path(ev.cache_dir, ref_protocol)
+    info = {"reference_size": len(idx), "reference_content_hash": ref_protocol["content_hash"]}
+    if path.is_file():
+        stats = load_stats(path)
+        if stats.protocol == ref_protocol:
+            log.info("reference statistics from cache %s", path)
+            return stats, info | {"stats_cache": "hit", "stats_file": str(path), "reference_seconds": 0.0}
+    batches = _array_batches(data.images, idx, ev.batch_size)
+    n_batches = -(-len(idx) // ev.batch_size)
+    stats, seconds, _ = features_pass(
+        net, batches, n_batches, device, keep_features=True, progress=progress, desc="reference"
+    )
+    stats.protocol = ref_protocol
+    save_stats(path, stats)
+    log.info("reference statistics cached in %s", path)
+    return stats, info | {"stats_cache": "miss", "stats_file": str(path), "reference_seconds": seconds}
+
+
+def _reference_file(path: Path) -> tuple[Stats, dict[str, Any]]:
+    """A statistics file made elsewhere (eval.reference_split): used as is, never cached."""
+    if not path.is_file():
+        raise ConfigError(f"eval.reference_split: no such statistics file {path}")
+    stats = load_stats(path)
+    size = stats.num if stats.num is not None else (stats.protocol or {}).get("reference_size")
+    return stats, {"reference_size": size, "stats_cache": "file", "reference_seconds": 0.0}
+
+
+# ---------------------------------------------------------------- samples and scores
+
+
+def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
+    """n generated images as uint8 batches: fixed seed, class-balanced labels when conditional."""
+    spec = g.spec
+    gen = torch.Generator().manual_seed(seed)  # CPU noise: the same samples on every device
+    labels = torch.arange(n) % spec.num_classes if spec.num_classes else None
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        z = torch.randn(b, spec.z_dim, generator=gen).to(device)
+        y = None if labels is None else labels[start : start + b].to(device)
+        with torch.inference_mode():
+            x = g(z, y)
+        if not torch.isfinite(x).all():
+            raise SaganError("the generator produced NaN/Inf images; this checkpoint cannot be evaluated")
+        yield inc.quantize(x)
+
+
+def _samples_stats(
+    ev, g, net: inc.InceptionFeatures, device: torch.device, progress: bool
+) -> tuple[Stats, ISAccumulator, int, float]:
+    """The generator's samples through Inception: (statistics with features, IS, images, seconds)."""
+    is_acc = ISAccumulator(ev.num_samples)
+    n_batches = -(-ev.num_samples // ev.batch_size)
+    batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
+    gen, seconds, n = features_pass(
+        net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
+    )
+    return gen, is_acc, n, seconds
+
+
+def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator) -> tuple[dict[str, Any], float]:
+    """(FID, its method, IS and KID keyed as in eval.json; seconds the Fréchet distance took)."""
+    t0 = time.perf_counter()
+    fid, fid_method = frechet_with_method(gen, ref)
+    fid_seconds = time.perf_counter() - t0
+    is_mean, is_std = is_acc.result()
+    kid_mean = kid_std = None
+    if ref.features is not None:
+        kid_mean, kid_std = kid(gen.features, ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+    else:
+        log.warning("%s has no features: KID not computed", ev.reference_split)
+    scores = {
+        "fid": fid,
+        "fid_method": fid_method,
+        "is_mean": is_mean,
+        "is_std": is_std,
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+    }
+    return scores, fid_seconds
+
+
+# ---------------------------------------------------------------- sagan evaluate
+
+
+def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file
+    (the numbers) and eval.record_file (everything); returns the record."""
+    ev = params.eval
+    ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
+    device = resolve_device(ev.device, "eval.device")
+    weights = inc.resolve_weights(ev.inception_weights)
+    weights_sha = inc.file_sha256(weights)
+    official = inc.is_official(weights_sha)
+    g, meta = load_generator(ckpt, ev.use_ema, device)
+    net = inc.load_net(weights, ev.dims, True, device)
+    ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
+    # Every evaluation that yields scores warns, not just the first (each eval.json is read on its
+    # own); after the input checks, so a failing evaluation stays one error line.
+    if not official:
+        log.warning(inc.unofficial_warning(weights))
+    gen, is_acc, n, seconds = _samples_stats(ev, g, net, device, progress)
+    scores, fid_seconds = _scores(ev, gen, ref, is_acc)
+    provenance = {
+        "weights_file": weights.name,
+        "weights_sha256": weights_sha,
+        "weights_official": official,
+        "checkpoint": str(ckpt),
+        "generator_step": int(meta["step"]),
+        "ema": ev.use_ema,
+        "class_balanced": bool(g.spec.num_classes),
+        "seed": ev.seed,
+    }
+    timing = {
+        "device": str(device),
+        "samples_seconds": seconds,
+        "samples_images_per_s": n / seconds,
+        "reference_seconds": ref_info["reference_seconds"],
+        "frechet_seconds": fid_seconds,
+    }
+    result = _record(ev, scores, n, ref, ref_info, provenance, timing)
+    write_json(ev.record_file, result)
+    write_json(ev.metrics_file, metrics_only(result))
+    return result
+
+
+def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
+    """eval.json: the numbers DVC users compare (`dvc metrics show`, `dvc exp show`), nothing else;
+    the protocol and timings stay in the record file. KID is absent when it could not be computed."""
+    keys = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "generator_step")
+    return {k: record[k] for k in keys if isinstance(record.get(k), (int, float))}
+
+
+def _record(
+    ev,
+    scores: dict[str, Any],
+    n: int,
+    ref: Stats,
+    ref_info: dict[str, Any],
+    provenance: dict[str, Any],
+    timing: dict[str, Any],
+) -> dict[str, Any]:
+    """eval.record.json: the scores, the protocol they hold under, where they come from, timings.
+
+    The key order is the file's (json keeps insertion order): scores first, for people reading it.
+    """
+    return {
+        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")},
+        "num_samples": n,
+        "reference_split": ev.reference_split,
+        **{k: v for k, v in ref_info.items() if k != "reference_seconds"},  # a timing, below
+        "dims": ev.dims,
+        "is_splits": IS_SPLITS,
+        "kid_subsets": ev.kid_subsets,
+        "kid_subset_size": min(ev.kid_subset_size, n, ref.num or n),  # what KID could actually draw
+        **provenance,
+        "protocol": PROTOCOL,
+        "fid_method": scores["fid_method"],
+        "timing": timing,
+    }

@@ -1,0 +1,136 @@
+"""Training checkpoints: one file, written atomically, loadable with `weights_only=True`.
+
+Layout (all plain tensors, dicts, lists and numbers):
+  step, spec (ModelSpec as dict), class_names, generator, generator_ema, discriminator,
+  opt_g, opt_d, rng {noise, cpu, cuda}, loader {epoch, cursor}, params (the validated params),
+  fingerprint (sagan_core/train/fingerprint.py), best (the best in-training score so far, or None).
+models/best.pt adds best_metric and best_value; models/step_NNNNNN.pt are copies (keep_checkpoints).
+
+Every way a file can fail to be one (foreign, truncated, hand-edited, refused by the safe
+unpickler) is one SaganError line naming it: the CLI shows it without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sagan_core.atomic import write_atomic
+from sagan_core.errors import ConfigError, SaganError
+from sagan_core.model.networks import Generator, ModelSpec
+
+REQUIRED = ("step", "spec", "generator", "generator_ema", "discriminator")  # what sampling needs
+RESUME = (*REQUIRED, "ema_n_averaged", "opt_g", "opt_d", "rng", "loader")  # train_state.gather
+# Spec fields that checkpoints written before the field existed lack (ModelSpec has their default).
+SPEC_OPTIONAL = {"cbn_init"}
+_SPEC_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically (sagan_core.atomic): a failed write (disk full) keeps the old file."""
+    try:
+        write_atomic(path, lambda f: torch.save(obj, f))
+    except OSError as e:
+        code = errno.errorcode.get(e.errno or 0, "OSError")
+        raise SaganError(
+            f"{path}: could not write the checkpoint ({code}: {e.strerror or e}); the previous one is unchanged"
+        ) from None
+
+
+def _unreadable(e: Exception) -> str:
+    """torch's reason in one line. A refused pickle is named, never with torch's advice to load it
+    with weights_only=False: that would run whatever code the file carries."""
+    if isinstance(e, pickle.UnpicklingError):
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects that are not plain data{what}; refused unread"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    return f"{type(e).__name__}: {first[0][:200] if first else ''}"
+
+
+def _spec_problem(spec: Any) -> str | None:
+    """What is wrong with a checkpoint's `spec` (ModelSpec.to_dict), or None."""
+    if not isinstance(spec, dict):
+        return f"spec: expected a mapping, got {type(spec).__name__}"
+    fields = {f.name: f.type for f in dataclasses.fields(ModelSpec)}  # "int", "tuple[int, ...]", ...
+    if unknown := sorted(map(str, spec.keys() - fields.keys())):
+        return f"spec: unknown {', '.join(unknown)}"
+    if missing := sorted(fields.keys() - spec.keys() - SPEC_OPTIONAL):
+        return f"spec: missing {', '.join(missing)}"
+    for name, value in spec.items():
+        if fields[name].startswith("tuple"):
+            want, ok = (
+                "a list of int",
+                isinstance(value, (list, tuple)) and all(type(v) is int for v in value),
+            )
+        else:
+            want = fields[name]
+            ok = isinstance(value, _SPEC_TYPES[want]) and not isinstance(value, bool)
+        if not ok:
+            return f"spec.{name}: expected {want}, got {value!r}"
+    return None
+
+
+def load(
+    path: str | Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = REQUIRED
+) -> dict[str, Any]:
+    """The checkpoint at `path`, holding at least `keys` and a well-formed spec."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no checkpoint (run `sagan train` first)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign files
+        raise SaganError(f"{path}: not a sagan checkpoint: {_unreadable(e)}") from None
+    missing = [k for k in keys if k not in (ckpt if isinstance(ckpt, dict) else ())]
+    if missing:
+        raise SaganError(f"{path}: not a sagan checkpoint (missing {', '.join(missing)})")
+    problem = _spec_problem(ckpt["spec"])
+    if problem:
+        raise SaganError(f"{path}: damaged checkpoint: {problem}")
+    return ckpt
+
+
+def load_generator(
+    path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[Generator, dict[str, Any]]:
+    """The (EMA) generator of a checkpoint in eval mode, plus the checkpoint's metadata."""
+    ckpt = load(path)
+    try:
+        g = Generator(ModelSpec.from_dict(ckpt["spec"]))
+    except (ConfigError, KeyError, ValueError) as e:  # well-typed values no network has
+        raise SaganError(f"{path}: damaged checkpoint: spec describes no valid model ({e})") from None
+    state = ckpt["generator_ema" if use_ema else "generator"]
+    try:
+        g.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:  # TypeError: not a state dict at all
+        first = str(e).splitlines()[0]
+        raise SaganError(f"{path}: weights do not match the architecture recorded in it ({first})") from None
+    keys = ("step", "spec", "class_names", "params", "best_metric", "best_value")  # best_*: best.pt
+    meta = {k: ckpt[k] for k in keys if k in ckpt}
+    return g.to(device).eval(), meta
+
+
+def keep_step(state: dict[str, Any], path: Path, keep: int) -> None:
+    """train.keep_checkpoints: write `state` also to `path` (step_NNNNNN.pt), then delete the oldest
+    step files beyond `keep`, only after the new one is safely written (atomic write above)."""
+    if keep <= 0:
+        return
+    save_atomic(state, path)
+    kept = sorted(path.parent.glob("step_[0-9]*.pt"))  # zero-padded: name order is step order
+    for old in kept[: max(len(kept) - keep, 0)]:
+        old.unlink(missing_ok=True)
+
+
+def candidate(train_cfg, which: str | Path) -> Path:
+    """The checkpoint that `which` names: "best" (train.out_dir/best.pt; the last checkpoint when
+    in-training evaluation wrote none), "last" (checkpoint.pt) or a path."""
+    if str(which) == "best":
+        return train_cfg.best_checkpoint if train_cfg.best_checkpoint.exists() else train_cfg.checkpoint
+    return train_cfg.checkpoint if str(which) == "last" else Path(which)

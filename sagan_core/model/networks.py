@@ -1,0 +1,143 @@
+"""SAGAN generator and discriminator (Zhang et al. 2018), ResNet architecture of the official code.
+
+Channel multipliers per resolution follow BigGAN-PyTorch (sagan_core/model/arch.py, shared with the
+params validation). Deliberate differences from the paper, each a parameter:
+- widths are `g_ch`/`d_ch` (paper: 64) so that CPU demos stay small;
+- self-attention placement is per feature-map resolution (`g_attn`/`d_attn`): exactly one block after
+  the first block that outputs each listed resolution, default the paper's best (32x32 at 64/128 px;
+  16x16 for 32-px models, where 32x32 is the output itself);
+- conditional-BN init (`cbn_init`), see layers.ConditionalBatchNorm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from sagan_core.errors import ConfigError
+from sagan_core.model.arch import BOTTOM, D_ARCH, G_ARCH, attention_slots, default_attention
+from sagan_core.model.layers import DBlock, GBlock, SelfAttention, sn, sn_conv, sn_linear
+
+if TYPE_CHECKING:
+    from sagan_core.config import Params
+
+
+def _slots(key: str, resolution: int, wanted: tuple[int, ...]) -> set[int]:
+    try:
+        return attention_slots(key, resolution, wanted)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the networks; stored in checkpoints as a plain dict."""
+
+    resolution: int
+    channels: int
+    num_classes: int  # 0 = unconditional
+    z_dim: int = 128
+    g_ch: int = 32
+    d_ch: int = 32
+    g_attn: tuple[int, ...] = (16,)
+    d_attn: tuple[int, ...] = (16,)
+    sn_eps: float = 1e-6
+    bn_eps: float = 1e-5
+    cbn_init: str = "orthogonal"  # absent from checkpoints made before it existed: their init
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["g_attn"], d["d_attn"] = list(self.g_attn), list(self.d_attn)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        d = dict(d)
+        d["g_attn"], d["d_attn"] = tuple(d["g_attn"]), tuple(d["d_attn"])
+        return cls(**d)
+
+
+def model_spec(params: Params, num_classes: int) -> ModelSpec:
+    """The spec that `params` ask for, on a dataset with `num_classes` classes (0 or 1: unlabelled)."""
+    m, d = params.model, params.data
+    conditional = {"auto": num_classes > 1, "yes": True, "no": False}[m.conditional]
+    if conditional and num_classes < 2:
+        raise ConfigError(
+            "model.conditional: 'yes' needs a labelled dataset (class subfolders), this one has none"
+        )
+    return ModelSpec(
+        resolution=d.resolution,
+        channels=d.channels,
+        num_classes=num_classes if conditional else 0,
+        z_dim=m.z_dim,
+        g_ch=m.g_ch,
+        d_ch=m.d_ch,
+        g_attn=tuple(m.g_attn if m.g_attn is not None else default_attention(d.resolution)),
+        d_attn=tuple(m.d_attn if m.d_attn is not None else default_attention(d.resolution)),
+        sn_eps=m.sn_eps,
+        bn_eps=m.bn_eps,
+        cbn_init=m.cbn_init,
+    )
+
+
+class Generator(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        ins, outs = G_ARCH[spec.resolution]
+        ch, nc = spec.g_ch, spec.num_classes
+        self.bottom = BOTTOM
+        self.linear = sn_linear(spec.z_dim, ins[0] * ch * self.bottom**2, spec.sn_eps)
+        self.blocks = nn.ModuleList()
+        attn = _slots("g_attn", spec.resolution, spec.g_attn)
+        for i, (cin, cout) in enumerate(zip(ins, outs)):
+            self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps, spec.cbn_init))
+            if i in attn:
+                self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
+        self.out_bn = nn.BatchNorm2d(outs[-1] * ch, eps=spec.bn_eps)
+        self.out_conv = sn_conv(outs[-1] * ch, spec.channels, 3, spec.sn_eps)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.linear(z).view(z.shape[0], -1, self.bottom, self.bottom)
+        for block in self.blocks:
+            h = block(h) if isinstance(block, SelfAttention) else block(h, y)
+        return torch.tanh(self.out_conv(torch.relu(self.out_bn(h))))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        outs, down = D_ARCH[spec.resolution]
+        ch = spec.d_ch
+        self.blocks = nn.ModuleList()
+        cin, attn = spec.channels, _slots("d_attn", spec.resolution, spec.d_attn)
+        for i, (cout, ds) in enumerate(zip(outs, down)):
+            self.blocks.append(DBlock(cin, cout * ch, ds, optimized=i == 0, sn_eps=spec.sn_eps))
+            if i in attn:
+                self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
+            cin = cout * ch
+        self.linear = sn_linear(cin, 1, spec.sn_eps)
+        # Projection discriminator (Miyato & Koyama 2018): <SN-embedding(y), h> added to the logit.
+        self.embed = sn(nn.Embedding(spec.num_classes, cin), spec.sn_eps) if spec.num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x
+        for block in self.blocks:
+            h = block(h)
+        h = torch.relu(h).sum(dim=(2, 3))  # global sum pooling
+        out = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(dim=1)
+        return out
+
+
+def attention_blocks(model: nn.Module) -> list[SelfAttention]:
+    return [m for m in model.modules() if isinstance(m, SelfAttention)]
+
+
+def build_models(spec: ModelSpec) -> tuple[Generator, Discriminator]:
+    return Generator(spec), Discriminator(spec)

@@ -1,0 +1,56 @@
+"""What shaped a checkpoint's weights, recorded in the checkpoint itself (key `fingerprint`).
+
+The prepared data's content_hash, the model params and the training params, except those that
+change nothing in the weights (how long, how often something is logged, saved or evaluated), so a
+run continued to more steps or with other logging is still "the same run". The flow resumes a
+checkpoint only when its fingerprint equals the current one (pipelines/flow/resume.py); a plain
+`sagan train --resume` with other values warns, naming each changed key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# Train params that change nothing in the trained weights.
+NOT_IN_FINGERPRINT = {
+    "steps",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "compile",
+    "compile_mode",
+    "eval_every",
+    "eval_samples",
+    "select_metric",
+    "keep_checkpoints",
+    "standing_stats",  # only the EMA generator's BatchNorm statistics, recomputed on every save
+}
+
+
+def inputs(params, content_hash: str) -> dict[str, Any]:
+    """{"data.content_hash": ..., "data.hflip": ..., "model.*": ..., "train.*": ...}."""
+    train = {f"train.{k}": v for k, v in params.train.model_dump().items() if k not in NOT_IN_FINGERPRINT}
+    model = {f"model.{k}": v for k, v in params.model.model_dump().items()}
+    return {"data.content_hash": content_hash, "data.hflip": params.data.hflip, **model, **train}
+
+
+def digest(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def record(params, content_hash: str) -> dict[str, Any]:
+    """The checkpoint's `fingerprint` entry: the hash and the values it hashes (to name changes)."""
+    values = inputs(params, content_hash)
+    return {"sha256": digest(values), "inputs": values}
+
+
+def changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for each input that differs between two fingerprint records."""
+    old, new = (saved or {}).get("inputs", {}), now["inputs"]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]

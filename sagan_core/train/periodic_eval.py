@@ -1,0 +1,125 @@
+"""Evaluation during training: KID and FID of the EMA generator every `train.eval_every` steps and at
+the end, and `models/best.pt` whenever `train.select_metric` improves.
+
+Same protocol as `sagan evaluate` (sagan_core/evaluate/protocol.py): the same reference statistics (the same
+cache file: computed at the first evaluation, reused by every later one and by `sagan evaluate`),
+the same seeded class-balanced samples, Inception recipe and KID settings; only the sample count is
+`train.eval_samples`. Inception and the reference are loaded once per training process (`Scorer`).
+
+Without Inception weights, training does not fail: one warning says in-training evaluation is off
+and why, and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sagan_core.errors import SaganError
+from sagan_core.evaluate import inception as inc
+from sagan_core.evaluate.fid import features_pass
+from sagan_core.evaluate.metrics import Stats, frechet_distance, kid
+from sagan_core.model import checkpoint as ckpt_io
+from sagan_core.train.progress import Callback
+
+log = logging.getLogger("sagan.train")
+
+
+class Scorer:
+    """KID + FID of generators against the reference statistics of `sagan evaluate`, with Inception
+    and the reference loaded once (at the first `score`)."""
+
+    def __init__(self, params, num_samples: int, device: torch.device, progress: bool = False):
+        self.params, self.num_samples, self.device, self.progress = params, num_samples, device, progress
+        self.net: inc.InceptionFeatures | None = None
+        self.ref: Stats | None = None
+        self.weights = inc.resolve_weights(params.eval.inception_weights)  # SaganError when absent
+        self.weights_sha = inc.file_sha256(self.weights)
+
+    def _load(self) -> None:
+        from sagan_core.evaluate.protocol import (
+            reference_stats,  # evaluate imports checkpoint loading; keep it lazy
+        )
+
+        self.net = inc.load_net(self.weights, self.params.eval.dims, False, self.device)
+        self.ref, _ = reference_stats(self.params, self.net, self.weights_sha, self.device, self.progress)
+        if self.ref.features is None:
+            raise SaganError(f"{self.params.eval.reference_split} holds no features: KID cannot be computed")
+
+    def score(self, g) -> dict[str, float]:
+        """{"kid": mean, "kid_std": std, "fid": value} of generator `g` (eval mode)."""
+        from sagan_core.evaluate.protocol import sample_uint8
+
+        if self.net is None:
+            self._load()
+        ev, n = self.params.eval, self.num_samples
+        batches = sample_uint8(g, n, ev.batch_size, ev.seed, self.device)
+        gen, _, _ = features_pass(
+            self.net, batches, -(-n // ev.batch_size), self.device, keep_features=True, progress=False
+        )
+        kid_mean, kid_std = kid(gen.features, self.ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+        return {"kid": kid_mean, "kid_std": kid_std, "fid": frechet_distance(gen, self.ref)}
+
+
+class PeriodicEval(Callback):
+    """When to evaluate, the scorer, and the best value so far (kept in the checkpoint for resume).
+    A Callback only to hear `on_start`: a best.pt the (resumed) checkpoint knows nothing of is
+    another run's, and goes."""
+
+    def __init__(self, params, device: torch.device, enabled: bool = True):
+        cfg = params.train
+        self.every, self.metric, self.path = cfg.eval_every, cfg.select_metric, cfg.best_checkpoint
+        self.best: dict[str, Any] | None = None  # {"metric", "value", "step"}
+        self.scorer: Scorer | None = None
+        self.seconds = 0.0  # wall time spent evaluating (benchmarks/eval_cost.py)
+        self.improved = False  # whether the last evaluation wrote best.pt
+        self.main = enabled
+        # `every` stays the schedule on every process (DDP ranks log the same steps); only the main
+        # process, with Inception weights, has a scorer.
+        if not (enabled and self.every):
+            return
+        try:
+            self.scorer = Scorer(params, cfg.eval_samples, device)
+        except SaganError as e:  # ConfigError too: a missing eval.inception_weights file
+            log.warning("in-training evaluation is off (train.eval_every=%d): %s", self.every, e)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        if self.main and self.best is None and self.path.exists():
+            log.info("removing %s: it scored other weights than this run's", self.path)
+            self.path.unlink()
+
+    def due(self, step: int, last: bool) -> bool:
+        return bool(self.every) and (step % self.every == 0 or last)
+
+    def run(self, g, step: int, state) -> dict[str, float]:
+        """Score `g`; when it improves the selected metric, write best.pt from `state()` (a callable
+        returning the checkpoint dict, so nothing is gathered when it does not improve)."""
+        t0 = time.perf_counter()
+        scores = self.scorer.score(g)
+        value = scores[self.metric]
+        self.improved = self.best is None or value < self.best["value"]
+        if self.improved:
+            self.best = {"metric": self.metric, "value": value, "step": step}
+            ckpt = state() | {"best_metric": self.metric, "best_value": value}
+            ckpt_io.save_atomic(ckpt, self.path)
+        self.seconds += time.perf_counter() - t0
+        log.info(
+            "step %d: KID %.5f ± %.5f  FID %.3f%s",
+            step,
+            scores["kid"],
+            scores["kid_std"],
+            scores["fid"],
+            f"  (best {self.metric} so far: {Path(self.path)})" if self.improved else "",
+        )
+        return scores
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.best
+
+    def load_state_dict(self, best: dict[str, Any] | None) -> None:
+        # Another metric's best is not comparable: the first evaluation after resume starts over.
+        self.best = best if best and best.get("metric") == self.metric else None

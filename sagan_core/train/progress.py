@@ -1,0 +1,174 @@
+"""Training progress: the Callback interface and the two recorders the trainer always adds.
+
+`MetricsCSV` keeps `train.metrics_file`; `ConsoleProgress` draws a tqdm bar on a terminal and logs
+`step_line` otherwise. Both listen to `on_metrics`, the one step-metrics event (once per
+`train.log_every` steps, on the main process), like any recorder passed in from pipelines/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from sagan_core.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from sagan_core.train.trainer import Trainer
+
+log = logging.getLogger("sagan.train")
+
+
+class Callback:
+    """Hooks for recorders that sagan_core must not import (MLflow lives in pipelines/)."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_image(self, step: int, key: str, path: Path) -> None: ...
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+    def on_step_end(self, step: int, trainer: Trainer) -> None: ...
+    # models/best.pt was just written: its in-training scores (kid, kid_std, fid) at `step`
+    def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None: ...
+    def on_end(self, summary: dict[str, Any]) -> None: ...
+
+
+def _gammas(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k[6:]}={v:.3f}" for k, v in metrics.items() if k.startswith("gamma"))
+
+
+def _scores(metrics: dict[str, float]) -> str:
+    return f"  KID {metrics['kid']:.5f}  FID {metrics['fid']:.2f}" if "kid" in metrics else ""
+
+
+def step_line(step: int, steps: int, metrics: dict[str, float]) -> str:
+    """The one log line of a logging step: `step 50/1800  loss_d 1.2345  loss_g ...  γ g0=... d0=...`
+    (and `KID ... FID ...` on in-training evaluation steps)."""
+    return (
+        f"step {step}/{steps}  loss_d {metrics['loss_d']:.4f}  loss_g {metrics['loss_g']:.4f}  "
+        f"{metrics['img_per_s']:.0f} img/s  γ {_gammas(metrics)}{_scores(metrics)}"
+    )
+
+
+class MetricsCSV(Callback):
+    """One row per logging step. On resume the rows up to the resumed step are kept and the rest
+    dropped, written atomically before training goes on, so a kill at any point keeps the history."""
+
+    def __init__(self, path: str | Path, fields: list[str]):
+        self.path, self.fields, self.file, self.writer = Path(path), fields, None, None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        start, kept = info["start_step"], []
+        if start > 0 and self.path.exists():
+            with open(self.path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_atomic(self.path, lambda f: f.write(text.getvalue().encode()))
+        self.file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the whole run
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class ConsoleProgress(Callback):
+    """A tqdm bar when stderr is a terminal, else one `step_line` log line per logging step."""
+
+    def __init__(self, steps: int):
+        self.steps, self.bar, self.interactive = steps, None, False
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=self.steps,
+            initial=info["start_step"],
+            desc="train",
+            unit="step",
+            disable=not self.interactive,
+            dynamic_ncols=True,
+        )
+
+    def on_step_end(self, step: int, trainer: Trainer) -> None:
+        self.bar.update(1)
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.interactive:
+            log.info("%s", step_line(step, self.steps, metrics))
+            return
+        self.bar.set_postfix_str(
+            f"D={metrics['loss_d']:.3f} G={metrics['loss_g']:.3f} {metrics['img_per_s']:.0f} img/s "
+            f"γ {_gammas(metrics)}{_scores(metrics)}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+class StepMeter:
+    """Per-step [loss_d, loss_g, D(x), D(G(z))] summed on the device: one host sync per log interval."""
+
+    def __init__(self, device: torch.device, step: int, images_per_step: int, clock=time.perf_counter):
+        self.acc, self.count, self.images_per_step = torch.zeros(4, device=device), 0, images_per_step
+        self.clock = clock
+        self.t, self.step = clock(), step
+
+    def add(self, values: torch.Tensor) -> None:
+        self.acc += values
+        self.count += 1
+
+    def read(self, step: int) -> tuple[dict[str, float], float]:
+        """Means since the last read, and images/s; then starts the next interval."""
+        vals = (self.acc / self.count).tolist()
+        now = self.clock()
+        rate = (step - self.step) * self.images_per_step / (now - self.t)
+        self.acc.zero_()
+        self.count, self.t, self.step = 0, now, step
+        return dict(zip(["loss_d", "loss_g", "d_real", "d_fake"], vals)), rate
+
+    def restart_clock(self) -> None:
+        """The next interval's time starts now: what ran since the last read (an in-training
+        evaluation, reported apart) is not counted as training in `img_per_s`."""
+        self.t = self.clock()
+
+
+def start_info(t: Trainer) -> dict[str, Any]:
+    """What `on_start` receives."""
+    return {
+        "spec": t.spec.to_dict(),
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
+        **t.plan.describe(),  # bf16, channels_last, compile, compile_mode (precision.py)
+        "start_step": t.step,
+        "num_images": len(t.loader.data),
+    }
+
+
+def summary(t: Trainer, seconds: float, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """What `on_end` receives and `train()` returns."""
+    return {
+        "step": t.step,
+        "checkpoint": str(t.ckpt_path),
+        "seconds": seconds,
+        "eval_seconds": t.evals.seconds,  # of `seconds`, in-training evaluation
+        "best": t.evals.best,  # {"metric", "value", "step"} of models/best.pt, or None
+        "samples": str(t.cfg.latest_samples),
+        "attention": str(t.cfg.latest_attention),
+        "metrics": metrics or {},
+        "spec": t.spec.to_dict(),
+    }

@@ -1,0 +1,300 @@
+"""SAGAN training: hinge loss, TTUR, EMA generator, exact resume, NaN guard, DDP.
+
+One code path for CPU and GPU: precision.py decides bf16 autocast, channels_last, fused Adam and
+torch.compile for the device (`train.precision/channels_last/compile/compile_mode`).
+
+A "step" is one generator update preceded by `n_dis` discriminator updates. Every random draw
+comes from state that the checkpoint stores (the noise generator, the loader's (epoch, cursor)),
+so `--resume` continues bit for bit where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from sagan_core.config import Params
+from sagan_core.data.dataset import BatchLoader, open_prepared
+from sagan_core.device import resolve_device
+from sagan_core.errors import ConfigError, SaganError
+from sagan_core.model import checkpoint as ckpt_io
+from sagan_core.model.networks import attention_blocks, build_models, model_spec
+from sagan_core.model.visualize import attention_figure, fixed_inputs, save_grid
+from sagan_core.train import precision, standing_stats
+from sagan_core.train import state as train_state
+from sagan_core.train.distributed import DistInfo, any_rank, broadcast_buffers, cleanup, init_distributed
+from sagan_core.train.losses import d_hinge, g_hinge
+from sagan_core.train.periodic_eval import PeriodicEval
+from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter, start_info, summary
+
+log = logging.getLogger("sagan.train")
+
+
+class TrainingDiverged(SaganError):
+    pass
+
+
+class Trainer:
+    def __init__(
+        self, params: Params, callbacks: list[Callback] | tuple[Callback, ...] = (), progress: bool = True
+    ):
+        self.params, self.cfg, self.callbacks, self.progress = params, params.train, list(callbacks), progress
+        self.hooks: list[Callback] = self.callbacks  # during fit: + the metrics CSV and console progress
+        cfg = self.cfg
+        probe = resolve_device(cfg.device, "train.device")  # decides the process-group backend
+        self.dist: DistInfo = init_distributed(probe.type)
+        self.device = resolve_device(cfg.device, "train.device", self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.plan = precision.plan(cfg, self.device)
+
+        data, want = open_prepared(params.data.prepared_dir), (params.data.resolution, params.data.channels)
+        if (data.manifest["resolution"], data.manifest["channels"]) != want:
+            raise ConfigError(
+                f"data.resolution/channels: params say {want[0]}px x {want[1]}, "
+                f"the prepared data is {data.manifest['resolution']}px x {data.manifest['channels']} "
+                "(run `sagan prepare` again)"
+            )
+        self.class_names = list(data.manifest.get("class_names", []))
+        self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
+        self.spec = model_spec(params, data.num_classes)
+        rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
+        self.loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.G, self.D = build_models(self.spec)
+        for net in (self.G, self.D):
+            net.to(self.device, memory_format=self.plan.memory_format)
+        # EMA of parameters only: averaging spectral-norm vectors would un-normalise them, so the
+        # buffers (BN statistics, u/v) are copied from G after each update instead.
+        self.G_ema = AveragedModel(
+            self.G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False
+        )
+        self.G_ema.eval()
+        betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
+        self.opt_g = precision.adam(self.G.parameters(), cfg.lr_g, betas, self.device)
+        self.opt_d = precision.adam(self.D.parameters(), cfg.lr_d, betas, self.device)
+        noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
+        self.noise = torch.Generator(device=self.device).manual_seed(noise_seed)
+        self.step = 0
+        self.ckpt_path = cfg.checkpoint
+        self.last_good_step: int | None = None
+        self.evals = PeriodicEval(params, self.device, enabled=self.dist.is_main)
+        self._stats_step: int | None = None  # the step G_ema's own BatchNorm statistics are from
+
+    # ---- checkpoint -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return train_state.gather(self)
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        train_state.restore(self, ckpt)
+
+    def save_checkpoint(self) -> None:
+        self._check_finite(weights=True)
+        if self.dist.enabled:
+            broadcast_buffers(self.G)
+            broadcast_buffers(self.D)
+        if self.dist.is_main:
+            self._own_ema_stats()
+            ckpt_io.save_atomic(state := self.state_dict(), self.ckpt_path)
+            ckpt_io.keep_step(state, self.cfg.step_checkpoint(self.step), self.cfg.keep_checkpoints)
+            self._emit("on_checkpoint", self.step, self.ckpt_path)
+        self.last_good_step = self.step
+
+    def _check_finite(self, weights: bool, losses: dict[str, float] | None = None) -> None:
+        bad = [k for k, v in (losses or {}).items() if not math.isfinite(v)]
+        if weights and not bad:
+            bad = train_state.nonfinite(self)  # weights and optimizer moments
+        if any_rank(bool(bad), self.device):
+            kept = (
+                f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
+                if self.last_good_step is not None
+                else "no checkpoint had been written yet"
+            )
+            what = ", ".join(bad) or "another rank's values"
+            raise TrainingDiverged(f"training diverged at step {self.step}: {what} not finite; {kept}")
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _sample(self, fixed) -> None:
+        """A grid of the EMA generator on fixed noise and its attention figure, each also as `latest`."""
+        z, y, nrow = fixed
+        z, y = z.to(self.device), None if y is None else y.to(self.device)
+        self._own_ema_stats()
+        out, g = Path(self.cfg.samples_dir), self.G_ema.module
+        with torch.no_grad(), self._autocast():
+            images = g(z, y)
+        grid = out / f"step_{self.step:06d}.png"
+        save_grid(images, grid, nrow)
+        save_grid(images, self.cfg.latest_samples, nrow)
+        self._emit("on_image", self.step, "samples", grid)
+        fig = attention_figure(g, z, y, out / f"attention_step_{self.step:06d}.png")
+        if fig is not None:
+            self.cfg.latest_attention.write_bytes(Path(fig).read_bytes())
+            self._emit("on_image", self.step, "attention", Path(fig))
+
+    def _own_ema_stats(self) -> None:
+        """G_ema's BatchNorm statistics from its own outputs (once per step; standing_stats.py)."""
+        if self._stats_step != self.step:  # its own seeded noise: training's RNG is untouched
+            seed, n = self.cfg.seed * 1_000_003 + self.step, self.cfg.standing_stats
+            standing_stats.accumulate(self.G_ema.module, n, self.cfg.batch_size, seed, self.device)
+            self._stats_step = self.step
+
+    def _evaluate(self) -> dict[str, float]:
+        """KID/FID of the EMA generator when due (main process); best.pt when the metric improved."""
+        if self.evals.scorer is None or not self.evals.due(self.step, self.step == self.cfg.steps):
+            return {}
+        self._own_ema_stats()
+        scores = self.evals.run(self.G_ema.module, self.step, self.state_dict)
+        if self.evals.improved:
+            self._emit("on_best", self.step, self.evals.path, scores)
+        return scores
+
+    def _autocast(self):
+        return self.plan.autocast(self.device)
+
+    def _prepare_modules(self):
+        """DDP wrappers and torch.compile; the plain modules stay the ones that are saved."""
+        g_run, d_run, d_for_g = self.G, self.D, self.D
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            g_run = DDP(self.G, device_ids=ids)
+            d_run = DDP(self.D, device_ids=ids)
+        if self.plan.compile:
+            g_run, d_run, d_for_g = (precision.compiled(m, self.plan) for m in (g_run, d_run, self.D))
+        return g_run, d_run, d_for_g
+
+    def _update_ema(self) -> None:
+        if self.step <= self.cfg.ema_start:
+            self.G_ema.n_averaged.zero_()  # AveragedModel copies on its first update
+        self.G_ema.update_parameters(self.G)
+        with torch.no_grad():
+            for b_ema, b in zip(self.G_ema.module.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+
+    def _fake_labels(self, n: int) -> torch.Tensor | None:
+        if not self.spec.num_classes:
+            return None
+        return torch.randint(self.spec.num_classes, (n,), generator=self.noise, device=self.device)
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.spec.z_dim, generator=self.noise, device=self.device)
+
+    def train_step(self, g_run, d_run, d_for_g) -> torch.Tensor:
+        """n_dis D updates then one G update; returns [loss_d, loss_g, D(x), D(G(z))] (on device)."""
+        cfg, b, mf = self.cfg, self.cfg.batch_size, self.plan.memory_format
+        precision.begin_step(self.plan)
+        for p in self.D.parameters():
+            p.requires_grad_(True)
+        for _ in range(cfg.n_dis):
+            x, y = next(self.loader)
+            z, y_fake = self._noise(b), self._fake_labels(b)
+            with torch.no_grad(), self._autocast():
+                fake = g_run(z, y_fake)
+            # Real and fake in one D pass: one spectral-norm power iteration per D step, one kernel launch.
+            inp = torch.cat([x.to(fake.dtype), fake]).contiguous(memory_format=mf)
+            labels = None if y_fake is None else torch.cat([y, y_fake])
+            with self._autocast():
+                logits = d_run(inp, labels)
+            d_real, d_fake = logits[:b], logits[b:]
+            loss_d = d_hinge(d_real, d_fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+        for p in self.D.parameters():  # G's backward needs no D gradients
+            p.requires_grad_(False)
+        z, y_fake = self._noise(b), self._fake_labels(b)
+        with self._autocast():
+            fake = g_run(z, y_fake).contiguous(memory_format=mf)
+            loss_g = g_hinge(d_for_g(fake, y_fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return torch.stack(
+            [loss_d.detach(), loss_g.detach(), d_real.detach().float().mean(), d_fake.detach().float().mean()]
+        )
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg, main = self.cfg, self.dist.is_main
+        if resume:
+            self._resume()
+        if self.step >= cfg.steps:
+            log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", self.step, cfg.steps)
+            return summary(self, 0.0)
+        g_run, d_run, d_for_g = self._prepare_modules()
+        self.G.train()
+        self.D.train()
+        gammas = {f"gamma_g{i}": blk.gamma for i, blk in enumerate(attention_blocks(self.G))}
+        gammas |= {f"gamma_d{i}": blk.gamma for i, blk in enumerate(attention_blocks(self.D))}
+        fixed = fixed_inputs(self.spec.z_dim, self.spec.num_classes)
+        fields = ["step", "loss_d", "loss_g", "d_real", "d_fake", *gammas, "lr_g", "lr_d", "img_per_s"]
+        fields += ["kid", "kid_std", "fid"] if cfg.eval_every else []
+        csv_log = MetricsCSV(cfg.metrics_file, fields) if main else None
+        console = ConsoleProgress(cfg.steps) if main and self.progress else None
+        self.hooks = [cb for cb in (csv_log, self.evals, *self.callbacks, console) if cb is not None]
+        meter = StepMeter(self.device, self.step, images_per_step=cfg.batch_size * self.dist.world_size)
+        t0, metrics = time.perf_counter(), {}
+        try:
+            self._emit("on_start", start_info(self))
+            if main and self.step == 0:  # the untrained G too: image series start at step 0
+                self._sample(fixed)
+            while self.step < cfg.steps:
+                meter.add(self.train_step(g_run, d_run, d_for_g))
+                self.step += 1
+                self._update_ema()
+                self._emit("on_step_end", self.step, self)
+                last = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or last or self.evals.due(self.step, last):
+                    metrics = self._metrics(*meter.read(self.step), gammas)  # every rank: NaN guard
+                    if main:
+                        scores = self._evaluate()  # KID/FID on evaluation steps
+                        if scores:
+                            meter.restart_clock()  # img_per_s counts training, not evaluation
+                        metrics |= scores
+                        self._emit("on_metrics", self.step, metrics)
+                if main and (self.step % cfg.sample_every == 0 or last):
+                    self._sample(fixed)
+                if self.step % cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+        finally:
+            for recorder in filter(None, (console, csv_log)):
+                recorder.close()
+        result = summary(self, time.perf_counter() - t0, metrics)
+        if main:
+            self._emit("on_end", result)
+        return result
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for cb in self.hooks:
+            getattr(cb, event)(*args)
+
+    def _resume(self) -> None:
+        if not self.ckpt_path.exists():
+            raise ConfigError(f"--resume: no checkpoint at {self.ckpt_path} (train without --resume first)")
+        train_state.resume(self)  # also applies changed learning rates / betas, logging each
+        self.last_good_step = self.step
+        log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+
+    def _metrics(self, losses: dict[str, float], rate: float, gammas: dict[str, Any]) -> dict[str, float]:
+        """The step metrics of a logging step; stops on non-finite losses or weights (every rank)."""
+        self._check_finite(weights=True, losses=losses)
+        return (
+            losses
+            | {k: v.item() for k, v in gammas.items()}
+            | {"lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]}
+            | {"img_per_s": rate}
+        )
+
+
+def train(params: Params, resume: bool = False, callbacks=(), progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) according to `params`; returns a summary. Cleans up DDP on the way out."""
+    try:
+        return Trainer(params, callbacks, progress).fit(resume)
+    finally:
+        cleanup()
