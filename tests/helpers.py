@@ -153,3 +153,121 @@ def dvc_status(root: Path) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+# ---- training: checkpoints compared bit for bit ------------------------------------------------------
+STATE_KEYS = ("generator", "generator_ema", "discriminator")
+
+
+def subset_prepared(src: Path, dst: Path, n: int) -> None:
+    """The first n images of a prepared dataset, as a prepared dataset of its own."""
+    import json
+
+    import numpy as np
+
+    dst.mkdir(parents=True)
+    np.save(dst / "images.npy", np.load(src / "images.npy")[:n])
+    np.save(dst / "labels.npy", np.load(src / "labels.npy")[:n])
+    manifest = json.loads((src / "manifest.json").read_text()) | {"num_images": n}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+
+
+def assert_same_tensors(a, b, path: str = "") -> None:
+    """Bitwise equality of nested dicts/lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+# ---- evaluation: a checkpoint without training, small evaluation params ------------------------------
+def write_checkpoint(path, seed: int, resolution: int = 32, channels: int = 1, num_classes: int = 10) -> None:
+    """A checkpoint as the trainer lays it out (untrained tiny networks: evaluation cares not)."""
+    from sagan_core.model import checkpoint as ckpt_io
+    from sagan_core.model.networks import ModelSpec, build_models
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(resolution, channels, num_classes, z_dim=16, g_ch=4, d_ch=4)
+    g, d = build_models(spec)
+    ckpt_io.save_atomic(
+        {
+            "step": 7,
+            "spec": spec.to_dict(),
+            "generator": g.state_dict(),
+            "generator_ema": g.state_dict(),
+            "discriminator": d.state_dict(),
+        },
+        path,
+    )
+
+
+def eval_params(project: Path, **eval_overrides: object) -> Params:
+    """project_params with an evaluation small enough for CPU (20 images), its cache inside `project`."""
+    ev = {
+        "eval__num_samples": 20,
+        "eval__reference_size": 20,
+        "eval__batch_size": 10,
+        "eval__dims": 64,
+        "eval__kid_subsets": 5,
+        "eval__kid_subset_size": 10,
+        "eval__cache_dir": str(project / "cache"),
+        "eval__metrics_file": str(project / "metrics/eval.json"),
+        "eval__device": "cpu",
+    }
+    return project_params(project, **(ev | eval_overrides))
+
+
+# ---- the flow: a checkpoint's step, stand-ins for the stages after training --------------------------
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint, read here (not through the code under test); None when it is missing,
+    truncated or foreign."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # missing, truncated (e.g. while being written) or not a checkpoint
+        return None
+
+
+def fake_downstream(monkeypatch) -> None:
+    """Stand-ins for evaluate/register where a test is about orchestration, not about FID or MLflow.
+
+    monkeypatch: the test's `monkeypatch` fixture (the stand-ins are undone after the test)."""
+    from pipelines import stages
+    from pipelines.results import Evaluated, Registered
+
+    def evaluate(params, progress=True):
+        step = checkpoint_step(params.train.checkpoint)
+        return Evaluated(float(step), 1.0, 0.0, None, None, step, 1, params.eval.metrics_file)
+
+    def register(params):
+        name = params.registry.model_name
+        return Registered(name, 1, True, "champion", "t", 0.0, "run", f"models:/{name}/1", "sqlite://")
+
+    monkeypatch.setattr(stages, "evaluate", evaluate)
+    monkeypatch.setattr(stages, "register", register)
+
+
+# ---- DVC and git as a user runs them (the venv's own `dvc`) ------------------------------------------
+BIN = Path(sys.executable).parent
+
+
+def sh(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def dvc(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    return sh([str(BIN / "dvc"), *args], cwd, env, check)
+
+
+def git(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return sh(["git", *args], cwd, env)

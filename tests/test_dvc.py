@@ -10,34 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, tiny_overrides
+from helpers import BIN, REPO, dvc, git, sh, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 OUTPUTS = ["data/prepared/images.npy", "data/prepared/labels.npy", "data/prepared/manifest.json"]
 OUTPUTS += ["models/checkpoint.pt"]
-
-
-def sh(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def dvc(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    return sh([str(BIN / "dvc"), *args], cwd, env, check)
-
-
-def git(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return sh(["git", *args], cwd, env)
 
 
 def ran(output: str) -> set[str]:

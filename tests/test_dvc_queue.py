@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, tiny_overrides
-from test_dvc import BIN, dvc, git
+from helpers import BIN, REPO, dvc, git, tiny_overrides
 
 pytestmark = pytest.mark.slow
 RATES = ("0.0003", "0.0005")

@@ -7,44 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import project_params
+from helpers import eval_params, write_checkpoint
 
 from sagan_core.evaluate import fid as F
 from sagan_core.evaluate import protocol as E
-from sagan_core.model import checkpoint as ckpt_io
-from sagan_core.model.networks import ModelSpec, build_models
-
-
-def write_checkpoint(path, seed: int, resolution: int = 32, channels: int = 1, num_classes: int = 10) -> None:
-    """A checkpoint as the trainer lays it out (untrained tiny networks: evaluation cares not)."""
-    torch.manual_seed(seed)
-    spec = ModelSpec(resolution, channels, num_classes, z_dim=16, g_ch=4, d_ch=4)
-    g, d = build_models(spec)
-    ckpt_io.save_atomic(
-        {
-            "step": 7,
-            "spec": spec.to_dict(),
-            "generator": g.state_dict(),
-            "generator_ema": g.state_dict(),
-            "discriminator": d.state_dict(),
-        },
-        path,
-    )
-
-
-def eval_params(project, **eval_overrides):
-    ev = {
-        "eval__num_samples": 20,
-        "eval__reference_size": 20,
-        "eval__batch_size": 10,
-        "eval__dims": 64,
-        "eval__kid_subsets": 5,
-        "eval__kid_subset_size": 10,
-        "eval__cache_dir": str(project / "cache"),
-        "eval__metrics_file": str(project / "metrics/eval.json"),
-        "eval__device": "cpu",
-    }
-    return project_params(project, **(ev | eval_overrides))
 
 
 def test_evaluate_writes_protocol_and_cache_removes_reference_pass(project, monkeypatch, standin_torch_home):

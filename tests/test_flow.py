@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, SAGAN, dvc_status, pipeline_project, run_cli
+from helpers import REPO, SAGAN, checkpoint_step, dvc_status, fake_downstream, pipeline_project, run_cli
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -25,9 +25,7 @@ from pipelines import stages
 from pipelines.flow import pipeline as flow_mod
 from pipelines.flow.console import short_console_errors
 from pipelines.flow.pipeline import StageFailed, sagan_pipeline
-from pipelines.flow.resume import checkpoint_step
 from pipelines.lock import ProjectBusy, project_lock
-from pipelines.results import Evaluated, Registered
 from sagan_core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -48,21 +46,6 @@ def spy(monkeypatch, name: str, replacement=None) -> list:
 
     monkeypatch.setattr(stages, name, wrapper)
     return calls
-
-
-def fake_downstream(monkeypatch) -> None:
-    """Stand-ins for evaluate/register where a test is about orchestration, not about FID or MLflow."""
-
-    def evaluate(params, progress=True):
-        step = checkpoint_step(params.train.checkpoint)
-        return Evaluated(float(step), 1.0, 0.0, None, None, step, 1, params.eval.metrics_file)
-
-    def register(params):
-        name = params.registry.model_name
-        return Registered(name, 1, True, "champion", "t", 0.0, "run", f"models:/{name}/1", "sqlite://")
-
-    monkeypatch.setattr(stages, "evaluate", evaluate)
-    monkeypatch.setattr(stages, "register", register)
 
 
 def artifacts(flow_run: str) -> dict[str, str]:

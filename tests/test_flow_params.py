@@ -8,8 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import pipeline_project, run_cli
-from test_flow import fake_downstream
+from helpers import fake_downstream, pipeline_project, run_cli
 
 from pipelines.flow.pipeline import sagan_pipeline
 from pipelines.flow.settings import FlowSettings, split_overrides, to_overrides

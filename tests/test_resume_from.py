@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import project_params, run_cli
-from test_train import STATE_KEYS, assert_same_tensors, subset_prepared
+from helpers import STATE_KEYS, assert_same_tensors, project_params, run_cli, subset_prepared
 
 from pipelines import stages
 from pipelines.resume_from import fetch

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SAGAN, free_port, pipeline_project, stop_process_group
+from helpers import REPO, SAGAN, checkpoint_step, free_port, pipeline_project, stop_process_group
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -131,8 +131,6 @@ def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_
         timeout=400,
     )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    from pipelines.flow.resume import checkpoint_step
-
     assert checkpoint_step(proj / "models/checkpoint.pt") == 2  # trained on the worker
 
 

@@ -6,45 +6,14 @@ import csv
 
 import pytest
 import torch
-from helpers import project_params
+from helpers import STATE_KEYS, assert_same_tensors, project_params, subset_prepared
 
 from sagan_core.train.progress import Callback
 from sagan_core.train.trainer import Trainer, TrainingDiverged, train
 
-STATE_KEYS = ("generator", "generator_ema", "discriminator")
-
-
-def subset_prepared(src, dst, n):
-    """The first n images of a prepared dataset, as a prepared dataset of its own."""
-    import json
-
-    import numpy as np
-
-    dst.mkdir(parents=True)
-    np.save(dst / "images.npy", np.load(src / "images.npy")[:n])
-    np.save(dst / "labels.npy", np.load(src / "labels.npy")[:n])
-    manifest = json.loads((src / "manifest.json").read_text()) | {"num_images": n}
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-
 
 def load_ckpt(project):
     return torch.load(project / "models/checkpoint.pt", weights_only=True)
-
-
-def assert_same_tensors(a, b, path=""):
-    """Bitwise equality of nested dicts/lists of tensors and numbers."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_tensors(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tensors(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def test_checkpoint_contents_and_outputs(project):

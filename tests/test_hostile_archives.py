@@ -1,4 +1,5 @@
-"""One bad archive member is one rejected file (issue 14, item 3), never a crash of `sagan prepare`.
+"""Hostile or broken archive members (dangling symlinks, bad CRCs, encryption, decompression bombs,
+pixel bombs): each is one rejected file, never a crash of `sagan prepare`.
 
 Each case builds an archive of good images plus one broken member, runs `sagan prepare` as a user
 would, and checks that the good images are prepared and the bad member is listed with its reason.

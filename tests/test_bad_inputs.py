@@ -1,8 +1,8 @@
 """User mistakes and damaged inputs end in one line (never a traceback); resume and the NaN guard.
 
-Issue 14's "Weak" items: unreadable/empty params, booleans and inf/NaN as numbers, allocation-sized
-values, a damaged prepared manifest, damaged or foreign checkpoints, a full disk while writing the
-checkpoint, changed learning rates on resume, non-finite optimizer state.
+Unreadable or empty params files, booleans and inf/NaN as numbers, allocation-sized values, a damaged
+prepared manifest, damaged, malicious or foreign checkpoints, a full disk while writing the
+checkpoint; next to them, changed learning rates on resume and non-finite optimizer state.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def one_line(r, code: int, *fragments: str) -> str:
     return lines[0]
 
 
-# ---- 1, 2: the params file ------------------------------------------------------------------------
+# ---- the params file ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "make", "message"),
     [
@@ -59,7 +59,7 @@ def test_absent_default_params_file_still_means_defaults(tmp_path, monkeypatch):
         load_params()
 
 
-# ---- 3, 4: values ---------------------------------------------------------------------------------
+# ---- values ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
@@ -96,7 +96,7 @@ def test_boolean_and_huge_values_on_the_cli(tmp_path):
     one_line(r, 2, "sagan: error: model.z_dim: expected a number <= 4096")
 
 
-# ---- 5: the prepared dataset ----------------------------------------------------------------------
+# ---- the prepared dataset -------------------------------------------------------------------------
 def _manifest(project):
     return project / "data/prepared/manifest.json"
 
@@ -140,7 +140,7 @@ def test_damaged_manifest_on_the_cli(project):
     one_line(r, 1, "manifest.json: not valid JSON", "run `sagan prepare` again")
 
 
-# ---- 6: checkpoints -------------------------------------------------------------------------------
+# ---- checkpoints ----------------------------------------------------------------------------------
 class Payload:
     """A pickle that would run code when loaded without weights_only (torch refuses it)."""
 
@@ -208,7 +208,7 @@ def test_resume_from_a_checkpoint_with_mismatched_state(trained):
     assert "\n" not in str(e.value)
 
 
-# ---- 7: disk full ---------------------------------------------------------------------------------
+# ---- disk full ------------------------------------------------------------------------------------
 def test_disk_full_while_checkpointing_keeps_the_old_one(trained, monkeypatch):
     project, params = trained
     path = params.train.checkpoint
@@ -228,7 +228,7 @@ def test_disk_full_while_checkpointing_keeps_the_old_one(trained, monkeypatch):
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
-# ---- 8: changed learning rates on resume ----------------------------------------------------------
+# ---- changed learning rates on resume -------------------------------------------------------------
 class Capture(Callback):
     def on_step_end(self, step, trainer):
         self.lrs = (trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"])
@@ -248,7 +248,7 @@ def test_resume_applies_changed_learning_rates(trained, caplog):
     assert "train.lr_d" not in caplog.text
 
 
-# ---- 9: the NaN guard covers optimizer state ------------------------------------------------------
+# ---- the NaN guard covers optimizer state ---------------------------------------------------------
 class PoisonAdam(Callback):
     """Puts inf into the generator optimizer's exp_avg after a given step (weights stay finite)."""
 

@@ -1,4 +1,4 @@
-"""Credentials and tracking-server faults (issue 14), against real servers.
+"""MLflow credentials stay secret, and tracking-server outages end clearly, against real servers.
 
 One project is trained, evaluated and registered through the CLI with a password planted in
 $MLFLOW_TRACKING_URI (the session's `mlflow server` ignores basic auth); the other cases reuse it.
@@ -81,7 +81,7 @@ def secret_project(tmp_path_factory, prepared_demo, mlflow_server, standin_torch
     return project, "\n".join(out)
 
 
-# ---- 1. credentials ---------------------------------------------------------------------------------
+# ---- credentials ------------------------------------------------------------------------------------
 def test_password_in_params_tracking_uri_is_a_config_error(tmp_path, mlflow_server):
     write_params(tmp_path, with_password(mlflow_server))
     r = run_cli(["train"], tmp_path, {"SAGAN_TRACKING": "1"})
@@ -119,7 +119,7 @@ def test_password_from_the_environment_is_stored_and_printed_nowhere(
         assert MARKER.encode() not in body, key
 
 
-# ---- 4. evaluate checks the server before the Inception pass ---------------------------------------
+# ---- evaluate checks the server before the Inception pass ------------------------------------------
 def test_evaluate_fails_fast_when_the_server_is_unreachable(secret_project, tmp_path, standin_torch_home):
     work = copy_project(secret_project[0], tmp_path / "offline")
     dead = f"http://127.0.0.1:{free_port()}"
@@ -136,7 +136,7 @@ def test_evaluate_fails_fast_when_the_server_is_unreachable(secret_project, tmp_
     assert before
 
 
-# ---- 3. artifact-store failures name the side that failed ------------------------------------------
+# ---- artifact-store failures name the side that failed ---------------------------------------------
 def record_new_run(project: Path, uri: str, **registry) -> str:
     """params.yaml at `uri` and a run record naming a new run there (no model logged yet)."""
     from pipelines.tracking.run_record import write_run_record
@@ -185,7 +185,7 @@ def test_client_side_s3_down_during_register_names_bucket_not_server(
     assert "tracking server" not in line and mlflow_server not in line, line
 
 
-# ---- 2. an outage mid-training: the next command backfills the curves and ends the run -------------
+# ---- an outage mid-training: the next command backfills the curves and ends the run ----------------
 def train_through_an_outage(project: Path, server) -> subprocess.CompletedProcess:
     """`sagan train` whose server is killed once a few steps are logged; it stays down to the end."""
     env = os.environ | {"PYTHONPATH": str(REPO), "SAGAN_TRACKING": "1"} | FAST_FAIL
