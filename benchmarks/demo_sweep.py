@@ -31,6 +31,7 @@ from sagan_core.model import checkpoint as ckpt_io  # noqa: E402
 from sagan_core.model import layers  # noqa: E402
 from sagan_core.params_file import validate  # noqa: E402
 from sagan_core.train.progress import Callback  # noqa: E402
+from sagan_core.train.state import TrainState  # noqa: E402
 from sagan_core.train.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,17 +71,17 @@ class Probe(Callback):
         self.name, self.net, self.every, self.results, self.t0 = name, net, every, results, time.time()
         self.save_at, self.out = set(save_at), out
 
-    def on_step_end(self, step: int, trainer: Trainer) -> None:
+    def on_step_end(self, step: int, state: TrainState) -> None:
         if step in self.save_at:  # a full checkpoint, for demo_quality.py
-            ckpt_io.save_atomic(trainer.state_dict(), self.out / f"checkpoint_{step:06d}.pt")
+            ckpt_io.save_atomic(state.state_dict(), self.out / f"checkpoint_{step:06d}.pt")
         if step % self.every:
             return
         row = {
             "step": step,
             "seconds": round(time.time() - self.t0),
-            "ema": accuracy(self.net, trainer.G_ema.module, False),
-            "ema_batch_stats": accuracy(self.net, trainer.G_ema.module, True),
-            "G": accuracy(self.net, trainer.G, False),
+            "ema": accuracy(self.net, state.G_ema.module, False),
+            "ema_batch_stats": accuracy(self.net, state.G_ema.module, True),
+            "G": accuracy(self.net, state.G, False),
         }
         self.results.append(row)
         print(
@@ -130,8 +131,8 @@ def main() -> None:
         probe = Probe(name, net, args.every, results, args.save_at, run)
         trainer = Trainer(validate(raw), [probe], progress=False)
         if cbn_init == "official":
-            official_cbn_init(trainer.G)
-            trainer.G_ema.module.load_state_dict(trainer.G.state_dict())
+            official_cbn_init(trainer.state.G)
+            trainer.state.G_ema.module.load_state_dict(trainer.state.G.state_dict())
         trainer.fit()
         (run / "accuracy.json").write_text(json.dumps(results, indent=2))
 

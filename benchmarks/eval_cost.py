@@ -42,14 +42,14 @@ GPU = {  # a long GPU run: 128 px SAGAN, paper widths, 100k steps, eval every 5k
 def measure(params, steps: int) -> tuple[float, float, float]:
     """(step seconds, evaluation seconds, reference seconds) of `params` on its device."""
     trainer = Trainer(params, progress=False)
-    g_run, d_run, d_for_g = trainer._prepare_modules()
+    g_run, d_run, d_frozen = trainer._prepare_modules()
     for _ in range(3):  # warm-up (allocator, autotuning)
-        trainer.train_step(g_run, d_run, d_for_g)
+        trainer.train_step(g_run, d_run, d_frozen)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step(g_run, d_run, d_for_g)
+        trainer.train_step(g_run, d_run, d_frozen)
     sync()
     step_s = (time.perf_counter() - t0) / steps
     print(f"step {step_s * 1000:.1f} ms", flush=True)  # partial results survive a timeout
@@ -58,7 +58,7 @@ def measure(params, steps: int) -> tuple[float, float, float]:
     scorer._load()  # Inception + the reference statistics: once per process (cached on disk after)
     ref_s = time.perf_counter() - t0
     print(f"reference (once) {ref_s:.1f} s", flush=True)
-    g = trainer.G_ema.module
+    g = trainer.state.G_ema.module
     t0 = time.perf_counter()
     standing_stats.accumulate(g, params.train.standing_stats, params.train.batch_size, 0, trainer.device)
     scorer.score(g)

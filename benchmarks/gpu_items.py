@@ -113,17 +113,17 @@ def _one_config(ctx, resolution: int, precision: str, compile_: bool) -> dict:
 
     p = _params(ctx, resolution, _prepared(ctx, resolution), precision=precision, compile=compile_)
     t = Trainer(p, progress=False)
-    g_run, d_run, d_for_g = t._prepare_modules()  # the trainer's own DDP/compile wrapping
+    g_run, d_run, d_frozen = t._prepare_modules()  # the trainer's own DDP/compile wrapping
     with FlopCounterMode(display=False) as fc:  # on the eager modules: the same arithmetic
-        t.train_step(t.G, t.D, t.D)
+        t.train_step(t.state.G, t.state.D, t.state.D)
     for _ in range(ctx.size["warmup"]):  # compile happens here
-        t.train_step(g_run, d_run, d_for_g)
+        t.train_step(g_run, d_run, d_frozen)
     sync(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     steps, t0 = ctx.size["steps"], time.perf_counter()
     for _ in range(steps):
-        t.train_step(g_run, d_run, d_for_g)
+        t.train_step(g_run, d_run, d_frozen)
     sync(ctx.device)
     seconds = time.perf_counter() - t0
     flops = fc.get_total_flops() * steps / seconds

@@ -68,7 +68,7 @@ def make_legacy(t) -> None:
         raise ValueError(
             "the step before issue 13 ran NCHW on CPU: build the trainer with channels_last 'no'"
         )
-    legacy_modules(t.G, t.D, t.G_ema.module)
+    legacy_modules(t.state.G, t.state.D, t.state.G_ema.module)
     betas = (float(t.cfg.beta1), float(t.cfg.beta2))
-    t.opt_g = torch.optim.Adam(t.G.parameters(), lr=t.cfg.lr_g, betas=betas)
-    t.opt_d = torch.optim.Adam(t.D.parameters(), lr=t.cfg.lr_d, betas=betas)
+    t.state.opt_g = torch.optim.Adam(t.state.G.parameters(), lr=t.cfg.lr_g, betas=betas)
+    t.state.opt_d = torch.optim.Adam(t.state.D.parameters(), lr=t.cfg.lr_d, betas=betas)

@@ -55,18 +55,13 @@ def _prepared(manifest: dict, prepared_dir: str, skipped: bool = False) -> Prepa
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
-    from pipelines.flow.resume import checkpoint_step
     from sagan_core.data.dataset import open_prepared
-    from sagan_core.errors import ConfigError
+    from sagan_core.train.resume import start_step
     from sagan_core.train.trainer import train as run_train
 
     # User mistakes first, as one-line errors, before an MLflow run is opened for nothing.
     open_prepared(params.data.prepared_dir)
-    if resume and not params.train.checkpoint.exists():
-        raise ConfigError(
-            f"--resume: no checkpoint at {params.train.checkpoint} (train without --resume first)"
-        )
-    start = (checkpoint_step(params.train.checkpoint) or 0) if resume else 0
+    start = start_step(params.train.checkpoint) if resume else 0
     if os.environ.get("RANK", "0") == "0":  # one cleaner; rank 0 is the one that writes checkpoints
         from sagan_core.atomic import remove_stale_temps
 
@@ -74,10 +69,11 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
     callbacks = list(callbacks)
     tracker = None
     if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run
-        from pipelines import tracking
+        from pipelines.tracking.callback import MlflowCallback
+        from pipelines.tracking.store import enabled
 
-        if tracking.enabled(params):
-            tracker = tracking.MlflowCallback(params, resume=resume)  # fails fast if MLflow is down
+        if enabled(params):
+            tracker = MlflowCallback(params, resume=resume)  # fails fast if MLflow is down
             callbacks.append(tracker)
     try:
         summary = run_train(params, resume=resume, callbacks=callbacks, progress=progress)
@@ -105,9 +101,9 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
 def trained(params: Params, start_step: int | None = None) -> Trained:
     """The checkpoint in train.out_dir as a stage result: trained from `start_step` by a process
     of ours (the DDP launcher), or, with None, left by an earlier run (the flow skipped the stage)."""
-    from pipelines.flow.resume import checkpoint_step
+    from sagan_core.model.checkpoint import step_of
 
-    step = checkpoint_step(params.train.checkpoint) or 0
+    step = step_of(params.train.checkpoint) or 0
     return Trained(
         checkpoint=str(params.train.checkpoint),
         step=step,
@@ -121,13 +117,13 @@ def trained(params: Params, start_step: int | None = None) -> Trained:
 def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | None = None) -> Evaluated:
     """FID / IS / KID of a checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json).
 
-    checkpoint: "best", "last" or a path; None: registry.candidate (sagan_core.checkpoint.candidate)."""
+    checkpoint: "best", "last" or a path; None: registry.candidate (sagan_core.model.checkpoint.resolve)."""
     from pipelines.tracking.evaluation import log_evaluation, reopen_run
     from sagan_core.evaluate.protocol import evaluate as run_evaluate
-    from sagan_core.model.checkpoint import candidate
+    from sagan_core.model.checkpoint import resolve
 
     own = checkpoint is None or str(checkpoint) in ("best", "last")  # FID/IS/KID join the run
-    path = candidate(params.train, params.registry.candidate if checkpoint is None else checkpoint)
+    path = resolve(params.train, params.registry.candidate if checkpoint is None else checkpoint)
     if own:
         reopen_run(params)  # fail in seconds, not after the Inception pass
     result = run_evaluate(params, checkpoint=path, progress=progress)

@@ -18,8 +18,8 @@ trainer.fit()
 rank = trainer.dist.rank
 torch.save(
     {
-        "G": trainer.G.state_dict(),
-        "D": trainer.D.state_dict(),
+        "G": trainer.state.G.state_dict(),
+        "D": trainer.state.D.state_dict(),
         "world": trainer.dist.world_size,
     },
     project / f"rank{rank}.pt",

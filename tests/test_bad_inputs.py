@@ -230,8 +230,8 @@ def test_disk_full_while_checkpointing_keeps_the_old_one(trained, monkeypatch):
 
 # ---- changed learning rates on resume -------------------------------------------------------------
 class Capture(Callback):
-    def on_step_end(self, step, trainer):
-        self.lrs = (trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"])
+    def on_step_end(self, step, state):
+        self.lrs = (state.opt_g.param_groups[0]["lr"], state.opt_d.param_groups[0]["lr"])
 
 
 def test_resume_applies_changed_learning_rates(trained, caplog):
@@ -255,10 +255,10 @@ class PoisonAdam(Callback):
     def __init__(self, step: int):
         self.step = step
 
-    def on_step_end(self, step, trainer):
+    def on_step_end(self, step, state):
         if step == self.step:
-            state = next(iter(trainer.opt_g.state.values()))
-            state["exp_avg"].view(-1)[0] = float("inf")
+            moments = next(iter(state.opt_g.state.values()))
+            moments["exp_avg"].view(-1)[0] = float("inf")
 
 
 @pytest.mark.parametrize("log_every", [1, 100])

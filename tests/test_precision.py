@@ -114,11 +114,11 @@ def test_auto_bf16_channels_last_cpu_training_loads_in_fp32(project, monkeypatch
     assert (
         t.plan.bf16
         and t.plan.channels_last
-        and t.G.blocks[0].conv1.parametrizations.weight.original.is_contiguous(
+        and t.state.G.blocks[0].conv1.parametrizations.weight.original.is_contiguous(
             memory_format=torch.channels_last
         )
     )
-    assert t.opt_g.param_groups[0]["fused"]
+    assert t.state.opt_g.param_groups[0]["fused"]
     t.fit()
     g, meta = load_generator(project / "models/checkpoint.pt", use_ema=True, device=torch.device("cpu"))
     assert meta["step"] == 2

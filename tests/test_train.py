@@ -9,6 +9,7 @@ import torch
 from helpers import STATE_KEYS, assert_same_tensors, project_params, subset_prepared
 
 from sagan_core.train.progress import Callback
+from sagan_core.train.state import TrainState
 from sagan_core.train.trainer import Trainer, TrainingDiverged, train
 
 
@@ -66,10 +67,10 @@ class PoisonAt(Callback):
     def __init__(self, step: int):
         self.step = step
 
-    def on_step_end(self, step: int, trainer: Trainer) -> None:
+    def on_step_end(self, step: int, state: TrainState) -> None:
         if step == self.step:
             with torch.no_grad():
-                next(trainer.G.parameters()).view(-1)[0] = float("nan")
+                next(state.G.parameters()).view(-1)[0] = float("nan")
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(project):
@@ -100,7 +101,7 @@ def test_cuda_default_paths_run_on_cpu(project):
     assert ck["step"] == 2
     assert all(v.dtype == torch.float32 for v in ck["generator"].values() if v.is_floating_point())
     # spectral norm stays fp32 and normalised under autocast
-    for m in t.G.modules():
+    for m in t.state.G.modules():
         if hasattr(m, "parametrizations"):
             sn = m.parametrizations.weight[0]
             assert sn._u.dtype == torch.float32
@@ -131,7 +132,7 @@ class StopAt(Callback):
     def __init__(self, step: int):
         self.step = step
 
-    def on_step_end(self, step: int, trainer: Trainer) -> None:
+    def on_step_end(self, step: int, state: TrainState) -> None:
         if step == self.step:
             raise KeyboardInterrupt
 
@@ -142,7 +143,7 @@ class DiskSnapshot(Callback):
     def __init__(self, path, step: int):
         self.path, self.step, self.text = path, step, None
 
-    def on_step_end(self, step: int, trainer: Trainer) -> None:
+    def on_step_end(self, step: int, state: TrainState) -> None:
         if step == self.step:
             self.text = self.path.read_text()
 

@@ -85,7 +85,7 @@ def test_ema_generator_gets_its_own_batchnorm_statistics(project):
     params = project_params(project, train__steps=30, train__ema_decay=0.9, train__standing_stats=0, **quiet)
     t = Trainer(params, progress=False)
     t.fit()
-    g = t.G_ema.module
+    g = t.state.G_ema.module
     copied = standing_stats.batch_stat_gap(g, 256, seed=1, device=t.device)
     standing_stats.accumulate(g, 32, 64, seed=2, device=t.device)
     own = standing_stats.batch_stat_gap(g, 256, seed=1, device=t.device)

@@ -2,10 +2,10 @@
 
 The flow validates params once and hands the validated `Params` to its tasks, in a `RunContext`
 with the one DvcProject. Each task calls the one implementation of its stage (pipelines.stages) and
-returns its typed result (pipelines.results). DVC is the cache of record (pipelines.dvc_sync): a
+returns its typed result (pipelines.results). DVC is the cache of record (pipelines.flow.dvc_sync): a
 stage that `dvc status` calls up to date is skipped, and a stage that ran is `dvc commit`ted.
 Training is never restarted blindly: the train task resumes whenever the checkpoint was made from
-the same data and params (pipelines.resume), and resume is bit-exact.
+the same data and params (sagan_core.train.resume), and resume is bit-exact.
 
 One run per project at a time (pipelines.lock). Stage failures stop the flow with
 `stage NAME failed: cause`; outputs of the stages before it are kept (and committed to DVC), so a
@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from pipelines import launch, stages
-from pipelines.flow import notify, resume
+from pipelines.flow import notify
 from pipelines.flow.console import sagan_logs_to_prefect
 from pipelines.flow.dvc_sync import DvcProject, write_overrides
 from pipelines.flow.project_limit import project_slot
@@ -36,6 +36,7 @@ from pipelines.results import Evaluated, Prepared, Registered, Trained
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import load_params
+from sagan_core.train import resume
 
 
 class StageFailed(SaganError):
@@ -105,7 +106,7 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         params = run.params
         if not run.must_run("train"):
             return stages.trained(params)
-        do_resume, why = resume.resume_decision(params, data_hash, run.force)
+        do_resume, why = resume.decide(params, data_hash, run.force)
         logger = get_run_logger()
         logger.info("train: %s", why)
         if params.train.nproc_per_node > 1:
@@ -119,7 +120,7 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
 
 def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
     """train.nproc_per_node DDP processes; their output lines go to the Prefect log as they come."""
-    start = (resume.checkpoint_step(params.train.checkpoint) or 0) if do_resume else 0
+    start = resume.start_step(params.train.checkpoint) if do_resume else 0
     log = get_run_logger().info
     code, last = launch.run_torchrun(params, do_resume, quiet=True, log=log, forward=True)
     if code != 0:  # the CLI's own one-line message, when it printed one, is the cause
@@ -137,9 +138,7 @@ def evaluate_task(run: RunContext) -> Evaluated:
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(run: RunContext) -> Registered:
     with _stage("register"):
-        result = stages.register(run.params)
-        run.commit("register")
-        return result
+        return stages.register(run.params)  # register is no DVC stage: nothing to commit
 
 
 @contextlib.contextmanager

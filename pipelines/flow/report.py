@@ -21,12 +21,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from pipelines.flow.resume import STATE_DIR
 from pipelines.results import Evaluated, Prepared, Registered, Trained
-from pipelines.tracking import redact
+from pipelines.tracking.store import redact
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback, step_line
 
+STATE_DIR = Path(".sagan/pipeline")  # the flow's own files
 HISTORY = STATE_DIR / "history.jsonl"
 
 

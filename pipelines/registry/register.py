@@ -1,5 +1,8 @@
 """`sagan register`: the run's generator becomes a version of `registry.model_name`; FID gate.
 
+Which generator: `registry.candidate` (sagan_core.model.checkpoint.candidate). best: best.pt's,
+logged as a LoggedModel while training ran (pipelines.tracking.best_model); last: checkpoint.pt's.
+
 Lineage: every version is tagged with the FID/KID/IS it was evaluated at, the evaluation protocol
 (and its id), the prepared data's content_hash (and DVC md5), the git commit and the run id, and it
 points at the LoggedModel of its run, whose run holds the params and curves.
@@ -8,11 +11,10 @@ Promotion: the alias `champion` moves to the new version only when its FID beats
 champion's by more than `registry.min_improvement` under the same protocol (same reference
 statistics and sample count); otherwise the version gets the alias `challenger`. The decision and
 its reason are recorded as version tags (`promotion.decision`, `promotion.reason`) and in the
-version's description, its model card (pipelines.model_card).
+version's description, its model card (model_card.py).
 
-Race safety: the decision is taken under a lock held in the registry itself
-(pipelines.promotion_lock), so two racing registers serialise their decisions, and whichever runs
-second compares with the first's result: exactly one champion, and the better FID wins.
+Race safety: decisions are taken under a lock held in the registry itself (promotion_lock.py): the
+second of two racing registers compares with the first's result; one champion, the better FID.
 
 Idempotence: a run already registered under the model (search by run_id) is not registered again;
 its promotion decision is re-evaluated (so a register interrupted before the alias was set can be
@@ -25,17 +27,17 @@ import json
 import logging
 from typing import Any
 
-from pipelines.flow.resume import checkpoint_step
-from pipelines.registry import candidate
 from pipelines.registry.model_card import model_description, version_card
 from pipelines.registry.promotion_lock import promotion_lock
 from pipelines.results import Registered
+from pipelines.tracking.best_model import logged_best
 from pipelines.tracking.generator_model import log_checkpoint_and_generator
 from pipelines.tracking.run_record import recover, require_run
 from pipelines.tracking.store import artifact_error, call, connect, redact, scrub
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate.protocol import protocol, protocol_id
+from sagan_core.model.checkpoint import candidate, step_of
 
 log = logging.getLogger("sagan.registry")
 
@@ -180,9 +182,9 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
     run_id, name = record["run_id"], params.registry.model_name
     run = _recorded_run(client, uri, params, run_id)
     step = int(ev["generator_step"])
-    path, which, why = candidate.choice(params)
+    path, which, why = candidate(params)
     # the candidate's step: its local checkpoint, else (another machine) the run's last logged step
-    want = checkpoint_step(path) if path.exists() else record.get("step")
+    want = step_of(path) if path.exists() else record.get("step")
     if want is not None and step != int(want):
         raise ConfigError(
             f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
@@ -190,7 +192,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         )
     recover(client, uri, params, run_id, end=True)  # what an MLflow outage during training lost
     if which == "best":
-        model_id, score = call(uri, candidate.best_model, client, params, run_id, record, path, step)
+        model_id, score = call(uri, logged_best, client, run_id, record, path, step)
         why = f"{why}: {score}"
     else:
         model_id = _upload_model(client, uri, params, run_id, record)
@@ -201,7 +203,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
         pending = version_card(params, name, 0, run, ev, "pending", "decided once registered")
         mv = _create_version(client, name, model_id, run_id, tags, pending)
-        candidate.link_version(client, model_id, name, mv.version)
+        _link_version(client, model_id, name, mv.version)
     else:
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)
@@ -283,3 +285,16 @@ def _promote(client, name: str, mv, min_improvement: float) -> tuple[str, str]:
         client.set_model_version_tag(name, mv.version, "promotion.decision", decision)
         client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
     return decision, reason
+
+
+def _link_version(client, model_id: str, name: str, version: str) -> None:
+    """Mark the LoggedModel as registered (the UI's "Registered" column), as `mlflow.register_model`
+    does: the open-source registry stores no model_id on the version itself (its source
+    `models:/<model_id>` and the version tag `model_id` name the model)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    model = client.get_logged_model(model_id)
+    versions = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    if {"name": name, "version": str(version)} not in versions:
+        versions.append({"name": name, "version": str(version)})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})

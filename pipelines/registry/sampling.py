@@ -29,9 +29,9 @@ def _is_checkpoint(model: str) -> bool:
 
 def load_sampler(model: str, params: Params) -> Sampler:
     if model in ("best", "last"):  # train.out_dir's best.pt (else the last) or checkpoint.pt
-        from sagan_core.model.checkpoint import candidate
+        from sagan_core.model.checkpoint import resolve
 
-        model = str(candidate(params.train, model))
+        model = str(resolve(params.train, model))
     if _is_checkpoint(model):
         from sagan_core.model import checkpoint as ckpt_io
 

@@ -7,7 +7,7 @@ made it best: those metrics carry its `model_id` and the prepared dataset (name 
 lineage logs the run's dataset input), so the LoggedModel page shows its scores and data. Tags say
 which step and why. The checkpoint itself goes to the run's artifacts as `checkpoint/best.pt`
 (resumable with `--resume-from`), and the run record keeps {"best": {model_id, step, metric,
-value}} for `sagan register`.
+value}} for `sagan register`, which registers that LoggedModel (`logged_best`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pipelines.tracking.generator_model import CHECKPOINT_DIR, export_generator,
 from pipelines.tracking.lineage import data_lineage
 from pipelines.tracking.run_record import read_run_record, write_run_record
 from sagan_core.config import Params
+from sagan_core.model import checkpoint as ckpt_io
 
 SCORE_KEYS = ("kid", "kid_std", "fid")
 
@@ -26,8 +27,6 @@ SCORE_KEYS = ("kid", "kid_std", "fid")
 def export_best(snap: Path) -> tuple[Path, dict[str, Any], Any]:
     """(exported network folder, checkpoint metadata, model spec) of best-checkpoint snapshot
     `snap`'s EMA generator, exported next to the snapshot (its folder goes when the job is done)."""
-    from sagan_core.model import checkpoint as ckpt_io
-
     generator, meta = ckpt_io.load_generator(snap, use_ema=True, device="cpu")
     return export_generator(generator, snap.parent), meta, generator.spec
 
@@ -64,3 +63,20 @@ def log_best(
     best = {"model_id": model_id, "step": step, "metric": metric, "value": float(scores[metric])}
     write_run_record(params, (read_run_record(params) or {}) | {"best": best})
     return model_id
+
+
+def logged_best(client, run_id: str, record: dict[str, Any], path: Path, step: int) -> tuple[str, str]:
+    """(model_id, why) of the best checkpoint at `step`: the LoggedModel logged during training, or,
+    when that upload never completed, the generator of best.pt logged now."""
+    from mlflow.entities import LoggedModelStatus
+
+    from pipelines.tracking.generator_model import log_generator
+
+    best = record.get("best") or {}
+    model_id = best.get("model_id") if best.get("step") == step else None
+    if model_id and client.get_logged_model(model_id).status == LoggedModelStatus.READY:
+        return model_id, f"{best['metric']} {best['value']:.6g} at step {step}, the best in-training score"
+    generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")
+    model_id = log_generator(client, run_id, generator, meta)
+    value = meta.get("best_value")
+    return model_id, f"{meta.get('best_metric')} {value:.6g} at step {step}, the best in-training score"

@@ -97,9 +97,9 @@ def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
     """Backfill the run's curves; with `end`, close a run left RUNNING by an interrupted training."""
     from mlflow.entities import RunStatus
 
-    from pipelines.flow.resume import checkpoint_step
+    from sagan_core.model.checkpoint import step_of
 
-    step = checkpoint_step(params.train.checkpoint) or 0
+    step = step_of(params.train.checkpoint) or 0
     backfill(client, uri, params, run_id, step)
     if not end or call(uri, client.get_run, run_id).info.status != "RUNNING":
         return

@@ -1,10 +1,12 @@
-"""Training checkpoints: one file, written atomically, loadable with `weights_only=True`.
+"""Training checkpoints: one file, written atomically, loadable with `weights_only=True`; the one
+place that opens one (pipelines/ reads checkpoints only through this module).
 
 Layout (all plain tensors, dicts, lists and numbers):
   step, spec (ModelSpec as dict), class_names, generator, generator_ema, discriminator,
   opt_g, opt_d, rng {noise, cpu, cuda}, loader {epoch, cursor}, params (the validated params),
   fingerprint (sagan_core/train/fingerprint.py), best (the best in-training score so far, or None).
 models/best.pt adds best_metric and best_value; models/step_NNNNNN.pt are copies (keep_checkpoints).
+The training state's parts are written by sagan_core.train.state, the rest by the trainer.
 
 Every way a file can fail to be one (foreign, truncated, hand-edited, refused by the safe
 unpickler) is one SaganError line naming it: the CLI shows it without a traceback.
@@ -26,7 +28,7 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.model.networks import Generator, ModelSpec
 
 REQUIRED = ("step", "spec", "generator", "generator_ema", "discriminator")  # what sampling needs
-RESUME = (*REQUIRED, "ema_n_averaged", "opt_g", "opt_d", "rng", "loader")  # train_state.gather
+RESUME = (*REQUIRED, "ema_n_averaged", "opt_g", "opt_d", "rng", "loader")  # TrainState.state_dict
 # Spec fields that checkpoints written before the field existed lack (ModelSpec has their default).
 SPEC_OPTIONAL = {"cbn_init"}
 _SPEC_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
@@ -117,20 +119,54 @@ def load_generator(
     return g.to(device).eval(), meta
 
 
-def keep_step(state: dict[str, Any], path: Path, keep: int) -> None:
-    """train.keep_checkpoints: write `state` also to `path` (step_NNNNNN.pt), then delete the oldest
-    step files beyond `keep`, only after the new one is safely written (atomic write above)."""
+def keep_step(ckpt: dict[str, Any], path: Path, keep: int) -> None:
+    """train.keep_checkpoints: write `ckpt` also to `path` (step_NNNNNN.pt), then delete the oldest
+    step files beyond `keep`, only after the new one is safely written (atomic write)."""
     if keep <= 0:
         return
-    save_atomic(state, path)
+    save_atomic(ckpt, path)
     kept = sorted(path.parent.glob("step_[0-9]*.pt"))  # zero-padded: name order is step order
     for old in kept[: max(len(kept) - keep, 0)]:
         old.unlink(missing_ok=True)
 
 
-def candidate(train_cfg, which: str | Path) -> Path:
+def peek(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint memory-mapped (nothing large is read), for its step and fingerprint; None when
+    it is missing, truncated or foreign (the callers then treat it as absent: not resumable)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        int(ckpt["step"])
+        return ckpt
+    except Exception:  # missing, truncated or foreign
+        return None
+
+
+def step_of(path: str | Path) -> int | None:
+    """The step of a checkpoint; None when it is missing, truncated or foreign."""
+    ckpt = peek(path)
+    return None if ckpt is None else int(ckpt["step"])
+
+
+def resolve(train_cfg, which: str | Path) -> Path:
     """The checkpoint that `which` names: "best" (train.out_dir/best.pt; the last checkpoint when
     in-training evaluation wrote none), "last" (checkpoint.pt) or a path."""
     if str(which) == "best":
         return train_cfg.best_checkpoint if train_cfg.best_checkpoint.exists() else train_cfg.checkpoint
     return train_cfg.checkpoint if str(which) == "last" else Path(which)
+
+
+def candidate(params) -> tuple[Path, str, str]:
+    """The checkpoint that `registry.candidate` names for evaluate and register, as (path, "best" |
+    "last", why). best: best.pt, the best in-training `train.select_metric`; with in-training
+    evaluation off there is no best.pt and best means the last checkpoint."""
+    which = params.registry.candidate
+    path = resolve(params.train, which)
+    if path == params.train.best_checkpoint:
+        return path, "best", f"registry.candidate=best: the best in-training {params.train.select_metric}"
+    if which == "best":
+        return (
+            path,
+            "last",
+            "registry.candidate=best, but no in-training evaluation wrote best.pt: the last checkpoint",
+        )
+    return path, "last", "registry.candidate=last: the last checkpoint"

@@ -3,7 +3,7 @@
 The prepared data's content_hash, the model params and the training params, except those that
 change nothing in the weights (how long, how often something is logged, saved or evaluated), so a
 run continued to more steps or with other logging is still "the same run". The flow resumes a
-checkpoint only when its fingerprint equals the current one (pipelines/flow/resume.py); a plain
+checkpoint only when its fingerprint equals the current one (sagan_core/train/resume.py); a plain
 `sagan train --resume` with other values warns, naming each changed key.
 """
 

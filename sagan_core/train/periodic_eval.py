@@ -23,6 +23,7 @@ from sagan_core.errors import SaganError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.fid import features_pass
 from sagan_core.evaluate.metrics import Stats, frechet_distance, kid
+from sagan_core.evaluate.protocol import reference_stats, sample_uint8
 from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.train.progress import Callback
 
@@ -41,10 +42,6 @@ class Scorer:
         self.weights_sha = inc.file_sha256(self.weights)
 
     def _load(self) -> None:
-        from sagan_core.evaluate.protocol import (
-            reference_stats,  # evaluate imports checkpoint loading; keep it lazy
-        )
-
         self.net = inc.load_net(self.weights, self.params.eval.dims, False, self.device)
         self.ref, _ = reference_stats(self.params, self.net, self.weights_sha, self.device, self.progress)
         if self.ref.features is None:
@@ -52,8 +49,6 @@ class Scorer:
 
     def score(self, g) -> dict[str, float]:
         """{"kid": mean, "kid_std": std, "fid": value} of generator `g` (eval mode)."""
-        from sagan_core.evaluate.protocol import sample_uint8
-
         if self.net is None:
             self._load()
         ev, n = self.params.eval, self.num_samples

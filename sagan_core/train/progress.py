@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sagan_core.atomic import write_atomic
 
 if TYPE_CHECKING:
-    from sagan_core.train.trainer import Trainer
+    from sagan_core.train.state import TrainState
 
 log = logging.getLogger("sagan.train")
 
@@ -33,7 +33,8 @@ class Callback:
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_image(self, step: int, key: str, path: Path) -> None: ...
     def on_checkpoint(self, step: int, path: Path) -> None: ...
-    def on_step_end(self, step: int, trainer: Trainer) -> None: ...
+    # after every step, with the training state (modules, optimizers): probes and fault injection
+    def on_step_end(self, step: int, state: TrainState) -> None: ...
     # models/best.pt was just written: its in-training scores (kid, kid_std, fid) at `step`
     def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None: ...
     def on_end(self, summary: dict[str, Any]) -> None: ...
@@ -102,7 +103,7 @@ class ConsoleProgress(Callback):
             dynamic_ncols=True,
         )
 
-    def on_step_end(self, step: int, trainer: Trainer) -> None:
+    def on_step_end(self, step: int, state: TrainState) -> None:
         self.bar.update(1)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -145,30 +146,3 @@ class StepMeter:
         """The next interval's time starts now: what ran since the last read (an in-training
         evaluation, reported apart) is not counted as training in `img_per_s`."""
         self.t = self.clock()
-
-
-def start_info(t: Trainer) -> dict[str, Any]:
-    """What `on_start` receives."""
-    return {
-        "spec": t.spec.to_dict(),
-        "device": str(t.device),
-        "world_size": t.dist.world_size,
-        **t.plan.describe(),  # bf16, channels_last, compile, compile_mode (precision.py)
-        "start_step": t.step,
-        "num_images": len(t.loader.data),
-    }
-
-
-def summary(t: Trainer, seconds: float, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-    """What `on_end` receives and `train()` returns."""
-    return {
-        "step": t.step,
-        "checkpoint": str(t.ckpt_path),
-        "seconds": seconds,
-        "eval_seconds": t.evals.seconds,  # of `seconds`, in-training evaluation
-        "best": t.evals.best,  # {"metric", "value", "step"} of models/best.pt, or None
-        "samples": str(t.cfg.latest_samples),
-        "attention": str(t.cfg.latest_attention),
-        "metrics": metrics or {},
-        "spec": t.spec.to_dict(),
-    }

@@ -6,6 +6,10 @@ torch.compile for the device (`train.precision/channels_last/compile/compile_mod
 A "step" is one generator update preceded by `n_dis` discriminator updates. Every random draw
 comes from state that the checkpoint stores (the noise generator, the loader's (epoch, cursor)),
 so `--resume` continues bit for bit where an uninterrupted run would be.
+
+Longer than 300 lines: the loop and what it does on its steps (sampling, scoring, checkpointing,
+the NaN guard) read top to bottom in one place, as in nanoGPT; the state it changes lives in
+state.py, resuming in resume.py, recorders in progress.py.
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.model.networks import attention_blocks, build_models, model_spec
 from sagan_core.model.visualize import attention_figure, fixed_inputs, save_grid
-from sagan_core.train import precision, standing_stats
-from sagan_core.train import state as train_state
+from sagan_core.train import fingerprint, precision, resume, standing_stats
 from sagan_core.train.distributed import DistInfo, any_rank, broadcast_buffers, cleanup, init_distributed
 from sagan_core.train.losses import d_hinge, g_hinge
 from sagan_core.train.periodic_eval import PeriodicEval
-from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter, start_info, summary
+from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
+from sagan_core.train.state import TrainState
 
 log = logging.getLogger("sagan.train")
 
@@ -64,54 +68,57 @@ class Trainer:
             )
         self.class_names = list(data.manifest.get("class_names", []))
         self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
-        self.spec = model_spec(params, data.num_classes)
+        self.spec = spec = model_spec(params, data.num_classes)
         rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
-        self.loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
+        loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.G, self.D = build_models(self.spec)
-        for net in (self.G, self.D):
+        G, D = build_models(spec)
+        for net in (G, D):
             net.to(self.device, memory_format=self.plan.memory_format)
         # EMA of parameters only: averaging spectral-norm vectors would un-normalise them, so the
         # buffers (BN statistics, u/v) are copied from G after each update instead.
-        self.G_ema = AveragedModel(
-            self.G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False
-        )
-        self.G_ema.eval()
+        G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+        G_ema.eval()
         betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
-        self.opt_g = precision.adam(self.G.parameters(), cfg.lr_g, betas, self.device)
-        self.opt_d = precision.adam(self.D.parameters(), cfg.lr_d, betas, self.device)
+        opt_g = precision.adam(G.parameters(), cfg.lr_g, betas, self.device)
+        opt_d = precision.adam(D.parameters(), cfg.lr_d, betas, self.device)
         noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
-        self.noise = torch.Generator(device=self.device).manual_seed(noise_seed)
-        self.step = 0
+        noise = torch.Generator(device=self.device).manual_seed(noise_seed)
+        self.state = TrainState(spec, G, G_ema, D, opt_g, opt_d, noise, loader, self.device)
         self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None
         self.evals = PeriodicEval(params, self.device, enabled=self.dist.is_main)
         self._stats_step: int | None = None  # the step G_ema's own BatchNorm statistics are from
 
     # ---- checkpoint -------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return train_state.gather(self)
-
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        train_state.restore(self, ckpt)
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's contents (layout: sagan_core.model.checkpoint): the training state and
+        what the run was (classes, params, fingerprint, the best in-training score so far)."""
+        return self.state.state_dict() | {
+            "class_names": self.class_names,
+            "params": self.params.model_dump(),
+            "fingerprint": fingerprint.record(self.params, self.content_hash),
+            "best": self.evals.state_dict(),  # None: no evaluation yet
+        }
 
     def save_checkpoint(self) -> None:
+        s = self.state
         self._check_finite(weights=True)
         if self.dist.enabled:
-            broadcast_buffers(self.G)
-            broadcast_buffers(self.D)
+            broadcast_buffers(s.G)
+            broadcast_buffers(s.D)
         if self.dist.is_main:
             self._own_ema_stats()
-            ckpt_io.save_atomic(state := self.state_dict(), self.ckpt_path)
-            ckpt_io.keep_step(state, self.cfg.step_checkpoint(self.step), self.cfg.keep_checkpoints)
-            self._emit("on_checkpoint", self.step, self.ckpt_path)
-        self.last_good_step = self.step
+            ckpt_io.save_atomic(ckpt := self.checkpoint(), self.ckpt_path)
+            ckpt_io.keep_step(ckpt, self.cfg.step_checkpoint(s.step), self.cfg.keep_checkpoints)
+            self._emit("on_checkpoint", s.step, self.ckpt_path)
+        self.last_good_step = s.step
 
     def _check_finite(self, weights: bool, losses: dict[str, float] | None = None) -> None:
         bad = [k for k, v in (losses or {}).items() if not math.isfinite(v)]
         if weights and not bad:
-            bad = train_state.nonfinite(self)  # weights and optimizer moments
+            bad = self.state.nonfinite()  # weights and optimizer moments
         if any_rank(bool(bad), self.device):
             kept = (
                 f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
@@ -119,7 +126,7 @@ class Trainer:
                 else "no checkpoint had been written yet"
             )
             what = ", ".join(bad) or "another rank's values"
-            raise TrainingDiverged(f"training diverged at step {self.step}: {what} not finite; {kept}")
+            raise TrainingDiverged(f"training diverged at step {self.state.step}: {what} not finite; {kept}")
 
     # ---- the loop ---------------------------------------------------------------------------
     def _sample(self, fixed) -> None:
@@ -127,73 +134,79 @@ class Trainer:
         z, y, nrow = fixed
         z, y = z.to(self.device), None if y is None else y.to(self.device)
         self._own_ema_stats()
-        out, g = Path(self.cfg.samples_dir), self.G_ema.module
+        out, g, step = Path(self.cfg.samples_dir), self.state.G_ema.module, self.state.step
         with torch.no_grad(), self._autocast():
             images = g(z, y)
-        grid = out / f"step_{self.step:06d}.png"
+        grid = out / f"step_{step:06d}.png"
         save_grid(images, grid, nrow)
         save_grid(images, self.cfg.latest_samples, nrow)
-        self._emit("on_image", self.step, "samples", grid)
-        fig = attention_figure(g, z, y, out / f"attention_step_{self.step:06d}.png")
+        self._emit("on_image", step, "samples", grid)
+        fig = attention_figure(g, z, y, out / f"attention_step_{step:06d}.png")
         if fig is not None:
             self.cfg.latest_attention.write_bytes(Path(fig).read_bytes())
-            self._emit("on_image", self.step, "attention", Path(fig))
+            self._emit("on_image", step, "attention", Path(fig))
 
     def _own_ema_stats(self) -> None:
         """G_ema's BatchNorm statistics from its own outputs (once per step; standing_stats.py)."""
-        if self._stats_step != self.step:  # its own seeded noise: training's RNG is untouched
-            seed, n = self.cfg.seed * 1_000_003 + self.step, self.cfg.standing_stats
-            standing_stats.accumulate(self.G_ema.module, n, self.cfg.batch_size, seed, self.device)
-            self._stats_step = self.step
+        step = self.state.step
+        if self._stats_step != step:  # its own seeded noise: training's RNG is untouched
+            seed, n = self.cfg.seed * 1_000_003 + step, self.cfg.standing_stats
+            standing_stats.accumulate(self.state.G_ema.module, n, self.cfg.batch_size, seed, self.device)
+            self._stats_step = step
 
     def _evaluate(self) -> dict[str, float]:
         """KID/FID of the EMA generator when due (main process); best.pt when the metric improved."""
-        if self.evals.scorer is None or not self.evals.due(self.step, self.step == self.cfg.steps):
+        step = self.state.step
+        if self.evals.scorer is None or not self.evals.due(step, step == self.cfg.steps):
             return {}
         self._own_ema_stats()
-        scores = self.evals.run(self.G_ema.module, self.step, self.state_dict)
+        scores = self.evals.run(self.state.G_ema.module, step, self.checkpoint)
         if self.evals.improved:
-            self._emit("on_best", self.step, self.evals.path, scores)
+            self._emit("on_best", step, self.evals.path, scores)
         return scores
 
     def _autocast(self):
         return self.plan.autocast(self.device)
 
     def _prepare_modules(self):
-        """DDP wrappers and torch.compile; the plain modules stay the ones that are saved."""
-        g_run, d_run, d_for_g = self.G, self.D, self.D
+        """(G, D, D in G's step) as the step runs them: DDP-wrapped and/or compiled; the plain modules
+        stay the ones that are saved. G's step uses D unwrapped: its parameters are frozen there, so
+        DDP has no gradients to synchronise (the wrapper would wait for them)."""
+        G, D = self.state.G, self.state.D
+        g_run, d_run, d_frozen = G, D, D
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            g_run = DDP(self.G, device_ids=ids)
-            d_run = DDP(self.D, device_ids=ids)
+            g_run = DDP(G, device_ids=ids)
+            d_run = DDP(D, device_ids=ids)
         if self.plan.compile:
-            g_run, d_run, d_for_g = (precision.compiled(m, self.plan) for m in (g_run, d_run, self.D))
-        return g_run, d_run, d_for_g
+            g_run, d_run, d_frozen = (precision.compiled(m, self.plan) for m in (g_run, d_run, D))
+        return g_run, d_run, d_frozen
 
     def _update_ema(self) -> None:
-        if self.step <= self.cfg.ema_start:
-            self.G_ema.n_averaged.zero_()  # AveragedModel copies on its first update
-        self.G_ema.update_parameters(self.G)
+        s = self.state
+        if s.step <= self.cfg.ema_start:
+            s.G_ema.n_averaged.zero_()  # AveragedModel copies on its first update
+        s.G_ema.update_parameters(s.G)
         with torch.no_grad():
-            for b_ema, b in zip(self.G_ema.module.buffers(), self.G.buffers()):
+            for b_ema, b in zip(s.G_ema.module.buffers(), s.G.buffers()):
                 b_ema.copy_(b)
 
     def _fake_labels(self, n: int) -> torch.Tensor | None:
         if not self.spec.num_classes:
             return None
-        return torch.randint(self.spec.num_classes, (n,), generator=self.noise, device=self.device)
+        return torch.randint(self.spec.num_classes, (n,), generator=self.state.noise, device=self.device)
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.spec.z_dim, generator=self.noise, device=self.device)
+        return torch.randn(n, self.spec.z_dim, generator=self.state.noise, device=self.device)
 
-    def train_step(self, g_run, d_run, d_for_g) -> torch.Tensor:
+    def train_step(self, g_run, d_run, d_frozen) -> torch.Tensor:
         """n_dis D updates then one G update; returns [loss_d, loss_g, D(x), D(G(z))] (on device)."""
-        cfg, b, mf = self.cfg, self.cfg.batch_size, self.plan.memory_format
+        cfg, b, mf, s = self.cfg, self.cfg.batch_size, self.plan.memory_format, self.state
         precision.begin_step(self.plan)
-        for p in self.D.parameters():
+        for p in s.D.parameters():
             p.requires_grad_(True)
         for _ in range(cfg.n_dis):
-            x, y = next(self.loader)
+            x, y = next(s.loader)
             z, y_fake = self._noise(b), self._fake_labels(b)
             with torch.no_grad(), self._autocast():
                 fake = g_run(z, y_fake)
@@ -204,68 +217,68 @@ class Trainer:
                 logits = d_run(inp, labels)
             d_real, d_fake = logits[:b], logits[b:]
             loss_d = d_hinge(d_real, d_fake)
-            self.opt_d.zero_grad(set_to_none=True)
+            s.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            self.opt_d.step()
-        for p in self.D.parameters():  # G's backward needs no D gradients
+            s.opt_d.step()
+        for p in s.D.parameters():  # G's backward needs no D gradients
             p.requires_grad_(False)
         z, y_fake = self._noise(b), self._fake_labels(b)
         with self._autocast():
             fake = g_run(z, y_fake).contiguous(memory_format=mf)
-            loss_g = g_hinge(d_for_g(fake, y_fake))
-        self.opt_g.zero_grad(set_to_none=True)
+            loss_g = g_hinge(d_frozen(fake, y_fake))
+        s.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        self.opt_g.step()
+        s.opt_g.step()
         return torch.stack(
             [loss_d.detach(), loss_g.detach(), d_real.detach().float().mean(), d_fake.detach().float().mean()]
         )
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        cfg, main = self.cfg, self.dist.is_main
+        cfg, main, s = self.cfg, self.dist.is_main, self.state
         if resume:
             self._resume()
-        if self.step >= cfg.steps:
-            log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", self.step, cfg.steps)
-            return summary(self, 0.0)
-        g_run, d_run, d_for_g = self._prepare_modules()
-        self.G.train()
-        self.D.train()
-        gammas = {f"gamma_g{i}": blk.gamma for i, blk in enumerate(attention_blocks(self.G))}
-        gammas |= {f"gamma_d{i}": blk.gamma for i, blk in enumerate(attention_blocks(self.D))}
+        if s.step >= cfg.steps:
+            log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", s.step, cfg.steps)
+            return self._summary(0.0)
+        g_run, d_run, d_frozen = self._prepare_modules()
+        s.G.train()
+        s.D.train()
+        gammas = {f"gamma_g{i}": blk.gamma for i, blk in enumerate(attention_blocks(s.G))}
+        gammas |= {f"gamma_d{i}": blk.gamma for i, blk in enumerate(attention_blocks(s.D))}
         fixed = fixed_inputs(self.spec.z_dim, self.spec.num_classes)
         fields = ["step", "loss_d", "loss_g", "d_real", "d_fake", *gammas, "lr_g", "lr_d", "img_per_s"]
         fields += ["kid", "kid_std", "fid"] if cfg.eval_every else []
         csv_log = MetricsCSV(cfg.metrics_file, fields) if main else None
         console = ConsoleProgress(cfg.steps) if main and self.progress else None
         self.hooks = [cb for cb in (csv_log, self.evals, *self.callbacks, console) if cb is not None]
-        meter = StepMeter(self.device, self.step, images_per_step=cfg.batch_size * self.dist.world_size)
+        meter = StepMeter(self.device, s.step, images_per_step=cfg.batch_size * self.dist.world_size)
         t0, metrics = time.perf_counter(), {}
         try:
-            self._emit("on_start", start_info(self))
-            if main and self.step == 0:  # the untrained G too: image series start at step 0
+            self._emit("on_start", self._start_info())
+            if main and s.step == 0:  # the untrained G too: image series start at step 0
                 self._sample(fixed)
-            while self.step < cfg.steps:
-                meter.add(self.train_step(g_run, d_run, d_for_g))
-                self.step += 1
+            while s.step < cfg.steps:
+                meter.add(self.train_step(g_run, d_run, d_frozen))
+                s.step += 1
                 self._update_ema()
-                self._emit("on_step_end", self.step, self)
-                last = self.step == cfg.steps
-                if self.step % cfg.log_every == 0 or last or self.evals.due(self.step, last):
-                    metrics = self._metrics(*meter.read(self.step), gammas)  # every rank: NaN guard
+                self._emit("on_step_end", s.step, s)
+                last = s.step == cfg.steps
+                if s.step % cfg.log_every == 0 or last or self.evals.due(s.step, last):
+                    metrics = self._metrics(*meter.read(s.step), gammas)  # every rank: NaN guard
                     if main:
                         scores = self._evaluate()  # KID/FID on evaluation steps
                         if scores:
                             meter.restart_clock()  # img_per_s counts training, not evaluation
                         metrics |= scores
-                        self._emit("on_metrics", self.step, metrics)
-                if main and (self.step % cfg.sample_every == 0 or last):
+                        self._emit("on_metrics", s.step, metrics)
+                if main and (s.step % cfg.sample_every == 0 or last):
                     self._sample(fixed)
-                if self.step % cfg.checkpoint_every == 0 or last:
+                if s.step % cfg.checkpoint_every == 0 or last:
                     self.save_checkpoint()
         finally:
             for recorder in filter(None, (console, csv_log)):
                 recorder.close()
-        result = summary(self, time.perf_counter() - t0, metrics)
+        result = self._summary(time.perf_counter() - t0, metrics)
         if main:
             self._emit("on_end", result)
         return result
@@ -275,21 +288,50 @@ class Trainer:
             getattr(cb, event)(*args)
 
     def _resume(self) -> None:
-        if not self.ckpt_path.exists():
-            raise ConfigError(f"--resume: no checkpoint at {self.ckpt_path} (train without --resume first)")
-        train_state.resume(self)  # also applies changed learning rates / betas, logging each
-        self.last_good_step = self.step
-        log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+        """Continue train.checkpoint (sagan_core.train.resume), with the params' optimizer settings."""
+        now = fingerprint.record(self.params, self.content_hash)
+        ckpt = resume.load(self.ckpt_path, self.spec, self.device, now)
+        self.state.load_state_dict(ckpt, self.ckpt_path)
+        self.evals.load_state_dict(ckpt.get("best"))
+        self.state.apply_optimizer_params(self.cfg)  # changed learning rates / betas, each logged
+        self.last_good_step = self.state.step
+        log.info("resumed from %s at step %d", self.ckpt_path, self.state.step)
 
     def _metrics(self, losses: dict[str, float], rate: float, gammas: dict[str, Any]) -> dict[str, float]:
         """The step metrics of a logging step; stops on non-finite losses or weights (every rank)."""
         self._check_finite(weights=True, losses=losses)
+        s = self.state
         return (
             losses
             | {k: v.item() for k, v in gammas.items()}
-            | {"lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]}
+            | {"lr_g": s.opt_g.param_groups[0]["lr"], "lr_d": s.opt_d.param_groups[0]["lr"]}
             | {"img_per_s": rate}
         )
+
+    def _start_info(self) -> dict[str, Any]:
+        """What `on_start` receives."""
+        return {
+            "spec": self.spec.to_dict(),
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            **self.plan.describe(),  # bf16, channels_last, compile, compile_mode (precision.py)
+            "start_step": self.state.step,
+            "num_images": len(self.state.loader.data),
+        }
+
+    def _summary(self, seconds: float, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """What `on_end` receives and `train()` returns."""
+        return {
+            "step": self.state.step,
+            "checkpoint": str(self.ckpt_path),
+            "seconds": seconds,
+            "eval_seconds": self.evals.seconds,  # of `seconds`, in-training evaluation
+            "best": self.evals.best,  # {"metric", "value", "step"} of models/best.pt, or None
+            "samples": str(self.cfg.latest_samples),
+            "attention": str(self.cfg.latest_attention),
+            "metrics": metrics or {},
+            "spec": self.spec.to_dict(),
+        }
 
 
 def train(params: Params, resume: bool = False, callbacks=(), progress: bool = True) -> dict[str, Any]:

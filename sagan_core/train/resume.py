@@ -1,0 +1,76 @@
+"""Resuming training: the one place that decides whether and how a checkpoint is continued.
+
+`sagan train --resume` always continues `train.checkpoint` (warning, key by key, where the params
+that shape the weights changed: no longer bit-exact). The Prefect flow decides by itself (`decide`):
+it resumes only a checkpoint of this very run, made from the same data and the same params that
+shape the weights (its recorded fingerprint, sagan_core.train.fingerprint), so a retried or rerun
+train task ends exactly where an uninterrupted one would. Where a checkpoint comes from (a file,
+an MLflow run or model) is the caller's business (pipelines/resume_from.py); it is always continued
+from `train.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sagan_core.errors import ConfigError
+from sagan_core.model import checkpoint
+from sagan_core.model.networks import ModelSpec
+from sagan_core.train import fingerprint
+
+log = logging.getLogger("sagan.train")
+
+
+def start_step(path: Path) -> int:
+    """The step `--resume` continues from; a ConfigError (one line, exit 2) when there is no checkpoint."""
+    if not path.exists():
+        raise ConfigError(f"--resume: no checkpoint at {path} (train without --resume first)")
+    return checkpoint.step_of(path) or 0
+
+
+def decide(params, data_hash: str, force: bool) -> tuple[bool, str]:
+    """(resume?, why) for the flow: resume only a checkpoint of this very run (same fingerprint) that
+    is not past train.steps."""
+    path = params.train.checkpoint
+    if force:
+        return False, "force: training from step 0"
+    if not path.exists():
+        return False, "no checkpoint: training from step 0"
+    ckpt = checkpoint.peek(path)
+    if ckpt is None:
+        return False, "checkpoint is unreadable: training from step 0"
+    now = fingerprint.record(params, data_hash)
+    saved = ckpt.get("fingerprint") or {}
+    if saved.get("sha256") != now["sha256"]:
+        changed = fingerprint.changes(saved, now) if saved else ["it records no fingerprint"]
+        return False, f"checkpoint is stale ({'; '.join(changed)[:500]}): training from step 0"
+    step = int(ckpt["step"])
+    if step > params.train.steps:
+        return False, f"checkpoint step {step} does not fit train.steps={params.train.steps}: from step 0"
+    return True, f"resuming from the checkpoint at step {step}"
+
+
+def load(path: Path, spec: ModelSpec, device: torch.device, now: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint to continue, checked against the model the params build (`spec`) and against
+    the current fingerprint record `now` (each changed input is logged: no longer bit-exact)."""
+    start_step(path)
+    ckpt = checkpoint.load(path, map_location=device, keys=checkpoint.RESUME)
+    saved = ModelSpec.from_dict(ckpt["spec"])
+    if saved != spec:
+        want = spec.to_dict()
+        diff = [f"{k}={v} (params: {want[k]})" for k, v in saved.to_dict().items() if v != want[k]]
+        raise ConfigError(
+            f"--resume: the checkpoint was trained with {', '.join(diff)}; "
+            "restore those params or train from scratch"
+        )
+    changed = fingerprint.changes(ckpt.get("fingerprint"), now)
+    if changed and "fingerprint" in ckpt:
+        log.warning(
+            "--resume: what shaped the checkpoint changed (%s); training goes on, no longer bit-exact",
+            "; ".join(changed),
+        )
+    return ckpt
