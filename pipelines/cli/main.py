@@ -1,7 +1,7 @@
-"""`sagan`: one command, a subcommand per stage.
+"""`sagan`: one command, a subcommand per stage (commands.py) and `sagan pipeline` (pipeline.py).
 
-Exit codes: 0 ok; 2 usage/config mistakes (one line on stderr, no traceback); 1 runtime failures.
-Heavy imports (torch, MLflow, Prefect) happen inside the commands so `sagan --help` stays instant.
+Every command is registered here, explicitly (`build_app`). Exit codes: 0 ok; 2 usage/config
+mistakes (one line on stderr, no traceback); 1 runtime failures.
 """
 
 from __future__ import annotations
@@ -9,55 +9,72 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
-from pipelines.cli.app import ParamsOpt, QuietOpt, SetOpt, app, load
+from pipelines.cli import commands, pipeline
 from sagan_core.errors import ConfigError, SaganError
 
+STAGE_COMMANDS = (
+    commands.prepare,
+    commands.train,
+    commands.evaluate,
+    commands.fid,
+    commands.register,
+    commands.sample,
+)
+PIPELINE_COMMANDS = {"run": pipeline.run, "serve": pipeline.serve, "deploy": pipeline.deploy}
+PROJECT_COMMANDS = (commands.config, commands.init)
 
-@app.command()
-def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Turn data.source into the prepared dataset (data.prepared_dir)."""
-    from pipelines import stages
 
-    stages.prepare(load(params, set_), progress=not quiet)
+def sagan_version() -> str:
+    try:
+        return version("sagan")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
-@app.command()
-def train(
-    params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from models/checkpoint.pt.")] = False,
-    resume_from: Annotated[
-        str | None,
-        typer.Option(
-            "--resume-from",
-            help="Continue from a checkpoint file, runs:/<run_id> or models:/<name>@<alias> "
-            "(bit-exact, into the same MLflow run).",
-        ),
-    ] = None,
-    quiet: QuietOpt = False,
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sagan {sagan_version()}")
+        raise typer.Exit(0)
+
+
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the installed version and exit.", callback=_show_version, is_eager=True),
+    ] = False,
 ) -> None:
-    """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
-    p = load(params, set_)
-    if resume_from:
-        from pipelines.resume_from import fetch
+    """Self-Attention GAN pipeline: prepare -> train -> evaluate (FID) -> register (MLflow)."""
 
-        fetch(p, resume_from)
-        resume = True
-    if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
-        from pipelines.launch import run_torchrun, supervised
 
-        with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
-            code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
-        raise typer.Exit(code)
-    from pipelines import stages
-
-    stages.train(p, resume=resume, progress=not quiet)
+def build_app() -> typer.Typer:
+    """The `sagan` command with every subcommand, in the order `sagan --help` lists them."""
+    app = typer.Typer(
+        name="sagan",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
+    app.callback()(_root)
+    for command in STAGE_COMMANDS:
+        app.command()(command)
+    flow = typer.Typer(
+        name="pipeline",
+        help="The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
+        no_args_is_help=True,
+    )
+    for name, command in PIPELINE_COMMANDS.items():
+        flow.command(name)(command)
+    app.add_typer(flow, name="pipeline")
+    for command in PROJECT_COMMANDS:
+        app.command()(command)
+    return app
 
 
 def _setup_logging() -> None:
@@ -82,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: maps our exceptions to exit codes and one-line messages."""
     _setup_logging()
     try:
-        result = app(args=sys.argv[1:] if argv is None else argv, prog_name="sagan", standalone_mode=False)
+        result = build_app()(args=sys.argv[1:] if argv is None else argv, prog_name="sagan", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as e:
         return e.exit_code
@@ -100,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("", "interrupted", 130)
 
-
-# Each capability registers its subcommands on `app` in its own module.
-from pipelines.cli import cli_config, cli_eval, cli_flow, cli_registry  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""`sagan pipeline run|serve`: the Prefect flow and its scheduled deployment."""
+"""`sagan pipeline run|serve|deploy`: the Prefect flow once, on a schedule, or on a work pool."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.cli.app import ParamsOpt, SetOpt, app, load
+from pipelines.cli.commands import ParamsOpt, SetOpt, load
 from sagan_core.errors import ConfigError
-
-pipeline_app = typer.Typer(
-    name="pipeline",
-    help="The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
-    no_args_is_help=True,
-)
-app.add_typer(pipeline_app, name="pipeline")
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even when nothing changed.")]
 
@@ -33,7 +26,6 @@ def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[
     return {"params_file": str(params), "settings": settings, "overrides": rest, "force": force}
 
 
-@pipeline_app.command("run")
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
     validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
@@ -58,7 +50,6 @@ def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:
     print(final_report(summary, validated))
 
 
-@pipeline_app.command("serve")
 def serve(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -87,7 +78,6 @@ def serve(
     sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
 
 
-@pipeline_app.command("deploy")
 def deploy(
     pool: Annotated[str, typer.Option(help="Prefect work pool (e.g. a process pool on a GPU machine).")],
     params: ParamsOpt = Path("params.yaml"),

@@ -1,0 +1,223 @@
+"""The `sagan` commands that run one stage or tool: prepare, train, evaluate, fid, register, sample,
+config, init; and the options they share (--params, --set, --quiet).
+
+Heavy imports (torch, MLflow, Prefect) happen inside the commands, so `sagan --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from sagan_core.config import Params
+from sagan_core.errors import ConfigError
+from sagan_core.params_file import load_params
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file.", show_default=True)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-S", help="Override a param, e.g. --set train.steps=200 (repeatable).", metavar="KEY=VALUE"
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
+
+
+def load(params: Path, overrides: list[str] | None) -> Params:
+    """Validated params from --params FILE and --set overrides (ConfigError -> exit 2)."""
+    return load_params(params, overrides or [])
+
+
+def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Turn data.source into the prepared dataset (data.prepared_dir)."""
+    from pipelines import stages
+
+    stages.prepare(load(params, set_), progress=not quiet)
+
+
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from models/checkpoint.pt.")] = False,
+    resume_from: Annotated[
+        str | None,
+        typer.Option(
+            "--resume-from",
+            help="Continue from a checkpoint file, runs:/<run_id> or models:/<name>@<alias> "
+            "(bit-exact, into the same MLflow run).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
+    p = load(params, set_)
+    if resume_from:
+        from pipelines.resume_from import fetch
+
+        fetch(p, resume_from)
+        resume = True
+    if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
+        from pipelines.launch import run_torchrun, supervised
+
+        with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
+            code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
+        raise typer.Exit(code)
+    from pipelines import stages
+
+    stages.train(p, resume=resume, progress=not quiet)
+
+
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="best, last or a checkpoint path [default: registry.candidate]; best is "
+            "train.out_dir/best.pt (the last checkpoint when in-training evaluation wrote none).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """FID, Inception Score and KID of the (EMA) generator; writes eval.metrics_file."""
+    from pipelines import stages
+
+    result = stages.evaluate(load(params, set_), progress=not quiet, checkpoint=checkpoint)
+    typer.echo(
+        json.dumps({k: getattr(result, k) for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
+    )
+
+
+def fid(
+    paths: Annotated[list[Path], typer.Argument(help="Two image folders and/or .npz statistics files.")],
+    save_stats: Annotated[
+        bool, typer.Option("--save-stats", help="Write the statistics of folder A to the .npz file B.")
+    ] = False,
+    dims: Annotated[int, typer.Option("--dims", help="Inception features: 64, 192, 768 or 2048.")] = 2048,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per Inception batch.")] = 50,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Inception weights file [default: torch hub cache].")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """FID between two folders / .npz files, exactly as `python -m pytorch_fid A B` computes it."""
+    from sagan_core.device import resolve_device
+    from sagan_core.evaluate import fid as F
+    from sagan_core.evaluate import inception as inc
+    from sagan_core.evaluate import metrics
+
+    if len(paths) != 2:
+        raise ConfigError(f"expected two paths (A B), got {len(paths)}")
+    if dims not in (64, 192, 768, 2048):
+        raise ConfigError(f"--dims: expected one of 64, 192, 768, 2048, got {dims}")
+    a, b = paths
+    dev = resolve_device(device, "--device")
+    if save_stats:
+        if not a.is_dir():
+            raise ConfigError(f"{a}: --save-stats needs a folder of images as the first path")
+        if b.exists():
+            raise ConfigError(f"{b}: already exists")
+    # Weights are only needed when a folder must go through Inception.
+    needs_net = any(not (p.is_file() and p.suffix == ".npz") for p in paths[: 1 if save_stats else 2])
+    w = inc.resolve_weights(str(weights) if weights else None) if needs_net else None
+    sa = F.stats_of_path(a, dims, batch_size, dev, w, progress=not quiet)
+    if save_stats:
+        F.save_stats(b if b.suffix == ".npz" else b.with_name(b.name + ".npz"), sa)
+        typer.echo(f"saved statistics of {a} to {b}")
+        return
+    sb = F.stats_of_path(b, dims, batch_size, dev, w, progress=not quiet)
+    typer.echo(f"FID: {metrics.frechet_distance(sa, sb)!r}")
+
+
+def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Register the run's EMA generator in the MLflow registry; `champion` moves only on a better FID."""
+    from pipelines import stages
+
+    r = stages.register(load(params, set_))
+    again = "" if r.created else " (already registered; no new version)"
+    typer.echo(f"registered {r.model_name} v{r.version}{again}: {r.decision} - {r.reason}")
+    typer.echo(f"model: {r.model_uri}  run: {r.run_id}  tracking: {r.tracking_uri}")
+
+
+def sample(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="MLflow model URI (models:/NAME@champion, runs:/..., models:/m-...), a checkpoint, "
+            "or best / last (train.out_dir's best.pt, else the last checkpoint / checkpoint.pt).",
+        ),
+    ],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 64,
+    klass: Annotated[
+        int | None, typer.Option("--class", help="Class id for every image (default: cycle through classes).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Grid PNG (default samples/sample.png).")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Write one PNG per image here.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the latent noise.")] = 0,
+    nrow: Annotated[int | None, typer.Option("--nrow", help="Images per grid row.")] = None,
+    truncation: Annotated[
+        float | None,
+        typer.Option(
+            "--truncation", help="Truncation trick: redraw noise entries with |z| > t (default: none)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample images from a registered generator or a local checkpoint."""
+    from pipelines.registry.sampling import sample as run_sample
+
+    r = run_sample(load(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
+    shown = r["files"] if len(r["files"]) <= 3 else [r["files"][0], "...", r["files"][-1]]
+    typer.echo(f"sampled {r['n']} images from {r['model']}: {', '.join(shown)}")
+
+
+def config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Print the validated params (file + --set overrides + defaults) as YAML; nothing runs."""
+    p = load(params, set_)
+    typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+# The presets ship beside the code in the repository (configs/*.yaml), not inside the package.
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def preset_path(name: str) -> Path:
+    """A preset name (configs/NAME.yaml) or a path to a params file."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    if Path(name).is_file():
+        return Path(name)
+    known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))) or "none"
+    raise ConfigError(f"--preset {name}: no such preset (known: {known}) and no such file")
+
+
+def init(
+    preset: Annotated[str, typer.Option("--preset", help="Preset name (configs/NAME.yaml) or a file.")],
+    out: Annotated[Path, typer.Option("--out", help="Params file to write.")] = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing params file.")] = False,
+) -> None:
+    """Make a preset the project's params.yaml (comments kept), so `dvc repro` and `sagan` use it."""
+    src = preset_path(preset)
+    load_params(src)  # a preset that does not validate is never written
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; add --force to replace it with the {preset} preset")
+    from sagan_core.atomic import write_atomic
+
+    text = src.read_bytes()
+    write_atomic(out, lambda f: f.write(text))
+    typer.echo(f"wrote {out} from {src}")
