@@ -150,9 +150,10 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """`sagan evaluate` (sagan_core/evaluate/protocol.py). Defaults are the short CPU demo protocol (Inception runs
-    at ~5-10 images/s on 2 CPU cores); the GPU protocol is num_samples 10000 (paper: 50000) and
-    reference_size null, kid_subset_size 1000. Every value is recorded in metrics/eval.record.json."""
+    """`sagan evaluate` (sagan_core/evaluate/protocol.py). The defaults are a quick protocol (1,000
+    samples against a 1,000-image reference); the CPU demo (params.yaml) uses 250 of each, the GPU
+    presets num_samples 10000 (paper: 50000), reference_size null and kid_subset_size 1000. Every
+    value is recorded in metrics/eval.record.json."""
 
     num_samples: int = Field(1000, ge=10)  # generated images (>= 10: the Inception Score's 10 splits)
     # Inception batch; bounds GPU memory / RAM, not the results (4096 at 299 px is ~4 GiB of input alone)

@@ -288,3 +288,47 @@ def test_subpackage_init_has_a_docstring(folder: Path) -> None:
         f"{rel(init)}: no docstring, or a placeholder ({doc!r}): say what the package holds"
     )
     assert len(doc) >= MIN_DOCSTRING, f"{rel(init)}: {len(doc)} characters say too little: {doc!r}"
+
+
+# ---- rooms import only rooms below them ---------------------------------------------------------------
+# The layers ARCHITECTURE.md draws, lowest first: a module may import its own room and rooms of a
+# lower rank, never one beside or above it.
+RANKS = {
+    "sagan_core": 0,  # config, params_file, errors, atomic, device
+    "sagan_core.data": 1,
+    "sagan_core.model": 1,
+    "sagan_core.evaluate": 2,
+    "sagan_core.train": 3,
+    "pipelines": 10,  # results, lock, launch: leaves that only use sagan_core
+    "pipelines.tracking": 11,
+    "pipelines.registry": 12,
+    "pipelines.resume_from": 12,
+    "pipelines.stages": 13,
+    "pipelines.flow": 14,
+    "pipelines.cli": 15,
+}
+# config.py validates attention placement with the torch-free channel tables.
+ALLOWED_UPWARD = {("sagan_core.config", "sagan_core.model.arch")}
+
+
+def room(module: str) -> str:
+    """The room of a dotted module name: its sub-package, or its package for a top-level module."""
+    parts = module.split(".")
+    rooms = [".".join(parts[:n]) for n in (2, 1) if ".".join(parts[:n]) in RANKS]
+    assert rooms, f"{module}: in no room of RANKS"
+    return rooms[0]
+
+
+def test_rooms_import_only_rooms_below() -> None:
+    graph = import_graph()
+    upward = [
+        f"{a} (line {line}) -> {b}"
+        for a, edges in sorted(graph.items())
+        for b, line in sorted(edges.items())
+        if room(a) != room(b) and RANKS[room(b)] >= RANKS[room(a)] and (a, b) not in ALLOWED_UPWARD
+    ]
+    assert upward == [], "imports beside or above the importing room:\n" + "\n".join(upward)
+
+
+def test_every_room_is_ranked() -> None:
+    assert {room(m) for m in project_modules()} <= RANKS.keys()

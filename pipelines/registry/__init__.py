@@ -1,1 +1,6 @@
-"""TODO"""
+"""The MLflow model registry: registering a run's generator with its FID promotion gate
+(register.py), the versions' and model's descriptions (model_card.py), the lock that serialises
+promotions (promotion_lock.py), and sampling from registered models or checkpoints (sampling.py).
+
+May import pipelines.tracking, pipelines.results and sagan_core.
+"""

@@ -13,22 +13,16 @@ Where things go:
   (AWS_* / MLFLOW_S3_ENDPOINT_URL / MLFLOW_TRACKING_TOKEN) and are never logged: params are only the
   validated params.yaml, and URIs are shown without their user-info part.
 
-One module per concern:
+One module per concern, imported directly (this package re-exports nothing):
 - store: is tracking on, the store's URI, connecting, experiments, one-line errors;
 - run_record: mlflow_run.json, and recovering what an outage made the server miss;
 - lineage: git commit, prepared data's content_hash and DVC md5;
 - callback: MlflowCallback, the trainer's hooks;
+- uploads: background uploads with retries (checkpoints, images, models);
 - generator_model: the generator as an MLflow model (pack_inputs builds its network's input);
 - generator_pyfunc: that model's pyfunc (table in, PNGs out), logged as code;
+- best_model: each best checkpoint as a LoggedModel, and the one `sagan register` registers;
 - evaluation: FID/IS/KID joining the run.
 
-Code in this repository imports from those modules; the names below are the package's public
-surface.
+May import sagan_core, MLflow and the rest of pipelines' leaves (results); never the CLI or the flow.
 """
-
-from pipelines.tracking.callback import MlflowCallback
-from pipelines.tracking.evaluation import log_evaluation
-from pipelines.tracking.generator_model import pack_inputs
-from pipelines.tracking.store import TrackingError, connect, enabled, redact
-
-__all__ = ["MlflowCallback", "TrackingError", "connect", "enabled", "log_evaluation", "pack_inputs", "redact"]

@@ -1,1 +1,8 @@
-"""TODO"""
+"""Data: a `data.source` (the bundled demo digits, an image folder, an archive, a torchvision
+dataset) → validated, decoded images → the prepared dataset (images.npy, labels.npy,
+manifest.json) → training batches.
+
+sources.py lists items, archives.py reads tar/zip members safely, decode.py turns bytes into arrays
+in worker processes, prepare.py writes the prepared dataset, dataset.py memory-maps it and serves
+batches (`BatchLoader`). May import the top-level modules of sagan_core only.
+"""
