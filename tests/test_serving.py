@@ -1,5 +1,7 @@
 """Serving the registered generator: the truncation trick, and `mlflow models serve` answering a
-table of class / n / seed / truncation with PNG images, over real HTTP."""
+table of class / n / seed / truncation with PNG images, over real HTTP: the copy `sagan sample
+--verified-copy` checked, served with MLflow's pickle deserialization off; requests over the
+image budget or with a seed out of range are answered 400 in one line, without a stack trace."""
 
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ def _served(model_uri: str, tracking_uri: str, cwd: Path):
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_REGISTRY_URI": tracking_uri,
         "PATH": path,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -137,28 +140,52 @@ def _expected_pixels(project: Path, klass: int, n: int, seed: int, t: float | No
     return ((images + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)[:, 0].numpy()
 
 
+@pytest.fixture(scope="module")
+def served(registered, tmp_path_factory):
+    """The champion as `sagan sample --verified-copy` checked and copied it, served over HTTP."""
+    project, uri = registered
+    copy = tmp_path_factory.mktemp("verified") / "champion"
+    r = run_cli(["sample", "--model", f"models:/{MODEL}@champion", "--verified-copy", str(copy)], project)
+    assert r.returncode == 0, r.stderr
+    with _served(str(copy), uri, project) as url:
+        yield url
+
+
 @pytest.mark.slow
-def test_served_champion_answers_png_images_of_the_requested_classes(registered):
+def test_served_champion_answers_png_images_of_the_requested_classes(registered, served):
     from PIL import Image
 
     project, uri = registered
     rows = [{"class": "7", "n": 3, "seed": 1, "truncation": 0.7}, {"class": 2, "n": 2}]
-    with _served(f"models:/{MODEL}@champion", uri, project) as url:
-        status, answer = _post(url, {"dataframe_records": rows})
-        assert status == 200, answer
-        predictions = answer["predictions"]
-        assert [p["class"] for p in predictions] == ["7", "7", "7", "2", "2"]
-        assert [p["class_id"] for p in predictions] == [7, 7, 7, 2, 2]
-        pixels = np.stack(
-            [np.asarray(Image.open(io.BytesIO(base64.b64decode(p["image"])))) for p in predictions]
-        )
-        assert pixels.shape == (5, 32, 32) and pixels.dtype == np.uint8
-        expected = np.concatenate(
-            [_expected_pixels(project, 7, 3, 1, 0.7), _expected_pixels(project, 2, 2, 0, None)]
-        )
-        assert np.abs(pixels.astype(int) - expected).max() <= 1  # one quantization step at most
-        status, answer = _post(url, {"dataframe_records": [{"class": "eleven", "n": 1}]})
-        assert status >= 400 and "eleven" in json.dumps(answer)
+    url = served  # the module's server (fixture `served`)
+    status, answer = _post(url, {"dataframe_records": rows})
+    assert status == 200, answer
+    predictions = answer["predictions"]
+    assert [p["class"] for p in predictions] == ["7", "7", "7", "2", "2"]
+    assert [p["class_id"] for p in predictions] == [7, 7, 7, 2, 2]
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p["image"])))) for p in predictions])
+    assert pixels.shape == (5, 32, 32) and pixels.dtype == np.uint8
+    expected = np.concatenate(
+        [_expected_pixels(project, 7, 3, 1, 0.7), _expected_pixels(project, 2, 2, 0, None)]
+    )
+    assert np.abs(pixels.astype(int) - expected).max() <= 1  # one quantization step at most
+    status, answer = _post(url, {"dataframe_records": [{"class": "eleven", "n": 1}]})
+    assert status >= 400 and "eleven" in json.dumps(answer)
+
+
+@pytest.mark.slow
+def test_served_model_refuses_over_budget_and_huge_seeds_in_one_line(served):
+    from pipelines.tracking.generator_pyfunc import MAX_IMAGES
+
+    over = [{"class": "1", "n": 600}, {"class": "2", "n": 600}]  # each row within, the total not
+    for rows, expected in (
+        (over, f"budget of {MAX_IMAGES} images per request"),
+        ([{"class": "1", "seed": 2**64}], "seed: expected a whole number 0 <= seed < 2**63"),
+    ):
+        status, answer = _post(served, {"dataframe_records": rows})
+        body = json.dumps(answer)
+        assert status == 400 and expected in answer["message"], body[-2000:]
+        assert "Traceback" not in body and "stack_trace" not in answer, body[-2000:]
 
 
 @pytest.mark.slow

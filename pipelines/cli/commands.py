@@ -154,10 +154,11 @@ def sample(
             "--model",
             "-m",
             help="MLflow model URI (models:/NAME@champion, runs:/..., models:/m-...), a checkpoint, "
-            "or best / last (train.out_dir's best.pt, else the last checkpoint / checkpoint.pt).",
+            "or best / last (train.out_dir's best.pt, else the last checkpoint / checkpoint.pt). "
+            "A model is used only if this sagan logged it (same pyfunc code, sha256; pt2 weights).",
         ),
     ],
-    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 64,
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images (1..1024, made 64 at a time).")] = 64,
     klass: Annotated[
         int | None, typer.Option("--class", help="Class id for every image (default: cycle through classes).")
     ] = None,
@@ -173,6 +174,14 @@ def sample(
             "--truncation", help="Truncation trick: redraw noise entries with |z| > t (default: none)."
         ),
     ] = None,
+    verified_copy: Annotated[
+        Path | None,
+        typer.Option(
+            "--verified-copy",
+            help="Check --model as for sampling and write only its checked files to this new folder, "
+            "to serve with `mlflow models serve -m DIR --env-manager local`; samples nothing.",
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     quiet: QuietOpt = False,
@@ -180,6 +189,12 @@ def sample(
     """Sample images from a registered generator or a local checkpoint."""
     from pipelines.registry.sampling import sample as run_sample
 
+    if verified_copy is not None:
+        from pipelines.registry.sampling import verified_copy as copy_model
+
+        folder = copy_model(load(params, set_), model, verified_copy)
+        typer.echo(f"{model}: a generator this sagan logged; checked copy in {folder}")
+        return
     r = run_sample(load(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
     shown = r["files"] if len(r["files"]) <= 3 else [r["files"][0], "...", r["files"][-1]]
     typer.echo(f"sampled {r['n']} images from {r['model']}: {', '.join(shown)}")

@@ -97,6 +97,9 @@ def _fail(prefix: str, message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps our exceptions to exit codes and one-line messages."""
+    # No MLflow model is unpickled in a sagan process: pickled models are refused, pt2 archives are
+    # checked pickle-free (sagan's own model loading forces this off whatever the environment says).
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     _setup_logging()
     try:
         result = build_app()(args=sys.argv[1:] if argv is None else argv, prog_name="sagan", standalone_mode=False)

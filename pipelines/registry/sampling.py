@@ -1,16 +1,39 @@
-"""`sagan sample`: images from a registered/logged generator (any MLflow model URI) or a checkpoint."""
+"""`sagan sample`: images from a generator sagan logged (an MLflow model URI or folder) or a checkpoint.
+
+Loading a model from a registry runs nothing from it. The downloaded folder must have exactly the
+layout `generator_model.log_exported` writes (`verify_model_dir`, read as YAML and bytes only): a
+models-from-code pyfunc whose generator_pyfunc.py is byte-identical to this sagan's (sha256), no
+code paths, no pickled Python model, and one artifact, the network as a pt2 program. The network is
+then read by the installed GeneratorModel with MLflow's pickle deserialization off (MLflow checks
+the pt2 archive is pickle-free first); the model's own copy of the code is never executed here.
+`--verified-copy DIR` writes only the checked files to DIR, for `mlflow models serve -m DIR`.
+Images are made `BATCH` at a time, at most `MAX_IMAGES` per call (the served model's budget too).
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
 log = logging.getLogger("sagan.sample")
+
+# The files of a verified model, all that `--verified-copy` writes: no environment files, since an
+# environment from an untrusted registry would be a package install from it (serve with
+# `--env-manager local`).
+MODEL_FILES = (
+    "MLmodel",
+    "generator_pyfunc.py",
+    "artifacts/generator/MLmodel",
+    "artifacts/generator/data/model.pt2",
+)
 
 
 @dataclass
@@ -43,14 +66,29 @@ def load_sampler(model: str, params: Params) -> Sampler:
             list(meta.get("class_names", [])),
             model,
         )
+    _check_model_uri(model)
+    from pipelines.tracking.generator_pyfunc import GeneratorModel
+
+    with tempfile.TemporaryDirectory(prefix="sagan-model-") as tmp:
+        config = fetch_verified(model, params, Path(tmp) / "model")
+        inner = GeneratorModel()  # the installed class: nothing of the model's code runs
+        context = SimpleNamespace(
+            model_config=config, artifacts={"generator": f"{tmp}/model/artifacts/generator"}
+        )
+        inner.load_context(context)
+    return Sampler(inner.generate, inner.z_dim, inner.num_classes, inner.class_names, model)
+
+
+def _check_model_uri(model: str) -> None:
     if "://" not in model and ":/" not in model and not Path(model).is_dir():
         raise ConfigError(
             f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI"
         )
-    return _load_mlflow(model, params)
 
 
-def _load_mlflow(uri: str, params: Params) -> Sampler:
+def fetch_verified(uri: str, params: Params, dst: Path) -> dict[str, Any]:
+    """Download the model, check it (`verify_model_dir`) and copy its checked files to `dst`;
+    returns its model_config. Nothing from it is imported or unpickled."""
     from mlflow.exceptions import MlflowException
 
     from pipelines.tracking.store import call, connect, redact, scrub
@@ -58,43 +96,152 @@ def _load_mlflow(uri: str, params: Params) -> Sampler:
     _, tracking_uri = connect(params)
     import mlflow
 
-    try:
-        local = call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri)
-        model = mlflow.pyfunc.load_model(local)
-    except MlflowException as e:
-        first = scrub(" ".join(str(e).split()))[:300]
-        raise ConfigError(f"--model {uri}: cannot load from {redact(tracking_uri)} ({first})") from None
-    except OSError as e:
-        raise SaganError(f"--model {uri}: download failed ({scrub(str(e))})") from None
-    try:
-        inner = model.unwrap_python_model()
-    except MlflowException:  # not a PythonModel (e.g. a bare pytorch-flavor model)
-        inner = None
-    if hasattr(inner, "generate"):  # our table pyfunc: its tensor interface
-        return Sampler(inner.generate, inner.z_dim, inner.num_classes, inner.class_names, uri)
-    return _packed_torch_model(uri, local, model.metadata)
+    from pipelines.tracking.generator_model import env_set
+
+    with tempfile.TemporaryDirectory(prefix="sagan-download-") as tmp:
+        try:
+            with env_set("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # errors stay one line
+                local = call(
+                    tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=tmp
+                )
+        except MlflowException as e:
+            first = scrub(" ".join(str(e).split()))[:300]
+            raise ConfigError(f"--model {uri}: cannot load from {redact(tracking_uri)} ({first})") from None
+        except OSError as e:
+            raise SaganError(f"--model {uri}: download failed ({scrub(str(e))})") from None
+        try:
+            config = verify_model_dir(Path(local))
+        except ValueError as e:
+            raise ConfigError(f"--model {uri}: refused, not a generator this sagan logged: {e}") from None
+        for name in MODEL_FILES:
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            (dst / name).write_bytes((Path(local) / name).read_bytes())
+    return config
 
 
-def _packed_torch_model(uri: str, local: str, mlmodel) -> Sampler:
-    """A bare torch model taking [z | class id] (generators logged before the table pyfunc)."""
-    import mlflow
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path.name} unreadable ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("flavors"), dict):
+        raise ValueError(f"{path.name} names no flavors")
+    return data
+
+
+def verify_model_dir(local: Path) -> dict[str, Any]:
+    """The model_config of a generator model folder that sagan logged, or ValueError saying why not.
+    Reads YAML and bytes only."""
+    from pipelines.tracking.generator_model import PYFUNC_FILE, file_sha256
+
+    flavors = _yaml(local / "MLmodel")["flavors"]
+    pf = flavors.get("python_function")
+    if set(flavors) != {"python_function"} or not isinstance(pf, dict):
+        raise ValueError(f"flavors {sorted(flavors)}, expected python_function only")
+    if (
+        pf.get("loader_module") != "mlflow.pyfunc.loaders.code_model"
+        or pf.get("code")
+        or "python_model" in pf
+    ):
+        raise ValueError(
+            "its pyfunc is not sagan's models-from-code pyfunc (a pickled model or extra code paths)"
+        )
+    code = Path(str(pf.get("model_code_path", ""))).name
+    if code != PYFUNC_FILE.name or not (local / code).is_file():
+        raise ValueError(f"its code file is {code or 'missing'}, not {PYFUNC_FILE.name}")
+    got, ours = file_sha256(local / code), file_sha256()
+    if got != ours:
+        raise ValueError(
+            f"its {code} (sha256 {got[:12]}) differs from this sagan's (sha256 {ours[:12]}); loading it "
+            "would run that code. Register the model again with this sagan."
+        )
+    artifacts = pf.get("artifacts")
+    if not isinstance(artifacts, dict) or list(artifacts) != ["generator"]:
+        raise ValueError("its artifacts are not exactly the generator network")
+    if (artifacts["generator"] or {}).get("path") != "artifacts/generator":
+        raise ValueError("its generator artifact is not at artifacts/generator")
+    _verify_network(local / "artifacts/generator")
+    return _model_config(pf.get("config"))
+
+
+def _verify_network(folder: Path) -> None:
+    flavors = _yaml(folder / "MLmodel")["flavors"]
+    torch_flavor = flavors.get("pytorch")
+    if not isinstance(torch_flavor, dict) or not set(flavors) <= {"pytorch", "python_function"}:
+        raise ValueError("its network is not a PyTorch model")
+    if (
+        torch_flavor.get("code")
+        or torch_flavor.get("extra_files")
+        or torch_flavor.get("model_data") != "data"
+    ):
+        raise ValueError("its network carries code or extra files")
+    if not (folder / "data/model.pt2").is_file() or (folder / "data/model.pth").exists():
+        raise ValueError("its network is not a pt2 program (torch.export)")
+
+
+def _model_config(config: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise ValueError("its model_config is missing")
+    z_dim, classes, names = config.get("z_dim"), config.get("num_classes", 0), config.get("class_names", [])
+    if not (
+        isinstance(z_dim, int) and 1 <= z_dim <= 4096 and isinstance(classes, int) and 0 <= classes <= 100_000
+    ):
+        raise ValueError("its model_config has no valid z_dim / num_classes")
+    if not (
+        isinstance(names, list) and len(names) in (0, classes) and all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError("its model_config has invalid class_names")
+    return config
+
+
+def verified_copy(params: Params, model: str, dst: Path) -> Path:
+    """`sagan sample --verified-copy DIR`: the checked model written to DIR (a new or empty folder)."""
+    if _is_checkpoint(model) or model in ("best", "last"):
+        raise ConfigError("--verified-copy: needs an MLflow model URI or model folder, not a checkpoint")
+    _check_model_uri(model)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConfigError(f"--verified-copy {dst}: exists and is not an empty folder")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sagan-copy-", dir=dst.parent) as tmp:
+        fetch_verified(model, params, Path(tmp) / "model")
+        if dst.exists():
+            dst.rmdir()
+        shutil.move(str(Path(tmp) / "model"), str(dst))
+    return dst
+
+
+def _check_request(n: int, seed: int, truncation: float | None) -> None:
+    from pipelines.tracking.generator_pyfunc import MAX_IMAGES, MIN_TRUNCATION, SEED_LIMIT
+
+    if not 1 <= n <= MAX_IMAGES:
+        raise ConfigError(
+            f"--n: expected 1..{MAX_IMAGES} images (the per-call budget), got {n}; "
+            "for more, run again with another --seed"
+        )
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed: expected 0 <= seed < 2**63, got {seed}")
+    if truncation is not None and not truncation >= MIN_TRUNCATION:
+        raise ConfigError(f"--truncation: expected a number >= {MIN_TRUNCATION}, got {truncation}")
+
+
+def _generate(s: Sampler, n: int, klass: int | None, seed: int, truncation: float | None):
+    """All n images, made BATCH at a time from z drawn for all n first (the served model's z)."""
     import torch
 
-    meta = mlmodel.metadata or {}
-    if "z_dim" in meta:
-        z_dim, num_classes = int(meta["z_dim"]), int(meta.get("num_classes", 0))
-    else:  # a model logged elsewhere: the signature's input width is z_dim + 1
-        shape = mlmodel.signature.inputs.inputs[0].shape if mlmodel.signature else None
-        if not shape:
-            raise ConfigError(f"--model {uri}: not a sagan generator (no metadata, no tensor signature)")
-        z_dim, num_classes = int(shape[-1]) - 1, 0
-    module = mlflow.pytorch.load_model(local)
+    from pipelines.tracking.generator_pyfunc import BATCH, truncated_normal
 
-    def generate(z, y):
-        y = torch.zeros(len(z)) if y is None else y.float()
-        return module(torch.cat([z.float(), y[:, None]], dim=1))
-
-    return Sampler(generate, z_dim, num_classes, list(meta.get("class_names", [])), uri)
+    z = truncated_normal(n, s.z_dim, truncation, torch.Generator().manual_seed(seed))
+    y = None
+    if s.num_classes:
+        y = torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
+    parts = []
+    with torch.no_grad():
+        for start in range(0, n, BATCH):
+            part = s.generate(z[start : start + BATCH], None if y is None else y[start : start + BATCH])
+            parts.append(part.float().clamp(-1, 1))
+    return torch.cat(parts)
 
 
 def sample(
@@ -108,27 +255,14 @@ def sample(
     nrow: int | None,
     truncation: float | None = None,
 ) -> dict[str, Any]:
-    import torch
-
-    from pipelines.tracking.generator_pyfunc import MIN_TRUNCATION, truncated_normal
-
-    if n < 1:
-        raise ConfigError(f"--n: expected a positive number of images, got {n}")
-    if truncation is not None and not truncation >= MIN_TRUNCATION:
-        raise ConfigError(f"--truncation: expected a number >= {MIN_TRUNCATION}, got {truncation}")
+    _check_request(n, seed, truncation)
     s = load_sampler(model, params)
     if klass is not None:
         if not s.num_classes:
             raise ConfigError(f"--class: {model} is an unconditional generator")
         if not 0 <= klass < s.num_classes:
             raise ConfigError(f"--class: expected 0..{s.num_classes - 1}, got {klass}")
-    gen = torch.Generator().manual_seed(seed)
-    z = truncated_normal(n, s.z_dim, truncation, gen)  # the same z as the served model's for a seed
-    y = None
-    if s.num_classes:
-        y = torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
-    with torch.no_grad():
-        images = s.generate(z, y).float().clamp(-1, 1)
+    images = _generate(s, n, klass, seed, truncation)
     written: list[str] = []
     if out_dir is not None:
         from torchvision.utils import save_image
@@ -146,12 +280,11 @@ def sample(
         rows = nrow or (s.num_classes if s.num_classes and klass is None and n % s.num_classes == 0 else 8)
         save_grid(images, out, rows)
         written.append(str(out))
-    shape = list(images.shape)
     return {
         "model": s.source,
         "n": n,
         "class": klass,
         "truncation": truncation,
         "files": written,
-        "shape": shape,
+        "shape": list(images.shape),
     }

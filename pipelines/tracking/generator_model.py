@@ -4,11 +4,15 @@ The network is G wrapped in LatentToImage, which takes z and the class id packed
 one float32 array (`pack_inputs`: what MLflow's PyTorch flavor passes); the pyfunc around it
 (generator_pyfunc.py) turns rows of class / n / seed / truncation into that and images into PNGs.
 The training checkpoint is uploaded next to it, so the run can be resumed from its artifacts alone.
+The sha256 of generator_pyfunc.py is recorded (metadata and LoggedModel tag `sagan.pyfunc_sha256`);
+sagan loads a model only when the model's copy of that file hashes to the installed one's
+(pipelines/registry/sampling.py `verify_model_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,12 @@ from sagan_core.config import Params
 
 MODEL_NAME = "generator"  # name of the logged generator model inside the run
 CHECKPOINT_DIR = "checkpoint"  # artifact folder holding the full training checkpoint
+PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")  # the code every logged model carries
+CODE_HASH_TAG = "sagan.pyfunc_sha256"
+
+
+def file_sha256(path: Path = PYFUNC_FILE) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _packed_module_class():
@@ -64,6 +74,7 @@ def _metadata(spec, meta: dict[str, Any]) -> dict[str, Any]:
         "resolution": spec.resolution,
         "channels": spec.channels,
         "step": int(meta["step"]),
+        "pyfunc_sha256": file_sha256(),
         "input": "table: class (name or id), n, seed, truncation (optional)",
         "output": "table: one row per image: class, class_id, seed, index, image (base64 PNG)",
         "tensor_interface": "unwrap_python_model().generate(z: N x z_dim, y: N class ids) -> N x C x H x W",
@@ -122,11 +133,15 @@ def log_exported(client, run_id: str, torch_dir: Path, spec, meta: dict[str, Any
         name=MODEL_NAME,
         source_run_id=run_id,
         params=_key_params(run.data.params),
-        tags={"sagan.serialization": "pt2", "sagan.interface": "table: class, n, seed, truncation"},
+        tags={
+            "sagan.serialization": "pt2",
+            "sagan.interface": "table: class, n, seed, truncation",
+            CODE_HASH_TAG: file_sha256(),
+        },
     )
     # MLflow checks the input example by loading the model back, which draws a download progress
     # bar on stderr even under --quiet; its documented switch turns that bar off
-    with _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+    with env_set("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
         # Model.log is the public API behind every flavor's log_model; unlike pyfunc.log_model it
         # takes run_id, so the model joins this run without a fluent run being opened around it.
         info = Model.log(
@@ -135,9 +150,11 @@ def log_exported(client, run_id: str, torch_dir: Path, spec, meta: dict[str, Any
             flavor=mlflow.pyfunc,
             run_id=run_id,
             model_id=logged.model_id,
-            python_model=str(Path(__file__).with_name("generator_pyfunc.py")),
+            python_model=str(PYFUNC_FILE),
             artifacts={"generator": str(torch_dir)},
-            model_config=config,
+            # MLflow also logs model_config as the run's params, which cannot change: the step
+            # (another for each best checkpoint) stays in `metadata` only
+            model_config={k: v for k, v in config.items() if k != "step"},
             signature=_table_signature(),
             input_example=_table_example(spec, meta),
             metadata=config,
@@ -158,7 +175,7 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
+def env_set(name: str, value: str) -> Iterator[None]:
     before = os.environ.get(name)
     os.environ[name] = value
     try:
