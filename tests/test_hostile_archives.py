@@ -3,11 +3,20 @@ pixel bombs): each is one rejected file, never a crash of `sagan prepare`.
 
 Each case builds an archive of good images plus one broken member, runs `sagan prepare` as a user
 would, and checks that the good images are prepared and the bad member is listed with its reason.
-A member declaring a huge size is rejected without being read: memory stays bounded.
+A member declaring a huge size is rejected without being read: memory stays bounded. Archives that
+amplify cost bounded memory and time too: a tar link is resolved from the listing to a member
+already read (its payload shared, never read twice, the archive never rewound), a link to a later
+member is one rejected file, a large member whose first bytes are no known image header is rejected
+from them, a batch handed to the decoders holds at most `archives.CHUNK_BYTES`, and the listing's
+duplicate check is linear.
+
+Longer than 300 lines: every hostile-archive case in one place, sharing the archive builders and the
+child-process memory probe (VmHWM) rather than copying them into a second module.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import struct
@@ -21,6 +30,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_cli
 from PIL import Image
+
+from sagan_core.data import archives
+from sagan_core.data.sources import archive_source
+from sagan_core.errors import SaganError
 
 GOOD = [f"{c}/img_{i}.png" for c in ("cat", "dog") for i in range(3)]
 
@@ -124,7 +137,15 @@ def bomb_zip(path: Path, declared: int, head: bytes = b"") -> Path:
 
 
 def peak_rss_growth_mb(archive: Path, prepared: Path, max_pixels: int) -> float:
-    """Prepare `archive` in a fresh process; how much its peak RSS grew while doing so (MB).
+    """Prepare `archive` (one member rejected) in a fresh process; how much its peak RSS grew (MB)."""
+    return prepare_in_child(archive, prepared, max_pixels)[0]
+
+
+def prepare_in_child(
+    archive: Path, prepared: Path, max_pixels: int, rejected: int = 1
+) -> tuple[float, float]:
+    """Prepare `archive` in a fresh process, expecting every good image kept and `rejected` members
+    rejected; (how much its peak RSS grew while doing so in MB, the seconds prepare took).
 
     VmHWM (Linux), not ru_maxrss: a child's ru_maxrss starts at its parent's peak (pytest's, with
     torch imported), which would hide any growth below it."""
@@ -134,17 +155,19 @@ from sagan_core.data.prepare import prepare
 def peak_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+import time
 cfg = DataConfig(source={str(archive)!r}, prepared_dir={str(prepared)!r}, max_pixels={max_pixels},
-                 max_rejected_fraction=0.5, workers=1)
-before = peak_kb()
+                 max_rejected_fraction=0.99, workers=1)
+before, t0 = peak_kb(), time.perf_counter()
 m = prepare(cfg, progress=False)
-assert (m["num_images"], m["num_rejected"]) == ({len(GOOD)}, 1), m
-print((peak_kb() - before) / 1024)
+assert (m["num_images"], m["num_rejected"]) == ({len(GOOD)}, {rejected}), m
+print((peak_kb() - before) / 1024, time.perf_counter() - t0)
 """
     env = {"PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    return float(r.stdout)
+    grew, seconds = map(float, r.stdout.split())
+    return grew, seconds
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux-only")
@@ -173,3 +196,154 @@ def test_member_whose_header_declares_too_many_pixels_is_rejected_from_its_heade
     assert m["rejected"] == [{"file": "dog/bomb.png", "reason": reason}]
     grew = peak_rss_growth_mb(z, tmp_path / "p2", max_pixels=50_000_000)
     assert grew < 40, f"peak RSS grew {grew:.0f} MB for a 150 MB member"
+
+
+# --- amplification: links, junk members, batches, huge listings -----------------------------
+
+NOT_AN_IMAGE = "not an image: no known image header in the first 1 MiB of 52428800 bytes"
+
+
+def add(tf: tarfile.TarFile, name: str, data: bytes | None = None, size: int = 0) -> None:
+    """A file `name` holding `data` (or `size` zero bytes, streamed)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if data is not None else size
+    tf.addfile(info, io.BytesIO(data) if data is not None else _Zeros(size))
+
+
+def link(tf: tarfile.TarFile, name: str, target: str, hard: bool) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = (tarfile.LNKTYPE, target) if hard else (tarfile.SYMTYPE, target)
+    tf.addfile(info)
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, n: int):
+        self.left = n
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+def link_bomb(path: Path, hard: bool, links: int = 40, zero_mb: int = 50) -> Path:
+    """The good images, a `zero_mb` MB zero-filled .png, then `links` links to it (a ~50 KB tar.gz)."""
+    with tarfile.open(path, "w:gz") as tf:
+        for i, name in enumerate(GOOD):
+            add(tf, name, png(i))
+        add(tf, "dog/zeros.png", size=zero_mb << 20)
+        for i in range(links):
+            link(tf, f"cat/link_{i}.png", "dog/zeros.png" if hard else "../dog/zeros.png", hard)
+    return path
+
+
+@needs_proc
+@pytest.mark.parametrize("hard", [True, False], ids=["hard", "symbolic"])
+def test_links_to_a_huge_zero_member_cost_bounded_memory_and_time(tmp_path, hard):
+    # Before: every link re-read the 50 MB member in full (a gzip rewind each): 2,161 MB peak.
+    tar = link_bomb(tmp_path / "ds.tar.gz", hard)
+    assert tar.stat().st_size < 200_000
+    grew, seconds = prepare_in_child(tar, tmp_path / "prepared", 50_000_000, rejected=41)
+    assert grew < 300 and seconds < 30, f"peak RSS grew {grew:.0f} MB in {seconds:.1f} s"
+    manifest = json.loads((tmp_path / "prepared/manifest.json").read_text())
+    assert {r["reason"] for r in manifest["rejected"]} == {NOT_AN_IMAGE}
+    assert sorted(r["file"] for r in manifest["rejected"]) == sorted(
+        ["dog/zeros.png", *(f"cat/link_{i}.png" for i in range(40))]
+    )
+
+
+def test_links_are_read_once_from_memory_and_never_rewind_the_archive(tmp_path, monkeypatch):
+    tar = tmp_path / "ds.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        folder = tarfile.TarInfo("dog")
+        folder.type = tarfile.DIRTYPE
+        tf.addfile(folder)
+        link(tf, "cat/ahead.png", "../dog/img_0.png", hard=False)  # its target is not read yet
+        for i, name in enumerate(GOOD):
+            add(tf, name, png(i))
+        link(tf, "cat/hard.png", "dog/img_0.png", hard=True)
+        link(tf, "cat/sym.png", "../dog/img_1.png", hard=False)
+        link(tf, "cat/chain.png", "sym.png", hard=False)  # a link to a link
+        link(tf, "cat/loop_a.png", "loop_b.png", hard=False)
+        link(tf, "cat/loop_b.png", "loop_a.png", hard=False)
+        link(tf, "cat/dir.png", "../dog", hard=False)
+    rewinds = []
+    seek = gzip.GzipFile.seek
+
+    def tracked_seek(self, offset, whence=io.SEEK_SET):
+        if whence == io.SEEK_SET and offset < self.tell():
+            rewinds.append((self.tell(), offset))
+        return seek(self, offset, whence)
+
+    src = archive_source(tar, "ds")
+    monkeypatch.setattr(gzip.GzipFile, "seek", tracked_seek)
+    read = [p for batch in src.payloads(512, 10**6) for p in batch]
+    payloads = {src.members[src.items[i][0]]: p for i, p in zip(src.read_order, read, strict=True)}
+    assert rewinds == []
+    assert payloads["cat/hard.png"] is payloads["dog/img_0.png"] == png(3)  # shared, not re-read
+    assert payloads["cat/sym.png"] is payloads["cat/chain.png"] is payloads["dog/img_1.png"]
+    why = {n: p.reason for n, p in payloads.items() if isinstance(p, archives.BadMember)}
+    assert why == {
+        "cat/ahead.png": "unreadable: link to a member later in the archive",
+        "cat/loop_a.png": "unreadable: link loop",
+        "cat/loop_b.png": "unreadable: link loop",
+        "cat/dir.png": "unreadable: link to a directory",
+    }
+
+
+@needs_proc
+def test_large_member_with_no_image_header_is_rejected_from_its_first_mib(tmp_path):
+    # Before: within the size limit and not a bomb by its header, it was read whole (150 MB).
+    z = bomb_zip(tmp_path / "ds.zip", 150 << 20, head=b"just some text, then zeros")
+    grew, _ = prepare_in_child(z, tmp_path / "prepared", 50_000_000)
+    assert grew < 40, f"peak RSS grew {grew:.0f} MB for a 150 MB member"
+    [entry] = json.loads((tmp_path / "prepared/manifest.json").read_text())["rejected"]
+    size = zipfile.ZipFile(z).getinfo("dog/bomb.png").file_size
+    reason = f"not an image: no known image header in the first 1 MiB of {size} bytes"
+    assert entry == {"file": "dog/bomb.png", "reason": reason}
+
+
+def test_a_batch_holds_at_most_chunk_bytes(tmp_path, monkeypatch):
+    padded = [png(i) + bytes(300_000) for i in range(6)]  # valid PNGs with trailing bytes
+    tar = tmp_path / "ds.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, data in zip(GOOD, padded, strict=True):
+            add(tf, name, data)
+        link(tf, "cat/again.png", "img_0.png", hard=False)
+    monkeypatch.setattr(archives, "CHUNK_BYTES", 700_000)
+    batches = list(archive_source(tar, "ds").payloads(512, 10**6))
+    assert [len(b) for b in batches] == [2, 2, 2, 1]  # a link counts its bytes again
+    assert all(sum(map(len, b)) <= 700_000 for b in batches)
+    monkeypatch.setattr(archives, "CHUNK_BYTES", 100_000)  # one member over the budget: alone
+    assert [len(b) for b in archive_source(tar, "ds").payloads(4, 10**6)] == [1] * 7
+
+
+class CountingName(str):
+    """A member name that counts its comparisons (a quadratic duplicate check makes n²/2)."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountingName.compared += 1
+        if CountingName.compared > 100_000:
+            raise AssertionError("the duplicate-name check compares names pairwise (quadratic)")
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_listing_20k_members_checks_duplicates_in_linear_time(tmp_path, monkeypatch):
+    tar = tmp_path / "ds.tar"
+    with tarfile.open(tar, "w") as tf:
+        add(tf, "a.png", png(0))
+    names = [f"c{i % 10}/img_{i}.png" for i in range(20_000)]
+    names.append(names[-1])  # the duplicate: last, as a pairwise check finds it latest
+    CountingName.compared, members = 0, []
+    for n in names:
+        m = tarfile.TarInfo(CountingName(n))
+        m.name = CountingName(n)
+        members.append(m)
+    monkeypatch.setattr(tarfile.TarFile, "getmembers", lambda self: members)
+    with pytest.raises(SaganError, match="member 'c9/img_19999.png' appears more than once"):
+        archives.checked_members(tar)
+    assert CountingName.compared < 1000  # a set: only hash collisions compare

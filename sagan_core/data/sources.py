@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sagan_core.data.archives import BadMember, checked_members, is_archive, read_members
+from sagan_core.data.archives import BadMember, checked_members, is_archive, read_batches
 from sagan_core.errors import ConfigError, SaganError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
@@ -48,7 +48,8 @@ class Source:
     `payloads()` yields what decoding workers receive, chunk by chunk, in `read_order` (item
     positions; None = item order): keys for folders and arrays, the file bytes for archives (read
     sequentially, so a .tar.gz is decompressed once and never extracted to disk), or a BadMember
-    with the rejection reason for a member that was not read (no larger than `max_pixels` allows).
+    with the rejection reason for a member that was not read (no larger than `max_pixels` allows);
+    an archive's batches also hold at most archives.CHUNK_BYTES (or one larger member).
     """
 
     name: str
@@ -60,6 +61,7 @@ class Source:
     ignored: int = 0  # files without an image extension (README.txt, labels.csv, ...)
     archive: Path | None = None
     members: dict[str, str] = field(default_factory=dict)  # item key -> archive member name
+    links: dict[str, str | BadMember] = field(default_factory=dict)  # tar link -> its target, or why not
     read_order: list[int] | None = None
 
     def open(self, payload: Any) -> Image.Image:
@@ -78,14 +80,7 @@ class Source:
                 yield keys[i : i + chunk]
             return
         wanted = [self.members[self.items[i][0]] for i in order]
-        batch: list[bytes | BadMember] = []
-        for data in read_members(self.archive, wanted, max_pixels):
-            batch.append(data)
-            if len(batch) == chunk:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        yield from read_batches(self.archive, wanted, max_pixels, self.links, chunk)
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -176,7 +171,7 @@ def _strip_single_folder(names: list[str]) -> str:
 
 def archive_source(archive: Path, name: str) -> Source:
     """Check every member, then list the image files; nothing is extracted to disk."""
-    order = checked_members(archive)
+    order, links = checked_members(archive)
     visible = [
         n for n in order if all(_visible(part) for part in PurePosixPath(n).parts) and not n.endswith("/")
     ]
@@ -184,7 +179,7 @@ def archive_source(archive: Path, name: str) -> Source:
     prefix = _strip_single_folder(images)
     members = {n[len(prefix) :]: n for n in images}
     src = _layout(Source(name, [], [], archive=archive, ignored=len(visible) - len(images)), sorted(members))
-    src.members = members
+    src.members, src.links = members, {n: links[n] for n in members.values() if n in links}
     position = {key: i for i, (key, _) in enumerate(src.items)}
     rank = {n: i for i, n in enumerate(order)}
     src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
