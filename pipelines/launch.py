@@ -3,7 +3,10 @@ watchdog that makes sure none of them outlives the command that started it.
 
 The one launcher, used by `sagan train` (train.nproc_per_node > 1) and by the flow's train task.
 The N processes read the already validated params from a file written here (no argv travels
-through globals), so every rank trains exactly what the parent validated.
+through globals), so every rank trains exactly what the parent validated. The file is this
+launch's own (`.sagan/launch/params-<pid>-<random>.yaml`, removed when torchrun returns): two
+launches never hand their ranks each other's params. The launcher holds the project lock
+(pipelines/lock.py) for its ranks, which it tells so through their environment.
 
 `supervised()`: a kill -9 of `sagan pipeline run` runs no cleanup code in it, so Prefect's
 temporary server (uvicorn, started by Prefect itself) and torchrun with its ranks (in sessions of
@@ -20,16 +23,23 @@ import select
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
 
+from pipelines.lock import HELD_BY_LAUNCHER
 from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 
-LAUNCH_PARAMS = Path(".sagan/launch/params.yaml")
+LAUNCH_DIR = Path(".sagan/launch")
+
+
+def launch_params_file() -> Path:
+    """A params file name no other launch uses (this process's pid and a random part)."""
+    return LAUNCH_DIR / f"params-{os.getpid()}-{uuid.uuid4().hex[:12]}.yaml"
 
 
 def torchrun_command(params_file: Path, nproc: int, resume: bool, quiet: bool) -> list[str]:
@@ -58,18 +68,23 @@ def run_torchrun(
     read line by line and handed to `log` as it comes (the Prefect log shows live progress).
     """
     text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
-    write_atomic(LAUNCH_PARAMS, lambda f: f.write(text.encode()))
-    cmd = torchrun_command(LAUNCH_PARAMS, params.train.nproc_per_node, resume, quiet)
-    log(f"launching {params.train.nproc_per_node} processes: {' '.join(cmd)}")
-    if not forward:
-        return subprocess.run(cmd).returncode, ""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last = ""
-    for line in proc.stdout:
-        if line.strip():
-            last = line.strip()
-            log(last)
-    return proc.wait(), last
+    params_file = launch_params_file()
+    write_atomic(params_file, lambda f: f.write(text.encode()))
+    try:
+        cmd = torchrun_command(params_file, params.train.nproc_per_node, resume, quiet)
+        log(f"launching {params.train.nproc_per_node} processes: {' '.join(cmd)}")
+        env = os.environ | {HELD_BY_LAUNCHER: str(os.getpid())}  # the ranks take no project lock
+        if not forward:
+            return subprocess.run(cmd, env=env).returncode, ""
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        last = ""
+        for line in proc.stdout:
+            if line.strip():
+                last = line.strip()
+                log(last)
+        return proc.wait(), last
+    finally:
+        params_file.unlink(missing_ok=True)
 
 
 def _children(pid: int) -> list[int]:

@@ -39,8 +39,9 @@ class DataConfig(Section):
     max_rejected_fraction: float = Field(0.05, ge=0, le=1)  # more rejected files than this fails prepare
     min_size: int = Field(16, ge=1)  # images whose short side is smaller are rejected (too small)
     # Images with more pixels are rejected before decoding (decompression bombs; ~7000 x 7000).
-    max_pixels: int = Field(50_000_000, gt=0)
-    workers: int = Field(0, ge=0)  # decoding processes for prepare; 0 = one per available core
+    # (at most 1,000,000,000: one such RGB image is 3 GB in memory, per decoding process)
+    max_pixels: int = Field(50_000_000, gt=0, le=1_000_000_000)
+    workers: int = Field(0, ge=0, le=512)  # decoding processes for prepare; 0 = one per available core
     prepared_dir: str = "data/prepared"
 
     @property
@@ -99,14 +100,15 @@ class TrainConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "default"
     )
-    nproc_per_node: int = Field(1, gt=0)  # >1: the train stage relaunches itself under torchrun
+    nproc_per_node: int = Field(1, gt=0, le=256)  # >1: the train stage relaunches itself under torchrun
     out_dir: str = "models"
     samples_dir: str = "samples"
     metrics_file: str = "metrics/train.csv"
     # In-training evaluation (sagan_core/train/periodic_eval.py): KID + FID of the EMA generator every
     # eval_every steps and at the end, against `sagan evaluate`'s cached reference statistics.
     eval_every: int = Field(0, ge=0)  # 0 = off
-    eval_samples: int = Field(250, ge=10)  # generated images per in-training evaluation
+    # generated images per in-training evaluation (bounded like eval.num_samples)
+    eval_samples: int = Field(250, ge=10, le=1_000_000)
     select_metric: Literal["kid", "fid"] = "kid"  # what models/best.pt minimises (KID: unbiased)
     keep_checkpoints: int = Field(0, ge=0)  # periodic checkpoints kept as step_NNNNNN.pt (0: none)
     # Batches of fresh z/labels that recompute the EMA generator's BatchNorm statistics before it is
@@ -155,7 +157,9 @@ class EvalConfig(Section):
     presets num_samples 10000 (paper: 50000), reference_size null and kid_subset_size 1000. Every
     value is recorded in metrics/eval.record.json."""
 
-    num_samples: int = Field(1000, ge=10)  # generated images (>= 10: the Inception Score's 10 splits)
+    # Generated images (>= 10: the Inception Score's 10 splits). Upper bounds on every size that
+    # allocates, far above the paper's 50,000: 10^9 would fail after hours, not at validation.
+    num_samples: int = Field(1000, ge=10, le=1_000_000)
     # Inception batch; bounds GPU memory / RAM, not the results (4096 at 299 px is ~4 GiB of input alone)
     batch_size: int = Field(50, gt=0, le=4096)
     seed: int = 0  # noise seed of the samples (class-balanced labels when conditional)
@@ -164,8 +168,9 @@ class EvalConfig(Section):
     reference_size: int | None = Field(1000, ge=2)  # a fixed seeded subset of the dataset; null = all
     inception_weights: str | None = None  # explicit path; default: the torch hub cache (TORCH_HOME)
     dims: Literal[64, 192, 768, 2048] = 2048  # Inception block for FID/KID (2048 = pool3, the standard)
-    kid_subsets: int = Field(100, gt=0)
-    kid_subset_size: int = Field(500, ge=2)  # standard: 1000 (needs more than 1000 samples for a std)
+    kid_subsets: int = Field(100, gt=0, le=10_000)
+    # standard: 1000 (needs more than 1000 samples for a std); KID builds subset_size^2 kernel matrices
+    kid_subset_size: int = Field(500, ge=2, le=10_000)
     use_ema: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str = ".sagan/fid-stats"

@@ -187,7 +187,7 @@ def test_concurrent_run_on_the_same_project_fails_clearly(prefect_api, tmp_path)
     proj = pipeline_project(tmp_path / "busy", dvc=False)
     with (
         project_lock(proj),
-        pytest.raises(ProjectBusy, match="another pipeline run .* is using this project"),
+        pytest.raises(ProjectBusy, match=r"another sagan run holds the project lock \(pid \d+ on host"),
     ):
         sagan_pipeline(project_dir=str(proj))
     assert not (proj / "data/prepared").exists()  # it touched nothing

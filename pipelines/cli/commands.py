@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from pipelines.lock import stage_lock
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import load_params
@@ -38,7 +39,9 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet:
     """Turn data.source into the prepared dataset (data.prepared_dir)."""
     from pipelines import stages
 
-    stages.prepare(load(params, set_), progress=not quiet)
+    p = load(params, set_)
+    with stage_lock(p.pipeline.lock_timeout_s):  # one sagan run per project (pipelines/lock.py)
+        stages.prepare(p, progress=not quiet)
 
 
 def train(
@@ -57,20 +60,21 @@ def train(
 ) -> None:
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
     p = load(params, set_)
-    if resume_from:
-        from pipelines.resume_from import fetch
+    with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
+        if resume_from:
+            from pipelines.resume_from import fetch
 
-        fetch(p, resume_from)
-        resume = True
-    if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
-        from pipelines.launch import run_torchrun, supervised
+            fetch(p, resume_from)
+            resume = True
+        if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
+            from pipelines.launch import run_torchrun, supervised
 
-        with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
-            code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
-        raise typer.Exit(code)
-    from pipelines import stages
+            with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
+                code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
+            raise typer.Exit(code)
+        from pipelines import stages
 
-    stages.train(p, resume=resume, progress=not quiet)
+        stages.train(p, resume=resume, progress=not quiet)
 
 
 def evaluate(
@@ -89,7 +93,9 @@ def evaluate(
     """FID, Inception Score and KID of the (EMA) generator; writes eval.metrics_file."""
     from pipelines import stages
 
-    result = stages.evaluate(load(params, set_), progress=not quiet, checkpoint=checkpoint)
+    p = load(params, set_)
+    with stage_lock(p.pipeline.lock_timeout_s):
+        result = stages.evaluate(p, progress=not quiet, checkpoint=checkpoint)
     typer.echo(
         json.dumps({k: getattr(result, k) for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")})
     )
@@ -141,7 +147,9 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
     """Register the run's EMA generator in the MLflow registry; `champion` moves only on a better FID."""
     from pipelines import stages
 
-    r = stages.register(load(params, set_))
+    p = load(params, set_)
+    with stage_lock(p.pipeline.lock_timeout_s):
+        r = stages.register(p)
     again = "" if r.created else " (already registered; no new version)"
     typer.echo(f"registered {r.model_name} v{r.version}{again}: {r.decision} - {r.reason}")
     typer.echo(f"model: {r.model_uri}  run: {r.run_id}  tracking: {r.tracking_uri}")

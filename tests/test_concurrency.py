@@ -1,0 +1,165 @@
+"""Two sagan processes on one project or one registered model: the project lock taken by every
+stage command, per-launch params files, and a promotion lock broken only when its holder is gone."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli
+
+from pipelines import launch
+from pipelines.lock import HELD_BY_LAUNCHER, ProjectBusy, project_lock, stage_lock
+from pipelines.registry import promotion_lock as pl
+from sagan_core.config import Params
+
+HOLD = "import sys; from pipelines.lock import project_lock\nwith project_lock(): print('held', flush=True); sys.stdin.read()"
+BUSY = re.compile(
+    r"sagan: another sagan run holds the project lock \(pid (\d+) on host \S+ since [^)]+\); "
+    r"wait for it or raise pipeline.lock_timeout_s"
+)
+
+
+def hold_project(cwd: Path) -> subprocess.Popen:
+    """Another process holding `cwd`'s project lock until its stdin closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+
+
+# ---- the project lock -----------------------------------------------------------------------------
+def test_stage_commands_are_refused_in_one_line_while_another_process_holds_the_project(tmp_path):
+    holder = hold_project(tmp_path)
+    try:
+        for command in (["prepare", "-q"], ["train", "-q"], ["evaluate", "-q"], ["register"]):
+            r = run_cli(command, tmp_path)
+            assert r.returncode == 1, (command, r.stderr)  # a valid request that cannot run now: 1
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and (m := BUSY.fullmatch(lines[0])), (command, r.stderr)
+            assert int(m.group(1)) == holder.pid
+        assert not (tmp_path / "data/prepared").exists()  # nothing was touched
+    finally:
+        release(holder)
+    r = run_cli(["prepare", "-q"], tmp_path)  # free again: the stage runs
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "data/prepared/manifest.json").is_file()
+
+
+def test_stages_take_no_lock_of_their_own_and_ddp_ranks_take_none(tmp_path, monkeypatch, prepared_demo):
+    from helpers import project_params
+
+    from pipelines import stages
+
+    with project_lock(tmp_path):  # the flow holds it and calls the stages in-process: no self-deadlock
+        stages.prepare(project_params(tmp_path), progress=False)
+    monkeypatch.chdir(tmp_path)
+    holder = hold_project(tmp_path)
+    try:
+        with pytest.raises(ProjectBusy, match=f"pid {holder.pid} on host"), stage_lock():
+            pass
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "1")
+        with stage_lock():  # a bare torchrun: rank 1 leaves the lock to rank 0
+            pass
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(ProjectBusy), stage_lock():  # ... which takes it
+            pass
+        monkeypatch.setenv(HELD_BY_LAUNCHER, str(holder.pid))
+        with stage_lock():  # ranks of a launcher (`sagan train`, the flow) that holds it
+            pass
+    finally:
+        release(holder)
+
+
+def test_two_launches_hand_their_ranks_their_own_params_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen: list[tuple[Path, str, str | None]] = []
+
+    def fake_run(cmd, env=None, **kw):
+        path = Path(cmd[cmd.index("--params") + 1])
+        seen.append((path, path.read_text(), (env or {}).get(HELD_BY_LAUNCHER)))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    for steps in (5, 7):
+        p = Params.model_validate({"train": {"steps": steps, "nproc_per_node": 2}})
+        assert launch.run_torchrun(p, resume=False, quiet=True, log=lambda _: None) == (0, "")
+    (a, text_a, held_a), (b, text_b, held_b) = seen
+    assert a != b and "steps: 5" in text_a and "steps: 7" in text_b
+    assert not a.exists() and not b.exists()  # removed after each launch
+    assert held_a == held_b == str(__import__("os").getpid())  # the ranks take no project lock
+
+
+# ---- the promotion lock ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry')}/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def test_a_live_holder_is_not_broken_after_the_stale_timeout(client, monkeypatch):
+    monkeypatch.setattr(pl, "LOCK_STALE_S", 0.5)
+    monkeypatch.setattr(pl, "HEARTBEAT_S", 0.1)
+    held, leaving, order = threading.Event(), threading.Event(), []
+
+    def holder():
+        with pl.promotion_lock(client, "live"):
+            held.set()
+            time.sleep(2.5)  # five stale timeouts of deciding
+            leaving.set()
+            order.append("first released")
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(30)
+    with pl.promotion_lock(client, "live"):
+        order.append("second acquired")
+        assert leaving.is_set(), "the live holder's lock was broken"
+    t.join()
+    assert order == ["first released", "second acquired"]
+    assert client.search_registered_models("name = 'live.promotion-lock'") == []
+
+
+def test_a_dead_holders_lock_is_broken_at_once(client, monkeypatch):
+    monkeypatch.setattr(pl, "LOCK_WAIT_S", 10.0)  # far below LOCK_STALE_S (60 s): only death breaks it
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tags = {pl.OWNER: "dead-token", pl.HOST: pl._host(), pl.PID: str(dead.pid), pl.STARTED: "1", pl.BEAT: "0"}
+    client.create_registered_model("dead.promotion-lock", tags=tags)
+    start = time.monotonic()
+    with pl.promotion_lock(client, "dead"):
+        owner = client.get_registered_model("dead.promotion-lock").tags[pl.OWNER]
+        assert owner != "dead-token"
+    assert time.monotonic() - start < 10
+
+
+def test_a_former_holder_never_deletes_its_successors_lock(client, monkeypatch):
+    monkeypatch.setattr(pl, "HEARTBEAT_S", 0.05)
+    lock = "former.promotion-lock"
+    with pl.promotion_lock(client, "former"):
+        # meanwhile another register judged this holder gone, broke the lock and took it
+        client.delete_registered_model(lock)
+        client.create_registered_model(lock, tags={pl.OWNER: "successor", pl.BEAT: "0"})
+        time.sleep(0.3)  # heartbeats: they must not touch the successor's lock either
+    successor = client.get_registered_model(lock)
+    assert successor.tags[pl.OWNER] == "successor" and successor.tags[pl.BEAT] == "0"
+    client.delete_registered_model(lock)
