@@ -165,10 +165,13 @@ def subset_prepared(src: Path, dst: Path, n: int) -> None:
 
     import numpy as np
 
+    from sagan_core.data.prepare import content_hash
+
     dst.mkdir(parents=True)
     np.save(dst / "images.npy", np.load(src / "images.npy")[:n])
-    np.save(dst / "labels.npy", np.load(src / "labels.npy")[:n])
+    np.save(dst / "labels.npy", labels := np.load(src / "labels.npy")[:n])
     manifest = json.loads((src / "manifest.json").read_text()) | {"num_images": n}
+    manifest["content_hash"] = content_hash(dst / "images.npy", labels, manifest["class_names"])
     (dst / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -230,6 +230,14 @@ def test_modes_are_converted_correctly(tmp_path):
     assert np.all(np.abs(g[2] - 76) <= 1)  # ITU-R 601 luma of pure red: 0.299 * 255
 
 
+def test_32_bit_integer_images_are_clipped_to_16_bits_then_scaled():
+    from sagan_core.data.decode import _to_mode
+
+    arr = np.tile(np.array([-5, 0, 256, 32768, 65535, 70000], dtype=np.int32), (3, 1))
+    out = np.asarray(_to_mode(Image.fromarray(arr, mode="I"), 1))
+    assert out[0].tolist() == [0, 0, 1, 128, 255, 255]
+
+
 def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
     with tarfile.open(path, "w:gz") as tf:
         for info, data in members:

@@ -5,6 +5,10 @@ Prepared layout (`data.prepared_dir`):
   labels.npy     int64 N (all 0 for an unconditional dataset)
   manifest.json  num_images, num_classes, class_names, resolution, channels, content_hash, rejected, ...
 
+`open_prepared` checks the files against the manifest's content_hash (a SHA-256 of the prepared
+bytes): files changed since prepare, or a copy that stopped halfway, are refused rather than served
+(an FID reference cache keyed by that hash would otherwise hand out another dataset's statistics).
+
 The loader is deliberately not a torch DataLoader: batches are fancy-indexed out of the memory map
 in the main process (tens of thousands of small images per second), so there are no worker
 processes to seed, and its whole state is (epoch, cursor) -- which is what makes resume exact and
@@ -14,6 +18,7 @@ DDP sharding trivial.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sagan_core.data.prepare import content_hash
 from sagan_core.errors import ConfigError, SaganError
 
 
@@ -45,7 +51,15 @@ MANIFEST_KEYS = {
     "resolution": int,
     "channels": int,
     "content_hash": str,
+    "class_names": list,
 }
+
+# Files whose hash this process has checked: (path, inode, size, mtime) of both arrays -> the hash.
+# Checked once per process, not once ever: SHA-256 runs at ~0.5 GB/s here (opening the 10 MB demo
+# takes ~60 ms with the check, ~5 ms without; CIFAR-10 at 32 px ~0.3 s; 2.5 GB ~5 s), small beside
+# the training that follows, and a stamp stored on disk would either sit inside the DVC-tracked
+# folder (changing its md5) or trust a size and mtime that a copy tool preserves.
+_verified: dict[tuple, str] = {}
 
 
 def _damaged(path: Path, what: str) -> SaganError:
@@ -97,7 +111,21 @@ def open_prepared(directory: str | Path) -> PreparedData:
             f"{directory}: prepared dataset is damaged ({e}); run `sagan prepare` again"
         ) from None
     _check(directory, manifest, images, labels)
+    _check_hash(directory, manifest, labels)
     return PreparedData(images, labels, manifest)
+
+
+def _check_hash(directory: Path, manifest: dict[str, Any], labels: np.ndarray) -> None:
+    stats = [os.stat(directory / name) for name in ("images.npy", "labels.npy")]
+    key = (str(directory.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats))
+    if _verified.get(key) == manifest["content_hash"]:
+        return
+    if content_hash(directory / "images.npy", labels, manifest["class_names"]) != manifest["content_hash"]:
+        raise _damaged(
+            directory / "manifest.json",
+            "images.npy/labels.npy do not match its content_hash (changed since prepare, or copied in part)",
+        )
+    _verified[key] = manifest["content_hash"]
 
 
 class BatchLoader:

@@ -3,16 +3,29 @@ many of them in order, in a pool of worker processes.
 
 Valid images are EXIF-rotated, converted to `data.channels` (grayscale, RGBA over white, palette,
 16-bit scaled to 8-bit), resized (short side, antialiased) and center-cropped to `data.resolution`.
-Chunks come back in source order with a bounded number in flight, so memory stays flat.
+Files are opened as one of RASTER_FORMATS only, chosen by their bytes: never EPS/PDF (Ghostscript)
+or any other Pillow plugin. Decoding memory is bounded by `data.max_pixels` and the output size,
+whatever the aspect ratio; running out of memory or a failing decoder is one rejected file.
+Chunks come back in source order with a bounded number in flight, so memory stays flat; a worker
+that dies (the OOM killer, kill -9) is a SaganError naming the file it was decoding, never a hang.
+
+Longer than 300 lines: the worker pool and its dead-worker report serve both this module and
+evaluate/fid.py's folder reader, and are the half of "decode.py: image -> array, worker pool"
+(ARCHITECTURE.md) that does not fit in 300 lines beside the decoding.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import multiprocessing as mp
 import os
+import signal
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +35,29 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sagan_core.config import DataConfig
 from sagan_core.data.archives import BadMember
 from sagan_core.data.sources import Source
-from sagan_core.errors import ConfigError
+from sagan_core.errors import ConfigError, SaganError
+
+# The formats Pillow may pick for an untrusted file (it goes by the bytes, not the extension): those
+# of sources.IMAGE_EXTENSIONS (.pgm is PPM). Nothing that runs an external program (EPS, PDF).
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# What an image opened so may report: the JPEG plugin calls a camera's multi-picture JPEG "MPO".
+_OPENED_AS = {*RASTER_FORMATS, "MPO"}
+
+# An image whose short-side resize would exceed this many times the output's pixels (aspect ratio
+# over 16:1) is cropped before it is resized: resizing a 3,125,000 x 16 strip whole to 256 px would
+# allocate ~36 GiB. Only those take the crop-first path, because Pillow's box resampling rounds its
+# coefficients differently: on 400 random ordinary images, 233 came out different in some pixel
+# (by 1). Ordinary images keep resize-then-crop and stay bit-identical to earlier prepares.
+_CROP_FIRST_ABOVE = 16
 
 
 class Rejected(Exception):
     """A file that is not usable; str(e) is the manifest's reason."""
+
+
+def open_image(fp: Any) -> Image.Image:
+    """Image.open restricted to RASTER_FORMATS (an EPS named .png is 'not an image')."""
+    return Image.open(fp, formats=RASTER_FORMATS)
 
 
 # --- one image --------------------------------------------------------------------------------
@@ -36,8 +67,9 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Any PIL mode -> L or RGB, scaling 16/32-bit data and flattening alpha onto white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # PIL's own I;16 -> L conversion clips at 255 instead of scaling the 16-bit range.
-        arr = np.asarray(img, dtype=np.int64)
-        img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
+        arr = np.array(img, dtype=np.int32)  # a writable copy holding both; 4 B/pixel, then in place
+        np.right_shift(np.clip(arr, 0, 65535, out=arr), 8, out=arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0  # float images in [0, 1]
@@ -56,16 +88,35 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
     """Loaded PIL image -> uint8 C x H x W: convert mode, resize short side, center-crop."""
-    img = _to_mode(img, channels)
     w, h = img.size
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
     left, top = (nw - resolution) // 2, (nh - resolution) // 2
-    img = img.crop((left, top, left + resolution, top + resolution))
+    if nw * nh > _CROP_FIRST_ABOVE * resolution * resolution:
+        img = _crop_then_resize(img, (nw, nh), (left, top), resolution, channels)
+    else:
+        img = _to_mode(img, channels)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
+        img = img.crop((left, top, left + resolution, top + resolution))
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def _crop_then_resize(
+    img: Image.Image, size: tuple[int, int], at: tuple[int, int], resolution: int, channels: int
+) -> Image.Image:
+    """What resizing to `size` then cropping at `at` shows, without the resized image: the source
+    region under the crop (plus the bicubic filter's reach) is cut out, converted, then resampled."""
+    (w, h), (nw, nh), (left, top) = img.size, size, at
+    sx, sy = w / nw, h / nh  # source pixels per output pixel
+    box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
+    mx, my = 2 * max(sx, 1.0) + 1, 2 * max(sy, 1.0) + 1  # bicubic support (2 output px) + rounding
+    x0, y0 = max(0, math.floor(box[0] - mx)), max(0, math.floor(box[1] - my))
+    x1, y1 = min(w, math.ceil(box[2] + mx)), min(h, math.ceil(box[3] + my))
+    part = _to_mode(img.crop((x0, y0, x1, y1)), channels)
+    inner = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+    return part.resize((resolution, resolution), Image.Resampling.BICUBIC, box=inner, reducing_gap=None)
 
 
 def _damage(e: BaseException) -> str:
@@ -73,8 +124,7 @@ def _damage(e: BaseException) -> str:
     return "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
 
 
-def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
-    """Validate and convert one item; raises Rejected with the reason."""
+def _check_file(source: Source, key: Any) -> None:
     if isinstance(key, BadMember):  # an archive member rejected before it was read
         raise Rejected(key.reason)
     if source.archive is not None and len(key) == 0:
@@ -89,49 +139,87 @@ def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
             raise Rejected("unreadable: not a regular file")
         if st.st_size == 0:
             raise Rejected("empty file: 0 bytes")
+
+
+def _open(source: Source, key: Any) -> Image.Image:
+    """The item's image, not yet decoded. Files and archive members (untrusted bytes) are opened
+    with open_image, in-memory arrays (demo, torchvision) by the source."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
-            img = source.open(key)
+            if source.archive is not None:
+                return open_image(io.BytesIO(key))
+            if source.root is not None:
+                return open_image(source.root / key)
+            return source.open(key)
     except UnidentifiedImageError:
-        raise Rejected("not an image: no known image format") from None
+        raise Rejected(f"not an image: none of {', '.join(RASTER_FORMATS)}") from None
     except Image.DecompressionBombError as e:
         raise Rejected(f"decompression bomb: {e}") from None
     except PermissionError as e:
         raise Rejected(f"unreadable: {e.strerror}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # SyntaxError: PIL's bad-header error
         raise Rejected(f"{_damage(e)}: {e}") from None
-    with img:
+
+
+def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
+    """Validate and convert one item; raises Rejected with the reason."""
+    _check_file(source, key)
+    with _open(source, key) as img:
         w, h = img.size
+        if img.format is not None and img.format not in _OPENED_AS:  # a source's own opener
+            raise Rejected(f"not an image: {img.format} is not one of {', '.join(RASTER_FORMATS)}")
         if w * h > cfg.max_pixels:
             raise Rejected(f"decompression bomb: {w}x{h} pixels > data.max_pixels={cfg.max_pixels}")
         if min(w, h) < cfg.min_size:
             raise Rejected(f"too small: {w}x{h} < data.min_size={cfg.min_size}")
-        if img.format == "JPEG":
-            # Let libjpeg decode at a reduced scale when the image is much larger than needed
-            # (faster, and the full-size pixels never exist in memory).
-            s = cfg.resolution / min(w, h)
-            img.draft(img.mode, (max(1, int(w * s)), max(1, int(h * s))))
         try:
-            img.load()
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-            raise Rejected(f"{_damage(e)}: {e}") from None
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception as e:  # noqa: BLE001 - a malformed EXIF block must not be fatal
-            raise Rejected(f"corrupt: bad EXIF data ({e})") from None
-        return to_array(img, cfg.resolution, cfg.channels)
+            return _convert(img, cfg)
+        except MemoryError:
+            raise Rejected(f"decompression bomb: out of memory decoding {w}x{h} pixels") from None
+
+
+def _convert(img: Image.Image, cfg: DataConfig) -> np.ndarray:
+    if img.format == "JPEG":
+        # Let libjpeg decode at a reduced scale when the image is much larger than needed
+        # (faster, and the full-size pixels never exist in memory).
+        w, h = img.size
+        s = cfg.resolution / min(w, h)
+        img.draft(img.mode, (max(1, int(w * s)), max(1, int(h * s))))
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise Rejected(f"{_damage(e)}: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder failing on hostile bytes is one bad file
+        raise Rejected(f"corrupt: decoder failed ({type(e).__name__}: {e})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed EXIF block must not be fatal
+        raise Rejected(f"corrupt: bad EXIF data ({e})") from None
+    return to_array(img, cfg.resolution, cfg.channels)
 
 
 # --- many images, in order, in parallel ---------------------------------------------------------
 
 _worker: tuple[Source, DataConfig] | None = None
+_progress: Any = None  # in a pool worker: the parent's shared array of (pid, item + 1) per slot
+_slot = 0  # the slot of the chunk this worker is on
 
 
 def _init_worker(source: Source, cfg: DataConfig) -> None:
     global _worker
     _worker = (source, cfg)
     Image.MAX_IMAGE_PIXELS = None  # the data.max_pixels check replaces PIL's global limit
+
+
+def _at(i: int) -> None:
+    """A worker is starting item i of its chunk (what the parent names if this process dies)."""
+    if _progress is not None:
+        _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
 
 
 def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
@@ -141,7 +229,8 @@ def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
     out = np.empty((len(keys), cfg.channels, cfg.resolution, cfg.resolution), dtype=np.uint8)
     reasons: list[str | None] = []
     n = 0
-    for key in keys:
+    for i, key in enumerate(keys):
+        _at(i)
         try:
             out[n] = decode(source, key, cfg)
             n += 1
@@ -160,51 +249,120 @@ def decode_all(
         _init_worker(source, cfg)
         yield from map(_decode_chunk, chunks)
         return
-    # forkserver, not fork: a caller may run threads (the Prefect flow runs prepare in-process, next to
-    # Prefect's threads), and forking a threaded process can deadlock the children on locks held by
-    # threads that do not exist in them.
+    order = source.read_order if source.read_order is not None else range(len(source.items))
+
+    def name(seq: int, i: int) -> str:
+        return str(source.items[order[seq * chunk + i]][0])
+
+    yield from _in_order(_decode_chunk, chunks, workers, name, _init_worker, (source, cfg))
+
+
+def _init_pool(progress: Any, init: Callable | None, initargs: tuple) -> None:
+    global _progress
+    _progress = progress
+    if init is not None:
+        init(*initargs)
+
+
+def _run(fn: Callable, slot: int, item: Any) -> Any:
+    global _slot
+    _slot = slot
+    return fn(item)
+
+
+def _in_order(
+    fn: Callable, items: Any, workers: int, name: Callable[[int, int], str], init=None, initargs=()
+) -> Iterator:
+    """fn(item) for each item in `workers` processes, results in order, at most 2 per worker in
+    flight. Not `imap`/`Executor.map`: they submit every item at once, so finished results pile up
+    in memory while the consumer is slower (here: decoded chunks waiting for Inception or the
+    writer). A worker that dies is a SaganError naming its file, `name(chunk number, index in it)`.
+
+    forkserver, not fork: a caller may run threads (the Prefect flow runs prepare in-process, next
+    to Prefect's threads), and forking a threaded process can deadlock the children on locks held
+    by threads that do not exist in them. ProcessPoolExecutor, not Pool: Pool replaces a dead
+    worker and leaves its task waiting forever; the executor fails every pending future instead."""
+    ahead = 2 * workers
     ctx = mp.get_context("forkserver")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(source, cfg)) as pool:
-        yield from _in_order(pool, _decode_chunk, chunks, ahead=2 * workers)
+    progress = ctx.RawArray("q", 2 * ahead)  # slot = chunk number % ahead: unique while in flight
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_pool, initargs=(progress, init, initargs)
+    )
+    pending: deque[tuple[int, Future]] = deque()
+    try:
+        for seq, item in enumerate(items):
+            progress[2 * (seq % ahead)] = progress[2 * (seq % ahead) + 1] = 0
+            pending.append((seq, pool.submit(_run, fn, seq % ahead, item)))
+            if len(pending) >= ahead:
+                yield _next(pool, pending, progress, name)
+        while pending:
+            yield _next(pool, pending, progress, name)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _in_order(pool, fn, items, ahead: int) -> Iterator:
-    """fn(item) for each item in `pool`, results in order, at most `ahead` in flight. Not
-    `pool.imap`: it submits every item at once, so finished results pile up in memory while the
-    consumer is slower (here: decoded image chunks waiting for Inception or the writer)."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= ahead:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+def _next(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> Any:
+    """The oldest pending result (a worker's own exception, e.g. ConfigError, is raised as is)."""
+    try:
+        result = pending[0][1].result()
+    except BrokenProcessPool:
+        raise SaganError(_death(pool, pending, progress, name)) from None
+    pending.popleft()
+    return result
+
+
+def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> str:
+    """The one line for a worker that died: how, and the file it was on (the worker records its pid
+    and item before each; the others were stopped by the executor with SIGTERM)."""
+    procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process (private; read defensively)
+    pool.shutdown(wait=True)  # the executor has joined its workers: exit codes are final
+    codes = {pid: p.exitcode for pid, p in procs.items()}
+    ahead = len(progress) // 2
+    on: list[tuple[str, int | None]] = []
+    for seq, fut in pending:
+        pid, i = progress[2 * (seq % ahead)], progress[2 * (seq % ahead) + 1]
+        broken = fut.done() and not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool)
+        if pid and i and broken:
+            on.append((name(seq, i - 1), codes.get(pid)))
+    culprits = [(f, c) for f, c in on if c != -signal.SIGTERM] or on  # the rest got the pool's SIGTERM
+    code = culprits[0][1] if culprits else None
+    how = f"exit code {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
+    files = " or ".join(f for f, _ in culprits[:4]) if culprits else "none (it died between files)"
+    return (
+        f"a decoding worker process died ({how}) while decoding: {files}. Nothing was written; if "
+        f"the system killed it for memory, lower data.workers or data.max_pixels, or remove the file"
+    )
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as pytorch-fid's ImagePathDataset reads it: PIL, converted to RGB, H x W x 3 uint8."""
+    """An image file as pytorch-fid's ImagePathDataset reads it: PIL, converted to RGB, H x W x 3
+    uint8 (opened as one of RASTER_FORMATS only)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return np.asarray(img.convert("RGB")).copy()
     except (UnidentifiedImageError, OSError) as e:
         raise ConfigError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
 def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
-    return [read_rgb(f) for f in paths]
+    out = []
+    for i, f in enumerate(paths):
+        _at(i)
+        out.append(read_rgb(f))
+    return out
 
 
 def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.ndarray]]:
     """Each chunk of image files decoded (`read_rgb`), in order. With workers > 1 the files are
     decoded in that many processes, up to 2 chunks per worker ahead of the consumer, so decoding
     overlaps with whatever the caller does with a chunk (the Inception pass) and memory stays
-    bounded. A worker's ConfigError (an unreadable file) is raised here."""
+    bounded. A worker's ConfigError (an unreadable file) is raised here; a worker that dies is a
+    SaganError naming the file it was on."""
     if workers <= 1 or len(chunks) < 2:
         yield from map(_read_rgb_chunk, chunks)
         return
-    # forkserver as in decode_all; the workers import this module (PIL, numpy), never torch.
-    with mp.get_context("forkserver").Pool(min(workers, len(chunks))) as pool:
-        yield from _in_order(pool, _read_rgb_chunk, chunks, ahead=2 * workers)
+    # The workers import this module (PIL, numpy), never torch.
+    yield from _in_order(_read_rgb_chunk, chunks, min(workers, len(chunks)), lambda s, i: str(chunks[s][i]))
 
 
 def available_cores() -> int:

@@ -9,16 +9,26 @@ Every file is checked; a bad one is never fatal on its own. It is listed in the 
 Prepare fails (SaganError, exit 1) only when no valid image remains or more than
 `data.max_rejected_fraction` of the files were rejected.
 
-Decoding (sagan_core.decode) runs in `data.workers` processes; chunks come back in source order and
-are appended to the output file as they arrive, so memory stays flat however large the source is.
-The layout written is described in data.py.
+Decoding (decode.py) runs in `data.workers` processes; chunks come back in source order and are
+appended to the output file as they arrive, so memory stays flat however large the source is.
+The layout written is described in dataset.py.
+
+The dataset is built in a new directory beside `data.prepared_dir` (`.<name>.<pid>.<random>.tmp`),
+every file and the directory fsynced, then swapped in whole (renameat2 RENAME_EXCHANGE on Linux):
+a crash or an error at any point leaves the previous dataset, complete, or the new one, never a mix
+whose manifest hash describes other bytes. A build left by a killed prepare is removed by the next.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,29 +73,38 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
-    total = len(source.items) + len(source.rejected)
     if not source.items:
+        total = len(source.rejected)
         raise SaganError(f"data.source {cfg.source!r}: no images found ({total} rejected)")
     out = Path(cfg.prepared_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve() if out.is_symlink() else out  # a link to a bigger disk: build there
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(out)
+    new = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    try:
+        manifest = _build(source, cfg, new, progress)
+        _swap_in(new, out)
+    except BaseException:
+        _remove(new)
+        raise
+    return manifest
+
+
+def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """The whole prepared dataset in the (new, empty) directory `out`, fsynced; its manifest."""
+    total = len(source.items) + len(source.rejected)
     img_shape = (cfg.channels, cfg.resolution, cfg.resolution)
     # ~4 MB of decoded pixels per chunk: big enough to amortise IPC, small enough to bound memory.
     chunk = max(8, min(512, (4 << 20) // int(np.prod(img_shape))))
-    tmp_images = out / "images.npy.tmp"
-    try:
-        n, kept, bad = _decode_to_file(source, cfg, tmp_images, img_shape, chunk, progress)
-        rejected = list(source.rejected) + [r for _, r in sorted(bad, key=lambda b: b[0])]
-        _check_rejections(cfg, n, rejected, total)
-    except BaseException:
-        tmp_images.unlink(missing_ok=True)
-        raise
+    images = out / "images.npy"
+    n, kept, bad = _decode_to_file(source, cfg, images, img_shape, chunk, progress)
+    rejected = list(source.rejected) + [r for _, r in sorted(bad, key=lambda b: b[0])]
+    _check_rejections(cfg, n, rejected, total)
     perm = np.argsort(np.asarray(kept), kind="stable")
     if np.any(perm != np.arange(n)):  # archives are read in archive order: restore sorted order
-        _reorder(tmp_images, perm, img_shape, chunk)
+        _reorder(images, perm, img_shape, chunk)
     label_arr = np.asarray([source.items[kept[i]][1] for i in perm], dtype=np.int64)
-    content_hash = _content_hash(tmp_images, img_shape, n, source.class_names, label_arr)
-    np.save(out / "labels.npy", label_arr)
-    os.replace(tmp_images, out / "images.npy")
+    write_atomic(out / "labels.npy", lambda f: np.save(f, label_arr))
     counts = np.bincount(label_arr, minlength=max(1, len(source.class_names))).tolist()
     manifest = {
         "source": source.name,
@@ -95,12 +114,12 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
         "class_counts": counts if source.class_names else [],
         "resolution": cfg.resolution,
         "channels": cfg.channels,
-        "content_hash": content_hash,
+        "content_hash": content_hash(images, label_arr, source.class_names),
         "num_rejected": len(rejected),
         "num_ignored": source.ignored,
         "rejected": rejected,
     }
-    write_json(cfg.manifest_file, manifest)
+    write_json(out / "manifest.json", manifest)  # fsyncs the file and `out`
     return manifest
 
 
@@ -132,6 +151,8 @@ def _decode_to_file(
             bar.set_postfix(rejected=len(bad) + len(source.rejected), refresh=False)
         f.seek(0)
         f.write(_npy_header((n, *img_shape)))
+        f.flush()
+        os.fsync(f.fileno())
     return n, kept, bad
 
 
@@ -147,19 +168,90 @@ def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], t
         )
 
 
-def _content_hash(
-    images: Path, img_shape: tuple[int, ...], n: int, class_names: list[str], labels: np.ndarray
-) -> str:
+def content_hash(images: Path, labels: np.ndarray, class_names: list[str]) -> str:
     """SHA-256 of the prepared bytes (pixels, shape, labels, class names), nothing about the
-    source's location: identical input and params give an identical hash anywhere."""
+    source's location: identical input and params give an identical hash anywhere. (dataset.py
+    checks it when the dataset is opened.)"""
+    arr = np.load(images, mmap_mode="r")
+    offset, shape = arr.offset, arr.shape
+    del arr
     hasher = hashlib.sha256()
     with open(images, "rb") as f:
-        f.seek(_HEADER_LEN)
+        f.seek(offset)
         while block := f.read(1 << 22):
             hasher.update(block)
-    hasher.update(json.dumps([list(img_shape), n, class_names]).encode())
-    hasher.update(labels.astype("<i8").tobytes())
+    hasher.update(json.dumps([list(shape[1:]), shape[0], class_names]).encode())
+    hasher.update(np.asarray(labels).astype("<i8").tobytes())
     return hasher.hexdigest()
+
+
+# --- the swap -----------------------------------------------------------------------------------
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """`new` becomes `out` in one step; the previous `out` (if any) is deleted after."""
+    _fsync_dir(new)
+    if not os.path.lexists(out):
+        os.rename(new, out)
+    elif _exchange(new, out):  # `new` now names the previous dataset
+        _remove(new)
+    else:  # no atomic exchange here: two renames (a crash between them leaves the old at `stale`)
+        stale = new.with_name(new.name[: -len(".tmp")] + ".old.tmp")
+        os.rename(out, stale)
+        os.rename(new, out)
+        _remove(stale)
+    _fsync_dir(out.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux/glibc
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Builds (and swapped-out datasets) of prepares that were killed: `.<name>.<pid>.*.tmp` whose
+    process is gone. A live one, another prepare's, is left alone."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid = path.name[len(out.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def rejection_summary(manifest: dict[str, Any]) -> dict[str, int]:
