@@ -235,13 +235,35 @@ class PipelineConfig(Section):
     stage_timeout_s: float | None = Field(None, gt=0)  # prepare, evaluate, register; null: no limit
     lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
     dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
-    notify_url: str | None = None  # webhook POSTed a JSON message when a flow run fails or completes
+    # The NAME (never the value) of what holds the webhook URL POSTed a JSON message when a flow run
+    # completes, fails, crashes or is cancelled: env var NAME if set, else the Prefect Secret block
+    # NAME, read at send time (pipelines/flow/notify.py). null: no notifications.
+    notify_secret: str | None = None
+    notify_timeout_s: float = Field(10.0, gt=0, le=300)  # the whole POST, connect to last byte
 
-    @field_validator("notify_url")
+    @model_validator(mode="before")
     @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not (v.startswith(("http://", "https://")) and len(v.split()) == 1):
-            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+    def _no_notify_url(cls, raw: Any) -> Any:
+        """The removed key holds a secret: name it, never echo it (the message says "got" itself)."""
+        if isinstance(raw, dict) and "notify_url" in raw:
+            raise ValueError(
+                "pipeline.notify_url is removed (got it in params, where git, MLflow and Prefect would "
+                "store the webhook's token); set pipeline.notify_secret: NAME and put the URL in env var "
+                "NAME or in a Prefect Secret block NAME"
+            )
+        return raw
+
+    @field_validator("notify_secret")
+    @classmethod
+    def _a_name(cls, v: str | None) -> str | None:
+        """A name of letters, digits, `_` and `-`: a URL here would be the secret itself (not echoed)."""
+        if v is not None and not (
+            0 < len(v) <= 100 and v.isascii() and all(c.isalnum() or c in "_-" for c in v)
+        ):
+            raise ValueError(
+                "expected the NAME of an env var or Prefect Secret block (letters, digits, _ and -), "
+                "got something else (not shown: it may be the webhook URL itself)"
+            )
         return v
 
 

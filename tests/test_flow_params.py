@@ -92,13 +92,15 @@ def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect
 
 
 @pytest.mark.slow
-def test_failure_and_completion_post_to_the_notify_url(prefect_api, tmp_path, monkeypatch, webhook):
+def test_failure_and_completion_post_to_the_webhook_named_by_notify_secret(
+    prefect_api, tmp_path, monkeypatch, webhook
+):
     url, received = webhook
+    monkeypatch.setenv("SAGAN_TEST_WEBHOOK", url)  # the URL lives in the environment, params hold its name
+    notify = {"pipeline": {"notify_secret": "SAGAN_TEST_WEBHOOK"}}
     missing = tmp_path / "missing"
     proj = pipeline_project(tmp_path / "fails", dvc=False, data__source=str(missing))
-    state = sagan_pipeline(
-        settings={"pipeline": {"notify_url": url}}, project_dir=str(proj), return_state=True
-    )
+    state = sagan_pipeline(settings=notify, project_dir=str(proj), return_state=True)
     assert state.is_failed()
     (failed,) = received
     assert (
@@ -109,7 +111,7 @@ def test_failure_and_completion_post_to_the_notify_url(prefect_api, tmp_path, mo
 
     fake_downstream(monkeypatch)  # about the hooks, not FID or MLflow: a real prepare + train, then stand-ins
     proj = pipeline_project(tmp_path / "completes", dvc=False, train__steps=2)
-    summary = sagan_pipeline(settings={"pipeline": {"notify_url": url}}, project_dir=str(proj))
+    summary = sagan_pipeline(settings=notify, project_dir=str(proj))
     done = received[1]
     assert done["state"] == "Completed" and done["decision"] == summary.decision == "champion"
     assert f"{summary.model_name} v{summary.version}: champion" in done["text"]

@@ -166,6 +166,8 @@ def _context(params: Params, params_file: str, overrides: list[str], force: bool
     description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)",
     on_completion=[notify.on_completion],
     on_failure=[notify.on_failure],
+    on_crashed=[notify.on_crashed],
+    on_cancellation=[notify.on_cancellation],
 )
 def sagan_pipeline(
     params_file: str = "params.yaml",
