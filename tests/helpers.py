@@ -165,7 +165,7 @@ def subset_prepared(src: Path, dst: Path, n: int) -> None:
 
     import numpy as np
 
-    from sagan_core.data.prepare import content_hash
+    from sagan_core.data.dataset import content_hash
 
     dst.mkdir(parents=True)
     np.save(dst / "images.npy", np.load(src / "images.npy")[:n])

@@ -18,12 +18,13 @@ from helpers import REPO
 CORE = REPO / "sagan_core"
 
 # Modules a stage imports that cannot change what it writes, and why (paths under sagan_core/).
-FOLDER_READING = ("data/archives.py", "data/decode.py", "data/sources.py")
+FOLDER_READING = ("data/archives.py", "data/decode.py", "data/sources.py", "data/formats.py")
 NOT_SHAPING = {
     "errors.py": "exception classes: messages and exit codes only",
     "params_file.py": "reads params.yaml; DVC tracks the values themselves as params",
     "train/progress.py": "Callback hooks, console progress and metrics/train.csv (a plot, not an out)",
     "atomic.py": "writes bytes atomically; the bytes come from the caller",
+    "data/pool.py": "runs the caller's function in worker processes; results come back in order",
 }
 NOT_SHAPING_IN = {
     "prepare": {"model/arch.py": "config.py checks attention placement with it; prepare builds no model"},

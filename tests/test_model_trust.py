@@ -18,6 +18,7 @@ import yaml
 from helpers import REPO, run_cli, write_checkpoint
 
 MODEL = "sagan-trust"
+pytestmark = pytest.mark.slow  # runs `sagan sample` against an MLflow store, as commands
 
 
 @pytest.fixture(scope="module")

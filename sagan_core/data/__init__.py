@@ -2,7 +2,8 @@
 dataset) → validated, decoded images → the prepared dataset (images.npy, labels.npy,
 manifest.json) → training batches.
 
-sources.py lists items, archives.py reads tar/zip members safely, decode.py turns bytes into arrays
-in worker processes, prepare.py writes the prepared dataset, dataset.py memory-maps it and serves
-batches (`BatchLoader`). May import the top-level modules of sagan_core only.
+sources.py lists items, archives.py reads tar/zip members safely, formats.py opens untrusted images
+(raster formats only), decode.py turns them into arrays in worker processes (pool.py), prepare.py
+writes the prepared dataset, dataset.py memory-maps it and serves batches (`BatchLoader`).
+May import the top-level modules of sagan_core only.
 """

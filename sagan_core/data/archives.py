@@ -2,7 +2,7 @@
 
 Every member is checked before anything is read: absolute paths, `..`, links pointing outside the
 archive and device files/FIFOs refuse the whole archive. Members are then read front to back in one
-decompression pass and handed over as bytes (sagan_core.sources decodes them from memory), in
+decompression pass and handed over as bytes (decode.py decodes them from memory), in
 batches of at most CHUNK_BYTES (or one member, when larger).
 
 A tar link never reads its target again (tarfile would rewind the archive: quadratic in a .tar.gz):
@@ -40,6 +40,7 @@ from typing import IO
 
 from PIL import Image
 
+from sagan_core.data.formats import known_header, open_image
 from sagan_core.errors import SaganError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
@@ -313,29 +314,16 @@ def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
-            with Image.open(io.BytesIO(head)) as img:
+            with open_image(io.BytesIO(head)) as img:
                 w, h = img.size
     except Image.DecompressionBombError as e:
         # PIL's own limit (2 x Image.MAX_IMAGE_PIXELS) was passed: a bomb unless ours is higher.
         limit = Image.MAX_IMAGE_PIXELS
         return f"decompression bomb: {e}" if limit and max_pixels < 2 * limit else None
     except Exception:  # noqa: BLE001 - not identified from the prefix: does any format claim it?
-        if _known_header(head):
+        if known_header(head):
             return None
         return f"not an image: no known image header in the first {HEADER_PEEK >> 20} MiB of {size} bytes"
     if w * h > max_pixels:
         return f"decompression bomb: {w}x{h} pixels > data.max_pixels={max_pixels}"
     return None
-
-
-def _known_header(head: bytes) -> bool:
-    """Whether any of PIL's formats recognizes `head`'s first bytes as its signature (as
-    Image.open asks them); formats without a signature test identified it in Image.open already."""
-    Image.init()
-    for _, accept in Image.OPEN.values():
-        try:
-            if accept is not None and accept(head[:16]):
-                return True
-        except Exception:  # noqa: BLE001, S112 - a plugin's test failing on odd bytes is a no
-            continue
-    return False

@@ -17,6 +17,7 @@ DDP sharding trivial.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sagan_core.data.prepare import content_hash
 from sagan_core.errors import ConfigError, SaganError
 
 
@@ -60,6 +60,23 @@ MANIFEST_KEYS = {
 # the training that follows, and a stamp stored on disk would either sit inside the DVC-tracked
 # folder (changing its md5) or trust a size and mtime that a copy tool preserves.
 _verified: dict[tuple, str] = {}
+
+
+def content_hash(images: Path, labels: np.ndarray, class_names: list[str]) -> str:
+    """SHA-256 of the prepared bytes (pixels, shape, labels, class names), nothing about the
+    source's location: identical input and params give an identical hash anywhere. prepare.py
+    records it in the manifest; open_prepared checks it."""
+    arr = np.load(images, mmap_mode="r")
+    offset, shape = arr.offset, arr.shape
+    del arr
+    hasher = hashlib.sha256()
+    with open(images, "rb") as f:
+        f.seek(offset)
+        while block := f.read(1 << 22):
+            hasher.update(block)
+    hasher.update(json.dumps([list(shape[1:]), shape[0], class_names]).encode())
+    hasher.update(np.asarray(labels).astype("<i8").tobytes())
+    return hasher.hexdigest()
 
 
 def _damaged(path: Path, what: str) -> SaganError:

@@ -1,31 +1,21 @@
 """Decoding for `sagan prepare`: one image file -> a uint8 C x H x W array, or a rejection reason;
-many of them in order, in a pool of worker processes.
+many of them in order, in worker processes (pool.py).
 
 Valid images are EXIF-rotated, converted to `data.channels` (grayscale, RGBA over white, palette,
 16-bit scaled to 8-bit), resized (short side, antialiased) and center-cropped to `data.resolution`.
-Files are opened as one of RASTER_FORMATS only, chosen by their bytes: never EPS/PDF (Ghostscript)
-or any other Pillow plugin. Decoding memory is bounded by `data.max_pixels` and the output size,
-whatever the aspect ratio; running out of memory or a failing decoder is one rejected file.
-Chunks come back in source order with a bounded number in flight, so memory stays flat; a worker
-that dies (the OOM killer, kill -9) is a SaganError naming the file it was decoding, never a hang.
-
-Longer than 300 lines: the worker pool and its dead-worker report serve both this module and
-evaluate/fid.py's folder reader, and are the half of "decode.py: image -> array, worker pool"
-(ARCHITECTURE.md) that does not fit in 300 lines beside the decoding.
+Files are opened as one of formats.RASTER_FORMATS only, chosen by their bytes: never EPS/PDF
+(Ghostscript) or any other Pillow plugin. Decoding memory is bounded by `data.max_pixels` and the
+output size, whatever the aspect ratio; running out of memory or a failing decoder is one rejected
+file. Chunks come back in source order with a bounded number in flight, so memory stays flat; a
+worker that dies (the OOM killer, kill -9) is a SaganError naming the file it was decoding.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import multiprocessing as mp
 import os
-import signal
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sagan_core.config import DataConfig
 from sagan_core.data.archives import BadMember
+from sagan_core.data.formats import OPENED_AS, RASTER_FORMATS, open_image
+from sagan_core.data.pool import in_order, mark_item
 from sagan_core.data.sources import Source
-from sagan_core.errors import ConfigError, SaganError
-
-# The formats Pillow may pick for an untrusted file (it goes by the bytes, not the extension): those
-# of sources.IMAGE_EXTENSIONS (.pgm is PPM). Nothing that runs an external program (EPS, PDF).
-RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
-# What an image opened so may report: the JPEG plugin calls a camera's multi-picture JPEG "MPO".
-_OPENED_AS = {*RASTER_FORMATS, "MPO"}
+from sagan_core.errors import ConfigError
 
 # An image whose short-side resize would exceed this many times the output's pixels (aspect ratio
 # over 16:1) is cropped before it is resized: resizing a 3,125,000 x 16 strip whole to 256 px would
@@ -53,14 +39,6 @@ _CROP_FIRST_ABOVE = 16
 
 class Rejected(Exception):
     """A file that is not usable; str(e) is the manifest's reason."""
-
-
-def open_image(fp: Any) -> Image.Image:
-    """Image.open restricted to RASTER_FORMATS (an EPS named .png is 'not an image')."""
-    return Image.open(fp, formats=RASTER_FORMATS)
-
-
-# --- one image --------------------------------------------------------------------------------
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -142,15 +120,10 @@ def _check_file(source: Source, key: Any) -> None:
 
 
 def _open(source: Source, key: Any) -> Image.Image:
-    """The item's image, not yet decoded. Files and archive members (untrusted bytes) are opened
-    with open_image, in-memory arrays (demo, torchvision) by the source."""
+    """The item's image, not yet decoded (Source.open), or the reason it cannot be opened."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
-            if source.archive is not None:
-                return open_image(io.BytesIO(key))
-            if source.root is not None:
-                return open_image(source.root / key)
             return source.open(key)
     except UnidentifiedImageError:
         raise Rejected(f"not an image: none of {', '.join(RASTER_FORMATS)}") from None
@@ -167,7 +140,7 @@ def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
     _check_file(source, key)
     with _open(source, key) as img:
         w, h = img.size
-        if img.format is not None and img.format not in _OPENED_AS:  # a source's own opener
+        if img.format is not None and img.format not in OPENED_AS:  # a source's own opener
             raise Rejected(f"not an image: {img.format} is not one of {', '.join(RASTER_FORMATS)}")
         if w * h > cfg.max_pixels:
             raise Rejected(f"decompression bomb: {w}x{h} pixels > data.max_pixels={cfg.max_pixels}")
@@ -206,20 +179,12 @@ def _convert(img: Image.Image, cfg: DataConfig) -> np.ndarray:
 # --- many images, in order, in parallel ---------------------------------------------------------
 
 _worker: tuple[Source, DataConfig] | None = None
-_progress: Any = None  # in a pool worker: the parent's shared array of (pid, item + 1) per slot
-_slot = 0  # the slot of the chunk this worker is on
 
 
 def _init_worker(source: Source, cfg: DataConfig) -> None:
     global _worker
     _worker = (source, cfg)
     Image.MAX_IMAGE_PIXELS = None  # the data.max_pixels check replaces PIL's global limit
-
-
-def _at(i: int) -> None:
-    """A worker is starting item i of its chunk (what the parent names if this process dies)."""
-    if _progress is not None:
-        _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
 
 
 def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
@@ -230,7 +195,7 @@ def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
     reasons: list[str | None] = []
     n = 0
     for i, key in enumerate(keys):
-        _at(i)
+        mark_item(i)
         try:
             out[n] = decode(source, key, cfg)
             n += 1
@@ -254,84 +219,7 @@ def decode_all(
     def name(seq: int, i: int) -> str:
         return str(source.items[order[seq * chunk + i]][0])
 
-    yield from _in_order(_decode_chunk, chunks, workers, name, _init_worker, (source, cfg))
-
-
-def _init_pool(progress: Any, init: Callable | None, initargs: tuple) -> None:
-    global _progress
-    _progress = progress
-    if init is not None:
-        init(*initargs)
-
-
-def _run(fn: Callable, slot: int, item: Any) -> Any:
-    global _slot
-    _slot = slot
-    return fn(item)
-
-
-def _in_order(
-    fn: Callable, items: Any, workers: int, name: Callable[[int, int], str], init=None, initargs=()
-) -> Iterator:
-    """fn(item) for each item in `workers` processes, results in order, at most 2 per worker in
-    flight. Not `imap`/`Executor.map`: they submit every item at once, so finished results pile up
-    in memory while the consumer is slower (here: decoded chunks waiting for Inception or the
-    writer). A worker that dies is a SaganError naming its file, `name(chunk number, index in it)`.
-
-    forkserver, not fork: a caller may run threads (the Prefect flow runs prepare in-process, next
-    to Prefect's threads), and forking a threaded process can deadlock the children on locks held
-    by threads that do not exist in them. ProcessPoolExecutor, not Pool: Pool replaces a dead
-    worker and leaves its task waiting forever; the executor fails every pending future instead."""
-    ahead = 2 * workers
-    ctx = mp.get_context("forkserver")
-    progress = ctx.RawArray("q", 2 * ahead)  # slot = chunk number % ahead: unique while in flight
-    pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_pool, initargs=(progress, init, initargs)
-    )
-    pending: deque[tuple[int, Future]] = deque()
-    try:
-        for seq, item in enumerate(items):
-            progress[2 * (seq % ahead)] = progress[2 * (seq % ahead) + 1] = 0
-            pending.append((seq, pool.submit(_run, fn, seq % ahead, item)))
-            if len(pending) >= ahead:
-                yield _next(pool, pending, progress, name)
-        while pending:
-            yield _next(pool, pending, progress, name)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _next(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> Any:
-    """The oldest pending result (a worker's own exception, e.g. ConfigError, is raised as is)."""
-    try:
-        result = pending[0][1].result()
-    except BrokenProcessPool:
-        raise SaganError(_death(pool, pending, progress, name)) from None
-    pending.popleft()
-    return result
-
-
-def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> str:
-    """The one line for a worker that died: how, and the file it was on (the worker records its pid
-    and item before each; the others were stopped by the executor with SIGTERM)."""
-    procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process (private; read defensively)
-    pool.shutdown(wait=True)  # the executor has joined its workers: exit codes are final
-    codes = {pid: p.exitcode for pid, p in procs.items()}
-    ahead = len(progress) // 2
-    on: list[tuple[str, int | None]] = []
-    for seq, fut in pending:
-        pid, i = progress[2 * (seq % ahead)], progress[2 * (seq % ahead) + 1]
-        broken = fut.done() and not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool)
-        if pid and i and broken:
-            on.append((name(seq, i - 1), codes.get(pid)))
-    culprits = [(f, c) for f, c in on if c != -signal.SIGTERM] or on  # the rest got the pool's SIGTERM
-    code = culprits[0][1] if culprits else None
-    how = f"exit code {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
-    files = " or ".join(f for f, _ in culprits[:4]) if culprits else "none (it died between files)"
-    return (
-        f"a decoding worker process died ({how}) while decoding: {files}. Nothing was written; if "
-        f"the system killed it for memory, lower data.workers or data.max_pixels, or remove the file"
-    )
+    yield from in_order(_decode_chunk, chunks, workers, name, _init_worker, (source, cfg))
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -347,7 +235,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
     out = []
     for i, f in enumerate(paths):
-        _at(i)
+        mark_item(i)
         out.append(read_rgb(f))
     return out
 
@@ -362,11 +250,4 @@ def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.
         yield from map(_read_rgb_chunk, chunks)
         return
     # The workers import this module (PIL, numpy), never torch.
-    yield from _in_order(_read_rgb_chunk, chunks, min(workers, len(chunks)), lambda s, i: str(chunks[s][i]))
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
+    yield from in_order(_read_rgb_chunk, chunks, min(workers, len(chunks)), lambda s, i: str(chunks[s][i]))

@@ -24,8 +24,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -37,7 +35,9 @@ from tqdm import tqdm
 
 from sagan_core.atomic import write_atomic, write_json
 from sagan_core.config import DataConfig
-from sagan_core.data.decode import available_cores, decode_all
+from sagan_core.data.dataset import content_hash
+from sagan_core.data.decode import decode_all
+from sagan_core.data.pool import available_cores
 from sagan_core.data.sources import Source, open_source
 from sagan_core.errors import SaganError
 
@@ -166,23 +166,6 @@ def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], t
             f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction}): "
             + ", ".join(f"{k} {v}" for k, v in rejection_summary({"rejected": rejected}).items())
         )
-
-
-def content_hash(images: Path, labels: np.ndarray, class_names: list[str]) -> str:
-    """SHA-256 of the prepared bytes (pixels, shape, labels, class names), nothing about the
-    source's location: identical input and params give an identical hash anywhere. (dataset.py
-    checks it when the dataset is opened.)"""
-    arr = np.load(images, mmap_mode="r")
-    offset, shape = arr.offset, arr.shape
-    del arr
-    hasher = hashlib.sha256()
-    with open(images, "rb") as f:
-        f.seek(offset)
-        while block := f.read(1 << 22):
-            hasher.update(block)
-    hasher.update(json.dumps([list(shape[1:]), shape[0], class_names]).encode())
-    hasher.update(np.asarray(labels).astype("<i8").tobytes())
-    return hasher.hexdigest()
 
 
 # --- the swap -----------------------------------------------------------------------------------

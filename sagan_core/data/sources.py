@@ -31,11 +31,11 @@ import numpy as np
 from PIL import Image
 
 from sagan_core.data.archives import BadMember, checked_members, is_archive, read_batches
+from sagan_core.data.formats import IMAGE_EXTENSIONS, open_image
 from sagan_core.errors import ConfigError, SaganError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
 TORCHVISION_ROOT = Path("data/raw/torchvision")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
 # Junk that archivers and file browsers leave next to images; never data.
 SKIPPED_DIRS = {"__MACOSX", "@eaDir"}
@@ -65,10 +65,12 @@ class Source:
     read_order: list[int] | None = None
 
     def open(self, payload: Any) -> Image.Image:
+        """The item's image, not yet decoded: files and archive members (untrusted bytes) opened as
+        one of formats.RASTER_FORMATS only, in-memory arrays (demo, torchvision) as they are."""
         if self.archive is not None:
-            return Image.open(io.BytesIO(payload))
+            return open_image(io.BytesIO(payload))
         if self.root is not None:
-            return Image.open(self.root / payload)
+            return open_image(self.root / payload)
         img = self.arrays[payload]
         return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 

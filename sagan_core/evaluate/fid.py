@@ -22,7 +22,8 @@ from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 from tqdm import tqdm
 
 from sagan_core.atomic import write_atomic
-from sagan_core.data.decode import available_cores, read_rgb_chunks
+from sagan_core.data.decode import read_rgb_chunks
+from sagan_core.data.pool import available_cores
 from sagan_core.errors import ConfigError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.metrics import ISAccumulator, Stats, StatsAccumulator

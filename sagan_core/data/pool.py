@@ -1,0 +1,114 @@
+"""An in-order worker pool: fn(item) for each item in worker processes, results in item order, with
+a bounded number in flight, and a worker that dies reported as one line naming the file it was on.
+
+Serves prepare's decoding (decode.py) and `sagan fid`'s folder reading (evaluate/fid.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from sagan_core.errors import SaganError
+
+_progress: Any = None  # in a pool worker: the parent's shared array of (pid, item + 1) per slot
+_slot = 0  # the slot of the chunk this worker is on
+
+
+def mark_item(i: int) -> None:
+    """A worker is starting item i of its chunk (what the parent names if this process dies)."""
+    if _progress is not None:
+        _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
+
+
+def _init_pool(progress: Any, init: Callable | None, initargs: tuple) -> None:
+    global _progress
+    _progress = progress
+    if init is not None:
+        init(*initargs)
+
+
+def _run(fn: Callable, slot: int, item: Any) -> Any:
+    global _slot
+    _slot = slot
+    return fn(item)
+
+
+def in_order(
+    fn: Callable, items: Any, workers: int, name: Callable[[int, int], str], init=None, initargs=()
+) -> Iterator:
+    """fn(item) for each item in `workers` processes, results in order, at most 2 per worker in
+    flight. Not `imap`/`Executor.map`: they submit every item at once, so finished results pile up
+    in memory while the consumer is slower (here: decoded chunks waiting for Inception or the
+    writer). A worker that dies is a SaganError naming its file, `name(chunk number, index in it)`.
+
+    forkserver, not fork: a caller may run threads (the Prefect flow runs prepare in-process, next
+    to Prefect's threads), and forking a threaded process can deadlock the children on locks held
+    by threads that do not exist in them. ProcessPoolExecutor, not Pool: Pool replaces a dead
+    worker and leaves its task waiting forever; the executor fails every pending future instead."""
+    ahead = 2 * workers
+    ctx = mp.get_context("forkserver")
+    progress = ctx.RawArray("q", 2 * ahead)  # slot = chunk number % ahead: unique while in flight
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_pool, initargs=(progress, init, initargs)
+    )
+    pending: deque[tuple[int, Future]] = deque()
+    try:
+        for seq, item in enumerate(items):
+            progress[2 * (seq % ahead)] = progress[2 * (seq % ahead) + 1] = 0
+            pending.append((seq, pool.submit(_run, fn, seq % ahead, item)))
+            if len(pending) >= ahead:
+                yield _next(pool, pending, progress, name)
+        while pending:
+            yield _next(pool, pending, progress, name)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _next(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> Any:
+    """The oldest pending result (a worker's own exception, e.g. ConfigError, is raised as is)."""
+    try:
+        result = pending[0][1].result()
+    except BrokenProcessPool:
+        raise SaganError(_death(pool, pending, progress, name)) from None
+    pending.popleft()
+    return result
+
+
+def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> str:
+    """The one line for a worker that died: how, and the file it was on (the worker records its pid
+    and item before each; the others were stopped by the executor with SIGTERM)."""
+    # pid -> Process: the executor exposes its workers' exit codes nowhere else, and only the code
+    # tells the killed worker from the ones it stopped itself. Private, so read defensively: without
+    # it the message names every file in flight.
+    procs = dict(getattr(pool, "_processes", None) or {})
+    pool.shutdown(wait=True)  # the executor has joined its workers: exit codes are final
+    codes = {pid: p.exitcode for pid, p in procs.items()}
+    ahead = len(progress) // 2
+    on: list[tuple[str, int | None]] = []
+    for seq, fut in pending:
+        pid, i = progress[2 * (seq % ahead)], progress[2 * (seq % ahead) + 1]
+        broken = fut.done() and not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool)
+        if pid and i and broken:
+            on.append((name(seq, i - 1), codes.get(pid)))
+    culprits = [(f, c) for f, c in on if c != -signal.SIGTERM] or on  # the rest got the pool's SIGTERM
+    code = culprits[0][1] if culprits else None
+    how = f"exit code {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
+    files = " or ".join(f for f, _ in culprits[:4]) if culprits else "none (it died between files)"
+    return (
+        f"a decoding worker process died ({how}) while decoding: {files}. Nothing was written; if "
+        f"the system killed it for memory, lower data.workers or data.max_pixels, or remove the file"
+    )
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
