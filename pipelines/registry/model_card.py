@@ -126,7 +126,8 @@ def _how_to_sample(name: str, version: int, manifest: dict[str, Any]) -> list[st
         "",
         "```bash",
         f"sagan sample --model {uri} --n 64 --out grid.png" + (" --class 0" if names else ""),
-        f"mlflow models serve -m {uri} --env-manager local -p 5001",
+        f"sagan sample --model {uri} --verified-copy served/  # only a model this sagan logged",
+        "mlflow models serve -m served/ --env-manager local -p 5001",
         "curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
         f'  -d \'{{"dataframe_records": [{{{klass}"n": 4, "seed": 0, "truncation": 1.0}}]}}\'',
         "```",
@@ -174,8 +175,9 @@ def model_description(params: Params, name: str) -> str:
             f" when its FID is lower by more than {params.registry.min_improvement:g}).",
             "- `@challenger`: the latest version that did not beat the champion.",
             "",
-            f"Sample: `sagan sample --model models:/{name}@champion --out grid.png`; serve:"
-            f" `mlflow models serve -m models:/{name}@champion --env-manager local` (input rows: class, n,"
-            " seed, truncation; output: base64 PNGs).",
+            f"Sample: `sagan sample --model models:/{name}@champion --out grid.png`; serve its checked"
+            f" copy: `sagan sample --model models:/{name}@champion --verified-copy served/`, then"
+            " `mlflow models serve -m served/ --env-manager local` (input rows: class, n, seed,"
+            " truncation; output: base64 PNGs).",
         ]
     )
