@@ -82,6 +82,9 @@ def _setup_logging() -> None:
     # Prefect's temporary server sends a telemetry heartbeat that races its own sqlite writes at
     # start-up ("database is locked" traceback); it is of no use to a training pipeline anyway.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server's first start creates and migrates its database: measured 20-40 s on 2
+    # cores, past Prefect's 20 s default, which fails `sagan pipeline run` on a fresh machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr
