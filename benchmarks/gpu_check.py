@@ -7,7 +7,7 @@ Items (each failure is reported as that item's result; the script itself does no
   throughput      training img/s at 32 px and 128 px, paper width (64), fp32 / bf16 / bf16+compile:
                   achieved TFLOP/s (PyTorch's FLOP counter), ratio to the matmul rate, peak memory
   ddp_two_ranks   `sagan train` with 2 DDP ranks on the one GPU
-  cifar_run       the CIFAR-10 preset (configs/cifar10.yaml) for the time left, scored by
+  cifar_run       the CIFAR-10 preset (pipelines/project/presets/cifar10.yaml) for the time left, scored by
                   benchmarks/cifar_quality.py (needs ../shared/datasets/cifar10-jpg.tar.gz)
   fid_speed       `sagan evaluate` vs PNG files + `python -m pytorch_fid`, 10k samples, |ΔFID| < 1e-3
 

@@ -15,7 +15,7 @@ from cifar_judge import write_toy_archive
 from gpu_items import REPO, SAGAN, sh
 from PIL import Image
 
-PRESET = REPO / "configs" / "cifar10.yaml"
+PRESET = REPO / "pipelines" / "project" / "presets" / "cifar10.yaml"
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID Inception weights
 

@@ -301,6 +301,7 @@ RANKS = {
     "sagan_core.train": 3,
     "pipelines": 10,  # results, lock, launch: leaves that only use sagan_core
     "pipelines.tracking": 11,
+    "pipelines.project": 11,  # presets, templates, `sagan init`, the recorded sagan version
     "pipelines.registry": 12,
     "pipelines.resume_from": 12,
     "pipelines.stages": 13,

@@ -35,11 +35,20 @@ def load(params: Path, overrides: list[str] | None) -> Params:
     return load_params(params, overrides or [])
 
 
+def load_stage(params: Path, overrides: list[str] | None) -> Params:
+    """`load` for a DVC stage's command: also refuses a sagan other than the project's recorded one
+    (pipelines/project/version.py), so dvc.lock never records outputs against the wrong version."""
+    from pipelines.project import version
+
+    version.check(".")
+    return load(params, overrides)
+
+
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Turn data.source into the prepared dataset (data.prepared_dir)."""
     from pipelines import stages
 
-    p = load(params, set_)
+    p = load_stage(params, set_)
     with stage_lock(p.pipeline.lock_timeout_s):  # one sagan run per project (pipelines/lock.py)
         stages.prepare(p, progress=not quiet)
 
@@ -59,7 +68,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
-    p = load(params, set_)
+    p = load_stage(params, set_)
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:
             from pipelines.resume_from import fetch
@@ -93,7 +102,7 @@ def evaluate(
     """FID, Inception Score and KID of the (EMA) generator; writes eval.metrics_file."""
     from pipelines import stages
 
-    p = load(params, set_)
+    p = load_stage(params, set_)
     with stage_lock(p.pipeline.lock_timeout_s):
         result = stages.evaluate(p, progress=not quiet, checkpoint=checkpoint)
     typer.echo(
@@ -214,33 +223,30 @@ def config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
-# The presets ship beside the code in the repository (configs/*.yaml), not inside the package.
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def preset_path(name: str) -> Path:
-    """A preset name (configs/NAME.yaml) or a path to a params file."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if path.is_file():
-        return path
-    if Path(name).is_file():
-        return Path(name)
-    known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))) or "none"
-    raise ConfigError(f"--preset {name}: no such preset (known: {known}) and no such file")
-
-
 def init(
-    preset: Annotated[str, typer.Option("--preset", help="Preset name (configs/NAME.yaml) or a file.")],
-    out: Annotated[Path, typer.Option("--out", help="Params file to write.")] = Path("params.yaml"),
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing params file.")] = False,
+    project: Annotated[Path, typer.Argument(help="Project folder to create (or `.`: this folder).")],
+    preset: Annotated[
+        str, typer.Option("--preset", help="Preset name (sagan's presets/NAME.yaml) or a params file.")
+    ] = "folder64",
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Your images: a folder or a .tar/.tar.gz/.zip archive.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing params.yaml (kept as params.yaml.bak).")
+    ] = False,
+    upgrade: Annotated[
+        bool, typer.Option("--upgrade", help="Only record the installed sagan version (after an upgrade).")
+    ] = False,
 ) -> None:
-    """Make a preset the project's params.yaml (comments kept), so `dvc repro` and `sagan` use it."""
-    src = preset_path(preset)
-    load_params(src)  # a preset that does not validate is never written
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; add --force to replace it with the {preset} preset")
-    from sagan_core.atomic import write_atomic
+    """Start a project on your own images: params.yaml from a preset, dvc.yaml, git + DVC, README.md.
 
-    text = src.read_bytes()
-    write_atomic(out, lambda f: f.write(text))
-    typer.echo(f"wrote {out} from {src}")
+    Presets: cifar10, folder64 (default), imagenet128. Existing files are kept; params.yaml is
+    replaced only with --force (the old one kept as params.yaml.bak)."""
+    from pipelines.project import create
+
+    if upgrade:
+        typer.echo(create.upgrade(project))
+        return
+    for line in create.create(project, preset, data, force):
+        typer.echo(line)
+    typer.echo(f"next: cd {project} && sagan pipeline run   (README.md lists the project's commands)")

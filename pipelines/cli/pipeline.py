@@ -29,6 +29,7 @@ def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
     validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    _dvc_precheck(params, validated.pipeline.dvc)
     from pipelines.flow.console import route_sagan_logs_to_prefect
     from pipelines.launch import supervised
 
@@ -36,6 +37,15 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: For
 
     with supervised():  # nothing it starts (Prefect's temporary server, torchrun) outlives it
         _run(params, set_, force, validated)
+
+
+def _dvc_precheck(params: Path, mode: str) -> None:
+    """In a DVC project, another params file than params.yaml runs without DVC (the flow says so in
+    one line) or, with pipeline.dvc: yes, is refused here in one line, before Prefect starts."""
+    from pipelines.flow.dvc_sync import DvcProject, reads_params
+
+    if mode != "no" and DvcProject.find(".", mode) is not None:
+        reads_params(params, mode)
 
 
 def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:

@@ -8,6 +8,8 @@ exactly as `dvc repro` would have. So after a flow run `dvc status` is clean and
 
 DVC reads params.yaml, so `--set` overrides given to the flow are written into params.yaml first
 (what `dvc exp run -S` does); otherwise dvc.lock would record values the outputs were not made with.
+For the same reason a run on another params file (`--params FILE`) runs every stage without DVC: no
+skip, no commit, said in one line (`without_dvc_note`); `pipeline.dvc: yes` refuses it instead.
 """
 
 from __future__ import annotations
@@ -69,6 +71,26 @@ class DvcProject:
                 repo.commit(stage, force=True)
         except Exception as e:  # DVC raises many types; the flow reports one line
             raise SaganError(f"dvc commit {stage}: {type(e).__name__}: {e}") from None
+
+
+def reads_params(params_file: str | Path, mode: str) -> bool:
+    """Whether DVC can record a run on `params_file`: only the project's own params.yaml (DVC reads
+    nothing else). Another file with `pipeline.dvc: yes` is a ConfigError (said before anything runs)."""
+    if Path(params_file).resolve() == Path("params.yaml").resolve():
+        return True
+    if mode == "yes":
+        raise ConfigError(
+            f"--params {params_file}: pipeline.dvc is yes but DVC reads only params.yaml: run "
+            f"`sagan init . --preset {params_file} --force` to make it params.yaml, or use --set overrides"
+        )
+    return False
+
+
+def without_dvc_note(params_file: str | Path) -> str:
+    return (
+        f"--params {params_file} is not this project's params.yaml (what DVC reads): every stage runs, "
+        "without DVC's up-to-date skip or dvc.lock record"
+    )
 
 
 def write_overrides(params_file: str | Path, overrides: list[str]) -> bool:

@@ -27,14 +27,15 @@ from prefect.tasks import exponential_backoff
 from pipelines import launch, stages
 from pipelines.flow import notify
 from pipelines.flow.console import sagan_logs_to_prefect
-from pipelines.flow.dvc_sync import DvcProject, write_overrides
+from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note, write_overrides
 from pipelines.flow.project_limit import project_slot
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
 from pipelines.lock import project_lock
+from pipelines.project import version
 from pipelines.results import Evaluated, Prepared, Registered, Trained
 from sagan_core.config import Params
-from sagan_core.errors import ConfigError, SaganError
+from sagan_core.errors import SaganError
 from sagan_core.params_file import load_params
 from sagan_core.train import resume
 
@@ -154,9 +155,12 @@ def _in_dir(path: str | Path) -> Iterator[None]:
 
 def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
     dvc = DvcProject.find(".", params.pipeline.dvc)
-    if dvc is not None and params_file != "params.yaml":
-        raise ConfigError(f"--params {params_file}: DVC reads params.yaml; use --set overrides")
+    if dvc is not None and not reads_params(params_file, params.pipeline.dvc):
+        get_run_logger().warning("%s", without_dvc_note(params_file))
+        dvc = None
     if dvc is not None:
+        if note := version.sync("."):
+            get_run_logger().info("%s", note)
         write_overrides(params_file, overrides)
     return RunContext(params, force or params.pipeline.force, dvc)
 

@@ -1,6 +1,6 @@
 """Training progress: the Callback interface and the two recorders the trainer always adds.
 
-`MetricsCSV` keeps `train.metrics_file`; `ConsoleProgress` draws a tqdm bar on a terminal and logs
+`MetricsCSV` keeps `train.metrics_file` (and its `_eval.csv` of in-training KID/FID); `ConsoleProgress` draws a tqdm bar on a terminal and logs
 `step_line` otherwise. Both listen to `on_metrics`, the one step-metrics event (once per
 `train.log_every` steps, on the main process), like any recorder passed in from pipelines/.
 """
@@ -59,10 +59,20 @@ def step_line(step: int, steps: int, metrics: dict[str, float]) -> str:
 
 class MetricsCSV(Callback):
     """One row per logging step. On resume the rows up to the resumed step are kept and the rest
-    dropped, written atomically before training goes on, so a kill at any point keeps the history."""
+    dropped, written atomically before training goes on, so a kill at any point keeps the history.
 
-    def __init__(self, path: str | Path, fields: list[str]):
+    With in-training evaluation (a `kid` field) a second, dense file keeps only the evaluation steps:
+    `<metrics_file stem>_eval.csv` (step, kid, kid_std, fid), what dvc.yaml plots KID/FID from (the
+    main file leaves those columns empty on the other logging steps)."""
+
+    SCORES = ["step", "kid", "kid_std", "fid"]
+
+    def __init__(self, path: str | Path, fields: list[str], scores: bool = True):
         self.path, self.fields, self.file, self.writer = Path(path), fields, None, None
+        self.scores: MetricsCSV | None = None
+        if scores and "kid" in fields:
+            scores_path = self.path.with_name(f"{self.path.stem}_eval.csv")
+            self.scores = MetricsCSV(scores_path, self.SCORES, scores=False)
 
     def on_start(self, info: dict[str, Any]) -> None:
         start, kept = info["start_step"], []
@@ -76,14 +86,20 @@ class MetricsCSV(Callback):
         write_atomic(self.path, lambda f: f.write(text.getvalue().encode()))
         self.file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the whole run
         self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+        if self.scores:
+            self.scores.on_start(info)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
         self.file.flush()
+        if self.scores and "kid" in metrics:
+            self.scores.on_metrics(step, metrics)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.scores:
+            self.scores.close()
 
 
 class ConsoleProgress(Callback):

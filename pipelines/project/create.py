@@ -1,0 +1,170 @@
+"""`sagan init DIR`: a new sagan project anywhere, from the presets and templates in this package.
+
+A project is params.yaml (a preset, data.source set by `--data`), dvc.yaml (templates/dvc.yaml:
+prepare depends on the data itself, every stage on the sagan version), sagan-version.yaml,
+.gitignore, .dvcignore, README.md, and a git + DVC repository. Existing files are never replaced,
+but params.yaml with --force, and then the old one is kept as params.yaml.bak (said in the output).
+Every user mistake (unknown preset, bad --data, params.yaml already there) is one ConfigError.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipelines.project import version
+from sagan_core.atomic import write_atomic
+from sagan_core.data.archives import is_archive
+from sagan_core.errors import ConfigError, SaganError
+from sagan_core.params_file import validate
+
+PACKAGE = Path(__file__).resolve().parent
+PRESETS_DIR = PACKAGE / "presets"
+TEMPLATES = PACKAGE / "templates"
+DEFAULT_PRESET = "folder64"
+DATA_DEP_MARK = "#DATA_DEP#\n"
+# (template, name in the project)
+FILES = (("gitignore", ".gitignore"), ("dvcignore", ".dvcignore"), ("README.md", "README.md"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """A packaged preset by name (presets/NAME.yaml), or a path to a params file."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if "/" not in name and path.is_file():
+        return path
+    if Path(name).is_file():
+        return Path(name)
+    known = ", ".join(preset_names()) or "none"
+    raise ConfigError(f"--preset {name}: no such preset (known: {known}) and no such file")
+
+
+def is_path_source(source: str) -> bool:
+    """Whether data.source names a file or folder (not `demo`, not `torchvision:NAME`)."""
+    return source != "demo" and not source.startswith("torchvision:")
+
+
+def data_source(data: Path, project: Path) -> str:
+    """--data as data.source: a folder or archive that exists; project-relative when inside the
+    project (the project can move), else absolute (an absolute-path DVC dependency)."""
+    if not data.exists():
+        raise ConfigError(f"--data {data}: no such file or folder")
+    if not (data.is_dir() or (data.is_file() and is_archive(data))):
+        raise ConfigError(f"--data {data}: expected a folder of images or a .tar/.tar.gz/.zip archive")
+    full, root = data.resolve(), project.resolve()
+    return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
+
+
+def params_text(preset: Path, source: str | None) -> str:
+    """The preset's text (comments kept), with data.source replaced when given; validated."""
+    text = preset.read_text(encoding="utf-8")
+    if source is not None:
+        from ruamel.yaml import YAML
+
+        rt = YAML()  # round-trip: the preset's comments survive
+        rt.preserve_quotes = True
+        data = rt.load(text)
+        data.setdefault("data", {})["source"] = source
+        out = io.StringIO()
+        rt.dump(data, out)
+        text = out.getvalue()
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--preset {preset}: expected a mapping of sections")
+    validate(raw)  # a preset that does not validate is never written
+    return text
+
+
+def dvc_yaml(source: str) -> str:
+    """templates/dvc.yaml with prepare's data dependency: data.source itself, when it is a path."""
+    text = (TEMPLATES / "dvc.yaml").read_text()
+    if is_path_source(source):
+        dep = "      - ${data.source}   # the images: adding, changing or removing one reruns prepare\n"
+        return text.replace(DATA_DEP_MARK, dep)
+    note = (
+        f"    # no data dependency: data.source ({source}) is not a file or folder (its params are\n"
+        "    # the dependency). Switching to a folder or archive: add `deps: [${data.source}]` here.\n"
+    )
+    return text.replace("    deps:\n" + DATA_DEP_MARK, note)
+
+
+def _write(path: Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit code {r.returncode}"]
+        raise SaganError(f"{' '.join(cmd[-2:])} in {cwd}: {last[0]}")
+
+
+def _repositories(project: Path, done: list[str]) -> None:
+    """git init (unless the folder is a git repository's root already) and dvc init (unless .dvc/)."""
+    if not (project / ".git").exists():
+        _run(["git", "init", "-q"], project)
+        done.append("git init")
+    if not (project / ".dvc").is_dir():
+        _run([sys.executable, "-m", "dvc", "init", "-q"], project)
+        done.append("dvc init")
+
+
+def _replace_params(target: Path, text: str, force: bool, done: list[str]) -> None:
+    if target.exists():
+        if not force:
+            raise ConfigError(
+                f"{target} exists: add --force to replace it with the preset "
+                "(the old file is kept as params.yaml.bak)"
+            )
+        backup = target.with_name("params.yaml.bak")
+        backup.write_bytes(target.read_bytes())
+        done.append(f"kept the old params.yaml as {backup}")
+    _write(target, text)
+    done.append(f"wrote {target}")
+
+
+def create(project: Path, preset: str, data: Path | None, force: bool) -> list[str]:
+    """Write a new project into `project` (created if absent); returns what was done, one line each."""
+    if project.exists() and not project.is_dir():
+        raise ConfigError(f"{project}: exists and is not a folder")
+    src = preset_path(preset)
+    source = data_source(data, project) if data is not None else None
+    text = params_text(src, source)
+    source = source or str(validate(yaml.safe_load(text)).data.source)
+    project.mkdir(parents=True, exist_ok=True)
+    done: list[str] = []
+    _replace_params(project / "params.yaml", text, force, done)
+    if not (project / "dvc.yaml").exists():
+        _write(project / "dvc.yaml", dvc_yaml(source))
+        version.write(project)
+        done.append(f"wrote dvc.yaml and {version.VERSION_FILE} (sagan {version.installed()})")
+    else:
+        done.append("kept the existing dvc.yaml: make sure prepare depends on data.source")
+    for template, name in FILES:
+        if (project / name).exists():
+            continue
+        body = (TEMPLATES / template).read_text()
+        for key, value in (("{name}", project.resolve().name), ("{preset}", preset), ("{source}", source)):
+            body = body.replace(key, value)
+        _write(project / name, body)
+        done.append(f"wrote {name}")
+    _repositories(project, done)
+    return done
+
+
+def upgrade(project: Path) -> str:
+    """Record the installed sagan in PROJECT/sagan-version.yaml (after an upgrade, for `dvc repro`)."""
+    before = version.recorded(project)
+    if before is None:
+        raise ConfigError(f"{project}: no {version.VERSION_FILE} (a project made by `sagan init`) to upgrade")
+    now = version.write(project)
+    if before == now:
+        return f"{project / version.VERSION_FILE}: already sagan {now}"
+    return f"{project / version.VERSION_FILE}: sagan {before} -> {now}; `dvc status` shows every stage changed"
