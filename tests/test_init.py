@@ -35,7 +35,9 @@ def one_error_line(capsys) -> str:
 def test_init_makes_a_project_outside_the_repo_on_images_outside_it(tmp_path, capsys):
     data = images(tmp_path / "my images")
     proj = tmp_path / "work/proj"
-    assert cli.main(["init", str(proj), "--preset", "folder64", "--data", str(data)]) == 0, capsys.readouterr()
+    assert cli.main(["init", str(proj), "--preset", "folder64", "--data", str(data)]) == 0, (
+        capsys.readouterr()
+    )
     names = {p.name for p in proj.iterdir()}
     assert {"params.yaml", "dvc.yaml", "sagan-version.yaml", ".gitignore", ".dvcignore", "README.md"} <= names
     assert {".git", ".dvc"} <= names  # git init + dvc init
@@ -63,7 +65,9 @@ def test_data_inside_the_project_is_a_relative_source(tmp_path, capsys, monkeypa
     proj = tmp_path / "proj"
     images(proj / "data/raw/faces")
     monkeypatch.chdir(proj)  # DIR is `.`, a folder that already holds the images
-    assert cli.main(["init", ".", "--preset", "cifar10", "--data", "data/raw/faces"]) == 0, capsys.readouterr()
+    assert cli.main(["init", ".", "--preset", "cifar10", "--data", "data/raw/faces"]) == 0, (
+        capsys.readouterr()
+    )
     assert load_params("params.yaml").data.source == "data/raw/faces"
     ignored = (proj / ".gitignore").read_text().splitlines()
     assert "/data/raw/" in ignored  # in git only as DVC's hash, never the images themselves
@@ -71,7 +75,11 @@ def test_data_inside_the_project_is_a_relative_source(tmp_path, capsys, monkeypa
 
 def test_a_demo_or_torchvision_source_has_no_path_dependency(tmp_path, capsys):
     preset = tmp_path / "tv.yaml"
-    text = (PRESETS_DIR / "cifar10.yaml").read_text().replace("source: data/raw/cifar10", "source: torchvision:CIFAR10")
+    text = (
+        (PRESETS_DIR / "cifar10.yaml")
+        .read_text()
+        .replace("source: data/raw/cifar10", "source: torchvision:CIFAR10")
+    )
     preset.write_text(text)
     assert cli.main(["init", str(tmp_path / "proj"), "--preset", str(preset)]) == 0, capsys.readouterr()
     spec = yaml.safe_load((tmp_path / "proj/dvc.yaml").read_text())
@@ -82,9 +90,15 @@ def test_a_demo_or_torchvision_source_has_no_path_dependency(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--preset", "cifar100"], "--preset cifar100: no such preset (known: cifar10, folder64, imagenet128)"),
+        (
+            ["--preset", "cifar100"],
+            "--preset cifar100: no such preset (known: cifar10, folder64, imagenet128)",
+        ),
         (["--data", "nowhere"], "--data nowhere: no such file or folder"),
-        (["--data", "notes.txt"], "--data notes.txt: expected a folder of images or a .tar/.tar.gz/.zip archive"),
+        (
+            ["--data", "notes.txt"],
+            "--data notes.txt: expected a folder of images or a .tar/.tar.gz/.zip archive",
+        ),
     ],
 )
 def test_init_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -122,7 +136,9 @@ def test_version_is_recorded_checked_and_synced(tmp_path, capsys, monkeypatch):
     assert "no sagan-version.yaml" in one_error_line(capsys)
 
 
-def test_pipeline_run_on_another_params_file_with_dvc_yes_is_refused_before_prefect(tmp_path, capsys, monkeypatch):
+def test_pipeline_run_on_another_params_file_with_dvc_yes_is_refused_before_prefect(
+    tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     Path("dvc.yaml").write_text("stages: {}\n")
     Path(".dvc").mkdir()
@@ -136,7 +152,12 @@ def test_pipeline_run_on_another_params_file_with_dvc_yes_is_refused_before_pref
 def test_no_text_tells_users_to_run_the_flow_on_a_preset_file_or_shared_data():
     """The presets moved into the package; no doc, preset or config names the old configs/ files or
     a developers-only dataset path as the data to use."""
-    texts = [REPO / "README.md", REPO / "params.yaml", REPO / "dvc.yaml", *sorted((REPO / "docs").glob("*.md"))]
+    texts = [
+        REPO / "README.md",
+        REPO / "params.yaml",
+        REPO / "dvc.yaml",
+        *sorted((REPO / "docs").glob("*.md")),
+    ]
     texts += sorted(PRESETS_DIR.glob("*.yaml"))
     for path in texts:
         text = path.read_text()

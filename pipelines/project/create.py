@@ -167,4 +167,6 @@ def upgrade(project: Path) -> str:
     now = version.write(project)
     if before == now:
         return f"{project / version.VERSION_FILE}: already sagan {now}"
-    return f"{project / version.VERSION_FILE}: sagan {before} -> {now}; `dvc status` shows every stage changed"
+    return (
+        f"{project / version.VERSION_FILE}: sagan {before} -> {now}; `dvc status` shows every stage changed"
+    )
