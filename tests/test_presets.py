@@ -84,8 +84,20 @@ def test_every_preset_names_its_data_inside_the_project(preset):
 def test_the_package_ships_the_presets_and_the_repo_keeps_no_second_copy():
     assert PRESETS_DIR.parent.name == "project" and PRESETS_DIR.is_relative_to(REPO / "pipelines")
     assert not (REPO / "configs").exists()
-    text = (REPO / "pyproject.toml").read_text()
-    assert '"pipelines.project" = ["presets/*.yaml"' in text
+    from fnmatch import fnmatch
+
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = setuptools["package-data"]["pipelines.project"]
+    room = PRESETS_DIR.parent
+    data = [
+        f.relative_to(room).as_posix()
+        for f in room.rglob("*")
+        if f.is_file() and f.suffix not in (".py", ".pyc")
+    ]
+    assert {"presets/cifar10.yaml", "templates/dvc.yaml", "templates/gitignore"} <= set(data)
+    assert [f for f in data if not any(fnmatch(f, g) for g in globs)] == []  # all in the wheel
 
 
 def test_init_dot_makes_a_preset_the_params_yaml_and_never_overwrites_silently(tmp_path, capsys, monkeypatch):
