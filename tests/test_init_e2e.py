@@ -139,3 +139,25 @@ def test_every_preset_runs_end_to_end_in_a_new_project(
 
 def test_every_packaged_preset_is_run_end_to_end_by_one_of_these_tests():
     assert "folder64" in preset_names() and len(preset_names()) >= 3
+
+
+@pytest.mark.slow
+def test_pipeline_run_on_another_params_file_runs_the_stages_without_dvc(tmp_path, prefect_api, capfd):
+    """`--params FILE` (not the project's params.yaml) in a DVC project: said in one line, and the
+    stages run without DVC's skip or record (here prepare runs, and fails on FILE's missing data)."""
+    from pipelines.flow.pipeline import StageFailed, sagan_pipeline
+
+    made = run_cli(
+        ["init", "proj", "--data", str(image_folder(tmp_path / "images", per_class=2))], cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    proj = tmp_path / "proj"
+    other = (
+        (proj / "params.yaml").read_text().replace(str((tmp_path / "images").resolve()), "data/raw/elsewhere")
+    )
+    (proj / "other.yaml").write_text(other)
+    with pytest.raises(StageFailed, match=r"^stage prepare failed: .*data/raw/elsewhere"):
+        sagan_pipeline(params_file="other.yaml", project_dir=str(proj))
+    log = capfd.readouterr().err  # Prefect's console log
+    assert "--params other.yaml is not this project's params.yaml" in log
+    assert "up to date (dvc status)" not in log and not (proj / "dvc.lock").exists()
