@@ -21,7 +21,8 @@ def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[
     what the form cannot hold (null values) stays a `key.path=value` string."""
     from pipelines.flow.settings import split_overrides
 
-    load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
+    _dvc_precheck(params, validated.pipeline.dvc)
     settings, rest = split_overrides(list(set_ or []))
     return {"params_file": str(params), "settings": settings, "overrides": rest, "force": force}
 
