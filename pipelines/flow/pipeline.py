@@ -28,6 +28,7 @@ from pipelines import launch, stages
 from pipelines.flow import notify
 from pipelines.flow.console import sagan_logs_to_prefect
 from pipelines.flow.dvc_sync import DvcProject, write_overrides
+from pipelines.flow.history import project_tag, tag_flow_run
 from pipelines.flow.project_limit import project_slot
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
@@ -129,15 +130,20 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
     return stages.trained(params, start_step=start)
 
 
+# Each task takes the results it consumes as arguments: Prefect records them as the task run's
+# inputs, and its UI draws the graph's edges from those inputs (prepare -> train -> evaluate ->
+# register, and train -> register: register reads the checkpoint and the evaluation).
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(run: RunContext) -> Evaluated:
+def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate"):
+        get_run_logger().info("evaluate: the checkpoint of step %d (%s)", trained.step, trained.checkpoint)
         return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(run: RunContext) -> Registered:
+def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Registered:
     with _stage("register"):
+        get_run_logger().info("register: FID %.4g at step %d", evaluated.fid, evaluated.generator_step)
         return stages.register(run.params)  # register is no DVC stage: nothing to commit
 
 
@@ -187,6 +193,8 @@ def sagan_pipeline(
     """
     overrides = [*to_overrides(settings), *(overrides or [])]
     with sagan_logs_to_prefect(), _in_dir(project_dir):
+        project = project_tag()  # on the flow run: the summary's past runs are this project's (history.py)
+        tag_flow_run(project)
         params = params or load_params(params_file, overrides)
         cfg = params.pipeline
         with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
@@ -197,16 +205,16 @@ def sagan_pipeline(
             trained = train_task.with_options(
                 retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
             )(run, prep.content_hash)
-            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run)
+            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run, trained)
             # Register always runs: it is idempotent (a run already registered is not registered
             # again, its promotion is re-decided), so an unchanged project ends with the same answer.
             reg = register_task.with_options(
                 retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-            )(run)
+            )(run, trained, ev)
             dvc = "not used"
             if run.dvc is not None:
                 pending = run.dvc.status()
                 dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
             summary = summarize(params, prep, trained, ev, reg, dvc)
-            publish(summary)
+            publish(summary, project)
             return summary
