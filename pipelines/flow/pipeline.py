@@ -23,6 +23,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
 from pipelines.flow import notify
@@ -132,7 +133,9 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
 
 # Each task takes the results it consumes as arguments: Prefect records them as the task run's
 # inputs, and its UI draws the graph's edges from those inputs (prepare -> train -> evaluate ->
-# register, and train -> register: register reads the checkpoint and the evaluation).
+# register, and train -> register: register reads the checkpoint and the evaluation). The shared
+# RunContext goes in `quote`d: Prefect matches arguments to earlier results by object identity, so
+# walking its fields (paths, strings also held by a result) drew edges no data took.
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate"):
@@ -201,16 +204,17 @@ def sagan_pipeline(
             run = _context(params, params_file, overrides, force)
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
             retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-            prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run)
+            ctx = quote(run)  # what every task reads, no upstream result (above)
+            prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
             trained = train_task.with_options(
                 retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
-            )(run, prep.content_hash)
-            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run, trained)
+            )(ctx, prep.content_hash)
+            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
             # Register always runs: it is idempotent (a run already registered is not registered
             # again, its promotion is re-decided), so an unchanged project ends with the same answer.
             reg = register_task.with_options(
                 retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-            )(run, trained, ev)
+            )(ctx, trained, ev)
             dvc = "not used"
             if run.dvc is not None:
                 pending = run.dvc.status()

@@ -213,6 +213,7 @@ def _pytorch_fid_frechet(mu1, s1, mu2, s2, note=log.warning) -> float:
         # which is expected below the feature dimension (and said once, in the log, by the caller).
         with contextlib.redirect_stdout(out), warnings.catch_warnings():
             warnings.simplefilter("ignore", LinAlgWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.16+: sqrtm(disp=) in pytorch-fid
             value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
     except ValueError as e:  # "Imaginary component ..." from a badly conditioned product
         raise _SqrtmFailed(str(e)) from None
