@@ -62,6 +62,21 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     assert mv.tags["candidate"] == "best" and f"at step {best['step']}" in mv.tags["candidate.reason"]
     model = client.get_logged_model(best["model_id"])
     assert model.tags["sagan.step"] == str(best["step"]) and "best kid" in model.tags["sagan.why"]
+    assert_model_scores(client, project, params, best, mv)
+    assert_model_card(client.get_model_version("best-test", str(registered.version)), best["step"])
+
+    # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
+    clone = project / "clone"
+    shutil.copytree(project / "data/prepared", clone / "data/prepared")
+    fetch(project_params(clone, registry__tracking_uri=uri), "models:/best-test@champion")
+    fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
+    assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
+    assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
+
+
+def assert_model_scores(client, project, params, best: dict, mv) -> None:
+    """The LoggedModel's name and scores (in-training and final, each once); the run's sections."""
+    model = client.get_logged_model(best["model_id"])
     assert model.name == f"generator-step-{best['step']:06d}"  # told apart by step in the run's list
     scores = {m.key: m for m in model.metrics}
     assert {"train_eval/kid", "train_eval/kid_std", "train_eval/fid"} <= scores.keys()
@@ -87,15 +102,6 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     # rates never changed: params only, no flat chart
     assert "train/lr_g" not in run.data.metrics and run.data.params["train.lr_g"] == "0.0001"
     assert run.data.tags["sagan.precision"] in ("bf16", "fp32")
-    assert_model_card(client.get_model_version("best-test", str(registered.version)), best["step"])
-
-    # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
-    clone = project / "clone"
-    shutil.copytree(project / "data/prepared", clone / "data/prepared")
-    fetch(project_params(clone, registry__tracking_uri=uri), "models:/best-test@champion")
-    fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
-    assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
-    assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
 
 
 def assert_model_card(mv, step: int) -> None:

@@ -154,10 +154,8 @@ def test_fewer_samples_than_dims_says_one_calm_line_and_the_same_numbers(caplog,
     monkeypatch.setattr(metrics, "_CALM_SAID", set())
     rng = np.random.default_rng(0)
     x1, x2 = 100 * rng.normal(size=(10, 64)), 100 * rng.normal(size=(10, 64)) + 1  # sqrtm fails here
-    accs = [metrics.StatsAccumulator(), metrics.StatsAccumulator()]
-    for acc, x in zip(accs, (x1, x2), strict=True):
-        acc.add(x)
-    a, b = (acc.result() for acc in accs)
+    p1, p2 = stats_of(x1), stats_of(x2)
+    a, b = metrics.Stats(p1.mu, p1.sigma, n=10), metrics.Stats(p2.mu, p2.sigma, n=10)  # counts known
     plain = (metrics.Stats(a.mu, a.sigma), metrics.Stats(b.mu, b.sigma))  # no count: the loud path
     loud = metrics.frechet_with_method(*plain)
     assert loud[1] == "eigh-svd-singular"  # pytorch-fid's sqrtm failed on these

@@ -1,5 +1,9 @@
 """The Prefect flow `sagan-pipeline` end to end on the tiny preset, against one temporary Prefect
-server per session: failure and rerun, DVC staying the cache of record, kill -9 and resume, DDP."""
+server per session: failure and rerun, DVC staying the cache of record, kill -9 and resume, DDP.
+
+Longer than 300 lines: the scenarios share one temporary Prefect server (a session fixture) and the
+helpers that read back what a run recorded there (artifacts, graph inputs, past runs).
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Screenshots of what a user opens after `sagan pipeline run`: MLflow and Prefect pages in headless Chromium.
 
-Starts `mlflow ui` on the project's store (port 5000: the address the Prefect summary links its sample
-grid to) and `prefect server start` on the PREFECT_HOME the run used (Prefect's temporary server keeps
-its runs in the same database), finds the newest run, model version, logged model and flow run, and
-saves one PNG per page. The browser starts with an empty profile, as a first visit would; on the run
+Starts `mlflow ui` on the project's store (port 5000, one worker: with the default count its worker
+died at start on a loaded 2-core machine) and `prefect server start` on the PREFECT_HOME the run used
+(Prefect's temporary server keeps its runs in the same database), finds the newest run, model
+version, logged model and flow run, and saves one PNG per page. The browser starts with an empty
+profile, as a first visit would; on the run
 page it does what a user does to look at the images: each image card's "Show run parameters" off
 (MLflow 3.17 lists every run param above the image by default) and its step slider at the last step.
 
@@ -115,8 +116,8 @@ def shoot_all(ids: dict[str, str], out: Path, settle_ms: int) -> None:
                 "mlflow-logged-model",
                 f"{MLFLOW}/#/experiments/{exp}/models/{ids['model_id']}{ml}",
                 1700,
-                lambda p: p.get_by_placeholder("Search metrics").fill("id"),
-            )  # fid, kid, kid_mean, kid_std
+                lambda p: p.get_by_placeholder("Search metrics").fill("eval/"),
+            )  # train_eval/... (what made it best) and eval/... (the final protocol)
         page("prefect-flow-run", f"{PREFECT}/runs/flow-run/{ids['flow_run']}", 1400)
         page("prefect-summary", f"{PREFECT}/artifacts/artifact/{ids['summary']}", 1200)
         browser.close()
@@ -135,7 +136,9 @@ def main() -> None:
     store = f"sqlite:///{project / 'mlflow.db'}"
     servers = [
         subprocess.Popen(
-            [bindir / "mlflow", "ui", "--backend-store-uri", store, "--port", "5000"], cwd=project, **quiet
+            [bindir / "mlflow", "ui", "--backend-store-uri", store, "--port", "5000", "--workers", "1"],
+            cwd=project,
+            **quiet,
         ),
         subprocess.Popen([bindir / "prefect", "server", "start", "--port", "4200"], env=env, **quiet),
     ]
