@@ -139,7 +139,8 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate"):
-        get_run_logger().info("evaluate: the checkpoint of step %d (%s)", trained.step, trained.checkpoint)
+        which = run.params.registry.candidate  # best.pt or the last checkpoint (sagan_core.model.checkpoint)
+        get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
         return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
 
 
