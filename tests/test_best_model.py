@@ -113,7 +113,7 @@ def assert_model_card(mv, step: int) -> None:
     assert "| hardware | cpu × 1 process(es) |" in card
     assert "models:/best-test@champion" in card and "models:/best-test/" not in card
     # the grid of that step when one was drawn (sample_every), else the run's latest grid
-    at_step = f"(get-artifact?path=images/samples+step+{step}+" in card
+    at_step = f"(get-artifact?path=images/samples%2Bstep%2B{step}%2B" in card  # "+" quoted
     assert at_step or (step != 4 and "(get-artifact?path=samples/latest.png&" in card), card
     assert f"run_uuid={mv.run_id})" in card
 

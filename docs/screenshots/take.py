@@ -70,6 +70,7 @@ def newest(project: Path) -> dict[str, str]:
 def image_cards_at_last_step(page) -> None:
     for key in IMAGE_CARDS:
         title = page.locator(f"h4[title={key}]")
+        title.scroll_into_view_if_needed()  # below the metric sections: drawn once scrolled to
         title.locator("xpath=ancestor::div[.//button][1]").get_by_test_id(
             "experiment-view-compare-runs-card-menu"
         ).click()
@@ -108,7 +109,7 @@ def shoot_all(ids: dict[str, str], out: Path, settle_ms: int) -> None:
             p.close()
 
         page("mlflow-experiment", f"{MLFLOW}/#/experiments/{exp}{ml}", 900)
-        page("mlflow-run", f"{MLFLOW}/#/experiments/{exp}/runs/{run}/model-metrics{ml}", 2600,
+        page("mlflow-run", f"{MLFLOW}/#/experiments/{exp}/runs/{run}/model-metrics{ml}", 4000,
              image_cards_at_last_step)  # fmt: skip
         page("mlflow-model-version", f"{MLFLOW}/#/models/{ids['model']}/versions/{ids['version']}{ml}", 2300)
         if ids["model_id"]:

@@ -161,7 +161,10 @@ def _samples(run, grid: str | None) -> list[str]:
     inline data: image is not shown: MLflow 3.17's description renderer drops data: URIs.)"""
     if not grid:
         return []
-    return ["", f"![latest sample grid](get-artifact?path={grid}&run_uuid={run.info.run_id})", ""]
+    from urllib.parse import quote
+
+    # quoted: the series' file names hold "+", which a query string would read as a space
+    return ["", f"![sample grid](get-artifact?path={quote(grid, safe='/')}&run_uuid={run.info.run_id})", ""]
 
 
 def sample_grid(client, run_id: str, step: int) -> str | None:
