@@ -149,9 +149,14 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         shoot_all(newest(project), args.out, args.settle_ms)
     finally:
-        for proc in servers:
+        for proc in servers:  # both asked first: one slow to stop must not leave the other running
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        for proc in servers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # seen with mlflow ui on a loaded machine
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 if __name__ == "__main__":
