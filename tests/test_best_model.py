@@ -62,14 +62,8 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     assert mv.tags["candidate"] == "best" and f"at step {best['step']}" in mv.tags["candidate.reason"]
     model = client.get_logged_model(best["model_id"])
     assert model.tags["sagan.step"] == str(best["step"]) and "best kid" in model.tags["sagan.why"]
-    scores = {m.key: m for m in model.metrics}
-    assert {"kid", "kid_std", "fid"} <= scores.keys()
-    assert scores["kid"].step == best["step"] and scores["kid"].value == pytest.approx(best["value"])
-    manifest = (project / "data/prepared/manifest.json").read_text()
-    assert scores["fid"].dataset_name == "prepared" and scores["fid"].dataset_digest in manifest
-    # every evaluation step is on the run's curves (only the best ones with a model_id)
-    history = client.get_metric_history(mv.run_id, "kid")
-    assert sorted(m.step for m in history) == [2, 4]
+    assert_model_scores(client, project, params, best, mv)
+    assert_model_card(client.get_model_version("best-test", str(registered.version)), best["step"])
 
     # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
     clone = project / "clone"
@@ -78,6 +72,50 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
     assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
     assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
+
+
+def assert_model_scores(client, project, params, best: dict, mv) -> None:
+    """The LoggedModel's name and scores (in-training and final, each once); the run's sections."""
+    model = client.get_logged_model(best["model_id"])
+    assert model.name == f"generator-step-{best['step']:06d}"  # told apart by step in the run's list
+    scores = {m.key: m for m in model.metrics}
+    assert {"train_eval/kid", "train_eval/kid_std", "train_eval/fid"} <= scores.keys()
+    kid = scores["train_eval/kid"]
+    assert kid.step == best["step"] and kid.value == pytest.approx(best["value"])
+    manifest = (project / "data/prepared/manifest.json").read_text()
+    fid = scores["train_eval/fid"]
+    assert fid.dataset_name == "prepared" and fid.dataset_digest in manifest
+    # the final protocol's numbers, under their own names: every number of eval.json, once
+    eval_json = json.loads((project / "metrics/eval.json").read_text())
+    want = {f"eval/{k}": v for k, v in eval_json.items() if k != "generator_step"}
+    assert {k: scores[k].value for k in want} == pytest.approx(want)
+    stages.evaluate(params, progress=False)  # evaluated again: no second row on the model
+    rows = [(m.key, m.step) for m in client.get_logged_model(best["model_id"]).metrics]
+    assert len(rows) == len(set(rows)), rows
+    # every run metric sits in a section; in-training scores by step, apart from the final ones
+    run = client.get_run(mv.run_id)
+    sections = {k.split("/")[0] for k in run.data.metrics}
+    assert sections <= {"train", "attention", "train_eval", "eval", "system"}, run.data.metrics.keys()
+    history = client.get_metric_history(mv.run_id, "train_eval/kid")
+    assert sorted(m.step for m in history) == [2, 4]
+    assert [m.step for m in client.get_metric_history(mv.run_id, "eval/fid")] == [best["step"]]
+    # rates never changed: params only, no flat chart
+    assert "train/lr_g" not in run.data.metrics and run.data.params["train.lr_g"] == "0.0001"
+    assert run.data.tags["sagan.precision"] in ("bf16", "fp32")
+
+
+def assert_model_card(mv, step: int) -> None:
+    """The card says what ran (resolved attention, precision, device) and how to load it by alias,
+    and shows the sample grid of the registered step from the run's artifacts."""
+    card = mv.description
+    assert "| self-attention | G at 16×16, D at 16×16 (feature maps) |" in card, card
+    assert "| precision | bf16 |" in card or "| precision | fp32 |" in card
+    assert "| hardware | cpu × 1 process(es) |" in card
+    assert "models:/best-test@champion" in card and "models:/best-test/" not in card
+    # the grid of that step when one was drawn (sample_every), else the run's latest grid
+    at_step = f"(get-artifact?path=images/samples%2Bstep%2B{step}%2B" in card  # "+" quoted
+    assert at_step or (step != 4 and "(get-artifact?path=samples/latest.png&" in card), card
+    assert f"run_uuid={mv.run_id})" in card
 
 
 def assert_final_generator_logged_once(uri: str, record: dict) -> None:

@@ -88,4 +88,4 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_mlflow_store(p
     by_exp = {r.data.tags.get("sagan.dvc_exp"): r for r in runs}
     for name, metrics in seen.values():
         run = by_exp[name]
-        assert run.info.run_name == name and run.data.metrics["fid"] == pytest.approx(metrics["fid"])
+        assert run.info.run_name == name and run.data.metrics["eval/fid"] == pytest.approx(metrics["fid"])

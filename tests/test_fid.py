@@ -6,6 +6,7 @@ against; the parity cases share the stand-in weights and image folders built her
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -145,6 +146,30 @@ def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplo
         value, method = metrics.frechet_with_method(a, b)
     assert method == "eigh-svd-singular" and "sqrtm failed" in caplog.text
     assert value == pytest.approx(expected, rel=1e-9)
+
+
+def test_fewer_samples_than_dims_says_one_calm_line_and_the_same_numbers(caplog, capsys, monkeypatch):
+    """n < dims (the demo: 250 samples in 2048 dims): one calm INFO line per sample count instead of
+    scipy's / pytorch-fid's singular-matrix and sqrtm-failed messages; the FID is unchanged."""
+    monkeypatch.setattr(metrics, "_CALM_SAID", set())
+    rng = np.random.default_rng(0)
+    x1, x2 = 100 * rng.normal(size=(10, 64)), 100 * rng.normal(size=(10, 64)) + 1  # sqrtm fails here
+    p1, p2 = stats_of(x1), stats_of(x2)
+    a, b = metrics.Stats(p1.mu, p1.sigma, n=10), metrics.Stats(p2.mu, p2.sigma, n=10)  # counts known
+    plain = (metrics.Stats(a.mu, a.sigma), metrics.Stats(b.mu, b.sigma))  # no count: the loud path
+    loud = metrics.frechet_with_method(*plain)
+    assert loud[1] == "eigh-svd-singular"  # pytorch-fid's sqrtm failed on these
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="sagan"):
+        first = metrics.frechet_with_method(a, b)
+        second = metrics.frechet_with_method(a, b)
+    assert first == second == loud  # the same numbers
+    calm = [r for r in caplog.records if "rank-deficient" in r.getMessage()]
+    assert len(calm) == 1 and calm[0].levelname == "INFO"
+    assert calm[0].getMessage().startswith("FID at 10 samples in 64 dims: the covariance is rank-deficient")
+    assert "eval.num_samples >= 64" in calm[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("sagan")]
+    assert capsys.readouterr().out == ""
 
 
 def test_frechet_errors():

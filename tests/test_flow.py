@@ -1,5 +1,9 @@
 """The Prefect flow `sagan-pipeline` end to end on the tiny preset, against one temporary Prefect
-server per session: failure and rerun, DVC staying the cache of record, kill -9 and resume, DDP."""
+server per session: failure and rerun, DVC staying the cache of record, kill -9 and resume, DDP.
+
+Longer than 300 lines: the scenarios share one temporary Prefect server (a session fixture) and the
+helpers that read back what a run recorded there (artifacts, graph inputs, past runs).
+"""
 
 from __future__ import annotations
 
@@ -94,9 +98,12 @@ def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_no
     logged = {k for k in run.data.metrics if "fid" in k.lower() or "kid" in k.lower()}
     assert logged, run.data.metrics.keys()  # FID/KID are in the MLflow run
     found = artifacts(second.flow_run)
-    assert {"sagan-summary", "sagan-runs"} <= found.keys()
+    assert {"sagan-summary", "sagan-runs", "sagan-result"} <= found.keys()
     assert f"{second.fid:.4g}" in found["sagan-summary"] and second.data_hash in found["sagan-summary"]
     assert "champion" in found["sagan-summary"]
+    # the grid itself, inline (no MLflow UI needed to see it): the PNG of samples/latest.png, downscaled
+    assert_inline_grid(found["sagan-summary"], proj / "models/samples/latest.png")
+    assert_graph_edges(second.flow_run)
     # the run's link opens MLflow's model-training layout (3.17 ignores the experiment's kind tag there)
     link = f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
     assert second.mlflow_url.endswith(link) and link in found["sagan-summary"]
@@ -105,8 +112,60 @@ def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_no
     assert len(trains) == 1 and sha(ckpt) == trained and third.trained_steps == 0
     assert (third.version, third.decision) == (second.version, second.decision)
     assert dvc_status(proj) == UP_TO_DATE
+    # past runs from Prefect's records: this project's three flow runs (the failed one too), newest first
     rows = json.loads(artifacts(third.flow_run)["sagan-runs"])
-    assert len(rows) == 2 and rows[0]["version"] == str(third.version)  # this run, then the last
+    assert [r["flow_run"] for r in rows[:2]] == [
+        flow_run_name(third.flow_run),
+        flow_run_name(second.flow_run),
+    ]
+    assert len(rows) == 3 and rows[0]["version"] == str(third.version) and rows[0]["state"] == "Running"
+    assert rows[1]["state"] == "Completed" and rows[1]["fid"] == f"{second.fid:.4g}"
+    assert rows[2]["state"] == "Failed" and rows[2]["fid"] == "-"
+
+
+def flow_run_name(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).name
+
+
+def assert_inline_grid(markdown: str, grid: Path) -> None:
+    import base64
+    import re
+
+    from PIL import Image
+
+    (data,) = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    inline = Image.open(io.BytesIO(base64.b64decode(data)))
+    with Image.open(grid) as full:
+        ratio = min(1.0, 320 / max(full.size))
+        assert inline.size == (round(full.width * ratio), round(full.height * ratio))
+
+
+def assert_graph_edges(flow_run_id: str) -> None:
+    """Each task run's inputs name the task runs whose results it consumed (the UI's graph edges)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_id = {r.id: r.name.rsplit("-", 1)[0] for r in runs}
+    upstream = {
+        by_id[r.id]: {
+            by_id[i.id]
+            for inputs in r.task_inputs.values()
+            for i in inputs
+            if getattr(i, "id", None) in by_id
+        }
+        for r in runs
+    }
+    assert upstream == {
+        "prepare": set(),
+        "train": {"prepare"},
+        "evaluate": {"train"},
+        "register": {"train", "evaluate"},
+    }, upstream
 
 
 def test_failing_stage_stops_the_flow_and_names_stage_and_cause(prefect_api, tmp_path, monkeypatch):

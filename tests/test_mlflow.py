@@ -90,13 +90,18 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
     assert {t.key: t.value for t in ds.tags}["content_hash"] == manifest["content_hash"]
     # per-step curves: one point per log_every step, matching metrics/train.csv
     csv_rows = (project / "metrics/train.csv").read_text().splitlines()[1:]
-    history = client.get_metric_history(run.info.run_id, "loss_d")
+    history = client.get_metric_history(run.info.run_id, "train/loss_d")
     assert [m.step for m in history] == [int(r.split(",")[0]) for r in csv_rows]
-    for key in ("loss_g", "d_real", "d_fake", "gamma_g0", "gamma_d0", "lr_g", "lr_d", "img_per_s"):
+    # grouped into sections by prefix (MLflow's run page draws one section per prefix)
+    for key in ("train/loss_g", "train/d_real", "train/d_fake", "attention/gamma_g0", "attention/gamma_d0"):
         assert key in run.data.metrics, key
+    assert "train/img_per_s" in run.data.metrics
+    # constant learning rates are params, not flat charts (tracking/names.py lr_changes)
+    assert "train/lr_g" not in run.data.metrics and "train.lr_g" in run.data.params
     # evaluation joined the same run
     ev = json.loads((project / "metrics/eval.record.json").read_text())
-    assert run.data.metrics["fid"] == pytest.approx(ev["fid"])
+    assert run.data.metrics["eval/fid"] == pytest.approx(ev["fid"])
+    assert run.data.metrics["eval/is_mean"] == pytest.approx(ev["is_mean"])
     assert run.data.tags["sagan.eval.num_samples"] == str(ev["num_samples"])
     # images as a series (key + step), the attention figure, the checkpoint, the model
     images = [f.path for f in client.list_artifacts(run.info.run_id, "images")]

@@ -41,7 +41,7 @@ def test_resume_from_a_run_continues_bit_exactly_in_an_empty_clone(tmp_path, pre
     assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == run_id
     from mlflow import MlflowClient
 
-    history = MlflowClient(uri).get_metric_history(run_id, "loss_d")
+    history = MlflowClient(uri).get_metric_history(run_id, "train/loss_d")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 

@@ -1,9 +1,10 @@
 """Screenshots of what a user opens after `sagan pipeline run`: MLflow and Prefect pages in headless Chromium.
 
-Starts `mlflow ui` on the project's store (port 5000: the address the Prefect summary links its sample
-grid to) and `prefect server start` on the PREFECT_HOME the run used (Prefect's temporary server keeps
-its runs in the same database), finds the newest run, model version, logged model and flow run, and
-saves one PNG per page. The browser starts with an empty profile, as a first visit would; on the run
+Starts `mlflow ui` on the project's store (port 5000, one worker: with the default count its worker
+died at start on a loaded 2-core machine) and `prefect server start` on the PREFECT_HOME the run used
+(Prefect's temporary server keeps its runs in the same database), finds the newest run, model
+version, logged model and flow run, and saves one PNG per page. The browser starts with an empty
+profile, as a first visit would; on the run
 page it does what a user does to look at the images: each image card's "Show run parameters" off
 (MLflow 3.17 lists every run param above the image by default) and its step slider at the last step.
 
@@ -69,6 +70,7 @@ def newest(project: Path) -> dict[str, str]:
 def image_cards_at_last_step(page) -> None:
     for key in IMAGE_CARDS:
         title = page.locator(f"h4[title={key}]")
+        title.scroll_into_view_if_needed()  # below the metric sections: drawn once scrolled to
         title.locator("xpath=ancestor::div[.//button][1]").get_by_test_id(
             "experiment-view-compare-runs-card-menu"
         ).click()
@@ -107,7 +109,7 @@ def shoot_all(ids: dict[str, str], out: Path, settle_ms: int) -> None:
             p.close()
 
         page("mlflow-experiment", f"{MLFLOW}/#/experiments/{exp}{ml}", 900)
-        page("mlflow-run", f"{MLFLOW}/#/experiments/{exp}/runs/{run}/model-metrics{ml}", 2600,
+        page("mlflow-run", f"{MLFLOW}/#/experiments/{exp}/runs/{run}/model-metrics{ml}", 4000,
              image_cards_at_last_step)  # fmt: skip
         page("mlflow-model-version", f"{MLFLOW}/#/models/{ids['model']}/versions/{ids['version']}{ml}", 2300)
         if ids["model_id"]:
@@ -115,8 +117,8 @@ def shoot_all(ids: dict[str, str], out: Path, settle_ms: int) -> None:
                 "mlflow-logged-model",
                 f"{MLFLOW}/#/experiments/{exp}/models/{ids['model_id']}{ml}",
                 1700,
-                lambda p: p.get_by_placeholder("Search metrics").fill("id"),
-            )  # fid, kid, kid_mean, kid_std
+                lambda p: p.get_by_placeholder("Search metrics").fill("eval/"),
+            )  # train_eval/... (what made it best) and eval/... (the final protocol)
         page("prefect-flow-run", f"{PREFECT}/runs/flow-run/{ids['flow_run']}", 1400)
         page("prefect-summary", f"{PREFECT}/artifacts/artifact/{ids['summary']}", 1200)
         browser.close()
@@ -135,7 +137,9 @@ def main() -> None:
     store = f"sqlite:///{project / 'mlflow.db'}"
     servers = [
         subprocess.Popen(
-            [bindir / "mlflow", "ui", "--backend-store-uri", store, "--port", "5000"], cwd=project, **quiet
+            [bindir / "mlflow", "ui", "--backend-store-uri", store, "--port", "5000", "--workers", "1"],
+            cwd=project,
+            **quiet,
         ),
         subprocess.Popen([bindir / "prefect", "server", "start", "--port", "4200"], env=env, **quiet),
     ]
@@ -145,9 +149,14 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         shoot_all(newest(project), args.out, args.settle_ms)
     finally:
-        for proc in servers:
+        for proc in servers:  # both asked first: one slow to stop must not leave the other running
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        for proc in servers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # seen with mlflow ui on a loaded machine
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 if __name__ == "__main__":

@@ -23,11 +23,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
 from pipelines.flow import notify
 from pipelines.flow.console import sagan_logs_to_prefect
 from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note, write_overrides
+from pipelines.flow.history import project_tag, tag_flow_run
 from pipelines.flow.project_limit import project_slot
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
@@ -130,15 +132,23 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
     return stages.trained(params, start_step=start)
 
 
+# Each task takes the results it consumes as arguments: Prefect records them as the task run's
+# inputs, and its UI draws the graph's edges from those inputs (prepare -> train -> evaluate ->
+# register, and train -> register: register reads the checkpoint and the evaluation). The shared
+# RunContext goes in `quote`d: Prefect matches arguments to earlier results by object identity, so
+# walking its fields (paths, strings also held by a result) drew edges no data took.
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(run: RunContext) -> Evaluated:
+def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate"):
+        which = run.params.registry.candidate  # best.pt or the last checkpoint (sagan_core.model.checkpoint)
+        get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
         return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(run: RunContext) -> Registered:
+def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Registered:
     with _stage("register"):
+        get_run_logger().info("register: FID %.4g at step %d", evaluated.fid, evaluated.generator_step)
         return stages.register(run.params)  # register is no DVC stage: nothing to commit
 
 
@@ -191,26 +201,29 @@ def sagan_pipeline(
     """
     overrides = [*to_overrides(settings), *(overrides or [])]
     with sagan_logs_to_prefect(), _in_dir(project_dir):
+        project = project_tag()  # on the flow run: the summary's past runs are this project's (history.py)
+        tag_flow_run(project)
         params = params or load_params(params_file, overrides)
         cfg = params.pipeline
         with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
             run = _context(params, params_file, overrides, force)
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
             retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-            prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run)
+            ctx = quote(run)  # what every task reads, no upstream result (above)
+            prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
             trained = train_task.with_options(
                 retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
-            )(run, prep.content_hash)
-            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(run)
+            )(ctx, prep.content_hash)
+            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
             # Register always runs: it is idempotent (a run already registered is not registered
             # again, its promotion is re-decided), so an unchanged project ends with the same answer.
             reg = register_task.with_options(
                 retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-            )(run)
+            )(ctx, trained, ev)
             dvc = "not used"
             if run.dvc is not None:
                 pending = run.dvc.status()
                 dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
             summary = summarize(params, prep, trained, ev, reg, dvc)
-            publish(summary)
+            publish(summary, project)
             return summary

@@ -1,10 +1,11 @@
 """What a pipeline run tells its user: live training progress in Prefect, the run's summary as
-Prefect artifacts (a markdown summary, a table of past runs) and the closing lines on the terminal."""
+Prefect artifacts (a markdown summary with the sample grid, the run's result, a table of past runs
+read back from Prefect: history.py) and the closing lines on the terminal."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import base64
+import io
 import os
 import sys
 import time
@@ -14,25 +15,25 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import (
-    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 
+from pipelines.flow.history import COLUMNS, RESULT_KEY, past_runs
 from pipelines.results import Evaluated, Prepared, Registered, Trained
 from pipelines.tracking.store import redact
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback, step_line
 
-STATE_DIR = Path(".sagan/pipeline")  # the flow's own files
-HISTORY = STATE_DIR / "history.jsonl"
+INLINE_SIDE = 320  # px: the summary's grid is downscaled to this (an inline image, kept small)
+INLINE_BYTES = 200_000  # a larger PNG is left out of the summary (the path is still given)
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One pipeline run, as the flow returns it and `history.jsonl` keeps it."""
+    """One pipeline run, as the flow returns it (its numbers also go to the `sagan-result` artifact)."""
 
     time: str
     flow_run: str
@@ -52,7 +53,6 @@ class RunSummary:
     mlflow_url: str | None
     tracking_uri: str
     dvc: str  # "clean", "not clean: <stages>", or "not used"
-    samples_url: str | None = None  # the run's latest grid, as the MLflow UI / server serves it
 
 
 class PrefectProgress(Callback):
@@ -96,7 +96,6 @@ def summarize(
         reason=reg.reason,
         mlflow_run=reg.run_id,
         mlflow_url=run_url(reg),
-        samples_url=artifact_url(reg, "samples/latest.png"),
         tracking_uri=reg.tracking_uri,
         dvc=dvc,
     )
@@ -122,23 +121,33 @@ def _ui_base(uri: str) -> str:
     return uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
 
 
-def artifact_url(reg: Registered, path: str) -> str | None:
-    """A URL for one of the run's artifacts, as the MLflow UI fetches it (its get-artifact endpoint)."""
-    if not reg.run_id:
-        return None
-    return f"{_ui_base(reg.tracking_uri)}/get-artifact?path={path}&run_uuid={reg.run_id}"
-
-
 def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
-def publish(s: RunSummary) -> None:
-    """Append the run to the history; the markdown summary and the table of past runs as artifacts."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with HISTORY.open("a") as f:
-        f.write(json.dumps(dataclasses.asdict(s)) + "\n")
-    link = f"[{s.mlflow_run}]({s.mlflow_url})" if s.mlflow_url else s.mlflow_run
+def inline_png(path: str | Path) -> str | None:
+    """The grid as a data: URI PNG, downscaled to INLINE_SIDE px; None when unreadable or too big.
+
+    Prefect's image artifact takes only a URL, and a link into MLflow shows only while an MLflow UI
+    runs on that host; Prefect 3's UI renders a data: image inside a markdown artifact (checked in
+    Chromium, docs/screenshots.md), so the summary carries the picture itself."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.thumbnail((INLINE_SIDE, INLINE_SIDE), Image.LANCZOS)
+            buf = io.BytesIO()
+            im.convert("RGB" if im.mode not in ("L", "RGB") else im.mode).save(buf, "PNG", optimize=True)
+    except (OSError, ValueError):
+        return None
+    data = buf.getvalue()
+    return f"data:image/png;base64,{base64.b64encode(data).decode()}" if len(data) <= INLINE_BYTES else None
+
+
+def publish(s: RunSummary, project: str) -> None:
+    """The run's artifacts: the markdown summary, its result row, the table of the project's runs
+    (Prefect's records of flow runs tagged `project`: history.py)."""
+    link = f"[{s.mlflow_run}]({s.mlflow_url}) (with `mlflow ui` running)" if s.mlflow_url else s.mlflow_run
     md = "\n".join(
         [
             "# sagan pipeline run",
@@ -152,19 +161,20 @@ def publish(s: RunSummary) -> None:
             f"| registered | {s.model_name} v{s.version} ({s.decision}) |",
             f"| data hash | `{s.data_hash}` |",
             f"| trained | {s.trained_steps} steps (checkpoint step {s.step}) |",
-            f"| sample grid | `{s.samples}` (also under the MLflow run's artifacts) |",
+            f"| sample grid | `{s.samples}` (below; also under the MLflow run's artifacts) |",
             f"| MLflow run | {link} |",
             f"| DVC | {'`dvc status` clean' if s.dvc == 'clean' else s.dvc} |",
         ]
     )
-    if s.samples_url:  # the grid itself, from the MLflow run (shown while its UI/server is up)
-        md += f"\n\n## Samples at step {s.step}\n\n![sample grid]({s.samples_url})\n"
-        create_image_artifact(s.samples_url, key="sagan-samples", description=f"sample grid, step {s.step}")
+    grid = inline_png(s.samples)
+    if grid:
+        md += f"\n\n## Samples at step {s.step}\n\n![sample grid, step {s.step}]({grid})\n"
     create_markdown_artifact(md, key="sagan-summary", description="sagan: evaluation and promotion")
-    rows = [json.loads(line) for line in HISTORY.read_text().splitlines()[-50:]]
-    columns = ["time", "data_hash", "trained_steps", "fid", "kid", "version", "decision"]
-    table = [{c: _fmt(r.get(c)) for c in columns} for r in reversed(rows)]  # older lines may lack a key
-    create_table_artifact(table, key="sagan-runs", description="sagan pipeline runs, newest first")
+    result = {c: getattr(s, c) for c in COLUMNS[3:]}
+    create_table_artifact([result], key=RESULT_KEY, description="this run's scores and decision")
+    create_table_artifact(
+        past_runs(project), key="sagan-runs", description="this project's runs, newest first"
+    )
 
 
 def _tool(name: str) -> str:

@@ -59,15 +59,26 @@ def _data(params: Params, run_params: dict[str, str], tags: dict[str, str]) -> l
     ]
 
 
+def _attention(run_params: dict[str, str], tags: dict[str, str]) -> str:
+    """Where the attention blocks were: the run's model spec (params' null/auto resolved by the
+    trainer, lineage.py's `sagan.spec` tag), else the params as written."""
+    try:
+        spec = json.loads(tags["sagan.spec"])
+        g, d = (", ".join(f"{r}×{r}" for r in spec[k]) or "none" for k in ("g_attn", "d_attn"))
+    except (KeyError, ValueError, TypeError):
+        return f"G {run_params.get('model.g_attn', '?')} / D {run_params.get('model.d_attn', '?')} (params)"
+    return f"G at {g}, D at {d} (feature maps)"
+
+
 def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> list[str]:
     p = run_params.get
     arch = f"z_dim {p('model.z_dim', '?')}, g_ch {p('model.g_ch', '?')}, d_ch {p('model.d_ch', '?')}"
-    arch += f", attention G {p('model.g_attn', '?')} / D {p('model.d_attn', '?')} (null = paper default)"
     opt = f"Adam lr_G {p('train.lr_g', '?')}, lr_D {p('train.lr_d', '?')}, β=({p('train.beta1', '?')}, "
     opt += f"{p('train.beta2', '?')}), n_dis {p('train.n_dis', '?')}, hinge loss"
     ema = f"decay {p('train.ema_decay', '?')} from step {p('train.ema_start', '?')} (the EMA generator is registered)"
     device, world = tags.get("sagan.device", "unknown"), tags.get("sagan.world_size", "1")
-    precision = p("train.precision", "?")
+    # what ran (lineage.py's tags); a run logged before they existed: the setting, marked as such
+    precision = tags.get("sagan.precision") or f"setting {p('train.precision', '?')}"
     return [
         "## Training",
         "",
@@ -75,10 +86,12 @@ def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> li
         "|---|---|",
         f"| steps | {step} of {p('train.steps', '?')} (batch {p('train.batch_size', '?')} per process) |",
         f"| architecture | {arch} |",
+        f"| self-attention | {_attention(run_params, tags)} |",
         f"| optimizer | {opt} |",
         f"| EMA | {ema} |",
         f"| seed | {p('train.seed', '?')} |",
-        f"| hardware | {device} × {world} process(es), precision {precision} |",
+        f"| hardware | {device} × {world} process(es) |",
+        f"| precision | {precision} |",
         f"| training time | {_duration(tags.get('sagan.train_seconds'))} (last training session) |",
         f"| code | git `{tags.get('sagan.git_commit', 'unknown')[:12]}`"
         + (" (uncommitted changes)" if tags.get("sagan.git_dirty") == "true" else "")
@@ -117,12 +130,16 @@ def _evaluation(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _how_to_sample(name: str, version: int, manifest: dict[str, Any]) -> list[str]:
+def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[str]:
     names = manifest.get("class_names") or []
     klass = f'"class": "{names[0]}", ' if names else ""
-    uri = f"models:/{name}/{version}"
+    # the alias this version got when registered: what users load (a version number never moves)
+    alias = decision if decision in ("champion", "challenger") else "champion"
+    uri = f"models:/{name}@{alias}"
     return [
         "## How to sample",
+        "",
+        f"While this version holds `@{alias}` (aliases move: the version page lists its current ones):",
         "",
         "```bash",
         f"sagan sample --model {uri} --n 64 --out grid.png" + (" --class 0" if names else ""),
@@ -136,10 +153,46 @@ def _how_to_sample(name: str, version: int, manifest: dict[str, Any]) -> list[st
     ]
 
 
+def _samples(run, grid: str | None) -> list[str]:
+    """The run's latest sample grid, as the MLflow UI serves the run's artifacts.
+
+    A relative link to the UI's own get-artifact endpoint: it resolves against whatever host the
+    page was opened from (local `mlflow ui` or a team server) and needs no copy of the image. (An
+    inline data: image is not shown: MLflow 3.17's description renderer drops data: URIs.)"""
+    if not grid:
+        return []
+    from urllib.parse import quote
+
+    # quoted: the series' file names hold "+", which a query string would read as a space
+    return ["", f"![sample grid](get-artifact?path={quote(grid, safe='/')}&run_uuid={run.info.run_id})", ""]
+
+
+def sample_grid(client, run_id: str, step: int) -> str | None:
+    """The run artifact path of the sample grid at `step` (the `samples` image series, callback.py),
+    else of the run's latest grid; None when the run has neither."""
+    try:
+        series = [f.path for f in client.list_artifacts(run_id, "images")]
+        at_step = [p for p in series if p.startswith(f"images/samples+step+{step}+") and p.endswith(".png")]
+        if at_step:
+            return sorted(at_step)[-1]
+        latest = [f.path for f in client.list_artifacts(run_id, "samples")]
+    except Exception:  # noqa: BLE001 - the picture is a convenience; the card is written without it
+        return None
+    return "samples/latest.png" if "samples/latest.png" in latest else None
+
+
 def version_card(
-    params: Params, name: str, version: int, run, ev: dict[str, Any], decision: str, reason: str
+    params: Params,
+    name: str,
+    version: int,
+    run,
+    ev: dict[str, Any],
+    decision: str,
+    reason: str,
+    grid: str | None = None,
 ) -> str:
-    """The markdown description of version `version` of `name`, registered from `run`."""
+    """The markdown description of version `version` of `name`, registered from `run`; `grid`: the
+    run artifact path of its latest sample grid, when the run has one."""
     run_params, tags = dict(run.data.params), dict(run.data.tags)
     step = ev.get("generator_step", "?")
     lines = [
@@ -149,6 +202,7 @@ def version_card(
         "",
         f"FID {_num(ev.get('fid'))} · KID {_num(ev.get('kid_mean'))} · IS {_num(ev.get('is_mean'))} · "
         f"run `{run.info.run_id}`",
+        *_samples(run, grid),
         "",
         *_data(params, run_params, tags),
         "",
@@ -156,7 +210,7 @@ def version_card(
         "",
         *_evaluation(ev),
         "",
-        *_how_to_sample(name, version, _manifest(params)),
+        *_how_to_sample(name, decision, _manifest(params)),
     ]
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ import json
 import logging
 from typing import Any
 
-from pipelines.registry.model_card import model_description, version_card
+from pipelines.registry.model_card import model_description, sample_grid, version_card
 from pipelines.registry.promotion_lock import promotion_lock
 from pipelines.results import Registered
 from pipelines.tracking.best_model import logged_best
@@ -40,7 +40,6 @@ from sagan_core.evaluate.protocol import protocol, protocol_id
 from sagan_core.model.checkpoint import candidate, step_of
 
 log = logging.getLogger("sagan.registry")
-
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -208,7 +207,8 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
         mv = client.get_model_version(name, mv.version)
     decision, reason = _promote(client, name, mv, params.registry.min_improvement)
-    card = version_card(params, name, int(mv.version), run, ev, decision, reason)
+    grid = sample_grid(client, run_id, step)  # the card shows it
+    card = version_card(params, name, int(mv.version), run, ev, decision, reason, grid)
     client.update_model_version(name, mv.version, description=card)
     return Registered(
         model_name=name,

@@ -17,11 +17,12 @@ from typing import Any
 
 from pipelines.tracking.generator_model import CHECKPOINT_DIR, export_generator, log_exported
 from pipelines.tracking.lineage import data_lineage
+from pipelines.tracking.names import TRAIN_EVAL_KEYS, train_metric
 from pipelines.tracking.run_record import read_run_record, write_run_record
 from sagan_core.config import Params
 from sagan_core.model import checkpoint as ckpt_io
 
-SCORE_KEYS = ("kid", "kid_std", "fid")
+SCORE_KEYS = TRAIN_EVAL_KEYS  # logged as train_eval/kid, ... (names.py)
 
 
 def export_best(snap: Path) -> tuple[Path, dict[str, Any], Any]:
@@ -52,7 +53,7 @@ def log_best(
     for key in SCORE_KEYS:
         client.log_metric(
             run_id,
-            key,
+            train_metric(key),
             float(scores[key]),
             step=step,
             model_id=model_id,

@@ -20,6 +20,7 @@ from typing import Any
 from pipelines.tracking.best_model import SCORE_KEYS, export_best, log_best
 from pipelines.tracking.generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
 from pipelines.tracking.lineage import log_lineage
+from pipelines.tracking.names import LR_KEYS, lr_changes, train_metric
 from pipelines.tracking.run_record import read_run_record, recover, write_run_record
 from pipelines.tracking.store import artifact_error, call, connect, experiment_id, redact, scrub
 from pipelines.tracking.uploads import Uploader, snapshot
@@ -59,6 +60,8 @@ class MlflowCallback(Callback):
         self.monitor = None
         self.ended = False
         self.linked_step: int | None = None  # the step whose KID/FID go with a best LoggedModel
+        # the learning rates last logged (names.lr_changes): the run's own params until one changes
+        self.lr_seen = {k: float(getattr(params.train, k)) for k in LR_KEYS}
         self.run_id, self.experiment_id = self._open_run()
         # a resumed run keeps what its record knew (model_id, step, best) until they are replaced
         kept = (read_run_record(params) or {}) if resume else {}
@@ -109,6 +112,8 @@ class MlflowCallback(Callback):
 
         flat = {k: ("null" if v is None else str(v)) for k, v in self.params.flat().items()}
         logged = self.client.get_run(self.run_id).data.params
+        # a resumed run's params hold the rates it started with: a changed one is logged (on_metrics)
+        self.lr_seen = {k: float(logged.get(f"train.{k}", flat[f"train.{k}"])) for k in LR_KEYS}
         new = [Param(k, v[:6000]) for k, v in flat.items() if k not in logged]
         # MLflow params are immutable: a --resume with other values (e.g. more steps) is kept as tags.
         changed = [RunTag(f"sagan.resume.{k}", v) for k, v in flat.items() if k in logged and logged[k] != v]
@@ -135,7 +140,9 @@ class MlflowCallback(Callback):
 
         now = int(time.time() * 1000)
         linked = SCORE_KEYS if step == self.linked_step else ()  # logged with their model_id (on_best)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k not in linked]
+        kept = {k: v for k, v in metrics.items() if k not in linked and k not in LR_KEYS}
+        kept |= lr_changes(self.lr_seen, metrics)  # rates only when they change (names.py says why)
+        batch = [Metric(train_metric(k), float(v), now, step) for k, v in kept.items()]
         op = self._guard(
             "logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False
         )

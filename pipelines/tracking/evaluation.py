@@ -1,4 +1,5 @@
-"""Evaluation joins the training run: FID/IS/KID as metrics at the generator's step, the protocol as tags.
+"""Evaluation joins the training run: every number of eval.json as an `eval/` metric at the generator's
+step (`eval/fid`, `eval/kid_mean`, `eval/is_mean`, ... : names.py), the protocol as tags.
 
 Tags rather than params because MLflow params are immutable and an evaluation may be rerun (with
 another protocol) on the same run; `sagan.eval.protocol_id` lets runs be compared only when equal.
@@ -12,14 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.names import eval_metric
 from pipelines.tracking.run_record import read_run_record, recover
 from pipelines.tracking.store import artifact_error, call, connect, enabled
 from sagan_core.config import Params
-from sagan_core.evaluate.protocol import protocol_id
+from sagan_core.evaluate.protocol import metrics_only, protocol_id
 
 log = logging.getLogger("sagan.mlflow")
 
-METRIC_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std")
+
+def scores(eval_metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers eval.json holds (sagan_core's `metrics_only`), less the step they are logged at:
+    a number the evaluation adds to eval.json reaches MLflow as `eval/<key>` with no edit here."""
+    return {k: float(v) for k, v in metrics_only(eval_metrics).items() if k != "generator_step"}
 
 
 def reopen_run(params: Params) -> None:
@@ -34,6 +40,11 @@ def reopen_run(params: Params) -> None:
     client, uri = connect(params)
     call(uri, client.get_run, record["run_id"])
     recover(client, uri, params, record["run_id"], end=True)
+
+
+def _on_model(client, model_id: str) -> set[tuple[str, int, float]]:
+    """(key, step, value) of the metrics the LoggedModel already shows."""
+    return {(m.key, m.step, m.value) for m in client.get_logged_model(model_id).metrics or []}
 
 
 def _digest(params: Params) -> str:
@@ -69,15 +80,17 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
         if model_id
         else {}
     )
+    numbers = scores(eval_metrics)  # KID is absent without reference features
+    on_model = call(uri, _on_model, client, model_id) if model_id else set()
     metrics = [
-        Metric(k, float(v), now, step, **link)
-        for k, v in eval_metrics.items()
-        if k in METRIC_KEYS and isinstance(v, (int, float))  # KID is None without reference features
+        Metric(eval_metric(k), v, now, step, **link)
+        for k, v in numbers.items()
+        if (eval_metric(k), step, v) not in on_model  # an evaluation rerun adds no second row
     ]
     tags = [
         RunTag(f"sagan.eval.{k}", json.dumps(v) if not isinstance(v, str) else v)
         for k, v in eval_metrics.items()
-        if k not in METRIC_KEYS
+        if k not in numbers
     ]
     tags.append(RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics)))
     call(uri, client.log_batch, run_id, metrics=metrics, tags=tags)

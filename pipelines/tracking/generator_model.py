@@ -21,7 +21,7 @@ from typing import Any
 from pipelines.tracking.run_record import read_run_record, write_run_record
 from sagan_core.config import Params
 
-MODEL_NAME = "generator"  # name of the logged generator model inside the run
+MODEL_NAME = "generator"  # the logged generators' name stem: generator-step-001600 (model_name)
 CHECKPOINT_DIR = "checkpoint"  # artifact folder holding the full training checkpoint
 PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")  # the code every logged model carries
 CODE_HASH_TAG = "sagan.pyfunc_sha256"
@@ -29,6 +29,11 @@ CODE_HASH_TAG = "sagan.pyfunc_sha256"
 
 def file_sha256(path: Path = PYFUNC_FILE) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_name(step: int) -> str:
+    """A LoggedModel's name: the run's models list tells its generators apart by training step."""
+    return f"{MODEL_NAME}-step-{int(step):06d}"
 
 
 def _packed_module_class():
@@ -130,7 +135,7 @@ def log_exported(client, run_id: str, torch_dir: Path, spec, meta: dict[str, Any
     run = client.get_run(run_id)
     logged = client.create_logged_model(
         run.info.experiment_id,
-        name=MODEL_NAME,
+        name=model_name(meta["step"]),
         source_run_id=run_id,
         params=_key_params(run.data.params),
         tags={
@@ -146,7 +151,7 @@ def log_exported(client, run_id: str, torch_dir: Path, spec, meta: dict[str, Any
         # takes run_id, so the model joins this run without a fluent run being opened around it.
         info = Model.log(
             artifact_path=None,
-            name=MODEL_NAME,
+            name=model_name(meta["step"]),
             flavor=mlflow.pyfunc,
             run_id=run_id,
             model_id=logged.model_id,

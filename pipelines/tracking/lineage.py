@@ -81,7 +81,8 @@ def dvc_md5(prepared: Path) -> str | None:
 def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> None:
     """Tag the run with code and data lineage and log the prepared data as its dataset input.
 
-    `info` is the trainer's on_start info (spec, device, world_size).
+    `info` is the trainer's on_start info: the spec (attention slots resolved from null/auto params),
+    device, world_size and the step plan (bf16, ...), so the model card states what ran.
     """
     from mlflow.entities import RunTag
 
@@ -96,6 +97,10 @@ def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> No
         "sagan.device": str(info["device"]),
         "sagan.world_size": str(info["world_size"]),
     }
+    if "bf16" in info:  # what train.precision / channels_last: auto resolved to on this device
+        tags["sagan.precision"] = "bf16" if info["bf16"] else "fp32"
+        tags["sagan.channels_last"] = str(bool(info.get("channels_last"))).lower()
+        tags["sagan.compile"] = str(bool(info.get("compile"))).lower()
     if "dvc_md5" in data:
         tags["sagan.data.dvc_md5"] = data["dvc_md5"]
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.names import LR_KEYS, train_metric
 from pipelines.tracking.store import call
 from sagan_core.atomic import write_json
 from sagan_core.config import Params
@@ -76,10 +77,13 @@ def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
         return 0
     now = int(time.time() * 1000)
     missing = []
-    for key in (k for k in rows[0] if k != "step"):
+    # train.csv's columns under their MLflow names (names.py); learning rates are logged only when
+    # they change, which the callback saw and the CSV rows do not say: not sent again here
+    for col in (k for k in rows[0] if k not in ("step", *LR_KEYS)):
+        key = train_metric(col)
         last = max((m.step for m in call(uri, client.get_metric_history, run_id, key)), default=-1)
         missing += [
-            Metric(key, float(r[key]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[key]
+            Metric(key, float(r[col]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[col]
         ]
     for i in range(0, len(missing), _BATCH):
         call(uri, client.log_batch, run_id, metrics=missing[i : i + _BATCH])

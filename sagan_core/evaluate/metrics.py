@@ -127,6 +127,27 @@ class _SqrtmFailed(ValueError):
     """pytorch-fid refused its sqrtm result (large imaginary part)."""
 
 
+_CALM_SAID: set[tuple[int, int]] = set()  # the rank-deficiency line: once per sample count and size
+
+
+def _few_samples(n: int, dims: int) -> None:
+    """Say once, calmly, what an FID from fewer samples than feature dimensions is (and is not).
+
+    Below the feature dimension a covariance is rank-deficient for sure: scipy's sqrtm then warns of
+    a singular product and may fail, and pytorch-fid prints a notice. Those messages are expected
+    here and say nothing a user can act on, so they go to the debug log; this line replaces them.
+    """
+    if (n, dims) not in _CALM_SAID:
+        _CALM_SAID.add((n, dims))
+        log.info(
+            "FID at %d samples in %d dims: the covariance is rank-deficient, so this FID is a rough "
+            "trend, not comparable with published FIDs (use eval.num_samples >= %d)",
+            n,
+            dims,
+            dims,
+        )
+
+
 def frechet_distance(a: Stats, b: Stats) -> float:
     """pytorch-fid's Fréchet distance (see `trace_sqrt_product`), with clear errors and logs."""
     return frechet_with_method(a, b)[0]
@@ -159,14 +180,19 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
     # eigendecompositions of the exact path would only find that out (seconds at 2048 dims).
     doomed = any(s.num is not None and s.num <= len(mu1) for s in (a, b))
     tr_covmean = None if doomed else trace_sqrt_product(s1, s2)
+    if doomed:
+        _few_samples(min(s.num for s in (a, b) if s.num is not None), len(mu1))
     if tr_covmean is not None:
         value, method = from_trace(tr_covmean), "eigh-svd"
     else:
-        log.info("a covariance is singular (fewer samples than feature dimensions?): FID via scipy sqrtm")
+        # expected below the feature dimension (said once, calmly, above); a surprise otherwise
+        note = log.debug if doomed else log.warning
+        if not doomed:
+            log.info("a covariance is singular: FID via scipy sqrtm")
         try:
-            value, method = _pytorch_fid_frechet(mu1, s1, mu2, s2), "sqrtm"
+            value, method = _pytorch_fid_frechet(mu1, s1, mu2, s2, note), "sqrtm"
         except _SqrtmFailed as e:
-            log.warning(
+            note(
                 "pytorch-fid's sqrtm failed on these statistics (%s; pytorch-fid itself would stop here): "
                 "FID computed with the exact formula for singular covariances instead. Use more samples "
                 "than feature dimensions for FIDs comparable with other tools.",
@@ -179,7 +205,7 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
     return value, method
 
 
-def _pytorch_fid_frechet(mu1, s1, mu2, s2) -> float:
+def _pytorch_fid_frechet(mu1, s1, mu2, s2, note=log.warning) -> float:
     """pytorch-fid's own function, its asserts and prints turned into clear errors and logs."""
     out = io.StringIO()
     try:
@@ -187,11 +213,12 @@ def _pytorch_fid_frechet(mu1, s1, mu2, s2) -> float:
         # which is expected below the feature dimension (and said once, in the log, by the caller).
         with contextlib.redirect_stdout(out), warnings.catch_warnings():
             warnings.simplefilter("ignore", LinAlgWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.16+: sqrtm(disp=) in pytorch-fid
             value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
     except ValueError as e:  # "Imaginary component ..." from a badly conditioned product
         raise _SqrtmFailed(str(e)) from None
     if out.getvalue().strip():
-        log.warning("%s", out.getvalue().strip())
+        note("%s", out.getvalue().strip())
     return value
 
 
