@@ -2,6 +2,9 @@
 
 Unknown keys and bad values are errors naming the key path (`train.lr_d: expected a number > 0,
 got -1`). Reading the file and `--set` overrides live in params_file.py.
+
+Longer than 300 lines: one class per params.yaml section, each field with its comment, is the
+reference of every key; splitting the sections across files would scatter that reference.
 """
 
 from __future__ import annotations
@@ -101,6 +104,12 @@ class TrainConfig(Section):
         "default"
     )
     nproc_per_node: int = Field(1, gt=0, le=256)  # >1: the train stage relaunches itself under torchrun
+    # Several machines (docs/scale-out.md): the same `sagan train` on each of `nnodes` machines; they
+    # meet at rdzv_endpoint (host:port on one of them, torchrun's c10d rendezvous; needed if nnodes > 1)
+    nnodes: int = Field(1, gt=0, le=4096)
+    rdzv_endpoint: str | None = Field(None, validate_default=True)
+    rdzv_id: str = Field("sagan", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # two jobs at one endpoint: two ids
+    dist_timeout_s: int = Field(1800, ge=10, le=86400)  # how long a rank waits for a lost one, then fails
     out_dir: str = "models"
     samples_dir: str = "samples"
     metrics_file: str = "metrics/train.csv"
@@ -142,6 +151,16 @@ class TrainConfig(Section):
     @property
     def latest_attention(self) -> Path:
         return Path(self.samples_dir) / "attention.png"
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None, info: Any) -> str | None:
+        host, _, port = (v or "").rpartition(":")
+        if v is not None and not (host and port.isdigit() and 0 < int(port) < 65536 and " " not in v):
+            raise ValueError(f"expected host:port, got {v!r}")
+        if v is None and info.data.get("nnodes", 1) > 1:
+            raise ValueError("train.nnodes > 1 needs the rendezvous host:port (the same on every node)")
+        return v
 
     @field_validator("device")
     @classmethod

@@ -66,7 +66,9 @@ def train(
 
             fetch(p, resume_from)
             resume = True
-        if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
+        from pipelines.launch import distributed
+
+        if distributed(p) and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
             from pipelines.launch import run_torchrun, supervised
 
             with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it

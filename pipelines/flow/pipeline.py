@@ -109,7 +109,7 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         do_resume, why = resume.decide(params, data_hash, run.force)
         logger = get_run_logger()
         logger.info("train: %s", why)
-        if params.train.nproc_per_node > 1:
+        if launch.distributed(params):
             result = _train_under_torchrun(params, do_resume)
         else:
             progress = PrefectProgress(params.train.steps)
