@@ -21,6 +21,7 @@ its own (terminal signals and group kills pass it by), records the command's des
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -81,6 +82,11 @@ def torchrun_command(params_file: Path, params: Params, resume: bool, quiet: boo
     ]
 
 
+# torch's C++ log lines ("[W1202 00:50:03.572 TCPStore.cpp:138] ...") and the C++ stack that follows
+# them: what a lost connection prints in every process before the rank's own one-line error.
+_CPP_NOISE = re.compile(r"^(\[[WEI]\d{4} |Exception raised from |frame #\d+: |<omitting python frames>)")
+
+
 def _torchrun_report(line: str) -> bool:
     """Lines of torchrun's own failure report and warnings (the ranks said what went wrong)."""
     return "torch.distributed.elastic" in line or "torch/distributed/elastic" in line
@@ -94,6 +100,8 @@ class _Filter:
         self.emit, self.held, self.dropping = emit, [], False
 
     def __call__(self, line: str) -> None:
+        if _CPP_NOISE.match(line):
+            return
         if self.dropping or _torchrun_report(line):
             self.dropping = self.dropping or bool(self.held)  # the report runs to the end
             self.held = []

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, SAGAN, TINY_CLI, assert_same_tensors, checkpoint_step, free_port, run_cli
+from helpers import (
+    REPO,
+    SAGAN,
+    TINY_CLI,
+    assert_same_tensors,
+    checkpoint_step,
+    free_port,
+    run_cli,
+    subset_prepared,
+)
 
 from sagan_core.config import Params
 
@@ -90,11 +99,9 @@ def test_two_nodes_train_bit_for_bit_as_two_processes_on_one(tmp_path, prepared_
 
 
 def test_a_node_with_other_data_is_refused_before_training(tmp_path, prepared_demo):
-    import json
-
     a, b = node_dir(tmp_path, "a", prepared_demo), node_dir(tmp_path, "b", prepared_demo)
-    manifest = b / "data/prepared/manifest.json"  # node b prepared something else
-    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"content_hash": "0" * 64}))
+    shutil.rmtree(b / "data/prepared")  # node b prepared something else (valid in itself)
+    subset_prepared(prepared_demo, b / "data/prepared", 200)
     results = two_nodes(a, b, "--set", "train.steps=2")
     for code, err in results:
         assert code == 1, err[-3000:]
