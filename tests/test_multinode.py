@@ -4,9 +4,12 @@ disk): only global rank 0 writes a checkpoint, wherever the rendezvous puts it."
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,12 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    BIN,
     REPO,
     SAGAN,
     TINY_CLI,
     assert_same_tensors,
     checkpoint_step,
+    dvc,
     free_port,
+    git,
+    pipeline_project,
     run_cli,
     subset_prepared,
 )
@@ -110,7 +117,9 @@ def test_a_node_with_other_data_is_refused_before_training(tmp_path, prepared_de
     # The node named is the one with the other data: whichever node rank the rendezvous gave it,
     # the message names one node and it is not rank 0's.
     line = next(x for x in results[0][1].splitlines() if "differs between nodes" in x)
-    assert line.count("node ") == 2  # the odd node, and rank 0's node it differs from
+    named = re.findall(r"node (\d+) \((.+?)\)", line)  # the odd node, and rank 0's it differs from
+    assert len(named) == 2 and named[0][0] != named[1][0], line
+    assert named[0][1] == named[1][1] == socket.gethostname()
     assert not any(checkpoint_step(n / "models/checkpoint.pt") for n in (a, b))  # never trained
 
 
@@ -145,3 +154,86 @@ def test_a_killed_node_ends_the_other_and_both_resume(tmp_path, prepared_demo):
     # rank 0 now may be on the other node: it received the newest checkpoint before resuming
     steps = [checkpoint_step(n / "models/checkpoint.pt") for n in (a, b)]
     assert saved + 2 in steps, steps
+
+
+@contextlib.contextmanager
+def dvc_bucket():
+    """An S3 bucket on a moto server on 127.0.0.1, and the environment that reaches it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        keys = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket="sagan-dvc")
+        env = (
+            os.environ
+            | ENV
+            | keys
+            | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+        )
+        env |= {
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
+        yield endpoint, env
+    finally:
+        server.stop()
+
+
+def test_a_fresh_node_pulls_data_from_dvc_and_resumes_from_mlflow(tmp_path):
+    """A node with nothing but a clone of the project: `dvc pull prepare` from the S3 remote (moto on
+    127.0.0.1), then `sagan train --resume-from runs:/ID` from the MLflow store, and trains on."""
+    import json
+
+    with dvc_bucket() as (endpoint, env):
+        origin = pipeline_project(tmp_path / "origin", dvc=True)
+        dvc(["remote", "add", "-d", "s3", "s3://sagan-dvc/store"], origin, env)
+        dvc(["remote", "modify", "s3", "endpointurl", endpoint], origin, env)
+        dvc(["repro", "prepare"], origin, env)
+        dvc(["push", "prepare"], origin, env)
+        git(["add", "-A"], origin, env)
+        git(["commit", "-qm", "prepared, remote"], origin, env)
+        store = tmp_path / "mlflow"  # the tracking server both nodes reach (here: one sqlite store)
+        tracked = ["--set", f"registry.tracking_uri=sqlite:///{store}/mlflow.db"]
+        tracked += [
+            "--set",
+            f"registry.artifact_location={store}/artifacts",
+            "--set",
+            "train.checkpoint_every=2",
+        ]
+        r = run_cli(
+            ["train", "--quiet", "--set", "train.steps=2", *tracked], origin, env | {"SAGAN_TRACKING": "1"}
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        run_id = json.loads((origin / "models/mlflow_run.json").read_text())["run_id"]
+
+        fresh = tmp_path / "fresh"  # a new machine: the project's files from git, nothing else
+        git(["clone", "-q", str(origin), str(fresh)], tmp_path, env)
+        assert not (fresh / "data/prepared").exists() and not (fresh / "models").exists()
+        dvc(["pull", "prepare"], fresh, env)
+        for name in ("images.npy", "labels.npy", "manifest.json"):
+            assert (fresh / "data/prepared" / name).read_bytes() == (
+                origin / "data/prepared" / name
+            ).read_bytes()
+        args = ["train", "--resume-from", f"runs:/{run_id}", "--set", "train.steps=4", *tracked]
+        r = run_cli(args, fresh, env | {"SAGAN_TRACKING": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "at step 2" in r.stderr and "resumed from" in r.stderr, r.stderr[-2000:]
+        assert checkpoint_step(fresh / "models/checkpoint.pt") == 4

@@ -52,6 +52,28 @@ def train_args(nnodes: int, nproc: int, name: str, port: int, overrides: list[st
     return [*args, *(["--resume-from", resume_from] if resume_from else []), "--quiet"]
 
 
+def _container(image: str, repository: str, revision: str, secret: str, port: int, gpus: int, args):
+    """The pod's one container: clone, `dvc pull`, `sagan train ARGS`, with `gpus` GPUs."""
+    return {
+        "name": "sagan",
+        "image": image,
+        "command": ["bash", "-c", SCRIPT, "sagan-train"],
+        "args": args,
+        "workingDir": "/work/project",
+        "env": [
+            {"name": "SAGAN_REPOSITORY", "value": repository},
+            {"name": "SAGAN_REVISION", "value": revision},
+        ],
+        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
+        "ports": [{"name": "rdzv", "containerPort": port}],
+        "resources": {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}},
+        "volumeMounts": [
+            {"name": "project", "mountPath": "/work/project"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+    }
+
+
 def render(
     *,
     image: str,
@@ -76,7 +98,7 @@ def render(
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": dict(labels)},
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -84,25 +106,8 @@ def render(
             "ports": [{"name": "rdzv", "port": port, "targetPort": port}],
         },
     }
-    gpus = {"nvidia.com/gpu": nproc_per_node}
-    container = {
-        "name": "sagan",
-        "image": image,
-        "command": ["bash", "-c", SCRIPT, "sagan-train"],
-        "args": train_args(nnodes, nproc_per_node, name, port, list(overrides or []), resume_from),
-        "workingDir": "/work/project",
-        "env": [
-            {"name": "SAGAN_REPOSITORY", "value": repository},
-            {"name": "SAGAN_REVISION", "value": revision},
-        ],
-        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
-        "ports": [{"name": "rdzv", "containerPort": port}],
-        "resources": {"limits": dict(gpus), "requests": dict(gpus)},
-        "volumeMounts": [
-            {"name": "project", "mountPath": "/work/project"},
-            {"name": "shm", "mountPath": "/dev/shm"},
-        ],
-    }
+    args = train_args(nnodes, nproc_per_node, name, port, list(overrides or []), resume_from)
+    container = _container(image, repository, revision, secret, port, nproc_per_node, args)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
