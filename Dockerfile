@@ -24,7 +24,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 WORKDIR /opt/sagan
 COPY constraints.txt pyproject.toml README.md LICENSE ./
 RUN python3 -m venv /opt/venv \
-    && pip install -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
+    && pip install -c constraints.txt torch torchvision
 COPY sagan_core ./sagan_core
 COPY pipelines ./pipelines
 RUN pip install -c constraints.txt . && sagan --version
