@@ -60,6 +60,11 @@ def train(
 ) -> None:
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
     p = load(params, set_)
+    if p.train.launcher == "kubernetes":  # submitting and awaiting the Job is the flow's (scale-out.md)
+        raise ConfigError(
+            "train.launcher: kubernetes is run by `sagan pipeline run` (or `python -m pipelines.flow.kubernetes "
+            "run`); `sagan train` trains on this machine: --set train.launcher=local"
+        )
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:
             from pipelines.resume_from import fetch

@@ -46,6 +46,7 @@ def train_args(nnodes: int, nproc: int, name: str, port: int, overrides: list[st
         f"train.nproc_per_node={nproc}",
         f"train.rdzv_endpoint={name}-0.{name}:{port}",
         f"train.rdzv_id={name}",
+        "train.launcher=local",  # each pod trains here, as one node
         *overrides,
     ]
     args = [a for s in sets for a in ("--set", s)]
@@ -167,6 +168,47 @@ def apply(manifests: list[dict[str, Any]], namespace: str, kubectl: str = "kubec
     _kubectl(["apply", "--namespace", namespace, "-f", "-"], stdin=to_yaml(manifests), kubectl=kubectl)
 
 
+def _progress(job: dict[str, Any], elapsed: float) -> str:
+    st, n = job.get("status") or {}, (job.get("spec") or {}).get("completions", "?")
+    counts = ", ".join(f"{st.get(k) or 0} {k}" for k in ("active", "ready", "succeeded", "failed"))
+    return f"job {job.get('metadata', {}).get('name')}: {counts} of {n} pods ({elapsed:.0f} s)"
+
+
+def failed_pods(name: str, namespace: str, kubectl: str = "kubectl") -> str:
+    """'pod P (index I): reason' for each failed pod of the Job (index: its completion index)."""
+    try:
+        pods = json.loads(
+            _kubectl(
+                ["get", "pods", "--namespace", namespace, "-l", f"sagan/job={name}", "-o", "json"],
+                kubectl=kubectl,
+            )
+        ).get("items", [])
+    except (SaganError, ValueError):
+        return "its pods could not be listed"
+    out = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Failed":
+            continue
+        meta = pod.get("metadata") or {}
+        index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "?")
+        states = [
+            c.get("state", {}).get("terminated") or {} for c in pod["status"].get("containerStatuses") or []
+        ]
+        why = next(
+            (f"{t.get('reason', 'exit')} (exit code {t.get('exitCode')})" for t in states if t), "failed"
+        )
+        out.append(f"pod {meta.get('name')} (index {index}): {why}")
+    return "; ".join(out) or "no failed pod listed"
+
+
+def _last_lines(name: str, namespace: str, kubectl: str) -> str:
+    try:  # best effort: a failed listing must not hide why the Job failed
+        args = ["logs", "--namespace", namespace, "-l", f"sagan/job={name}", "--tail=3", "--prefix"]
+        return " | ".join(_kubectl(args, kubectl=kubectl).strip().splitlines()) or "none"
+    except SaganError:
+        return "not available"
+
+
 def wait(
     name: str,
     namespace: str,
@@ -175,24 +217,38 @@ def wait(
     kubectl: str = "kubectl",
     log: Callable[[str], None] = print,
 ) -> None:
-    """Until the Job ends; a failed Job (or the timeout) is a SaganError with the pods' last lines."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    """Until the Job ends, with a progress line whenever its pod counts change. A failed Job is a
+    SaganError naming the failed pods (and their indexes); past timeout_s the Job and its Service
+    are deleted (its pods would hold their GPUs) and that is a SaganError too."""
+    started = time.monotonic()
+    last = None
     while True:
         job = json.loads(
             _kubectl(["get", "job", name, "--namespace", namespace, "-o", "json"], kubectl=kubectl)
         )
+        elapsed = time.monotonic() - started
+        line = _progress(job, elapsed)
+        if line.split(" (")[0] != last:
+            log(line)
+            last = line.split(" (")[0]
         outcome = job_outcome(job)
         if outcome == "succeeded":
             log(f"job {name} succeeded")
             return
-        if outcome or (deadline is not None and time.monotonic() > deadline):
-            tail = _kubectl(
-                ["logs", "--namespace", namespace, "-l", f"sagan/job={name}", "--tail=3", "--prefix"],
-                kubectl=kubectl,
-            ).strip()
-            what = outcome or f"not done after {timeout_s:.0f} s"
+        if outcome:
             raise SaganError(
-                f"kubernetes job {name} {what}; its pods' last lines: {' | '.join(tail.splitlines())}"
+                f"kubernetes job {name} {outcome}: {failed_pods(name, namespace, kubectl)}; "
+                f"last lines: {_last_lines(name, namespace, kubectl)}"
+            )
+        if timeout_s is not None and elapsed > timeout_s:
+            lines = _last_lines(name, namespace, kubectl)
+            _kubectl(
+                ["delete", "job,service", name, "--namespace", namespace, "--ignore-not-found"],
+                kubectl=kubectl,
+            )
+            raise SaganError(
+                f"kubernetes job {name} not done after {timeout_s:.0f} s: deleted (with its pods); "
+                f"last lines: {lines}"
             )
         time.sleep(poll_s)
 

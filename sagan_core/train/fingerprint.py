@@ -29,6 +29,15 @@ NOT_IN_FINGERPRINT = {
     "rdzv_endpoint",  # where several nodes meet, not what they train (nnodes is: the world size)
     "rdzv_id",
     "dist_timeout_s",
+    "launcher",  # where the processes run, not what they train
+    "k8s_image",
+    "k8s_repository",
+    "k8s_revision",
+    "k8s_namespace",
+    "k8s_name",
+    "k8s_secret",
+    "k8s_timeout_s",
+    "k8s_poll_s",
 }
 
 
