@@ -7,8 +7,9 @@ It records every call (argv, one JSON line each, in $STANDIN_KUBECTL_DIR/calls.j
   "statuses": the Job's `status` for each `get job NAME -o json` in turn (the last one repeats:
               a status without a Complete/Failed condition repeated = a Job that never finishes);
   "pods":     the items of `get pods -o json`;
-  "run_pod":  a folder: on `apply`, run the Job's `sagan train` arguments there, once, as pod 0
-              would (after copying $STANDIN_PROJECT/data/prepared, as its `dvc pull prepare` would).
+  "run_pod":  a folder: on `apply`, start the Job's `sagan train` arguments there, as pod 0 would
+              (after copying $STANDIN_PROJECT/data/prepared, as its `dvc pull prepare` would); the
+              Job is running until that process ends, then "statuses" follow.
 It is not Kubernetes: no scheduling, DNS, rendezvous between pods or GPUs.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,13 @@ def main(argv: list[str]) -> int:
             return run_pod(Path(script["run_pod"]), list(yaml.safe_load_all(text)))
         return 0
     if argv[:2] == ["get", "job"]:
+        if script.get("run_pod") and not (Path(script["run_pod"]) / "exit_code").exists():
+            print(
+                json.dumps(
+                    {"metadata": {"name": argv[2]}, "spec": {"completions": 2}, "status": {"active": 1}}
+                )
+            )
+            return 0  # the pod still trains
         statuses = script["statuses"]
         seen = (state / "polls").read_text() if (state / "polls").exists() else ""
         (state / "polls").write_text(seen + ".")
@@ -56,12 +65,16 @@ def main(argv: list[str]) -> int:
 
 
 def run_pod(pod: Path, manifests: list[dict]) -> int:
+    """Start the Job's `sagan train ARGS` in `pod` in the background (apply returns at once); its
+    exit code lands in pod/exit_code, its output in pod/train.log."""
     job = next(m for m in manifests if m["kind"] == "Job")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     shutil.copytree(Path(os.environ["STANDIN_PROJECT"]) / "data/prepared", pod / "data/prepared")
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", *args]
-    r = subprocess.run(cmd, cwd=pod, capture_output=True, text=True)
-    (pod / "train.log").write_text(r.stdout + r.stderr)
+    cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "pipelines.cli", "train", *args])
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.Popen(  # not holding kubectl's own output open: `apply` returns now
+        ["sh", "-c", f"{cmd} > train.log 2>&1; echo $? > exit_code"], cwd=pod, start_new_session=True, **quiet
+    )
     return 0
 
 
