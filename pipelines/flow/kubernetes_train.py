@@ -61,11 +61,11 @@ def revision(params: Params) -> str:
 def submit(params: Params, resume_from: str | None, log: Callable[[str], None]) -> str:
     """Render and `kubectl apply` the Service and Job; their name (also the run's rdzv_id)."""
     t = params.train
-    name = f"{t.k8s_name}-{secrets.token_hex(3)}"
+    name, rev = f"{t.k8s_name}-{secrets.token_hex(3)}", revision(params)
     manifests = k8s.render(
         image=t.k8s_image or "",
         repository=t.k8s_repository or "",
-        revision=revision(params),
+        revision=rev,
         nnodes=t.nnodes,
         nproc_per_node=t.nproc_per_node,
         name=name,
@@ -76,8 +76,7 @@ def submit(params: Params, resume_from: str | None, log: Callable[[str], None]) 
     k8s.apply(manifests, t.k8s_namespace)
     log(
         f"submitted job {name} to namespace {t.k8s_namespace}: {t.nnodes} pods x {t.nproc_per_node} GPUs, "
-        f"revision {manifests[1]['spec']['template']['spec']['containers'][0]['env'][1]['value']}"
-        + (f", resuming from {resume_from}" if resume_from else "")
+        f"revision {rev}" + (f", resuming from {resume_from}" if resume_from else "")
     )
     return name
 
