@@ -185,3 +185,12 @@ def test_flow_train_task_submits_waits_and_fetches_the_checkpoint(
     kubectl(statuses=[FAILED], pods=[])
     with pytest.raises(StageFailed, match=r"^stage train failed: kubernetes job sagan-train-\w+ failed"):
         sagan_pipeline(project_dir=str(proj), overrides=[*sets, "train.steps=4"], force=True)
+
+
+def test_where_it_trains_is_not_in_the_fingerprint():
+    """A checkpoint trained by the pods resumes here and the other way round (same world size)."""
+    from sagan_core.train import fingerprint
+
+    local = load(["train.nnodes=2", "train.rdzv_endpoint=h:1"])
+    cluster = load([*K8S, "train.nnodes=2", "train.k8s_namespace=ml", "train.k8s_revision=v2"])
+    assert fingerprint.inputs(local, "h") == fingerprint.inputs(cluster, "h")
