@@ -1,7 +1,9 @@
-"""Processes the pipeline starts: `sagan train` as N DDP processes under torchrun, and the
-watchdog that makes sure none of them outlives the command that started it.
+"""Processes the pipeline starts: `sagan train` as N DDP processes under torchrun (on one machine,
+or on each of train.nnodes machines meeting at train.rdzv_endpoint), and the watchdog that makes
+sure none of them outlives the command that started it.
 
-The one launcher, used by `sagan train` (train.nproc_per_node > 1) and by the flow's train task.
+The one launcher, used by `sagan train` (train.nproc_per_node > 1 or train.nnodes > 1) and by the
+flow's train task.
 The N processes read the already validated params from a file written here (no argv travels
 through globals), so every rank trains exactly what the parent validated. The file is this
 launch's own (`.sagan/launch/params-<pid>-<random>.yaml`, removed when torchrun returns): two
@@ -19,6 +21,7 @@ its own (terminal signals and group kills pass it by), records the command's des
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -42,13 +45,33 @@ def launch_params_file() -> Path:
     return LAUNCH_DIR / f"params-{os.getpid()}-{uuid.uuid4().hex[:12]}.yaml"
 
 
-def torchrun_command(params_file: Path, nproc: int, resume: bool, quiet: bool) -> list[str]:
+def distributed(params: Params) -> bool:
+    """Whether `sagan train` runs as several processes (on this machine or several)."""
+    return params.train.nproc_per_node > 1 or params.train.nnodes > 1
+
+
+def rendezvous_args(params: Params) -> list[str]:
+    """One machine: torchrun's --standalone. Several: c10d rendezvous at train.rdzv_endpoint, the
+    same arguments on every node (torchrun assigns node ranks; rank 0 is wherever it puts it)."""
+    t = params.train
+    if t.nnodes == 1:
+        return ["--standalone", f"--nproc_per_node={t.nproc_per_node}"]
+    return [
+        f"--nnodes={t.nnodes}",
+        f"--nproc_per_node={t.nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={t.rdzv_endpoint}",
+        f"--rdzv-id={t.rdzv_id}",
+        "--max-restarts=0",  # a lost node ends the run; `sagan train --resume` continues it
+    ]
+
+
+def torchrun_command(params_file: Path, params: Params, resume: bool, quiet: bool) -> list[str]:
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
+        *rendezvous_args(params),
         "-m",
         "pipelines.cli",
         "train",
@@ -59,29 +82,74 @@ def torchrun_command(params_file: Path, nproc: int, resume: bool, quiet: bool) -
     ]
 
 
+# torch's C++ log lines ("[W1202 00:50:03.572 TCPStore.cpp:138] ...") and the C++ stack that follows
+# them: what a lost connection prints in every process before the rank's own one-line error.
+_CPP_NOISE = re.compile(r"^(\[[WEI]\d{4} |Exception raised from |frame #\d+: |<omitting python frames>)")
+
+
+def _torchrun_report(line: str) -> bool:
+    """Lines of torchrun's own failure report and warnings (the ranks said what went wrong)."""
+    return "torch.distributed.elastic" in line or "torch/distributed/elastic" in line
+
+
+class _Filter:
+    """Passes the ranks' lines on, holds back torchrun's traceback of a failed rank: a Python
+    traceback is kept back until its last line says whose it is."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit, self.held, self.dropping = emit, [], False
+
+    def __call__(self, line: str) -> None:
+        if _CPP_NOISE.match(line):
+            return
+        if self.dropping or _torchrun_report(line):
+            self.dropping = self.dropping or bool(self.held)  # the report runs to the end
+            self.held = []
+            return
+        if line.startswith("Traceback (most recent call last)") or (self.held and line[:1] in " \t"):
+            self.held.append(line)
+            return
+        for kept in [*self.held, line]:
+            self.emit(kept)
+        self.held = []
+
+
 def run_torchrun(
     params: Params, resume: bool, quiet: bool, log: Callable[[str], None], forward: bool = False
 ) -> tuple[int, str]:
-    """Train under torchrun; returns (exit code, last output line).
+    """Train under torchrun; returns (exit code, last line the ranks wrote).
 
-    forward=False: the processes print to this process's terminal. forward=True: their output is
-    read line by line and handed to `log` as it comes (the Prefect log shows live progress).
+    forward=False: the ranks' output goes to this process's stderr; forward=True: it is handed to
+    `log` line by line as it comes (the Prefect log shows live progress). Either way torchrun's own
+    traceback of a failed rank is left out: the rank's one-line error says what happened.
     """
     text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
     params_file = launch_params_file()
     write_atomic(params_file, lambda f: f.write(text.encode()))
     try:
-        cmd = torchrun_command(params_file, params.train.nproc_per_node, resume, quiet)
-        log(f"launching {params.train.nproc_per_node} processes: {' '.join(cmd)}")
+        cmd = torchrun_command(params_file, params, resume, quiet)
+        t = params.train
+        where = f" on each of {t.nnodes} nodes (rendezvous {t.rdzv_endpoint})" if t.nnodes > 1 else ""
+        log(f"launching {t.nproc_per_node} processes{where}: {' '.join(cmd)}")
         env = os.environ | {HELD_BY_LAUNCHER: str(os.getpid())}  # the ranks take no project lock
-        if not forward:
-            return subprocess.run(cmd, env=env).returncode, ""
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        # forward: stdout and stderr as one stream for the log; else stdout stays this process's
+        pipes = (subprocess.PIPE, subprocess.STDOUT) if forward else (None, subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=pipes[0], stderr=pipes[1], text=True, env=env, bufsize=1)
         last = ""
-        for line in proc.stdout:
+
+        def emit(line: str) -> None:
+            nonlocal last
+            last = line.strip() or last
+            if forward:
+                log(line.rstrip())
+            else:
+                sys.stderr.write(line if line.endswith("\n") else line + "\n")
+                sys.stderr.flush()
+
+        keep = _Filter(emit)
+        for line in proc.stdout if forward else proc.stderr:
             if line.strip():
-                last = line.strip()
-                log(last)
+                keep(line.rstrip("\n"))
         return proc.wait(), last
     finally:
         params_file.unlink(missing_ok=True)

@@ -61,7 +61,11 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
 
     # User mistakes first, as one-line errors, before an MLflow run is opened for nothing.
     open_prepared(params.data.prepared_dir)
-    start = start_step(params.train.checkpoint) if resume else 0
+    # Several nodes without a shared disk: a node may lack the checkpoint another holds; the
+    # trainer hands every rank the newest one (sagan_core/train/distributed.py share_newest).
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    known = not ddp or params.train.checkpoint.exists()
+    start = start_step(params.train.checkpoint) if resume and known else 0
     if os.environ.get("RANK", "0") == "0":  # one cleaner; rank 0 is the one that writes checkpoints
         from sagan_core.atomic import remove_stale_temps
 

@@ -2,6 +2,9 @@
 
 Unknown keys and bad values are errors naming the key path (`train.lr_d: expected a number > 0,
 got -1`). Reading the file and `--set` overrides live in params_file.py.
+
+Longer than 300 lines: one class per params.yaml section, each field with its comment, is the
+reference of every key; splitting the sections across files would scatter that reference.
 """
 
 from __future__ import annotations
@@ -101,6 +104,26 @@ class TrainConfig(Section):
         "default"
     )
     nproc_per_node: int = Field(1, gt=0, le=256)  # >1: the train stage relaunches itself under torchrun
+    # Several machines (docs/scale-out.md): the same `sagan train` on each of `nnodes` machines; they
+    # meet at rdzv_endpoint (host:port on one of them, torchrun's c10d rendezvous; needed if nnodes > 1)
+    nnodes: int = Field(1, gt=0, le=4096)
+    # local: train on this machine (one node of nnodes when nnodes > 1). kubernetes: the flow's train
+    # task submits an Indexed Job of nnodes pods (pipelines/flow/kubernetes.py; rdzv_endpoint/rdzv_id
+    # are set for it), waits for it and fetches the final checkpoint from MLflow; `sagan train` refuses.
+    launcher: Literal["local", "kubernetes"] = "local"
+    rdzv_endpoint: str | None = Field(None, validate_default=True)
+    rdzv_id: str = Field("sagan", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # two jobs at one endpoint: two ids
+    dist_timeout_s: int = Field(1800, ge=10, le=86400)  # how long a rank waits for a lost one, then fails
+    # train.launcher kubernetes (docs/scale-out.md). No credentials here: the pods get them from the
+    # Secret k8s_secret names, and the URL of k8s_repository may not carry any.
+    k8s_image: str | None = Field(None, validate_default=True)  # the pods' image (Dockerfile); required
+    k8s_repository: str | None = Field(None, validate_default=True)  # git URL the pods clone; required
+    k8s_revision: str | None = None  # git revision the pods check out; null: this checkout's HEAD commit
+    k8s_namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    k8s_name: str = Field("sagan-train", pattern=r"^[a-z0-9]([-a-z0-9]{0,42}[a-z0-9])?$")  # + a suffix
+    k8s_secret: str = Field("sagan-env", pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")  # its NAME
+    k8s_timeout_s: float = Field(86400, gt=0)  # the flow waits this long for the Job, then deletes it
+    k8s_poll_s: float = Field(30, gt=0, le=3600)  # between two looks at the Job's status
     out_dir: str = "models"
     samples_dir: str = "samples"
     metrics_file: str = "metrics/train.csv"
@@ -142,6 +165,32 @@ class TrainConfig(Section):
     @property
     def latest_attention(self) -> Path:
         return Path(self.samples_dir) / "attention.png"
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None, info: Any) -> str | None:
+        host, _, port = (v or "").rpartition(":")
+        if v is not None and not (host and port.isdigit() and 0 < int(port) < 65536 and " " not in v):
+            raise ValueError(f"expected host:port, got {v!r}")
+        if v is None and info.data.get("nnodes", 1) > 1 and info.data.get("launcher") != "kubernetes":
+            raise ValueError("train.nnodes > 1 needs the rendezvous host:port (the same on every node)")
+        return v
+
+    @field_validator("k8s_image", "k8s_repository")
+    @classmethod
+    def _k8s(cls, v: str | None, info: Any) -> str | None:
+        if v is None and info.data.get("launcher") == "kubernetes":
+            raise ValueError(
+                "train.launcher kubernetes needs it (the pods' image and the git URL they clone), got null"
+            )
+        if v is not None and (not v.strip() or any(c.isspace() for c in v)):
+            raise ValueError("expected a non-empty value without spaces")
+        host = v.split("://", 1)[1].split("/", 1)[0] if v and "://" in v else ""
+        if info.field_name == "k8s_repository" and "@" in host:  # user:token@host (never echoed)
+            raise ValueError(
+                "got a URL with credentials (not shown): the pods get them from train.k8s_secret"
+            )
+        return v
 
     @field_validator("device")
     @classmethod

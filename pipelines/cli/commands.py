@@ -69,13 +69,20 @@ def train(
 ) -> None:
     """Train SAGAN on the prepared dataset; writes the checkpoint, sample grids and attention figures."""
     p = load_stage(params, set_)
+    if p.train.launcher == "kubernetes":  # submitting and awaiting the Job is the flow's (scale-out.md)
+        raise ConfigError(
+            "train.launcher: kubernetes is run by `sagan pipeline run` (or `python -m pipelines.flow.kubernetes "
+            "run`); `sagan train` trains on this machine: --set train.launcher=local"
+        )
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:
             from pipelines.resume_from import fetch
 
             fetch(p, resume_from)
             resume = True
-        if p.train.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
+        from pipelines.launch import distributed
+
+        if distributed(p) and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
             from pipelines.launch import run_torchrun, supervised
 
             with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it

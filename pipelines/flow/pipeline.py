@@ -26,7 +26,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
-from pipelines.flow import notify
+from pipelines.flow import kubernetes_train, notify
 from pipelines.flow.console import sagan_logs_to_prefect
 from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note, write_overrides
 from pipelines.flow.history import project_tag, tag_flow_run
@@ -112,7 +112,9 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         do_resume, why = resume.decide(params, data_hash, run.force)
         logger = get_run_logger()
         logger.info("train: %s", why)
-        if params.train.nproc_per_node > 1:
+        if params.train.launcher == "kubernetes":  # a Job of train.nnodes pods (docs/scale-out.md)
+            result = kubernetes_train.train_on_cluster(params, do_resume, log=logger.info)
+        elif launch.distributed(params):
             result = _train_under_torchrun(params, do_resume)
         else:
             progress = PrefectProgress(params.train.steps)

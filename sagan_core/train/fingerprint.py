@@ -26,12 +26,26 @@ NOT_IN_FINGERPRINT = {
     "select_metric",
     "keep_checkpoints",
     "standing_stats",  # only the EMA generator's BatchNorm statistics, recomputed on every save
+    "rdzv_endpoint",  # where several nodes meet, not what they train (nnodes is: the world size)
+    "rdzv_id",
+    "dist_timeout_s",
+    "launcher",  # where the processes run, not what they train
+    "k8s_image",
+    "k8s_repository",
+    "k8s_revision",
+    "k8s_namespace",
+    "k8s_name",
+    "k8s_secret",
+    "k8s_timeout_s",
+    "k8s_poll_s",
 }
 
 
 def inputs(params, content_hash: str) -> dict[str, Any]:
     """{"data.content_hash": ..., "data.hflip": ..., "model.*": ..., "train.*": ...}."""
     train = {f"train.{k}": v for k, v in params.train.model_dump().items() if k not in NOT_IN_FINGERPRINT}
+    if train.get("train.nnodes") == 1:
+        del train["train.nnodes"]  # one machine: the fingerprint of checkpoints made before the key
     model = {f"model.{k}": v for k, v in params.model.model_dump().items()}
     return {"data.content_hash": content_hash, "data.hflip": params.data.hflip, **model, **train}
 

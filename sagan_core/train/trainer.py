@@ -32,7 +32,16 @@ from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.model.networks import attention_blocks, build_models, model_spec
 from sagan_core.model.visualize import attention_figure, fixed_inputs, save_grid
 from sagan_core.train import fingerprint, precision, resume, standing_stats
-from sagan_core.train.distributed import DistInfo, any_rank, broadcast_buffers, cleanup, init_distributed
+from sagan_core.train.distributed import (
+    DistInfo,
+    any_rank,
+    broadcast_buffers,
+    check_same_data,
+    cleanup,
+    init_distributed,
+    lost_peers,
+    share_newest,
+)
 from sagan_core.train.losses import d_hinge, g_hinge
 from sagan_core.train.periodic_eval import PeriodicEval
 from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
@@ -53,7 +62,7 @@ class Trainer:
         self.hooks: list[Callback] = self.callbacks  # during fit: + the metrics CSV and console progress
         cfg = self.cfg
         probe = resolve_device(cfg.device, "train.device")  # decides the process-group backend
-        self.dist: DistInfo = init_distributed(probe.type)
+        self.dist: DistInfo = init_distributed(probe.type, cfg.dist_timeout_s)
         self.device = resolve_device(cfg.device, "train.device", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -68,6 +77,7 @@ class Trainer:
             )
         self.class_names = list(data.manifest.get("class_names", []))
         self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
+        check_same_data(self.content_hash, self.device)  # several nodes: all train on rank 0's data
         self.spec = spec = model_spec(params, data.num_classes)
         rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
         loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
@@ -236,6 +246,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, main, s = self.cfg, self.dist.is_main, self.state
         if resume:
+            share_newest(self.ckpt_path, ckpt_io.step_of, self.device)  # nodes without a shared disk
             self._resume()
         if s.step >= cfg.steps:
             log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", s.step, cfg.steps)
@@ -337,6 +348,7 @@ class Trainer:
 def train(params: Params, resume: bool = False, callbacks=(), progress: bool = True) -> dict[str, Any]:
     """Train (or resume) according to `params`; returns a summary. Cleans up DDP on the way out."""
     try:
-        return Trainer(params, callbacks, progress).fit(resume)
+        with lost_peers():  # a node or rank gone: one line, not a backend traceback
+            return Trainer(params, callbacks, progress).fit(resume)
     finally:
         cleanup()
