@@ -13,6 +13,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sagan_core.model.arch import attention_slots
 
+# DiffAugment's operations (sagan_core/train/diffaug.py implements them; named here so that params
+# validation needs no torch).
+DIFFAUG_OPERATIONS = ("color", "translation", "cutout")
+
+
+def diffaug_ops(policy: str) -> tuple[str, ...]:
+    """`"color, translation"` -> ("color", "translation"); "" -> (). ValueError names the valid ones."""
+    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
+    unknown = [op for op in ops if op not in DIFFAUG_OPERATIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown DiffAugment operation {unknown[0]!r}; valid: {', '.join(DIFFAUG_OPERATIONS)}"
+        )
+    return ops
+
+
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
@@ -114,6 +130,12 @@ class TrainConfig(Section):
     # Batches of fresh z/labels that recompute the EMA generator's BatchNorm statistics before it is
     # sampled, evaluated or saved (sagan_core/train/standing_stats.py); 0 = G's running statistics.
     standing_stats: int = Field(16, ge=0, le=10000)
+    # Small-data regularisers (docs/training.md), both off by default. DiffAugment (Zhao et al. 2020):
+    # comma-separated operations of sagan_core/train/diffaug.py, "" = off. LeCam (Tseng et al. 2021):
+    # weight of the regulariser in D's loss (0 = off) and the decay of its anchors' moving averages.
+    diffaug: str = ""
+    lecam_weight: float = Field(0.0, ge=0)
+    lecam_decay: float = Field(0.99, ge=0, lt=1)
 
     # Paths that follow from the params, spelled once.
     @property
@@ -149,6 +171,11 @@ class TrainConfig(Section):
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
         return v
+
+    @field_validator("diffaug")
+    @classmethod
+    def _diffaug(cls, v: str) -> str:
+        return ",".join(diffaug_ops(v))
 
 
 class EvalConfig(Section):
