@@ -12,12 +12,22 @@ a yardstick for the CIFAR-10 preset (BENCHMARKS.md). Without ../shared it says s
 
   python benchmarks/cifar_quality.py                               # the judge and the ceiling only
   python benchmarks/cifar_quality.py --checkpoint models/checkpoint.pt ckpts/step_*.pt --json out.json
+
+Judge-space precision, recall, density and coverage (k=5, sagan_core/evaluate/prdc.py) are reported
+next to the FD. The small-data grid (issue 24: VARIANTS x --seeds x --fractions): `--plan DIR` writes
+each fraction's seeded subset of the prepared data and prints one `sagan train` command per run, each
+into DIR/<variant>-s<seed>-f<fraction>/; scoring those checkpoints (`--checkpoint DIR/*/checkpoint.pt`)
+adds a mean ± standard deviation table over seeds per (variant, fraction).
+
+  python benchmarks/cifar_quality.py --plan /work/grid --prepared /work/cifar-run/data/prepared
+  python benchmarks/cifar_quality.py --checkpoint /work/grid/*/models/checkpoint.pt --json grid.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,11 +40,96 @@ from cifar_judge import get_judge, holdout_per_class, judge_pass, load_data, spl
 
 from sagan_core.device import resolve_device  # noqa: E402
 from sagan_core.evaluate.metrics import Stats, frechet_distance  # noqa: E402
+from sagan_core.evaluate.prdc import prdc  # noqa: E402
 from sagan_core.evaluate.protocol import sample_uint8  # noqa: E402
 from sagan_core.model.checkpoint import load_generator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+
+
+# The four variants of the small-data comparison, as `sagan train --set` overrides. LeCam's weight:
+# 0.3 (Tseng et al.'s CIFAR-10 setting as we read the paper; to confirm before the run).
+DIFFAUG = ["--set", "train.diffaug=color,translation,cutout"]
+LECAM = ["--set", "train.lecam_weight=0.3"]
+VARIANTS = {"baseline": [], "diffaug": DIFFAUG, "lecam": LECAM, "diffaug+lecam": DIFFAUG + LECAM}
+RUN_DIR = re.compile(r"(?P<variant>[a-z+]+)-s(?P<seed>\d+)-f(?P<fraction>[0-9.]+)")
+
+
+def subset(src: Path, dst: Path, fraction: float, seed: int = 0) -> Path:
+    """A seeded class-stratified `fraction` of a prepared dataset, as a prepared dataset of its own."""
+    from sagan_core.data.dataset import content_hash
+
+    if (dst / "manifest.json").is_file():
+        return dst
+    labels = np.load(src / "labels.npy")
+    rng = np.random.default_rng(seed)
+    keep = np.sort(
+        np.concatenate(
+            [
+                rng.choice(
+                    np.flatnonzero(labels == c), max(1, round(fraction * (labels == c).sum())), replace=False
+                )
+                for c in np.unique(labels)
+            ]
+        )
+    )
+    dst.mkdir(parents=True, exist_ok=True)
+    np.save(dst / "images.npy", np.load(src / "images.npy", mmap_mode="r")[keep])
+    np.save(dst / "labels.npy", labels[keep])
+    manifest = json.loads((src / "manifest.json").read_text()) | {"num_images": int(len(keep))}
+    if "class_counts" in manifest:
+        manifest["class_counts"] = np.bincount(labels[keep], minlength=len(manifest["class_counts"])).tolist()
+    manifest["content_hash"] = content_hash(dst / "images.npy", labels[keep], manifest["class_names"])
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """The grid's `sagan train` commands (one per variant x seed x fraction); writes the subsets."""
+    cmds = []
+    for fraction in args.fractions:
+        data = (
+            args.prepared
+            if fraction == 1.0
+            else subset(args.prepared, args.plan / f"data-f{fraction}", fraction)
+        )
+        for variant, flags in VARIANTS.items():
+            for seed in args.seeds:
+                run = args.plan / f"{variant}-s{seed}-f{fraction}"
+                sets = [f"data.prepared_dir={data.resolve()}", f"train.seed={seed}"]
+                sets += [f"train.out_dir={run / 'models'}", f"train.samples_dir={run / 'samples'}"]
+                sets += [f"train.metrics_file={run / 'metrics/train.csv'}"]
+                cmd = [
+                    "sagan",
+                    "train",
+                    "--params",
+                    str(args.params),
+                    *sum((["--set", v] for v in sets), []),
+                    *flags,
+                ]
+                cmds.append(" ".join(cmd))
+    return cmds
+
+
+def grid_table(rows: list[dict]) -> str:
+    """Mean ± standard deviation over seeds, per (variant, fraction) parsed from the run folders."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        m = next(
+            (RUN_DIR.fullmatch(part) for part in Path(r["checkpoint"]).parts if RUN_DIR.fullmatch(part)), None
+        )
+        if m:
+            groups.setdefault((m["variant"], m["fraction"]), []).append(r)
+    keys = ["class_accuracy", "judge_fd", "precision", "recall", "density", "coverage"]
+    lines = [f"{'variant':<16} {'fraction':>8} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys)]
+    for (variant, fraction), rs in sorted(groups.items()):
+        cells = [
+            f"{np.mean([r[k] for r in rs]):>8.4f} ± {np.std([r[k] for r in rs], ddof=1 if len(rs) > 1 else 0):<6.4f}"
+            for k in keys
+        ]
+        lines.append(f"{variant:<16} {fraction:>8} {len(rs):>5} " + " ".join(cells))
+    return "\n".join(lines)
 
 
 def stats(features: np.ndarray) -> Stats:
@@ -60,6 +155,7 @@ def ceiling(net, data: dict, ref: Stats, n: int, device: torch.device) -> dict:
         "class_accuracy": float((test_pred == data["test_y"]).mean()),
         "holdout_accuracy": float((pred == data["train_y"][idx]).mean()),
         "judge_fd": frechet_distance(stats(feats), ref),
+        **prdc(data["ref_feats"], feats),
         "samples": n,
     }
 
@@ -80,6 +176,7 @@ def score_checkpoint(path: Path, net, data: dict, ref: Stats, n: int, device: to
         "step": int(meta.get("step", -1)),
         "class_accuracy": float((pred == asked).mean()),
         "judge_fd": frechet_distance(stats(feats), ref),
+        **prdc(data["ref_feats"], feats),
         "samples": n,
         "seconds": round(time.time() - t0, 1),
     }
@@ -99,6 +196,7 @@ def run(args: argparse.Namespace) -> dict:
         net, (data["test_x"][i : i + 500] for i in range(0, len(data["test_x"]), 500)), device
     )
     ref = stats(ref_feats)
+    data["ref_feats"] = ref_feats  # judge-space precision/recall/density/coverage against the test split
     out = {
         "archive": str(args.archive),
         "judge": record,
@@ -113,17 +211,20 @@ def table(result: dict) -> str:
     lines = [
         f"judge: {j['recipe']}, {j['epochs']} epochs on {j['train_images']} train images, "
         f"test accuracy {j['test_accuracy']:.4f}",
-        f"{'what':<40} {'step':>7} {'class acc':>10} {'judge FD':>10} {'samples':>8}",
+        f"{'what':<40} {'step':>7} {'class acc':>10} {'judge FD':>10} {'P':>6} {'R':>6} {'D':>6} {'C':>6}",
     ]
-    c = result["ceiling"]
-    lines.append(
-        f"{'real images (ceiling)':<40} {'':>7} {c['class_accuracy']:>10.4f} {c['judge_fd']:>10.3f} {c['samples']:>8}"
-    )
-    for r in result["checkpoints"]:
-        name = Path(r["checkpoint"]).name
-        lines.append(
-            f"{name:<40} {r['step']:>7} {r['class_accuracy']:>10.4f} {r['judge_fd']:>10.3f} {r['samples']:>8}"
-        )
+
+    def row(name: str, step: str, r: dict) -> str:
+        prdc_cells = " ".join(f"{r[k]:>6.3f}" for k in ("precision", "recall", "density", "coverage"))
+        return f"{name:<40} {step:>7} {r['class_accuracy']:>10.4f} {r['judge_fd']:>10.3f} {prdc_cells}"
+
+    lines.append(row("real images (ceiling)", "", result["ceiling"]))
+    lines += [
+        row("/".join(Path(r["checkpoint"]).parts[-3:])[-40:], str(r["step"]), r)
+        for r in result["checkpoints"]
+    ]
+    if any(RUN_DIR.fullmatch(p) for r in result["checkpoints"] for p in Path(r["checkpoint"]).parts):
+        lines += ["", grid_table(result["checkpoints"])]
     return "\n".join(lines)
 
 
@@ -136,11 +237,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=6, help="judge training epochs (first run only)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--plan", type=Path, help="print the small-data grid's training commands (runs under it)")
+    ap.add_argument(
+        "--prepared", type=Path, default=Path("data/prepared"), help="--plan: the full prepared data"
+    )
+    ap.add_argument(
+        "--params", type=Path, default=REPO / "configs" / "cifar10.yaml", help="--plan: the preset"
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--plan: training seeds")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1], help="--plan: data fractions")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.plan:
+        print("\n".join(plan(args)))
+        return 0
     if not args.archive.is_file():
         print(
             f"cifar_quality: {args.archive} not found: this benchmark needs the CIFAR-10 JPEG archive from "

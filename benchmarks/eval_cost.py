@@ -14,12 +14,14 @@ Inception's cost does not depend on its weights: TORCH_HOME may hold the tests' 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from sagan_core.evaluate import inception as inc
 from sagan_core.params_file import load_params
 from sagan_core.train import standing_stats
 from sagan_core.train.periodic_eval import Scorer
@@ -39,8 +41,11 @@ GPU = {  # a long GPU run: 128 px SAGAN, paper widths, 100k steps, eval every 5k
 }
 
 
-def measure(params, steps: int) -> tuple[float, float, float]:
-    """(step seconds, evaluation seconds, reference seconds) of `params` on its device."""
+def measure(params, steps: int, repeats: int = 1) -> tuple[float, float, float, float | None]:
+    """(step seconds, evaluation seconds, reference seconds, evaluation seconds with the plain
+    Inception path or None) of `params` on its device. repeats > 1: the evaluation is timed that many
+    times with the fast path (in-training scoring's) and the plain one (`sagan evaluate`'s),
+    alternating, and the medians are returned."""
     trainer = Trainer(params, progress=False)
     g_run, d_run, d_frozen = trainer._prepare_modules()
     for _ in range(3):  # warm-up (allocator, autotuning)
@@ -59,11 +64,22 @@ def measure(params, steps: int) -> tuple[float, float, float]:
     ref_s = time.perf_counter() - t0
     print(f"reference (once) {ref_s:.1f} s", flush=True)
     g = trainer.state.G_ema.module
-    t0 = time.perf_counter()
-    standing_stats.accumulate(g, params.train.standing_stats, params.train.batch_size, 0, trainer.device)
-    scorer.score(g)
-    sync()
-    return step_s, time.perf_counter() - t0, ref_s
+    fast = scorer.net
+    plain = inc.load_net(scorer.weights, params.eval.dims, False, trainer.device)
+    times: dict[str, list[float]] = {"fast": [], "plain": []}
+    for _ in range(repeats):
+        for name, net in (("fast", fast), ("plain", plain)) if repeats > 1 else (("fast", fast),):
+            scorer.net = net
+            t0 = time.perf_counter()
+            standing_stats.accumulate(
+                g, params.train.standing_stats, params.train.batch_size, 0, trainer.device
+            )
+            scorer.score(g)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            print(f"evaluation ({name} Inception path) {times[name][-1]:.1f} s", flush=True)
+    plain_s = statistics.median(times["plain"]) if times["plain"] else None
+    return step_s, statistics.median(times["fast"]), ref_s, plain_s
 
 
 def main() -> None:
@@ -72,6 +88,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=30, help="timed training steps")
     ap.add_argument("--prepared", default="data/prepared", help="prepared dataset of the preset")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help=">1: also time the plain Inception path, alternating"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sets = {} if args.preset == "demo" else dict(GPU)
@@ -79,7 +98,7 @@ def main() -> None:
         sets |= {"train.out_dir": f"{tmp}/models", "train.samples_dir": f"{tmp}/samples"}
         sets |= {"train.metrics_file": f"{tmp}/train.csv", "eval.cache_dir": f"{tmp}/cache"}
         params = load_params(Path("params.yaml"), [f"{k}={v}" for k, v in sets.items()])
-        step_s, eval_s, ref_s = measure(params, args.steps)
+        step_s, eval_s, ref_s, plain_s = measure(params, args.steps, args.repeats)
     cfg = params.train
     evals = cfg.steps // cfg.eval_every + (cfg.steps % cfg.eval_every != 0)
     train_s, evals_s = cfg.steps * step_s, evals * eval_s
@@ -88,6 +107,11 @@ def main() -> None:
         f"reference once {ref_s:.1f} s; {cfg.steps} steps + {evals} evaluations: "
         f"{train_s / 60:.1f} + {evals_s / 60:.1f} min -> {evals_s / (train_s + evals_s):.1%} of wall time evaluating"
     )
+    if plain_s is not None:
+        share = evals * plain_s / (train_s + evals * plain_s)
+        print(
+            f"plain Inception path: one evaluation {plain_s:.1f} s -> {share:.1%}; fast/plain {eval_s / plain_s:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Unknown keys and bad values are errors naming the key path (`train.lr_d: expected a number > 0,
 got -1`). Reading the file and `--set` overrides live in params_file.py.
 
-Longer than 300 lines: one class per params.yaml section, each field with its comment, is the
-reference of every key; splitting the sections across files would scatter that reference.
+Longer than 300 lines: every params key with its bounds and its one-line meaning is here, section by
+section, so that a key is documented where it is validated; splitting sections across files would
+only scatter the one reference for params.yaml.
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sagan_core.model.arch import attention_slots
+
+# DiffAugment's operations (sagan_core/train/diffaug.py implements them; named here so that params
+# validation needs no torch).
+DIFFAUG_OPERATIONS = ("color", "translation", "cutout")
+
+
+def diffaug_ops(policy: str) -> tuple[str, ...]:
+    """`"color, translation"` -> ("color", "translation"); "" -> (). ValueError names the valid ones."""
+    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
+    unknown = [op for op in ops if op not in DIFFAUG_OPERATIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown DiffAugment operation {unknown[0]!r}; valid: {', '.join(DIFFAUG_OPERATIONS)}"
+        )
+    return ops
+
 
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
@@ -137,6 +154,12 @@ class TrainConfig(Section):
     # Batches of fresh z/labels that recompute the EMA generator's BatchNorm statistics before it is
     # sampled, evaluated or saved (sagan_core/train/standing_stats.py); 0 = G's running statistics.
     standing_stats: int = Field(16, ge=0, le=10000)
+    # Small-data regularisers (docs/training.md), both off by default. DiffAugment (Zhao et al. 2020):
+    # comma-separated operations of sagan_core/train/diffaug.py, "" = off. LeCam (Tseng et al. 2021):
+    # weight of the regulariser in D's loss (0 = off) and the decay of its anchors' moving averages.
+    diffaug: str = ""
+    lecam_weight: float = Field(0.0, ge=0)
+    lecam_decay: float = Field(0.99, ge=0, lt=1)
 
     # Paths that follow from the params, spelled once.
     @property
@@ -198,6 +221,11 @@ class TrainConfig(Section):
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
         return v
+
+    @field_validator("diffaug")
+    @classmethod
+    def _diffaug(cls, v: str) -> str:
+        return ",".join(diffaug_ops(v))
 
 
 class EvalConfig(Section):

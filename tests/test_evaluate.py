@@ -29,7 +29,9 @@ def test_evaluate_writes_protocol_and_cache_removes_reference_pass(project, monk
     assert on_disk == json.loads(json.dumps(first))
     # eval.json holds the numbers alone, for `dvc metrics show` / `dvc exp show`
     numbers = json.loads((project / "metrics/eval.json").read_text())
-    assert set(numbers) == {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "generator_step"}
+    prdc_keys = {"precision", "recall", "density", "coverage"}
+    assert set(numbers) == {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "generator_step"} | prdc_keys
+    assert all(0 <= numbers[k] <= 1 for k in prdc_keys - {"density"}) and numbers["density"] >= 0
     assert all(isinstance(v, (int, float)) for v in numbers.values())
     assert numbers["fid"] == on_disk["fid"] and numbers["generator_step"] == 7
     for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std"):

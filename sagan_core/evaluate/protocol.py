@@ -1,4 +1,4 @@
-"""`sagan evaluate`: FID / IS / KID of a checkpoint's generator, and what makes two evaluations comparable.
+"""`sagan evaluate`: FID / IS / KID / precision, recall, density, coverage of a checkpoint's generator, and what makes two evaluations comparable.
 
 - The protocol's identity: two evaluations are comparable only under the same protocol: the same
   reference statistics (split, size, content, Inception weights, feature dims, feature-extraction
@@ -30,6 +30,8 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.fid import PROTOCOL, features_pass, load_stats, save_stats
 from sagan_core.evaluate.metrics import IS_SPLITS, ISAccumulator, Stats, frechet_with_method, kid
+from sagan_core.evaluate.prdc import K as PRDC_K
+from sagan_core.evaluate.prdc import prdc
 from sagan_core.model.checkpoint import load_generator
 
 log = logging.getLogger("sagan.evaluate")
@@ -172,17 +174,26 @@ def _samples_stats(
     return gen, is_acc, n, seconds
 
 
-def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator) -> tuple[dict[str, Any], float]:
-    """(FID, its method, IS and KID keyed as in eval.json; seconds the Fréchet distance took)."""
+PRDC_KEYS = ("precision", "recall", "density", "coverage")
+
+
+def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator, device=None) -> tuple[dict[str, Any], float]:
+    """(FID, its method, IS, KID and precision/recall/density/coverage keyed as in eval.json;
+    seconds the Fréchet distance took). KID and PRDC need the reference's features."""
     t0 = time.perf_counter()
     fid, fid_method = frechet_with_method(gen, ref)
     fid_seconds = time.perf_counter() - t0
     is_mean, is_std = is_acc.result()
     kid_mean = kid_std = None
+    fidelity: dict[str, float | None] = dict.fromkeys(PRDC_KEYS)
     if ref.features is not None:
         kid_mean, kid_std = kid(gen.features, ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+        if min(len(gen.features), len(ref.features)) > PRDC_K:
+            fidelity = prdc(ref.features, gen.features, device=device or "cpu")
     else:
-        log.warning("%s has no features: KID not computed", ev.reference_split)
+        log.warning(
+            "%s has no features: KID, precision, recall, density, coverage not computed", ev.reference_split
+        )
     scores = {
         "fid": fid,
         "fid_method": fid_method,
@@ -190,6 +201,7 @@ def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator) -> tuple[dict[str
         "is_std": is_std,
         "kid_mean": kid_mean,
         "kid_std": kid_std,
+        **fidelity,
     }
     return scores, fid_seconds
 
@@ -214,7 +226,7 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
     if not official:
         log.warning(inc.unofficial_warning(weights))
     gen, is_acc, n, seconds = _samples_stats(ev, g, net, device, progress)
-    scores, fid_seconds = _scores(ev, gen, ref, is_acc)
+    scores, fid_seconds = _scores(ev, gen, ref, is_acc, device)
     provenance = {
         "weights_file": weights.name,
         "weights_sha256": weights_sha,
@@ -240,8 +252,9 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
 
 def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
     """eval.json: the numbers DVC users compare (`dvc metrics show`, `dvc exp show`), nothing else;
-    the protocol and timings stay in the record file. KID is absent when it could not be computed."""
-    keys = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "generator_step")
+    the protocol and timings stay in the record file. KID and precision/recall/density/coverage are
+    absent when they could not be computed (a reference file without features)."""
+    keys = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", *PRDC_KEYS, "generator_step")
     return {k: record[k] for k in keys if isinstance(record.get(k), (int, float))}
 
 
@@ -259,7 +272,8 @@ def _record(
     The key order is the file's (json keeps insertion order): scores first, for people reading it.
     """
     return {
-        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std")},
+        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
+        "prdc_k": PRDC_K,
         "num_samples": n,
         "reference_split": ev.reference_split,
         **{k: v for k, v in ref_info.items() if k != "reference_seconds"},  # a timing, below

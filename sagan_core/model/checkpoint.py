@@ -3,7 +3,8 @@ place that opens one (pipelines/ reads checkpoints only through this module).
 
 Layout (all plain tensors, dicts, lists and numbers):
   step, spec (ModelSpec as dict), class_names, generator, generator_ema, discriminator,
-  opt_g, opt_d, rng {noise, cpu, cuda}, loader {epoch, cursor}, params (the validated params),
+  opt_g, opt_d, rng {noise, cpu, cuda, augment (train.diffaug on)}, loader {epoch, cursor},
+  lecam (LeCam's two anchors, train.lecam_weight on), params (the validated params),
   fingerprint (sagan_core/train/fingerprint.py), best (the best in-training score so far, or None).
 models/best.pt adds best_metric and best_value; models/step_NNNNNN.pt are copies (keep_checkpoints).
 The training state's parts are written by sagan_core.train.state, the rest by the trainer.

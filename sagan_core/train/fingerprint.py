@@ -41,9 +41,18 @@ NOT_IN_FINGERPRINT = {
 }
 
 
+# Train params recorded only when their option is on (DiffAugment, LeCam): a run with both off has
+# the fingerprint it had before these options existed, so its older checkpoints still resume.
+OFF_VALUES = {"diffaug": "", "lecam_weight": 0.0}
+ONLY_WITH = {"lecam_decay": "lecam_weight"}
+
+
 def inputs(params, content_hash: str) -> dict[str, Any]:
     """{"data.content_hash": ..., "data.hflip": ..., "model.*": ..., "train.*": ...}."""
-    train = {f"train.{k}": v for k, v in params.train.model_dump().items() if k not in NOT_IN_FINGERPRINT}
+    raw = params.train.model_dump()
+    off = {k for k, v in OFF_VALUES.items() if raw[k] == v}
+    off |= {k for k, owner in ONLY_WITH.items() if owner in off}
+    train = {f"train.{k}": v for k, v in raw.items() if k not in NOT_IN_FINGERPRINT | off}
     if train.get("train.nnodes") == 1:
         del train["train.nnodes"]  # one machine: the fingerprint of checkpoints made before the key
     model = {f"model.{k}": v for k, v in params.model.model_dump().items()}

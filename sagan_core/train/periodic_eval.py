@@ -42,8 +42,11 @@ class Scorer:
         self.weights_sha = inc.file_sha256(self.weights)
 
     def _load(self) -> None:
-        self.net = inc.load_net(self.weights, self.params.eval.dims, False, self.device)
-        self.ref, _ = reference_stats(self.params, self.net, self.weights_sha, self.device, self.progress)
+        # The reference (on a cache miss; `sagan evaluate` reuses it) through the plain network; the
+        # samples through the fast path: channels_last + folded BatchNorm, equal to rounding (inception.py).
+        plain = inc.load_net(self.weights, self.params.eval.dims, False, self.device)
+        self.ref, _ = reference_stats(self.params, plain, self.weights_sha, self.device, self.progress)
+        self.net = inc.load_net(self.weights, self.params.eval.dims, False, self.device, fast=True)
         if self.ref.features is None:
             raise SaganError(f"{self.params.eval.reference_split} holds no features: KID cannot be computed")
 

@@ -1,7 +1,8 @@
 """The training state: what training changes and a checkpoint keeps.
 
-The modules (G, its EMA copy, D), the optimizers, the step, and every source of randomness (the
-noise generator, torch's CPU/CUDA RNG, the loader's (epoch, cursor)), so that a state loaded from a
+The modules (G, its EMA copy, D), the optimizers, the step, every source of randomness (the
+noise generator, DiffAugment's generator, torch's CPU/CUDA RNG, the loader's (epoch, cursor)) and
+LeCam's anchors, so that a state loaded from a
 checkpoint continues bit for bit where an uninterrupted run would be. The trainer owns one; saving,
 resuming, the NaN guard and the `on_step_end` hooks operate on it, never on the trainer.
 """
@@ -36,11 +37,17 @@ class TrainState:
     loader: BatchLoader
     device: torch.device
     step: int = 0
+    augment: torch.Generator | None = None  # DiffAugment's draws (train.diffaug; None: off)
+    lecam: torch.Tensor | None = None  # LeCam's anchors [α_R, α_F] (train.lecam_weight; None: none yet)
 
     def state_dict(self) -> dict[str, Any]:
         rng: dict[str, Any] = {"noise": self.noise.get_state(), "cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        # Kept only when the option is on, so a run without it writes exactly what it did before.
+        if self.augment is not None:
+            rng["augment"] = self.augment.get_state()
+        extra = {} if self.lecam is None else {"lecam": self.lecam.detach().clone()}
         return {
             "step": self.step,
             "spec": self.spec.to_dict(),
@@ -52,7 +59,7 @@ class TrainState:
             "opt_d": self.opt_d.state_dict(),
             "rng": rng,
             "loader": self.loader.state_dict(),
-        }
+        } | extra
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
         """Put a checkpoint's parts back (its spec already matched: sagan_core.train.resume). A part
@@ -67,6 +74,7 @@ class TrainState:
             ("rng", lambda rng: self.noise.set_state(rng["noise"])),
             ("rng", lambda rng: torch.set_rng_state(rng["cpu"])),
             ("rng", self._set_cuda_rng),
+            ("rng", self._set_augment_rng),
             ("loader", self.loader.load_state_dict),
         ]
         for key, put in parts:
@@ -75,11 +83,26 @@ class TrainState:
             except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise SaganError(f"{path}: damaged checkpoint: {key} does not fit ({reason})") from None
+        self._load_lecam(ckpt.get("lecam"), path)
         self.step = int(ckpt["step"])
 
     def _set_cuda_rng(self, rng: dict[str, Any]) -> None:
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _set_augment_rng(self, rng: dict[str, Any]) -> None:
+        """A checkpoint written with DiffAugment off has no such state: the fresh seed stays (the
+        fingerprint names the change)."""
+        if self.augment is not None and "augment" in rng:
+            self.augment.set_state(rng["augment"])
+
+    def _load_lecam(self, anchors: Any, path: Path) -> None:
+        if anchors is None:  # written with LeCam off, or before its first D step: start afresh
+            self.lecam = None
+            return
+        if not torch.is_tensor(anchors) or anchors.shape != (2,) or not anchors.is_floating_point():
+            raise SaganError(f"{path}: damaged checkpoint: lecam does not fit (expected 2 anchors)")
+        self.lecam = anchors.to(self.device, torch.float32)
 
     def apply_optimizer_params(self, cfg) -> None:
         """`--resume --set train.lr_g=...`: the loaded optimizer state carries the old settings, while
@@ -87,7 +110,9 @@ class TrainState:
         breaks bit-exactness. `cfg` is the TrainConfig."""
         changes = [("train.lr_g", self.opt_g, "lr", cfg.lr_g), ("train.lr_d", self.opt_d, "lr", cfg.lr_d)]
         betas = (float(cfg.beta1), float(cfg.beta2))
-        changes += [(f"train.beta{i + 1}", opt, i, betas[i]) for opt in (self.opt_g, self.opt_d) for i in (0, 1)]
+        changes += [
+            (f"train.beta{i + 1}", opt, i, betas[i]) for opt in (self.opt_g, self.opt_d) for i in (0, 1)
+        ]
         said = set()
         for key, opt, slot, new in changes:
             for group in opt.param_groups:

@@ -1,4 +1,5 @@
-"""SAGAN training: hinge loss, TTUR, EMA generator, exact resume, NaN guard, DDP.
+"""SAGAN training: hinge loss, TTUR, EMA generator, exact resume, NaN guard, DDP; optionally
+DiffAugment (train.diffaug, diffaug.py) and LeCam (train.lecam_weight, losses.py) for small data.
 
 One code path for CPU and GPU: precision.py decides bf16 autocast, channels_last, fused Adam and
 torch.compile for the device (`train.precision/channels_last/compile/compile_mode`).
@@ -24,14 +25,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sagan_core.config import Params
+from sagan_core.config import Params, diffaug_ops
 from sagan_core.data.dataset import BatchLoader, open_prepared
 from sagan_core.device import resolve_device
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.model.networks import attention_blocks, build_models, model_spec
 from sagan_core.model.visualize import attention_figure, fixed_inputs, save_grid
-from sagan_core.train import fingerprint, precision, resume, standing_stats
+from sagan_core.train import diffaug, fingerprint, precision, resume, standing_stats
 from sagan_core.train.distributed import (
     DistInfo,
     any_rank,
@@ -42,7 +43,7 @@ from sagan_core.train.distributed import (
     lost_peers,
     share_newest,
 )
-from sagan_core.train.losses import d_hinge, g_hinge
+from sagan_core.train.losses import d_hinge, g_hinge, lecam, lecam_anchors
 from sagan_core.train.periodic_eval import PeriodicEval
 from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
 from sagan_core.train.state import TrainState
@@ -96,6 +97,9 @@ class Trainer:
         noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
         noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.state = TrainState(spec, G, G_ema, D, opt_g, opt_d, noise, loader, self.device)
+        self.augment_ops = diffaug_ops(cfg.diffaug)
+        if self.augment_ops:  # its own generator: with DiffAugment off every other draw is unchanged
+            self.state.augment = torch.Generator(device=self.device).manual_seed(noise_seed + 15485863)
         self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None
         self.evals = PeriodicEval(params, self.device, enabled=self.dist.is_main)
@@ -209,6 +213,19 @@ class Trainer:
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.spec.z_dim, generator=self.state.noise, device=self.device)
 
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """DiffAugment on what D is about to see (train.diffaug), else x itself."""
+        if not self.augment_ops:
+            return x
+        return diffaug.augment(x, self.augment_ops, self.state.augment)
+
+    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor | None:
+        """train.lecam_weight x the LeCam term, after updating its anchors; None when off."""
+        if not self.cfg.lecam_weight:
+            return None
+        self.state.lecam = lecam_anchors(self.state.lecam, d_real, d_fake, self.cfg.lecam_decay)
+        return self.cfg.lecam_weight * lecam(d_real, d_fake, self.state.lecam)
+
     def train_step(self, g_run, d_run, d_frozen) -> torch.Tensor:
         """n_dis D updates then one G update; returns [loss_d, loss_g, D(x), D(G(z))] (on device)."""
         cfg, b, mf, s = self.cfg, self.cfg.batch_size, self.plan.memory_format, self.state
@@ -221,12 +238,15 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 fake = g_run(z, y_fake)
             # Real and fake in one D pass: one spectral-norm power iteration per D step, one kernel launch.
-            inp = torch.cat([x.to(fake.dtype), fake]).contiguous(memory_format=mf)
+            # DiffAugment: real and fake alike, every image its own draws
+            inp = self._augment(torch.cat([x.to(fake.dtype), fake])).contiguous(memory_format=mf)
             labels = None if y_fake is None else torch.cat([y, y_fake])
             with self._autocast():
                 logits = d_run(inp, labels)
             d_real, d_fake = logits[:b], logits[b:]
             loss_d = d_hinge(d_real, d_fake)
+            if (reg := self._lecam(d_real, d_fake)) is not None:
+                loss_d = loss_d + reg
             s.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             s.opt_d.step()
@@ -234,7 +254,7 @@ class Trainer:
             p.requires_grad_(False)
         z, y_fake = self._noise(b), self._fake_labels(b)
         with self._autocast():
-            fake = g_run(z, y_fake).contiguous(memory_format=mf)
+            fake = self._augment(g_run(z, y_fake)).contiguous(memory_format=mf)
             loss_g = g_hinge(d_frozen(fake, y_fake))
         s.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
