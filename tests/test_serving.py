@@ -217,7 +217,9 @@ def test_registered_version_and_model_carry_model_cards(registered):
     assert f"{len(manifest['class_names'])}: {', '.join(manifest['class_names'][:3])}" in card
     assert f"{ev['fid']:.4g}" in card and f"{ev['kid_mean']:.4g}" in card
     assert f"**Promotion: champion.** {champ.tags['promotion.reason']}" in card
-    assert f"sagan sample --model models:/{MODEL}/{champ.version}" in card
+    assert f"sagan sample --model models:/{MODEL}@champion" in card and f"models:/{MODEL}/" not in card
+    for key in ("precision", "recall", "density", "coverage"):  # how it fails, beside the FID
+        assert f"{ev[key]:.4g}" in card, key
     assert "| hardware | cpu × 1" in card and "| training time | 0 min" in card
     model = client.get_registered_model(MODEL)
     assert "@champion" in model.description and f"models:/{MODEL}@champion" in model.description
