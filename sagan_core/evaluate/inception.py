@@ -216,8 +216,9 @@ def load_net(
     with BatchNorm folded into the convolutions. Features of the fast path equal the plain fp32
     NCHW path's to relative rounding (~3e-6 of their largest value on the stand-in weights,
     tests/test_inception_fast.py) and are 1.2-1.6x cheaper on CPU (BENCHMARKS.md); still fp32.
-    `sagan evaluate` and `sagan fid` keep pytorch-fid's own layout on CPU (their FIDs are checked
-    against pytorch-fid's to 1e-3 absolute)."""
+    `sagan fid` uses it too (its FIDs are checked against pytorch-fid's by relative error);
+    `sagan evaluate` keeps pytorch-fid's own layout on CPU, so promotion FIDs stay pytorch-fid's
+    digits."""
     net = InceptionFeatures(weights, dims, logits)
     if fast:
         fold_batchnorm(net.net)
