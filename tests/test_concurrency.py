@@ -92,12 +92,16 @@ def test_two_launches_hand_their_ranks_their_own_params_file(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     seen: list[tuple[Path, str, str | None]] = []
 
-    def fake_run(cmd, env=None, **kw):
-        path = Path(cmd[cmd.index("--params") + 1])
-        seen.append((path, path.read_text(), (env or {}).get(HELD_BY_LAUNCHER)))
-        return subprocess.CompletedProcess(cmd, 0)
+    class FakeTorchrun:  # records what torchrun would be handed; its ranks would say nothing
+        def __init__(self, cmd, env=None, **kw):
+            path = Path(cmd[cmd.index("--params") + 1])
+            seen.append((path, path.read_text(), (env or {}).get(HELD_BY_LAUNCHER)))
+            self.stdout = self.stderr = iter(())
 
-    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeTorchrun)
     for steps in (5, 7):
         p = Params.model_validate({"train": {"steps": steps, "nproc_per_node": 2}})
         assert launch.run_torchrun(p, resume=False, quiet=True, log=lambda _: None) == (0, "")
