@@ -102,7 +102,7 @@ def test_offline_evaluate_fails_then_rerun_continues_and_unchanged_run_trains_no
     assert f"{second.fid:.4g}" in found["sagan-summary"] and second.data_hash in found["sagan-summary"]
     assert "champion" in found["sagan-summary"]
     # the grid itself, inline (no MLflow UI needed to see it): the PNG of samples/latest.png, downscaled
-    assert_inline_grid(found["sagan-summary"], proj / "models/samples/latest.png")
+    assert_inline_grid(found["sagan-summary"], proj / "samples/latest.png")
     assert_graph_edges(second.flow_run)
     # the run's link opens MLflow's model-training layout (3.17 ignores the experiment's kind tag there)
     link = f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
