@@ -5,6 +5,7 @@ packaged preset running the whole pipeline at toy size. Slow: whole stages, a Pr
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def test_every_packaged_preset_is_run_end_to_end_by_one_of_these_tests():
 
 
 @pytest.mark.slow
-def test_pipeline_run_on_another_params_file_runs_the_stages_without_dvc(tmp_path, prefect_api, capfd):
+def test_pipeline_run_on_another_params_file_runs_the_stages_without_dvc(tmp_path, prefect_api):
     """`--params FILE` (not the project's params.yaml) in a DVC project: said in one line, and the
     stages run without DVC's skip or record (here prepare runs, and fails on FILE's missing data)."""
     from pipelines.flow.pipeline import StageFailed, sagan_pipeline
@@ -156,8 +157,18 @@ def test_pipeline_run_on_another_params_file_runs_the_stages_without_dvc(tmp_pat
         (proj / "params.yaml").read_text().replace(str((tmp_path / "images").resolve()), "data/raw/elsewhere")
     )
     (proj / "other.yaml").write_text(other)
-    with pytest.raises(StageFailed, match=r"^stage prepare failed: .*data/raw/elsewhere"):
-        sagan_pipeline(params_file="other.yaml", project_dir=str(proj))
-    log = capfd.readouterr().err  # Prefect's console log
+    # The flow run's logger, read where its records pass: Prefect's console handler may hold a
+    # stream an earlier test captured, so the console text is not what this test reads.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    flow_logger = logging.getLogger("prefect.flow_runs")
+    flow_logger.addHandler(handler)
+    try:
+        with pytest.raises(StageFailed, match=r"^stage prepare failed: .*data/raw/elsewhere"):
+            sagan_pipeline(params_file="other.yaml", project_dir=str(proj))
+    finally:
+        flow_logger.removeHandler(handler)
+    log = "\n".join(r.getMessage() for r in records)
     assert "--params other.yaml is not this project's params.yaml" in log
     assert "up to date (dvc status)" not in log and not (proj / "dvc.lock").exists()
