@@ -8,12 +8,13 @@ On one checkpoint and one sample count, side by side:
   (c) `sagan evaluate` with the cache warm (samples pass only);
   (d) `sagan fid samples/ real/` on the same PNG folders as (a)'s `python -m pytorch_fid`, the two
       commands alternated `--repeats` times (median wall time of each).
-Targets: (c) >= 2x faster than (a), (b) and (d) no slower than (a), all FIDs within 1e-3.
+Targets: (c) >= 2x faster than (a), (b) no slower than (a), FIDs within 1e-3; (d) >= 1.3x faster
+than `python -m pytorch_fid` with its FID within 1e-5 relative (issue 24).
 
-Sample counts: FID's covariance is singular with fewer samples than feature dimensions (2048),
-and then every way of computing the matrix square root carries rounding noise of ~1e-5 relative;
-`sagan evaluate` uses pytorch-fid's own `sqrtm` there (same digits), and its exact eigendecomposition
-path above that. Measure with more samples than dims, as real protocols (10k, 50k) are.
+Sample counts: FID's covariance is singular with fewer samples than feature dimensions (2048).
+There pytorch-fid's scipy `sqrtm` of the singular product costs ~25 s on 2 cores, while sagan takes
+the trace from the images' cross-Gram matrix (exact, ~0.03 s, metrics.py); above that both use a
+well-conditioned path. Real protocols (10k, 50k) have more samples than dims.
 
 Also reports the Inception pass in images/s and as a fraction of this machine's measured fp32
 matmul FLOP/s (TF32 off, as during evaluation).
@@ -198,10 +199,10 @@ def report_folders(a: dict) -> bool:
     print(f"| (d) `sagan fid samples/ real/` vs `python -m pytorch_fid samples/ real/` | {runs} |")
     diff = abs(a["sagan_fid"] - a["fid"])
     print(
-        f"(a)/(d), commands alone: {t_ref / t_ours:.2f}x (target >= 1); "
-        f"FID pytorch_fid {a['fid']:.6f}, sagan fid {a['sagan_fid']:.6f}, |difference| {diff:.2e} (target < 1e-3)"
+        f"(a)/(d), commands alone: {t_ref / t_ours:.2f}x (target >= 1.3); "
+        f"FID pytorch_fid {a['fid']:.6f}, sagan fid {a['sagan_fid']:.6f}, relative difference {diff / abs(a['fid']):.1e} (target <= 1e-5)"
     )
-    return t_ours <= t_ref and diff < 1e-3
+    return t_ref >= 1.3 * t_ours and diff <= 1e-5 * abs(a["fid"])
 
 
 def sagan_evaluate(args, work: Path, env: dict, ckpt: Path) -> tuple[float, dict, float, dict]:

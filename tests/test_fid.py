@@ -128,6 +128,42 @@ def test_frechet_with_fewer_samples_than_dims_skips_the_eigendecompositions(monk
     assert value == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
+def psd_sqrt(s):
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def test_frechet_few_samples_with_features_is_exact_in_sample_space(caplog):
+    """n < dims with the features kept (in-training scoring, `sagan evaluate`, small `sagan fid`
+    folders): the trace comes from the n1 x n2 cross-Gram matrix. Expected, independently:
+    Tr (S1 S2)^1/2 = Tr (R1 S2 R1)^1/2 with R1 = S1^1/2, both symmetric PSD roots by eigh; and
+    pytorch-fid's sqrtm value to 1e-5 relative (the issue's tolerance; measured ~1e-7)."""
+    rng = np.random.default_rng(5)
+    d = 128
+    for n1, n2, scale in [(40, 50, 1.0), (100, 100, 30.0)]:  # 30: stand-in-sized features
+        accs = [metrics.StatsAccumulator(keep_features=True) for _ in range(2)]
+        accs[0].add(scale * features(rng, n1, d, 1.0))
+        accs[1].add(scale * (features(rng, n2, d, 1.0) + 0.1))
+        a, b = (acc.result() for acc in accs)
+        r1 = psd_sqrt(a.sigma)
+        tr = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ b.sigma @ r1), 0, None)).sum()
+        diff = a.mu - b.mu
+        expected = diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr
+        with caplog.at_level("WARNING", logger="sagan"):
+            value, method = metrics.frechet_with_method(a, b)
+        assert method == "gram-svd"
+        # the eigh reference takes square roots of rounding-level eigenvalues in S1's null space
+        # (~sqrt(eps) each, relative), so the two exact formulas agree to ~1e-8, not to eps
+        assert value == pytest.approx(expected, rel=1e-6)
+        theirs = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+        assert abs(value - theirs) <= 1e-5 * theirs
+    assert not caplog.records  # n < dims is expected here: no warning
+
+    # features that are not all of the samples behind mu/sigma are not used
+    partial = metrics.Stats(a.mu, a.sigma, a.features[:-1], n=a.n)
+    assert metrics.frechet_with_method(partial, b)[1] in ("sqrtm", "eigh-svd-singular")
+
+
 def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplog):
     """Few samples of large features: pytorch-fid's sqrtm result has an imaginary part > 1e-3 and it
     raises. The value must then be exact: with S_i = X_i^T X_i / (n - 1) (X_i centred), the nonzero
@@ -366,6 +402,18 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     # sagan fid runs the fast Inception path (BatchNorm folded, channels_last): features equal to
     # relative rounding (~3e-6), so the FIDs agree by relative error, not to a fixed number of digits
     assert abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
+
+    # Fewer images than features (singular covariances, like the 300/300 CPU protocol): sagan fid
+    # takes the Fréchet trace from the images' cross-Gram matrix, pytorch-fid from scipy's sqrtm.
+    write_folder(tmp_path / "c", np.asarray(images[:40]))
+    write_folder(tmp_path / "d", np.asarray(images[40:80]) // 2 + 60)
+    cmd = [sys.executable, "-m", "pytorch_fid", "c", "d", "--dims", "64", "--device", "cpu", "--num-workers", "0"]
+    ref = subprocess.run(cmd, cwd=tmp_path, env=__import__("os").environ | env, capture_output=True, text=True)
+    theirs = float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
+    r = run_cli(["fid", "c", "d", "--dims", "64", "-q"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    ours = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))
+    assert theirs > 1.0 and abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
 
     # Bad input: one line on stderr, no traceback, exit 2 (usage) -- before any Inception work.
     (tmp_path / "empty").mkdir()

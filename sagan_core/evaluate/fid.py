@@ -117,7 +117,8 @@ def stats_of_path(
 
     The folder goes through `net` (loaded once by the caller for both folders of a `sagan fid`),
     else through the fast path (inception.load_net): features equal pytorch-fid's to relative
-    rounding, so FIDs agree to ~1e-6 relative (tests/test_fid.py), at 1.2-1.6x less CPU time."""
+    rounding, so FIDs agree to ~1e-6 relative (tests/test_fid.py), at 1.2-1.6x less CPU time.
+    Folders of at most `dims` images keep their features (see below); .npz files bring their own."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
         return load_stats(path)
@@ -129,5 +130,8 @@ def stats_of_path(
     net = net or inc.load_net(weights or inc.resolve_weights(), dims, False, device, fast=True)
     n_batches = sum(1 for _ in range(0, len(files), batch_size))
     batches = _uint8_batches_from_files(files, batch_size)
-    stats, _, _ = features_pass(net, batches, n_batches, device, progress=progress, desc=path.name)
+    # Up to `dims` images the covariance is singular: their features (N x dims float32, at most
+    # 16 MB at 2048) let the Fréchet distance be computed exactly in sample space (metrics.py).
+    keep = len(files) <= dims
+    stats, _, _ = features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)
     return stats
