@@ -407,8 +407,22 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     # takes the Fréchet trace from the images' cross-Gram matrix, pytorch-fid from scipy's sqrtm.
     write_folder(tmp_path / "c", np.asarray(images[:40]))
     write_folder(tmp_path / "d", np.asarray(images[40:80]) // 2 + 60)
-    cmd = [sys.executable, "-m", "pytorch_fid", "c", "d", "--dims", "64", "--device", "cpu", "--num-workers", "0"]
-    ref = subprocess.run(cmd, cwd=tmp_path, env=__import__("os").environ | env, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytorch_fid",
+        "c",
+        "d",
+        "--dims",
+        "64",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+    ]
+    ref = subprocess.run(
+        cmd, cwd=tmp_path, env=__import__("os").environ | env, capture_output=True, text=True
+    )
     theirs = float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
     r = run_cli(["fid", "c", "d", "--dims", "64", "-q"], tmp_path, env)
     assert r.returncode == 0, r.stderr

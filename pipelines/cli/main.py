@@ -46,7 +46,9 @@ def _show_version(value: bool) -> None:
 def _root(
     show_version: Annotated[
         bool,
-        typer.Option("--version", help="Print the installed version and exit.", callback=_show_version, is_eager=True),
+        typer.Option(
+            "--version", help="Print the installed version and exit.", callback=_show_version, is_eager=True
+        ),
     ] = False,
 ) -> None:
     """Self-Attention GAN pipeline: prepare -> train -> evaluate (FID) -> register (MLflow)."""
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     _setup_logging()
     try:
-        result = build_app()(args=sys.argv[1:] if argv is None else argv, prog_name="sagan", standalone_mode=False)
+        result = build_app()(
+            args=sys.argv[1:] if argv is None else argv, prog_name="sagan", standalone_mode=False
+        )
         return result if isinstance(result, int) else 0
     except typer.Exit as e:
         return e.exit_code

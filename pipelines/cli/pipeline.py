@@ -113,7 +113,9 @@ def deploy(
     code = Path(__file__).resolve().parents[2]
     parameters["project_dir"] = os.getcwd()
     limit = ensure_limit(os.getcwd())  # one run of this project at a time, on any worker
-    remote = sagan_pipeline.from_source(source=str(code), entrypoint="pipelines/flow/pipeline.py:sagan_pipeline")
+    remote = sagan_pipeline.from_source(
+        source=str(code), entrypoint="pipelines/flow/pipeline.py:sagan_pipeline"
+    )
     deployment_id = remote.deploy(
         name=name,
         work_pool_name=pool,
