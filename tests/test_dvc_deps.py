@@ -71,8 +71,13 @@ def _stage_roots(stage: str) -> set[str]:
     tree = ast.parse((REPO / "pipelines/stages.py").read_text())
     (func,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == stage]
     module_level = [n for n in tree.body if isinstance(n, ast.ImportFrom | ast.Import)]
-    return {f for node in [*module_level, *ast.walk(func)] if isinstance(node, ast.ImportFrom | ast.Import)
-            for name in _imported(node, "pipelines") if (f := _module_file(name))}
+    return {
+        f
+        for node in [*module_level, *ast.walk(func)]
+        if isinstance(node, ast.ImportFrom | ast.Import)
+        for name in _imported(node, "pipelines")
+        if (f := _module_file(name))
+    }
 
 
 def closure(stage: str) -> set[str]:
