@@ -184,16 +184,27 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+# On CPU the network runs this many images at a time, whatever the batch: 250 images took 8-12% less
+# time in chunks of 10 than in batches of 50 to 250 on 2 cores (activations that stay in cache;
+# BENCHMARKS.md), with bit-identical features (each image's arithmetic does not depend on the batch).
+CPU_CHUNK = 10
+
+
 @torch.inference_mode()
 def run_batch(
     net: InceptionFeatures, u8: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features (float32, CPU) and logits of one uint8 batch, on `device`."""
-    x = to_inception_input(u8.to(device, non_blocking=True))
-    if net.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    feat, logits = net(x)
-    return feat.float().cpu(), None if logits is None else logits.float().cpu()
+    chunk = CPU_CHUNK if device.type == "cpu" else len(u8)
+    feats, logits = [], []
+    for start in range(0, len(u8), chunk):
+        x = to_inception_input(u8[start : start + chunk].to(device, non_blocking=True))
+        if net.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        f, lg = net(x)
+        feats.append(f.float().cpu())
+        logits.append(None if lg is None else lg.float().cpu())
+    return torch.cat(feats), None if logits[0] is None else torch.cat(logits)
 
 
 def fold_batchnorm(net: nn.Module) -> int:
