@@ -10,12 +10,11 @@ same run (when tracking is on and the run lives at the current tracking URI).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 from pipelines.tracking.generator_model import CHECKPOINT_DIR
-from sagan_core.atomic import write_atomic
+from sagan_core.atomic import copy_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
@@ -28,7 +27,7 @@ def fetch(params: Params, source: str) -> None:
         if not path.is_file():
             raise ConfigError(f"--resume-from {source}: no such checkpoint file")
         if path.resolve() != target.resolve():
-            _install(path, target)
+            copy_atomic(path, target)
         return
     from pipelines.tracking.run_record import write_run_record
     from pipelines.tracking.store import call, connect, redact
@@ -45,7 +44,7 @@ def fetch(params: Params, source: str) -> None:
             raise SaganError(
                 f"--resume-from {source}: cannot download {CHECKPOINT_DIR}/{artifact} ({first})"
             ) from None
-        _install(Path(local), target)
+        copy_atomic(Path(local), target)
     run = call(uri, client.get_run, run_id)
     write_run_record(
         params, {"run_id": run_id, "experiment_id": run.info.experiment_id, "tracking_uri": redact(uri)}
@@ -74,9 +73,3 @@ def _locate(client, source: str) -> tuple[str, str]:
     if not mv.run_id:
         raise ConfigError(f"--resume-from {source}: the version names no training run")
     return mv.run_id, "best.pt" if (mv.tags or {}).get("candidate") == "best" else "checkpoint.pt"
-
-
-def _install(src: Path, target: Path) -> None:
-    """Copy atomically: a failed copy leaves the previous checkpoint.pt as it was."""
-    with open(src, "rb") as f:
-        write_atomic(target, lambda out: shutil.copyfileobj(f, out))

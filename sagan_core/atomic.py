@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +44,12 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def copy_atomic(src: str | Path, path: str | Path) -> None:
+    """Copy the file `src` to `path`, atomically: a failed copy leaves the previous `path` as it was."""
+    with open(src, "rb") as f:
+        write_atomic(path, lambda out: shutil.copyfileobj(f, out))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pipelines.flow import kubernetes as k8s
 from pipelines.results import Trained
+from sagan_core.atomic import copy_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
@@ -100,7 +101,6 @@ def find_run(params: Params, name: str) -> str:
 
 def _fetch_extras(params: Params, run_id: str) -> None:
     """best.pt (when in-training evaluation wrote one) and the newest sample grid, if the run has them."""
-    from pipelines.resume_from import _install
     from pipelines.tracking.generator_model import CHECKPOINT_DIR
     from pipelines.tracking.store import call, connect
 
@@ -113,7 +113,7 @@ def _fetch_extras(params: Params, run_id: str) -> None:
             if artifact.path in wanted:
                 with tempfile.TemporaryDirectory() as tmp:
                     local = call(uri, client.download_artifacts, run_id, artifact.path, tmp)
-                    _install(Path(local), wanted[artifact.path])
+                    copy_atomic(Path(local), wanted[artifact.path])
 
 
 def train_on_cluster(params: Params, do_resume: bool, log: Callable[[str], None]) -> Trained:
