@@ -10,12 +10,13 @@ only scatter the one reference for params.yaml.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sagan_core.model.arch import attention_slots
+from sagan_core.model.arch import D_ARCH, G_ARCH, attention_slots, default_attention, feature_maps
 
 # DiffAugment's operations (sagan_core/train/diffaug.py implements them; named here so that params
 # validation needs no torch).
@@ -355,8 +356,20 @@ class Params(Section):
     @model_validator(mode="after")
     def _attention_fits(self) -> Params:
         """Every g_attn/d_attn resolution is a feature map the network has (ValueError names which)."""
-        for key in ("g_attn", "d_attn"):
-            attention_slots(key, self.data.resolution, getattr(self.model, key) or [])
+        res = self.data.resolution
+        for key, width_key, mults in (("g_attn", "g_ch", G_ARCH[res][1]), ("d_attn", "d_ch", D_ARCH[res][0])):
+            wanted = getattr(self.model, key)
+            wanted = default_attention(res) if wanted is None else wanted
+            width = getattr(self.model, width_key)
+            for i in sorted(attention_slots(key, res, wanted)):
+                ch = mults[i] * width  # the block's output channels: what its attention block gets
+                if ch % 8:  # C/8 query/key channels (layers.SelfAttention), caught here, not at train time
+                    raise ValueError(
+                        f"model.{width_key}: got {width}, which gives the {feature_maps(key, res)[i]}x"
+                        f"{feature_maps(key, res)[i]} self-attention block (model.{key}) {ch} channels; it needs "
+                        f"a multiple of 8: make model.{width_key} a multiple of {8 // math.gcd(8, mults[i])} "
+                        f"or move model.{key}"
+                    )
         return self
 
     def flat(self) -> dict[str, Any]:

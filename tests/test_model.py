@@ -92,6 +92,33 @@ def test_too_narrow_attention_is_a_config_error():
         build_models(spec_for(64, d_ch=4))
 
 
+@pytest.mark.parametrize("res", [32, 64, 128])
+def test_params_validation_refuses_exactly_the_widths_the_networks_refuse(res):
+    """params validation catches a too-narrow attention block before training: for every width it
+    accepts, the networks build; for every one it refuses (naming model.g_ch/d_ch), they do not."""
+    from pydantic import ValidationError
+
+    from sagan_core.config import Params
+    from sagan_core.errors import ConfigError
+
+    for width in (1, 2, 3, 4, 6, 8):
+        for key in ("g_ch", "d_ch"):
+            other = {"g_ch": 8, "d_ch": 8}
+            model = other | {key: width}
+            try:
+                build_models(spec_for(res, **model))
+                builds = True
+            except ConfigError:
+                builds = False
+            try:
+                Params.model_validate({"data": {"resolution": res}, "model": model})
+                valid = True
+            except ValidationError as e:
+                assert f"model.{key}: got {width}" in str(e) and "multiple of 8" in str(e)
+                valid = False
+            assert valid == builds, (res, key, width)
+
+
 def test_attention_rows_are_distributions_over_keys():
     blk = SelfAttention(16)
     blk.keep_attention = True
