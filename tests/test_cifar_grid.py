@@ -113,3 +113,19 @@ def test_a_toy_grid_runs_end_to_end_and_a_second_invocation_retrains_nothing(tmp
     assert "training 0 of 4 runs" in again.stdout and "scoring" not in again.stdout
     assert {n: (work / n / "models/checkpoint.pt").stat().st_mtime_ns for n in names} == mtimes
     assert json.loads((work / "grid.json").read_text())["checkpoints"] == result["checkpoints"]
+
+
+def test_the_time_budget_stops_unfinished_runs_and_says_so(tmp_path):
+    import cifar_grid
+    from grid_pool import Job, run_pool
+
+    cmd = [sys.executable, "-c", "import time; print('step 1/9', flush=True); time.sleep(60)"]
+    jobs = [Job(i + 1, 2, f"run {i}", cmd, tmp_path, tmp_path / f"{i}.log", 9) for i in range(2)]
+    for job in jobs:
+        job.run = {"name": f"run-{job.index}"}
+    lines: list[str] = []
+    run_pool(jobs, parallel=1, threads=1, env=dict(os.environ), budget_s=2.0, say=lines.append)
+    assert [j.status for j in jobs] == ["stopped", "stopped"]  # the running one and the queued one
+    assert jobs[0].proc.poll() is not None and jobs[1].proc is None
+    assert any("time budget of 2 s spent" in line for line in lines)
+    assert "2 of 2 runs did not finish" in cifar_grid.failure(jobs) and "stopped" in cifar_grid.failure(jobs)
