@@ -14,12 +14,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 STEP = re.compile(r"step (\d+)/(\d+)")
+# Popen's process_group is Python 3.11+; pyproject allows 3.10
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 @dataclass
@@ -76,7 +79,7 @@ def start(job: Job, threads: int, env: dict[str, str]) -> None:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
-            process_group=0,  # its own process group, stopped as a whole (stop()); not its own session
+            **OWN_GROUP,  # its own process group, stopped as a whole (stop()); not its own session
         )
     job.status, job.t0, job.step, job.shown = "running", time.monotonic(), job.start_step, job.start_step
 
