@@ -17,7 +17,8 @@ Judge-space precision, recall, density and coverage (k=5, sagan_core/evaluate/pr
 next to the FD. The small-data grid (issue 24: VARIANTS x --seeds x --fractions): `--plan DIR` writes
 each fraction's seeded subset of the prepared data and prints one `sagan train` command per run, each
 into DIR/<variant>-s<seed>-f<fraction>/; scoring those checkpoints (`--checkpoint DIR/*/checkpoint.pt`)
-adds a mean ± standard deviation table over seeds per (variant, fraction).
+adds a mean ± standard deviation table over seeds per (variant, fraction). benchmarks/cifar_grid.py runs the
+whole grid (prepare, train, score, tabulate) in one resumable command.
 
   python benchmarks/cifar_quality.py --plan /work/grid --prepared /work/cifar-run/data/prepared
   python benchmarks/cifar_quality.py --checkpoint /work/grid/*/models/checkpoint.pt --json grid.json
@@ -216,6 +217,12 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def label(path: Path) -> str:
+    """A checkpoint's row name: its grid run folder and file name, else its last three parts."""
+    run = next((part for part in path.parts if RUN_DIR.fullmatch(part)), None)
+    return (f"{run}/{path.name}" if run else "/".join(path.parts[-3:]))[-40:]
+
+
 def table(result: dict) -> str:
     j = result["judge"]
     lines = [
@@ -229,10 +236,7 @@ def table(result: dict) -> str:
         return f"{name:<40} {step:>7} {r['class_accuracy']:>10.4f} {r['judge_fd']:>10.3f} {prdc_cells}"
 
     lines.append(row("real images (ceiling)", "", result["ceiling"]))
-    lines += [
-        row("/".join(Path(r["checkpoint"]).parts[-3:])[-40:], str(r["step"]), r)
-        for r in result["checkpoints"]
-    ]
+    lines += [row(label(Path(r["checkpoint"])), str(r["step"]), r) for r in result["checkpoints"]]
     if any(RUN_DIR.fullmatch(p) for r in result["checkpoints"] for p in Path(r["checkpoint"]).parts):
         lines += ["", grid_table(result["checkpoints"])]
     return "\n".join(lines)
