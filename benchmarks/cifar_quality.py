@@ -17,7 +17,8 @@ Judge-space precision, recall, density and coverage (k=5, sagan_core/evaluate/pr
 next to the FD. The small-data grid (issue 24: VARIANTS x --seeds x --fractions): `--plan DIR` writes
 each fraction's seeded subset of the prepared data and prints one `sagan train` command per run, each
 into DIR/<variant>-s<seed>-f<fraction>/; scoring those checkpoints (`--checkpoint DIR/*/checkpoint.pt`)
-adds a mean ± standard deviation table over seeds per (variant, fraction).
+adds a mean ± standard deviation table over seeds per (variant, fraction). benchmarks/cifar_grid.py runs the
+whole grid (prepare, train, score, tabulate) in one resumable command.
 
   python benchmarks/cifar_quality.py --plan /work/grid --prepared /work/cifar-run/data/prepared
   python benchmarks/cifar_quality.py --checkpoint /work/grid/*/models/checkpoint.pt --json grid.json
@@ -46,6 +47,7 @@ from sagan_core.model.checkpoint import load_generator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+PRESET = REPO / "pipelines" / "project" / "presets" / "cifar10.yaml"
 
 
 # The four variants of the small-data comparison, as `sagan train --set` overrides. LeCam's weight:
@@ -85,31 +87,35 @@ def subset(src: Path, dst: Path, fraction: float, seed: int = 0) -> Path:
     return dst
 
 
-def plan(args: argparse.Namespace) -> list[str]:
-    """The grid's `sagan train` commands (one per variant x seed x fraction); writes the subsets."""
-    cmds = []
-    for fraction in args.fractions:
-        data = (
-            args.prepared
-            if fraction == 1.0
-            else subset(args.prepared, args.plan / f"data-f{fraction}", fraction)
-        )
-        for variant, flags in VARIANTS.items():
-            for seed in args.seeds:
-                run = args.plan / f"{variant}-s{seed}-f{fraction}"
+def grid_runs(root: Path, prepared: Path, seeds, fractions, variants=tuple(VARIANTS)) -> list[dict]:
+    """The grid's runs (fraction x variant x seed), each in root/<variant>-s<seed>-f<fraction>/ with
+    the `sagan train --set` overrides that put its outputs there; writes the subsets (one per
+    fraction, seed 0, shared by every variant and training seed: the variants see the same images)."""
+    runs = []
+    for fraction in fractions:
+        data = prepared if fraction == 1.0 else subset(prepared, root / f"data-f{fraction}", fraction)
+        for variant in variants:
+            for seed in seeds:
+                run = root / f"{variant}-s{seed}-f{fraction}"
                 sets = [f"data.prepared_dir={data.resolve()}", f"train.seed={seed}"]
                 sets += [f"train.out_dir={run / 'models'}", f"train.samples_dir={run / 'samples'}"]
                 sets += [f"train.metrics_file={run / 'metrics/train.csv'}"]
-                cmd = [
-                    "sagan",
-                    "train",
-                    "--params",
-                    str(args.params),
-                    *sum((["--set", v] for v in sets), []),
-                    *flags,
-                ]
-                cmds.append(" ".join(cmd))
-    return cmds
+                sets += VARIANTS[variant][1::2]  # the values of its `--set` pairs
+                runs.append(
+                    {"name": run.name, "dir": run, "variant": variant, "seed": seed, "fraction": fraction}
+                    | {"sets": sets}
+                )
+    return runs
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """The grid's `sagan train` commands (one per variant x seed x fraction); writes the subsets."""
+    return [
+        " ".join(
+            ["sagan", "train", "--params", str(args.params), *sum((["--set", v] for v in r["sets"]), [])]
+        )
+        for r in grid_runs(args.plan, args.prepared, args.seeds, args.fractions)
+    ]
 
 
 def grid_table(rows: list[dict]) -> str:
@@ -182,28 +188,39 @@ def score_checkpoint(path: Path, net, data: dict, ref: Stats, n: int, device: to
     }
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device, "--device")
+def judge_setup(archive: Path, cache_dir: Path, epochs: int, samples: int, device_name: str) -> dict:
+    """What scoring needs: the archive's arrays, the (cached) judge, the test split's judge features
+    and their statistics, the device; SystemExit when `samples` exceeds the held-out real images."""
+    device = resolve_device(device_name, "--device")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = load_data(args.archive, args.cache_dir)
+    data = load_data(archive, cache_dir)
     held_out = holdout_per_class(data["train_y"]) * len(data["classes"])
-    if args.samples > held_out:
+    if samples > held_out:
         raise SystemExit(f"cifar_quality: --samples at most {held_out} (the held-out real images)")
-    net, record = get_judge(
-        data, args.cache_dir, args.epochs, device, log=lambda s: print(s, file=sys.stderr)
-    )
+    net, record = get_judge(data, cache_dir, epochs, device, log=lambda s: print(s, file=sys.stderr))
     _, ref_feats = judge_pass(
         net, (data["test_x"][i : i + 500] for i in range(0, len(data["test_x"]), 500)), device
     )
-    ref = stats(ref_feats)
     data["ref_feats"] = ref_feats  # judge-space precision/recall/density/coverage against the test split
+    return {"net": net, "record": record, "data": data, "ref": stats(ref_feats), "device": device}
+
+
+def run(args: argparse.Namespace) -> dict:
+    j = judge_setup(args.archive, args.cache_dir, args.epochs, args.samples, args.device)
+    net, data, ref, device = j["net"], j["data"], j["ref"], j["device"]
     out = {
         "archive": str(args.archive),
-        "judge": record,
+        "judge": j["record"],
         "ceiling": ceiling(net, data, ref, args.samples, device),
     }
     out["checkpoints"] = [score_checkpoint(p, net, data, ref, args.samples, device) for p in args.checkpoint]
     return out
+
+
+def label(path: Path) -> str:
+    """A checkpoint's row name: its grid run folder and file name, else its last three parts."""
+    run = next((part for part in path.parts if RUN_DIR.fullmatch(part)), None)
+    return (f"{run}/{path.name}" if run else "/".join(path.parts[-3:]))[-40:]
 
 
 def table(result: dict) -> str:
@@ -219,10 +236,7 @@ def table(result: dict) -> str:
         return f"{name:<40} {step:>7} {r['class_accuracy']:>10.4f} {r['judge_fd']:>10.3f} {prdc_cells}"
 
     lines.append(row("real images (ceiling)", "", result["ceiling"]))
-    lines += [
-        row("/".join(Path(r["checkpoint"]).parts[-3:])[-40:], str(r["step"]), r)
-        for r in result["checkpoints"]
-    ]
+    lines += [row(label(Path(r["checkpoint"])), str(r["step"]), r) for r in result["checkpoints"]]
     if any(RUN_DIR.fullmatch(p) for r in result["checkpoints"] for p in Path(r["checkpoint"]).parts):
         lines += ["", grid_table(result["checkpoints"])]
     return "\n".join(lines)
@@ -242,7 +256,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--prepared", type=Path, default=Path("data/prepared"), help="--plan: the full prepared data"
     )
     ap.add_argument(
-        "--params", type=Path, default=REPO / "configs" / "cifar10.yaml", help="--plan: the preset"
+        "--params", type=Path, default=PRESET, help="--plan: the params file (default: the cifar10 preset)"
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--plan: training seeds")
     ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1], help="--plan: data fractions")
