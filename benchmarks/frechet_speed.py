@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from sagan_core.evaluate import metrics
+from sagan_core.evaluate import frechet, metrics
 
 
 def features(rng: np.random.Generator, n: int, d: int, scale: float, dead: slice) -> np.ndarray:
@@ -42,7 +42,7 @@ def main() -> None:
     ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours, method = metrics.frechet_with_method(a, b)
+    ours, method = frechet.frechet_with_method(a, b)
     t_ours = time.perf_counter() - t0
     print(f"{args.samples} samples, {args.dims} dims")
     print(f"pytorch-fid (scipy sqrtm): {ref:.9f}  {t_ref:.1f} s")

@@ -118,9 +118,7 @@ def run_config(args, tmp: Path, ch: int, batch: int) -> list[dict]:
             t.train_step(*mods)
         sync()
         warm = time.perf_counter() - t0
-        flops = step_flops(
-            t, (t.state.G, t.state.D, t.state.D)
-        )  # eager modules: FlopCounterMode sees every op
+        flops = step_flops(t, (t.state.G, t.state.D, t.state.D))  # eager: FlopCounterMode sees every op
         contenders[mode] = {"trainer": t, "mods": mods, "flops": flops, "warmup_s": warm, "times": []}
     device = torch.device(args.device)
     mm = {"fp32": Matmul(device, torch.float32), "bf16": Matmul(device, torch.bfloat16)}

@@ -20,8 +20,8 @@ from scipy import linalg
 from torchvision.utils import save_image
 
 from sagan_core.errors import ConfigError, SaganError
+from sagan_core.evaluate import frechet, metrics
 from sagan_core.evaluate import inception as inc
-from sagan_core.evaluate import metrics
 
 
 def scipy_frechet(mu1, s1, mu2, s2) -> float:
@@ -46,12 +46,12 @@ def test_frechet_matches_scipy_on_known_gaussians():
     a, b = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     closed = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    ours = metrics.frechet_distance(metrics.Stats(mu1, np.diag(a)), metrics.Stats(mu2, np.diag(b)))
+    ours = frechet.frechet_distance(metrics.Stats(mu1, np.diag(a)), metrics.Stats(mu2, np.diag(b)))
     assert ours == pytest.approx(closed, rel=1e-9)
     s1, s2 = random_cov(rng, d), random_cov(rng, d)
-    ours = metrics.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu2, s2))
+    ours = frechet.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu2, s2))
     assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-8)
-    assert metrics.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu1, s1)) == pytest.approx(
+    assert frechet.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu1, s1)) == pytest.approx(
         0, abs=1e-8
     )
 
@@ -62,7 +62,7 @@ def test_frechet_nearly_singular_covariance():
     s1 = random_cov(rng, d, rank=5) + 1e-10 * np.eye(d)  # nearly singular, like features from few samples
     s2 = random_cov(rng, d, rank=6) + 1e-10 * np.eye(d)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
-    ours = metrics.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu2, s2))
+    ours = frechet.frechet_distance(metrics.Stats(mu1, s1), metrics.Stats(mu2, s2))
     assert np.isfinite(ours)
     assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-4, abs=1e-4)
 
@@ -82,9 +82,9 @@ def test_frechet_fast_path_equals_pytorch_fid_when_well_conditioned():
     d = 256
     for n, decay in [(300, 2.0), (1000, 1.0)]:  # condition numbers ~1e6 .. 1e3
         a, b = stats_of(features(rng, n, d, decay)), stats_of(1.1 * features(rng, n, d, decay) + 0.05)
-        assert metrics.trace_sqrt_product(a.sigma, b.sigma) is not None  # the eigh/SVD path is taken
+        assert frechet.trace_sqrt_product(a.sigma, b.sigma) is not None  # the eigh/SVD path is taken
         ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-        assert metrics.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+        assert frechet.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
 
 
 def test_frechet_fast_path_with_dead_features_equals_pytorch_fid():
@@ -98,16 +98,16 @@ def test_frechet_fast_path_with_dead_features_equals_pytorch_fid():
     acc2.add(x2)
     a, b = acc1.result(), acc2.result()
     assert not a.sigma[:, :10].any() and not b.sigma[:, 5:12].any()
-    assert metrics.trace_sqrt_product(a.sigma, b.sigma) is not None
+    assert frechet.trace_sqrt_product(a.sigma, b.sigma) is not None
     ref = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-    assert metrics.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    assert frechet.frechet_distance(a, b) == pytest.approx(ref, rel=1e-9, abs=1e-9)
 
 
 def test_frechet_singular_covariance_is_pytorch_fid_exactly():
     rng = np.random.default_rng(3)
     a, b = stats_of(features(rng, 40, 64, 1.0)), stats_of(features(rng, 50, 64, 1.0) + 0.1)  # n < d
-    assert metrics.trace_sqrt_product(a.sigma, b.sigma) is None
-    assert metrics.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert frechet.trace_sqrt_product(a.sigma, b.sigma) is None
+    assert frechet.frechet_distance(a, b) == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 def test_frechet_with_fewer_samples_than_dims_skips_the_eigendecompositions(monkeypatch):
@@ -122,8 +122,8 @@ def test_frechet_with_fewer_samples_than_dims_skips_the_eigendecompositions(monk
     def doomed(*args, **kwargs):
         raise AssertionError("eigendecomposition path attempted for a necessarily singular covariance")
 
-    monkeypatch.setattr(metrics, "trace_sqrt_product", doomed)
-    value, method = metrics.frechet_with_method(a, b)
+    monkeypatch.setattr(frechet, "trace_sqrt_product", doomed)
+    value, method = frechet.frechet_with_method(a, b)
     assert method == "sqrtm"
     assert value == calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
@@ -150,7 +150,7 @@ def test_frechet_few_samples_with_features_is_exact_in_sample_space(caplog):
         diff = a.mu - b.mu
         expected = diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr
         with caplog.at_level("WARNING", logger="sagan"):
-            value, method = metrics.frechet_with_method(a, b)
+            value, method = frechet.frechet_with_method(a, b)
         assert method == "gram-svd"
         # the eigh reference takes square roots of rounding-level eigenvalues in S1's null space
         # (~sqrt(eps) each, relative), so the two exact formulas agree to ~1e-8, not to eps
@@ -161,7 +161,7 @@ def test_frechet_few_samples_with_features_is_exact_in_sample_space(caplog):
 
     # features that are not all of the samples behind mu/sigma are not used
     partial = metrics.Stats(a.mu, a.sigma, a.features[:-1], n=a.n)
-    assert metrics.frechet_with_method(partial, b)[1] in ("sqrtm", "eigh-svd-singular")
+    assert frechet.frechet_with_method(partial, b)[1] in ("sqrtm", "eigh-svd-singular")
 
 
 def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplog):
@@ -179,7 +179,7 @@ def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplo
     tr_sqrt = np.linalg.svd(c1 @ c2.T / (n - 1), compute_uv=False).sum()
     expected = ((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_sqrt
     with caplog.at_level("WARNING", logger="sagan"):
-        value, method = metrics.frechet_with_method(a, b)
+        value, method = frechet.frechet_with_method(a, b)
     assert method == "eigh-svd-singular" and "sqrtm failed" in caplog.text
     assert value == pytest.approx(expected, rel=1e-9)
 
@@ -187,18 +187,18 @@ def test_frechet_where_pytorch_fid_sqrtm_fails_is_the_exact_singular_value(caplo
 def test_fewer_samples_than_dims_says_one_calm_line_and_the_same_numbers(caplog, capsys, monkeypatch):
     """n < dims (the demo: 250 samples in 2048 dims): one calm INFO line per sample count instead of
     scipy's / pytorch-fid's singular-matrix and sqrtm-failed messages; the FID is unchanged."""
-    monkeypatch.setattr(metrics, "_CALM_SAID", set())
+    monkeypatch.setattr(frechet, "_CALM_SAID", set())
     rng = np.random.default_rng(0)
     x1, x2 = 100 * rng.normal(size=(10, 64)), 100 * rng.normal(size=(10, 64)) + 1  # sqrtm fails here
     p1, p2 = stats_of(x1), stats_of(x2)
     a, b = metrics.Stats(p1.mu, p1.sigma, n=10), metrics.Stats(p2.mu, p2.sigma, n=10)  # counts known
     plain = (metrics.Stats(a.mu, a.sigma), metrics.Stats(b.mu, b.sigma))  # no count: the loud path
-    loud = metrics.frechet_with_method(*plain)
+    loud = frechet.frechet_with_method(*plain)
     assert loud[1] == "eigh-svd-singular"  # pytorch-fid's sqrtm failed on these
     caplog.clear()
     with caplog.at_level("DEBUG", logger="sagan"):
-        first = metrics.frechet_with_method(a, b)
-        second = metrics.frechet_with_method(a, b)
+        first = frechet.frechet_with_method(a, b)
+        second = frechet.frechet_with_method(a, b)
     assert first == second == loud  # the same numbers
     calm = [r for r in caplog.records if "rank-deficient" in r.getMessage()]
     assert len(calm) == 1 and calm[0].levelname == "INFO"
@@ -210,9 +210,9 @@ def test_fewer_samples_than_dims_says_one_calm_line_and_the_same_numbers(caplog,
 
 def test_frechet_errors():
     with pytest.raises(ConfigError, match="different dimensions"):
-        metrics.frechet_distance(metrics.Stats(np.zeros(4), np.eye(4)), metrics.Stats(np.zeros(8), np.eye(8)))
+        frechet.frechet_distance(metrics.Stats(np.zeros(4), np.eye(4)), metrics.Stats(np.zeros(8), np.eye(8)))
     with pytest.raises(SaganError, match="NaN"):
-        metrics.frechet_distance(
+        frechet.frechet_distance(
             metrics.Stats(np.full(4, np.nan), np.eye(4)), metrics.Stats(np.zeros(4), np.eye(4))
         )
 
@@ -403,6 +403,31 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     # relative rounding (~3e-6), so the FIDs agree by relative error, not to a fixed number of digits
     assert abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
 
+    # Bad input: one line on stderr, no traceback, exit 2 (usage) -- before any Inception work.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.png").write_text("not a png")
+    np.savez(tmp_path / "s192.npz", mu=np.zeros(192), sigma=np.eye(192))
+    for args, needle in [
+        (["empty", "b.npz"], "no images"),
+        (["junk", "b.npz", "--dims", "64"], "not a readable image"),
+        (["s192.npz", "b.npz"], "different dimensions"),
+        (["missing", "b.npz"], "no such folder"),
+        (["a"], "expected two paths"),
+    ]:
+        r = run_cli(["fid", *args, "-q"], tmp_path, env)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # two CLIs over the same folders: ~20 s on 2 cores
+def test_sagan_fid_below_the_feature_dimension_agrees_with_pytorch_fid_cli(
+    tmp_path, prepared_demo, standin_torch_home
+):
+    from helpers import run_cli
+
+    images = np.load(prepared_demo / "images.npy", mmap_mode="r")
+    env = {"TORCH_HOME": str(standin_torch_home)}
     # Fewer images than features (singular covariances, like the 300/300 CPU protocol): sagan fid
     # takes the Fréchet trace from the images' cross-Gram matrix, pytorch-fid from scipy's sqrtm.
     write_folder(tmp_path / "c", np.asarray(images[:40]))
@@ -428,22 +453,6 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     assert r.returncode == 0, r.stderr
     ours = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))
     assert theirs > 1.0 and abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
-
-    # Bad input: one line on stderr, no traceback, exit 2 (usage) -- before any Inception work.
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "x.png").write_text("not a png")
-    np.savez(tmp_path / "s192.npz", mu=np.zeros(192), sigma=np.eye(192))
-    for args, needle in [
-        (["empty", "b.npz"], "no images"),
-        (["junk", "b.npz", "--dims", "64"], "not a readable image"),
-        (["s192.npz", "b.npz"], "different dimensions"),
-        (["missing", "b.npz"], "no such folder"),
-        (["a"], "expected two paths"),
-    ]:
-        r = run_cli(["fid", *args, "-q"], tmp_path, env)
-        assert r.returncode == 2, (args, r.stderr)
-        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_folder_decoding_in_workers_equals_serial_and_reports_bad_files(tmp_path):

@@ -133,8 +133,8 @@ def fid(
     """FID between two folders / .npz files as `python -m pytorch_fid A B` computes it (to ~1e-6 relative)."""
     from sagan_core.device import resolve_device
     from sagan_core.evaluate import fid as F
+    from sagan_core.evaluate import frechet
     from sagan_core.evaluate import inception as inc
-    from sagan_core.evaluate import metrics
 
     if len(paths) != 2:
         raise ConfigError(f"expected two paths (A B), got {len(paths)}")
@@ -157,7 +157,7 @@ def fid(
         typer.echo(f"saved statistics of {a} to {b}")
         return
     sb = F.stats_of_path(b, dims, batch_size, dev, w, progress=not quiet, net=net)
-    typer.echo(f"FID: {metrics.frechet_distance(sa, sb)!r}")
+    typer.echo(f"FID: {frechet.frechet_distance(sa, sb)!r}")
 
 
 def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:

@@ -29,7 +29,8 @@ from sagan_core.device import resolve_device
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.fid import PROTOCOL, features_pass, load_stats, save_stats
-from sagan_core.evaluate.metrics import IS_SPLITS, ISAccumulator, Stats, frechet_with_method, kid
+from sagan_core.evaluate.frechet import frechet_with_method
+from sagan_core.evaluate.metrics import IS_SPLITS, ISAccumulator, Stats, kid
 from sagan_core.evaluate.prdc import K as PRDC_K
 from sagan_core.evaluate.prdc import prdc
 from sagan_core.model.checkpoint import load_generator

@@ -22,7 +22,8 @@ import torch
 from sagan_core.errors import SaganError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.fid import features_pass
-from sagan_core.evaluate.metrics import Stats, frechet_distance, kid
+from sagan_core.evaluate.frechet import frechet_distance
+from sagan_core.evaluate.metrics import Stats, kid
 from sagan_core.evaluate.protocol import reference_stats, sample_uint8
 from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.train.progress import Callback
