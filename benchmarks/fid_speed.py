@@ -13,7 +13,7 @@ than `python -m pytorch_fid` with its FID within 1e-5 relative (issue 24).
 
 Sample counts: FID's covariance is singular with fewer samples than feature dimensions (2048).
 There pytorch-fid's scipy `sqrtm` of the singular product costs ~25 s on 2 cores, while sagan takes
-the trace from the images' cross-Gram matrix (exact, ~0.03 s, metrics.py); above that both use a
+the trace from the images' cross-Gram matrix (exact, ~0.03 s, sagan_core/evaluate/frechet.py); above that both use a
 well-conditioned path. Real protocols (10k, 50k) have more samples than dims.
 
 Also reports the Inception pass in images/s and as a fraction of this machine's measured fp32

@@ -364,9 +364,10 @@ class Params(Section):
             for i in sorted(attention_slots(key, res, wanted)):
                 ch = mults[i] * width  # the block's output channels: what its attention block gets
                 if ch % 8:  # C/8 query/key channels (layers.SelfAttention), caught here, not at train time
+                    r = feature_maps(key, res)[i]
                     raise ValueError(
-                        f"model.{width_key}: got {width}, which gives the {feature_maps(key, res)[i]}x"
-                        f"{feature_maps(key, res)[i]} self-attention block (model.{key}) {ch} channels; it needs "
+                        f"model.{width_key}: got {width}, which gives the {r}x{r}"
+                        f" self-attention block (model.{key}) {ch} channels; it needs "
                         f"a multiple of 8: make model.{width_key} a multiple of {8 // math.gcd(8, mults[i])} "
                         f"or move model.{key}"
                     )

@@ -7,6 +7,7 @@ against; the parity cases share the stand-in weights and image folders built her
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -359,6 +360,13 @@ def write_folder(folder, images: np.ndarray) -> None:
         Image.fromarray(im[0]).save(folder / f"{i:04d}.png")
 
 
+def pytorch_fid_cli(cwd, a: str, b: str, env: dict) -> float:
+    """The FID `python -m pytorch_fid A B` prints (64 dims, CPU, no loader workers)."""
+    cmd = [sys.executable, "-m", "pytorch_fid", a, b, "--dims", "64", "--device", "cpu", "--num-workers", "0"]
+    ref = subprocess.run(cmd, cwd=cwd, env=os.environ | env, capture_output=True, text=True, check=True)
+    return float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
+
+
 @pytest.mark.slow  # two CLIs over the same folders: ~40 s on 2 cores
 def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_torch_home):
     from helpers import run_cli
@@ -369,27 +377,7 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     write_folder(tmp_path / "b", np.asarray(images[n : 2 * n]) // 2 + 60)  # dimmer digits: clearly apart
     (tmp_path / "a" / "notes.txt").write_text("ignored, as pytorch-fid ignores it")
     env = {"TORCH_HOME": str(standin_torch_home)}
-    ref = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytorch_fid",
-            "a",
-            "b",
-            "--dims",
-            "64",
-            "--device",
-            "cpu",
-            "--num-workers",
-            "0",
-        ],
-        cwd=tmp_path,
-        env=__import__("os").environ | env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    theirs = float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
+    theirs = pytorch_fid_cli(tmp_path, "a", "b", env)
     assert theirs > 1.0  # the calibrated stand-in separates the two folders
 
     r = run_cli(["fid", "--save-stats", "b", "b.npz", "--dims", "64", "-q"], tmp_path, env)
@@ -432,23 +420,7 @@ def test_sagan_fid_below_the_feature_dimension_agrees_with_pytorch_fid_cli(
     # takes the Fréchet trace from the images' cross-Gram matrix, pytorch-fid from scipy's sqrtm.
     write_folder(tmp_path / "c", np.asarray(images[:40]))
     write_folder(tmp_path / "d", np.asarray(images[40:80]) // 2 + 60)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytorch_fid",
-        "c",
-        "d",
-        "--dims",
-        "64",
-        "--device",
-        "cpu",
-        "--num-workers",
-        "0",
-    ]
-    ref = subprocess.run(
-        cmd, cwd=tmp_path, env=__import__("os").environ | env, capture_output=True, text=True
-    )
-    theirs = float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
+    theirs = pytorch_fid_cli(tmp_path, "c", "d", env)
     r = run_cli(["fid", "c", "d", "--dims", "64", "-q"], tmp_path, env)
     assert r.returncode == 0, r.stderr
     ours = float(re.search(r"FID:\s+(\S+)", r.stdout).group(1))

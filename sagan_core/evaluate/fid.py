@@ -131,7 +131,7 @@ def stats_of_path(
     n_batches = sum(1 for _ in range(0, len(files), batch_size))
     batches = _uint8_batches_from_files(files, batch_size)
     # Up to `dims` images the covariance is singular: their features (N x dims float32, at most
-    # 16 MB at 2048) let the Fréchet distance be computed exactly in sample space (metrics.py).
+    # 16 MB at 2048) let the Fréchet distance be computed exactly in sample space (frechet.py).
     keep = len(files) <= dims
     stats, _, _ = features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)
     return stats

@@ -46,10 +46,11 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, allow_singular: bool = Fa
 
     Features with exactly zero variance (ReLU units dead on every image: zero rows and columns of
     S_i) are dropped from that covariance first; the selection is an isometry, so this is exact.
-    If what remains is singular (fewer samples than feature dimensions), the trace is
-    ill-conditioned for any method: the caller falls back to pytorch-fid's own computation so that
-    the numbers stay identical to pytorch-fid's. `allow_singular` computes it anyway (eigenvalues
-    that rounding made negative are clipped to 0: both matrices are PSD), for when that fails.
+    If what remains is singular (fewer samples than feature dimensions), None: from covariances
+    alone the trace is then ill-conditioned, and the caller uses the features
+    (`trace_sqrt_product_from_features`) or, without them, pytorch-fid's own computation.
+    `allow_singular` computes it anyway (eigenvalues that rounding made negative are clipped to 0:
+    both matrices are PSD), for when pytorch-fid's fails.
     """
     live1, live2 = s1.any(axis=0), s2.any(axis=0)
     if not live1.any() or not live2.any():
