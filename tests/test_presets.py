@@ -96,7 +96,7 @@ def test_the_package_ships_the_presets_and_the_repo_keeps_no_second_copy():
         for f in room.rglob("*")
         if f.is_file() and f.suffix not in (".py", ".pyc")
     ]
-    assert {"presets/cifar10.yaml", "templates/dvc.yaml", "templates/gitignore"} <= set(data)
+    assert {"presets/cifar10.yaml", "templates/dvc.yaml.template", "templates/gitignore"} <= set(data)
     assert [f for f in data if not any(fnmatch(f, g) for g in globs)] == []  # all in the wheel
 
 

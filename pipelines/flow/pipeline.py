@@ -12,8 +12,10 @@ One run per project at a time (pipelines.lock). Stage failures stop the flow wit
 rerun continues from the failed stage.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: a served or deployed run loads this file by path
+# under a module name that is not kept in sys.modules, so pydantic (Prefect's parameter check)
+# cannot resolve string annotations such as "FlowSettings" and every run failed before its first
+# task. Real annotation objects need no lookup.
 import contextlib
 import os
 from collections.abc import Iterator

@@ -1,7 +1,8 @@
 """`sagan init DIR`: a new sagan project anywhere, from the presets and templates in this package.
 
-A project is params.yaml (a preset, data.source set by `--data`), dvc.yaml (templates/dvc.yaml:
-prepare depends on the data itself, every stage on the sagan version), sagan-version.yaml,
+A project is params.yaml (a preset, data.source set by `--data`), dvc.yaml (from
+templates/dvc.yaml.template, a name DVC does not collect as a pipeline of this repository: prepare
+depends on the data itself, every stage on the sagan version), sagan-version.yaml,
 .gitignore, .dvcignore, README.md, and a git + DVC repository. Existing files are never replaced,
 but params.yaml with --force, and then the old one is kept as params.yaml.bak (said in the output).
 Every user mistake (unknown preset, bad --data, params.yaml already there) is one ConfigError.
@@ -83,8 +84,8 @@ def params_text(preset: Path, source: str | None) -> str:
 
 
 def dvc_yaml(source: str) -> str:
-    """templates/dvc.yaml with prepare's data dependency: data.source itself, when it is a path."""
-    text = (TEMPLATES / "dvc.yaml").read_text()
+    """templates/dvc.yaml.template with prepare's data dependency: data.source itself, when it is a path."""
+    text = (TEMPLATES / "dvc.yaml.template").read_text()
     if is_path_source(source):
         dep = "      - ${data.source}   # the images: adding, changing or removing one reruns prepare\n"
         return text.replace(DATA_DEP_MARK, dep)
