@@ -49,7 +49,8 @@ class Registered:
     created: bool  # false: the run was registered before; its promotion was re-decided
     decision: str  # the alias it got: champion | challenger
     reason: str
-    fid: float
+    fid: float  # the version's own FID, at generator_step
     run_id: str
     model_uri: str
     tracking_uri: str  # redacted (no user-info)
+    generator_step: int = -1  # the step of the generator the version holds

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from pipelines.cli import commands, pipeline
+from pipelines.cli import commands, models, pipeline
 from sagan_core.errors import ConfigError, SaganError
 
 STAGE_COMMANDS = (
@@ -74,6 +74,14 @@ def build_app() -> typer.Typer:
     for name, command in PIPELINE_COMMANDS.items():
         flow.command(name)(command)
     app.add_typer(flow, name="pipeline")
+    registry = typer.Typer(
+        name="models",
+        help="The registered versions: list them, promote one, roll the champion back.",
+        no_args_is_help=True,
+    )
+    for name, command in models.COMMANDS.items():
+        registry.command(name)(command)
+    app.add_typer(registry, name="models")
     for command in PROJECT_COMMANDS:
         app.command()(command)
     return app

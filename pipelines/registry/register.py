@@ -7,18 +7,16 @@ Lineage: every version is tagged with the FID/KID/IS it was evaluated at, the ev
 (and its id), the prepared data's content_hash (and DVC md5), the git commit and the run id, and it
 points at the LoggedModel of its run, whose run holds the params and curves.
 
-Promotion: the alias `champion` moves to the new version only when its FID beats the current
-champion's by more than `registry.min_improvement` under the same protocol (same reference
-statistics and sample count); otherwise the version gets the alias `challenger`. The decision and
-its reason are recorded as version tags (`promotion.decision`, `promotion.reason`) and in the
+Promotion: the FID gate (promotion.py) gives a new version the alias `champion` or `challenger`,
+comparing it with the champion on equal terms, and records the decision as version tags and in the
 version's description, its model card (model_card.py).
 
-Race safety: decisions are taken under a lock held in the registry itself (promotion_lock.py): the
-second of two racing registers compares with the first's result; one champion, the better FID.
-
-Idempotence: a run already registered under the model (search by run_id) is not registered again;
-its promotion decision is re-evaluated (so a register interrupted before the alias was set can be
-rerun). A version left in a failed state is deleted, never kept.
+Idempotence: one version per run and generator step. A run registered at the evaluated step is not
+registered again, and a decision once recorded is kept (a person's promotion or rollback is never
+undone by the next scheduled run); a version with no decision yet (a register interrupted before
+the alias was set) is decided now. A run whose generator improved after it was registered (`sagan
+train --resume`, then evaluate) gets a new version: the registered generator is always the one
+evaluated. A version left in a failed state is deleted, never kept.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import logging
 from typing import Any
 
 from pipelines.registry.model_card import model_description, sample_grid, version_card
-from pipelines.registry.promotion_lock import promotion_lock
+from pipelines.registry.promotion import DECISION, current_standing, gate
 from pipelines.results import Registered
 from pipelines.tracking.best_model import logged_best
 from pipelines.tracking.generator_model import log_checkpoint_and_generator
@@ -40,7 +38,6 @@ from sagan_core.evaluate.protocol import protocol, protocol_id
 from sagan_core.model.checkpoint import candidate, step_of
 
 log = logging.getLogger("sagan.registry")
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def _code(e: Exception) -> str:
@@ -98,12 +95,15 @@ def _ensure_model(client, params: Params, run_id: str, record: dict[str, Any]) -
     return log_checkpoint_and_generator(client, run_id, params, params.train.checkpoint)
 
 
-def _existing_version(client, name: str, run_id: str):
-    """This run's version of `name`, if any; failed registrations are deleted (no partial entries)."""
+def _existing_version(client, name: str, run_id: str, step: int):
+    """This run's version of `name` at generator step `step`, if any; failed registrations are
+    deleted (no partial entries)."""
     found = None
     for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         if mv.status == "FAILED_REGISTRATION":
             client.delete_model_version(name, mv.version)
+        elif (mv.tags or {}).get("generator_step") != str(step):
+            continue  # the run's generator at another step: another version
         elif found is None or int(mv.version) < int(found.version):
             found = mv
     return found
@@ -130,43 +130,6 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
             except Exception as e:  # noqa: BLE001
                 log.warning("could not delete failed version %s v%s: %s", name, mv.version, scrub(str(e)))
         raise
-
-
-def _alias_version(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in _code(e) or "INVALID_PARAMETER_VALUE" in _code(e):
-            return None
-        raise
-
-
-def decide(mv, champion, min_improvement: float) -> tuple[bool, str]:
-    """(promote?, reason) comparing version `mv` with the current `champion` (or None)."""
-    fid = float(mv.tags["fid"])
-    if champion is None:
-        return True, f"no champion yet; FID {fid:.4g}"
-    if champion.version == mv.version:
-        return True, f"already the champion; FID {fid:.4g}"
-    c_fid = champion.tags.get("fid")
-    if champion.tags.get("protocol_id") != mv.tags.get("protocol_id") or c_fid is None:
-        return False, (
-            f"champion v{champion.version} was evaluated under another protocol "
-            f"({champion.tags.get('protocol', 'unknown')}); FIDs are not comparable"
-        )
-    c_fid = float(c_fid)
-    gain = c_fid - fid
-    if gain > min_improvement:
-        return True, (
-            f"FID {fid:.4g} beats champion v{champion.version}'s {c_fid:.4g} by {gain:.4g} "
-            f"> min_improvement {min_improvement:g}"
-        )
-    return False, (
-        f"FID {fid:.4g} does not beat champion v{champion.version}'s {c_fid:.4g} by more than "
-        f"min_improvement {min_improvement:g}"
-    )
 
 
 def register(params: Params) -> Registered:
@@ -196,7 +159,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
     else:
         model_id = _upload_model(client, uri, params, run_id, record)
     _describe_model(client, params, name)
-    mv = _existing_version(client, name, run_id)
+    mv = _existing_version(client, name, run_id, step)
     created = mv is None
     if created:
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
@@ -204,9 +167,18 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         mv = _create_version(client, name, model_id, run_id, tags, pending)
         _link_version(client, model_id, name, mv.version)
     else:
-        log.info("run %s is already registered as %s v%s: not registering again", run_id, name, mv.version)
+        log.info(
+            "run %s is already registered at step %d as %s v%s: not registering again",
+            run_id,
+            step,
+            name,
+            mv.version,
+        )
         mv = client.get_model_version(name, mv.version)
-    decision, reason = _promote(client, name, mv, params.registry.min_improvement)
+    if DECISION in mv.tags:  # decided before (by the gate or by a person): kept as it is
+        decision, reason = current_standing(client, name, mv)
+    else:
+        decision, reason = gate(client, params, name, mv)
     grid = sample_grid(client, run_id, step)  # the card shows it
     card = version_card(params, name, int(mv.version), run, ev, decision, reason, grid)
     client.update_model_version(name, mv.version, description=card)
@@ -217,6 +189,7 @@ def _register(client, uri: str, params: Params, record: dict[str, Any], ev: dict
         decision=decision,
         reason=reason,
         fid=float(mv.tags["fid"]),  # the version's own: a rerun reports the FID it was registered with
+        generator_step=int(mv.tags.get("generator_step", step)),
         run_id=run_id,
         model_uri=f"models:/{name}/{mv.version}",
         tracking_uri=redact(uri),
@@ -266,25 +239,6 @@ def _upload_model(client, uri: str, params: Params, run_id: str, record: dict[st
         if type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
             raise artifact_error(uri, e, client, run_id) from None
         raise
-
-
-def _promote(client, name: str, mv, min_improvement: float) -> tuple[str, str]:
-    """Decide and set the alias of version `mv` under the promotion lock; (decision, reason)."""
-    with promotion_lock(client, name):
-        champion = _alias_version(client, name, CHAMPION)
-        promote, reason = decide(mv, champion, min_improvement)
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION, mv.version)
-            # a version is champion or challenger, never both
-            challenger = _alias_version(client, name, CHALLENGER)
-            if challenger is not None and challenger.version == mv.version:
-                client.delete_registered_model_alias(name, CHALLENGER)
-        else:
-            client.set_registered_model_alias(name, CHALLENGER, mv.version)
-        decision = CHAMPION if promote else CHALLENGER
-        client.set_model_version_tag(name, mv.version, "promotion.decision", decision)
-        client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
-    return decision, reason
 
 
 def _link_version(client, model_id: str, name: str, version: str) -> None:

@@ -213,13 +213,28 @@ def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator, device=None) -> t
 def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file
     (the numbers) and eval.record_file (everything); returns the record."""
-    ev = params.eval
     ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
-    device = resolve_device(ev.device, "eval.device")
+    device = resolve_device(params.eval.device, "eval.device")
+    g, meta = load_generator(ckpt, params.eval.use_ema, device)  # a bad checkpoint fails first
+    about = {"checkpoint": str(ckpt), "generator_step": int(meta["step"]), "ema": params.eval.use_ema}
+    result = score_generator(params, g, about, device, progress)
+    write_json(params.eval.record_file, result)
+    write_json(params.eval.metrics_file, metrics_only(result))
+    return result
+
+
+def score_generator(
+    params, g, about: dict[str, Any], device: torch.device | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """The evaluation record of generator `g` (anything with `.spec.z_dim`, `.spec.num_classes` and
+    `g(z, y)` -> images in [-1, 1]) under params.eval's protocol; writes nothing. `about` says which
+    generator it is (checkpoint, generator_step, ema). The registry re-scores a registered generator
+    through here, so that two versions are compared under one protocol."""
+    ev = params.eval
+    device = device or resolve_device(ev.device, "eval.device")
     weights = inc.resolve_weights(ev.inception_weights)
     weights_sha = inc.file_sha256(weights)
     official = inc.is_official(weights_sha)
-    g, meta = load_generator(ckpt, ev.use_ema, device)
     net = inc.load_net(weights, ev.dims, True, device)
     ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
     # Every evaluation that yields scores warns, not just the first (each eval.json is read on its
@@ -232,9 +247,7 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
         "weights_file": weights.name,
         "weights_sha256": weights_sha,
         "weights_official": official,
-        "checkpoint": str(ckpt),
-        "generator_step": int(meta["step"]),
-        "ema": ev.use_ema,
+        **about,
         "class_balanced": bool(g.spec.num_classes),
         "seed": ev.seed,
     }
@@ -245,10 +258,36 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
         "reference_seconds": ref_info["reference_seconds"],
         "frechet_seconds": fid_seconds,
     }
-    result = _record(ev, scores, n, ref, ref_info, provenance, timing)
-    write_json(ev.record_file, result)
-    write_json(ev.metrics_file, metrics_only(result))
-    return result
+    return _record(ev, scores, n, ref, ref_info, provenance, timing)
+
+
+def expected_protocol(params) -> dict[str, Any]:
+    """The protocol an evaluation under `params` now would record (what `protocol()` reads from
+    its record), without running Inception: the prepared data's content hash and reference subset
+    size, the weights file's sha256, the sample count, dims and the feature recipe."""
+    ev = params.eval
+    fields: dict[str, Any] = {"num_samples": ev.num_samples, "reference_split": ev.reference_split}
+    if ev.reference_split == "prepared":
+        data = open_prepared(params.data.prepared_dir)
+        fields["reference_size"] = len(reference_indices(len(data), ev.reference_size))
+        fields["reference_content_hash"] = data.manifest["content_hash"]
+    else:
+        fields["reference_size"] = _reference_file(Path(ev.reference_split))[1]["reference_size"]
+    fields["weights_sha256"] = inc.file_sha256(inc.resolve_weights(ev.inception_weights))
+    return protocol({**fields, "dims": ev.dims, "protocol": PROTOCOL})
+
+
+def protocol_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """What differs between two protocols, field by field, for a one-line message:
+    `reference_content_hash 488fc50ef260 != 7a1b2c3d4e5f; num_samples 250 != 500`."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str).strip('"')
+        return text[:12] if len(text) > 16 and " " not in text else text
+
+    pa, pb = protocol(a), protocol(b)
+    diff = [f"{k} {short(pa.get(k))} != {short(pb.get(k))}" for k in PROTOCOL_KEYS if pa.get(k) != pb.get(k)]
+    return "; ".join(diff) or "no field differs"
 
 
 def metrics_only(record: dict[str, Any]) -> dict[str, Any]:

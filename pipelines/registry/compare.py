@@ -1,0 +1,124 @@
+"""Two registered versions compared on equal terms: the same evaluation protocol.
+
+A version's own FID (tag `fid`) holds under its own protocol (tags `protocol`, `protocol_id`): the
+reference statistics it was scored against (split, size, content hash of the prepared data,
+Inception weights, dims) and the sample count. After the data changes, the champion's FID was
+measured against another reference than a new version's, and the two numbers say nothing about
+each other. Then the older version's registered generator is scored again under the project's
+protocol now (the same sample count, seed and reference statistics as the new version's
+evaluation: `sagan_core.evaluate.protocol.score_generator`), and the score is recorded on that
+version as the tag `fid.<protocol_id>` (kept: a version is re-scored once per protocol).
+
+The generator scored is the registered one (its exported network, checked as `sagan sample` checks
+it), not a checkpoint file: the run's checkpoint may have moved on since it was registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pipelines.tracking.store import scrub
+from sagan_core.config import Params
+from sagan_core.errors import SaganError
+from sagan_core.evaluate.protocol import expected_protocol, protocol_difference, protocol_id
+
+log = logging.getLogger("sagan.registry")
+
+
+def rescored_tag(pid: str) -> str:
+    return f"fid.{pid}"
+
+
+def fid_under(mv, pid: str) -> float | None:
+    """Version `mv`'s FID under protocol `pid`: its own when it was evaluated under it, else the
+    score recorded when it was re-scored under it, else None."""
+    tags = mv.tags or {}
+    if tags.get("protocol_id") == pid and tags.get("fid") is not None:
+        return float(tags["fid"])
+    if rescored_tag(pid) in tags:
+        return float(tags[rescored_tag(pid)])
+    return None
+
+
+def version_protocol(mv) -> dict[str, Any]:
+    try:
+        return json.loads((mv.tags or {}).get("protocol", "{}"))
+    except ValueError:
+        return {}
+
+
+class _Registered:
+    """A registered generator (sagan sample's loader) as `score_generator` takes a network: `.spec`
+    and `g(z, y)`. The exported network runs on the CPU; inputs and outputs move as needed."""
+
+    def __init__(self, sampler):
+        from types import SimpleNamespace
+
+        self.sampler = sampler
+        self.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
+
+    def __call__(self, z, y=None):
+        out = self.sampler.generate(z.cpu(), None if y is None else y.cpu())
+        return out.to(z.device)
+
+
+def rescore(client, params: Params, name: str, mv) -> tuple[str, float]:
+    """Score version `mv`'s registered generator under the project's protocol now; records the
+    score on the version (tag `fid.<protocol_id>`) and returns (protocol_id, FID)."""
+    from pipelines.registry.sampling import load_sampler
+    from sagan_core.evaluate.protocol import score_generator
+
+    uri = f"models:/{name}/{mv.version}"
+    log.info(
+        "scoring %s v%s again under this project's protocol (%s)",
+        name,
+        mv.version,
+        protocol_difference(version_protocol(mv), expected_protocol(params)),
+    )
+    try:
+        sampler = load_sampler(uri, params)
+    except SaganError as e:
+        raise SaganError(f"cannot score {name} v{mv.version} again: {e}") from None
+    step = (mv.tags or {}).get("generator_step")
+    about = {"checkpoint": uri, "generator_step": int(step) if step else None, "ema": True}
+    record = score_generator(params, _Registered(sampler), about, progress=False)
+    pid, fid = protocol_id(record), float(record["fid"])
+    client.set_model_version_tag(name, mv.version, rescored_tag(pid), repr(fid))
+    log.info(
+        "%s v%s: FID %.4g under protocol %s (recorded as tag %s)",
+        name,
+        mv.version,
+        fid,
+        pid,
+        rescored_tag(pid),
+    )
+    return pid, fid
+
+
+def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -> float:
+    """`mv`'s FID under protocol `target` (a protocol dict, e.g. another version's), scoring it again
+    when it has none there; a one-line refusal naming the fields that differ when `target` is not
+    the project's protocol now (the only one this machine can score under)."""
+    pid = protocol_id(target)
+    known = fid_under(mv, pid)
+    if known is not None:
+        return known
+    try:
+        now = expected_protocol(params)
+    except SaganError as e:
+        raise SaganError(f"cannot score {name} v{mv.version} under protocol {pid} here: {e}") from None
+    if protocol_id(now) != pid:
+        raise SaganError(
+            f"cannot score {name} v{mv.version} under protocol {pid}: the project's evaluation "
+            f"settings or data differ from it now ({protocol_difference(target, now)}); run "
+            "`sagan evaluate` again"
+        )
+    try:
+        return rescore(client, params, name, mv)[1]
+    except SaganError:
+        raise
+    except Exception as e:  # noqa: BLE001 - download/decoding/Inception failures: one line
+        first = scrub(" ".join(str(e).split()))[:200]
+        raise SaganError(f"cannot score {name} v{mv.version} again: {type(e).__name__}: {first}") from None

@@ -1,0 +1,149 @@
+"""Who is champion: the FID gate of `sagan register`, and the record every promotion leaves.
+
+The gate: the alias `champion` moves to a new version only when its FID beats the current
+champion's by more than `registry.min_improvement` under the same protocol (same reference
+statistics and sample count); otherwise the version gets the alias `challenger`. When the champion
+was scored under another protocol (the data changed since), its registered generator is scored
+again under the new version's protocol first (compare.py), so the decision is taken on equal terms;
+when that cannot be done the decision says why, naming the fields that differ, in one line.
+
+The record, on the version, as tags: `promotion.decision`, `promotion.reason`, `promotion.by` (the
+gate, or the person's name), `promotion.at` (UTC) and `promotion.replaced` (the champion it
+replaced: what `sagan models rollback` returns to). People promote and roll back with `sagan
+models` (models.py), which records the same tags. MLflow aliases and tags only, nothing hidden.
+
+Race safety: decisions are taken under a lock held in the registry itself (promotion_lock.py): the
+second of two racing registers compares with the first's result; one champion, the better FID.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipelines.registry.compare import fid_under, score_under, version_protocol
+from pipelines.registry.promotion_lock import promotion_lock
+from sagan_core.config import Params
+from sagan_core.errors import SaganError
+from sagan_core.evaluate.protocol import protocol_difference
+
+log = logging.getLogger("sagan.registry")
+CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION, REASON, BY, AT, REPLACED = (
+    f"promotion.{k}" for k in ("decision", "reason", "by", "at", "replaced")
+)
+GATE = "sagan register (FID gate)"  # promotion.by of the gate's decisions; people's carry their name
+
+
+def _code(e: Exception) -> str:
+    return str(getattr(e, "error_code", ""))
+
+
+def same_version(a, b) -> bool:
+    """MLflow returns a version number as int from some calls (by alias) and str from others."""
+    return str(a.version) == str(b.version)
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def alias_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in _code(e) or "INVALID_PARAMETER_VALUE" in _code(e):
+            return None
+        raise
+
+
+def decide(mv, champion, min_improvement: float, why_not: str = "") -> tuple[bool, str]:
+    """(promote?, reason) comparing version `mv` with the current `champion` (or None) under `mv`'s
+    protocol: the champion's own FID, or its score under `mv`'s protocol when it was scored again
+    (compare.py). `why_not`: why the champion could not be scored again, for the reason."""
+    fid = float(mv.tags["fid"])
+    if champion is None:
+        return True, f"no champion yet; FID {fid:.4g}"
+    if same_version(champion, mv):
+        return True, f"already the champion; FID {fid:.4g}"
+    c_fid = fid_under(champion, mv.tags.get("protocol_id", ""))
+    if c_fid is None:
+        differs = protocol_difference(version_protocol(champion), version_protocol(mv))
+        return False, (
+            f"champion v{champion.version} was evaluated under another protocol ({differs}) and has "
+            f"no score under this one{': ' + why_not if why_not else ''}; FIDs are not comparable"
+        )
+    same = champion.tags.get("protocol_id") == mv.tags.get("protocol_id")
+    again = "" if same else " (scored again under this protocol)"
+    gain = c_fid - fid
+    if gain > min_improvement:
+        return True, (
+            f"FID {fid:.4g} beats champion v{champion.version}'s {c_fid:.4g}{again} by {gain:.4g} "
+            f"> min_improvement {min_improvement:g}"
+        )
+    return False, (
+        f"FID {fid:.4g} does not beat champion v{champion.version}'s {c_fid:.4g}{again} by more than "
+        f"min_improvement {min_improvement:g}"
+    )
+
+
+def current_standing(client, name: str, mv) -> tuple[str, str]:
+    """(what it is now, the recorded reason) of a version decided before: champion while it holds
+    the alias; else its recorded decision (challenger, rolled back; a champion since replaced)."""
+    champion = alias_version(client, name, CHAMPION)
+    reason = mv.tags.get(REASON, "")
+    if champion is not None and same_version(champion, mv):
+        return CHAMPION, reason
+    recorded = mv.tags.get(DECISION, CHALLENGER)
+    return ("replaced" if recorded == CHAMPION else recorded), f"{reason} (decided before; kept)"
+
+
+def gate(client, params: Params, name: str, mv) -> tuple[str, str]:
+    """The FID gate for a new version `mv`: (decision, reason), aliases and tags set."""
+    why_not = _score_champion(client, params, name, mv)
+    return _promote(client, name, mv, params.registry.min_improvement, why_not)
+
+
+def _score_champion(client, params: Params, name: str, mv) -> str:
+    """Make the champion comparable with `mv` (scored again under `mv`'s protocol when it was
+    scored under another); '' when it is, else why not (the decision then says so in one line)."""
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None or same_version(champion, mv):
+        return ""
+    try:
+        score_under(client, params, name, champion, version_protocol(mv))
+        return ""
+    except SaganError as e:
+        log.warning("%s", e)
+        return str(e)
+
+
+def record_promotion(client, name: str, version, reason: str, by: str, replaced=None) -> None:
+    """The champion alias to `version`, with who, when, why and which champion it replaced."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    challenger = alias_version(client, name, CHALLENGER)  # a version is champion or challenger, never both
+    if challenger is not None and str(challenger.version) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+    tags = {DECISION: CHAMPION, REASON: reason, BY: by, AT: now_utc()}
+    if replaced is not None and str(replaced.version) != str(version):
+        tags[REPLACED] = str(replaced.version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _promote(client, name: str, mv, min_improvement: float, why_not: str = "") -> tuple[str, str]:
+    """Decide and set the alias of version `mv` under the promotion lock; (decision, reason)."""
+    with promotion_lock(client, name):
+        champion = alias_version(client, name, CHAMPION)
+        if champion is not None and not same_version(champion, mv):
+            champion = client.get_model_version(name, champion.version)  # with the tags compare.py set
+        promote, reason = decide(mv, champion, min_improvement, why_not)
+        if promote:
+            record_promotion(client, name, mv.version, reason, GATE, champion)
+            return CHAMPION, reason
+        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        for key, value in {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()}.items():
+            client.set_model_version_tag(name, mv.version, key, value)
+    return CHALLENGER, reason
