@@ -55,7 +55,8 @@ def _params(project: Path, steps: int = 2):
 def history(tmp_path_factory, standin_torch_home):
     """v1 (step 2), v2 (the same run resumed to step 4), v3 (new images): the registry's story."""
     from pipelines import stages
-    from sagan_core.evaluate.protocol import evaluate, expected_protocol, protocol_id
+    from sagan_core.evaluate.identity import protocol_id
+    from sagan_core.evaluate.protocol import evaluate, expected_protocol
 
     project = tmp_path_factory.mktemp("registry")
     env_before = {k: os.environ.get(k) for k in ("SAGAN_TRACKING", "TORCH_HOME", "SAGAN_USER")}
@@ -126,7 +127,7 @@ def test_a_resumed_improvement_is_a_new_version_holding_the_evaluated_generator(
 
 
 def test_after_new_images_the_champion_is_scored_again_on_equal_terms(history):
-    from sagan_core.evaluate.protocol import protocol, protocol_id
+    from sagan_core.evaluate.identity import protocol, protocol_id
 
     h = history
     client = _client(h)
@@ -153,7 +154,7 @@ def test_the_gate_names_the_field_when_the_champion_cannot_be_compared():
 
     def version(number, fid, **protocol):
         proto = {"num_samples": 250, "reference_content_hash": "a" * 64, "dims": 2048} | protocol
-        from sagan_core.evaluate.protocol import protocol_id
+        from sagan_core.evaluate.identity import protocol_id
 
         tags = {"fid": str(fid), "protocol": json.dumps(proto), "protocol_id": protocol_id(proto)}
         return SimpleNamespace(version=str(number), tags=tags)

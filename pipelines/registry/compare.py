@@ -22,7 +22,8 @@ from typing import Any
 from pipelines.tracking.store import scrub
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
-from sagan_core.evaluate.protocol import expected_protocol, protocol_difference, protocol_id
+from sagan_core.evaluate.identity import protocol_difference, protocol_id
+from sagan_core.evaluate.protocol import expected_protocol
 
 log = logging.getLogger("sagan.registry")
 

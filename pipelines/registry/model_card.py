@@ -236,8 +236,10 @@ def model_description(params: Params, name: str) -> str:
             f" the `sagan` pipeline from `{params.data.source}` data. Each version's description is its"
             " model card: data, training, evaluation protocol and scores, promotion decision.",
             "",
-            f"- `@champion`: the best FID so far under one evaluation protocol (a new version takes it only"
-            f" when its FID is lower by more than {params.registry.min_improvement:g}).",
+            f"- `@champion`: the best FID so far (a new version takes it only when its FID is lower by more"
+            f" than {params.registry.min_improvement:g} under the same protocol; after the data changed,"
+            " the champion is scored again under the new version's protocol first), or the version a"
+            " person promoted (`sagan models promote`). Tags `promotion.*` say who, when and why.",
             "- `@challenger`: the latest version that did not beat the champion.",
             "",
             f"Sample: `sagan sample --model models:/{name}@champion --out grid.png`; serve its checked"

@@ -38,7 +38,8 @@ from pipelines.registry.promotion_lock import promotion_lock
 from pipelines.tracking.store import call, connect
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
-from sagan_core.evaluate.protocol import expected_protocol, protocol_id
+from sagan_core.evaluate.identity import protocol_id
+from sagan_core.evaluate.protocol import expected_protocol
 
 
 def person() -> str:

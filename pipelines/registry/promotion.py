@@ -25,7 +25,7 @@ from pipelines.registry.compare import fid_under, score_under, version_protocol
 from pipelines.registry.promotion_lock import promotion_lock
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
-from sagan_core.evaluate.protocol import protocol_difference
+from sagan_core.evaluate.identity import protocol_difference
 
 log = logging.getLogger("sagan.registry")
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -34,7 +34,7 @@ from pipelines.tracking.run_record import recover, require_run
 from pipelines.tracking.store import artifact_error, call, connect, redact, scrub
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
-from sagan_core.evaluate.protocol import protocol, protocol_id
+from sagan_core.evaluate.identity import protocol, protocol_id
 from sagan_core.model.checkpoint import candidate, step_of
 
 log = logging.getLogger("sagan.registry")

@@ -17,7 +17,8 @@ from pipelines.tracking.names import eval_metric
 from pipelines.tracking.run_record import read_run_record, recover
 from pipelines.tracking.store import artifact_error, call, connect, enabled
 from sagan_core.config import Params
-from sagan_core.evaluate.protocol import metrics_only, protocol_id
+from sagan_core.evaluate.identity import protocol_id
+from sagan_core.evaluate.protocol import metrics_only
 
 log = logging.getLogger("sagan.mlflow")
 

@@ -1,6 +1,6 @@
 """`sagan evaluate`: FID / IS / KID / precision, recall, density, coverage of a checkpoint's generator, and what makes two evaluations comparable.
 
-- The protocol's identity: two evaluations are comparable only under the same protocol: the same
+- The protocol's identity (identity.py): two evaluations are comparable only under the same protocol: the same
   reference statistics (split, size, content, Inception weights, feature dims, feature-extraction
   recipe) and the same sample count. The registry's promotion gate compares FIDs only between
   versions with the same `protocol_id`.
@@ -30,6 +30,7 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.fid import PROTOCOL, features_pass, load_stats, save_stats
 from sagan_core.evaluate.frechet import frechet_with_method
+from sagan_core.evaluate.identity import protocol
 from sagan_core.evaluate.metrics import IS_SPLITS, ISAccumulator, Stats, kid
 from sagan_core.evaluate.prdc import K as PRDC_K
 from sagan_core.evaluate.prdc import prdc
@@ -41,30 +42,6 @@ REFERENCE_SUBSET_SEED = 0  # fixed: which images form a reference subset is part
 
 
 # ---------------------------------------------------------------- the protocol's identity
-
-
-# Fields that define "the same evaluation protocol": the reference statistics (split, size, how
-# they were computed) and the sample count. Anything about the evaluated generator (its step,
-# EMA or not), timings and the sampling seed are deliberately not part of it.
-PROTOCOL_KEYS = (
-    "num_samples",
-    "reference_split",
-    "reference_size",
-    "reference_content_hash",
-    "weights_sha256",
-    "dims",
-    "protocol",  # the feature-extraction recipe (a string) or a dict of the fields above
-)
-
-
-def protocol(eval_metrics: dict[str, Any]) -> dict[str, Any]:
-    source = eval_metrics.get("protocol") if isinstance(eval_metrics.get("protocol"), dict) else eval_metrics
-    return {k: source[k] for k in PROTOCOL_KEYS if k in source}
-
-
-def protocol_id(eval_metrics: dict[str, Any]) -> str:
-    blob = json.dumps(protocol(eval_metrics), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- reference statistics
@@ -275,19 +252,6 @@ def expected_protocol(params) -> dict[str, Any]:
         fields["reference_size"] = _reference_file(Path(ev.reference_split))[1]["reference_size"]
     fields["weights_sha256"] = inc.file_sha256(inc.resolve_weights(ev.inception_weights))
     return protocol({**fields, "dims": ev.dims, "protocol": PROTOCOL})
-
-
-def protocol_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """What differs between two protocols, field by field, for a one-line message:
-    `reference_content_hash 488fc50ef260 != 7a1b2c3d4e5f; num_samples 250 != 500`."""
-
-    def short(value: Any) -> str:
-        text = json.dumps(value, sort_keys=True, default=str).strip('"')
-        return text[:12] if len(text) > 16 and " " not in text else text
-
-    pa, pb = protocol(a), protocol(b)
-    diff = [f"{k} {short(pa.get(k))} != {short(pb.get(k))}" for k in PROTOCOL_KEYS if pa.get(k) != pb.get(k)]
-    return "; ".join(diff) or "no field differs"
 
 
 def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
