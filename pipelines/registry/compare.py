@@ -23,7 +23,6 @@ from pipelines.tracking.store import scrub
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
 from sagan_core.evaluate.identity import protocol_difference, protocol_id
-from sagan_core.evaluate.protocol import expected_protocol
 
 log = logging.getLogger("sagan.registry")
 
@@ -69,7 +68,7 @@ def rescore(client, params: Params, name: str, mv) -> tuple[str, float]:
     """Score version `mv`'s registered generator under the project's protocol now; records the
     score on the version (tag `fid.<protocol_id>`) and returns (protocol_id, FID)."""
     from pipelines.registry.sampling import load_sampler
-    from sagan_core.evaluate.protocol import score_generator
+    from sagan_core.evaluate.protocol import expected_protocol, score_generator
 
     uri = f"models:/{name}/{mv.version}"
     log.info(
@@ -102,6 +101,8 @@ def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -
     """`mv`'s FID under protocol `target` (a protocol dict, e.g. another version's), scoring it again
     when it has none there; a one-line refusal naming the fields that differ when `target` is not
     the project's protocol now (the only one this machine can score under)."""
+    from sagan_core.evaluate.protocol import expected_protocol  # torch: only when scoring
+
     pid = protocol_id(target)
     known = fid_under(mv, pid)
     if known is not None:

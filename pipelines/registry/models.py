@@ -39,7 +39,6 @@ from pipelines.tracking.store import call, connect
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.evaluate.identity import protocol_id
-from sagan_core.evaluate.protocol import expected_protocol
 
 
 def person() -> str:
@@ -139,6 +138,8 @@ def promote(params: Params, version: int, reason: str | None) -> str:
     comparison = ""
     if champion is not None:
         champion = client.get_model_version(name, champion.version)
+        from sagan_core.evaluate.protocol import expected_protocol  # torch: only when comparing
+
         same = mv.tags.get("protocol_id") == champion.tags.get("protocol_id")
         target = version_protocol(mv) if same else expected_protocol(params)
         mine = score_under(client, params, name, mv, target)
