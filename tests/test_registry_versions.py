@@ -187,10 +187,15 @@ def test_people_promote_and_roll_back_with_the_reason_and_their_name(history, mo
     now = client.get_model_version_by_alias("letters", "champion")
     assert str(now.version) == other
     tags = client.get_model_version("letters", other).tags
-    assert tags["promotion.by"] == "alice" and "looks sharper" in tags["promotion.reason"]
+    assert tags["promotion.by"] == "alice" and tags["promotion.reason"] == "looks sharper"
     assert tags["promotion.replaced"] == champion_before and tags["promotion.decision"] == "champion"
     # the comparison is recorded on equal terms: both FIDs under one protocol
-    assert "under protocol" in tags["promotion.reason"] and "under protocol" in said
+    comparison = tags["promotion.comparison"]
+    assert (
+        "under protocol" in comparison
+        and comparison in said
+        and f"champion v{champion_before}'s" in comparison
+    )
 
     rows = {r["version"]: r for r in models.versions(h.params)}
     assert rows[int(other)]["aliases"] == ["champion"] and rows[int(other)]["promoted_by"] == "alice"

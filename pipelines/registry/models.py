@@ -6,8 +6,8 @@
 - promote VERSION: the champion alias to VERSION, a person's decision. The protocol is checked as
   the gate checks it: both versions' FIDs are put side by side under one protocol (their own when
   they share it, else the project's protocol now, scoring either again where needed: compare.py),
-  and that comparison is recorded with the person's reason and name (env SAGAN_USER, else the login
-  name). A worse FID does not stop a person; a comparison that cannot be made does, in one line.
+  and that comparison is recorded (`promotion.comparison`) beside the person's reason and name (env
+  SAGAN_USER, else the login name). A worse FID does not stop a person; a comparison that cannot be made does, in one line.
 - rollback: the champion back to the version it replaced (`promotion.replaced`); rolling back again
   walks further back.
 
@@ -145,11 +145,13 @@ def promote(params: Params, version: int, reason: str | None) -> str:
         mine = score_under(client, params, name, mv, target)
         theirs = score_under(client, params, name, champion, target)
         comparison = f"FID {mine:.4g} against champion v{champion.version}'s {theirs:.4g} under protocol {protocol_id(target)}"
-    who = person()
-    text = f"promoted by {who}: {reason or 'no reason given'}" + (f" ({comparison})" if comparison else "")
+    who, why = person(), reason or "no reason given"
+    extra = {"comparison": comparison} if comparison else {}
     with promotion_lock(client, name):
-        record_promotion(client, name, mv.version, text, who, champion)
-    return f"{name} v{version} is the champion; {text}"
+        record_promotion(client, name, mv.version, why, who, champion, **extra)
+    return f"{name} v{version} is the champion, promoted by {who}: {why}" + (
+        f" ({comparison})" if comparison else ""
+    )
 
 
 def rollback(params: Params, reason: str | None) -> str:

@@ -8,8 +8,9 @@ again under the new version's protocol first (compare.py), so the decision is ta
 when that cannot be done the decision says why, naming the fields that differ, in one line.
 
 The record, on the version, as tags: `promotion.decision`, `promotion.reason`, `promotion.by` (the
-gate, or the person's name), `promotion.at` (UTC) and `promotion.replaced` (the champion it
-replaced: what `sagan models rollback` returns to). People promote and roll back with `sagan
+gate, or the person's name), `promotion.at` (UTC), `promotion.replaced` (the champion it
+replaced: what `sagan models rollback` returns to) and, for a person's promotion,
+`promotion.comparison` (both FIDs under one protocol). People promote and roll back with `sagan
 models` (models.py), which records the same tags. MLflow aliases and tags only, nothing hidden.
 
 Race safety: decisions are taken under a lock held in the registry itself (promotion_lock.py): the
@@ -120,8 +121,9 @@ def _score_champion(client, params: Params, name: str, mv) -> str:
         return str(e)
 
 
-def record_promotion(client, name: str, version, reason: str, by: str, replaced=None) -> None:
-    """The champion alias to `version`, with who, when, why and which champion it replaced."""
+def record_promotion(client, name: str, version, reason: str, by: str, replaced=None, **more: str) -> None:
+    """The champion alias to `version`, with who, when, why and which champion it replaced; `more`:
+    further `promotion.*` tags (a person's promotion records the comparison it was shown)."""
     client.set_registered_model_alias(name, CHAMPION, version)
     challenger = alias_version(client, name, CHALLENGER)  # a version is champion or challenger, never both
     if challenger is not None and str(challenger.version) == str(version):
@@ -129,6 +131,7 @@ def record_promotion(client, name: str, version, reason: str, by: str, replaced=
     tags = {DECISION: CHAMPION, REASON: reason, BY: by, AT: now_utc()}
     if replaced is not None and str(replaced.version) != str(version):
         tags[REPLACED] = str(replaced.version)
+    tags |= {f"promotion.{key}": value for key, value in more.items()}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 
