@@ -1,15 +1,28 @@
 """Prefect fixtures (a pytest plugin, registered in conftest.py), one of each per session: the
-temporary test server (in this process) and a real `prefect server start` process."""
+temporary test server (in this process) and a real `prefect server start` process; `wait_for`, the
+poll their users share (a server's health, a deployment, a flow run's end)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
-from helpers import REPO, free_port, stop_process_group, wait_for
+from helpers import REPO, free_port, stop_process_group
+
+
+def wait_for(what: str, check, timeout: float = 240, every: float = 1.0):
+    """Poll `check()` until it returns something true (returned); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, REPO, dvc, git, image_folder, jpeg, stop_process_group, wait_for
+from helpers import BIN, REPO, dvc, git, image_folder, jpeg, stop_process_group
+from prefect_fixtures import wait_for
 
 pytestmark = pytest.mark.slow
 UP_TO_DATE = "Data and pipelines are up to date."

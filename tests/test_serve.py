@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SAGAN, checkpoint_step, pipeline_project, stop_process_group, wait_for
+from helpers import REPO, SAGAN, checkpoint_step, pipeline_project, stop_process_group
+from prefect_fixtures import wait_for
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
