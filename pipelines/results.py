@@ -43,6 +43,14 @@ class Evaluated:
 
 
 @dataclass(frozen=True)
+class NotRegistered:
+    """The flow's register stage did not run: tracking is off, so no MLflow run holds a model."""
+
+    model_name: str
+    reason: str  # e.g. "tracking off: SAGAN_TRACKING=0"
+
+
+@dataclass(frozen=True)
 class Registered:
     model_name: str
     version: int

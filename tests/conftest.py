@@ -1,7 +1,8 @@
 """Fixtures shared by the test modules; helpers they call live in helpers.py.
 
 Services are session-scoped plugins, started only by the tests that ask for them: mlflow_fixtures
-(moto S3 + `mlflow server`) and prefect_fixtures (one temporary Prefect server).
+(moto S3 + `mlflow server`) and prefect_fixtures (the temporary Prefect server, and a real
+`prefect server start` process).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import random
 import shutil
 import signal
 import socket
@@ -255,6 +256,24 @@ def fake_downstream(monkeypatch) -> None:
 
     monkeypatch.setattr(stages, "evaluate", evaluate)
     monkeypatch.setattr(stages, "register", register)
+
+
+# ---- a user's own images: a folder of class folders of JPEGs ---------------------------------------
+def jpeg(path: Path, seed: int, size: int = 32) -> None:
+    """A one-colour size x size JPEG (its colour from `seed`)."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3))).save(path, quality=90)
+
+
+def image_folder(root: Path, classes: int = 2, per_class: int = 12, size: int = 32) -> Path:
+    """root/class<c>/<i>.jpg: `classes` folders of `per_class` images each."""
+    for c in range(classes):
+        for i in range(per_class):
+            jpeg(root / f"class{c}/{i:02d}.jpg", seed=100 * c + i, size=size)
+    return root
 
 
 # ---- DVC and git as a user runs them (the venv's own `dvc`) ------------------------------------------

@@ -313,6 +313,7 @@ def test_pipeline_run_validates_params_once_and_carries_them_to_every_stage(
     from sagan_core import params_file
 
     fake_downstream(monkeypatch)
+    monkeypatch.setenv("SAGAN_TRACKING", "1")  # tracking off skips register: the 4th stage would not run
     proj = pipeline_project(tmp_path / "once", dvc=False, train__steps=2)
     validated, seen = [], []
 

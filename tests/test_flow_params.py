@@ -110,6 +110,7 @@ def test_failure_and_completion_post_to_the_webhook_named_by_notify_secret(
     )
 
     fake_downstream(monkeypatch)  # about the hooks, not FID or MLflow: a real prepare + train, then stand-ins
+    monkeypatch.setenv("SAGAN_TRACKING", "1")  # tracking off skips register (its own test below)
     proj = pipeline_project(tmp_path / "completes", dvc=False, train__steps=2)
     summary = sagan_pipeline(settings=notify, project_dir=str(proj))
     done = received[1]
@@ -136,3 +137,41 @@ def test_sagan_log_lines_reach_the_flow_runs_logs_through_prefect_settings(prefe
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
     ours = [log.message for log in logs if log.name == "sagan" or log.name.startswith("sagan.")]
     assert any("prepared" in m for m in ours), ours
+
+
+@pytest.mark.slow
+def test_tracking_off_is_said_at_the_start_and_register_is_skipped_not_failed(
+    prefect_api, tmp_path, webhook, standin_torch_home
+):
+    """SAGAN_TRACKING=0: prepare, train and evaluate run for real; the flow says at its start that the
+    run will not be registered, skips register in one line and completes (it used to fail at register:
+    'no MLflow run recorded')."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    url, received = webhook
+    proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)
+    env = {"PREFECT_API_URL": prefect_api, "SAGAN_TRACKING": "0", "TORCH_HOME": str(standin_torch_home)}
+    env |= {"SAGAN_TEST_WEBHOOK": url}
+    out = run_cli(["pipeline", "run", "--set", "pipeline.notify_secret=SAGAN_TEST_WEBHOOK"], proj, env, 600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "registered  : skipped (tracking off: SAGAN_TRACKING=0)" in out.stdout, out.stdout
+    assert json.loads((proj / "metrics/eval.json").read_text())["fid"] >= 0  # evaluate ran for real
+    assert not (proj / "mlflow.db").exists()  # nothing was recorded in MLflow
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    assert run.state_name == "Completed"
+    states = {t.name.rsplit("-", 1)[0]: t.state_name for t in tasks}
+    assert states == dict.fromkeys(("prepare", "train", "evaluate", "register"), "Completed"), states
+    (said,) = [g for g in logs if "will not be registered" in g.message]
+    assert said.message == "tracking is off (SAGAN_TRACKING=0): the run will not be registered in MLflow"
+    assert said.task_run_id is None  # the flow's own line, before any task logged
+    assert all(said.timestamp < g.timestamp for g in logs if g.task_run_id is not None)
+    register = {t.id for t in tasks if t.name.startswith("register")}
+    ours = [g.message for g in logs if g.task_run_id in register and g.message.startswith("register")]
+    assert ours == ["register: skipped, tracking is off (SAGAN_TRACKING=0)"]  # one line, no failure
+    (done,) = received
+    assert done["state"] == "Completed" and "not registered (tracking off: SAGAN_TRACKING=0)" in done["text"]

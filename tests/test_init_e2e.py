@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, dvc_status, run_cli
+from helpers import REPO, dvc_status, image_folder, jpeg, run_cli
 from test_dvc_plots import assert_all_plots_render
 
 from pipelines.project import version
@@ -39,21 +38,6 @@ TOY = [
     "eval.kid_subsets=2",
     "eval.kid_subset_size=8",
 ]
-
-
-def jpeg(path: Path, seed: int) -> None:
-    from PIL import Image
-
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 32), tuple(rng.randrange(256) for _ in range(3))).save(path, quality=90)
-
-
-def image_folder(root: Path, classes: int = 2, per_class: int = 12) -> Path:
-    for c in range(classes):
-        for i in range(per_class):
-            jpeg(root / f"class{c}/{i:02d}.jpg", seed=100 * c + i)
-    return root
 
 
 def lock(project: Path) -> dict:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SAGAN, checkpoint_step, free_port, pipeline_project, stop_process_group
+from helpers import REPO, SAGAN, checkpoint_step, pipeline_project, stop_process_group
+from prefect_fixtures import wait_for
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -26,49 +25,6 @@ def _deploy(proj: Path, pool: str, name: str, env: dict) -> subprocess.Completed
         text=True,
         timeout=300,
     )
-
-
-def _wait(what: str, check, timeout: float = 240, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server on a free port, with its own PREFECT_HOME; yields the env to reach it."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    env |= {"PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def healthy() -> bool:
-        assert server.poll() is None, (home / "server.log").read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait("the Prefect server", healthy)
-        yield env
-    finally:
-        stop_process_group(server)
-        log.close()
 
 
 def prefect_cli(args: list[str], env: dict, cwd: Path | None = None) -> str:
@@ -96,7 +52,7 @@ def test_serve_creates_a_deployment_with_the_cron_schedule(prefect_server, tmp_p
             out = prefect_cli(["deployment", "ls"], env)
             return out if "sagan-pipeline/weekly" in out else None
 
-        _wait("the served deployment", listed, every=3)
+        wait_for("the served deployment", listed, every=3)
         inspected = prefect_cli(["deployment", "inspect", "sagan-pipeline/weekly"], env)
         assert "0 3 * * 0" in inspected
         assert str(proj) in inspected  # scheduled runs are pinned to this project

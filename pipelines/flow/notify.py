@@ -142,7 +142,10 @@ def on_completion(flow, flow_run, state) -> None:
     if not name:
         return
     summary = state.result(raise_on_failure=False)
-    if hasattr(summary, "fid"):
+    if hasattr(summary, "fid") and summary.version is None:  # tracking off: nothing registered
+        text = f": completed, not registered ({summary.reason})"
+        post(name, _body(flow_run, state, text, fid=summary.fid, kid=summary.kid), timeout_s)
+    elif hasattr(summary, "fid"):
         extra = {"fid": summary.fid, "kid": summary.kid, "model": summary.model_name}
         extra |= {"version": summary.version, "decision": summary.decision, "reason": summary.reason}
         text = f": {summary.model_name} v{summary.version}: {summary.decision} ({summary.reason})"

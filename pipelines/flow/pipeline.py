@@ -37,7 +37,8 @@ from pipelines.flow.report import PrefectProgress, RunSummary, publish, summariz
 from pipelines.flow.settings import FlowSettings, to_overrides
 from pipelines.lock import project_lock
 from pipelines.project import version
-from pipelines.results import Evaluated, Prepared, Registered, Trained
+from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
+from pipelines.tracking import store as tracking_store
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
 from sagan_core.params_file import load_params
@@ -149,8 +150,20 @@ def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
         return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
 
 
+def tracking_off(params: Params) -> str | None:
+    """Why this run cannot be registered (tracking is off: no MLflow run holds its model), or None."""
+    if tracking_store.enabled(params):
+        return None
+    if not params.registry.tracking:
+        return "registry.tracking: false"
+    return f"SAGAN_TRACKING={os.environ.get('SAGAN_TRACKING', '').strip()}"
+
+
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Registered:
+def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Registered | NotRegistered:
+    if why := tracking_off(run.params):
+        get_run_logger().info("register: skipped, tracking is off (%s)", why)
+        return NotRegistered(run.params.registry.model_name, f"tracking off: {why}")
     with _stage("register"):
         get_run_logger().info("register: FID %.4g at step %d", evaluated.fid, evaluated.generator_step)
         return stages.register(run.params)  # register is no DVC stage: nothing to commit
@@ -209,6 +222,8 @@ def sagan_pipeline(
         tag_flow_run(project)
         params = params or load_params(params_file, overrides)
         cfg = params.pipeline
+        if why := tracking_off(params):  # said before anything runs, not as register's failure at the end
+            get_run_logger().info("tracking is off (%s): the run will not be registered in MLflow", why)
         with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
             run = _context(params, params_file, overrides, force)
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)

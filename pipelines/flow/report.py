@@ -22,7 +22,7 @@ from prefect.artifacts import (
 )
 
 from pipelines.flow.history import COLUMNS, RESULT_KEY, past_runs
-from pipelines.results import Evaluated, Prepared, Registered, Trained
+from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
 from pipelines.tracking.store import redact
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback, step_line
@@ -46,12 +46,12 @@ class RunSummary:
     kid: float | None
     is_mean: float
     model_name: str
-    version: int
-    decision: str  # the alias the version got: champion | challenger
+    version: int | None  # None: not registered (tracking off)
+    decision: str  # the alias the version got: champion | challenger; "skipped" when not registered
     reason: str
-    mlflow_run: str
+    mlflow_run: str | None
     mlflow_url: str | None
-    tracking_uri: str
+    tracking_uri: str | None
     dvc: str  # "clean", "not clean: <stages>", or "not used"
 
 
@@ -75,10 +75,21 @@ class PrefectProgress(Callback):
 
 
 def summarize(
-    params: Params, prep: Prepared, trained: Trained, ev: Evaluated, reg: Registered, dvc: str
+    params: Params,
+    prep: Prepared,
+    trained: Trained,
+    ev: Evaluated,
+    reg: Registered | NotRegistered,
+    dvc: str,
 ) -> RunSummary:
     from prefect.runtime import flow_run
 
+    if isinstance(reg, NotRegistered):
+        registered = {"version": None, "decision": "skipped", "reason": reg.reason, "mlflow_run": None}
+        registered |= {"mlflow_url": None, "tracking_uri": None}
+    else:
+        registered = {"version": reg.version, "decision": reg.decision, "reason": reg.reason}
+        registered |= {"mlflow_run": reg.run_id, "mlflow_url": run_url(reg), "tracking_uri": reg.tracking_uri}
     return RunSummary(
         time=time.strftime("%Y-%m-%d %H:%M:%S"),
         flow_run=str(flow_run.id),
@@ -91,13 +102,8 @@ def summarize(
         kid=ev.kid_mean,
         is_mean=ev.is_mean,
         model_name=reg.model_name,
-        version=reg.version,
-        decision=reg.decision,
-        reason=reg.reason,
-        mlflow_run=reg.run_id,
-        mlflow_url=run_url(reg),
-        tracking_uri=reg.tracking_uri,
         dvc=dvc,
+        **registered,
     )
 
 
@@ -147,7 +153,16 @@ def inline_png(path: str | Path) -> str | None:
 def publish(s: RunSummary, project: str) -> None:
     """The run's artifacts: the markdown summary, its result row, the table of the project's runs
     (Prefect's records of flow runs tagged `project`: history.py)."""
-    link = f"[{s.mlflow_run}]({s.mlflow_url}) (with `mlflow ui` running)" if s.mlflow_url else s.mlflow_run
+    link = (
+        f"[{s.mlflow_run}]({s.mlflow_url}) (with `mlflow ui` running)" if s.mlflow_url else _fmt(s.mlflow_run)
+    )
+    if s.version is None:
+        decision = [f"| registered | skipped: {s.reason} |"]
+    else:
+        decision = [
+            f"| decision | **{s.decision}**: {s.reason} |",
+            f"| registered | {s.model_name} v{s.version} ({s.decision}) |",
+        ]
     md = "\n".join(
         [
             "# sagan pipeline run",
@@ -157,8 +172,7 @@ def publish(s: RunSummary, project: str) -> None:
             f"| FID | {_fmt(s.fid)} |",
             f"| IS | {_fmt(s.is_mean)} |",
             f"| KID | {_fmt(s.kid)} |",
-            f"| decision | **{s.decision}**: {s.reason} |",
-            f"| registered | {s.model_name} v{s.version} ({s.decision}) |",
+            *decision,
             f"| data hash | `{s.data_hash}` |",
             f"| trained | {s.trained_steps} steps (checkpoint step {s.step}) |",
             f"| sample grid | `{s.samples}` (below; also under the MLflow run's artifacts) |",
@@ -192,15 +206,21 @@ def final_report(s: RunSummary, params: Params) -> str:
         params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
     kid = f"  (KID {s.kid:.4f})" if s.kid is not None else ""
+    if s.version is None:  # tracking off: nothing of this run is in MLflow to look at
+        registered = [f"  registered  : skipped ({s.reason})"]
+    else:
+        registered = [
+            f"  registered  : {s.model_name} version {s.version}, alias {s.decision} ({s.reason})",
+            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
+            *([f"                then open {s.mlflow_url}"] if s.mlflow_url else []),
+        ]
     return "\n".join(
         [
             "sagan pipeline: done",
             f"  sample grid : {s.samples}",
             f"  FID         : {s.fid:.3f}{kid}",
             f"  trained     : {s.trained_steps} new steps (checkpoint at step {s.step})",
-            f"  registered  : {s.model_name} version {s.version}, alias {s.decision} ({s.reason})",
-            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
-            *([f"                then open {s.mlflow_url}"] if s.mlflow_url else []),
+            *registered,
             f"  Prefect UI  : {_tool('prefect')} server start   (then open http://127.0.0.1:4200)",
         ]
     )
