@@ -86,7 +86,8 @@ def test_quick_start_on_a_fresh_clone_then_dvc_finds_everything_recorded(tmp_pat
     run = sagan(["pipeline", "run", *SETS], clone, env, timeout=600)  # Prefect's temporary server
     assert run.returncode == 0, tail(run)
     assert "sagan pipeline: done" in run.stdout, tail(run)
-    assert "registered  : sagan-demo version 1, alias champion" in run.stdout, tail(run)
+    assert "registered  : sagan-demo version 1 (generator step 4, FID " in run.stdout, tail(run)
+    assert "alias champion" in run.stdout, tail(run)
 
     status = dvc(["status"], clone, env)
     assert status.stdout.strip() == UP_TO_DATE, tail(status)

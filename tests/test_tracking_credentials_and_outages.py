@@ -281,6 +281,8 @@ def test_final_report_of_pipeline_run_shows_no_password(monkeypatch):
         1.0,
         "m",
         1,
+        4,
+        1.0,
         "champion",
         "r",
         "run",

@@ -47,6 +47,8 @@ class RunSummary:
     is_mean: float
     model_name: str
     version: int | None  # None: not registered (tracking off)
+    version_step: int | None  # the generator step the version holds
+    version_fid: float | None  # the version's own FID (the same as `fid` unless nothing new was registered)
     decision: str  # the alias the version got: champion | challenger; "skipped" when not registered
     reason: str
     mlflow_run: str | None
@@ -86,9 +88,11 @@ def summarize(
 
     if isinstance(reg, NotRegistered):
         registered = {"version": None, "decision": "skipped", "reason": reg.reason, "mlflow_run": None}
+        registered |= {"version_step": None, "version_fid": None}
         registered |= {"mlflow_url": None, "tracking_uri": None}
     else:
         registered = {"version": reg.version, "decision": reg.decision, "reason": reg.reason}
+        registered |= {"version_step": reg.generator_step, "version_fid": reg.fid}
         registered |= {"mlflow_run": reg.run_id, "mlflow_url": run_url(reg), "tracking_uri": reg.tracking_uri}
     return RunSummary(
         time=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -161,8 +165,9 @@ def publish(s: RunSummary, project: str) -> None:
     else:
         decision = [
             f"| decision | **{s.decision}**: {s.reason} |",
-            f"| registered | {s.model_name} v{s.version} ({s.decision}) |",
+            f"| registered | {s.model_name} v{s.version} ({s.decision}): the generator at step {s.version_step}, FID {_fmt(s.version_fid)} |",
         ]
+    grid_where = "below; also under the MLflow run's artifacts" if s.mlflow_run else "below"
     md = "\n".join(
         [
             "# sagan pipeline run",
@@ -175,7 +180,7 @@ def publish(s: RunSummary, project: str) -> None:
             *decision,
             f"| data hash | `{s.data_hash}` |",
             f"| trained | {s.trained_steps} steps (checkpoint step {s.step}) |",
-            f"| sample grid | `{s.samples}` (below; also under the MLflow run's artifacts) |",
+            f"| sample grid | `{s.samples}` ({grid_where}) |",
             f"| MLflow run | {link} |",
             f"| DVC | {'`dvc status` clean' if s.dvc == 'clean' else s.dvc} |",
         ]
@@ -210,7 +215,8 @@ def final_report(s: RunSummary, params: Params) -> str:
         registered = [f"  registered  : skipped ({s.reason})"]
     else:
         registered = [
-            f"  registered  : {s.model_name} version {s.version}, alias {s.decision} ({s.reason})",
+            f"  registered  : {s.model_name} version {s.version} (generator step {s.version_step}, FID "
+            f"{s.version_fid:.3f}), alias {s.decision} ({s.reason})",
             f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
             *([f"                then open {s.mlflow_url}"] if s.mlflow_url else []),
         ]
