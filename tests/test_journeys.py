@@ -7,7 +7,10 @@ sqlite:///mlflow.db), toy sizes through `--set`, the stand-in Inception weights 
 2. Scheduled retraining: `sagan init` on a folder of images, `sagan pipeline serve` against a real
    `prefect server start`, runs triggered with `prefect deployment run`; new and removed images
    rerun prepare and train, and the new version is compared with the champion on equal terms.
-3. Promotion by hand: `sagan models list|promote|rollback` on that project's registry.
+3. Promotion by hand: `sagan models list|promote|rollback` on that project's registry; the next
+   scheduled run keeps what the person decided.
+4. A scheduled run that fails (every image broken) says why on the flow run in Prefect and moves
+   nothing in the registry.
 
 Slow: a few minutes on 2 cores (three pipeline runs, one Prefect server start).
 """
@@ -110,6 +113,8 @@ class Retrained:
 
     def __init__(self, proj: Path, env: dict[str, str]):
         self.proj, self.env = proj, env
+        self.serve: subprocess.Popen | None = None  # `sagan pipeline serve`, alive for every test here
+        self.log = proj.parent / "serve.log"
         self.model = yaml.safe_load((proj / "params.yaml").read_text())["registry"]["model_name"]
         self.runs: list[str] = []
         self.manifests: list[dict] = []
@@ -121,6 +126,10 @@ class Retrained:
         self.manifests.append(json.loads((self.proj / "data/prepared/manifest.json").read_text()))
         self.locks.append(yaml.safe_load((self.proj / "dvc.lock").read_text())["stages"])
         self.registries.append(registry(self.proj, self.model))
+
+    def trigger(self, until: tuple[str, ...] = ("COMPLETED",)) -> dict:
+        """Another run of the served deployment, as the schedule would start it; its flow run."""
+        return run_deployment(self.proj, self.env, self.serve, self.log, until)
 
 
 def registry(proj: Path, name: str) -> dict[int, dict]:
@@ -145,20 +154,28 @@ def prefect_api(env: dict[str, str], path: str, body: dict | None = None):
         return json.load(r)
 
 
-def run_deployment(proj: Path, env: dict[str, str], serve: subprocess.Popen, log: Path) -> str:
-    """`prefect deployment run` the served deployment and wait until the run completes; its id."""
+def run_deployment(
+    proj: Path,
+    env: dict[str, str],
+    serve: subprocess.Popen,
+    log: Path,
+    until: tuple[str, ...] = ("COMPLETED",),
+) -> dict:
+    """`prefect deployment run` the served deployment and wait until the run ends in a state of
+    `until` (another final state fails the test); the flow run as Prefect's API returns it."""
     r = command("prefect", ["deployment", "run", DEPLOYMENT], proj, env)
     assert r.returncode == 0, tail(r)
     (run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", r.stdout)
 
-    def completed() -> bool:
+    def ended() -> dict | None:
         assert serve.poll() is None, f"sagan pipeline serve exited:\n{log.read_text()[-4000:]}"
-        state = prefect_api(env, f"/flow_runs/{run_id}")["state"]["type"]
-        assert state not in ("FAILED", "CRASHED", "CANCELLED"), f"{state}:\n{log.read_text()[-4000:]}"
-        return state == "COMPLETED"
+        run = prefect_api(env, f"/flow_runs/{run_id}")
+        state = run["state"]["type"]
+        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        assert state in until or state not in final, f"{state}:\n{log.read_text()[-4000:]}"
+        return run if state in until else None
 
-    wait_for(f"flow run {run_id} to complete", completed, timeout=540, every=2)
-    return run_id
+    return wait_for(f"flow run {run_id} to end", ended, timeout=540, every=2)
 
 
 def change_images(images: Path) -> int:
@@ -173,16 +190,17 @@ def change_images(images: Path) -> int:
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory, prefect_server, standin_torch_home) -> Retrained:
     """`sagan init` a folder64 project on 2 x 12 images, serve it, run the deployment, change the
-    images, run it again (the journey's steps; the test below checks what they did)."""
+    images, run it again (the journey's steps; the test below checks what they did). The deployment
+    stays served for the tests after it (scheduled runs after a person's decision, a failing run)."""
     root = tmp_path_factory.mktemp("retraining")
     images = image_folder(root / "team images", classes=2, per_class=12, size=64)
     env = user_env(prefect_server, standin_torch_home)
     made = sagan(["init", "proj", "--preset", "folder64", "--data", str(images)], root, env)
     assert made.returncode == 0, tail(made)
     done = Retrained(root / "proj", env)
-    log = root / "serve.log"
+    log = done.log
     with log.open("w") as out:
-        serve = subprocess.Popen(
+        serve = done.serve = subprocess.Popen(
             [str(BIN / "sagan"), "pipeline", "serve", *SETS],
             cwd=done.proj,
             env=env,
@@ -199,12 +217,12 @@ def retrained(tmp_path_factory, prefect_server, standin_torch_home) -> Retrained
                 )
 
             wait_for("the served deployment", served, timeout=180, every=2)
-            done.record(run_deployment(done.proj, env, serve, log))
+            done.record(done.trigger()["id"])
             assert change_images(images) == 31
-            done.record(run_deployment(done.proj, env, serve, log))
+            done.record(done.trigger()["id"])
+            yield done
         finally:
             stop_process_group(serve)
-    return done
 
 
 def flow_run_said(r: Retrained, run_id: str) -> str:
@@ -280,10 +298,33 @@ def test_promotion_by_hand_list_promote_rollback(retrained):
     assert (tags["promotion.reason"], tags["promotion.by"]) == (reason, "Dana Reviewer"), tags
     assert tags["promotion.replaced"] == str(champion), tags
 
+    # the next scheduled run (nothing changed: DVC skips the stages, register sees its run again)
+    # keeps the person's decision
+    said = flow_run_said(r, r.trigger()["id"])
+    assert "up to date (dvc status), skipped" in said and "decided before; kept" in said, said[-3000:]
+    assert "champion" in registry(r.proj, r.model)[other]["aliases"]
+
     back = sagan(["models", "rollback"], r.proj, env)
     assert back.returncode == 0, tail(back)
     assert "champion" in registry(r.proj, r.model)[champion]["aliases"]
+    assert registry(r.proj, r.model)[other]["tags"]["promotion.decision"] == "rolled back"
 
     missing = sagan(["models", "promote", "999"], r.proj, env)
     assert missing.returncode == 2, tail(missing)
     assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr, tail(missing)
+
+
+# ---- a scheduled run that cannot succeed ---------------------------------------------------------
+def test_a_failed_scheduled_run_says_why_in_prefect_and_keeps_the_champion(retrained):
+    r = retrained
+    before = registry(r.proj, r.model)
+    images = Path(yaml.safe_load((r.proj / "params.yaml").read_text())["data"]["source"])
+    for path in images.rglob("*.jpg"):
+        path.write_bytes(b"not an image")  # someone's sync job broke every file
+    run = r.trigger(until=("FAILED",))
+    message = run["state"]["message"]  # what the Prefect UI shows on the run
+    assert "stage prepare failed" in message and "no valid images" in message, message
+    assert "\n" not in message.strip(), message
+    logs = command("prefect", ["flow-run", "logs", run["id"]], r.proj, r.env).stdout
+    assert "stage prepare failed" in logs, logs[-3000:]
+    assert registry(r.proj, r.model) == before  # nothing registered, no alias moved

@@ -96,7 +96,7 @@ def current_standing(client, name: str, mv) -> tuple[str, str]:
     champion = alias_version(client, name, CHAMPION)
     reason = mv.tags.get(REASON, "")
     if champion is not None and same_version(champion, mv):
-        return CHAMPION, reason
+        return CHAMPION, f"{reason} (decided before; kept)"
     recorded = mv.tags.get(DECISION, CHALLENGER)
     return ("replaced" if recorded == CHAMPION else recorded), f"{reason} (decided before; kept)"
 
