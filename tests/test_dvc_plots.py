@@ -51,7 +51,7 @@ def test_in_training_scores_get_a_dense_csv_of_their_own_kept_across_resume(tmp_
 
 def test_the_repo_and_the_template_declare_the_same_plots():
     repo = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-    template = yaml.safe_load((TEMPLATES / "dvc.yaml").read_text())["plots"]
+    template = yaml.safe_load((TEMPLATES / "dvc.yaml.template").read_text())["plots"]
     assert repo == template
     names = {next(iter(p)) if isinstance(p, dict) else p for p in repo}
     assert names == PLOTS | {"samples"}
@@ -87,7 +87,7 @@ def test_dvc_plots_show_renders_every_plot_of_the_template(tmp_path):
     (project / "metrics").mkdir(parents=True)
     (project / "samples").mkdir()
     (project / "dvc.yaml").write_text(
-        "plots:\n" + (TEMPLATES / "dvc.yaml").read_text().split("\nplots:\n", 1)[1]
+        "plots:\n" + (TEMPLATES / "dvc.yaml.template").read_text().split("\nplots:\n", 1)[1]
     )
     (project / "metrics/train.csv").write_text(
         "step,loss_d,loss_g,d_real,d_fake,img_per_s,kid,kid_std,fid\n"

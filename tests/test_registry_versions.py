@@ -197,6 +197,11 @@ def test_people_promote_and_roll_back_with_the_reason_and_their_name(history, mo
         and f"champion v{champion_before}'s" in comparison
     )
 
+    # the model cards say it too (a card written at registration would still say "champion")
+    card = client.get_model_version("letters", other).description
+    assert "**Promotion: champion.** looks sharper (alice, " in card
+    assert "**Promotion: replaced.** v" in client.get_model_version("letters", champion_before).description
+
     rows = {r["version"]: r for r in models.versions(h.params)}
     assert rows[int(other)]["aliases"] == ["champion"] and rows[int(other)]["promoted_by"] == "alice"
     assert [rows[v]["generator_step"] for v in (1, 2)] == [2, 4]
@@ -213,6 +218,10 @@ def test_people_promote_and_roll_back_with_the_reason_and_their_name(history, mo
     assert str(client.get_model_version_by_alias("letters", "champion").version) == champion_before
     rolled = client.get_model_version("letters", other).tags
     assert rolled["promotion.decision"] == "rolled back" and rolled["promotion.by"] == "bob"
+    assert "**Promotion: rolled back.** by bob" in client.get_model_version("letters", other).description
+    assert (
+        "**Promotion: champion.** again" in client.get_model_version("letters", champion_before).description
+    )
 
     with pytest.raises(ConfigError, match="no version 999 .versions: 1, 2, 3."):
         models.promote(h.params, 999, None)

@@ -32,6 +32,7 @@ from pipelines.registry.promotion import (
     alias_version,
     now_utc,
     record_promotion,
+    restate,
     same_version,
 )
 from pipelines.registry.promotion_lock import promotion_lock
@@ -190,4 +191,12 @@ def rollback(params: Params, reason: str | None) -> str:
             AT: at,
         }.items():
             client.set_model_version_tag(name, champion.version, key, value)
+        restate(
+            client,
+            name,
+            previous.version,
+            CHAMPION,
+            f"again: v{champion.version} rolled back ({who}, {at}: {why})",
+        )
+        restate(client, name, champion.version, "rolled back", f"by {who}, {at}: {why}")
     return f"{name}: champion v{champion.version} rolled back to v{previous.version} ({why})"

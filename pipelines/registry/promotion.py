@@ -121,6 +121,18 @@ def _score_champion(client, params: Params, name: str, mv) -> str:
         return str(e)
 
 
+def restate(client, name: str, version, decision: str, reason: str) -> None:
+    """The model card's promotion line (model_card.version_card) says what the version is now: a
+    card written at registration would go on saying `champion` after a person's rollback."""
+    mv = client.get_model_version(name, str(version))
+    lines = (mv.description or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("**Promotion:"):
+            lines[i] = f"**Promotion: {decision}.** {reason}."
+            client.update_model_version(name, str(version), description="\n".join(lines) + "\n")
+            return
+
+
 def record_promotion(client, name: str, version, reason: str, by: str, replaced=None, **more: str) -> None:
     """The champion alias to `version`, with who, when, why and which champion it replaced; `more`:
     further `promotion.*` tags (a person's promotion records the comparison it was shown)."""
@@ -134,6 +146,11 @@ def record_promotion(client, name: str, version, reason: str, by: str, replaced=
     tags |= {f"promotion.{key}": value for key, value in more.items()}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    restate(client, name, version, CHAMPION, f"{reason} ({by}, {tags[AT]})")
+    if replaced is not None and str(replaced.version) != str(version):
+        restate(
+            client, name, replaced.version, "replaced", f"v{version} became the champion ({by}, {tags[AT]})"
+        )
 
 
 def _promote(client, name: str, mv, min_improvement: float, why_not: str = "") -> tuple[str, str]:
