@@ -87,7 +87,10 @@ def versions(params: Params) -> list[dict[str, Any]]:
                 "reference": version_protocol(mv).get("reference_content_hash") or tags.get("content_hash"),
                 "aliases": sorted(aliases.get(str(mv.version), [])),
                 "registered_at": mv.creation_timestamp,
-                "decision": tags.get(DECISION),
+                # a champion since replaced still carries the decision it was given: shown as replaced
+                "decision": "replaced"
+                if tags.get(DECISION) == CHAMPION and CHAMPION not in aliases.get(str(mv.version), [])
+                else tags.get(DECISION),
                 "promoted_at": tags.get(AT),
                 "promoted_by": tags.get(BY),
                 "reason": tags.get(REASON),
