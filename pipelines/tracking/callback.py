@@ -105,6 +105,9 @@ class MlflowCallback(Callback):
         except Exception as e:  # noqa: BLE001 - tracking must never kill a training run midway
             self.error = e
             log.warning("MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(e)))
+            # Batches queued before the failure still fail in MLflow's async logging thread, one
+            # ERROR line each, and could land after the command's one error line: said once above.
+            logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
             return None
 
     def _log_params(self) -> None:
