@@ -12,7 +12,10 @@ sqlite:///mlflow.db), toy sizes through `--set`, the stand-in Inception weights 
 4. A scheduled run that fails (every image broken) says why on the flow run in Prefect and moves
    nothing in the registry.
 
-Slow: a few minutes on 2 cores (three pipeline runs, one Prefect server start).
+Slow: a few minutes on 2 cores (five pipeline runs, one Prefect server start).
+
+Longer than 300 lines: journeys 2-4 share one served deployment and its project (the module
+fixture); split across modules, the serve process and the first two runs would run once per module.
 """
 
 from __future__ import annotations
