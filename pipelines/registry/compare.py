@@ -64,18 +64,19 @@ class _Registered:
         return out.to(z.device)
 
 
-def rescore(client, params: Params, name: str, mv) -> tuple[str, float]:
-    """Score version `mv`'s registered generator under the project's protocol now; records the
-    score on the version (tag `fid.<protocol_id>`) and returns (protocol_id, FID)."""
+def rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> tuple[str, float]:
+    """Score version `mv`'s registered generator under the project's protocol now (`now`, as
+    `expected_protocol` gives it); records the score on the version (tag `fid.<protocol_id>`) and
+    returns (protocol_id, FID)."""
     from pipelines.registry.sampling import load_sampler
-    from sagan_core.evaluate.protocol import expected_protocol, score_generator
+    from sagan_core.evaluate.protocol import score_generator
 
     uri = f"models:/{name}/{mv.version}"
     log.info(
         "scoring %s v%s again under this project's protocol (%s)",
         name,
         mv.version,
-        protocol_difference(version_protocol(mv), expected_protocol(params)),
+        protocol_difference(version_protocol(mv), now),
     )
     try:
         sampler = load_sampler(uri, params)
@@ -118,7 +119,7 @@ def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -
             "`sagan evaluate` again"
         )
     try:
-        return rescore(client, params, name, mv)[1]
+        return rescore(client, params, name, mv, now)[1]
     except SaganError:
         raise
     except Exception as e:  # noqa: BLE001 - download/decoding/Inception failures: one line

@@ -24,16 +24,17 @@ from pipelines.registry.compare import score_under, version_protocol
 from pipelines.registry.promotion import (
     AT,
     BY,
-    CHALLENGER,
     CHAMPION,
     DECISION,
     REASON,
     REPLACED,
     alias_version,
+    crown,
     now_utc,
     record_promotion,
     restate,
     same_version,
+    tag_version,
 )
 from pipelines.registry.promotion_lock import promotion_lock
 from pipelines.tracking.store import call, connect
@@ -174,26 +175,15 @@ def rollback(params: Params, reason: str | None) -> str:
             )
         previous = _version(client, name, int(before))
         why = reason or "no reason given"
-        client.set_registered_model_alias(name, CHAMPION, previous.version)
-        challenger = alias_version(client, name, CHALLENGER)
-        if challenger is not None and same_version(challenger, previous):
-            client.delete_registered_model_alias(name, CHALLENGER)
+        crown(client, name, previous.version)
         at = now_utc()
         # `promotion.replaced` of the restored version is kept: a second rollback goes further back
-        for key, value in {
-            DECISION: CHAMPION,
-            REASON: f"champion again: v{champion.version} rolled back by {who}: {why}",
-            BY: who,
-            AT: at,
-        }.items():
-            client.set_model_version_tag(name, previous.version, key, value)
-        for key, value in {
-            DECISION: "rolled back",
-            REASON: f"rolled back by {who}: {why}",
-            BY: who,
-            AT: at,
-        }.items():
-            client.set_model_version_tag(name, champion.version, key, value)
+        again = f"champion again: v{champion.version} rolled back by {who}: {why}"
+        tag_version(client, name, previous.version, {DECISION: CHAMPION, REASON: again, BY: who, AT: at})
+        undone = f"rolled back by {who}: {why}"
+        tag_version(
+            client, name, champion.version, {DECISION: "rolled back", REASON: undone, BY: who, AT: at}
+        )
         restate(
             client,
             name,

@@ -121,6 +121,11 @@ def _score_champion(client, params: Params, name: str, mv) -> str:
         return str(e)
 
 
+def tag_version(client, name: str, version, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
 def restate(client, name: str, version, decision: str, reason: str) -> None:
     """The model card's promotion line (model_card.version_card) says what the version is now: a
     card written at registration would go on saying `champion` after a person's rollback."""
@@ -133,19 +138,23 @@ def restate(client, name: str, version, decision: str, reason: str) -> None:
             return
 
 
+def crown(client, name: str, version) -> None:
+    """The champion alias to `version`; a version is champion or challenger, never both."""
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
 def record_promotion(client, name: str, version, reason: str, by: str, replaced=None, **more: str) -> None:
     """The champion alias to `version`, with who, when, why and which champion it replaced; `more`:
     further `promotion.*` tags (a person's promotion records the comparison it was shown)."""
-    client.set_registered_model_alias(name, CHAMPION, version)
-    challenger = alias_version(client, name, CHALLENGER)  # a version is champion or challenger, never both
-    if challenger is not None and str(challenger.version) == str(version):
-        client.delete_registered_model_alias(name, CHALLENGER)
+    crown(client, name, version)
     tags = {DECISION: CHAMPION, REASON: reason, BY: by, AT: now_utc()}
     if replaced is not None and str(replaced.version) != str(version):
         tags[REPLACED] = str(replaced.version)
     tags |= {f"promotion.{key}": value for key, value in more.items()}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    tag_version(client, name, version, tags)
     restate(client, name, version, CHAMPION, f"{reason} ({by}, {tags[AT]})")
     if replaced is not None and str(replaced.version) != str(version):
         restate(
@@ -164,6 +173,5 @@ def _promote(client, name: str, mv, min_improvement: float, why_not: str = "") -
             record_promotion(client, name, mv.version, reason, GATE, champion)
             return CHAMPION, reason
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
-        for key, value in {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()}.items():
-            client.set_model_version_tag(name, mv.version, key, value)
+        tag_version(client, name, mv.version, {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()})
     return CHALLENGER, reason
