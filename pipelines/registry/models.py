@@ -30,6 +30,7 @@ from pipelines.registry.promotion import (
     REPLACED,
     alias_version,
     crown,
+    error_code,
     now_utc,
     record_promotion,
     restate,
@@ -60,7 +61,7 @@ def _model(params: Params):
     try:
         model = call(uri, client.get_registered_model, name)
     except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")):
+        if "RESOURCE_DOES_NOT_EXIST" in error_code(e):
             raise ConfigError(
                 f"no registered model {name!r} at this tracking store (run `sagan register`)"
             ) from None

@@ -36,7 +36,8 @@ DECISION, REASON, BY, AT, REPLACED = (
 GATE = "sagan register (FID gate)"  # promotion.by of the gate's decisions; people's carry their name
 
 
-def _code(e: Exception) -> str:
+def error_code(e: Exception) -> str:
+    """An MlflowException's code (RESOURCE_DOES_NOT_EXIST, ...); '' for other exceptions."""
     return str(getattr(e, "error_code", ""))
 
 
@@ -55,7 +56,7 @@ def alias_version(client, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in _code(e) or "INVALID_PARAMETER_VALUE" in _code(e):
+        if "RESOURCE_DOES_NOT_EXIST" in error_code(e) or "INVALID_PARAMETER_VALUE" in error_code(e):
             return None
         raise
 

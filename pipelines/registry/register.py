@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from pipelines.registry.model_card import model_description, sample_grid, version_card
-from pipelines.registry.promotion import DECISION, current_standing, gate
+from pipelines.registry.promotion import DECISION, current_standing, error_code, gate
 from pipelines.results import Registered
 from pipelines.tracking.best_model import logged_best
 from pipelines.tracking.generator_model import log_checkpoint_and_generator
@@ -38,10 +38,6 @@ from sagan_core.evaluate.identity import protocol, protocol_id
 from sagan_core.model.checkpoint import candidate, step_of
 
 log = logging.getLogger("sagan.registry")
-
-
-def _code(e: Exception) -> str:
-    return str(getattr(e, "error_code", ""))
 
 
 def load_eval(params: Params) -> dict[str, Any]:
@@ -204,7 +200,7 @@ def _describe_model(client, params: Params, name: str) -> None:
     try:
         client.create_registered_model(name, description=description)
     except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in _code(e):
+        if "RESOURCE_ALREADY_EXISTS" not in error_code(e):
             raise
         if client.get_registered_model(name).description != description:
             client.update_registered_model(name, description=description)
@@ -217,7 +213,7 @@ def _recorded_run(client, uri: str, params: Params, run_id: str):
     try:
         return client.get_run(run_id)
     except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in _code(e):
+        if "RESOURCE_DOES_NOT_EXIST" in error_code(e):
             raise ConfigError(
                 f"sagan register: MLflow run {run_id} (from {params.train.run_record}) does not exist "
                 f"at {redact(uri)}"
