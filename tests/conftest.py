@@ -16,7 +16,7 @@ import torch
 
 from sagan_core.config import Params
 
-pytest_plugins = ["mlflow_fixtures", "prefect_fixtures"]
+pytest_plugins = ["lanes", "mlflow_fixtures", "prefect_fixtures"]
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -42,6 +42,27 @@ def prepared_demo(tmp_path_factory) -> Path:
 def project(tmp_path, prepared_demo) -> Path:
     """A temporary project directory holding a copy of the prepared demo data."""
     shutil.copytree(prepared_demo, tmp_path / "data/prepared")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory, prepared_demo) -> Path:
+    """A project holding the demo and a tiny 2-step checkpoint, trained once per session. Read it, or
+    ask for `trained_project` (a copy of it) to change it."""
+    from helpers import project_params
+
+    from sagan_core.train.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(prepared_demo, root / "data/prepared")
+    train(project_params(root, train__steps=2), progress=False)
+    return root
+
+
+@pytest.fixture
+def trained_project(tmp_path, trained_demo) -> Path:
+    """A temporary copy of `trained_demo` (the demo and its 2-step checkpoint), for tests that change it."""
+    shutil.copytree(trained_demo, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 

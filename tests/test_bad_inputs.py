@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_CLI, project_params, run_cli
+from helpers import TINY_CLI, cli, project_params
 
 from sagan_core.data.dataset import open_prepared
 from sagan_core.errors import ConfigError, SaganError
@@ -22,6 +22,8 @@ from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.params_file import load_params
 from sagan_core.train.progress import Callback
 from sagan_core.train.trainer import TrainingDiverged, train
+
+pytestmark = pytest.mark.unit
 
 
 def one_line(r, code: int, *fragments: str) -> str:
@@ -47,7 +49,7 @@ def one_line(r, code: int, *fragments: str) -> str:
 )
 def test_unusable_params_file_is_one_line_exit_2(tmp_path, name, make, message):
     make(tmp_path / name)
-    r = run_cli(["train", "--params", name], cwd=tmp_path)
+    r = cli(["train", "--params", name], cwd=tmp_path)
     one_line(r, 2, "sagan: error: ", name, message)
 
 
@@ -90,9 +92,9 @@ def test_numbers_from_yaml_keep_working(tmp_path):
 
 
 def test_boolean_and_huge_values_on_the_cli(tmp_path):
-    r = run_cli(["train", "--set", "train.steps=true"], cwd=tmp_path)
+    r = cli(["train", "--set", "train.steps=true"], cwd=tmp_path)
     one_line(r, 2, "sagan: error: train.steps: expected an integer, got True")
-    r = run_cli(["train", "--set", "model.z_dim=100000000"], cwd=tmp_path)
+    r = cli(["train", "--set", "model.z_dim=100000000"], cwd=tmp_path)
     one_line(r, 2, "sagan: error: model.z_dim: expected a number <= 4096")
 
 
@@ -136,7 +138,7 @@ def test_damaged_manifest_is_one_error(project, damage, message):
 
 def test_damaged_manifest_on_the_cli(project):
     _manifest(project).write_text("{not json")
-    r = run_cli(["train", *TINY_CLI], cwd=project)
+    r = cli(["train", *TINY_CLI], cwd=project)
     one_line(r, 1, "manifest.json: not valid JSON", "run `sagan prepare` again")
 
 
@@ -151,17 +153,15 @@ class Payload:
 def test_malicious_checkpoint_is_one_line(project):
     (project / "models").mkdir()
     torch.save({"step": 1, "x": Payload()}, project / "models/checkpoint.pt")
-    r = run_cli(["train", "--resume", *TINY_CLI], cwd=project)
+    r = cli(["train", "--resume", *TINY_CLI], cwd=project)
     line = one_line(r, 1, "models/checkpoint.pt", "not a sagan checkpoint")
     assert "weights_only" not in r.stderr and "this should never run" not in r.stdout + r.stderr, line
 
 
 @pytest.fixture
-def trained(project):
-    """A project with a 2-step checkpoint, and its params."""
-    params = project_params(project, train__steps=2)
-    train(params, progress=False)
-    return project, params
+def trained(trained_project):
+    """A copy of the session's project with a 2-step checkpoint, and its params."""
+    return trained_project, project_params(trained_project, train__steps=2)
 
 
 def _rewrite(path, edit):

@@ -16,7 +16,7 @@ from pipelines.resume_from import fetch
 from pipelines.tracking import best_model
 from pipelines.tracking.run_record import read_run_record
 
-pytestmark = pytest.mark.slow  # training with in-training evaluation, evaluate and register
+pytestmark = pytest.mark.integration  # training with in-training evaluation, evaluate and register
 
 
 def test_registered_version_is_the_best_logged_model_with_its_scores(

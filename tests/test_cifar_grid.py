@@ -16,12 +16,15 @@ import pytest
 from helpers import REPO
 from PIL import Image
 
+pytestmark = pytest.mark.unit
+
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 VARIANTS = ("baseline", "diffaug+lecam")
 FRACTIONS = ("1.0", "0.5")
 
 
+@pytest.mark.integration
 def test_a_failing_run_is_reported_with_its_log_and_the_others_finish(tmp_path):
     import cifar_grid
     from grid_pool import Job, run_pool
@@ -61,7 +64,7 @@ def _grid(tmp_path, archive):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
-@pytest.mark.slow  # 4 `sagan train` runs of 2 steps, the judge (1 epoch), scoring: ~1 min on 2 cores
+@pytest.mark.e2e  # 4 `sagan train` runs of 2 steps, the judge (1 epoch), scoring: ~1 min on 2 cores
 def test_a_toy_grid_runs_end_to_end_and_a_second_invocation_retrains_nothing(tmp_path):
     from cifar_judge import write_toy_archive
 
@@ -115,6 +118,7 @@ def test_a_toy_grid_runs_end_to_end_and_a_second_invocation_retrains_nothing(tmp
     assert json.loads((work / "grid.json").read_text())["checkpoints"] == result["checkpoints"]
 
 
+@pytest.mark.integration
 def test_the_time_budget_stops_unfinished_runs_and_says_so(tmp_path):
     import cifar_grid
     from grid_pool import Job, run_pool

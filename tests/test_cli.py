@@ -7,7 +7,9 @@ import csv
 import pytest
 import torch
 from helpers import TINY_CLI as TINY
-from helpers import run_cli
+from helpers import cli, run_cli
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
@@ -37,7 +39,7 @@ from helpers import run_cli
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
     (tmp_path / "params.yaml").write_text("train:\n  steps: 3\n")
-    r = run_cli(args, cwd=tmp_path, env={"SAGAN_TRACKING": "1"})  # as users run it: MLflow on
+    r = cli(args, cwd=tmp_path, env={"SAGAN_TRACKING": "1"})  # as users run it: MLflow on
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sagan: error: "), r.stderr
@@ -47,13 +49,22 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
 
 def test_bad_yaml_and_unknown_section(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [1, 2\n")
-    r = run_cli(["prepare"], cwd=tmp_path)
+    r = cli(["prepare"], cwd=tmp_path)
     assert r.returncode == 2 and "params.yaml: not valid YAML" in r.stderr
     (tmp_path / "params.yaml").write_text("trainer:\n  steps: 1\n")
-    r = run_cli(["prepare"], cwd=tmp_path)
+    r = cli(["prepare"], cwd=tmp_path)
     assert r.returncode == 2 and "trainer: unknown key" in r.stderr
 
 
+@pytest.mark.e2e
+def test_the_real_command_exits_2_with_one_line_and_no_traceback(tmp_path):
+    """The one subprocess check of exit code 2 (the cases above run the same entry point in process)."""
+    r = run_cli(["train", "--set", "train.lr_dd=1"], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["sagan: error: train.lr_dd: unknown key"], r.stderr
+
+
+@pytest.mark.e2e  # the one subprocess check of exit code 0
 def test_prepare_then_train_end_to_end(tmp_path):
     r = run_cli(["prepare"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -100,6 +111,7 @@ def test_prepare_then_train_end_to_end(tmp_path):
     assert torch.load(tmp_path / "models/checkpoint.pt", weights_only=True)["step"] == 6
 
 
+@pytest.mark.e2e  # the one subprocess check of exit code 1
 def test_runtime_failure_exits_1(tmp_path):
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / "data/prepared/manifest.json").write_text("{}")

@@ -18,6 +18,8 @@ from pipelines.lock import HELD_BY_LAUNCHER, ProjectBusy, project_lock, stage_lo
 from pipelines.registry import promotion_lock as pl
 from sagan_core.config import Params
 
+pytestmark = pytest.mark.e2e
+
 HOLD = "import sys; from pipelines.lock import project_lock\nwith project_lock(): print('held', flush=True); sys.stdin.read()"
 BUSY = re.compile(
     r"sagan: another sagan run holds the project lock \(pid (\d+) on host \S+ since [^)]+\); "
@@ -120,6 +122,8 @@ def client(tmp_path_factory):
     return MlflowClient(uri, registry_uri=uri)
 
 
+@pytest.mark.integration
+@pytest.mark.unit
 def test_a_live_holder_is_not_broken_after_the_stale_timeout(client, monkeypatch):
     monkeypatch.setattr(pl, "LOCK_STALE_S", 0.5)
     monkeypatch.setattr(pl, "HEARTBEAT_S", 0.1)
@@ -156,6 +160,8 @@ def test_a_dead_holders_lock_is_broken_at_once(client, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_a_former_holder_never_deletes_its_successors_lock(client, monkeypatch):
     monkeypatch.setattr(pl, "HEARTBEAT_S", 0.05)
     lock = "former.promotion-lock"

@@ -15,7 +15,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 from sagan_core.model.checkpoint import load_generator
 from sagan_core.train.trainer import Trainer, train
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def test_spectral_norm_is_exact_under_cuda_bf16_autocast():
@@ -51,6 +54,7 @@ def test_torch_compile_with_inductor_on_cuda(project):
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["metrics"].values())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("backend", ["gloo", "nccl"])
 def test_ddp_two_ranks_on_cuda(project, backend):
     if backend == "nccl" and torch.cuda.device_count() < 2:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import TINY_CLI, run_cli, run_two_rank_worker
 
 from sagan_core.config import Params
 from sagan_core.data.dataset import BatchLoader, open_prepared
+
+pytestmark = pytest.mark.e2e
 
 
 def test_two_gloo_processes_end_with_identical_weights(project):
@@ -18,6 +21,8 @@ def test_two_gloo_processes_end_with_identical_weights(project):
         assert torch.equal(v, r0["G"][k])
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_ranks_read_disjoint_shards(prepared_demo):
     data = open_prepared(prepared_demo)
     seen = []

@@ -21,6 +21,8 @@ from pipelines.flow import kubernetes as k8s
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import apply_override, validate
 
+pytestmark = pytest.mark.unit
+
 SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
 
 

@@ -11,6 +11,8 @@ from helpers import SAGAN, project_params
 from sagan_core.train import diffaug
 from sagan_core.train.trainer import Trainer
 
+pytestmark = pytest.mark.unit
+
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -92,6 +94,7 @@ def test_trainer_augments_real_and_fake_in_d_steps_and_g_step(project):
         assert len(masks) > 1  # independent draws per image
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("policy", ["flip", "color,,zoom"])
 def test_unknown_operation_is_exit_2_naming_the_valid_ones(tmp_path, policy):
     import subprocess

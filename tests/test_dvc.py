@@ -16,7 +16,7 @@ import pytest
 import yaml
 from helpers import BIN, REPO, dvc, git, sh, tiny_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 OUTPUTS = ["data/prepared/images.npy", "data/prepared/labels.npy", "data/prepared/manifest.json"]
 OUTPUTS += ["models/checkpoint.pt"]

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from helpers import REPO
 
+pytestmark = pytest.mark.unit
+
 CORE = REPO / "sagan_core"
 
 # Modules a stage imports that cannot change what it writes, and why (paths under sagan_core/).

@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import REPO
 from PIL import Image
 
 from pipelines.project.create import TEMPLATES
 from sagan_core.train.progress import MetricsCSV
+
+pytestmark = pytest.mark.unit
 
 PLOTS = {"losses", "discriminator", "throughput", "kid", "fid"}
 
@@ -81,6 +84,7 @@ def assert_all_plots_render(project: Path) -> None:
     assert any(Path(k).name.startswith("step_") for k in images), sorted(data)
 
 
+@pytest.mark.e2e
 def test_dvc_plots_show_renders_every_plot_of_the_template(tmp_path):
     """The template's plot definitions against files shaped like the trainer's (no training here)."""
     project = tmp_path / "proj"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import BIN, REPO, dvc, git, tiny_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 RATES = ("0.0003", "0.0005")
 
 

@@ -12,7 +12,10 @@ from helpers import eval_params, write_checkpoint
 from sagan_core.evaluate import fid as F
 from sagan_core.evaluate import protocol as E
 
+pytestmark = pytest.mark.unit
 
+
+@pytest.mark.integration
 def test_evaluate_writes_protocol_and_cache_removes_reference_pass(project, monkeypatch, standin_torch_home):
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
     params = eval_params(project)
@@ -84,25 +87,20 @@ def test_reference_subset_is_fixed_and_sorted():
     assert np.array_equal(E.reference_indices(10, None), np.arange(10))
 
 
-def test_evaluate_cli_errors(project, standin_torch_home, tmp_path, monkeypatch, capsys):
-    from helpers import run_cli
-
-    from pipelines.cli import main as cli
+@pytest.mark.unit
+def test_evaluate_cli_errors(project, standin_torch_home, tmp_path):
+    from helpers import cli
 
     env = {"TORCH_HOME": str(standin_torch_home)}
     sets = ["--set", "eval.device=cpu", "--set", "eval.num_samples=20", "--set", "eval.dims=64", "-q"]
-    r = run_cli(["evaluate", *sets], project, env)  # one real process: exit code, no traceback
+    r = cli(["evaluate", *sets], project, env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "no checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1  # a usage error
 
-    # The other mistakes in this process (each start of the CLI costs ~4 s of imports)
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
-
     def check(extra, code, needle):
-        assert cli.main(["evaluate", *sets, *extra]) == code, extra
-        err = capsys.readouterr().err
-        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        r = cli(["evaluate", *sets, *extra], project, env)
+        assert r.returncode == code, (extra, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
     cases = []
     # A checkpoint whose weights don't match its recorded architecture: runtime failure.
@@ -118,7 +116,7 @@ def test_evaluate_cli_errors(project, standin_torch_home, tmp_path, monkeypatch,
     for extra, code, needle in cases:
         check(extra, code, needle)
     # Weights missing and not downloadable: exit 1 naming the file and where to put it.
-    r = run_cli(["evaluate", *sets], project, {"TORCH_HOME": str(tmp_path / "th")} | _no_network())
+    r = cli(["evaluate", *sets], project, {"TORCH_HOME": str(tmp_path / "th")} | _no_network())
     assert r.returncode == 1, r.stderr
     assert "pt_inception-2015-12-05-6726825d.pth" in r.stderr and str(tmp_path / "th" / "hub") in r.stderr
 

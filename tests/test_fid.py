@@ -24,6 +24,8 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.evaluate import frechet, metrics
 from sagan_core.evaluate import inception as inc
 
+pytestmark = pytest.mark.unit
+
 
 def scipy_frechet(mu1, s1, mu2, s2) -> float:
     """The symmetric textbook form, tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), via eigh (PSD-exact)."""
@@ -367,7 +369,7 @@ def pytorch_fid_cli(cwd, a: str, b: str, env: dict) -> float:
     return float(re.search(r"FID:\s+(\S+)", ref.stdout).group(1))
 
 
-@pytest.mark.slow  # two CLIs over the same folders: ~40 s on 2 cores
+@pytest.mark.e2e  # two CLIs over the same folders: ~40 s on 2 cores
 def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_torch_home):
     from helpers import run_cli
 
@@ -391,7 +393,12 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
     # relative rounding (~3e-6), so the FIDs agree by relative error, not to a fixed number of digits
     assert abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
 
-    # Bad input: one line on stderr, no traceback, exit 2 (usage) -- before any Inception work.
+
+def test_sagan_fid_bad_input_is_one_line_exit_2_before_any_feature_pass(tmp_path, standin_torch_home):
+    from helpers import cli
+
+    write_folder(tmp_path / "a", np.zeros((3, 1, 32, 32), dtype=np.uint8))
+    np.savez(tmp_path / "b.npz", mu=np.zeros(64), sigma=np.eye(64))
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.png").write_text("not a png")
@@ -403,12 +410,12 @@ def test_sagan_fid_agrees_with_pytorch_fid_cli(tmp_path, prepared_demo, standin_
         (["missing", "b.npz"], "no such folder"),
         (["a"], "expected two paths"),
     ]:
-        r = run_cli(["fid", *args, "-q"], tmp_path, env)
+        r = cli(["fid", *args, "-q"], tmp_path, {"TORCH_HOME": str(standin_torch_home)})
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.slow  # two CLIs over the same folders: ~20 s on 2 cores
+@pytest.mark.e2e  # two CLIs over the same folders: ~20 s on 2 cores
 def test_sagan_fid_below_the_feature_dimension_agrees_with_pytorch_fid_cli(
     tmp_path, prepared_demo, standin_torch_home
 ):
@@ -427,6 +434,7 @@ def test_sagan_fid_below_the_feature_dimension_agrees_with_pytorch_fid_cli(
     assert theirs > 1.0 and abs(ours - theirs) <= 1e-5 * theirs, (ours, theirs)
 
 
+@pytest.mark.integration
 def test_folder_decoding_in_workers_equals_serial_and_reports_bad_files(tmp_path):
     """Worker-process decoding (overlapping the Inception pass) yields exactly the serial batches."""
 

@@ -32,7 +32,7 @@ from pipelines.flow.pipeline import StageFailed, sagan_pipeline
 from pipelines.lock import ProjectBusy, project_lock
 from sagan_core.errors import ConfigError
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 UP_TO_DATE = "Data and pipelines are up to date."
 
 

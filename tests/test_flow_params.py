@@ -14,6 +14,8 @@ from pipelines.flow.pipeline import sagan_pipeline
 from pipelines.flow.settings import FlowSettings, split_overrides, to_overrides
 from sagan_core.params_file import load_params
 
+pytestmark = pytest.mark.e2e
+
 
 def _schema_of(prop: dict, defs: dict) -> dict:
     """A property's own schema, through Prefect's/pydantic's `anyOf: [X, null]` and `$ref`s."""
@@ -25,6 +27,8 @@ def _schema_of(prop: dict, defs: dict) -> dict:
     return prop
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_flow_parameters_are_a_typed_form_of_every_params_key():
     schema = sagan_pipeline.parameters.model_dump()
     defs = schema["definitions"]
@@ -42,6 +46,8 @@ def test_flow_parameters_are_a_typed_form_of_every_params_key():
         assert set(form) == set(cls.annotation.model_fields), section
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_form_values_mean_what_the_same_set_strings_mean(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text("train:\n  steps: 7\n")
@@ -83,7 +89,6 @@ def webhook():
     server.server_close()
 
 
-@pytest.mark.slow
 def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect_api, tmp_path):
     proj = pipeline_project(tmp_path / "proj", dvc=False)
     state = sagan_pipeline(settings={"train": {"lr_d": -1}}, project_dir=str(proj), return_state=True)
@@ -91,7 +96,6 @@ def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect
     assert "train.lr_d: expected a positive number, got -1" in state.message
 
 
-@pytest.mark.slow
 def test_failure_and_completion_post_to_the_webhook_named_by_notify_secret(
     prefect_api, tmp_path, monkeypatch, webhook
 ):
@@ -122,7 +126,6 @@ def test_failure_and_completion_post_to_the_webhook_named_by_notify_secret(
     assert received == []
 
 
-@pytest.mark.slow
 def test_sagan_log_lines_reach_the_flow_runs_logs_through_prefect_settings(prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -139,7 +142,6 @@ def test_sagan_log_lines_reach_the_flow_runs_logs_through_prefect_settings(prefe
     assert any("prepared" in m for m in ours), ours
 
 
-@pytest.mark.slow
 def test_tracking_off_is_said_at_the_start_and_register_is_skipped_not_failed(
     prefect_api, tmp_path, webhook, standin_torch_home
 ):

@@ -8,7 +8,7 @@ from helpers import fake_downstream, pipeline_project
 
 from pipelines.flow.pipeline import sagan_pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def test_flow_never_resumes_a_stale_checkpoint(prefect_api, tmp_path, monkeypatch):

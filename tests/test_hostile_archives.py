@@ -28,12 +28,14 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_cli
+from helpers import REPO, cli
 from PIL import Image
 
 from sagan_core.data import archives
 from sagan_core.data.sources import archive_source
 from sagan_core.errors import SaganError
+
+pytestmark = pytest.mark.e2e
 
 GOOD = [f"{c}/img_{i}.png" for c in ("cat", "dog") for i in range(3)]
 
@@ -69,7 +71,7 @@ def write_zip(path: Path, bad_name: str, bad_data: bytes) -> Path:
 def prepare_cli(project: Path, source: str, *extra: str) -> dict:
     """`sagan prepare` on `source`: exit 0, no traceback, every good image kept; the manifest."""
     (project / "params.yaml").write_text(f"data: {{source: {source}, max_rejected_fraction: 0.5}}\n")
-    r = run_cli(["prepare", "--quiet", *extra], cwd=project)
+    r = cli(["prepare", "--quiet", *extra], cwd=project)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     manifest = json.loads((project / "data/prepared/manifest.json").read_text())
@@ -84,6 +86,7 @@ def zip_to_damage(tmp_path: Path, name: str, data: bytes) -> tuple[Path, bytearr
         return z, bytearray(z.read_bytes()), zf.getinfo(name)
 
 
+@pytest.mark.unit
 def test_tar_symlink_to_a_missing_member_is_one_rejected_file(tmp_path):
     tar = tmp_path / "ds.tar"
     with tarfile.open(tar, "w") as tf:
@@ -98,6 +101,7 @@ def test_tar_symlink_to_a_missing_member_is_one_rejected_file(tmp_path):
     assert m["rejected"] == [{"file": "cat/link.png", "reason": "unreadable: link to a missing member"}]
 
 
+@pytest.mark.unit
 def test_zip_member_with_a_bad_crc_is_one_rejected_file(tmp_path):
     z, raw, info = zip_to_damage(tmp_path, "dog/bad.png", png(7))
     # Stored data follows the 30-byte local header, the name and the extra field.
@@ -108,6 +112,7 @@ def test_zip_member_with_a_bad_crc_is_one_rejected_file(tmp_path):
     assert m["rejected"] == [{"file": "dog/bad.png", "reason": "corrupt: bad CRC"}]
 
 
+@pytest.mark.unit
 def test_encrypted_zip_member_is_one_rejected_file(tmp_path):
     z, raw, info = zip_to_damage(tmp_path, "cat/secret.png", png(8))
     name = info.filename.encode()
@@ -252,6 +257,8 @@ def test_links_to_a_huge_zero_member_cost_bounded_memory_and_time(tmp_path, hard
     )
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_links_are_read_once_from_memory_and_never_rewind_the_archive(tmp_path, monkeypatch):
     tar = tmp_path / "ds.tar.gz"
     with tarfile.open(tar, "w:gz") as tf:
@@ -303,6 +310,8 @@ def test_large_member_with_no_image_header_is_rejected_from_its_first_mib(tmp_pa
     assert entry == {"file": "dog/bomb.png", "reason": reason}
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_a_batch_holds_at_most_chunk_bytes(tmp_path, monkeypatch):
     padded = [png(i) + bytes(300_000) for i in range(6)]  # valid PNGs with trailing bytes
     tar = tmp_path / "ds.tar"
@@ -332,6 +341,8 @@ class CountingName(str):
     __hash__ = str.__hash__
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_listing_20k_members_checks_duplicates_in_linear_time(tmp_path, monkeypatch):
     tar = tmp_path / "ds.tar"
     with tarfile.open(tar, "w") as tf:

@@ -29,6 +29,8 @@ from PIL import Image
 from sagan_core.data.decode import read_rgb
 from sagan_core.errors import ConfigError
 
+pytestmark = pytest.mark.e2e
+
 needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc")
 
 
@@ -98,6 +100,8 @@ def test_extreme_aspect_ratio_is_cropped_before_resizing(tmp_path, resolution, c
     assert abs(float(strip.mean()) - 127.5) < 2  # the middle of the ramp: the center crop
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_ordinary_images_keep_resize_then_crop(tmp_path):
     """Below 16:1 the crop-first path is not taken (its box resampling differs by rounding)."""
     from sagan_core.data.decode import to_array
@@ -220,6 +224,8 @@ def test_eps_named_png_is_not_an_image_and_ghostscript_never_runs(tmp_path, stan
     assert not marker.exists(), f"Ghostscript ran: {marker.read_text()}"
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_allowed_formats_still_decode_whatever_their_extension(tmp_path):
     """The allowlist goes by content: a camera's multi-picture JPEG (Pillow: MPO), a PNG named .jpg."""
     from sagan_core.config import DataConfig
@@ -238,6 +244,8 @@ def test_allowed_formats_still_decode_whatever_their_extension(tmp_path):
     assert m["num_images"] == 2 and m["rejected"] == []
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_fid_folder_reader_refuses_eps_without_ghostscript(tmp_path, standin_gs, monkeypatch):
     env, marker = standin_gs
     monkeypatch.setenv("PATH", env["PATH"])

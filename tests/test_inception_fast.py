@@ -4,9 +4,12 @@ stand-in weights (features of order 1e1-1e3: judged relative to their scale)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sagan_core.evaluate import inception as inc
+
+pytestmark = pytest.mark.unit
 
 
 def test_fast_path_features_equal_the_plain_path(standin_torch_home):
@@ -25,6 +28,7 @@ def test_fast_path_features_equal_the_plain_path(standin_torch_home):
     assert ((l1 - l0).abs().max() / l0.abs().max()).item() <= 1e-5
 
 
+@pytest.mark.integration
 def test_cpu_chunks_give_the_same_features_as_one_batch(standin_torch_home, monkeypatch):
     """On CPU Inception runs inception.CPU_CHUNK images at a time (cheaper there); each image's
     features must not depend on that: bit-identical to the whole batch at once, both paths."""

@@ -7,12 +7,15 @@ import json
 import logging
 from types import SimpleNamespace
 
+import pytest
 from helpers import eval_params, write_checkpoint
 
 from pipelines.registry.model_card import version_card
 from pipelines.registry.register import _version_tags
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate import protocol as E
+
+pytestmark = pytest.mark.integration
 
 
 def test_foreign_inception_weights_warn_and_are_recorded_unofficial(
@@ -43,6 +46,7 @@ def test_foreign_inception_weights_warn_and_are_recorded_unofficial(
     assert "Unofficial" not in card
 
 
+@pytest.mark.unit
 def test_official_sha256_is_the_torch_hub_prefix_of_the_file_name():
     # torch hub names files NAME-<first 8 hex of sha256>.pth; the full digest must agree with it.
     assert len(inc.OFFICIAL_SHA256) == 64 and inc.WEIGHTS_NAME.endswith(f"-{inc.OFFICIAL_SHA256[:8]}.pth")

@@ -15,6 +15,8 @@ from pipelines.project import version
 from pipelines.project.create import PRESETS_DIR
 from sagan_core.params_file import load_params
 
+pytestmark = pytest.mark.unit
+
 
 def images(folder: Path, classes: int = 2, per_class: int = 3) -> Path:
     from PIL import Image
@@ -32,6 +34,7 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.integration
 def test_init_makes_a_project_outside_the_repo_on_images_outside_it(tmp_path, capsys):
     data = images(tmp_path / "my images")
     proj = tmp_path / "work/proj"
@@ -61,6 +64,7 @@ def test_init_makes_a_project_outside_the_repo_on_images_outside_it(tmp_path, ca
     )
 
 
+@pytest.mark.integration
 def test_data_inside_the_project_is_a_relative_source(tmp_path, capsys, monkeypatch):
     proj = tmp_path / "proj"
     images(proj / "data/raw/faces")
@@ -73,6 +77,7 @@ def test_data_inside_the_project_is_a_relative_source(tmp_path, capsys, monkeypa
     assert "/data/raw/" in ignored  # in git only as DVC's hash, never the images themselves
 
 
+@pytest.mark.integration
 def test_a_demo_or_torchvision_source_has_no_path_dependency(tmp_path, capsys):
     preset = tmp_path / "tv.yaml"
     text = (

@@ -16,6 +16,8 @@ from test_dvc_plots import assert_all_plots_render
 from pipelines.project import version
 from pipelines.project.create import preset_names
 
+pytestmark = pytest.mark.e2e
+
 UP_TO_DATE = "Data and pipelines are up to date."
 # Toy sizes for any preset (their own resolution kept): 32-px images upsampled (data.min_size), a
 # width-8 model (attention needs 8 channels), 2 steps with one in-training evaluation at the end, 16-sample FID at 64 dims.
@@ -54,7 +56,6 @@ def out_hash(stage: dict, path: str) -> str:
     return out["md5"]
 
 
-@pytest.mark.slow
 def test_own_images_project_reruns_prepare_and_train_when_images_change(
     tmp_path, prefect_api, standin_torch_home
 ):
@@ -99,7 +100,6 @@ def test_own_images_project_reruns_prepare_and_train_when_images_change(
     assert dvc_status(proj) == UP_TO_DATE
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("preset", [p for p in preset_names() if p != "folder64"])
 def test_every_preset_runs_end_to_end_in_a_new_project(
     preset, tmp_path, prefect_api, standin_torch_home, monkeypatch
@@ -122,11 +122,12 @@ def test_every_preset_runs_end_to_end_in_a_new_project(
     assert written["model"]["g_ch"] == 8 and written["registry"] == preset_params["registry"]
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_every_packaged_preset_is_run_end_to_end_by_one_of_these_tests():
     assert "folder64" in preset_names() and len(preset_names()) >= 3
 
 
-@pytest.mark.slow
 def test_pipeline_run_on_another_params_file_runs_the_stages_without_dvc(tmp_path, prefect_api):
     """`--params FILE` (not the project's params.yaml) in a DVC project: said in one line, and the
     stages run without DVC's skip or record (here prepare runs, and fails on FILE's missing data)."""

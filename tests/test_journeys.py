@@ -32,7 +32,7 @@ import yaml
 from helpers import BIN, REPO, dvc, git, image_folder, jpeg, stop_process_group
 from prefect_fixtures import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 UP_TO_DATE = "Data and pipelines are up to date."
 DEPLOYMENT = "sagan-pipeline/scheduled-retrain"  # `sagan pipeline serve`'s default name
 # Toy sizes: a width-8 model (attention needs 8 channels), 4 steps, no in-training evaluation,

@@ -25,6 +25,8 @@ from pipelines.flow import kubernetes_train
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import apply_override, validate
 
+pytestmark = pytest.mark.unit
+
 K8S = ["train.launcher=kubernetes", "train.k8s_image=img:1", "train.k8s_repository=https://git.example/r.git"]
 RUNNING = {"active": 2, "ready": 2}
 COMPLETE = {"succeeded": 2, "conditions": [{"type": "Complete", "status": "True"}]}
@@ -77,12 +79,14 @@ def test_config_names_the_key():
     assert load([*K8S, "train.nnodes=4"]).train.rdzv_endpoint is None  # the manifests set it
 
 
+@pytest.mark.e2e
 def test_sagan_train_refuses_the_kubernetes_launcher(tmp_path):
     r = run_cli(["train", *[a for s in K8S for a in ("--set", s)]], tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "train.launcher" in r.stderr and "sagan pipeline run" in r.stderr
 
 
+@pytest.mark.integration
 def test_submit_applies_the_rendered_manifests_with_the_flows_params(kubectl):
     state = kubectl(statuses=[COMPLETE])
     params = load(
@@ -109,6 +113,7 @@ def test_submit_applies_the_rendered_manifests_with_the_flows_params(kubectl):
     }
 
 
+@pytest.mark.integration
 def test_wait_logs_progress_and_returns_when_the_job_completes(kubectl):
     state = kubectl(statuses=[{}, RUNNING, RUNNING, COMPLETE])
     lines: list[str] = []
@@ -120,6 +125,7 @@ def test_wait_logs_progress_and_returns_when_the_job_completes(kubectl):
     assert lines[3:] == ["job sagan-train-1 succeeded"]
 
 
+@pytest.mark.integration
 def test_a_failed_job_is_one_line_naming_the_failed_pod_and_index(kubectl):
     pod = {
         "metadata": {
@@ -141,6 +147,7 @@ def test_a_failed_job_is_one_line_naming_the_failed_pod_and_index(kubectl):
     assert "lost a peer" in msg  # the pods' last lines
 
 
+@pytest.mark.integration
 def test_a_job_that_never_finishes_times_out_and_is_deleted(kubectl):
     state = kubectl(statuses=[RUNNING])
     with pytest.raises(SaganError, match=r"^kubernetes job sagan-train-1 not done after 0 s: deleted"):
@@ -155,7 +162,7 @@ def test_a_job_that_never_finishes_times_out_and_is_deleted(kubectl):
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_flow_train_task_submits_waits_and_fetches_the_checkpoint(
     prefect_api, kubectl, tmp_path, monkeypatch
 ):

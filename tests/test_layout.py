@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
+pytestmark = pytest.mark.unit
+
 PACKAGES = ("sagan_core", "pipelines", "benchmarks", "tests")
 PROJECT = ("sagan_core", "pipelines")  # the importable packages
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60

@@ -4,6 +4,7 @@ both are in the checkpoint fingerprint."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from helpers import REPO, STATE_KEYS, assert_same_tensors, project_params, subse
 from sagan_core.train import fingerprint
 from sagan_core.train.losses import lecam, lecam_anchors
 from sagan_core.train.trainer import train
+
+pytestmark = pytest.mark.unit
 
 # The last commit before train.diffaug / train.lecam_* existed: the golden training step.
 BEFORE = "f44ed0c62834d5e0f7b542400a0007f854c6df8a"
@@ -63,7 +66,7 @@ def _old_code(tmp_path):
     return old
 
 
-@pytest.mark.slow  # a second Python process training with the old code
+@pytest.mark.e2e  # a second Python process training with the old code
 def test_off_is_bit_identical_to_the_code_before(tmp_path, prepared_demo):
     """3 steps with both options off == the same 3 steps run by the code before them (same checkpoint
     tensors, RNG states and fingerprint)."""
@@ -97,25 +100,38 @@ def test_off_is_bit_identical_to_the_code_before(tmp_path, prepared_demo):
     ]
 
 
+@pytest.mark.integration
 def test_resume_is_bit_exact_with_diffaug_and_lecam(tmp_path, prepared_demo):
+    """The trainer's one bit-exact resume test: 3 steps + resume to 6 == 6 uninterrupted steps, bit for
+    bit (weights, EMA, optimizers, RNGs including DiffAugment's, the loader, LeCam's averages), with
+    every stateful option on: DiffAugment, LeCam, flips, the EMA started mid-run."""
     a, b = tmp_path / "a", tmp_path / "b"
     for p in (a, b):  # 20 images / batch 8: the resumed part crosses epochs
         subset_prepared(prepared_demo, p / "data/prepared", 20)
     extra = {
         "train__steps": 6,
         "train__checkpoint_every": 100,
+        "train__ema_start": 2,
+        "data__hflip": True,
         "train__diffaug": "color,translation,cutout",
         "train__lecam_weight": 0.3,
         "train__lecam_decay": 0.9,
     }
     train(project_params(a, **extra), progress=False)
     train(project_params(b, **(extra | {"train__steps": 3})), progress=False)
+    assert torch.load(b / "models/checkpoint.pt", weights_only=True)["step"] == 3
     train(project_params(b, **extra), resume=True, progress=False)
     ca, cb = (torch.load(p / "models/checkpoint.pt", weights_only=True) for p in (a, b))
     assert ca["step"] == cb["step"] == 6
     assert "augment" in ca["rng"] and ca["lecam"].shape == (2,)
     for key in (*STATE_KEYS, "opt_g", "opt_d", "rng", "loader", "ema_n_averaged", "lecam"):
         assert_same_tensors(ca[key], cb[key], key)
+    # the training curve of the resumed run is the uninterrupted one, without duplicate rows
+    rows_a, rows_b = (
+        list(csv.DictReader((p / "metrics/train.csv").read_text().splitlines())) for p in (a, b)
+    )
+    assert [r["step"] for r in rows_b] == [str(i) for i in range(1, 7)]
+    assert [r["loss_d"] for r in rows_a] == [r["loss_d"] for r in rows_b]
 
 
 def test_options_change_the_step(tmp_path, prepared_demo):

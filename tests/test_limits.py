@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from helpers import project_params, run_cli
+from helpers import cli, project_params
 
 from pipelines import stages
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
@@ -23,8 +25,9 @@ def test_sizes_that_allocate_have_upper_bounds(key, tmp_path):
         load_params(tmp_path / "params.yaml", [f"{key}=1000000000"])
 
 
+@pytest.mark.unit
 def test_a_billion_eval_samples_is_an_exit_2_error_at_validation(tmp_path):
-    r = run_cli(["evaluate", "--set", "eval.num_samples=1000000000"], cwd=tmp_path)
+    r = cli(["evaluate", "--set", "eval.num_samples=1000000000"], cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == "sagan: error: eval.num_samples: expected a number <= 1000000, got 1000000000"
 
@@ -38,7 +41,7 @@ class _Records(logging.Handler):
         self.lines.append(f"{record.name}: {record.getMessage()}")
 
 
-@pytest.mark.slow  # a tracked training run with in-training evaluation
+@pytest.mark.integration  # a tracked training run with in-training evaluation
 def test_tracked_run_with_in_training_evaluation_logs_no_model_config_warning(
     project, monkeypatch, standin_torch_home, capfd
 ):

@@ -11,6 +11,8 @@ import torch
 
 from sagan_core.data.dataset import BatchLoader, PreparedData
 
+pytestmark = pytest.mark.unit
+
 
 def fake_data(n: int, res: int = 8, channels: int = 3) -> PreparedData:
     """Image i is filled with a value derived from i and carries label i: batches reveal indices."""

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import REPO, SAGAN, free_port, project_params, run_cli, tiny_overrides
+from helpers import REPO, SAGAN, cli, free_port, project_params, run_cli, tiny_overrides
 from mlflow_fixtures import SECRET_KEY
 
 from sagan_core.config import Params
 
-pytestmark = pytest.mark.slow  # a real mlflow server and S3 server, and a CLI training run
+pytestmark = pytest.mark.e2e  # a real mlflow server and S3 server, and a CLI training run
 
 MODEL = "sagan-e2e"
 
@@ -181,7 +181,7 @@ def test_sample_from_the_registry_and_from_a_checkpoint(trained, mlflow_server, 
     )
     assert r.returncode == 0, r.stderr
     assert Image.open(grid).size[0] > 32
-    r = run_cli(
+    r = cli(  # in this process (the command's process boundary is proven just above)
         ["sample", "--model", str(project / "models/checkpoint.pt"), "--n", "3", "--out-dir", str(folder)],
         project,
     )
@@ -192,7 +192,7 @@ def test_sample_from_the_registry_and_from_a_checkpoint(trained, mlflow_server, 
         "sample_0002.png",
     ]
     assert Image.open(folder / "sample_0000.png").size == (32, 32)
-    r = run_cli(["sample", "--model", f"models:/{MODEL}@champion", "--class", "10"], project)
+    r = cli(["sample", "--model", f"models:/{MODEL}@champion", "--class", "10"], project)
     assert r.returncode == 2 and "--class" in r.stderr
 
 

@@ -13,6 +13,8 @@ from sagan_core.model.layers import SelfAttention
 from sagan_core.model.networks import ModelSpec, attention_blocks, build_models
 from sagan_core.train.losses import d_hinge, g_hinge
 
+pytestmark = pytest.mark.unit
+
 
 def spec_for(res: int, num_classes: int = 10, channels: int = 3, **kw) -> ModelSpec:
     attn = tuple(default_attention(res))
@@ -235,6 +237,7 @@ def test_attention_at_a_resolution_the_network_lacks_is_rejected(key, value, mes
         build_models(spec_for(32, **{key: tuple(value)}))
 
 
+@pytest.mark.e2e
 def test_params_validation_does_not_import_torch():
     code = "import sys; import sagan_core.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

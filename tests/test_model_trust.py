@@ -18,7 +18,7 @@ import yaml
 from helpers import REPO, run_cli, write_checkpoint
 
 MODEL = "sagan-trust"
-pytestmark = pytest.mark.slow  # runs `sagan sample` against an MLflow store, as commands
+pytestmark = pytest.mark.e2e  # runs `sagan sample` against an MLflow store, as commands
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,8 @@ def _foreign_models(folder: Path, root: Path, marker: Path) -> dict[str, Path]:
     return {"foreign": foreign, "pickled": pickled, "network": network}
 
 
+@pytest.mark.integration
+@pytest.mark.unit
 def test_foreign_or_pickled_models_are_refused_without_running_them(logged, tmp_path):
     from pipelines.registry.sampling import load_sampler, verified_copy
     from sagan_core.config import Params

@@ -33,7 +33,7 @@ from helpers import (
 
 from sagan_core.config import Params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 ENV = {"OMP_NUM_THREADS": "1", "SAGAN_TRACKING": "0"}
 
 

@@ -4,13 +4,15 @@ the runs themselves are in test_multinode.py)."""
 from __future__ import annotations
 
 import pytest
-from helpers import run_cli
+from helpers import cli
 
 from pipelines.launch import _Filter, rendezvous_args, torchrun_command
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import apply_override, validate
 from sagan_core.train import fingerprint
+
+pytestmark = pytest.mark.unit
 
 
 def load(sets: list[str]) -> Params:
@@ -39,8 +41,9 @@ def test_bad_values_name_the_key(sets, key):
     assert str(e.value).startswith(f"{key}:"), e.value
 
 
+@pytest.mark.unit
 def test_cli_exit_2_names_the_key(tmp_path):
-    r = run_cli(["train", "--set", "train.nnodes=3"], tmp_path)
+    r = cli(["train", "--set", "train.nnodes=3"], tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "train.rdzv_endpoint" in r.stderr, r.stderr
 
 

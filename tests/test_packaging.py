@@ -12,8 +12,11 @@ import importlib.metadata as md
 import re
 import sys
 
+import pytest
 import tomllib
 from helpers import REPO
+
+pytestmark = pytest.mark.unit
 
 # Declared but never imported, on purpose, and why.
 USED_WITHOUT_IMPORT = {

@@ -9,6 +9,8 @@ import pytest
 
 from sagan_core.evaluate.prdc import kth_neighbour_radii, prdc
 
+pytestmark = pytest.mark.unit
+
 
 def features(seed: int, n: int, shift: float, dims: int = 32) -> np.ndarray:
     """Clustered features of Inception-like magnitude (~1e2-1e3), float32 like FID's."""

@@ -14,6 +14,8 @@ from sagan_core.model.layers import GBlock, SelfAttention, sn_conv
 from sagan_core.train import precision
 from sagan_core.train.trainer import Trainer
 
+pytestmark = pytest.mark.unit
+
 
 def test_gblock_shortcut_before_upsample_equals_upsample_first():
     """The 1x1 shortcut conv now runs before the nearest upsampling; the official order is the reverse."""

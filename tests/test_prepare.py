@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import project_params, run_cli
+from helpers import cli, project_params
 from PIL import Image
 
 from sagan_core.config import DataConfig
 from sagan_core.data.prepare import prepare, rejection_summary
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.train.trainer import train
+
+pytestmark = pytest.mark.unit
 
 
 def cfg(tmp: Path, source, **kw) -> DataConfig:
@@ -90,6 +92,7 @@ def plant_bad_files(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.integration
 def test_each_broken_file_is_rejected_with_its_reason_and_nothing_valid_is_lost(tmp_path):
     root = image_folder(tmp_path / "src")
     expected = plant_bad_files(root)
@@ -106,22 +109,24 @@ def test_each_broken_file_is_rejected_with_its_reason_and_nothing_valid_is_lost(
     assert json.loads((tmp_path / "prepared/manifest.json").read_text()) == m
 
 
+@pytest.mark.integration
 def test_cli_prints_rejection_summary_and_the_folder_trains(tmp_path):
     root = image_folder(tmp_path / "src")
     plant_bad_files(root)
     (tmp_path / "params.yaml").write_text("data: {source: src, channels: 3, max_rejected_fraction: 0.5}\n")
-    r = run_cli(["prepare", "--quiet"], cwd=tmp_path)
+    r = cli(["prepare", "--quiet"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "24 images" in r.stderr and "8 rejected" in r.stderr and "truncated: 2" in r.stderr
     summary = train(project_params(tmp_path, data__channels=3, train__steps=2), progress=False)
     assert summary["step"] == 2 and (tmp_path / "models/checkpoint.pt").exists()
 
 
+@pytest.mark.unit
 def test_too_many_rejections_fail_with_exit_1_and_a_clear_message(tmp_path):
     root = image_folder(tmp_path / "src", per_class=3)
     plant_bad_files(root)
     (tmp_path / "params.yaml").write_text("data: {source: src}\n")
-    r = run_cli(["prepare", "--quiet"], cwd=tmp_path)
+    r = cli(["prepare", "--quiet"], cwd=tmp_path)
     assert r.returncode == 1
     assert "rejected" in r.stderr and "data.max_rejected_fraction" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -155,6 +160,7 @@ def test_class_names_are_sorted_not_file_order(tmp_path):
         assert np.all(np.abs(images[labels == label].astype(int) - colour) <= 1)
 
 
+@pytest.mark.integration
 def test_content_hash_is_deterministic_and_tracks_content(tmp_path):
     root = image_folder(tmp_path / "src")
     h1 = prepare(cfg(tmp_path / "a", root, workers=2), progress=False)["content_hash"]

@@ -20,6 +20,8 @@ from sagan_core.config import DataConfig
 from sagan_core.data.dataset import open_prepared
 from sagan_core.errors import SaganError
 
+pytestmark = pytest.mark.unit
+
 
 def folder(root: Path, shade: int, n: int = 6) -> Path:
     for i in range(n):

@@ -15,6 +15,8 @@ from pipelines.cli import main as cli
 from pipelines.project.create import PRESETS_DIR
 from sagan_core.params_file import load_params
 
+pytestmark = pytest.mark.unit
+
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
 
 
@@ -100,6 +102,7 @@ def test_the_package_ships_the_presets_and_the_repo_keeps_no_second_copy():
     assert [f for f in data if not any(fnmatch(f, g) for g in globs)] == []  # all in the wheel
 
 
+@pytest.mark.integration
 def test_init_dot_makes_a_preset_the_params_yaml_and_never_overwrites_silently(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # an existing project's own dvc.yaml: kept

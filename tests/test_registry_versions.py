@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from helpers import project_params
 
-pytestmark = pytest.mark.slow  # three short trainings, six Inception passes
+pytestmark = pytest.mark.integration  # three short trainings, six Inception passes
 
 
 def _images(root: Path, classes: int, per_class: int, seed: int) -> None:

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from helpers import STATE_KEYS, assert_same_tensors, project_params, run_cli, subset_prepared
+from helpers import STATE_KEYS, assert_same_tensors, cli, project_params, subset_prepared
 
 from pipelines import stages
 from pipelines.resume_from import fetch
 
-pytestmark = pytest.mark.slow  # three trainings and an MLflow store
+pytestmark = pytest.mark.integration  # three trainings and an MLflow store
 
 
 def test_resume_from_a_run_continues_bit_exactly_in_an_empty_clone(tmp_path, prepared_demo, monkeypatch):
@@ -45,6 +45,7 @@ def test_resume_from_a_run_continues_bit_exactly_in_an_empty_clone(tmp_path, pre
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.unit
 def test_resume_from_errors_are_one_line(project):
-    r = run_cli(["train", "--resume-from", str(project / "nope.pt")], project)
+    r = cli(["train", "--resume-from", str(project / "nope.pt")], project)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope.pt" in r.stderr, r.stderr

@@ -27,6 +27,8 @@ from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import load_params
 
+pytestmark = pytest.mark.unit
+
 NAME = "SAGAN_TEST_NOTIFY_WEBHOOK"
 
 
@@ -94,6 +96,7 @@ def _state(name: str, message: str | None = None, result=None) -> SimpleNamespac
 
 
 # ---- params hold a name, never the URL -----------------------------------------------------------------
+@pytest.mark.e2e
 def test_notify_url_in_params_is_exit_2_naming_the_key_and_the_way_instead(tmp_path):
     marker = "tok-params-5be1c3"
     (tmp_path / "params.yaml").write_text(f"pipeline:\n  notify_url: https://hooks.example.com/{marker}\n")
@@ -200,7 +203,7 @@ def test_hooks_are_registered_for_every_end_state_and_each_posts(servers, monkey
     assert server.bodies == []
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_url_comes_from_a_prefect_secret_block_when_no_env_var_is_set(prefect_api, servers, caplog):
     from prefect.blocks.system import Secret
 
@@ -214,7 +217,7 @@ def test_the_url_comes_from_a_prefect_secret_block_when_no_env_var_is_set(prefec
 
 
 # ---- end to end: the marker is nowhere -----------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_webhook_url_is_stored_and_shown_nowhere_after_training_and_a_flow_run(
     tmp_path, prefect_api, standin_torch_home, prepared_demo, servers
 ):

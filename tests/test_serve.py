@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO, SAGAN, checkpoint_step, pipeline_project, stop_process_group
 from prefect_fixtures import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 PREFECT = [sys.executable, "-m", "prefect"]
 
 

@@ -26,6 +26,8 @@ from helpers import free_port, run_cli, stop_process_group, tiny_overrides
 
 from pipelines.tracking.generator_pyfunc import truncated_normal
 
+pytestmark = pytest.mark.e2e
+
 
 def _truncated_normal_variance(t: float) -> float:
     """Variance of N(0, 1) conditioned on |z| <= t (closed form, independent of the sampler)."""
@@ -34,6 +36,8 @@ def _truncated_normal_variance(t: float) -> float:
     return 1 - 2 * t * pdf / mass
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_truncation_redraws_exactly_the_entries_beyond_t():
     t = 0.5
     plain = torch.randn(2048, 16, generator=torch.Generator().manual_seed(7))
@@ -46,6 +50,8 @@ def test_truncation_redraws_exactly_the_entries_beyond_t():
     assert abs(z.mean().item()) < 0.01
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_no_truncation_is_plain_noise_and_bad_values_are_refused():
     z = truncated_normal(8, 16, None, torch.Generator().manual_seed(3))
     assert torch.equal(z, torch.randn(8, 16, generator=torch.Generator().manual_seed(3)))
@@ -54,6 +60,8 @@ def test_no_truncation_is_plain_noise_and_bad_values_are_refused():
             truncated_normal(2, 4, bad, torch.Generator())
 
 
+@pytest.mark.unit
+@pytest.mark.unit
 def test_sample_refuses_a_bad_truncation_before_loading_anything(tmp_path):
     from pipelines.registry.sampling import sample
     from sagan_core.config import Params
@@ -151,7 +159,6 @@ def served(registered, tmp_path_factory):
         yield url
 
 
-@pytest.mark.slow
 def test_served_champion_answers_png_images_of_the_requested_classes(registered, served):
     from PIL import Image
 
@@ -173,7 +180,6 @@ def test_served_champion_answers_png_images_of_the_requested_classes(registered,
     assert status >= 400 and "eleven" in json.dumps(answer)
 
 
-@pytest.mark.slow
 def test_served_model_refuses_over_budget_and_huge_seeds_in_one_line(served):
     from pipelines.tracking.generator_pyfunc import MAX_IMAGES
 
@@ -188,7 +194,6 @@ def test_served_model_refuses_over_budget_and_huge_seeds_in_one_line(served):
         assert "Traceback" not in body and "stack_trace" not in answer, body[-2000:]
 
 
-@pytest.mark.slow
 def test_sample_from_the_champion_with_truncation(registered, tmp_path):
     from PIL import Image
 
@@ -201,7 +206,6 @@ def test_sample_from_the_champion_with_truncation(registered, tmp_path):
     assert np.abs(got.astype(int) - _expected_pixels(project, 4, 2, 5, 0.5)).max() <= 1
 
 
-@pytest.mark.slow
 def test_registered_version_and_model_carry_model_cards(registered):
     from mlflow import MlflowClient
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from helpers import run_cli
+from helpers import cli
 from mlflow.exceptions import MlflowException
 
 from pipelines.tracking.generator_pyfunc import BATCH, MAX_IMAGES, GeneratorModel
+
+pytestmark = pytest.mark.unit
 
 
 def _model(fail: bool = False) -> tuple[GeneratorModel, list[int]]:
@@ -80,11 +82,12 @@ def test_generation_stops_once_the_servers_timeout_has_passed(monkeypatch):
     assert e.message.startswith("timed out") and 1 <= len(batches) < MAX_IMAGES // BATCH
 
 
+@pytest.mark.unit
 def test_sample_n_over_the_bound_is_exit_2_in_one_line(tmp_path):
-    r = run_cli(["sample", "--model", "nowhere.pt", "--n", str(MAX_IMAGES + 1)], tmp_path)
+    r = cli(["sample", "--model", "nowhere.pt", "--n", str(MAX_IMAGES + 1)], tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"--n: expected 1..{MAX_IMAGES} images" in r.stderr
-    r = run_cli(["sample", "--model", "nowhere.pt", "--seed", str(2**64)], tmp_path)
+    r = cli(["sample", "--model", "nowhere.pt", "--seed", str(2**64)], tmp_path)
     assert r.returncode == 2 and "--seed: expected 0 <= seed < 2**63" in r.stderr, r.stderr
 
 

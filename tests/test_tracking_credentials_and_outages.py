@@ -20,7 +20,7 @@ from helpers import REPO, SAGAN, free_port, pipeline_project, project_params, ru
 
 from pipelines.tracking.names import train_metric
 
-pytestmark = pytest.mark.slow  # a real mlflow server and S3 server, and CLI training runs
+pytestmark = pytest.mark.e2e  # a real mlflow server and S3 server, and CLI training runs
 
 MARKER = "pw-sagan-marker-9d2e41"  # the planted password: it must show up nowhere
 FAST_FAIL = {
@@ -263,6 +263,8 @@ def test_pipeline_run_keeps_the_password_out_of_prefect_and_its_output(
     assert db in files and all(MARKER.encode() not in f.read_bytes() for f in files)
 
 
+@pytest.mark.integration
+@pytest.mark.unit
 def test_final_report_of_pipeline_run_shows_no_password(monkeypatch):
     from pipelines.flow.report import RunSummary, final_report
     from sagan_core.config import Params

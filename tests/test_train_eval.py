@@ -15,6 +15,8 @@ from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.train import standing_stats
 from sagan_core.train.trainer import Trainer, train
 
+pytestmark = pytest.mark.unit
+
 EVAL = {
     "eval__reference_size": 20,
     "eval__batch_size": 10,
@@ -30,7 +32,7 @@ def rows(project):
     return list(csv.DictReader((project / "metrics/train.csv").read_text().splitlines()))
 
 
-@pytest.mark.slow  # two Inception passes + the reference: ~20 s on 2 cores
+@pytest.mark.integration  # two Inception passes + the reference: ~20 s on 2 cores
 def test_eval_during_training_best_and_kept_checkpoints(project, monkeypatch, standin_torch_home):
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
     extra = EVAL | {"eval__cache_dir": str(project / "cache"), "train__log_every": 3}
@@ -78,6 +80,7 @@ def test_no_inception_weights_trains_on_with_one_warning(project, monkeypatch, t
     assert all(r["kid"] == "" for r in rows(project))
 
 
+@pytest.mark.integration
 def test_ema_generator_gets_its_own_batchnorm_statistics(project):
     """With G's copied running statistics, the EMA generator's eval-mode output is far from what its
     own weights produce with batch statistics; standing statistics close most of that gap."""

@@ -14,6 +14,8 @@ import torch
 
 from pipelines.tracking.uploads import Uploader
 
+pytestmark = pytest.mark.unit
+
 
 def _os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
