@@ -9,7 +9,8 @@ sqlite:///mlflow.db), toy sizes through `--set`, the stand-in Inception weights 
    rerun prepare and train, and the new version is compared with the champion on equal terms.
 3. Promotion by hand: `sagan models list|promote|rollback` on that project's registry; the next
    scheduled run keeps what the person decided.
-4. A scheduled run that fails (every image broken) says why on the flow run in Prefect and moves
+4. Upgrading sagan: the project shows every stage changed until `sagan init . --upgrade`.
+5. A scheduled run that fails (every image broken) says why on the flow run in Prefect and moves
    nothing in the registry.
 
 Slow: a few minutes on 2 cores (five pipeline runs, one Prefect server start).
@@ -123,6 +124,7 @@ class Retrained:
         self.manifests: list[dict] = []
         self.locks: list[dict] = []
         self.registries: list[dict[int, dict]] = []
+        self.pending = ""  # `dvc status` between the image change and the next run
 
     def record(self, run_id: str) -> None:
         self.runs.append(run_id)
@@ -222,6 +224,7 @@ def retrained(tmp_path_factory, prefect_server, standin_torch_home) -> Retrained
             wait_for("the served deployment", served, timeout=180, every=2)
             done.record(done.trigger()["id"])
             assert change_images(images) == 31
+            done.pending = dvc(["status"], done.proj, env).stdout
             done.record(done.trigger()["id"])
             yield done
         finally:
@@ -244,9 +247,14 @@ def test_scheduled_retraining_reruns_on_new_images_and_compares_on_equal_terms(r
     assert "prepared 24 images" in first and f"{r.model} v1: champion" in first, first[-3000:]
     assert r.registries[0].keys() == {1} and r.registries[0][1]["aliases"] == ["champion"], r.registries[0]
 
+    # DVC saw the changed folder before the run (prepare's dependency; train follows from its output)
+    source = yaml.safe_load((r.proj / "params.yaml").read_text())["data"]["source"]
+    assert "prepare:" in r.pending and re.search(rf"modified:\s+{re.escape(source)}", r.pending), r.pending
     # the second run prepared and trained again: new images, new data hash, new checkpoint
     assert "prepared 31 images" in second and "training from step 0" in second, second[-3000:]
     assert r.manifests[1]["content_hash"] != r.manifests[0]["content_hash"]
+    sources = [d["md5"] for lock in r.locks for d in lock["prepare"]["deps"] if d["path"] == source]
+    assert len(sources) == 2 and sources[0] != sources[1], sources
     for stage, out in (("prepare", "data/prepared"), ("train", "models/checkpoint.pt")):
         hashes = [o["md5"] for lock in r.locks for o in lock[stage]["outs"] if o["path"] == out]
         assert len(hashes) == 2 and hashes[0] != hashes[1], (stage, hashes)
@@ -315,6 +323,20 @@ def test_promotion_by_hand_list_promote_rollback(retrained):
     missing = sagan(["models", "promote", "999"], r.proj, env)
     assert missing.returncode == 2, tail(missing)
     assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr, tail(missing)
+
+
+# ---- upgrading sagan ---------------------------------------------------------------------------------
+def test_another_sagan_version_shows_every_stage_changed_until_init_upgrade_records_it(retrained):
+    """Stands in for a real upgrade (one sagan version exists): the project records another version."""
+    from pipelines.project import version
+
+    r = retrained
+    version.write(r.proj, "0.0.1")
+    pending = dvc(["status"], r.proj, r.env).stdout
+    assert all(f"{stage}:" in pending for stage in ("prepare", "train", "evaluate")), pending
+    upgraded = sagan(["init", ".", "--upgrade"], r.proj, r.env)
+    assert upgraded.returncode == 0, tail(upgraded)
+    assert dvc(["status"], r.proj, r.env).stdout.strip() == UP_TO_DATE
 
 
 # ---- a scheduled run that cannot succeed ---------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import free_port, run_cli, stop_process_group, tiny_overrides
+from helpers import cli, free_port, run_cli, stop_process_group, tiny_overrides
 
 from pipelines.tracking.generator_pyfunc import truncated_normal
 
@@ -86,8 +86,9 @@ def registered(tmp_path_factory, prepared_demo, standin_torch_home):
     raw["registry"] = {"model_name": MODEL, "experiment": "serving", "tracking_uri": uri}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {"SAGAN_TRACKING": "1", "TORCH_HOME": str(standin_torch_home)}
+    # the commands in this process (~15 s less): the commands as processes are test_mlflow's fixture
     for args in (["train", "-q"], ["evaluate", "-q"], ["register"]):
-        r = run_cli(args, project, env)
+        r = cli(args, project, env)
         assert r.returncode == 0, f"sagan {args[0]}: {r.stderr[-3000:]}"
     return project, uri
 
