@@ -25,12 +25,30 @@ log = logging.getLogger("sagan")
 _STARTED = time.time()
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):  # not Linux: set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def user_mode(directory: bool = False) -> int:
+    """The mode open()/mkdir() would give under the user's umask (mkstemp/mkdtemp give 0600/0700)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through `write(file)`, atomically (see the module docstring)."""
+    """Write `path` through `write(file)`, atomically (see the module docstring), with the mode a
+    plain open() would give it under the user's umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, user_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -38,6 +38,9 @@ def diffaug_ops(policy: str) -> tuple[str, ...]:
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
 
+INT64_MAX = 2**63 - 1  # seeds beyond it overflow inside torch ("Overflow when unpacking long long")
+
+
 class Section(BaseModel):
     # No inf/NaN anywhere: `lr_d: .inf` would pass `> 0` and only surface as a diverged run.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -105,7 +108,7 @@ class TrainConfig(Section):
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.9, ge=0, lt=1)  # the paper says 0.9; the official code used 0.999
     n_dis: int = Field(1, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=INT64_MAX)  # torch and numpy seeds are 64-bit
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start: int = Field(0, ge=0)  # before this step the EMA copy just tracks G
     checkpoint_every: int = Field(500, gt=0)
@@ -240,7 +243,9 @@ class EvalConfig(Section):
     num_samples: int = Field(1000, ge=10, le=1_000_000)
     # Inception batch; bounds GPU memory / RAM, not the results (4096 at 299 px is ~4 GiB of input alone)
     batch_size: int = Field(50, gt=0, le=4096)
-    seed: int = 0  # noise seed of the samples (class-balanced labels when conditional)
+    seed: int = Field(
+        0, ge=0, le=INT64_MAX
+    )  # noise seed of the samples (class-balanced labels when conditional)
     # "prepared": the prepared dataset's statistics (cached); or a pytorch-fid .npz file made elsewhere
     reference_split: str = "prepared"
     reference_size: int | None = Field(1000, ge=2)  # a fixed seeded subset of the dataset; null = all
@@ -371,6 +376,33 @@ class Params(Section):
                         f"a multiple of 8: make model.{width_key} a multiple of {8 // math.gcd(8, mults[i])} "
                         f"or move model.{key}"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_apart_from_the_source(self) -> Params:
+        """No output may be, contain or sit inside data.source (a folder or an archive): prepare
+        replaces data.prepared_dir whole (`data.prepared_dir=data` with images in data/raw would
+        delete them), and outputs written among the images would be read back as images."""
+        source = self.data.source
+        if source == "demo" or source.startswith("torchvision:"):
+            return self
+        src = Path(source).expanduser().resolve()
+        outputs = {
+            "data.prepared_dir": self.data.prepared_dir,
+            "train.out_dir": self.train.out_dir,
+            "train.samples_dir": self.train.samples_dir,
+            "train.metrics_file": self.train.metrics_file,
+            "eval.metrics_file": self.eval.metrics_file,
+            "eval.cache_dir": self.eval.cache_dir,
+        }
+        for key, value in outputs.items():
+            out = Path(value).expanduser().resolve()
+            if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+                where = "is" if out == src else "lies inside" if out.is_relative_to(src) else "contains"
+                raise ValueError(
+                    f"{key}: got {value!r}, which {where} data.source {source!r}; outputs and images "
+                    f"must not overlap (prepare replaces data.prepared_dir whole): move {key} elsewhere"
+                )
         return self
 
     def flat(self) -> dict[str, Any]:

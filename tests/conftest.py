@@ -18,7 +18,13 @@ from sagan_core.config import Params
 
 pytest_plugins = ["lanes", "mlflow_fixtures", "prefect_fixtures"]
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# At most 2 torch threads, the cores shared among pytest-xdist's workers (`-n auto` on 2 cores: one
+# each). The commands the tests start use as many (OMP_NUM_THREADS): a reduction's result depends on
+# the thread count, and tests compare this process's weights with theirs bit for bit.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 
 # MLflow tracking is on by default for the CLI stages (registry.tracking); the suite turns it off
 # so tests that train do not need a tracking store. MLflow tests (tests/test_mlflow.py) set

@@ -76,6 +76,8 @@ def test_absent_default_params_file_still_means_defaults(tmp_path, monkeypatch):
         ("model.d_ch=100000", "model.d_ch: expected a number <= 1024"),
         ("train.batch_size=10000000", "train.batch_size: expected a number <= 8192"),
         ("eval.batch_size=10000000", "eval.batch_size: expected a number <= 4096"),
+        ("train.seed=1180591620717411303424", "train.seed: expected a number <= 9223372036854775807"),
+        ("eval.seed=-1", "eval.seed: expected a number >= 0"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, monkeypatch, assignment, message):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sagan_core.atomic import write_atomic, write_json
+from sagan_core.atomic import user_mode, write_atomic, write_json
 from sagan_core.config import DataConfig
 from sagan_core.data.dataset import content_hash
 from sagan_core.data.decode import decode_all
@@ -78,9 +78,11 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
         raise SaganError(f"data.source {cfg.source!r}: no images found ({total} rejected)")
     out = Path(cfg.prepared_dir)
     out = out.resolve() if out.is_symlink() else out  # a link to a bigger disk: build there
+    _refuse_foreign(out)  # before the decoding work, and again at the swap
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out)
     new = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    new.chmod(user_mode(directory=True))  # mkdtemp's 0700 would outlive the swap
     try:
         manifest = _build(source, cfg, new, progress)
         _swap_in(new, out)
@@ -173,9 +175,39 @@ def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], t
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
 
+PREPARED_FILES = frozenset({"images.npy", "labels.npy", "manifest.json"})
+
+
+def _refuse_foreign(out: Path) -> None:
+    """The swap deletes the previous `out`: only a prepared dataset (its three files, and partial
+    writes of them: `.<name>.*.tmp`, `<name>.tmp` from older sagan versions) or an empty folder may be
+    there, never what sagan did not write."""
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise SaganError(
+            f"data.prepared_dir {str(out)!r}: not a folder; sagan replaces it whole, so it "
+            "must be a prepared dataset or absent (choose another data.prepared_dir)"
+        )
+    foreign = sorted(
+        p.name for p in out.iterdir() if p.name not in PREPARED_FILES and not _partial_write(p.name)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise SaganError(
+            f"data.prepared_dir {str(out)!r} holds files sagan did not write ({shown}); "
+            "prepare replaces that folder whole, so it refuses: choose another data.prepared_dir"
+        )
+
+
+def _partial_write(name: str) -> bool:
+    return name.endswith(".tmp") and name.lstrip(".").startswith(tuple(PREPARED_FILES))
+
+
 def _swap_in(new: Path, out: Path) -> None:
-    """`new` becomes `out` in one step; the previous `out` (if any) is deleted after."""
+    """`new` becomes `out` in one step; the previous `out` (if any, a prepared dataset) is deleted after."""
     _fsync_dir(new)
+    _refuse_foreign(out)
     if not os.path.lexists(out):
         os.rename(new, out)
     elif _exchange(new, out):  # `new` now names the previous dataset
