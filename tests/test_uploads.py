@@ -17,6 +17,16 @@ from pipelines.tracking.uploads import Uploader
 pytestmark = pytest.mark.unit
 
 
+@pytest.fixture(autouse=True)
+def two_torch_threads():
+    """Two torch threads whatever the worker's share of the cores (one under `-n 2`): with one there is
+    no team to see."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def _os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
@@ -47,7 +57,6 @@ def test_a_job_runs_torch_without_a_thread_team_and_leaves_the_trainers_threads_
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux /proc")
-@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one torch thread: no team to see")
 def test_the_thread_count_sees_a_team():
     """The measurement above is sensitive: the same work on a plain thread starts a team."""
     seen: dict[str, int] = {}
