@@ -39,17 +39,8 @@ def sync(device: torch.device) -> None:
 
 def cuda_tests(ctx) -> dict:
     """tests/test_cuda.py under pytest (on a CPU machine every test skips: reported, not hidden)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-n",
-        "0",
-        "tests/test_cuda.py",
-    ]  # one process: one GPU
+    # -n 0: in one process (pyproject's addopts would start a pytest-xdist worker per core on one GPU)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_cuda.py"]
     r = subprocess.run(
         cmd, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True
     )

@@ -397,8 +397,9 @@ class Params(Section):
         }
         for key, value in outputs.items():
             out = Path(value).expanduser().resolve()
-            if out == src or out.is_relative_to(src) or src.is_relative_to(out):
-                where = "is" if out == src else "lies inside" if out.is_relative_to(src) else "contains"
+            inside, contains = out.is_relative_to(src), src.is_relative_to(out)  # both: the same path
+            if inside or contains:
+                where = "is" if inside and contains else "lies inside" if inside else "contains"
                 raise ValueError(
                     f"{key}: got {value!r}, which {where} data.source {source!r}; outputs and images "
                     f"must not overlap (prepare replaces data.prepared_dir whole): move {key} elsewhere"

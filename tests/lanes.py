@@ -104,7 +104,8 @@ def pytest_collection_modifyitems(config, items):
         )
     if other_lanes:
         config.hook.pytest_deselected(items=other_lanes)
-        items[:] = [item for item in items if item not in other_lanes]
+        dropped = set(map(id, other_lanes))
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 def _guard(item: pytest.Item):
