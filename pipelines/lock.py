@@ -7,7 +7,9 @@ lock is taken in the commands, never in pipelines/stages.py: the flow, which hol
 stages in-process and so never waits on itself. DDP ranks never take it: the process that launched
 them holds it (`sagan train` or the flow; launch.py marks the ranks' environment), and a bare
 `torchrun` of `sagan train` has rank 0 take it for all of them. Not reentrant: a second take in
-the same process is refused like any other (a clear error, never a hang).
+the same process is refused like any other (a clear error, never a hang), except by the flow
+(`reentrant=True`) when `sagan pipeline run` took it before starting Prefect's temporary server: a
+second run is then refused at once, not after the server's start-up.
 
 The kernel drops the lock when its holder dies (even by kill -9), so a crashed run never leaves a
 stale lock behind. The file says who holds it: "pid N on host H since T", the refusal names it.
@@ -30,6 +32,9 @@ LOCK_FILE = ".sagan/pipeline.lock"
 HELD_BY_LAUNCHER = "SAGAN_PROJECT_LOCK_HELD"
 
 
+_HELD: set[Path] = set()  # lock files `sagan pipeline run` holds for its flow (the reentrant take)
+
+
 class ProjectBusy(SaganError):
     """Another sagan run holds the project lock."""
 
@@ -41,9 +46,19 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def project_lock(root: str | Path = ".", timeout_s: float = 0.0, poll_s: float = 0.2) -> Iterator[Path]:
-    """Hold the project's lock; wait up to `timeout_s`, then fail naming the holder."""
+def project_lock(
+    root: str | Path = ".",
+    timeout_s: float = 0.0,
+    poll_s: float = 0.2,
+    for_flow: bool = False,
+    reentrant: bool = False,
+) -> Iterator[Path]:
+    """Hold the project's lock; wait up to `timeout_s`, then fail naming the holder. `for_flow`:
+    taken by `sagan pipeline run` for the flow it runs, whose take (`reentrant`) goes on under it."""
     path = Path(root) / LOCK_FILE
+    if reentrant and path.resolve() in _HELD:
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -62,7 +77,14 @@ def project_lock(root: str | Path = ".", timeout_s: float = 0.0, poll_s: float =
         since = time.strftime("%Y-%m-%d %H:%M:%S %z")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {since}".encode(), 0)
-        yield path
+        if not for_flow:
+            yield path
+            return
+        _HELD.add(path.resolve())
+        try:
+            yield path
+        finally:
+            _HELD.discard(path.resolve())
     finally:
         os.close(fd)  # closing releases the flock
 

@@ -16,6 +16,29 @@ from sagan_core.config import Params
 log = logging.getLogger("sagan")
 
 
+# What the `check` stage of an `sagan init` project writes (and prepare depends on, so `dvc repro`
+# runs the check before DVC hashes the data folder): a line naming the checked source, no timestamp,
+# so an unchanged source leaves prepare unchanged.
+SOURCE_CHECKED = "data/source.checked"
+
+
+def check_source(params: Params, record: bool = False) -> None:
+    """Refuse a data.source folder holding anything DVC would block on or read through
+    (sagan_core.data.safe_folder); `record`: write SOURCE_CHECKED (the `check` stage's output)."""
+    from sagan_core.atomic import write_atomic
+    from sagan_core.data.safe_folder import check_folder
+
+    source = Path(params.data.source).expanduser()
+    if source.is_dir():
+        check_folder(source, params.data.source)
+    if not record:
+        return
+    line = f"data.source {params.data.source}: checked by `sagan prepare --check-only`\n"
+    marker = Path(SOURCE_CHECKED)
+    if not marker.exists() or marker.read_text() != line:
+        write_atomic(marker, lambda f: f.write(line.encode()))
+
+
 def prepare(params: Params, progress: bool = True) -> Prepared:
     from sagan_core.data.prepare import prepare as run_prepare
     from sagan_core.data.prepare import rejection_summary

@@ -315,7 +315,9 @@ class PipelineConfig(Section):
     register_retries: int = Field(3, ge=0)  # transient MLflow/upload errors
     retry_delay_s: float = Field(2.0, ge=0)  # first retry delay; doubles on each further retry
     train_timeout_s: float | None = Field(None, gt=0)  # null: no limit
-    stage_timeout_s: float | None = Field(None, gt=0)  # prepare, evaluate, register; null: no limit
+    # prepare, evaluate, register (each, in the flow); null: no limit. 6 h by default: a stage stuck on
+    # a server or a filesystem must not hold the project (and refuse every later scheduled run) forever.
+    stage_timeout_s: float | None = Field(21600.0, gt=0)
     lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
     dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
     # The NAME (never the value) of what holds the webhook URL POSTed a JSON message when a flow run

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import tarfile
 import zipfile
@@ -85,11 +84,8 @@ def plant_bad_files(root: Path) -> dict[str, str]:
         (root / name).write_bytes(data)
     tiny = root / "dog" / "tiny.png"
     Image.new("RGB", (5, 5), (9, 9, 9)).save(tiny)
-    os.symlink(root / "does-not-exist.png", root / "cat" / "dangling.png")
-    return {n: r for n, (_, r) in bad.items()} | {
-        "dog/tiny.png": "too small",
-        "cat/dangling.png": "unreadable",
-    }
+    # A dangling link refuses the whole folder (DVC fails on it): test_data_folder_safety.py
+    return {n: r for n, (_, r) in bad.items()} | {"dog/tiny.png": "too small"}
 
 
 @pytest.mark.integration
@@ -116,7 +112,7 @@ def test_cli_prints_rejection_summary_and_the_folder_trains(tmp_path):
     (tmp_path / "params.yaml").write_text("data: {source: src, channels: 3, max_rejected_fraction: 0.5}\n")
     r = cli(["prepare", "--quiet"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "24 images" in r.stderr and "8 rejected" in r.stderr and "truncated: 2" in r.stderr
+    assert "24 images" in r.stderr and "7 rejected" in r.stderr and "truncated: 2" in r.stderr
     summary = train(project_params(tmp_path, data__channels=3, train__steps=2), progress=False)
     assert summary["step"] == 2 and (tmp_path / "models/checkpoint.pt").exists()
 

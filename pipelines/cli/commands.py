@@ -44,13 +44,28 @@ def load_stage(params: Path, overrides: list[str] | None) -> Params:
     return load(params, overrides)
 
 
-def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def prepare(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-only",
+            help="Only check data.source (nothing DVC would block on) and the project lock: the "
+            "`check` stage `dvc repro` runs first.",
+        ),
+    ] = False,
+) -> None:
     """Turn data.source into the prepared dataset (data.prepared_dir)."""
     from pipelines import stages
 
     p = load_stage(params, set_)
     with stage_lock(p.pipeline.lock_timeout_s):  # one sagan run per project (pipelines/lock.py)
-        stages.prepare(p, progress=not quiet)
+        if check_only:
+            stages.check_source(p, record=True)
+        else:  # the source is checked as it is listed (sagan_core/data/sources.py)
+            stages.prepare(p, progress=not quiet)
 
 
 def train(

@@ -36,7 +36,11 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: For
 
     route_sagan_logs_to_prefect()  # before Prefect is imported: it reads the setting then
 
-    with supervised():  # nothing it starts (Prefect's temporary server, torchrun) outlives it
+    from pipelines.lock import project_lock
+
+    # The project lock before Prefect's temporary server starts (~20-50 s): a second run is refused
+    # at once. The flow takes it again, reentrant, and so also holds it when a deployment runs it.
+    with project_lock(".", validated.pipeline.lock_timeout_s, for_flow=True), supervised():
         _run(params, set_, force, validated)
 
 

@@ -53,9 +53,11 @@ class DvcProject:
         return Repo(str(self.root))
 
     def status(self, stage: str | None = None) -> dict[str, Any]:
-        """`dvc status [stage]`: {} when up to date."""
+        """`dvc status [stage]`: {} when up to date. A stage that is only "always changed" (an `sagan
+        init` project's `check`) is left out: it says nothing about the outputs."""
         with self._repo() as repo:
-            return repo.status(targets=[stage] if stage else None)
+            found = repo.status(targets=[stage] if stage else None)
+        return {name: what for name, what in found.items() if what != ["always changed"]}
 
     def changed(self, stage: str) -> bool:
         if stage not in self.stages:

@@ -28,6 +28,14 @@ PRESETS_DIR = PACKAGE / "presets"
 TEMPLATES = PACKAGE / "templates"
 DEFAULT_PRESET = "folder64"
 DATA_DEP_MARK = "#DATA_DEP#\n"
+CHECK_STAGE_MARK = "#CHECK_STAGE#\n"
+CHECK_STAGE = """  check:
+    cmd: sagan prepare --check-only
+    always_changed: true
+    outs:
+      - data/source.checked:
+          cache: false  # never restored from DVC's run-cache: the check itself must run
+"""
 # (template, name in the project)
 FILES = (("gitignore", ".gitignore"), ("dvcignore", ".dvcignore"), ("README.md", "README.md"))
 
@@ -87,13 +95,16 @@ def dvc_yaml(source: str) -> str:
     """templates/dvc.yaml.template with prepare's data dependency: data.source itself, when it is a path."""
     text = (TEMPLATES / "dvc.yaml.template").read_text()
     if is_path_source(source):
-        dep = "      - ${data.source}   # the images: adding, changing or removing one reruns prepare\n"
-        return text.replace(DATA_DEP_MARK, dep)
+        dep = (
+            "      - data/source.checked   # written by the check stage: runs it before DVC hashes the images\n"
+            "      - ${data.source}   # the images: adding, changing or removing one reruns prepare\n"
+        )
+        return text.replace(CHECK_STAGE_MARK, CHECK_STAGE).replace(DATA_DEP_MARK, dep)
     note = (
         f"    # no data dependency: data.source ({source}) is not a file or folder (its params are\n"
         "    # the dependency). Switching to a folder or archive: add `deps: [${data.source}]` here.\n"
     )
-    return text.replace("    deps:\n" + DATA_DEP_MARK, note)
+    return text.replace(CHECK_STAGE_MARK, "").replace("    deps:\n" + DATA_DEP_MARK, note)
 
 
 def _write(path: Path, text: str) -> None:

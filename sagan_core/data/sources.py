@@ -32,6 +32,7 @@ from PIL import Image
 
 from sagan_core.data.archives import BadMember, checked_members, is_archive, read_batches
 from sagan_core.data.formats import IMAGE_EXTENSIONS, open_image
+from sagan_core.data.safe_folder import check_folder
 from sagan_core.errors import ConfigError, SaganError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
@@ -149,6 +150,7 @@ def _layout(src: Source, files: list[str]) -> Source:
 
 
 def folder_source(root: Path, name: str | None = None) -> Source:
+    check_folder(root, name)  # nothing DVC would block on (safe_folder.py)
     root = root.resolve()
     files, ignored = _files_under(root, root)
     return _layout(Source(name or str(root), [], [], root=root, ignored=ignored), files)
