@@ -3,12 +3,12 @@ pixel bombs): each is one rejected file, never a crash of `sagan prepare`.
 
 Each case builds an archive of good images plus one broken member, runs `sagan prepare` as a user
 would, and checks that the good images are prepared and the bad member is listed with its reason.
-A member declaring a huge size is rejected without being read: memory stays bounded. Archives that
-amplify cost bounded memory and time too: a tar link is resolved from the listing to a member
-already read (its payload shared, never read twice, the archive never rewound), a link to a later
-member is one rejected file, a large member whose first bytes are no known image header is rejected
-from them, a batch handed to the decoders holds at most `archives.CHUNK_BYTES`, and the listing's
-duplicate check is linear.
+A member declaring a huge size is rejected without being read: memory stays bounded; zip members sharing bytes (one deflate stream read as
+many members) refuse the archive. Archives that amplify cost bounded memory and time too: a tar
+link is resolved from the listing to a member already read (its payload shared, never read twice,
+the archive never rewound), a link to a later member is one rejected file, a large member whose
+first bytes are no known image header is rejected from them, a batch handed to the decoders holds
+at most `archives.CHUNK_BYTES`, and the listing's duplicate check is linear.
 
 Longer than 300 lines: every hostile-archive case in one place, sharing the archive builders and the
 child-process memory probe (VmHWM) rather than copying them into a second module.
@@ -201,6 +201,81 @@ def test_member_whose_header_declares_too_many_pixels_is_rejected_from_its_heade
     assert m["rejected"] == [{"file": "dog/bomb.png", "reason": reason}]
     grew = peak_rss_growth_mb(z, tmp_path / "p2", max_pixels=50_000_000)
     assert grew < 40, f"peak RSS grew {grew:.0f} MB for a 150 MB member"
+
+
+def overlapping_zip(path: Path, payload: bytes, shared_header: bool) -> Path:
+    """The GOOD names as members that all read one deflate stream of `payload`, built by hand
+    (zipfile never writes this): each local header's extra field holds the headers after it, so
+    every header's data starts at the one stream; or (`shared_header`) every central entry names
+    the first member's local header."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data, crc = comp.compress(payload) + comp.flush(), zlib.crc32(payload)
+    names = [n.encode() for n in GOOD]
+
+    def local(name: bytes, extra: int) -> bytes:
+        sizes = (crc, len(data), len(payload), len(name), extra)
+        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0x21, *sizes) + name
+
+    if shared_header:
+        body, offsets = local(names[0], 0) + data, [0] * len(names)
+    else:
+        body = b""
+        for name in reversed(names):  # header i's extra field: headers i+1.. (and their extras)
+            body = local(name, len(body)) + body
+        offsets = [sum(30 + len(n) for n in names[:i]) for i in range(len(names))]
+        body += data
+    central = b"".join(
+        struct.pack(
+            "<4sHHHHHHIIIHHHHHII",
+            b"PK\x01\x02",
+            20,
+            20,
+            0,
+            8,
+            0,
+            0x21,
+            crc,
+            len(data),
+            len(payload),
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offset,
+        )
+        + name
+        for name, offset in zip(names, offsets, strict=True)
+    )
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(names), len(names), len(central), len(body), 0)
+    path.write_bytes(body + central + end)
+    return path
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("shared_header", [False, True], ids=["extra-fields-swallow-headers", "one-header"])
+def test_zip_members_sharing_one_deflate_stream_refuse_the_archive(tmp_path, shared_header):
+    # Before: Python 3.11.7's zipfile read every member from the one stream: the six were
+    # prepared as six images (CVE-2024-0450's layout); one-header: the first was read, the others
+    # rejected one by one as corrupt (past max_rejected_fraction here, but not refused).
+    payload = png(0) + bytes(4 << 20)
+    z = overlapping_zip(tmp_path / "ds.zip", payload, shared_header)
+    with zipfile.ZipFile(z) as zf:
+        assert zf.read(GOOD[0]) == payload  # a readable zip, not a broken one
+        if not shared_header:
+            assert all(zf.read(n) == payload for n in GOOD)  # every member is the same stream
+    (tmp_path / "params.yaml").write_text("data: {source: ds.zip}\n")
+    r = cli(["prepare", "--quiet"], cwd=tmp_path)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"sagan: {z.name}: refused: member ")
+    if shared_header:
+        assert f"member {GOOD[1]!r}'s local header names {GOOD[0]!r}" in line
+    else:
+        assert f"member {GOOD[0]!r} (bytes 0-" in line and f"overlaps {GOOD[1]!r}" in line
+        assert "5 members overlap the next" in line
+    assert not (tmp_path / "data/prepared").exists()
 
 
 # --- amplification: links, junk members, batches, huge listings -----------------------------

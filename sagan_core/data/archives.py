@@ -1,7 +1,8 @@
 """Image archives (.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz, .zip), read safely and never extracted.
 
 Every member is checked before anything is read: absolute paths, `..`, links pointing outside the
-archive and device files/FIFOs refuse the whole archive. Members are then read front to back in one
+archive, device files/FIFOs and zip members sharing bytes (overlapping entries: one deflate stream
+read as many members) refuse the whole archive. Members are then read front to back in one
 decompression pass and handed over as bytes (decode.py decodes them from memory), in
 batches of at most CHUNK_BYTES (or one member, when larger).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import io
 import posixpath
 import stat
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -147,6 +149,54 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
         kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no file type
         if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise SaganError(f"{archive}: refused: member {info.filename!r} is a link or special file")
+    _check_zip_layout(zf, archive)
+
+
+# A local file header: signature, (version), flags, (method, time, date, CRC, sizes), name and
+# extra field lengths; 30 bytes.
+_LOCAL_HEADER = struct.Struct("<4s2xH18xHH")
+
+
+def _check_zip_layout(zf: zipfile.ZipFile, archive: Path) -> None:
+    """Refuse a zip whose members share bytes: the overlap check CPython's zipfile gained in 3.11.8
+    and 3.12.2 (CVE-2024-0450, gh-109858, "Overlapped entries"), which earlier 3.11s (3.11.7 here)
+    lack. Without it, members whose central entries point into one another (a local header's
+    extra field swallowing the headers after it, or one local header named by several entries)
+    all read the same deflate stream: a 790 KB zip held 20 members of 797 MB each (~1,600 fit in
+    850 KB). As in CPython, each member's span runs from its local header to the end of its
+    compressed data; sorted by offset, each must end where the next begins at the latest (the
+    last, where the central directory begins), and its local header must carry the name the
+    central directory gives it. Read from the headers only: nothing is decompressed. A member
+    whose local header is missing or cut short is left to zipfile, which cannot open it: one
+    rejected file, as before."""
+    spans: list[tuple[int, int, str]] = []
+    with open(archive, "rb") as f:
+        for info in zf.infolist():
+            f.seek(info.header_offset)
+            head = f.read(_LOCAL_HEADER.size)
+            if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+                continue
+            _, flags, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+            raw = f.read(name_len)
+            name = raw.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+            if name != info.orig_filename:
+                raise SaganError(
+                    f"{archive}: refused: member {info.filename!r}'s local header names {name!r} "
+                    "(its entry points at another member's header: a zip bomb)"
+                )
+            data_at = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+            spans.append((info.header_offset, data_at + info.compress_size, info.filename))
+    spans.sort()
+    # start_dir: where zipfile found the central directory (after any bytes prepended to the zip).
+    nexts = [*((at, repr(name)) for at, _, name in spans[1:]), (zf.start_dir, "the central directory")]
+    over = [(span, nxt) for span, nxt in zip(spans, nexts, strict=True) if span[1] > nxt[0]]
+    if over:
+        (start, end, name), (at, what) = over[0]
+        raise SaganError(
+            f"{archive}: refused: member {name!r} (bytes {start}-{end}) overlaps {what} (from byte "
+            f"{at}); {len(over)} members overlap the next: their data would be read more than once "
+            "(a zip bomb)"
+        )
 
 
 def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember]]:

@@ -5,7 +5,7 @@
   A folder of splits (`root/train/<class>`, `root/test/<class>`, ...) is merged class by class.
 - a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder (sagan_core.archives). Every member
   is checked first (no absolute paths, no `..`, no links leaving the archive, no device files or
-  FIFOs): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
+  FIFOs, no zip members sharing bytes): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
   read front to back (one decompression pass) and decoded from memory. A member that cannot be
   read (or is a decompression bomb by its declared size or header) is one rejected file.
 - `torchvision:NAME[:SPLIT]`: a torchvision built-in dataset (CIFAR10, MNIST, STL10, CelebA, ...),
