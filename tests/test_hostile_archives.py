@@ -3,7 +3,8 @@ pixel bombs): each is one rejected file, never a crash of `sagan prepare`.
 
 Each case builds an archive of good images plus one broken member, runs `sagan prepare` as a user
 would, and checks that the good images are prepared and the bad member is listed with its reason.
-A member declaring a huge size is rejected without being read: memory stays bounded; zip members sharing bytes (one deflate stream read as
+A member declaring a huge size, or more bytes than its image header's pixels can need, is rejected
+without being read: memory stays bounded; zip members sharing bytes (one deflate stream read as
 many members) refuse the archive. Archives that amplify cost bounded memory and time too: a tar
 link is resolved from the listing to a member already read (its payload shared, never read twice,
 the archive never rewound), a link to a later member is one rejected file, a large member whose
@@ -201,6 +202,34 @@ def test_member_whose_header_declares_too_many_pixels_is_rejected_from_its_heade
     assert m["rejected"] == [{"file": "dog/bomb.png", "reason": reason}]
     grew = peak_rss_growth_mb(z, tmp_path / "p2", max_pixels=50_000_000)
     assert grew < 40, f"peak RSS grew {grew:.0f} MB for a 150 MB member"
+
+
+def padded_png_zip(path: Path, padding: int) -> Path:
+    """The good images (the first with 2 MiB of zeros after its PNG: trailing bytes a 40x36 image
+    may carry), then dog/bomb.png: a 40x36 PNG followed by `padding` zeros (written streaming)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, name in enumerate(GOOD):
+            zf.writestr(name, png(i) + (bytes(2 << 20) if i == 0 else b""))
+        with zf.open("dog/bomb.png", "w", force_zip64=True) as f:
+            f.write(png(9))
+            for _ in range(padding >> 20):
+                f.write(bytes(1 << 20))
+    return path
+
+
+@needs_proc
+def test_small_image_padded_with_hundreds_of_mb_is_rejected_from_its_header(tmp_path):
+    # Before: the PNG's header (40x36) passed, so the 256 MiB member was read whole and accepted
+    # (its zeros after IEND ignored by the decoder): the whole member in memory, twice.
+    z = padded_png_zip(tmp_path / "ds.zip", 256 << 20)
+    assert z.stat().st_size < 1 << 20
+    grew, seconds = prepare_in_child(z, tmp_path / "prepared", 50_000_000)
+    assert grew < 40 and seconds < 10, f"peak RSS grew {grew:.0f} MB in {seconds:.1f} s for a 256 MiB member"
+    [entry] = json.loads((tmp_path / "prepared/manifest.json").read_text())["rejected"]
+    size = zipfile.ZipFile(z).getinfo("dog/bomb.png").file_size
+    assert entry["file"] == "dog/bomb.png"
+    assert entry["reason"].startswith(f"decompression bomb: member declares {size} bytes > ")
+    assert entry["reason"].endswith("the most a 40x36 image needs")
 
 
 def overlapping_zip(path: Path, payload: bytes, shared_header: bool) -> Path:

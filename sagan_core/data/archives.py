@@ -15,9 +15,11 @@ One bad member is one rejected file, never a failed archive: a member that canno
 to a missing member, a bad CRC, an encrypted zip member, damaged compressed data) is handed over as
 a `BadMember` carrying the manifest's rejection reason instead of bytes. Memory stays bounded: a
 member whose declared size exceeds `max_member_bytes(data.max_pixels)`, or whose image header
-declares more than `data.max_pixels` pixels, is rejected as a decompression bomb before it is read;
-a member over HEADER_PEEK bytes whose first HEADER_PEEK bytes hold no known image header is rejected
-as not an image without reading the rest.
+declares more than `data.max_pixels` pixels, or whose declared size exceeds `max_member_bytes` of
+the pixels its header declares (a small image then hundreds of MB of padding), is rejected as a
+decompression bomb before it is read; a member over HEADER_PEEK bytes whose first HEADER_PEEK bytes
+hold no known image header is rejected as not an image without reading the rest. A member read
+whole is read in pieces into one buffer, so it costs about its own size once.
 
 Longer than 300 lines: the one module ARCHITECTURE.md names for safe tar/zip reading; the checks,
 link resolution and bounded reading share its limits and would only be spread thinner if split.
@@ -67,9 +69,10 @@ class BadMember:
     reason: str
 
 
-def max_member_bytes(max_pixels: int) -> int:
-    """The largest declared member size read for `data.max_pixels` (see BYTES_PER_PIXEL)."""
-    return BYTES_PER_PIXEL * max_pixels + HEADROOM
+def max_member_bytes(pixels: int) -> int:
+    """The largest declared member size read for an image of `pixels` pixels: `data.max_pixels`
+    before the header is seen, the header's width x height after (see BYTES_PER_PIXEL)."""
+    return BYTES_PER_PIXEL * pixels + HEADROOM
 
 
 def is_archive(path: Path) -> bool:
@@ -332,12 +335,23 @@ def _read_member(
                 return f.read()
             head = f.read(HEADER_PEEK)
             why = _header_verdict(head, size, max_pixels)
-            return BadMember(why) if why else head + f.read()
+            return BadMember(why) if why else _read_rest(f, head)
     except Exception as e:  # noqa: BLE001 - mapped to a reason; unknown kinds stay fatal below
         reason = _read_error(e)
         if reason is None:
             raise
         return BadMember(reason)
+
+
+def _read_rest(f: IO[bytes], head: bytes) -> bytes:
+    """`head` and the rest of `f`, read in HEADER_PEEK pieces into one growing buffer: about one
+    copy of the member at its peak (`head + f.read()` held two, and the decompressor's output a
+    third). BytesIO.getvalue hands over its buffer without copying it."""
+    buf = io.BytesIO()
+    buf.write(head)
+    while piece := f.read(HEADER_PEEK):
+        buf.write(piece)
+    return buf.getvalue()
 
 
 def _read_error(e: Exception) -> str | None:
@@ -359,8 +373,9 @@ def _read_error(e: Exception) -> str | None:
 
 def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
     """Why a member of `size` bytes starting with `head` is not read further: 'decompression bomb:
-    ...' when its image header declares too many pixels, 'not an image: ...' when `head` starts with
-    no known image header; None otherwise (a prefix may cut a real header short: the decoder decides)."""
+    ...' when its image header declares too many pixels, or fewer than `size` bytes could encode,
+    'not an image: ...' when `head` starts with no known image header; None otherwise (a prefix may
+    cut a real header short: the decoder decides)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
@@ -376,4 +391,8 @@ def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
         return f"not an image: no known image header in the first {HEADER_PEEK >> 20} MiB of {size} bytes"
     if w * h > max_pixels:
         return f"decompression bomb: {w}x{h} pixels > data.max_pixels={max_pixels}"
+    if size > (need := max_member_bytes(w * h)):
+        # Bytes no encoding of this image needs (a 64x64 PNG then 760 MiB of zeros): never read.
+        # Only the first frame is decoded, so an animated image this large is rejected too.
+        return f"decompression bomb: member declares {size} bytes > {need}, the most a {w}x{h} image needs"
     return None
