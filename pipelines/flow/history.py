@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,79 @@ def project_tag(project_dir: str | Path = ".") -> str:
     return f"project:{here.name}-{digest}"
 
 
+def _process_tag() -> str:
+    return f"process:{socket.gethostname()}:{os.getpid()}"
+
+
 def tag_flow_run(tag: str) -> None:
-    """Add `tag` to the running flow run (tags are Prefect's own filterable field)."""
+    """Add `tag` and the running process (`end_orphans`) to the running flow run's tags (Prefect's
+    own filterable field)."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     tags = list(flow_run.tags or [])
-    if tag not in tags:
+    new = [t for t in (tag, _process_tag()) if t not in tags]
+    if new:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, tags=[*tags, tag])
+            client.update_flow_run(flow_run.id, tags=[*tags, *new])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def end_orphans(tag: str) -> list[str]:
+    """Mark this project's flow runs left RUNNING by a killed process Crashed; returns their names.
+
+    Only runs whose process ran on this host and is gone: a run elsewhere may be alive (and a run
+    waiting here for the project lock is alive). A process killed by -9 never reports its end, so
+    Prefect would show it RUNNING forever and its history would count it as running."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.runtime import flow_run
+    from prefect.states import Crashed
+
+    host = f"process:{socket.gethostname()}:"
+    ended = []
+    with get_client(sync_client=True) as client:
+        running = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[tag]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+            )
+        )
+        for r in running:
+            pids = [int(t[len(host) :]) for t in r.tags if t.startswith(host) and t[len(host) :].isdigit()]
+            if str(r.id) == str(flow_run.id) or not pids or any(map(_alive, pids)):
+                continue
+            why = f"its process (pid {pids[0]}) was killed; found by flow run {flow_run.name}"
+            client.set_flow_run_state(r.id, Crashed(message=why), force=True)
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id])),
+                task_run_filter=TaskRunFilter(
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))
+                ),
+            )
+            for t in tasks:
+                client.set_task_run_state(t.id, Crashed(message=why), force=True)
+            ended.append(r.name)
+    return ended
 
 
 def _fmt(x: Any) -> str:

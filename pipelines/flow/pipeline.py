@@ -31,7 +31,7 @@ from pipelines import launch, stages
 from pipelines.flow import kubernetes_train, notify
 from pipelines.flow.console import sagan_logs_to_prefect
 from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note, write_overrides
-from pipelines.flow.history import project_tag, tag_flow_run
+from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
 from pipelines.flow.project_limit import project_slot
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
@@ -39,6 +39,7 @@ from pipelines.lock import project_lock
 from pipelines.project import version
 from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
 from pipelines.tracking import store as tracking_store
+from pipelines.tracking.run_record import end_left_running
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
 from sagan_core.params_file import load_params
@@ -103,6 +104,13 @@ class RunContext:
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(run: RunContext) -> Prepared:
     with _stage("prepare"):
+        # Before any `dvc status`: DVC's hashing of a data folder holding a FIFO or a link to
+        # /dev/zero blocks forever (sagan_core/data/safe_folder.py). An `sagan init` project's
+        # `check` stage is what `dvc repro` runs first; the flow does its work and records it.
+        has_check = run.dvc is not None and "check" in run.dvc.stages
+        stages.check_source(run.params, record=has_check)
+        if has_check:
+            run.commit("check")
         return run.dvc_stage("prepare", stages.prepare, skipped=stages.prepared)
 
 
@@ -192,6 +200,20 @@ def _context(params: Params, params_file: str, overrides: list[str], force: bool
     return RunContext(params, force or params.pipeline.force, dvc)
 
 
+def _end_left_running(params: Params, project: str) -> None:
+    """Runs a killed process left RUNNING (this one holds the project now): Prefect's Crashed,
+    MLflow's KILLED. Never fails the run: a tracking server that is down fails train in one line."""
+    logger = get_run_logger()
+    if ended := end_orphans(project):
+        logger.info("flow runs left RUNNING by a killed process, marked Crashed: %s", ", ".join(ended))
+    if tracking_off(params):
+        return
+    try:
+        end_left_running(params)
+    except Exception as e:  # noqa: BLE001 - any tracking failure is reported by the stages that need it
+        logger.warning("could not check for MLflow runs left RUNNING: %s", str(e).splitlines()[0][:200])
+
+
 @flow(
     name="sagan-pipeline",
     description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)",
@@ -224,7 +246,8 @@ def sagan_pipeline(
         cfg = params.pipeline
         if why := tracking_off(params):  # said before anything runs, not as register's failure at the end
             get_run_logger().info("tracking is off (%s): the run will not be registered in MLflow", why)
-        with project_lock(".", cfg.lock_timeout_s), project_slot(".", cfg.lock_timeout_s):
+        with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
+            _end_left_running(params, project)
             run = _context(params, params_file, overrides, force)
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
             retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}

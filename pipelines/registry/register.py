@@ -30,7 +30,7 @@ from pipelines.registry.promotion import DECISION, current_standing, error_code,
 from pipelines.results import Registered
 from pipelines.tracking.best_model import logged_best
 from pipelines.tracking.generator_model import log_checkpoint_and_generator
-from pipelines.tracking.run_record import recover, require_run
+from pipelines.tracking.run_record import end_killed, recover, trained_record
 from pipelines.tracking.store import artifact_error, call, connect, redact, scrub
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
@@ -130,9 +130,11 @@ def _create_version(client, name: str, model_id: str, run_id: str, tags: dict[st
 
 def register(params: Params) -> Registered:
     """Register the recorded run's generator and apply the promotion gate; returns the decision."""
-    record = require_run(params, "sagan register")
+    record = trained_record(params, "sagan register")
     ev = load_eval(params)
     client, uri = connect(params)
+    if killed := record.pop("killed", None):
+        end_killed(client, uri, killed)
     return call(uri, _register, client, uri, params, record, ev)
 
 

@@ -21,7 +21,13 @@ from pipelines.tracking.best_model import SCORE_KEYS, export_best, log_best
 from pipelines.tracking.generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
 from pipelines.tracking.lineage import log_lineage
 from pipelines.tracking.names import LR_KEYS, lr_changes, train_metric
-from pipelines.tracking.run_record import read_run_record, recover, write_run_record
+from pipelines.tracking.run_record import (
+    new_run_record,
+    note_checkpoint,
+    read_run_record,
+    recover,
+    write_run_record,
+)
 from pipelines.tracking.store import artifact_error, call, connect, experiment_id, redact, scrub
 from pipelines.tracking.uploads import Uploader, snapshot
 from sagan_core.config import Params
@@ -66,7 +72,10 @@ class MlflowCallback(Callback):
         # a resumed run keeps what its record knew (model_id, step, best) until they are replaced
         kept = (read_run_record(params) or {}) if resume else {}
         run = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": redact(self.uri)}
-        write_run_record(params, (kept if kept.get("run_id") == self.run_id else {}) | run)
+        if kept.get("run_id") == self.run_id:
+            write_run_record(params, kept | run)
+        else:  # a new run: the record keeps the one it replaces (run_record.trained_record)
+            write_run_record(params, new_run_record(params, run))
         self.uploads = Uploader()
         log.info("MLflow run %s at %s", self.run_id, redact(self.uri))
 
@@ -162,6 +171,7 @@ class MlflowCallback(Callback):
         self._guard(f"logging image {key}", upload)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        note_checkpoint(self.params, self.run_id, step)  # this run wrote it (run_record.trained_record)
         snap = snapshot(path, path.name)
         upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
         self.uploads.submit(f"uploading the checkpoint of step {step}", upload, snap, key="checkpoint")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.tracking.names import eval_metric
-from pipelines.tracking.run_record import read_run_record, recover
+from pipelines.tracking.run_record import end_killed, read_run_record, recover, trained_record
 from pipelines.tracking.store import artifact_error, call, connect, enabled
 from sagan_core.config import Params
 from sagan_core.evaluate.identity import protocol_id
@@ -35,11 +35,14 @@ def reopen_run(params: Params) -> None:
     The FID could not join its run anyway, and the user would wait for the whole pass to learn it.
     A run the server answers for gets what an outage made it miss (run_record.recover).
     """
-    record = read_run_record(params) if enabled(params) else None
-    if record is None:
+    if not enabled(params) or read_run_record(params) is None:
         return
+    # a checkpoint of an unfinished training may be evaluated; registering it is refused
+    record = trained_record(params, "sagan evaluate", refuse=False)
     client, uri = connect(params)
     call(uri, client.get_run, record["run_id"])
+    if killed := record.pop("killed", None):
+        end_killed(client, uri, killed)
     recover(client, uri, params, record["run_id"], end=True)
 
 

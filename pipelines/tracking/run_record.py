@@ -4,6 +4,11 @@
 adds model_id and step once the generator is logged; evaluate, register and `train --resume` read
 it to reopen the same run.
 
+A training killed before its first checkpoint leaves a record naming a run that wrote nothing,
+while the checkpoint on disk is the previous run's: so the record keeps the run it replaced
+(`previous`) and the step of each checkpoint its run wrote (`checkpoint_step`), and
+`trained_record` answers which run wrote the checkpoint, or refuses (register and evaluate use it).
+
 Reopening also sends what an outage made the server miss: a server that goes down mid-training loses
 the rest of the curves (the callback stops logging and cannot even close the run, which stays
 RUNNING), but every row is still in `metrics/train.csv`. `recover` logs each metric's steps after its
@@ -53,6 +58,89 @@ def require_run(params: Params, what: str) -> dict[str, Any]:
             "(run `sagan train` with tracking on first)"
         )
     return record
+
+
+def note_checkpoint(params: Params, run_id: str, step: int) -> None:
+    """The run `run_id` wrote the checkpoint of `step` (a local write: also during an outage)."""
+    record = read_run_record(params) or {}
+    if record.get("run_id") == run_id:
+        write_run_record(params, record | {"checkpoint_step": step})
+
+
+def new_run_record(params: Params, run: dict[str, Any]) -> dict[str, Any]:
+    """The record of a new run, keeping the run it replaces (without that one's own `previous`)."""
+    old = read_run_record(params) or {}
+    kept = {k: v for k, v in old.items() if k != "previous"}
+    return run | ({"previous": kept} if kept.get("run_id") not in (None, run["run_id"]) else {})
+
+
+def _wrote(record: dict[str, Any], step: int, params: Params) -> bool:
+    """Whether the record's run finished the training whose checkpoint is at `step`: it logged the
+    generator of that step, or wrote that checkpoint and it reached train.steps (an outage kept it
+    from logging the generator); records older than `checkpoint_step` know only `step`."""
+    if record.get("step") == step:
+        return True
+    return record.get("checkpoint_step") == step and step >= params.train.steps
+
+
+def trained_record(params: Params, what: str, refuse: bool = True) -> dict[str, Any]:
+    """The record of the run that finished the training of the checkpoint (train.checkpoint).
+
+    A run killed before its first checkpoint gives way to the run it replaced, when that one wrote
+    the checkpoint (the record is put back, the killed run's id returned under `killed`); otherwise a
+    one-line SaganError (with `refuse`; else the record as it is): registering it would put one
+    run's name on another run's weights."""
+    from sagan_core.model.checkpoint import step_of
+
+    record = require_run(params, what)
+    step = step_of(params.train.checkpoint)
+    if step is None or _wrote(record, step, params):  # no local checkpoint: another machine's
+        return record
+    previous = record.get("previous") or {}
+    if previous and _wrote(previous, step, params):
+        write_run_record(params, previous)
+        log.warning(
+            "MLflow run %s was interrupted before writing a checkpoint: %s at step %d is run %s's",
+            record["run_id"],
+            params.train.checkpoint,
+            step,
+            previous["run_id"],
+        )
+        return previous | {"killed": record["run_id"]}
+    done = record.get("checkpoint_step")
+    if not refuse:
+        return record
+    raise SaganError(
+        f"{what}: MLflow run {record['run_id']} did not finish training ({params.train.checkpoint} is at "
+        f"step {step} of {params.train.steps}; "
+        f"{'the run wrote no checkpoint' if done is None else f'its last checkpoint was step {done}'}): "
+        "run `sagan train --resume` (or `sagan pipeline run`) first"
+    )
+
+
+def end_killed(client, uri: str, run_id: str) -> bool:
+    """Mark a run left RUNNING by a killed process KILLED (the caller holds the project lock, so no
+    sagan process of this project is running it)."""
+    from mlflow.entities import RunStatus
+
+    if call(uri, client.get_run, run_id).info.status != "RUNNING":
+        return False
+    call(uri, client.set_terminated, run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    log.info("MLflow run %s was left RUNNING by a killed process: marked KILLED", run_id)
+    return True
+
+
+def end_left_running(params: Params) -> list[str]:
+    """At a run's start, under the project lock: the recorded runs (and the ones they replaced)
+    still RUNNING were left so by a killed process; mark them KILLED. A resumed one runs again."""
+    from pipelines.tracking.store import connect
+
+    record = read_run_record(params) or {}
+    ids = [r["run_id"] for r in (record, record.get("previous") or {}) if r.get("run_id")]
+    if not ids:
+        return []
+    client, uri = connect(params)
+    return [run_id for run_id in ids if end_killed(client, uri, run_id)]
 
 
 # ---- after an outage ------------------------------------------------------------------------------
