@@ -116,3 +116,29 @@ def test_the_next_flow_run_marks_a_killed_flow_run_crashed(tmp_path, prefect_api
         state = client.read_flow_run(run.id).state
     assert state.type.value == "CRASHED", state  # before: RUNNING forever
     assert f"pid {dead_pid}" in state.message
+
+
+def test_a_stage_stuck_past_its_timeout_ends_the_run_in_one_line(tmp_path, prefect_api):
+    """pipeline.stage_timeout_s is 6 h by default (it was null: a stuck stage held the project, and
+    refused every later scheduled run, forever); a stage past it ends the run with its name."""
+    import time
+
+    from pipelines.flow.pipeline import sagan_pipeline
+    from sagan_core.config import Params
+    from sagan_core.errors import SaganError
+
+    assert Params().pipeline.stage_timeout_s is not None  # every run is bounded unless a user opts out
+    fifo = tmp_path / "stuck.png"  # prepare waits on it here: nothing ever writes to it
+    os.mkfifo(fifo)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump({"registry": {"tracking": False}}))
+    from pipelines import stages
+
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:  # prepare stuck in a blocking read, as DVC was on a FIFO
+        mp.setattr(stages, "check_source", lambda params, record=False: fifo.read_text())
+        with pytest.raises(SaganError) as e:
+            sagan_pipeline(project_dir=str(project), overrides=["pipeline.stage_timeout_s=2"])
+    assert time.monotonic() - started < 60
+    assert str(e.value) == "stage prepare failed: timed out after 2 s (pipeline.stage_timeout_s)"

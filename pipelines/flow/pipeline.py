@@ -72,6 +72,15 @@ def _stage(name: str) -> Iterator[None]:
         raise StageFailed(name, e) from e
 
 
+@contextlib.contextmanager
+def _bounded(stage: str, key: str, seconds: float | None) -> Iterator[None]:
+    """Prefect's task timeout ("Scope timed out after N second(s).") as the stage's one line."""
+    try:
+        yield
+    except TimeoutError:
+        raise SaganError(f"stage {stage} failed: timed out after {seconds:g} s (pipeline.{key})") from None
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What every task needs, built once per flow run."""
@@ -252,16 +261,20 @@ def sagan_pipeline(
             backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
             retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
             ctx = quote(run)  # what every task reads, no upstream result (above)
-            prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
-            trained = train_task.with_options(
-                retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
-            )(ctx, prep.content_hash)
-            ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
+            with _bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
+                prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
+            with _bounded("train", "train_timeout_s", cfg.train_timeout_s):
+                trained = train_task.with_options(
+                    retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
+                )(ctx, prep.content_hash)
+            with _bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
+                ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
             # Register always runs: it is idempotent (a run already registered is not registered
             # again, its promotion is re-decided), so an unchanged project ends with the same answer.
-            reg = register_task.with_options(
-                retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-            )(ctx, trained, ev)
+            with _bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
+                reg = register_task.with_options(
+                    retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
+                )(ctx, trained, ev)
             dvc = "not used"
             if run.dvc is not None:
                 pending = run.dvc.status()
