@@ -293,6 +293,15 @@ class RegistryConfig(Section):
     # in-training evaluation wrote none) or last (models/checkpoint.pt).
     candidate: Literal["best", "last"] = "best"
 
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, name: str) -> str:
+        """What MLflow refuses at `sagan register` (after training), said before anything runs; and
+        no control characters: the name is one line of every card, command and log line naming it."""
+        if not name.strip() or "/" in name or ":" in name or not name.isprintable():
+            raise ValueError(f"expected a printable name without '/' or ':', got {name!r}")
+        return name
+
     @field_validator("tracking_uri")
     @classmethod
     def _no_credentials(cls, uri: str | None) -> str | None:

@@ -4,11 +4,14 @@ made in tmp_path, outside the repository. The end-to-end runs: tests/test_init_e
 
 from __future__ import annotations
 
+import html
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import REPO
+from markdown_it import MarkdownIt
 
 from pipelines.cli import main as cli
 from pipelines.project import version
@@ -36,11 +39,13 @@ def one_error_line(capsys) -> str:
 
 @pytest.mark.integration
 def test_init_makes_a_project_outside_the_repo_on_images_outside_it(tmp_path, capsys):
-    data = images(tmp_path / "my images")
-    proj = tmp_path / "work/proj"
+    data = images(tmp_path / "my_images <b>x</b>")  # names shown as themselves in README.md
+    proj = tmp_path / "work/it's $(proj)"  # ... and quoted in the printed `cd` line
     assert cli.main(["init", str(proj), "--preset", "folder64", "--data", str(data)]) == 0, (
         capsys.readouterr()
     )
+    command = capsys.readouterr().out.splitlines()[-1].removeprefix("next:").split("   (README")[0]
+    assert shlex.split(command) == ["cd", str(proj), "&&", "sagan", "pipeline", "run"]
     names = {p.name for p in proj.iterdir()}
     assert {"params.yaml", "dvc.yaml", "sagan-version.yaml", ".gitignore", ".dvcignore", "README.md"} <= names
     assert {".git", ".dvc"} <= names  # git init + dvc init
@@ -56,8 +61,10 @@ def test_init_makes_a_project_outside_the_repo_on_images_outside_it(tmp_path, ca
     assert version.recorded(proj) == version.installed()
     repo_spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert spec["plots"] == repo_spec["plots"]  # the same plots as the demo project
-    readme = (proj / "README.md").read_text()
-    assert "sagan pipeline run" in readme and "dvc plots show" in readme and str(data.resolve()) in readme
+    readme = MarkdownIt("commonmark").enable("table").render((proj / "README.md").read_text())
+    assert "sagan pipeline run" in readme and "dvc plots show" in readme and "<b>" not in readme
+    assert f"<code>{html.escape(str(data.resolve()), quote=False)}</code>" in readme
+    assert f"<h1>{html.escape(proj.name, quote=False)}</h1>" in readme
     # DVC must see the images: never ignored by .dvcignore
     assert "data/raw" not in "".join(
         line for line in (proj / ".dvcignore").read_text().splitlines() if not line.startswith("#")

@@ -272,4 +272,6 @@ def init(
         return
     for line in create.create(project, preset, data, force):
         typer.echo(line)
-    typer.echo(f"next: cd {project} && sagan pipeline run   (README.md lists the project's commands)")
+    from pipelines.quoting import sh
+
+    typer.echo(f"next: cd {sh(project)} && sagan pipeline run   (README.md lists the project's commands)")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.cli.commands import ParamsOpt, SetOpt, load
+from pipelines.quoting import sh
 from sagan_core.errors import ConfigError
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even when nothing changed.")]
@@ -132,5 +133,5 @@ def deploy(
         print_next_steps=False,
     )
     print(f"deployed sagan-pipeline/{name} ({deployment_id}) to work pool {pool!r}; project limit {limit}")
-    print(f"start a worker: prefect worker start --pool {pool}")
-    print(f"run it:         prefect deployment run sagan-pipeline/{name}")
+    print(f"start a worker: prefect worker start --pool {sh(pool)}")
+    print(f"run it:         prefect deployment run {sh(f'sagan-pipeline/{name}')}")

@@ -2,5 +2,5 @@
 (settings.py), webhooks (notify.py), progress and run reports (report.py), log routing (console.py),
 the cross-machine project limit (project_limit.py) and DVC status/commit (dvc_sync.py).
 
-May import pipelines.stages, results, launch, lock, tracking and sagan_core; never the CLI.
+May import pipelines.stages, results, launch, lock, quoting, tracking and sagan_core; never the CLI.
 """

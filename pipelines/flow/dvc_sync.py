@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.quoting import sh
 from sagan_core.atomic import write_atomic
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import apply_override
@@ -83,7 +84,7 @@ def reads_params(params_file: str | Path, mode: str) -> bool:
     if mode == "yes":
         raise ConfigError(
             f"--params {params_file}: pipeline.dvc is yes but DVC reads only params.yaml: run "
-            f"`sagan init . --preset {params_file} --force` to make it params.yaml, or use --set overrides"
+            f"`sagan init . --preset {sh(params_file)} --force` to make it params.yaml, or use --set overrides"
         )
     return False
 

@@ -22,6 +22,7 @@ from prefect.artifacts import (
 )
 
 from pipelines.flow.history import COLUMNS, RESULT_KEY, past_runs
+from pipelines.quoting import md, md_code, sh
 from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
 from pipelines.tracking.store import redact
 from sagan_core.config import Params
@@ -154,21 +155,24 @@ def inline_png(path: str | Path) -> str | None:
     return f"data:image/png;base64,{base64.b64encode(data).decode()}" if len(data) <= INLINE_BYTES else None
 
 
-def publish(s: RunSummary, project: str) -> None:
-    """The run's artifacts: the markdown summary, its result row, the table of the project's runs
-    (Prefect's records of flow runs tagged `project`: history.py)."""
+def summary_markdown(s: RunSummary) -> str:
+    """The run's markdown summary; every user-named piece (model name, paths, a person's reason,
+    DVC's stage names, the tracking server's address) quoted as text (pipelines/quoting.py)."""
     link = (
-        f"[{s.mlflow_run}]({s.mlflow_url}) (with `mlflow ui` running)" if s.mlflow_url else _fmt(s.mlflow_run)
+        f"[{md(s.mlflow_run)}]({_link(s.mlflow_url)}) (with `mlflow ui` running)"
+        if s.mlflow_url
+        else md(_fmt(s.mlflow_run))
     )
     if s.version is None:
-        decision = [f"| registered | skipped: {s.reason} |"]
+        decision = [f"| registered | skipped: {md(s.reason)} |"]
     else:
         decision = [
-            f"| decision | **{s.decision}**: {s.reason} |",
-            f"| registered | {s.model_name} v{s.version} ({s.decision}): the generator at step {s.version_step}, FID {_fmt(s.version_fid)} |",
+            f"| decision | **{s.decision}**: {md(s.reason)} |",
+            f"| registered | {md(s.model_name)} v{s.version} ({s.decision}): the generator at step"
+            f" {s.version_step}, FID {_fmt(s.version_fid)} |",
         ]
     grid_where = "below; also under the MLflow run's artifacts" if s.mlflow_run else "below"
-    md = "\n".join(
+    text = "\n".join(
         [
             "# sagan pipeline run",
             "",
@@ -178,17 +182,25 @@ def publish(s: RunSummary, project: str) -> None:
             f"| IS | {_fmt(s.is_mean)} |",
             f"| KID | {_fmt(s.kid)} |",
             *decision,
-            f"| data hash | `{s.data_hash}` |",
+            f"| data hash | {md_code(s.data_hash)} |",
             f"| trained | {s.trained_steps} steps (checkpoint step {s.step}) |",
-            f"| sample grid | `{s.samples}` ({grid_where}) |",
+            f"| sample grid | {md_code(s.samples)} ({grid_where}) |",
             f"| MLflow run | {link} |",
-            f"| DVC | {'`dvc status` clean' if s.dvc == 'clean' else s.dvc} |",
+            f"| DVC | {'`dvc status` clean' if s.dvc == 'clean' else md(s.dvc)} |",
         ]
     )
     grid = inline_png(s.samples)
     if grid:
-        md += f"\n\n## Samples at step {s.step}\n\n![sample grid, step {s.step}]({grid})\n"
-    create_markdown_artifact(md, key="sagan-summary", description="sagan: evaluation and promotion")
+        text += f"\n\n## Samples at step {s.step}\n\n![sample grid, step {s.step}]({grid})\n"
+    return text
+
+
+def publish(s: RunSummary, project: str) -> None:
+    """The run's artifacts: the markdown summary, its result row, the table of the project's runs
+    (Prefect's records of flow runs tagged `project`: history.py)."""
+    create_markdown_artifact(
+        summary_markdown(s), key="sagan-summary", description="sagan: evaluation and promotion"
+    )
     result = {c: getattr(s, c) for c in COLUMNS[3:]}
     create_table_artifact([result], key=RESULT_KEY, description="this run's scores and decision")
     create_table_artifact(
@@ -196,11 +208,19 @@ def publish(s: RunSummary, project: str) -> None:
     )
 
 
+def _link(url: str) -> str:
+    """A link destination in a Markdown table cell: the URL (built on the user's tracking URI) with
+    what would end the destination or the cell (spaces, parentheses, `<>`, `|`, quotes) %-encoded."""
+    from urllib.parse import quote
+
+    return quote(url, safe=":/?#[]@!$&*+,;=%~-._")
+
+
 def _tool(name: str) -> str:
     """The command as the user can type it here: .venv/bin/NAME when that is where sagan runs from."""
     exe = Path(sys.executable).parent / name
     try:
-        return str(exe.relative_to(Path.cwd()))
+        return sh(exe.relative_to(Path.cwd()))
     except ValueError:
         return name
 
@@ -217,7 +237,7 @@ def final_report(s: RunSummary, params: Params) -> str:
         registered = [
             f"  registered  : {s.model_name} version {s.version} (generator step {s.version_step}, FID "
             f"{s.version_fid:.3f}), alias {s.decision} ({s.reason})",
-            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {uri}",
+            f"  MLflow UI   : {_tool('mlflow')} ui --backend-store-uri {sh(uri)}",
             *([f"                then open {s.mlflow_url}"] if s.mlflow_url else []),
         ]
     return "\n".join(

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.project import version
+from pipelines.quoting import md, md_code
 from sagan_core.atomic import write_atomic
 from sagan_core.data.archives import is_archive
 from sagan_core.errors import ConfigError, SaganError
@@ -163,7 +164,13 @@ def create(project: Path, preset: str, data: Path | None, force: bool) -> list[s
         if (project / name).exists():
             continue
         body = (TEMPLATES / template).read_text()
-        for key, value in (("{name}", project.resolve().name), ("{preset}", preset), ("{source}", source)):
+        # Markdown: the folder's name, the preset and the source shown as themselves (quoting.py)
+        shown = (
+            ("{name}", md(project.resolve().name)),
+            ("{preset}", md_code(preset)),
+            ("{source}", md_code(source)),
+        )
+        for key, value in shown:
             body = body.replace(key, value)
         _write(project / name, body)
         done.append(f"wrote {name}")

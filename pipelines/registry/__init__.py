@@ -2,5 +2,5 @@
 (register.py), the versions' and model's descriptions (model_card.py), the lock that serialises
 promotions (promotion_lock.py), and sampling from registered models or checkpoints (sampling.py).
 
-May import pipelines.tracking, pipelines.results and sagan_core.
+May import pipelines.tracking, pipelines.results, pipelines.quoting and sagan_core.
 """

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.quoting import json_sh, md, md_code, sh
 from sagan_core.config import Params
 
 
@@ -39,7 +40,7 @@ def _classes(manifest: dict[str, Any]) -> str:
     names = manifest.get("class_names") or []
     if not names:
         return "none (unconditional)" if manifest else "unknown"
-    shown = ", ".join(map(str, names[:20])) + (", …" if len(names) > 20 else "")
+    shown = ", ".join(md(n) for n in names[:20]) + (", …" if len(names) > 20 else "")
     return f"{len(names)}: {shown}"
 
 
@@ -51,8 +52,8 @@ def _data(params: Params, run_params: dict[str, str], tags: dict[str, str]) -> l
         "",
         "| | |",
         "|---|---|",
-        f"| source | `{run_params.get('data.source', params.data.source)}` |",
-        f"| content_hash | `{tags.get('sagan.data.content_hash', m.get('content_hash', 'unknown'))}` |",
+        f"| source | {md_code(run_params.get('data.source', params.data.source))} |",
+        f"| content_hash | {md_code(tags.get('sagan.data.content_hash', m.get('content_hash', 'unknown')))} |",
         f"| images | {m['num_images']:,} |" if "num_images" in m else "| images | unknown |",
         f"| classes | {_classes(m)} |",
         f"| resolution | {res} |",
@@ -103,7 +104,7 @@ def _evaluation(ev: dict[str, Any]) -> list[str]:
     ref = ev.get("reference_size")
     ref_text = "all prepared images" if ref is None else f"{ref} prepared images (fixed seeded subset)"
     if ev.get("reference_split") not in (None, "prepared"):
-        ref_text = f"statistics file `{ev['reference_split']}`"
+        ref_text = f"statistics file {md_code(ev['reference_split'])}"
     official = ev.get("weights_official")
     weights = {True: "pytorch-fid's official FID weights", False: "**unofficial** weights"}.get(
         official, "unknown weights"
@@ -143,10 +144,10 @@ def _evaluation(ev: dict[str, Any]) -> list[str]:
 
 def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[str]:
     names = manifest.get("class_names") or []
-    klass = f'"class": "{names[0]}", ' if names else ""
+    request = ({"class": str(names[0])} if names else {}) | {"n": 4, "seed": 0, "truncation": 1.0}
     # the alias this version got when registered: what users load (a version number never moves)
     alias = decision if decision in ("champion", "challenger") else "champion"
-    uri = f"models:/{name}@{alias}"
+    uri = sh(f"models:/{name}@{alias}")  # pasted into a shell: the model name is one word
     return [
         "## How to sample",
         "",
@@ -157,7 +158,7 @@ def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[s
         f"sagan sample --model {uri} --verified-copy served/  # only a model this sagan logged",
         "mlflow models serve -m served/ --env-manager local -p 5001",
         "curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
-        f'  -d \'{{"dataframe_records": [{{{klass}"n": 4, "seed": 0, "truncation": 1.0}}]}}\'',
+        f"  -d {json_sh({'dataframe_records': [request]})}",
         "```",
         "",
         "The answer has one row per image: `class`, `class_id`, `seed`, `index`, `image` (base64 PNG).",
@@ -192,6 +193,12 @@ def sample_grid(client, run_id: str, step: int) -> str | None:
     return "samples/latest.png" if "samples/latest.png" in latest else None
 
 
+def promotion_line(decision: str, reason: str) -> str:
+    """The card's one promotion line (promotion.restate rewrites it): the reason may hold a
+    person's words and names, shown as text on one line."""
+    return f"**Promotion: {decision}.** {md(reason)}."
+
+
 def version_card(
     params: Params,
     name: str,
@@ -207,9 +214,9 @@ def version_card(
     run_params, tags = dict(run.data.params), dict(run.data.tags)
     step = ev.get("generator_step", "?")
     lines = [
-        f"# {name} v{version}: SAGAN generator (EMA) at step {step}",
+        f"# {md(name)} v{version}: SAGAN generator (EMA) at step {step}",
         "",
-        f"**Promotion: {decision}.** {reason}.",
+        promotion_line(decision, reason),
         "",
         f"FID {_num(ev.get('fid'))} · KID {_num(ev.get('kid_mean'))} · IS {_num(ev.get('is_mean'))} · "
         f"run `{run.info.run_id}`",
@@ -228,12 +235,13 @@ def version_card(
 
 def model_description(params: Params, name: str) -> str:
     """The registered model's description: what its versions are and how its aliases move."""
+    uri = sh(f"models:/{name}@champion")
     return "\n".join(
         [
-            f"# {name}",
+            f"# {md(name)}",
             "",
             "Self-Attention GAN generators (the EMA copy of G), trained, evaluated and registered by"
-            f" the `sagan` pipeline from `{params.data.source}` data. Each version's description is its"
+            f" the `sagan` pipeline from {md_code(params.data.source)} data. Each version's description is its"
             " model card: data, training, evaluation protocol and scores, promotion decision.",
             "",
             f"- `@champion`: the best FID so far (a new version takes it only when its FID is lower by more"
@@ -242,8 +250,8 @@ def model_description(params: Params, name: str) -> str:
             " person promoted (`sagan models promote`). Tags `promotion.*` say who, when and why.",
             "- `@challenger`: the latest version that did not beat the champion.",
             "",
-            f"Sample: `sagan sample --model models:/{name}@champion --out grid.png`; serve its checked"
-            f" copy: `sagan sample --model models:/{name}@champion --verified-copy served/`, then"
+            f"Sample: {md_code(f'sagan sample --model {uri} --out grid.png')}; serve its checked"
+            f" copy: {md_code(f'sagan sample --model {uri} --verified-copy served/')}, then"
             " `mlflow models serve -m served/ --env-manager local` (input rows: class, n, seed,"
             " truncation; output: base64 PNGs).",
         ]

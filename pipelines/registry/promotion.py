@@ -23,6 +23,7 @@ import logging
 import time
 
 from pipelines.registry.compare import fid_under, score_under, version_protocol
+from pipelines.registry.model_card import promotion_line
 from pipelines.registry.promotion_lock import promotion_lock
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
@@ -134,7 +135,7 @@ def restate(client, name: str, version, decision: str, reason: str) -> None:
     lines = (mv.description or "").splitlines()
     for i, line in enumerate(lines):
         if line.startswith("**Promotion:"):
-            lines[i] = f"**Promotion: {decision}.** {reason}."
+            lines[i] = promotion_line(decision, reason)
             client.update_model_version(name, str(version), description="\n".join(lines) + "\n")
             return
 
