@@ -9,6 +9,9 @@ reason) quoted for where it lands, so that it is shown as itself and never read 
   all of these back as the characters themselves (tests/test_quoting.py renders with CommonMark +
   tables and with Python-Markdown).
 - `md_code(text)`: the same shown as code (`<code>`: a Markdown code span shows entities literally).
+- `chat(text)`: a chat webhook's `text` line: `&`, `<`, `>` as entities, the escaping Slack's
+  message format asks for (`<!channel>` would ping everyone, `<url|text>` is a link); Mattermost
+  and Teams read Markdown, which shows the entities as the characters.
 - `sh(word)`: one word of a shell command line printed for a person to paste (shlex.quote).
 - `json_sh(obj)`: a JSON body as one shell word whose text holds no `<`, `>`, `&`, `'` or backtick
   (JSON's own \\u escapes, so it parses back to the same value), safe inside a Markdown code block
@@ -19,6 +22,7 @@ Imports only the standard library; any layer of pipelines may use it.
 
 from __future__ import annotations
 
+import html
 import json
 import shlex
 import unicodedata
@@ -47,6 +51,11 @@ def md(text: object) -> str:
 def md_code(text: object) -> str:
     """`text` shown as code in Markdown, literally."""
     return f"<code>{md(text)}</code>"
+
+
+def chat(text: object) -> str:
+    """`text` for a chat webhook's message line, shown as itself."""
+    return html.escape(str(text), quote=False)
 
 
 def sh(word: object) -> str:

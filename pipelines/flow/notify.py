@@ -9,8 +9,9 @@ for `registry.tracking_uri`. The POST follows no redirect (the token would trave
 bounded in total by `pipeline.notify_timeout_s`, from connecting to the last byte (a server that
 trickles bytes cannot hold the hook longer).
 
-The body is JSON with a `text` line (what Slack, Mattermost and Teams incoming webhooks display)
-plus the details: flow run name and id, state, and for a completed run the FID and the promotion
+The body is JSON with a `text` line (what Slack, Mattermost and Teams incoming webhooks display;
+its `&`, `<`, `>` escaped as Slack asks, so a name or reason cannot ping or link: quoting.py) plus
+the details: flow run name and id, state, and for a completed run the FID and the promotion
 decision. A webhook that is down never changes the run's outcome: the failure is logged.
 """
 
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from pipelines.quoting import chat
 
 log = logging.getLogger("sagan.notify")
 
@@ -134,7 +137,8 @@ def post(name: str, body: dict[str, Any], timeout_s: float) -> bool:
 
 def _body(flow_run, state, text: str, **extra: Any) -> dict[str, Any]:
     body = {"flow_run": flow_run.name, "flow_run_id": str(flow_run.id), "state": state.name}
-    return body | extra | {"text": f"sagan pipeline {flow_run.name}{text}"}
+    # the run's name, model name, reason and error message are user-named: shown as text in the chat
+    return body | extra | {"text": chat(f"sagan pipeline {flow_run.name}{text}")}
 
 
 def on_completion(flow, flow_run, state) -> None:
