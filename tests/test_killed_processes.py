@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -64,7 +65,8 @@ def test_kill9_of_pipeline_run_leaves_no_process_behind(tmp_path):
     nproc = 2
     proj = pipeline_project(tmp_path / "p", dvc=False, train__steps=100000, train__nproc_per_node=nproc)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # Prefect's temporary server
-    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect"), "SAGAN_TRACKING": "0"}
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect"), "SAGAN_TRACKING": "1"}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{proj}/mlflow.db"}
     proc = subprocess.Popen([*SAGAN, "pipeline", "run"], cwd=proj, env=env, stdout=subprocess.DEVNULL)
     descendants: list[psutil.Process] = []
     try:
@@ -91,3 +93,17 @@ def test_kill9_of_pipeline_run_leaves_no_process_behind(tmp_path):
         for p in descendants:  # stragglers of a failed run must not outlive the test either
             with contextlib.suppress(psutil.Error):
                 p.kill()
+    # The next run's start marks what the killed one left RUNNING (issue 31: RUNNING forever): its
+    # flow and task runs Crashed, its MLflow run KILLED. It then fails at once (no such data).
+    r = run_cli(["pipeline", "run", "--set", "data.source=no-such-folder"], proj, env, timeout=300)
+    assert r.returncode == 1 and "stage prepare failed" in r.stderr, r.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "prefect/prefect.db") as db:  # Prefect's own records, read directly
+        states = db.execute("SELECT state_type FROM flow_run").fetchall()
+        tasks = db.execute("SELECT state_type FROM task_run").fetchall()
+    assert sorted(s for (s,) in states) == ["CRASHED", "FAILED"], states
+    assert "RUNNING" not in {s for (s,) in tasks}, tasks
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and [r.info.status for r in runs] == ["KILLED"] * len(runs)
