@@ -1,7 +1,10 @@
 """params.yaml (or a preset) → validated `Params`: reading, `--set key.path=value` overrides, validation.
 
 Overrides are applied to the raw YAML before validation, so they are checked exactly like the file.
-A validation error becomes the one line a user reads: `key.path: expected ..., got ...`.
+A validation error becomes the one line a user reads: `key.path: expected ..., got ...`, the value
+cut to a readable length (errors.shown). A params file is a few KB of plain YAML: files over
+MAX_PARAMS_BYTES are refused unread, and anchors and aliases (&/*) in a file or a `--set` value are
+refused while parsing, so a few hundred bytes can never expand into billions of values.
 """
 
 from __future__ import annotations
@@ -13,7 +16,69 @@ import yaml
 from pydantic import ValidationError
 
 from sagan_core.config import Params
-from sagan_core.errors import ConfigError
+from sagan_core.errors import ConfigError, shown
+
+# A params file is a few KB (the largest preset is ~5 KB); a bigger one is the wrong file or an attack.
+MAX_PARAMS_BYTES = 1 << 20
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a params file may not hold; `problem` says what, `problem_mark` where."""
+
+
+class _ParamsLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: a 1 MiB list 4 s, not 17
+    """SafeLoader whose values that Python cannot build (an integer of 5,000 digits, the date
+    2020-13-01) are YAML errors with a line, not a traceback."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:  # raised by int(), datetime.date(), ...
+            why = str(e).split(";")[0]  # Python's reason, without its advice (sys.set_int_max_str_digits)
+            problem = f"cannot read {shown(node.value, 40)} ({why if len(why) <= 100 else type(e).__name__})"
+            raise _Refused(problem=problem, problem_mark=node.start_mark) from None
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values, refusing anchors and aliases first ("billion laughs": nine levels
+    of nine aliases are 10^9 values from 400 bytes). The events are scanned before any node is
+    composed, so nothing is ever expanded; a params file needs neither."""
+    for event in yaml.parse(text, Loader=_ParamsLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                problem="aliases (&/*) are not allowed in params files", problem_mark=event.start_mark
+            )
+    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
+
+
+def read_params_text(path: Path, what: str = "--params") -> str:
+    """The text of a params file at most MAX_PARAMS_BYTES long, checked before it is read (stat,
+    then at most one byte more: a file growing meanwhile, /dev/zero); one ConfigError otherwise."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            data = f.read(MAX_PARAMS_BYTES + 1) if size <= MAX_PARAMS_BYTES else b""
+        if size > MAX_PARAMS_BYTES or len(data) > MAX_PARAMS_BYTES:
+            got = f"{size:,} bytes" if size > MAX_PARAMS_BYTES else "it grew while read"
+            raise ConfigError(
+                f"{what} {path}: too large for a params file ({got}; at most {MAX_PARAMS_BYTES:,} bytes)"
+            )
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"not UTF-8 text, byte {e.start}"
+        raise ConfigError(f"{what} {path}: cannot read it ({why})") from None
+
+
+def parse_params_text(text: str, path: Path) -> Any:
+    """The YAML in a params file's text; a YAML mistake is one ConfigError naming the file and line."""
+    try:
+        return parse_yaml(text)
+    except _Refused as e:
+        raise ConfigError(f"{path}: line {e.problem_mark.line + 1}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+
 
 # pydantic error types -> what was expected, in plain words
 _EXPECTED = {
@@ -37,19 +102,28 @@ def _describe(err: dict[str, Any]) -> str:
         op = _OPS[kind]
         bound = next(iter(ctx.values()))
         what = "a positive number" if kind == "greater_than" and bound == 0 else f"a number {op} {bound}"
-        return f"expected {what}, got {got!r}"
+        return f"expected {what}, got {shown(got)}"
     if kind == "literal_error":
-        return f"expected one of {ctx.get('expected')}, got {got!r}"
+        return f"expected one of {ctx.get('expected')}, got {shown(got)}"
+    if kind in ("too_long", "string_too_long"):  # the size only: the string may hold a password
+        unit = "characters" if kind == "string_too_long" else "items"
+        return f"expected at most {ctx['max_length']:,} {unit}, got {len(got):,}"
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {got!r}"
+        return f"expected {_EXPECTED[kind]}, got {shown(got)}"
     msg = err["msg"].removeprefix("Value error, ")
-    return msg if "got" in msg else f"{msg}, got {got!r}"
+    return msg if "got" in msg else f"{msg}, got {shown(got)}"
+
+
+def _key(key: str) -> str:
+    """A key path as a message shows it: the user's too (an unknown key of 1 MiB, or one holding a
+    newline, is cut and escaped)."""
+    return key if key.isprintable() and len(key) <= 80 else shown(key, 80)
 
 
 def one_line(e: ValidationError) -> str:
     """The first error, naming its key path, plus how many more there are."""
     err = e.errors()[0]
-    path = ".".join(str(p) for p in err["loc"])
+    path = ".".join(p if p.isprintable() and len(p) <= 60 else shown(p, 60) for p in map(str, err["loc"]))
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     msg = _describe(err)
     return f"{path}: {msg}{more}" if path else f"{msg}{more}"
@@ -67,17 +141,19 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     key, sep, value = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+        raise ConfigError(f"--set {shown(assignment)}: expected key.path=value")
     parts = key.split(".")
     node = raw
     for i, p in enumerate(parts[:-1]):
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"--set {_key(key)}: {_key('.'.join(parts[: i + 1]))} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        node[parts[-1]] = parse_yaml(value) if value.strip() else None
+    except _Refused as e:
+        raise ConfigError(f"--set {_key(key)}: {e.problem.replace('params files', 'params')}") from None
+    except yaml.YAMLError:  # not YAML (`a: b: c`): the string itself, as `dvc exp run -S` takes it
         node[parts[-1]] = value
 
 
@@ -88,14 +164,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
     if not path.exists() and str(path) != "params.yaml":
         raise ConfigError(f"--params {path}: no such file")
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            why = e.strerror if isinstance(e, OSError) else f"not UTF-8 text, byte {e.start}"
-            raise ConfigError(f"--params {path}: cannot read it ({why})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        raw = parse_params_text(read_params_text(path), path)
         # Empty is most likely truncated or the wrong file: training on the defaults would hide that.
         if raw is None:
             raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")

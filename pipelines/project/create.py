@@ -15,14 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipelines.project import version
 from pipelines.quoting import md, md_code
 from sagan_core.atomic import write_atomic
 from sagan_core.data.archives import is_archive
 from sagan_core.errors import ConfigError, SaganError
-from sagan_core.params_file import validate
+from sagan_core.params_file import parse_params_text, parse_yaml, read_params_text, validate
 
 PACKAGE = Path(__file__).resolve().parent
 PRESETS_DIR = PACKAGE / "presets"
@@ -74,7 +72,11 @@ def data_source(data: Path, project: Path) -> str:
 
 def params_text(preset: Path, source: str | None) -> str:
     """The preset's text (comments kept), with data.source replaced when given; validated."""
-    text = preset.read_text(encoding="utf-8")
+    # A path may be anyone's file: bounded and alias-free (params_file.py) before ruamel reads it.
+    text = read_params_text(preset, "--preset")
+    raw = parse_params_text(text, preset)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--preset {preset}: expected a mapping of sections")
     if source is not None:
         from ruamel.yaml import YAML
 
@@ -85,9 +87,7 @@ def params_text(preset: Path, source: str | None) -> str:
         out = io.StringIO()
         rt.dump(data, out)
         text = out.getvalue()
-    raw = yaml.safe_load(text)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--preset {preset}: expected a mapping of sections")
+        raw = parse_params_text(text, preset)
     validate(raw)  # a preset that does not validate is never written
     return text
 
@@ -150,7 +150,7 @@ def create(project: Path, preset: str, data: Path | None, force: bool) -> list[s
     src = preset_path(preset)
     source = data_source(data, project) if data is not None else None
     text = params_text(src, source)
-    source = source or str(validate(yaml.safe_load(text)).data.source)
+    source = source or str(validate(parse_yaml(text)).data.source)
     project.mkdir(parents=True, exist_ok=True)
     done: list[str] = []
     _replace_params(project / "params.yaml", text, force, done)
