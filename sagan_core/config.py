@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sagan_core.errors import shown
 from sagan_core.model.arch import D_ARCH, G_ARCH, attention_slots, default_attention, feature_maps
 
 # DiffAugment's operations (sagan_core/train/diffaug.py implements them; named here so that params
@@ -29,7 +30,7 @@ def diffaug_ops(policy: str) -> tuple[str, ...]:
     unknown = [op for op in ops if op not in DIFFAUG_OPERATIONS]
     if unknown:
         raise ValueError(
-            f"unknown DiffAugment operation {unknown[0]!r}; valid: {', '.join(DIFFAUG_OPERATIONS)}"
+            f"unknown DiffAugment operation {shown(unknown[0])}; valid: {', '.join(DIFFAUG_OPERATIONS)}"
         )
     return ops
 
@@ -39,11 +40,15 @@ _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number",
 
 
 INT64_MAX = 2**63 - 1  # seeds beyond it overflow inside torch ("Overflow when unpacking long long")
+# Every string is at most this long (paths: Linux's PATH_MAX); a 1 MiB data.source is a mistake.
+MAX_STR = 4096
 
 
 class Section(BaseModel):
     # No inf/NaN anywhere: `lr_d: .inf` would pass `> 0` and only surface as a diverged run.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, str_max_length=MAX_STR
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -61,7 +66,7 @@ class DataConfig(Section):
     channels: Literal[1, 3] = 1
     hflip: bool = False  # random horizontal flips while training (off for digits: a flipped 7 is no 7)
     max_rejected_fraction: float = Field(0.05, ge=0, le=1)  # more rejected files than this fails prepare
-    min_size: int = Field(16, ge=1)  # images whose short side is smaller are rejected (too small)
+    min_size: int = Field(16, ge=1, le=100_000)  # images with a shorter short side are rejected
     # Images with more pixels are rejected before decoding (decompression bombs; ~7000 x 7000).
     # (at most 1,000,000,000: one such RGB image is 3 GB in memory, per decoding process)
     max_pixels: int = Field(50_000_000, gt=0, le=1_000_000_000)
@@ -82,8 +87,9 @@ class ModelConfig(Section):
     # Feature-map resolutions with a self-attention block (one each, after the first block that
     # outputs it; sagan_core/model/arch.py); null = the paper's best placement for the output resolution
     # (16 for 32-px models, 32 for 64/128/256-px models).
-    g_attn: list[int] | None = None
-    d_attn: list[int] | None = None
+    # At most one per feature map: a handful (8; a 256-px generator has 7 feature-map sizes).
+    g_attn: list[int] | None = Field(None, max_length=8)
+    d_attn: list[int] | None = Field(None, max_length=8)
     conditional: Literal["auto", "yes", "no"] = "auto"  # auto: conditional when the data has labels
     sn_eps: float = Field(1e-6, gt=0)
     bn_eps: float = Field(1e-5, gt=0)
@@ -95,25 +101,29 @@ class ModelConfig(Section):
     @classmethod
     def _powers_of_two(cls, v: list[int] | None) -> list[int] | None:
         for r in v or []:
-            if r < 4 or r & (r - 1):
-                raise ValueError(f"expected feature-map resolutions (powers of two >= 4), got {r}")
+            if r < 4 or r > 256 or r & (r - 1):  # 256: the largest output (and no 4,000-digit 2**13000)
+                raise ValueError(
+                    f"expected feature-map resolutions (powers of two, 4 to 256), got {shown(r)}"
+                )
         return v
 
 
 class TrainConfig(Section):
-    steps: int = Field(2000, gt=0)  # generator steps; each has `n_dis` discriminator steps
+    # generator steps, each with `n_dis` discriminator steps. Every count of steps is bounded to 64 bits
+    # (torch and numpy hold it as an int64: `Overflow when unpacking long long` otherwise).
+    steps: int = Field(2000, gt=0, le=INT64_MAX)
     batch_size: int = Field(64, gt=0, le=8192)  # per process (DDP: per rank); BigGAN used 2048 in all
     lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(4e-4, gt=0)
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.9, ge=0, lt=1)  # the paper says 0.9; the official code used 0.999
-    n_dis: int = Field(1, gt=0)
+    n_dis: int = Field(1, gt=0, le=100)  # D steps per G step (the paper: 1; WGAN-GP: 5)
     seed: int = Field(0, ge=0, le=INT64_MAX)  # torch and numpy seeds are 64-bit
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    ema_start: int = Field(0, ge=0)  # before this step the EMA copy just tracks G
-    checkpoint_every: int = Field(500, gt=0)
-    sample_every: int = Field(500, gt=0)
-    log_every: int = Field(50, gt=0)
+    ema_start: int = Field(0, ge=0, le=INT64_MAX)  # before this step the EMA copy just tracks G
+    checkpoint_every: int = Field(500, gt=0, le=INT64_MAX)
+    sample_every: int = Field(500, gt=0, le=INT64_MAX)
+    log_every: int = Field(50, gt=0, le=INT64_MAX)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 units (AMX/AVX512-BF16), else fp32
     # (sagan_core/train/precision.py); spectral norm and FID/IS/KID stay fp32 in every case
@@ -150,11 +160,12 @@ class TrainConfig(Section):
     metrics_file: str = "metrics/train.csv"
     # In-training evaluation (sagan_core/train/periodic_eval.py): KID + FID of the EMA generator every
     # eval_every steps and at the end, against `sagan evaluate`'s cached reference statistics.
-    eval_every: int = Field(0, ge=0)  # 0 = off
+    eval_every: int = Field(0, ge=0, le=INT64_MAX)  # 0 = off
     # generated images per in-training evaluation (bounded like eval.num_samples)
     eval_samples: int = Field(250, ge=10, le=1_000_000)
     select_metric: Literal["kid", "fid"] = "kid"  # what models/best.pt minimises (KID: unbiased)
-    keep_checkpoints: int = Field(0, ge=0)  # periodic checkpoints kept as step_NNNNNN.pt (0: none)
+    # periodic checkpoints kept as step_NNNNNN.pt (0: none)
+    keep_checkpoints: int = Field(0, ge=0, le=INT64_MAX)
     # Batches of fresh z/labels that recompute the EMA generator's BatchNorm statistics before it is
     # sampled, evaluated or saved (sagan_core/train/standing_stats.py); 0 = G's running statistics.
     standing_stats: int = Field(16, ge=0, le=10000)
@@ -198,7 +209,7 @@ class TrainConfig(Section):
     def _endpoint(cls, v: str | None, info: Any) -> str | None:
         host, _, port = (v or "").rpartition(":")
         if v is not None and not (host and port.isdigit() and 0 < int(port) < 65536 and " " not in v):
-            raise ValueError(f"expected host:port, got {v!r}")
+            raise ValueError(f"expected host:port, got {shown(v)}")
         if v is None and info.data.get("nnodes", 1) > 1 and info.data.get("launcher") != "kubernetes":
             raise ValueError("train.nnodes > 1 needs the rendezvous host:port (the same on every node)")
         return v
@@ -223,7 +234,7 @@ class TrainConfig(Section):
     @classmethod
     def _device(cls, v: str) -> str:
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {shown(v)}")
         return v
 
     @field_validator("diffaug")
@@ -248,7 +259,8 @@ class EvalConfig(Section):
     )  # noise seed of the samples (class-balanced labels when conditional)
     # "prepared": the prepared dataset's statistics (cached); or a pytorch-fid .npz file made elsewhere
     reference_split: str = "prepared"
-    reference_size: int | None = Field(1000, ge=2)  # a fixed seeded subset of the dataset; null = all
+    # a fixed seeded subset of the dataset; null = all
+    reference_size: int | None = Field(1000, ge=2, le=INT64_MAX)
     inception_weights: str | None = None  # explicit path; default: the torch hub cache (TORCH_HOME)
     dims: Literal[64, 192, 768, 2048] = 2048  # Inception block for FID/KID (2048 = pool3, the standard)
     kid_subsets: int = Field(100, gt=0, le=10_000)
@@ -274,7 +286,7 @@ class EvalConfig(Section):
     @classmethod
     def _reference(cls, v: str) -> str:
         if v != "prepared" and not v.endswith(".npz"):
-            raise ValueError(f"expected 'prepared' or a .npz statistics file, got {v!r}")
+            raise ValueError(f"expected 'prepared' or a .npz statistics file, got {shown(v)}")
         return v
 
 
@@ -320,8 +332,8 @@ class PipelineConfig(Section):
     """Settings of the Prefect flow (`sagan pipeline run|serve`), not of any stage's result."""
 
     force: bool = False  # run every stage even when DVC says nothing changed (scheduled runs: retrain)
-    train_retries: int = Field(1, ge=0)  # a retried train resumes from its checkpoint, never restarts
-    register_retries: int = Field(3, ge=0)  # transient MLflow/upload errors
+    train_retries: int = Field(1, ge=0, le=1000)  # a retried train resumes from its checkpoint
+    register_retries: int = Field(3, ge=0, le=1000)  # transient MLflow/upload errors
     retry_delay_s: float = Field(2.0, ge=0)  # first retry delay; doubles on each further retry
     train_timeout_s: float | None = Field(None, gt=0)  # null: no limit
     # prepare, evaluate, register (each, in the flow); null: no limit. 6 h by default: a stage stuck on
@@ -412,7 +424,7 @@ class Params(Section):
             if inside or contains:
                 where = "is" if inside and contains else "lies inside" if inside else "contains"
                 raise ValueError(
-                    f"{key}: got {value!r}, which {where} data.source {source!r}; outputs and images "
+                    f"{key}: got {shown(value)}, which {where} data.source {shown(source)}; outputs and images "
                     f"must not overlap (prepare replaces data.prepared_dir whole): move {key} elsewhere"
                 )
         return self
