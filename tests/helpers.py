@@ -329,3 +329,27 @@ def dvc(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess
 
 def git(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return sh(["git", *args], cwd, env)
+
+
+def letters_archive(path: Path, classes: int = 26, per_class: int = 6, size: int = 28) -> Path:
+    """A newcomer's own data (issue 32): a .tar.gz of `classes` folders named A, B, C, ... of small
+    grayscale PNGs (a letter drawn at a few offsets), like a handwritten-letters set."""
+    import io
+    import tarfile
+
+    from PIL import Image, ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for c in range(classes):
+            name = chr(ord("A") + c)
+            for i in range(per_class):
+                img = Image.new("L", (size, size), 0)
+                ImageDraw.Draw(img).text((6 + i % 5, 4 + i % 7), name, fill=255)
+                buf = io.BytesIO()
+                img.save(buf, "PNG")
+                info = tarfile.TarInfo(f"letters/{name}/{i:03d}.png")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+    return path
