@@ -31,6 +31,9 @@ CHECK_STAGE_MARK = "#CHECK_STAGE#\n"
 CHECK_STAGE = """  check:
     cmd: sagan prepare --check-only
     always_changed: true
+    params:
+      - sagan-version.yaml:
+          - sagan_version
     outs:
       - data/source.checked:
           cache: false  # never restored from DVC's run-cache: the check itself must run
