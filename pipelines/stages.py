@@ -41,7 +41,7 @@ def check_source(params: Params, record: bool = False) -> None:
 
 def prepare(params: Params, progress: bool = True) -> Prepared:
     from sagan_core.data.prepare import prepare as run_prepare
-    from sagan_core.data.prepare import rejection_summary
+    from sagan_core.data.rejections import rejection_summary
 
     manifest = run_prepare(params.data, progress=progress)
     by_reason = rejection_summary(manifest)

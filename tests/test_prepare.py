@@ -20,7 +20,8 @@ from helpers import cli, project_params
 from PIL import Image
 
 from sagan_core.config import DataConfig
-from sagan_core.data.prepare import prepare, rejection_summary
+from sagan_core.data.prepare import prepare
+from sagan_core.data.rejections import rejection_summary
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.train.trainer import train
 

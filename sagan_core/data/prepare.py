@@ -7,7 +7,8 @@ Every file is checked; a bad one is never fatal on its own. It is listed in the 
   unsupported mode | not inside a class folder
 
 Prepare fails (SaganError, exit 1) only when no valid image remains or more than
-`data.max_rejected_fraction` of the files were rejected.
+`data.max_rejected_fraction` of the files were rejected: its line names the top reasons with their
+counts, and the per-file reasons go beside data.prepared_dir (rejections.py).
 
 Decoding (decode.py) runs in `data.workers` processes; chunks come back in source order and are
 appended to the output file as they arrive, so memory stays flat however large the source is.
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from sagan_core.atomic import user_mode, write_atomic, write_json
 from sagan_core.config import DataConfig
+from sagan_core.data import rejections
 from sagan_core.data.dataset import content_hash
 from sagan_core.data.decode import decode_all
 from sagan_core.data.pool import available_cores
@@ -74,8 +76,9 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
 
 def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
     if not source.items:
-        total = len(source.rejected)
-        raise SaganError(f"data.source {cfg.source!r}: no images found ({total} rejected)")
+        if source.rejected:  # images there, none inside a class folder
+            rejections.fail(cfg, f"no images found ({len(source.rejected)} rejected)", source.rejected)
+        raise SaganError(f"data.source {cfg.source!r}: no images found (0 rejected)")
     out = Path(cfg.prepared_dir)
     out = out.resolve() if out.is_symlink() else out  # a link to a bigger disk: build there
     _refuse_foreign(out)  # before the decoding work, and again at the swap
@@ -86,6 +89,7 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
     try:
         manifest = _build(source, cfg, new, progress)
         _swap_in(new, out)
+        rejections.clear(cfg)
     except BaseException:
         _remove(new)
         raise
@@ -159,14 +163,17 @@ def _decode_to_file(
 
 
 def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], total: int) -> None:
+    """Fail (rejections.py: the top reasons in the line, every file's beside data.prepared_dir) when
+    nothing valid remains or more than data.max_rejected_fraction of the files were rejected."""
     if n == 0:
-        raise SaganError(f"data.source {cfg.source!r}: no valid images ({len(rejected)} rejected)")
+        rejections.fail(cfg, f"no valid images ({len(rejected)} rejected)", rejected)
     frac = len(rejected) / total
     if frac > cfg.max_rejected_fraction:
-        raise SaganError(
-            f"data.source {cfg.source!r}: {len(rejected)} of {total} images rejected "
-            f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction}): "
-            + ", ".join(f"{k} {v}" for k, v in rejection_summary({"rejected": rejected}).items())
+        rejections.fail(
+            cfg,
+            f"{len(rejected)} of {total} images rejected "
+            f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction})",
+            rejected,
         )
 
 
@@ -267,12 +274,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def rejection_summary(manifest: dict[str, Any]) -> dict[str, int]:
-    """{'truncated': 2, 'too small': 1, ...}: counts per reason (the part before ':')."""
-    counts: dict[str, int] = {}
-    for r in manifest["rejected"]:
-        kind = r["reason"].split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
