@@ -16,7 +16,7 @@ import pytest
 from helpers import cli
 
 from pipelines.flow.dvc_sync import write_overrides
-from pipelines.project.create import PRESETS_DIR
+from pipelines.project.catalog import PRESETS_DIR
 from sagan_core.config import Params
 from sagan_core.params_file import MAX_PARAMS_BYTES, load_params
 

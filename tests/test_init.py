@@ -15,7 +15,7 @@ from markdown_it import MarkdownIt
 
 from pipelines.cli import main as cli
 from pipelines.project import version
-from pipelines.project.create import PRESETS_DIR
+from pipelines.project.catalog import PRESETS_DIR
 from sagan_core.params_file import load_params
 
 pytestmark = pytest.mark.unit
@@ -104,7 +104,7 @@ def test_a_demo_or_torchvision_source_has_no_path_dependency(tmp_path, capsys):
     [
         (
             ["--preset", "cifar100"],
-            "--preset cifar100: no such preset (known: cifar10, folder64, imagenet128)",
+            "--preset cifar100: no such preset (known: cifar10, folder64, gray32, imagenet128)",
         ),
         (["--data", "nowhere"], "--data nowhere: no such file or folder"),
         (

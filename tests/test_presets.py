@@ -12,7 +12,7 @@ import yaml
 from helpers import REPO
 
 from pipelines.cli import main as cli
-from pipelines.project.create import PRESETS_DIR
+from pipelines.project.catalog import PRESETS_DIR
 from sagan_core.params_file import load_params
 
 pytestmark = pytest.mark.unit
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.unit
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
 
 
-def test_the_three_presets_exist():
-    assert {p.stem for p in PRESETS} >= {"cifar10", "folder64", "imagenet128"}
+def test_the_four_presets_exist():
+    assert {p.stem for p in PRESETS} >= {"cifar10", "folder64", "gray32", "imagenet128"}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -120,5 +120,5 @@ def test_init_dot_makes_a_preset_the_params_yaml_and_never_overwrites_silently(t
     assert "params.yaml.bak" in capsys.readouterr().out  # and said
     assert cli.main(["init", "other", "--preset", "cifar100"]) == 2
     err = capsys.readouterr().err
-    assert "no such preset" in err and "cifar10, folder64, imagenet128" in err
+    assert "no such preset" in err and "cifar10, folder64, gray32, imagenet128" in err
     assert not (tmp_path / "other").exists()

@@ -16,6 +16,7 @@ import typer
 import yaml
 
 from pipelines.lock import stage_lock
+from pipelines.project import catalog
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import load_params
@@ -249,8 +250,14 @@ def config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
 def init(
     project: Annotated[Path, typer.Argument(help="Project folder to create (or `.`: this folder).")],
     preset: Annotated[
-        str, typer.Option("--preset", help="Preset name (sagan's presets/NAME.yaml) or a params file.")
-    ] = "folder64",
+        str | None,
+        typer.Option(
+            "--preset",
+            help=f"Preset: {', '.join(catalog.preset_names())} (sagan's presets/NAME.yaml) or a params "
+            f"file. Default: picked from a look at --data's images, else {catalog.DEFAULT_PRESET}.",
+            show_default=False,
+        ),
+    ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Your images: a folder or a .tar/.tar.gz/.zip archive.")
     ] = None,
@@ -263,15 +270,16 @@ def init(
 ) -> None:
     """Start a project on your own images: params.yaml from a preset, dvc.yaml, git + DVC, README.md.
 
-    Presets: cifar10, folder64 (default), imagenet128. Existing files are kept; params.yaml is
-    replaced only with --force (the old one kept as params.yaml.bak)."""
+    With --data, a sample of the images is looked at: one line says their sizes, channels and
+    classes and the preset picked, or warns when the given --preset does not fit them. Existing
+    files are kept; params.yaml is replaced only with --force (the old one kept as params.yaml.bak)."""
     from pipelines.project import create
 
     if upgrade:
         typer.echo(create.upgrade(project))
         return
     for line in create.create(project, preset, data, force):
-        typer.echo(line)
+        typer.echo(line, err=line.startswith("warning:"))
     from pipelines.quoting import sh
 
     typer.echo(f"next: cd {sh(project)} && sagan pipeline run   (README.md lists the project's commands)")

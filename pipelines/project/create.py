@@ -6,6 +6,7 @@ depends on the data itself, every stage on the sagan version), sagan-version.yam
 .gitignore, .dvcignore, README.md, and a git + DVC repository. Existing files are never replaced,
 but params.yaml with --force, and then the old one is kept as params.yaml.bak (said in the output).
 Every user mistake (unknown preset, bad --data, params.yaml already there) is one ConfigError.
+Which presets there are, and which one fits a look at the images of --data: catalog.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.project import version
+from pipelines.project import catalog, version
 from pipelines.quoting import md, md_code
 from sagan_core.atomic import write_atomic
 from sagan_core.data.archives import is_archive
@@ -23,9 +24,7 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import parse_params_text, parse_yaml, read_params_text, validate
 
 PACKAGE = Path(__file__).resolve().parent
-PRESETS_DIR = PACKAGE / "presets"
 TEMPLATES = PACKAGE / "templates"
-DEFAULT_PRESET = "folder64"
 DATA_DEP_MARK = "#DATA_DEP#\n"
 CHECK_STAGE_MARK = "#CHECK_STAGE#\n"
 CHECK_STAGE = """  check:
@@ -40,21 +39,6 @@ CHECK_STAGE = """  check:
 """
 # (template, name in the project)
 FILES = (("gitignore", ".gitignore"), ("dvcignore", ".dvcignore"), ("README.md", "README.md"))
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def preset_path(name: str) -> Path:
-    """A packaged preset by name (presets/NAME.yaml), or a path to a params file."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if "/" not in name and path.is_file():
-        return path
-    if Path(name).is_file():
-        return Path(name)
-    known = ", ".join(preset_names()) or "none"
-    raise ConfigError(f"--preset {name}: no such preset (known: {known}) and no such file")
 
 
 def is_path_source(source: str) -> bool:
@@ -146,16 +130,22 @@ def _replace_params(target: Path, text: str, force: bool, done: list[str]) -> No
     done.append(f"wrote {target}")
 
 
-def create(project: Path, preset: str, data: Path | None, force: bool) -> list[str]:
-    """Write a new project into `project` (created if absent); returns what was done, one line each."""
+def create(project: Path, preset: str | None, data: Path | None, force: bool) -> list[str]:
+    """Write a new project into `project` (created if absent); returns what was done, one line each,
+    the first about the images when `data` is given (catalog.line; a warning starts `warning:`).
+    Without `preset`, the preset is picked from a look at `data` (catalog.pick), else the default."""
     if project.exists() and not project.is_dir():
         raise ConfigError(f"{project}: exists and is not a folder")
-    src = preset_path(preset)
+    given = catalog.preset_path(preset) if preset is not None else None  # mistakes before any look
     source = data_source(data, project) if data is not None else None
-    text = params_text(src, source)
-    source = source or str(validate(parse_yaml(text)).data.source)
+    seen = catalog.look_at(data) if data is not None else None
+    chosen = preset if preset is not None else catalog.pick(seen)[0]
+    text = params_text(given or catalog.preset_path(chosen), source)
+    params = validate(parse_yaml(text))
+    source = source or str(params.data.source)
     project.mkdir(parents=True, exist_ok=True)
-    done: list[str] = []
+    said = catalog.line(seen, chosen, params, picked=preset is None)
+    done: list[str] = [said] if said else []
     _replace_params(project / "params.yaml", text, force, done)
     if not (project / "dvc.yaml").exists():
         _write(project / "dvc.yaml", dvc_yaml(source))
@@ -170,7 +160,7 @@ def create(project: Path, preset: str, data: Path | None, force: bool) -> list[s
         # Markdown: the folder's name, the preset and the source shown as themselves (quoting.py)
         shown = (
             ("{name}", md(project.resolve().name)),
-            ("{preset}", md_code(preset)),
+            ("{preset}", md_code(chosen)),
             ("{source}", md_code(source)),
         )
         for key, value in shown:
