@@ -4,10 +4,17 @@ Write to a temp file in the same directory, fsync, rename over the target, fsync
 crash (or kill -9) leaves either the old file or the new one, never a half-written file.
 What such a crash does leave is the temp file `.<name>.<random>.tmp`; `remove_stale_temps` deletes
 those at the next start of a stage that writes into the folder.
+
+A write that fails (disk full, quota, read-only or failing disk) removes its temp file and raises
+WriteError, one line naming the path and the errno (`ENOSPC: No space left on device`). Writers that
+report a failed write as their own exception (torch.save's zip writer: RuntimeError "unexpected pos")
+are seen through: the file object remembers the OSError it raised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -17,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from sagan_core.errors import STORAGE_ERRNOS, WriteError
 
 log = logging.getLogger("sagan")
 
@@ -41,27 +50,87 @@ def user_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~current_umask()
 
 
+class _Remembering(io.BufferedWriter):
+    """A file that remembers the OSError a write or flush raised, whatever the writer makes of it:
+    torch.save's C++ zip writer turns it into RuntimeError("... unexpected pos ...")."""
+
+    error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+def _refused(e: OSError) -> bool:
+    """A write the disk refused, raised by a writer that bypasses the file object (its descriptor)."""
+    return e.filename is None and e.errno in STORAGE_ERRNOS
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` through `write(file)`, atomically (see the module docstring), with the mode a
-    plain open() would give it under the user's umask."""
+    plain open() would give it under the user's umask. A failed write is WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
     try:
-        os.fchmod(fd, user_mode())
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(path, e, kept) from None
+    f = _Remembering(io.FileIO(fd, "wb"))
+    try:
+        try:
             write(f)
+        except Exception as e:
+            # f.error: a write through `f` failed, whatever `write` made of it. An OSError of the
+            # caller's that is no write (a failed download) keeps its own meaning.
+            cause = f.error or (e if isinstance(e, OSError) and _refused(e) else None)
+            if cause is None:
+                raise
+            raise WriteError(path, cause, kept) from None
+        try:
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.fsync(fd)
+            os.fchmod(fd, user_mode())
+            f.close()
+            os.replace(tmp, path)
+        except OSError as e:
+            raise WriteError(path, f.error or e, kept) from None
     except BaseException:
+        with contextlib.suppress(OSError):  # flushing into a full disk again fails; the temp goes
+            f.close()
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise WriteError(path, e, "it was written but may not survive a crash") from None
+
+
+def write_all(f: BinaryIO, data: bytes, path: str | Path, sync: bool = False) -> None:
+    """All of `data` to the unbuffered file `f` (open(..., buffering=0): nothing is left in a buffer to
+    fail again at close), then fsync it if `sync`; a refused write is WriteError naming `path`."""
+    try:
+        view = memoryview(data)
+        while view:  # a raw write may take part of it
+            view = view[f.write(view) :]
+        if sync:
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise WriteError(path, e) from None
 
 
 def copy_atomic(src: str | Path, path: str | Path) -> None:

@@ -2,10 +2,15 @@
 
 ConfigError: the user asked for something invalid (bad params, bad flag, missing input) -> exit 2.
 SaganError: the request was valid but the work failed (diverged training, corrupt data) -> exit 1.
-Both carry a one-line, human message; anything else escaping is a bug and keeps its traceback.
+WriteError: a SaganError for a file that could not be written (disk full, read-only, I/O error).
+All carry a one-line, human message; anything else escaping is a bug and keeps its traceback.
 `shown` is how a user's value appears in such a line: bounded, whatever the value.
 """
 
+from __future__ import annotations
+
+import errno
+import os
 import reprlib
 
 
@@ -45,3 +50,35 @@ def _bounded_repr() -> reprlib.Repr:
 
 
 _REPR = _bounded_repr()
+
+
+# errnos of a disk that refuses a write: full, over quota, file too large, read-only, failing
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def os_cause(error: OSError) -> str:
+    """`ENOSPC: No space left on device`: the errno's name (what to search for) and its text."""
+    code = errno.errorcode.get(error.errno or 0)
+    text = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
+    return f"{code}: {text}" if code else f"{type(error).__name__}: {text}"
+
+
+def storage_cause(e: BaseException | None) -> OSError | None:
+    """The OSError of a disk that refused a write (STORAGE_ERRNOS) behind `e`: itself, or what it
+    was raised from or while handling (libraries wrap it: torch's RuntimeError, MlflowException)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class WriteError(SaganError):
+    """`path` could not be written: `<path>: could not write (ENOSPC: No space left on device); <kept>`,
+    where `kept` says what is still there (the previous file, unchanged). `error` is the OSError."""
+
+    def __init__(self, path: object, error: OSError, kept: str = ""):
+        self.path, self.error = path, error
+        super().__init__(f"{path}: could not write ({os_cause(error)})" + (f"; {kept}" if kept else ""))

@@ -16,7 +16,7 @@ import typer
 from typer.exceptions import TyperException
 
 from pipelines.cli import commands, models, pipeline
-from sagan_core.errors import ConfigError, SaganError
+from sagan_core.errors import STORAGE_ERRNOS, ConfigError, SaganError, os_cause
 
 STAGE_COMMANDS = (
     commands.prepare,
@@ -134,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("error: " if isinstance(e, ConfigError) else "", str(e), e.exit_code)
     except KeyboardInterrupt:
         return _fail("", "interrupted", 130)
+    except OSError as e:  # the last resort: the writers sagan knows report WriteError themselves
+        if e.filename is None and e.errno not in STORAGE_ERRNOS:
+            raise  # no file named, no disk at fault: likely a bug, keep its traceback
+        return _fail("", _os_error_line(e), 1)
+
+
+def _os_error_line(e: OSError) -> str:
+    """`models/x.pt: ENOSPC: No space left on device`: the file(s) and the cause, one line."""
+    if e.filename is None:
+        return f"a file could not be read or written ({os_cause(e)})"
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return f"{where}: {os_cause(e)}"
 
 
 if __name__ == "__main__":

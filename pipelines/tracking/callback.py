@@ -28,7 +28,15 @@ from pipelines.tracking.run_record import (
     recover,
     write_run_record,
 )
-from pipelines.tracking.store import artifact_error, call, connect, experiment_id, redact, scrub
+from pipelines.tracking.store import (
+    artifact_error,
+    call,
+    connect,
+    experiment_id,
+    local_write_failure,
+    redact,
+    scrub,
+)
 from pipelines.tracking.uploads import Uploader, snapshot
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback
@@ -112,8 +120,10 @@ class MlflowCallback(Callback):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never kill a training run midway
-            self.error = e
-            log.warning("MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(e)))
+            self.error = local_write_failure(self.uri, e) or e  # a full sqlite store: one line, not its SQL
+            log.warning(
+                "MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(self.error))
+            )
             # Batches queued before the failure still fail in MLflow's async logging thread, one
             # ERROR line each, and could land after the command's one error line: said once above.
             logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)

@@ -2,7 +2,9 @@
 
 Every other tracking module goes through `connect` and `call`, so an unreachable server or a
 failing artifact store always ends the command with the same one-line TrackingError that names the
-server (without credentials) instead of a retry history.
+server (without credentials) instead of a retry history; a local store or artifact folder that cannot
+be written (disk full) names its path and the cause.
+Longer than 300 lines: the connection and every way the store fails as one line belong together.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from sagan_core.config import Params
-from sagan_core.errors import ConfigError, SaganError
+from sagan_core.errors import ConfigError, SaganError, os_cause, storage_cause
 
 # Fail in well under a minute when the server is down (MLflow's own default retries for minutes).
 # Users who want more patience set these variables themselves; setdefault never overrides them.
@@ -122,13 +124,21 @@ def connect(params: Params):
 
     # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # MLflow logs each database error with its traceback, then raises it (a full sqlite store: 90
+    # lines); the raised one is reported, in one line where `call` knows it.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri(params)
     _hide_credentials(uri)
     with _environment_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     with _sqlite_creation_lock(uri):  # the client's constructor creates a new store's tables
-        client = MlflowClient(uri, registry_uri=uri)
+        try:
+            client = MlflowClient(uri, registry_uri=uri)
+        except Exception as e:  # a new sqlite store on a full disk; anything else keeps its traceback
+            if local := local_write_failure(uri, e):
+                raise local from None
+            raise
     return client, uri
 
 
@@ -233,6 +243,31 @@ def server_store_error(uri: str) -> TrackingError:
     )
 
 
+# sqlite's own texts for a write it could not make (SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY)
+_SQLITE_WRITE = ("database or disk is full", "disk I/O error", "attempt to write a readonly database")
+
+
+def local_write_failure(uri: str, e: BaseException, location: str = "") -> TrackingError | None:
+    """The local side of MLflow could not write: the sqlite store, or a local artifact folder
+    (`location`, a file: URI). One line naming the path and the cause; None for any other failure."""
+    if uri.startswith("sqlite:///"):
+        phrase = next((p for p in _SQLITE_WRITE if p in str(e)), None)
+        if phrase:
+            return TrackingError(
+                f"{uri.removeprefix('sqlite:///')}: could not write the MLflow store (sqlite: {phrase}); "
+                "the local checkpoint and metrics are intact, rerun the command when there is room"
+            )
+    os_error = storage_cause(e)
+    local = location.startswith("file:") or (location and "://" not in location)
+    if os_error is not None and local:
+        where = os_error.filename or urlsplit(location).path or location
+        return TrackingError(
+            f"{where}: could not write an MLflow artifact ({os_cause(os_error)}); the local checkpoint "
+            "and metrics are intact"
+        )
+    return None
+
+
 def call(uri: str, fn, *args, **kwargs):
     """Run one MLflow client call, turning connection failures into a one-line TrackingError."""
     from mlflow.exceptions import MlflowException
@@ -248,6 +283,8 @@ def call(uri: str, fn, *args, **kwargs):
             raise unreachable(uri, e) from None
         if "API request to" in msg and ("Max retries" in msg or "Connection" in msg or "failed" in msg):
             raise unreachable(uri, e) from None
+        if local := local_write_failure(uri, e):
+            raise local from None
         raise
 
 
@@ -261,6 +298,8 @@ def artifact_error(uri: str, e: BaseException, client=None, run_id: str | None =
         location = client.get_run(run_id).info.artifact_uri if client and run_id else ""
     except Exception:  # noqa: BLE001 - only decorates the message; the upload error is the one to report
         location = ""
+    if local := local_write_failure(uri, e, location):
+        return local
     if location.startswith("s3://"):  # this client uploads to S3 itself: the server is not involved
         bucket = urlsplit(location).netloc
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "the AWS default endpoint")

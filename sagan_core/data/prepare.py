@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import io
 import os
 import shutil
 import tempfile
@@ -34,14 +35,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sagan_core.atomic import user_mode, write_atomic, write_json
+from sagan_core.atomic import user_mode, write_all, write_atomic, write_json
 from sagan_core.config import DataConfig
 from sagan_core.data import rejections
 from sagan_core.data.dataset import content_hash
 from sagan_core.data.decode import decode_all
 from sagan_core.data.pool import available_cores
 from sagan_core.data.sources import Source, open_source
-from sagan_core.errors import SaganError
+from sagan_core.errors import SaganError, WriteError
 
 _HEADER_LEN = 128  # fixed .npy header size, so the final image count can be written in place
 
@@ -82,14 +83,21 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
     out = Path(cfg.prepared_dir)
     out = out.resolve() if out.is_symlink() else out  # a link to a bigger disk: build there
     _refuse_foreign(out)  # before the decoding work, and again at the swap
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(out)
-    new = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
-    new.chmod(user_mode(directory=True))  # mkdtemp's 0700 would outlive the swap
+    kept = "the previous dataset is unchanged" if os.path.lexists(out) else "nothing was written"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(out)
+        new = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+        new.chmod(user_mode(directory=True))  # mkdtemp's 0700 would outlive the swap
+    except OSError as e:
+        raise WriteError(out, e, kept) from None
     try:
         manifest = _build(source, cfg, new, progress)
         _swap_in(new, out)
         rejections.clear(cfg)
+    except WriteError as e:  # named by the build folder's file: the user knows data.prepared_dir
+        _remove(new)
+        raise WriteError(out, e.error, kept) from None
     except BaseException:
         _remove(new)
         raise
@@ -110,7 +118,9 @@ def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[s
     if np.any(perm != np.arange(n)):  # archives are read in archive order: restore sorted order
         _reorder(images, perm, img_shape, chunk)
     label_arr = np.asarray([source.items[kept[i]][1] for i in perm], dtype=np.int64)
-    write_atomic(out / "labels.npy", lambda f: np.save(f, label_arr))
+    labels = io.BytesIO()  # np.save to a real file writes past the file object: its errors lack errno
+    np.save(labels, label_arr)
+    write_atomic(out / "labels.npy", lambda f: f.write(labels.getbuffer()))
     counts = np.bincount(label_arr, minlength=max(1, len(source.class_names))).tolist()
     manifest = {
         "source": source.name,
@@ -141,10 +151,10 @@ def _decode_to_file(
     bad: list[tuple[int, dict[str, str]]] = []
     n = done = 0
     bar = tqdm(total=len(source.items), desc="prepare", unit="img", disable=not progress, smoothing=0.1)
-    with bar, open(path, "wb") as f:
-        f.write(_npy_header((0, *img_shape)))  # rewritten with the real count at the end
+    with bar, open(path, "wb", buffering=0) as f:  # chunks of ~4 MB: no buffer needed
+        write_all(f, _npy_header((0, *img_shape)), path)  # rewritten with the real count at the end
         for arrays, reasons in decode_all(source, cfg, workers, chunk):
-            f.write(np.ascontiguousarray(arrays).tobytes())
+            write_all(f, np.ascontiguousarray(arrays).tobytes(), path)
             for reason in reasons:
                 pos = order[done]
                 done += 1
@@ -156,9 +166,7 @@ def _decode_to_file(
             bar.update(len(reasons))
             bar.set_postfix(rejected=len(bad) + len(source.rejected), refresh=False)
         f.seek(0)
-        f.write(_npy_header((n, *img_shape)))
-        f.flush()
-        os.fsync(f.fileno())
+        write_all(f, _npy_header((n, *img_shape)), path, sync=True)
     return n, kept, bad
 
 

@@ -16,7 +16,6 @@ unpickler) is one SaganError line naming it: the CLI shows it without a tracebac
 from __future__ import annotations
 
 import dataclasses
-import errno
 import pickle
 import re
 from pathlib import Path
@@ -36,14 +35,10 @@ _SPEC_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically (sagan_core.atomic): a failed write (disk full) keeps the old file."""
-    try:
-        write_atomic(path, lambda f: torch.save(obj, f))
-    except OSError as e:
-        code = errno.errorcode.get(e.errno or 0, "OSError")
-        raise SaganError(
-            f"{path}: could not write the checkpoint ({code}: {e.strerror or e}); the previous one is unchanged"
-        ) from None
+    """torch.save, atomically (sagan_core.atomic): a failed write (disk full) keeps the old file and
+    is one WriteError line naming `path` and the errno, also where torch.save's zip writer reports
+    the failed write as its own RuntimeError ("unexpected pos")."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def _unreadable(e: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+from sagan_core.atomic import write_atomic  # noqa: E402
 from sagan_core.model.networks import Generator, attention_blocks  # noqa: E402
 
 
@@ -27,10 +29,11 @@ def fixed_inputs(z_dim: int, num_classes: int, per_class: int = 10, seed: int = 
 
 @torch.no_grad()
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
-    """images in [-1, 1] -> one PNG grid."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """images in [-1, 1] -> one PNG grid, written atomically (a full disk keeps the previous one)."""
     grid = make_grid(images.float().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1)
-    save_image(grid, path)
+    png = io.BytesIO()
+    save_image(grid, png, format="PNG")
+    write_atomic(path, lambda f: f.write(png.getbuffer()))
 
 
 @torch.no_grad()
@@ -77,7 +80,8 @@ def attention_figure(
     gammas = ", ".join(f"{blk.gamma.item():.3f}" for blk in blocks)
     fig.suptitle(f"Generator self-attention at {h}x{w} (gamma: {gammas})", fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
     plt.close(fig)
+    write_atomic(path, lambda f: f.write(png.getbuffer()))  # as save_grid: a full disk keeps the old one
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from sagan_core.atomic import write_atomic
+from sagan_core.atomic import write_all, write_atomic
+from sagan_core.errors import WriteError
 
 if TYPE_CHECKING:
     from sagan_core.train.state import TrainState
@@ -68,7 +70,7 @@ class MetricsCSV(Callback):
     SCORES = ["step", "kid", "kid_std", "fid"]
 
     def __init__(self, path: str | Path, fields: list[str], scores: bool = True):
-        self.path, self.fields, self.file, self.writer = Path(path), fields, None, None
+        self.path, self.fields, self.file = Path(path), fields, None
         self.scores: MetricsCSV | None = None
         if scores and "kid" in fields:
             scores_path = self.path.with_name(f"{self.path.stem}_eval.csv")
@@ -84,16 +86,27 @@ class MetricsCSV(Callback):
         writer.writeheader()
         writer.writerows(kept)
         write_atomic(self.path, lambda f: f.write(text.getvalue().encode()))
-        self.file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the whole run
-        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+        # Unbuffered: a row the disk refuses is cut off at once (nothing left in a buffer to fail
+        # again at close), and the rows before it stay whole.
+        self.file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open for the whole run
         if self.scores:
             self.scores.on_start(info)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
-        self.file.flush()
+        row = io.StringIO(newline="")
+        writer = csv.DictWriter(row, fieldnames=self.fields, extrasaction="ignore")
+        writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
+        self._append(row.getvalue().encode(), step)
         if self.scores and "kid" in metrics:
             self.scores.on_metrics(step, metrics)
+
+    def _append(self, data: bytes, step: int) -> None:
+        end = os.fstat(self.file.fileno()).st_size
+        try:
+            write_all(self.file, data, self.path)
+        except WriteError as e:
+            self.file.truncate(end)  # the part of the row that fit goes (freeing space works when full)
+            raise WriteError(self.path, e.error, f"the rows before step {step} are kept") from None
 
     def close(self) -> None:
         if self.file:

@@ -25,6 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from sagan_core.atomic import copy_atomic
 from sagan_core.config import Params, diffaug_ops
 from sagan_core.data.dataset import BatchLoader, open_prepared
 from sagan_core.device import resolve_device
@@ -157,7 +158,7 @@ class Trainer:
         self._emit("on_image", step, "samples", grid)
         fig = attention_figure(g, z, y, out / f"attention_step_{step:06d}.png")
         if fig is not None:
-            self.cfg.latest_attention.write_bytes(Path(fig).read_bytes())
+            copy_atomic(fig, self.cfg.latest_attention)
             self._emit("on_image", step, "attention", Path(fig))
 
     def _own_ema_stats(self) -> None:
