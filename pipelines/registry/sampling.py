@@ -12,6 +12,7 @@ Images are made `BATCH` at a time, at most `MAX_IMAGES` per call (the served mod
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
@@ -269,8 +271,9 @@ def sample(
 
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
-            path = out_dir / f"sample_{i:04d}.png"
-            save_image((img + 1) / 2, path)
+            path, png = out_dir / f"sample_{i:04d}.png", io.BytesIO()
+            save_image((img + 1) / 2, png, format="PNG")
+            write_atomic(path, lambda f, png=png: f.write(png.getbuffer()))  # a full disk: one line
             written.append(str(path))
     if out is not None or out_dir is None:
         from sagan_core.model.visualize import save_grid
