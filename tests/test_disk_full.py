@@ -4,19 +4,29 @@ exit 1, and what was there before is kept (docs/reliability.md).
 The disk fills for real: the command runs in a private mount namespace (`unshare --mount
 --map-root-user`, no privilege needed outside it) where one folder of the project is a tmpfs holding
 a copy of its files and a few bytes of room. Nothing outside the command sees that mount; when it
-ends, the folder's final contents are copied back for the test to look at.
+ends, the folder's final contents are copied back for the test to look at. Those tests start the
+command (integration); the unit tests below have the kernel refuse writes in this process instead
+(RLIMIT_FSIZE: EFBIG), for the writers' own handling.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, cli, flat_overrides, tiny_overrides
+from helpers import REPO, cli, flat_overrides, project_params, tiny_overrides
+
+from sagan_core.errors import SaganError
+from sagan_core.train.progress import MetricsCSV
+from sagan_core.train.trainer import train
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +44,7 @@ exit $rc
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
+@functools.cache
 def mount_namespaces() -> None:
     """These tests need a private mount namespace; where none can be made they fail, never skip:
     CI runs in the same kind of container as development."""
@@ -46,6 +56,7 @@ def mount_namespaces() -> None:
 def on_a_full_disk(project: Path, folder: str, free: int, args: list[str], env: dict | None = None):
     """`sagan ARGS` in `project` with `folder` on a tmpfs holding a copy of its files and `free` bytes
     of room; afterwards `folder` holds what the tmpfs held when the command ended."""
+    mount_namespaces()
     target, waiting = project / folder, project / f".{folder}.waiting"
     target.rename(waiting)
     target.mkdir()
@@ -140,3 +151,48 @@ def test_disk_full_under_the_mlflow_store_is_one_line(trained_project):
     path = failed_in_one_line(r, Path("mlflow"), "(sqlite: database or disk is full)")
     assert path == "mlflow/mlflow.db"
     assert "step 3/4" not in r.stderr  # found when the store is opened, before training
+
+
+# ---- in process: the kernel refuses a write (RLIMIT_FSIZE) -----------------------------------------
+@contextlib.contextmanager
+def files_limited_to(size: int):
+    """The kernel refuses to grow any file of this process past `size` bytes (RLIMIT_FSIZE): a write
+    fails with EFBIG, like a full disk's ENOSPC."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the process is killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.unit
+def test_a_refused_checkpoint_write_keeps_the_old_one(trained_project):
+    """torch.save's zip writer reports the refused write as RuntimeError("unexpected pos"); the
+    message still names the file and the errno, in process (the CLI in its process: above)."""
+    path = trained_project / "models/checkpoint.pt"
+    before = path.read_bytes()
+    with files_limited_to(len(before) // 2), pytest.raises(SaganError) as e:
+        train(project_params(trained_project, train__steps=4), resume=True, progress=False)
+    msg = str(e.value)
+    assert msg == f"{path}: could not write (EFBIG: File too large); the previous file is unchanged", msg
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.unit
+def test_a_refused_metrics_row_is_cut_back_and_the_rows_before_kept(tmp_path):
+    path = tmp_path / "train.csv"
+    metrics = MetricsCSV(path, ["step", "loss_d"])
+    metrics.on_start({"start_step": 0})
+    metrics.on_metrics(1, {"loss_d": 1.0})
+    whole = path.read_bytes()
+    try:
+        with files_limited_to(len(whole) + 3), pytest.raises(SaganError) as e:  # 3 bytes of the row fit
+            metrics.on_metrics(2, {"loss_d": 2.0})
+    finally:
+        metrics.close()
+    assert str(e.value) == f"{path}: could not write (EFBIG: File too large); the rows before step 2 are kept"
+    assert path.read_bytes() == whole  # no half row for a resume to misread
