@@ -7,7 +7,8 @@ run; after it, `dvc commit -f <stage>` writes its deps/params/outs into dvc.lock
 exactly as `dvc repro` would have. So after a flow run `dvc status` is clean and `dvc repro` agrees.
 
 DVC reads params.yaml, so `--set` overrides given to the flow are written into params.yaml first
-(what `dvc exp run -S` does); otherwise dvc.lock would record values the outputs were not made with.
+(what `dvc exp run -S` does), with their validated types; otherwise dvc.lock would record values the
+outputs were not made with. What stays there when a run fails: flow/params_writeback.py.
 For the same reason a run on another params file (`--params FILE`) runs every stage without DVC: no
 skip, no commit, said in one line (`without_dvc_note`); `pipeline.dvc: yes` refuses it instead.
 """
@@ -23,8 +24,9 @@ import yaml
 
 from pipelines.quoting import sh
 from sagan_core.atomic import write_atomic
+from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
-from sagan_core.params_file import apply_override
+from sagan_core.params_file import apply_override, load_params
 
 log = logging.getLogger("sagan")
 
@@ -96,10 +98,13 @@ def without_dvc_note(params_file: str | Path) -> str:
     )
 
 
-def write_overrides(params_file: str | Path, overrides: list[str]) -> bool:
+def write_overrides(params_file: str | Path, overrides: list[str], typed: Params | None = None) -> bool:
     """Apply `key.path=value` overrides to the params file, keeping its comments; True if it changed.
 
-    `pipeline.*` overrides are flow settings for this run only and are never written.
+    Each key is written with its validated value (`typed`: the Params the run uses; validated here
+    when not given), not the text given: `--set train.lr_g=2e-4` is the float 0.0002, though YAML 1.1
+    (PyYAML) reads `2e-4` as a string. `pipeline.*` overrides are flow settings for this run only and
+    are never written.
     """
     from ruamel.yaml import YAML
 
@@ -107,12 +112,23 @@ def write_overrides(params_file: str | Path, overrides: list[str]) -> bool:
     if not persistent:
         return False
     path = Path(params_file)
+    typed = typed or load_params(path, persistent)
+    values = typed.model_dump(mode="json")
     rt = YAML()  # round-trip mode: comments and key order survive
     rt.preserve_quotes = True
+    # `null` stays `null` (ruamel writes an empty value: the file's own nulls would change form)
+    rt.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     data = rt.load(path.read_text()) if path.exists() else {}
     before = yaml.safe_load(path.read_text()) if path.exists() else {}
     for assignment in persistent:
         apply_override(data, assignment)
+        keys = assignment.partition("=")[0].strip().split(".")
+        node = data
+        for part in keys[:-1]:
+            node = node[part]
+        node[keys[-1]] = _scalar(rt, _at(values, keys))
     out = io.StringIO()
     rt.dump(data, out)
     if yaml.safe_load(out.getvalue()) == before:
@@ -120,3 +136,21 @@ def write_overrides(params_file: str | Path, overrides: list[str]) -> bool:
     write_atomic(path, lambda f: f.write(out.getvalue().encode()))  # a kill -9 never truncates it
     log.info("wrote %s into %s (DVC reads params from it)", ", ".join(persistent), path)
     return True
+
+
+def _at(values: dict[str, Any], keys: list[str]) -> Any:
+    for key in keys:
+        values = values[key]
+    return values
+
+
+def _scalar(rt, value: Any) -> Any:
+    """`value` as a node both readers of params.yaml read back as `value`: sagan's (PyYAML, YAML 1.1)
+    and DVC's (ruamel, YAML 1.2). PyYAML's own text for it (`2.0e-04`, `'yes'`), loaded round-trip so
+    ruamel keeps that form; a string ruamel would read otherwise (`2e-4`) double-quoted."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, str) and YAML(typ="safe").load(yaml.safe_dump(value)) != value:
+        return DoubleQuotedScalarString(value)
+    return rt.load(yaml.safe_dump(value, default_flow_style=True))

@@ -30,8 +30,9 @@ from prefect.utilities.annotations import quote
 from pipelines import launch, stages
 from pipelines.flow import kubernetes_train, notify
 from pipelines.flow.console import sagan_logs_to_prefect
-from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note, write_overrides
+from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
+from pipelines.flow.params_writeback import OverridesWritten, kept_if_done, undo_left_by_a_killed_run
 from pipelines.flow.project_limit import project_slot
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
@@ -88,6 +89,7 @@ class RunContext:
     params: Params
     force: bool
     dvc: DvcProject | None
+    written: OverridesWritten | None = None  # the --set overrides this run wrote into params.yaml
 
     def must_run(self, stage: str) -> bool:
         if self.force or self.dvc is None:
@@ -95,11 +97,17 @@ class RunContext:
         changed = self.dvc.changed(stage)
         if not changed:
             get_run_logger().info("%s: up to date (dvc status), skipped", stage)
+            self._finished(stage)
         return changed
 
     def commit(self, stage: str) -> None:
         if self.dvc is not None:
             self.dvc.commit(stage)
+            self._finished(stage)
+
+    def _finished(self, stage: str) -> None:
+        if self.written is not None:  # its overrides stay in params.yaml even if a later stage fails
+            self.written.finished(stage)
 
     def dvc_stage(self, stage: str, compute, skipped):
         """Run a stage unless DVC says it is up to date (then read its recorded result); commit it."""
@@ -198,15 +206,17 @@ def _in_dir(path: str | Path) -> Iterator[None]:
 
 
 def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
+    undo_left_by_a_killed_run()  # before anything reads params.yaml (flow/params_writeback.py)
     dvc = DvcProject.find(".", params.pipeline.dvc)
     if dvc is not None and not reads_params(params_file, params.pipeline.dvc):
         get_run_logger().warning("%s", without_dvc_note(params_file))
         dvc = None
+    written = None
     if dvc is not None:
         if note := version.sync("."):
             get_run_logger().info("%s", note)
-        write_overrides(params_file, overrides)
-    return RunContext(params, force or params.pipeline.force, dvc)
+        written = OverridesWritten.write(params_file, overrides, params)
+    return RunContext(params, force or params.pipeline.force, dvc, written)
 
 
 def _end_left_running(params: Params, project: str) -> None:
@@ -258,27 +268,28 @@ def sagan_pipeline(
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
             _end_left_running(params, project)
             run = _context(params, params_file, overrides, force)
-            backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
-            retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-            ctx = quote(run)  # what every task reads, no upstream result (above)
-            with _bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
-                prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
-            with _bounded("train", "train_timeout_s", cfg.train_timeout_s):
-                trained = train_task.with_options(
-                    retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
-                )(ctx, prep.content_hash)
-            with _bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
-                ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
-            # Register always runs: it is idempotent (a run already registered is not registered
-            # again, its promotion is re-decided), so an unchanged project ends with the same answer.
-            with _bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
-                reg = register_task.with_options(
-                    retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-                )(ctx, trained, ev)
-            dvc = "not used"
-            if run.dvc is not None:
-                pending = run.dvc.status()
-                dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
-            summary = summarize(params, prep, trained, ev, reg, dvc)
-            publish(summary, project)
-            return summary
+            with kept_if_done(run.written):
+                backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
+                retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
+                ctx = quote(run)  # what every task reads, no upstream result (above)
+                with _bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
+                    prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
+                with _bounded("train", "train_timeout_s", cfg.train_timeout_s):
+                    trained = train_task.with_options(
+                        retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
+                    )(ctx, prep.content_hash)
+                with _bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
+                    ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
+                # Register always runs: it is idempotent (a run already registered is not registered
+                # again, its promotion is re-decided), so an unchanged project ends with the same answer.
+                with _bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
+                    reg = register_task.with_options(
+                        retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
+                    )(ctx, trained, ev)
+                dvc = "not used"
+                if run.dvc is not None:
+                    pending = run.dvc.status()
+                    dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
+                summary = summarize(params, prep, trained, ev, reg, dvc)
+                publish(summary, project)
+                return summary
