@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, letters_archive
 from markdown_it import MarkdownIt
 
 from pipelines.cli import main as cli
@@ -85,6 +85,20 @@ def test_data_inside_the_project_is_a_relative_source(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.integration
+def test_the_registered_model_and_experiment_are_named_after_the_project_folder(tmp_path, capsys):
+    """Issue 32: not the preset's `sagan-cifar10` for everyone's project; MLflow's rules kept."""
+    archive = letters_archive(tmp_path / "letters.tar.gz", classes=2, per_class=1)
+    for folder, name in (("letters", "letters"), ("my letters: v2/", "my-letters-v2")):
+        proj = tmp_path / folder
+        assert cli.main(["init", str(proj), "--preset", "cifar10", "--data", str(archive)]) == 0, (
+            capsys.readouterr()
+        )
+        registry = load_params(proj / "params.yaml").registry
+        assert (registry.model_name, registry.experiment) == (name, name)
+        assert "# best (models/best.pt" in (proj / "params.yaml").read_text()  # comments kept
+
+
+@pytest.mark.integration
 def test_a_demo_or_torchvision_source_has_no_path_dependency(tmp_path, capsys):
     preset = tmp_path / "tv.yaml"
     text = (
@@ -97,6 +111,8 @@ def test_a_demo_or_torchvision_source_has_no_path_dependency(tmp_path, capsys):
     spec = yaml.safe_load((tmp_path / "proj/dvc.yaml").read_text())
     assert "deps" not in spec["stages"]["prepare"]
     assert "data.source" in spec["stages"]["prepare"]["params"]
+    # a params file of one's own (not a packaged preset) keeps the names its author gave
+    assert load_params(tmp_path / "proj/params.yaml").registry.model_name == "sagan-cifar10"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """`sagan init DIR`: a new sagan project anywhere, from the presets and templates in this package.
 
-A project is params.yaml (a preset, data.source set by `--data`), dvc.yaml (from
+A project is params.yaml (a preset, data.source set by `--data`, the registered model and MLflow
+experiment named after the project's folder), dvc.yaml (from
 templates/dvc.yaml.template, a name DVC does not collect as a pipeline of this repository: prepare
 depends on the data itself, every stage on the sagan version), sagan-version.yaml,
 .gitignore, .dvcignore, README.md, and a git + DVC repository. Existing files are never replaced,
@@ -12,6 +13,7 @@ Which presets there are, and which one fits a look at the images of --data: cata
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,20 +59,35 @@ def data_source(data: Path, project: Path) -> str:
     return full.relative_to(root).as_posix() if full.is_relative_to(root) else str(full)
 
 
-def params_text(preset: Path, source: str | None) -> str:
-    """The preset's text (comments kept), with data.source replaced when given; validated."""
+def registry_name(project: Path) -> str:
+    """The project folder's name as a registered model and experiment name: what MLflow accepts
+    (no `/` or `:`, not blank) and one plain word in every shell line and card naming it; letters,
+    digits, `.`, `_`, `-`, the rest a `-` (`my letters!` -> `my-letters`); `sagan` if nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", project.resolve().name).strip("-._")[:100]
+    return name or "sagan"
+
+
+def params_text(preset: Path, source: str | None, name: str | None = None) -> str:
+    """The preset's text (comments kept), with data.source replaced when given, and the registered
+    model and MLflow experiment named `name` when given; validated."""
     # A path may be anyone's file: bounded and alias-free (params_file.py) before ruamel reads it.
     text = read_params_text(preset, "--preset")
     raw = parse_params_text(text, preset)
     if not isinstance(raw, dict):
         raise ConfigError(f"--preset {preset}: expected a mapping of sections")
-    if source is not None:
+    sets = {("data", "source"): source}
+    sets |= {("registry", "model_name"): name, ("registry", "experiment"): name}
+    if any(v is not None for v in sets.values()):
         from ruamel.yaml import YAML
 
         rt = YAML()  # round-trip: the preset's comments survive
         rt.preserve_quotes = True
+        null = "tag:yaml.org,2002:null"  # `null` stays `null` (ruamel would write an empty value)
+        rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar(null, "null"))
         data = rt.load(text)
-        data.setdefault("data", {})["source"] = source
+        for (section, key), value in sets.items():
+            if value is not None:
+                data.setdefault(section, {})[key] = value
         out = io.StringIO()
         rt.dump(data, out)
         text = out.getvalue()
@@ -140,7 +157,11 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     source = data_source(data, project) if data is not None else None
     seen = catalog.look_at(data) if data is not None else None
     chosen = preset if preset is not None else catalog.pick(seen)[0]
-    text = params_text(given or catalog.preset_path(chosen), source)
+    src = given or catalog.preset_path(chosen)
+    # A packaged preset's registry names are placeholders: the project's own are its folder's name
+    # (`sagan init letters` registers `letters`). A params file of one's own keeps its names.
+    name = registry_name(project) if src.parent == catalog.PRESETS_DIR else None
+    text = params_text(src, source, name)
     params = validate(parse_yaml(text))
     source = source or str(params.data.source)
     project.mkdir(parents=True, exist_ok=True)
