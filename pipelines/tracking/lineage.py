@@ -16,23 +16,50 @@ from typing import Any
 from sagan_core.config import Params
 
 
-def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the working tree, ('unknown', False) outside git."""
+def git_commit(params: Params | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the working tree, ('unknown', False) outside git.
+
+    Dirty: a file git tracks differs from HEAD (staged or not; untracked files do not count), other
+    than the records the pipeline itself writes while it runs (`pipeline_records`). A run from a
+    clean commit is clean although the flow and `dvc repro` rewrite dvc.lock before training starts;
+    a `--set` that changes params.yaml (the flow writes it there) makes it dirty, as does any edit
+    of code, dvc.yaml or params.yaml: what the run ran from is then not the commit.
+    """
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.strip()
-        )
-        return commit, dirty
+        commit = _git(["rev-parse", "HEAD"]).strip()
+        top = Path(_git(["rev-parse", "--show-toplevel"]).strip())
+        # -z: paths from the repository's root, unquoted; "XY path", a rename's old path after it
+        entries = _git(["status", "--porcelain", "-z", "--untracked-files=no"]).split("\0")
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
+    changed, i = [], 0
+    while i < len(entries):
+        entry = entries[i]
+        if entry:
+            changed.append(top / entry[3:])
+            i += "R" in entry[:2] or "C" in entry[:2]  # skip the old path
+        i += 1
+    own = pipeline_records(params)
+    return commit, any(p.name != ".gitignore" and p.resolve() not in own for p in changed)
+
+
+def pipeline_records(params: Params | None) -> set[Path]:
+    """Files git may track that a run itself rewrites: what they differ in says what the run made,
+    not what it ran from. dvc.lock (DVC's record of each stage's deps and outs), sagan-version.yaml
+    (the installed sagan, recorded by the flow), and the metrics files: eval.json, its record and the
+    training curves, kept in git by design (dvc.yaml), rewritten by every training and evaluation.
+    Every .gitignore counts too (DVC adds an entry there for each output; ignore rules change nothing
+    a run computes)."""
+    files = [Path("dvc.lock"), Path("sagan-version.yaml")]
+    if params is not None:
+        curves = Path(params.train.metrics_file)
+        files += [curves, curves.with_name(f"{curves.stem}_eval.csv")]
+        files += [Path(params.eval.metrics_file), params.eval.record_file]
+    return {f.resolve() for f in files}
+
+
+def _git(args: list[str]) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, check=True).stdout
 
 
 def data_lineage(params: Params) -> dict[str, str]:
@@ -86,7 +113,7 @@ def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> No
     """
     from mlflow.entities import RunTag
 
-    commit, dirty = git_commit()
+    commit, dirty = git_commit(params)
     data = data_lineage(params)
     tags = {
         "mlflow.source.git.commit": commit,
