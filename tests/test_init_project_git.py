@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 from helpers import git, letters_archive, run_cli
 
 from pipelines.flow.dvc_sync import write_overrides
@@ -73,8 +74,8 @@ def letters(tmp_path_factory, prefect_api, standin_torch_home):
         project.git("commit", "-qm", "the first run's records")
         sagan_pipeline(project_dir=str(root), force=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("letters")  # the project folder's name (issue 32, 3)
-    assert experiment is not None, [e.name for e in client.search_experiments()]
+    name = yaml.safe_load((root / "params.yaml").read_text())["registry"]["experiment"]
+    experiment = client.get_experiment_by_name(name)  # the folder's name: tests/test_init.py
     found = client.search_runs([experiment.experiment_id], "tags.`sagan.git_dirty` != ''")
     project.runs = sorted(found, key=lambda r: r.info.start_time)
     assert len(project.runs) == 2, [r.data.tags for r in project.runs]
