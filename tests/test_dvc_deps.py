@@ -27,6 +27,7 @@ NOT_SHAPING = {
     "train/progress.py": "Callback hooks, console progress and metrics/train.csv (a plot, not an out)",
     "atomic.py": "writes bytes atomically; the bytes come from the caller",
     "data/pool.py": "runs the caller's function in worker processes; results come back in order",
+    "data/safe_folder.py": "refuses a data folder before anything reads it (lstat only); changes no output",
 }
 NOT_SHAPING_IN = {
     "prepare": {"model/arch.py": "config.py checks attention placement with it; prepare builds no model"},

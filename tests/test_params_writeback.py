@@ -14,7 +14,8 @@ from ruamel.yaml import YAML
 
 from pipelines.flow.dvc_sync import write_overrides
 from pipelines.flow.params_writeback import RECORD, OverridesWritten, kept_if_done, undo_left_by_a_killed_run
-from pipelines.project.create import PRESETS_DIR, dvc_yaml
+from pipelines.project.catalog import PRESETS_DIR
+from pipelines.project.create import dvc_yaml
 from sagan_core.params_file import load_params
 
 pytestmark = pytest.mark.unit
