@@ -45,16 +45,17 @@ log = logging.getLogger("sagan.mlflow")
 
 
 READABLE_SIDE = 768  # px: MLflow's image preview shows the image at its own size
+PREVIEW_SIDE = 200  # px: the model card's picture (the `preview` series) stays a few rows tall
 
 
-def readable(path: Path):
+def readable(path: Path, side: int = READABLE_SIDE):
     """The image as RGB, enlarged by a whole factor (nearest neighbour: pixels stay sharp squares)
-    until its short side reaches READABLE_SIDE, so 32-px samples are legible in MLflow's preview."""
+    until its short side reaches `side`, so 32-px samples are legible in MLflow's preview."""
     from PIL import Image
 
     with Image.open(path) as im:
         rgb = im.convert("RGB")
-    factor = max(1, -(-READABLE_SIDE // min(rgb.size)))
+    factor = max(1, -(-side // min(rgb.size)))
     return rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST) if factor > 1 else rgb
 
 
@@ -173,9 +174,11 @@ class MlflowCallback(Callback):
 
     def on_image(self, step: int, key: str, path: Path) -> None:
         def upload():
-            self.client.log_image(self.run_id, readable(path), key=key, step=step)
-            latest = path.with_name("latest.png")
-            if key == "samples" and latest.is_file():  # the newest grid, also as a plain file
+            side = PREVIEW_SIDE if key == "preview" else READABLE_SIDE
+            self.client.log_image(self.run_id, readable(path, side), key=key, step=step)
+            # the newest grid (each page: samples_p2 is latest_p2.png) and preview, also as plain files
+            latest = path if key == "preview" else path.with_name(f"latest{key.removeprefix('samples')}.png")
+            if (key.startswith("samples") or key == "preview") and latest.is_file():
                 self.client.log_artifact(self.run_id, str(latest), "samples")
 
         self._guard(f"logging image {key}", upload)

@@ -1,8 +1,17 @@
-"""Pictures people look at: sample grids and the attention-map figure (the paper's Figure 1 idea)."""
+"""Pictures people look at: sample grids and the attention-map figure (the paper's Figure 1 idea).
+
+Progress grids show every class, one row each, labelled with its name (the prepared manifest's
+class_names, handed down by the trainer). Rows go on pages of at most `rows_per_page(resolution)`
+(a page stays about PAGE_HEIGHT px tall); page 1 keeps the plain name (`step_000200.png`), page k
+is `step_000200_pk.png` (`page_path`). Each labelled PNG also names its rows in its `sagan.rows`
+text chunk (JSON), for tools that read grids. `save_preview` writes a few of those rows, small,
+for places that show a picture above text (the model card).
+"""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import matplotlib
@@ -16,34 +25,118 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 from sagan_core.atomic import write_atomic  # noqa: E402
 from sagan_core.model.networks import Generator, attention_blocks  # noqa: E402
 
+PER_CLASS = 10  # images per class row (fewer when there are many classes, never under MIN_PER_CLASS)
+MIN_PER_CLASS = 4
+GRID_IMAGES = 1000  # images per progress grid before rows get shorter: 100 classes x 10
+PAGE_HEIGHT = 2560  # px: a page of rows stays readable without scrolling past several screens
+PREVIEW_ROWS, PREVIEW_COLS = 3, 8  # the preview: a few rows (classes spread over all) for model cards
+LABEL_CHARS = 16  # a longer class name is cut with "…" in a row label
+PAD = 2  # make_grid's padding
 
-def fixed_inputs(z_dim: int, num_classes: int, per_class: int = 10, seed: int = 1234):
-    """Fixed noise for progress grids: one row per class when conditional, else 8 x 8."""
+
+def class_label(k: int, names: list[str] | None) -> str:
+    """Class k as people call it: its folder name, else its id."""
+    return str(names[k]) if names and k < len(names) else f"class {k}"
+
+
+def fixed_inputs(z_dim: int, num_classes: int, per_class: int = PER_CLASS, seed: int = 1234):
+    """Fixed noise for progress grids: one row per class (every class) when conditional, else 8 x 8."""
     g = torch.Generator().manual_seed(seed)
     if num_classes:
-        rows = min(num_classes, 20)
-        y = torch.arange(rows).repeat_interleave(per_class)
+        per_class = max(MIN_PER_CLASS, min(per_class, GRID_IMAGES // num_classes))
+        y = torch.arange(num_classes).repeat_interleave(per_class)
         return torch.randn(len(y), z_dim, generator=g), y, per_class
     return torch.randn(64, z_dim, generator=g), None, 8
 
 
+def rows_per_page(resolution: int) -> int:
+    return max(10, PAGE_HEIGHT // (resolution + PAD))
+
+
+def page_path(path: str | Path, page: int) -> Path:
+    """Page 1 is `path` itself; page k > 1 is `stem_pk.suffix` next to it."""
+    path = Path(path)
+    return path if page == 1 else path.with_name(f"{path.stem}_p{page}{path.suffix}")
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # FreeType's scalable default font
+    except (ImportError, OSError, TypeError):  # a Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
+
+
 @torch.no_grad()
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
-    """images in [-1, 1] -> one PNG grid, written atomically (a full disk keeps the previous one)."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int, labels: list[str] | None = None) -> None:
+    """images in [-1, 1] -> one PNG grid of `nrow` images per row; `labels`: one per row, written
+    in a margin on the left (and in the PNG's `sagan.rows` text chunk). Written atomically (a full
+    disk keeps the previous one)."""
     grid = make_grid(images.float().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1)
     png = io.BytesIO()
-    save_image(grid, png, format="PNG")
+    if not labels:
+        save_image(grid, png, format="PNG")
+        write_atomic(path, lambda f: f.write(png.getbuffer()))
+        return
+    from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+
+    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    cells = Image.fromarray(pixels).convert("RGB")
+    side = images.shape[-2]
+    font = _font(max(10, min(16, side // 2)))
+    texts = [_short(t) for t in labels]
+    width = max(int(ImageDraw.Draw(cells).textlength(t, font=font)) for t in texts) + 8
+    page = Image.new("RGB", (width + cells.width, cells.height), "white")
+    page.paste(cells, (width, 0))
+    draw = ImageDraw.Draw(page)
+    for i, text in enumerate(texts):
+        middle = PAD + i * (side + PAD) + side // 2
+        draw.text((width - 4, middle), text, fill="black", font=font, anchor="rm")
+    info = PngInfo()
+    info.add_text("sagan.rows", json.dumps(list(labels)))
+    page.save(png, format="PNG", pnginfo=info)
     write_atomic(path, lambda f: f.write(png.getbuffer()))
+
+
+def save_class_grids(
+    images: torch.Tensor, y: torch.Tensor, per_class: int, path: str | Path, names: list[str] | None
+) -> list[Path]:
+    """A conditional progress grid (`per_class` images per class, in class order) as labelled pages
+    (`page_path`); returns the pages written, page 1 first."""
+    rows = len(images) // per_class
+    per_page = rows_per_page(images.shape[-1])
+    pages = -(-rows // per_page)
+    per_page = -(-rows // pages)  # pages of even length: 100 rows on 2 pages are 50 + 50, not 85 + 15
+    written = []
+    for p in range(pages):
+        first, last = p * per_page, min(rows, (p + 1) * per_page)
+        labels = [class_label(int(y[r * per_class]), names) for r in range(first, last)]
+        out = page_path(path, p + 1)
+        save_grid(images[first * per_class : last * per_class], out, per_class, labels)
+        written.append(out)
+    return written
 
 
 @torch.no_grad()
 def attention_figure(
-    g: Generator, z: torch.Tensor, y: torch.Tensor | None, path: str | Path, n_images: int = 3
+    g: Generator,
+    z: torch.Tensor,
+    y: torch.Tensor | None,
+    path: str | Path,
+    n_images: int = 3,
+    names: list[str] | None = None,
 ):
     """For a few query pixels of each sample, where the generator's attention layer looks.
 
     Each row: the sample with coloured query points, then one heat map per query (the softmax over
-    key locations, upsampled to image size and laid over the sample).
+    key locations, upsampled to image size and laid over the sample); a conditional row is titled
+    with its class's name (`names`), also listed in the PNG's `sagan.rows` text chunk.
     """
     blocks = attention_blocks(g)
     if not blocks:
@@ -67,7 +160,7 @@ def attention_figure(
         cmap = "gray" if img.ndim == 2 else None
         axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
         if y is not None:
-            axes[i, 0].set_title(f"class {int(y[i])}", fontsize=8)
+            axes[i, 0].set_title(class_label(int(y[i]), names), fontsize=8)
         for (qy, qx), c in zip(queries, colours):
             axes[i, 0].scatter([(qx + 0.5) * res / w], [(qy + 0.5) * res / h], s=30, c=c, edgecolors="black")
         for j, ((qy, qx), c) in enumerate(zip(queries, colours), start=1):
@@ -80,8 +173,23 @@ def attention_figure(
     gammas = ", ".join(f"{blk.gamma.item():.3f}" for blk in blocks)
     fig.suptitle(f"Generator self-attention at {h}x{w} (gamma: {gammas})", fontsize=9)
     fig.tight_layout()
+    rows = [] if y is None else [class_label(int(k), names) for k in y]
     png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=80)
+    fig.savefig(png, format="png", dpi=80, metadata={"sagan.rows": json.dumps(rows)})
     plt.close(fig)
     write_atomic(path, lambda f: f.write(png.getbuffer()))  # as save_grid: a full disk keeps the old one
     return path
+
+
+def save_preview(
+    images: torch.Tensor, y: torch.Tensor | None, per_row: int, path: str | Path, names: list[str] | None
+) -> Path:
+    """PREVIEW_ROWS rows of at most PREVIEW_COLS images of a progress grid: conditional, classes
+    spread from the first to the last (labelled), else its first rows."""
+    rows = len(images) // per_row
+    picked = torch.linspace(0, rows - 1, min(rows, PREVIEW_ROWS)).round().long().unique().tolist()
+    cols = min(per_row, PREVIEW_COLS)
+    chosen = torch.cat([images[r * per_row : r * per_row + cols] for r in picked])
+    labels = None if y is None else [class_label(int(y[r * per_row]), names) for r in picked]
+    save_grid(chosen, path, cols, labels)
+    return Path(path)

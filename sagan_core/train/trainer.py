@@ -32,7 +32,14 @@ from sagan_core.device import resolve_device
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.model.networks import attention_blocks, build_models, model_spec
-from sagan_core.model.visualize import attention_figure, fixed_inputs, save_grid
+from sagan_core.model.visualize import (
+    attention_figure,
+    fixed_inputs,
+    page_path,
+    save_class_grids,
+    save_grid,
+    save_preview,
+)
 from sagan_core.train import diffaug, fingerprint, precision, resume, standing_stats
 from sagan_core.train.distributed import (
     DistInfo,
@@ -145,18 +152,35 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _sample(self, fixed) -> None:
-        """A grid of the EMA generator on fixed noise and its attention figure, each also as `latest`."""
+        """A grid of the EMA generator on fixed noise (conditional: every class, a labelled row each,
+        on pages: visualize.save_class_grids) and its attention figure, each also as `latest`."""
         z, y, nrow = fixed
         z, y = z.to(self.device), None if y is None else y.to(self.device)
         self._own_ema_stats()
         out, g, step = Path(self.cfg.samples_dir), self.state.G_ema.module, self.state.step
+        size = max(64, self.cfg.batch_size)  # a chunk at a time: every class can be many images
         with torch.no_grad(), self._autocast():
-            images = g(z, y)
+            images = torch.cat(
+                [
+                    g(z[i : i + size], None if y is None else y[i : i + size]).float()
+                    for i in range(0, len(z), size)
+                ]
+            )
         grid = out / f"step_{step:06d}.png"
-        save_grid(images, grid, nrow)
-        save_grid(images, self.cfg.latest_samples, nrow)
-        self._emit("on_image", step, "samples", grid)
-        fig = attention_figure(g, z, y, out / f"attention_step_{step:06d}.png")
+        if y is None:
+            save_grid(images, grid, nrow)
+            pages = [grid]
+        else:
+            pages = save_class_grids(images, y, nrow, grid, self.class_names)
+        for k, page in enumerate(pages, start=1):  # the MLflow series: samples, samples_p2, ...
+            page_path(self.cfg.latest_samples, k).write_bytes(page.read_bytes())
+            self._emit("on_image", step, "samples" if k == 1 else f"samples_p{k}", page)
+        page_path(self.cfg.latest_samples, len(pages) + 1).unlink(missing_ok=True)  # fewer classes now
+        preview = save_preview(
+            images, y, nrow, self.cfg.latest_samples.with_name("preview.png"), self.class_names
+        )
+        self._emit("on_image", step, "preview", preview)  # the model card's picture
+        fig = attention_figure(g, z, y, out / f"attention_step_{step:06d}.png", names=self.class_names)
         if fig is not None:
             copy_atomic(fig, self.cfg.latest_attention)
             self._emit("on_image", step, "attention", Path(fig))
