@@ -201,7 +201,12 @@ def sample(
     ],
     n: Annotated[int, typer.Option("--n", "-n", help="Number of images (1..1024, made 64 at a time).")] = 64,
     klass: Annotated[
-        int | None, typer.Option("--class", help="Class id for every image (default: cycle through classes).")
+        str | None,
+        typer.Option(
+            "--class",
+            help="Class of every image, by name (a class folder: --class C) or index (--class 2); a name "
+            "is tried first, so with folders 0..9 --class 3 is the folder 3 (default: cycle through classes).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Grid PNG (default samples/sample.png).")

@@ -8,6 +8,7 @@ then read by the installed GeneratorModel with MLflow's pickle deserialization o
 the pt2 archive is pickle-free first); the model's own copy of the code is never executed here.
 `--verified-copy DIR` writes only the checked files to DIR, for `mlflow models serve -m DIR`.
 Images are made `BATCH` at a time, at most `MAX_IMAGES` per call (the served model's budget too).
+`--class` reads a class by name or index as serving does (classes.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pipelines.registry.classes import class_index, class_name
 from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
@@ -250,7 +252,7 @@ def sample(
     params: Params,
     model: str,
     n: int,
-    klass: int | None,
+    klass: str | None,
     out: Path | None,
     out_dir: Path | None,
     seed: int,
@@ -259,12 +261,8 @@ def sample(
 ) -> dict[str, Any]:
     _check_request(n, seed, truncation)
     s = load_sampler(model, params)
-    if klass is not None:
-        if not s.num_classes:
-            raise ConfigError(f"--class: {model} is an unconditional generator")
-        if not 0 <= klass < s.num_classes:
-            raise ConfigError(f"--class: expected 0..{s.num_classes - 1}, got {klass}")
-    images = _generate(s, n, klass, seed, truncation)
+    class_id = None if klass is None else class_index(klass, s.num_classes, s.class_names, s.source)
+    images = _generate(s, n, class_id, seed, truncation)
     written: list[str] = []
     if out_dir is not None:
         from torchvision.utils import save_image
@@ -286,7 +284,8 @@ def sample(
     return {
         "model": s.source,
         "n": n,
-        "class": klass,
+        "class": None if class_id is None else class_name(class_id, s.class_names),
+        "class_id": class_id,
         "truncation": truncation,
         "files": written,
         "shape": list(images.shape),
