@@ -108,8 +108,11 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
     for key in ("samples", "attention"):
         steps = {p.split("+")[2] for p in images if p.startswith(f"images/{key}+step+")}
         assert steps == {"0", "2", "4"}, (key, images)  # from step 0: MLflow's image cards open there
-    # the latest grid is a plain artifact too
-    assert [f.path for f in client.list_artifacts(run.info.run_id, "samples")] == ["samples/latest.png"]
+    # the latest grid and its preview (the model card's picture) are plain artifacts too
+    assert sorted(f.path for f in client.list_artifacts(run.info.run_id, "samples")) == [
+        "samples/latest.png",
+        "samples/preview.png",
+    ]
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")] == [
         "checkpoint/checkpoint.pt"
     ]

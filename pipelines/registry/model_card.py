@@ -10,6 +10,7 @@ prepared data's manifest; a missing piece reads "unknown", never a guess.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,11 @@ def _evaluation(ev: dict[str, Any]) -> list[str]:
 
 
 def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[str]:
-    names = manifest.get("class_names") or []
-    request = ({"class": str(names[0])} if names else {}) | {"n": 4, "seed": 0, "truncation": 1.0}
+    names = [str(c) for c in manifest.get("class_names") or []]
+    request = ({"class": names[0]} if names else {}) | {"n": 4, "seed": 0, "truncation": 1.0}
+    # `--class` as the request's class, by name; a name with a line break cannot stay on the line,
+    # so its index then (unless a class is named "0": names come first)
+    klass = names[0] if names and names[0].isprintable() else "0" if names and "0" not in names else None
     # the alias this version got when registered: what users load (a version number never moves)
     alias = decision if decision in ("champion", "challenger") else "champion"
     uri = sh(f"models:/{name}@{alias}")  # pasted into a shell: the model name is one word
@@ -154,7 +158,7 @@ def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[s
         f"While this version holds `@{alias}` (aliases move: the version page lists its current ones):",
         "",
         "```bash",
-        f"sagan sample --model {uri} --n 64 --out grid.png" + (" --class 0" if names else ""),
+        f"sagan sample --model {uri} --n 64 --out grid.png" + (f" --class {sh(klass)}" if klass else ""),
         f"sagan sample --model {uri} --verified-copy served/  # only a model this sagan logged",
         "mlflow models serve -m served/ --env-manager local -p 5001",
         "curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
@@ -165,32 +169,67 @@ def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[s
     ]
 
 
-def _samples(run, grid: str | None) -> list[str]:
-    """The run's latest sample grid, as the MLflow UI serves the run's artifacts.
+@dataclass(frozen=True)
+class Grid:
+    """Run artifact paths of the registered step's sample pictures (callback.py's image series)."""
 
-    A relative link to the UI's own get-artifact endpoint: it resolves against whatever host the
-    page was opened from (local `mlflow ui` or a team server) and needs no copy of the image. (An
-    inline data: image is not shown: MLflow 3.17's description renderer drops data: URIs.)"""
-    if not grid:
-        return []
+    pages: tuple[str, ...]  # the full grid, every class a row, page 1 first
+    preview: str | None = None  # a few of its rows, small: the picture the card shows
+
+
+def _link(run, path: str) -> str:
+    """A relative link to the MLflow UI's own get-artifact endpoint: it resolves against whatever
+    host the page was opened from (local `mlflow ui` or a team server) and needs no copy of the
+    image. (An inline data: image is not shown: MLflow 3.17's description renderer drops data: URIs.)
+    Quoted: the series' file names hold "+", which a query string would read as a space."""
     from urllib.parse import quote
 
-    # quoted: the series' file names hold "+", which a query string would read as a space
-    return ["", f"![sample grid](get-artifact?path={quote(grid, safe='/')}&run_uuid={run.info.run_id})", ""]
+    return f"get-artifact?path={quote(path, safe='/')}&run_uuid={run.info.run_id}"
 
 
-def sample_grid(client, run_id: str, step: int) -> str | None:
-    """The run artifact path of the sample grid at `step` (the `samples` image series, callback.py),
-    else of the run's latest grid; None when the run has neither."""
+def _samples(run, grid: Grid | None, classes: int) -> list[str]:
+    """A few rows of the sample grid (the preview), linked to the whole grid, whose pages follow as
+    links: the card's text stays on the first screen, the full grid is one click away."""
+    if not grid or not grid.pages:
+        return []
+    full = _link(run, grid.pages[0])
+    if len(grid.pages) == 1:
+        link = f"[the full sample grid]({full})"
+    else:
+        link = "the full sample grid, " + " · ".join(
+            f"[page {k}]({_link(run, p)})" for k, p in enumerate(grid.pages, start=1)
+        )
+    every = f"all {classes} classes, a row each" if classes else "64 images"
+    picture = [f"[![a few rows of the sample grid]({_link(run, grid.preview)})]({full})", ""]
+    return ["", *(picture if grid.preview else []), f"Samples of this step: {link} ({every}).", ""]
+
+
+def sample_grid(client, run_id: str, step: int) -> Grid | None:
+    """The run's sample pictures at `step` (the `samples`, `samples_pK` and `preview` image series,
+    callback.py), else its latest grid (`samples/latest*.png`, `samples/preview.png`); None when the
+    run has neither."""
     try:
         series = [f.path for f in client.list_artifacts(run_id, "images")]
-        at_step = [p for p in series if p.startswith(f"images/samples+step+{step}+") and p.endswith(".png")]
-        if at_step:
-            return sorted(at_step)[-1]
-        latest = [f.path for f in client.list_artifacts(run_id, "samples")]
+        plain = {f.path for f in client.list_artifacts(run_id, "samples")}
     except Exception:  # noqa: BLE001 - the picture is a convenience; the card is written without it
         return None
-    return "samples/latest.png" if "samples/latest.png" in latest else None
+
+    def at_step(key: str) -> str | None:
+        found = sorted(p for p in series if p.startswith(f"images/{key}+step+{step}+") and p.endswith(".png"))
+        return found[-1] if found else None
+
+    if at_step("samples"):
+        pages, preview = [at_step("samples")], at_step("preview")
+        while page := at_step(f"samples_p{len(pages) + 1}"):
+            pages.append(page)
+    elif "samples/latest.png" in plain:
+        pages = ["samples/latest.png"]
+        preview = "samples/preview.png" if "samples/preview.png" in plain else None
+        while (page := f"samples/latest_p{len(pages) + 1}.png") in plain:
+            pages.append(page)
+    else:
+        return None
+    return Grid(tuple(pages), preview)
 
 
 def promotion_line(decision: str, reason: str) -> str:
@@ -207,12 +246,14 @@ def version_card(
     ev: dict[str, Any],
     decision: str,
     reason: str,
-    grid: str | None = None,
+    grid: Grid | None = None,
 ) -> str:
     """The markdown description of version `version` of `name`, registered from `run`; `grid`: the
-    run artifact path of its latest sample grid, when the run has one."""
+    run's sample pictures of that step (`sample_grid`), when the run has them. It opens with the
+    decision and the scores, then a small picture linked to the full grid, then the details."""
     run_params, tags = dict(run.data.params), dict(run.data.tags)
     step = ev.get("generator_step", "?")
+    manifest = _manifest(params)
     lines = [
         f"# {md(name)} v{version}: SAGAN generator (EMA) at step {step}",
         "",
@@ -220,7 +261,7 @@ def version_card(
         "",
         f"FID {_num(ev.get('fid'))} · KID {_num(ev.get('kid_mean'))} · IS {_num(ev.get('is_mean'))} · "
         f"run `{run.info.run_id}`",
-        *_samples(run, grid),
+        *_samples(run, grid, len(manifest.get("class_names") or [])),
         "",
         *_data(params, run_params, tags),
         "",
@@ -228,7 +269,7 @@ def version_card(
         "",
         *_evaluation(ev),
         "",
-        *_how_to_sample(name, decision, _manifest(params)),
+        *_how_to_sample(name, decision, manifest),
     ]
     return "\n".join(lines) + "\n"
 
