@@ -69,6 +69,7 @@ def letters(tmp_path_factory, prefect_api, standin_torch_home):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(standin_torch_home))
         mp.setenv("SAGAN_TRACKING", "1")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the project's own sqlite:///mlflow.db
         sagan_pipeline(project_dir=str(root))
         project.git("add", "-A")
         project.git("commit", "-qm", "the first run's records")
@@ -133,7 +134,7 @@ def test_a_failed_run_leaves_params_yaml_as_it_was(tmp_path, prefect_api):
     from pipelines.flow.pipeline import StageFailed, sagan_pipeline
 
     archive = letters_archive(tmp_path / "letters.tar.gz", classes=3, per_class=2)
-    made = run_cli(["init", "letters", "--data", str(archive)], cwd=tmp_path)
+    made = run_cli(["init", "letters", "--preset", "folder64", "--data", str(archive)], cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     params = tmp_path / "letters/params.yaml"
     before = params.read_bytes()

@@ -71,13 +71,16 @@ def new_run_record(params: Params, run: dict[str, Any]) -> dict[str, Any]:
     """The record of a new run, keeping the run it replaces (without that one's own `previous`)."""
     old = read_run_record(params) or {}
     kept = {k: v for k, v in old.items() if k != "previous"}
-    return run | ({"previous": kept} if kept.get("run_id") not in (None, run["run_id"]) else {})
+    fresh = run | {"checkpoint_step": None}  # none yet: `trained_record` knows this run wrote none
+    return fresh | ({"previous": kept} if kept.get("run_id") not in (None, run["run_id"]) else {})
 
 
 def _wrote(record: dict[str, Any], step: int, params: Params) -> bool:
     """Whether the record's run finished the training whose checkpoint is at `step`: it logged the
     generator of that step, or wrote that checkpoint and it reached train.steps (an outage kept it
-    from logging the generator); records older than `checkpoint_step` know only `step`."""
+    from logging the generator). A record without the key predates it (or was written by hand)."""
+    if "checkpoint_step" not in record:  # written before sagan recorded it (or by hand): trusted as then
+        return True
     if record.get("step") == step:
         return True
     return record.get("checkpoint_step") == step and step >= params.train.steps
