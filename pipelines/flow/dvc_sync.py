@@ -11,12 +11,17 @@ DVC reads params.yaml, so `--set` overrides given to the flow are written into p
 outputs were not made with. What stays there when a run fails: flow/params_writeback.py.
 For the same reason a run on another params file (`--params FILE`) runs every stage without DVC: no
 skip, no commit, said in one line (`without_dvc_note`); `pipeline.dvc: yes` refuses it instead.
+
+DVC's INFO lines ("Updating lock file 'dvc.lock'") are not printed during these calls: the stage's
+own line says "recorded in dvc.lock" (`_dvc_warnings_only`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,31 @@ from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import apply_override, load_params
 
 log = logging.getLogger("sagan")
+DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")
+
+
+@contextlib.contextmanager
+def _dvc_warnings_only() -> Iterator[None]:
+    """While DVC's Python API works for the flow, its loggers print warnings and errors only, once.
+
+    `import dvc` gives these loggers DVC's own console handlers (its CLI's, writing to stdout and
+    stderr) and they also propagate to the root logger, whose handler prints to the terminal too:
+    every line of `dvc commit`, "Generating lock file 'dvc.lock'" / "Updating lock file 'dvc.lock'",
+    came out twice per stage. The stage's line says what was recorded instead; warnings still come
+    out, through DVC's own handler only, as the `dvc` command prints them."""
+    import dvc  # noqa: F401 - its import adds DVC's handlers (dvc.logger.setup): here, before they are looked at
+
+    loggers = [logging.getLogger(name) for name in DVC_LOGGERS]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        lg.propagate = not lg.handlers  # no handler of DVC's own: the root logger's prints it, once
+    try:
+        yield
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 class DvcProject:
@@ -55,10 +85,15 @@ class DvcProject:
 
         return Repo(str(self.root))
 
+    @contextlib.contextmanager
+    def _quiet_repo(self):
+        with _dvc_warnings_only(), self._repo() as repo:
+            yield repo
+
     def status(self, stage: str | None = None) -> dict[str, Any]:
         """`dvc status [stage]`: {} when up to date. A stage that is only "always changed" (an `sagan
         init` project's `check`) is left out: it says nothing about the outputs."""
-        with self._repo() as repo:
+        with self._quiet_repo() as repo:
             found = repo.status(targets=[stage] if stage else None)
         return {name: what for name, what in found.items() if what != ["always changed"]}
 
@@ -67,15 +102,17 @@ class DvcProject:
             return True  # not tracked by DVC: always run
         return bool(self.status(stage))
 
-    def commit(self, stage: str) -> None:
-        """Record the stage's current deps, params and outs in dvc.lock and the DVC cache."""
+    def commit(self, stage: str) -> bool:
+        """Record the stage's current deps, params and outs in dvc.lock and the DVC cache; False
+        when DVC does not track the stage."""
         if stage not in self.stages:
-            return
+            return False
         try:
-            with self._repo() as repo:
+            with self._quiet_repo() as repo:
                 repo.commit(stage, force=True)
         except Exception as e:  # DVC raises many types; the flow reports one line
             raise SaganError(f"dvc commit {stage}: {type(e).__name__}: {e}") from None
+        return True
 
 
 def reads_params(params_file: str | Path, mode: str) -> bool:
