@@ -105,4 +105,4 @@ def test_pipeline_run_on_another_params_file_runs_the_stages_without_dvc(tmp_pat
         flow_logger.removeHandler(handler)
     log = "\n".join(r.getMessage() for r in records)
     assert "--params other.yaml is not this project's params.yaml" in log
-    assert "up to date (dvc status)" not in log and not (proj / "dvc.lock").exists()
+    assert "dvc status: up to date" not in log and not (proj / "dvc.lock").exists()

@@ -9,7 +9,8 @@ the same data and params (sagan_core.train.resume), and resume is bit-exact.
 
 One run per project at a time (pipelines.lock). Stage failures stop the flow with
 `stage NAME failed: cause`; outputs of the stages before it are kept (and committed to DVC), so a
-rerun continues from the failed stage.
+rerun continues from the failed stage. Each stage ends with one line: its name, outcome and duration
+(pipelines.flow.console.stage_line).
 """
 
 # No `from __future__ import annotations` here: a served or deployed run loads this file by path
@@ -29,12 +30,12 @@ from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
 from pipelines.flow import kubernetes_train, notify
-from pipelines.flow.console import sagan_logs_to_prefect
+from pipelines.flow.console import StageLine, sagan_logs_to_prefect, stage_line
 from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
 from pipelines.flow.params_writeback import OverridesWritten, kept_if_done, undo_left_by_a_killed_run
 from pipelines.flow.project_limit import project_slot
-from pipelines.flow.report import PrefectProgress, RunSummary, publish, summarize
+from pipelines.flow.report import PrefectProgress, RunSummary, publish, stage_detail, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
 from pipelines.lock import project_lock
 from pipelines.project import version
@@ -64,13 +65,15 @@ def _retry_transient(task_, task_run, state) -> bool:
 
 
 @contextlib.contextmanager
-def _stage(name: str) -> Iterator[None]:
-    try:
-        yield
-    except StageFailed:
-        raise
-    except Exception as e:
-        raise StageFailed(name, e) from e
+def _stage(name: str) -> Iterator[StageLine]:
+    """A task's body: its failure as `stage NAME failed: cause`, its one line when it ends."""
+    with stage_line(name, get_run_logger()) as line:
+        try:
+            yield line
+        except StageFailed:
+            raise
+        except Exception as e:
+            raise StageFailed(name, e) from e
 
 
 @contextlib.contextmanager
@@ -91,36 +94,39 @@ class RunContext:
     dvc: DvcProject | None
     written: OverridesWritten | None = None  # the --set overrides this run wrote into params.yaml
 
-    def must_run(self, stage: str) -> bool:
-        if self.force or self.dvc is None:
+    def must_run(self, line: StageLine) -> bool:
+        """Whether the stage must run; when not, `line` says why (DVC finds it up to date)."""
+        if self.force or self.dvc is None or self.dvc.changed(line.name):
             return True
-        changed = self.dvc.changed(stage)
-        if not changed:
-            get_run_logger().info("%s: up to date (dvc status), skipped", stage)
-            self._finished(stage)
-        return changed
+        line.skipped = "dvc status: up to date"
+        self._finished(line.name)
+        return False
 
-    def commit(self, stage: str) -> None:
-        if self.dvc is not None:
-            self.dvc.commit(stage)
-            self._finished(stage)
+    def commit(self, stage: str) -> str:
+        """`dvc commit` the stage; what the stage's line says about it ("" when DVC is not used).
+        DVC's own "Updating lock file 'dvc.lock'" is not printed (pipelines/flow/dvc_sync.py)."""
+        if self.dvc is None:
+            return ""
+        committed = self.dvc.commit(stage)
+        self._finished(stage)
+        return "recorded in dvc.lock" if committed else ""
 
     def _finished(self, stage: str) -> None:
         if self.written is not None:  # its overrides stay in params.yaml even if a later stage fails
             self.written.finished(stage)
 
-    def dvc_stage(self, stage: str, compute, skipped):
+    def dvc_stage(self, line: StageLine, compute, skipped):
         """Run a stage unless DVC says it is up to date (then read its recorded result); commit it."""
-        if not self.must_run(stage):
+        if not self.must_run(line):
             return skipped(self.params)
         result = compute(self.params, progress=False)
-        self.commit(stage)
+        line.detail = stage_detail(result, self.commit(line.name))
         return result
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(run: RunContext) -> Prepared:
-    with _stage("prepare"):
+    with _stage("prepare") as line:
         # Before any `dvc status`: DVC's hashing of a data folder holding a FIFO or a link to
         # /dev/zero blocks forever (sagan_core/data/safe_folder.py). An `sagan init` project's
         # `check` stage is what `dvc repro` runs first; the flow does its work and records it.
@@ -128,14 +134,14 @@ def prepare_task(run: RunContext) -> Prepared:
         stages.check_source(run.params, record=has_check)
         if has_check:
             run.commit("check")
-        return run.dvc_stage("prepare", stages.prepare, skipped=stages.prepared)
+        return run.dvc_stage(line, stages.prepare, skipped=stages.prepared)
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(run: RunContext, data_hash: str) -> Trained:
-    with _stage("train"):
+    with _stage("train") as line:
         params = run.params
-        if not run.must_run("train"):
+        if not run.must_run(line):
             return stages.trained(params)
         do_resume, why = resume.decide(params, data_hash, run.force)
         logger = get_run_logger()
@@ -147,7 +153,7 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         else:
             progress = PrefectProgress(params.train.steps)
             result = stages.train(params, resume=do_resume, progress=False, callbacks=[progress])
-        run.commit("train")
+        line.detail = stage_detail(result, run.commit("train"))
         return result
 
 
@@ -169,10 +175,10 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
 # walking its fields (paths, strings also held by a result) drew edges no data took.
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
-    with _stage("evaluate"):
+    with _stage("evaluate") as line:
         which = run.params.registry.candidate  # best.pt or the last checkpoint (sagan_core.model.checkpoint)
         get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
-        return run.dvc_stage("evaluate", stages.evaluate, skipped=stages.evaluated)
+        return run.dvc_stage(line, stages.evaluate, skipped=stages.evaluated)
 
 
 def tracking_off(params: Params) -> str | None:
@@ -186,12 +192,14 @@ def tracking_off(params: Params) -> str | None:
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Registered | NotRegistered:
-    if why := tracking_off(run.params):
-        get_run_logger().info("register: skipped, tracking is off (%s)", why)
-        return NotRegistered(run.params.registry.model_name, f"tracking off: {why}")
-    with _stage("register"):
+    with _stage("register") as line:
+        if why := tracking_off(run.params):
+            line.skipped = f"tracking off: {why}"
+            return NotRegistered(run.params.registry.model_name, f"tracking off: {why}")
         get_run_logger().info("register: FID %.4g at step %d", evaluated.fid, evaluated.generator_step)
-        return stages.register(run.params)  # register is no DVC stage: nothing to commit
+        reg = stages.register(run.params)  # register is no DVC stage: nothing to commit
+        line.detail = stage_detail(reg)
+        return reg
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""What a pipeline run tells its user: live training progress in Prefect, the run's summary as
-Prefect artifacts (a markdown summary with the sample grid, the run's result, a table of past runs
+"""What a pipeline run tells its user: live training progress in Prefect, what each stage made (its
+line on the terminal), the run's summary as Prefect artifacts (a markdown summary with the sample grid, the run's result, a table of past runs
 read back from Prefect: history.py) and the closing lines on the terminal."""
 
 from __future__ import annotations
@@ -75,6 +75,22 @@ class PrefectProgress(Callback):
         if self.artifact_id is not None:
             update_progress_artifact(self.artifact_id, 100.0 * step / self.steps)
         get_run_logger().info("train %s", step_line(step, self.steps, metrics))
+
+
+def stage_detail(result: Prepared | Trained | Evaluated | Registered, *more: str) -> str:
+    """What a stage made, for its one line (pipelines.flow.console.stage_line), `more` appended."""
+    if isinstance(result, Prepared):
+        classes = f", {result.num_classes} classes" if result.num_classes > 1 else ""
+        made = f"{result.num_images} images{classes}, {result.rejected} rejected"
+    elif isinstance(result, Trained):
+        steps = f"{result.trained_steps} steps" if result.trained_steps else "nothing left to train"
+        made = f"{steps}, checkpoint at step {result.step}"
+    elif isinstance(result, Evaluated):
+        made = f"FID {result.fid:.4g} on {result.num_samples} samples, generator step {result.generator_step}"
+    else:
+        again = "" if result.created else ", registered before"
+        made = f"{result.model_name} v{result.version}{again}: {result.decision}"
+    return "; ".join(part for part in (made, *more) if part)
 
 
 def summarize(
