@@ -151,6 +151,8 @@ def test_stage_line_says_ran_skipped_failed_or_stopped_with_the_time_taken():
             line.skipped = "dvc status: up to date"
         with pytest.raises(ValueError), stage_line("evaluate", log):
             raise ValueError("stage evaluate failed: no weights")
+        with pytest.raises(OSError), stage_line("evaluate", log):
+            raise OSError("disk full\n  (a second line of detail)")
         with pytest.raises(KeyboardInterrupt), stage_line("register", log):
             raise KeyboardInterrupt
     finally:
@@ -161,9 +163,10 @@ def test_stage_line_says_ran_skipped_failed_or_stopped_with_the_time_taken():
         ("prepare", "ran in", " (16 images)"),
         ("train", "skipped in", " (dvc status: up to date)"),
         ("evaluate", "failed after", ": no weights"),  # the stage is named once
+        ("evaluate", "failed after", ": disk full"),  # one line
         ("register", "stopped after", " (KeyboardInterrupt)"),
     ]
-    assert [r.levelno for r in records] == [logging.INFO, logging.INFO, logging.ERROR, logging.ERROR]
+    assert [r.levelno for r in records] == [logging.INFO, logging.INFO, *[logging.ERROR] * 3]
 
 
 @pytest.mark.unit

@@ -75,6 +75,7 @@ def stage_line(name: str, log: logging.Logger | logging.LoggerAdapter) -> Iterat
         yield line
     except Exception as e:
         cause = str(e).removeprefix(f"stage {name} failed: ")  # the flow's StageFailed names the stage
+        cause = cause.strip().splitlines()[0] if cause.strip() else type(e).__name__  # one line
         log.error("%s: failed after %s: %s", name, duration(time.monotonic() - start), cause)
         raise
     except BaseException as e:  # Prefect's timeout or cancellation, Ctrl-C
