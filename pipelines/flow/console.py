@@ -146,3 +146,12 @@ def short_console_errors() -> Iterator[None]:
         for h, f in zip(handlers, saved, strict=True):
             h.setFormatter(f)
             h.removeFilter(_not_prefect_state_line)
+
+
+@contextlib.contextmanager
+def bounded(stage: str, key: str, seconds: float | None) -> Iterator[None]:
+    """Prefect's task timeout ("Scope timed out after N second(s).") as the stage's one line."""
+    try:
+        yield
+    except TimeoutError:
+        raise SaganError(f"stage {stage} failed: timed out after {seconds:g} s (pipeline.{key})") from None

@@ -30,7 +30,7 @@ from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
 from pipelines.flow import kubernetes_train, notify
-from pipelines.flow.console import StageLine, sagan_logs_to_prefect, stage_line
+from pipelines.flow.console import StageLine, bounded, sagan_logs_to_prefect, stage_line
 from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
 from pipelines.flow.params_writeback import OverridesWritten, kept_if_done, undo_left_by_a_killed_run
@@ -74,15 +74,6 @@ def _stage(name: str) -> Iterator[StageLine]:
             raise
         except Exception as e:
             raise StageFailed(name, e) from e
-
-
-@contextlib.contextmanager
-def _bounded(stage: str, key: str, seconds: float | None) -> Iterator[None]:
-    """Prefect's task timeout ("Scope timed out after N second(s).") as the stage's one line."""
-    try:
-        yield
-    except TimeoutError:
-        raise SaganError(f"stage {stage} failed: timed out after {seconds:g} s (pipeline.{key})") from None
 
 
 @dataclass(frozen=True)
@@ -280,17 +271,17 @@ def sagan_pipeline(
                 backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
                 retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
                 ctx = quote(run)  # what every task reads, no upstream result (above)
-                with _bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
+                with bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
                     prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
-                with _bounded("train", "train_timeout_s", cfg.train_timeout_s):
+                with bounded("train", "train_timeout_s", cfg.train_timeout_s):
                     trained = train_task.with_options(
                         retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
                     )(ctx, prep.content_hash)
-                with _bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
+                with bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
                     ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
                 # Register always runs: it is idempotent (a run already registered is not registered
                 # again, its promotion is re-decided), so an unchanged project ends with the same answer.
-                with _bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
+                with bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
                     reg = register_task.with_options(
                         retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
                     )(ctx, trained, ev)
