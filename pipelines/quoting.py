@@ -4,8 +4,8 @@ reason) quoted for where it lands, so that it is shown as itself and never read 
 - `md(text)`: text in Markdown that may be rendered as HTML (MLflow model cards, Prefect artifacts),
   also inside a table cell: `&`, `<`, `>` as HTML entities (no tag can open); `|` (a table cell's
   end), backticks (a code span), `\\`, `[`, `]` (a link), `~` (struck out), line breaks and other
-  control characters (a table row or a `**Promotion:` line stays one line) as numeric references;
-  `*` and `_` backslash-escaped (emphasis; still readable in the raw text). Markdown renderers read
+  control characters (a table row or a `**Promotion:` line stays one line), `*` and `_` (emphasis)
+  as numeric references (a backslash escape would show inside `<code>`, as MLflow renders it). Markdown renderers read
   all of these back as the characters themselves (tests/test_quoting.py renders with CommonMark +
   tables and with Python-Markdown).
 - `md_code(text)`: the same shown as code (`<code>`: a Markdown code span shows entities literally).
@@ -28,16 +28,13 @@ import shlex
 import unicodedata
 
 _ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "`": "&#96;", "\\": "&#92;"}
-_ENTITY |= {"[": "&#91;", "]": "&#93;", "~": "&#126;"}
-_BACKSLASH = set("*_")
+_ENTITY |= {"[": "&#91;", "]": "&#93;", "~": "&#126;", "*": "&#42;", "_": "&#95;"}
 _JSON_ESCAPE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027", "`": "\\u0060"}
 
 
 def _char(c: str) -> str:
     if c in _ENTITY:
         return _ENTITY[c]
-    if c in _BACKSLASH:
-        return "\\" + c
     if unicodedata.category(c) in ("Cc", "Zl", "Zp"):  # line breaks, NUL, escape sequences
         return "&#65533;" if c == "\0" else f"&#{ord(c)};"
     return c

@@ -82,7 +82,7 @@ def _init_project(tmp_path: Path) -> Path:
     return tmp_path / "proj"
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # dvc and sagan in subprocesses
 def test_dvc_repro_and_pipeline_run_refuse_a_fifo_in_seconds_instead_of_hanging(tmp_path, prefect_api):
     proj = _init_project(tmp_path)
     os.mkfifo(tmp_path / "images/class1/y.png")
@@ -107,7 +107,7 @@ def _resolution(proj: Path) -> int:
     return json.loads((proj / "data/prepared/manifest.json").read_text())["resolution"]
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # dvc and sagan in subprocesses
 def test_dvc_repro_restores_nothing_while_a_run_holds_the_project(tmp_path):
     proj = _init_project(tmp_path)
     env = _user_env()
@@ -128,7 +128,7 @@ def test_dvc_repro_restores_nothing_while_a_run_holds_the_project(tmp_path):
     assert _resolution(proj) == 32  # untouched under the running stage
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # dvc and sagan in subprocesses
 def test_pipeline_run_is_refused_before_prefect_starts_its_server(tmp_path):
     proj = _init_project(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}

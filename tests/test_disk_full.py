@@ -28,7 +28,7 @@ from sagan_core.errors import SaganError
 from sagan_core.train.progress import MetricsCSV
 from sagan_core.train.trainer import train
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # sagan in a subprocess, in a private mount namespace
 
 PAGE = 4096  # tmpfs counts whole pages
 UNSHARE = ["unshare", "--mount", "--map-root-user"]

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 MLFLOW, PREFECT = "http://127.0.0.1:5000", "http://127.0.0.1:4200"
-IMAGE_CARDS = ("attention", "samples")
+IMAGE_CARDS = ("attention", "preview", "samples")
 
 
 def wait_http(url: str, timeout: float = 120) -> None:
