@@ -353,3 +353,30 @@ def letters_archive(path: Path, classes: int = 26, per_class: int = 6, size: int
                 buf.seek(0)
                 tar.addfile(info, buf)
     return path
+
+
+# ---- `sagan init` projects at toy size ----------------------------------------------------------------
+# An `sagan init` project's `dvc status` when everything is recorded: its `check` stage (the data
+# folder and the project lock, before DVC hashes the images) is always_changed, and says only that.
+INIT_UP_TO_DATE = "check:\n\talways changed"
+# Toy sizes for any preset (their own resolution kept): 32-px images upsampled (data.min_size), a
+# width-8 model (attention needs 8 channels), 2 steps with one in-training evaluation at the end, 16-sample FID at 64 dims.
+INIT_TOY = [
+    "data.min_size=16",
+    "model.g_ch=8",
+    "model.d_ch=8",
+    "model.z_dim=16",
+    "train.steps=2",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "train.sample_every=2",
+    "train.eval_every=2",
+    "train.eval_samples=16",
+    "train.standing_stats=1",
+    "eval.num_samples=16",
+    "eval.batch_size=16",
+    "eval.dims=64",
+    "eval.kid_subsets=2",
+    "eval.kid_subset_size=8",
+]

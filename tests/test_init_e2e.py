@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import yaml
-from helpers import REPO, dvc_status, image_folder, letters_archive, run_cli
+from helpers import INIT_TOY, INIT_UP_TO_DATE, REPO, dvc_status, image_folder, letters_archive, run_cli
 from test_dvc_plots import assert_all_plots_render
 
 from pipelines.project.catalog import preset_names
@@ -17,30 +17,6 @@ from pipelines.project.catalog import preset_names
 pytestmark = pytest.mark.e2e
 
 UP_TO_DATE = "Data and pipelines are up to date."
-# An `sagan init` project's `dvc status` when everything is recorded: its `check` stage (the data
-# folder and the project lock, before DVC hashes the images) is always_changed, and says only that.
-INIT_UP_TO_DATE = "check:\n\talways changed"
-# Toy sizes for any preset (their own resolution kept): 32-px images upsampled (data.min_size), a
-# width-8 model (attention needs 8 channels), 2 steps with one in-training evaluation at the end, 16-sample FID at 64 dims.
-TOY = [
-    "data.min_size=16",
-    "model.g_ch=8",
-    "model.d_ch=8",
-    "model.z_dim=16",
-    "train.steps=2",
-    "train.batch_size=8",
-    "train.log_every=1",
-    "train.checkpoint_every=2",
-    "train.sample_every=2",
-    "train.eval_every=2",
-    "train.eval_samples=16",
-    "train.standing_stats=1",
-    "eval.num_samples=16",
-    "eval.batch_size=16",
-    "eval.dims=64",
-    "eval.kid_subsets=2",
-    "eval.kid_subset_size=8",
-]
 
 
 @pytest.mark.parametrize("preset", [p for p in preset_names() if p != "folder64"])
@@ -60,7 +36,7 @@ def test_every_preset_runs_end_to_end_in_a_new_project(
     assert made.returncode == 0, made.stderr
     monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
     monkeypatch.setenv("SAGAN_TRACKING", "1")  # register needs the MLflow run (sqlite in the project)
-    summary = sagan_pipeline(project_dir=str(proj), overrides=TOY)
+    summary = sagan_pipeline(project_dir=str(proj), overrides=INIT_TOY)
     assert summary.step == 2 and summary.trained_steps == 2 and summary.fid >= 0
     assert summary.dvc == "clean" and dvc_status(proj) == INIT_UP_TO_DATE
     assert_all_plots_render(proj)  # losses, img/s, in-training KID/FID, sample grids

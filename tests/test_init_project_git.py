@@ -10,32 +10,14 @@ import os
 
 import pytest
 import yaml
-from helpers import git, letters_archive, run_cli
+from helpers import INIT_TOY, git, letters_archive, run_cli
 
 from pipelines.flow.dvc_sync import write_overrides
 
 pytestmark = pytest.mark.e2e
 
-# Toy sizes on the cifar10 preset (32 px; the 28-px letters upsampled: data.min_size 16), written
-# into params.yaml and committed: the runs below take no --set.
-TOY = [
-    "model.g_ch=8",
-    "model.d_ch=8",
-    "model.z_dim=16",
-    "train.steps=2",
-    "train.batch_size=8",
-    "train.log_every=1",
-    "train.checkpoint_every=2",  # models/step_000002.pt
-    "train.sample_every=2",
-    "train.eval_every=2",  # models/best.pt
-    "train.eval_samples=16",
-    "train.standing_stats=1",
-    "eval.num_samples=16",
-    "eval.batch_size=16",
-    "eval.dims=64",
-    "eval.kid_subsets=2",
-    "eval.kid_subset_size=8",
-]
+# Toy sizes (helpers.INIT_TOY) on the cifar10 preset, written into params.yaml and committed: the
+# runs below take no --set. train.checkpoint_every=2 writes models/step_000002.pt, eval_every=2 best.pt.
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
 GIT_ENV |= {"GIT_COMMITTER_EMAIL": "t@t"}
 
@@ -62,7 +44,7 @@ def letters(tmp_path_factory, prefect_api, standin_torch_home):
     made = run_cli(["init", "letters", "--preset", "cifar10", "--data", str(archive)], cwd=tmp)
     assert made.returncode == 0, made.stderr
     root = tmp / "letters"
-    write_overrides(root / "params.yaml", TOY)
+    write_overrides(root / "params.yaml", INIT_TOY)
     project = Project(root, [])
     project.git("add", "-A")
     project.git("commit", "-qm", "a new project")

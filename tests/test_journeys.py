@@ -30,14 +30,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, REPO, dvc, git, image_folder, jpeg, stop_process_group
+from helpers import BIN, INIT_UP_TO_DATE, REPO, dvc, git, image_folder, jpeg, stop_process_group
 from prefect_fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
 UP_TO_DATE = "Data and pipelines are up to date."
-# An `sagan init` project's `dvc status` when everything is recorded: its `check` stage (the data
-# folder and the project lock, before DVC hashes the images) is always_changed, and says only that.
-INIT_UP_TO_DATE = "check:\n\talways changed"
 DEPLOYMENT = "sagan-pipeline/scheduled-retrain"  # `sagan pipeline serve`'s default name
 # Toy sizes: a width-8 model (attention needs 8 channels), 4 steps, no in-training evaluation,
 # FID on 20 generated images against 20 reference images in 64 Inception dimensions.

@@ -9,7 +9,7 @@ import logging
 import re
 
 import pytest
-from helpers import cli, dvc_status, letters_archive, pipeline_project, run_cli
+from helpers import INIT_TOY, cli, dvc_status, letters_archive, pipeline_project, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -17,25 +17,8 @@ STAGES = ("prepare", "train", "evaluate", "register")
 DURATION = r"(\d+\.\d s|\d+ min \d\d s|\d+ h \d\d min)"
 # A stage's line: `prepare: ran in 3.2 s (...)`, `train: skipped in 0.4 s (...)`, `x: failed after 1.2 s: ...`
 STAGE_LINE = re.compile(rf"^(\w+): (ran in|skipped in|failed after|stopped after) {DURATION}\b(.*)$")
-# A newcomer's project at toy size: 28-px letters upsampled (data.min_size), a width-8 model,
-# 2 steps, no in-training evaluation, a 16-sample FID at 64 dims; tracking off (no MLflow run).
-TOY = [
-    "data.min_size=16",
-    "model.g_ch=8",
-    "model.d_ch=8",
-    "model.z_dim=16",
-    "train.steps=2",
-    "train.batch_size=8",
-    "train.checkpoint_every=2",
-    "train.sample_every=2",
-    "train.eval_every=0",
-    "train.standing_stats=1",
-    "eval.num_samples=16",
-    "eval.batch_size=16",
-    "eval.dims=64",
-    "eval.kid_subsets=2",
-    "eval.kid_subset_size=8",
-]
+# A newcomer's project at toy size (helpers.INIT_TOY), without in-training evaluation; tracking off.
+TOY = [*INIT_TOY, "train.eval_every=0"]
 SETS = [a for o in TOY for a in ("--set", o)]
 
 
