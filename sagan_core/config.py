@@ -11,6 +11,7 @@ only scatter the one reference for params.yaml.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -341,33 +342,29 @@ class PipelineConfig(Section):
     stage_timeout_s: float | None = Field(21600.0, gt=0)
     lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
     dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
-    # The NAME (never the value) of what holds the webhook URL POSTed a JSON message when a flow run
-    # completes, fails, crashes or is cancelled: env var NAME if set, else the Prefect Secret block
-    # NAME, read at send time (pipelines/flow/notify.py). null: no notifications.
-    notify_secret: str | None = None
-    notify_timeout_s: float = Field(10.0, gt=0, le=300)  # the whole POST, connect to last byte
+    # TYPE/NAME of a saved Prefect notification block (e.g. slack-webhook/team) told when a flow run
+    # completes, fails, crashes or is cancelled (pipelines/flow/notify.py); the block holds the URL.
+    notify_block: str | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _no_notify_url(cls, raw: Any) -> Any:
-        """The removed key holds a secret: name it, never echo it (the message says "got" itself)."""
-        if isinstance(raw, dict) and "notify_url" in raw:
-            raise ValueError(
-                "pipeline.notify_url is removed (got it in params, where git, MLflow and Prefect would "
-                "store the webhook's token); set pipeline.notify_secret: NAME and put the URL in env var "
-                "NAME or in a Prefect Secret block NAME"
-            )
+    def _no_webhook_keys(cls, raw: Any) -> Any:
+        """Removed keys (one held the URL: named, never echoed; the message says "got" itself)."""
+        for old in ("notify_url", "notify_secret", "notify_timeout_s"):
+            if isinstance(raw, dict) and old in raw:
+                raise ValueError(
+                    f"pipeline.{old} is removed (got it in params); save the webhook as a Prefect "
+                    "notification block and set pipeline.notify_block: TYPE/NAME (e.g. slack-webhook/team)"
+                )
         return raw
 
-    @field_validator("notify_secret")
+    @field_validator("notify_block")
     @classmethod
-    def _a_name(cls, v: str | None) -> str | None:
-        """A name of letters, digits, `_` and `-`: a URL here would be the secret itself (not echoed)."""
-        if v is not None and not (
-            0 < len(v) <= 100 and v.isascii() and all(c.isalnum() or c in "_-" for c in v)
-        ):
+    def _a_block_slug(cls, v: str | None) -> str | None:
+        """Prefect's block slug; a URL here would be the secret itself (not echoed)."""
+        if v is not None and not re.fullmatch(r"[a-z0-9-]{1,100}/[a-z0-9-]{1,100}", v):
             raise ValueError(
-                "expected the NAME of an env var or Prefect Secret block (letters, digits, _ and -), "
+                "expected TYPE/NAME of a saved Prefect notification block (e.g. slack-webhook/team), "
                 "got something else (not shown: it may be the webhook URL itself)"
             )
         return v

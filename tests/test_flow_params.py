@@ -1,15 +1,14 @@
 """The flow as a Prefect user meets it: typed parameters (a form), validation errors as the one-line
-config message, webhook hooks on failure and completion, and `sagan` log lines in the run's logs."""
+config message, notification hooks on failure and completion, and `sagan` log lines in the run's logs."""
 
 from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from helpers import fake_downstream, pipeline_project, run_cli
+from test_secrets import BLOCK, save_block, server  # noqa: F401 - server: a fixture
 
 from pipelines.flow.pipeline import sagan_pipeline
 from pipelines.flow.settings import FlowSettings, split_overrides, to_overrides
@@ -66,28 +65,6 @@ def test_form_values_mean_what_the_same_set_strings_mean(tmp_path):
 
 
 # ---- against Prefect ---------------------------------------------------------------------------------
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):  # quiet
-        pass
-
-
-@pytest.fixture
-def webhook():
-    _Hook.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hook.received
-    server.shutdown()
-    server.server_close()
 
 
 def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect_api, tmp_path):
@@ -97,34 +74,33 @@ def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect
     assert "train.lr_d: expected a positive number, got -1" in state.message
 
 
-def test_failure_and_completion_post_to_the_webhook_named_by_notify_secret(
-    prefect_api, tmp_path, monkeypatch, webhook
+def test_failure_and_completion_post_through_the_block_named_by_notify_block(
+    prefect_api,
+    tmp_path,
+    monkeypatch,
+    server,  # noqa: F811 - the fixture imported above
 ):
-    url, received = webhook
-    monkeypatch.setenv("SAGAN_TEST_WEBHOOK", url)  # the URL lives in the environment, params hold its name
-    notify = {"pipeline": {"notify_secret": "SAGAN_TEST_WEBHOOK"}}
+    save_block(server.url)  # the URL lives in the block, params hold its name
+    notify = {"pipeline": {"notify_block": BLOCK}}
     missing = tmp_path / "missing"
     proj = pipeline_project(tmp_path / "fails", dvc=False, data__source=str(missing))
     state = sagan_pipeline(settings=notify, project_dir=str(proj), return_state=True)
     assert state.is_failed()
-    (failed,) = received
-    assert (
-        failed["state"] == "Failed"
-        and "stage prepare failed" in failed["text"]
-        and str(missing) in failed["text"]
-    )
+    ((_, failed),) = server.hits
+    assert failed["subject"].endswith(": Failed") and "stage prepare failed" in failed["text"]
+    assert str(missing) in failed["text"]
 
     fake_downstream(monkeypatch)  # about the hooks, not FID or MLflow: a real prepare + train, then stand-ins
     monkeypatch.setenv("SAGAN_TRACKING", "1")  # tracking off skips register (its own test below)
     proj = pipeline_project(tmp_path / "completes", dvc=False, train__steps=2)
     summary = sagan_pipeline(settings=notify, project_dir=str(proj))
-    done = received[1]
-    assert done["state"] == "Completed" and done["decision"] == summary.decision == "champion"
+    done = server.hits[1][1]
+    assert done["subject"].endswith(": Completed") and summary.decision == "champion"
     assert f"{summary.model_name} v{summary.version}: champion" in done["text"]
 
-    received.clear()  # off by default: nothing is posted
+    server.hits.clear()  # off by default: nothing is posted
     sagan_pipeline(project_dir=str(proj))
-    assert received == []
+    assert server.hits == []
 
 
 def test_sagan_log_lines_reach_the_flow_runs_logs_through_prefect_settings(prefect_api, tmp_path):
@@ -144,7 +120,10 @@ def test_sagan_log_lines_reach_the_flow_runs_logs_through_prefect_settings(prefe
 
 
 def test_tracking_off_is_said_at_the_start_and_register_is_skipped_not_failed(
-    prefect_api, tmp_path, webhook, standin_torch_home
+    prefect_api,
+    tmp_path,
+    server,  # noqa: F811 - the fixture imported above
+    standin_torch_home,
 ):
     """SAGAN_TRACKING=0: prepare, train and evaluate run for real; the flow says at its start that the
     run will not be registered, skips register in one line and completes (it used to fail at register:
@@ -153,11 +132,10 @@ def test_tracking_off_is_said_at_the_start_and_register_is_skipped_not_failed(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    url, received = webhook
+    save_block(server.url)
     proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)
     env = {"PREFECT_API_URL": prefect_api, "SAGAN_TRACKING": "0", "TORCH_HOME": str(standin_torch_home)}
-    env |= {"SAGAN_TEST_WEBHOOK": url}
-    out = run_cli(["pipeline", "run", "--set", "pipeline.notify_secret=SAGAN_TEST_WEBHOOK"], proj, env, 600)
+    out = run_cli(["pipeline", "run", "--set", f"pipeline.notify_block={BLOCK}"], proj, env, 600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "registered  : skipped (tracking off: SAGAN_TRACKING=0)" in out.stdout, out.stdout
     assert json.loads((proj / "metrics/eval.json").read_text())["fid"] >= 0  # evaluate ran for real
@@ -178,5 +156,8 @@ def test_tracking_off_is_said_at_the_start_and_register_is_skipped_not_failed(
     assert len(ours) == 1 and re.fullmatch(  # one line, no failure
         r"register: skipped in \d+\.\d s \(tracking off: SAGAN_TRACKING=0\)", ours[0]
     ), ours
-    (done,) = received
-    assert done["state"] == "Completed" and "not registered (tracking off: SAGAN_TRACKING=0)" in done["text"]
+    ((_, done),) = server.hits
+    assert (
+        done["subject"].endswith(": Completed")
+        and "not registered (tracking off: SAGAN_TRACKING=0)" in done["text"]
+    )

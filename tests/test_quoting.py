@@ -162,16 +162,3 @@ def test_the_final_reports_command_line_gives_the_tracking_uri_back(monkeypatch)
 def test_a_model_name_mlflow_refuses_or_spanning_lines_is_exit_2_before_anything_runs(tmp_path, name):
     r = cli(["config", "--set", f"registry.model_name={name}"], cwd=tmp_path)
     assert r.returncode == 2 and "registry.model_name" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_the_webhooks_text_line_cannot_ping_or_link():
-    from pipelines.flow.notify import _body
-
-    run = SimpleNamespace(name="<!channel>", id="1")
-    body = _body(run, SimpleNamespace(name="Failed"), f" failed: {HTML} <https://x.example|click> & co")
-    assert "<" not in body["text"] and ">" not in body["text"]
-    assert body["text"] == (
-        "sagan pipeline &lt;!channel&gt; failed: &lt;img src=x onerror=alert(1)&gt;"
-        " &lt;https://x.example|click&gt; &amp; co"
-    )
-    assert body["flow_run"] == "<!channel>"  # the structured fields stay the data itself

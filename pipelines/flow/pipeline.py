@@ -262,6 +262,8 @@ def sagan_pipeline(
         tag_flow_run(project)
         params = params or load_params(params_file, overrides)
         cfg = params.pipeline
+        if cfg.notify_block:  # where the hooks find it (notify.py)
+            tag_flow_run(notify.TAG + cfg.notify_block)
         if why := tracking_off(params):  # said before anything runs, not as register's failure at the end
             get_run_logger().info("tracking is off (%s): the run will not be registered in MLflow", why)
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
