@@ -140,7 +140,7 @@ class TrainConfig(Section):
     # meet at rdzv_endpoint (host:port on one of them, torchrun's c10d rendezvous; needed if nnodes > 1)
     nnodes: int = Field(1, gt=0, le=4096)
     # local: train on this machine (one node of nnodes when nnodes > 1). kubernetes: the flow's train
-    # task submits an Indexed Job of nnodes pods (pipelines/flow/kubernetes.py; rdzv_endpoint/rdzv_id
+    # task submits an Indexed Job of nnodes pods (pipelines/flow/kubernetes_train.py; rdzv_endpoint/rdzv_id
     # are set for it), waits for it and fetches the final checkpoint from MLflow; `sagan train` refuses.
     launcher: Literal["local", "kubernetes"] = "local"
     rdzv_endpoint: str | None = Field(None, validate_default=True)

@@ -3,7 +3,7 @@ daemon, no Kubernetes cluster, no Prefect Docker/Kubernetes worker and no networ
 is built, pulled, applied or deployed. What is checked: the Dockerfile's instructions line by line,
 .dockerignore, prefect.yaml against Prefect's own prefect.yaml model and its steps' signatures, the
 Kubernetes pool template rendered by Prefect's own templating, the multi-node manifests' structure
-and that deploy/k8s/ is what pipelines/flow/kubernetes.py renders, and the Job status reading."""
+and that deploy/k8s/ is what pipelines/flow/kubernetes_train.py renders, and the Job status reading."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from helpers import REPO
 
-from pipelines.flow import kubernetes as k8s
+from pipelines.flow import kubernetes_train as k8s
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import apply_override, validate
 

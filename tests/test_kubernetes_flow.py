@@ -20,8 +20,7 @@ import pytest
 import yaml
 from helpers import REPO, checkpoint_step, fake_downstream, pipeline_project, run_cli
 
-from pipelines.flow import kubernetes as k8s
-from pipelines.flow import kubernetes_train
+from pipelines.flow import kubernetes_train as k8s
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.params_file import apply_override, validate
 
@@ -92,7 +91,7 @@ def test_submit_applies_the_rendered_manifests_with_the_flows_params(kubectl):
     params = load(
         [*K8S, "train.nnodes=3", "train.nproc_per_node=2", "train.lr_g=0.0003", "train.k8s_revision=v7"]
     )
-    name = kubernetes_train.submit(params, "runs:/abc", log=lambda line: None)
+    name = k8s.submit(params, "runs:/abc", log=lambda line: None)
     (applied,) = state.glob("applied-*.yaml")
     service, job = yaml.safe_load_all(applied.read_text())
     assert calls(state) == [["apply", "--namespace", "default", "-f", "-"]]

@@ -87,8 +87,8 @@ def train(
     p = load_stage(params, set_)
     if p.train.launcher == "kubernetes":  # submitting and awaiting the Job is the flow's (scale-out.md)
         raise ConfigError(
-            "train.launcher: kubernetes is run by `sagan pipeline run` (or `python -m pipelines.flow.kubernetes "
-            "run`); `sagan train` trains on this machine: --set train.launcher=local"
+            "train.launcher: kubernetes is run by `sagan pipeline run`; `sagan train` trains on this "
+            "machine: --set train.launcher=local"
         )
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:

@@ -1,69 +1,208 @@
-"""The flow's train stage with train.launcher kubernetes: submit the multi-node Job, await it, fetch
-its final checkpoint.
+"""The flow's train stage with train.launcher kubernetes: a headless Service and an Indexed Job (one
+pod per node) applied and awaited with `kubectl`, then the final checkpoint fetched from MLflow so
+evaluate and register continue here. `kubectl` never ran against a real cluster (docs/scale-out.md).
 
-`train_on_cluster` renders the headless Service and the Indexed Job (pipelines/flow/kubernetes.py)
-for train.nnodes pods of train.nproc_per_node GPUs, `kubectl apply`s them, polls the Job (a progress
-line in the Prefect log whenever its pod counts change) until it succeeds, fails (one line naming
-the failed pods and their completion indexes) or passes train.k8s_timeout_s (the Job is deleted).
-
-The pods train the flow's own params: every params key (but pipeline.* and the launcher's) is
-passed as a `--set`, so the params.yaml at the pods' git revision does not matter. The Job's name
-gets a random suffix and is the run's train.rdzv_id, which rank 0 logs as an MLflow param: after
-the Job, the flow finds that run and fetches its checkpoint like `sagan train --resume-from
-runs:/ID` does (pipelines/resume_from.py), so evaluate and register continue on this machine. The
-pods and the flow must therefore track to the same MLflow server. A flow that would resume passes
-its run's checkpoint the same way (`--resume-from runs:/ID`).
+Each pod clones the project at a git revision, `dvc pull`s prepare's outs and runs `sagan train` with
+every params key of the flow as a `--set` (the params.yaml at that revision does not matter), meeting
+pod 0 at `<name>-0.<name>:PORT`. Credentials come from a Secret in envFrom, never the manifests. The
+Job's name (random suffix) is the run's train.rdzv_id, by which the flow finds the pods' MLflow run:
+the pods and the flow must track to the same server.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pipelines.flow import kubernetes as k8s
+import yaml
+
 from pipelines.results import Trained
 from sagan_core.atomic import copy_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
-# Keys the manifests set themselves (or that only the flow reads): never passed to the pods.
-_NOT_PASSED = {
-    "train.launcher",
-    "train.nnodes",
-    "train.nproc_per_node",
-    "train.rdzv_endpoint",
-    "train.rdzv_id",
-}
+PORT = 29400  # torchrun's usual c10d port
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+# Runs in each pod: "$@" are `sagan train`'s own arguments (a list, never parsed by the shell).
+SCRIPT = (
+    "set -eu; "
+    'git clone --quiet --depth 1 --branch "$SAGAN_REVISION" "$SAGAN_REPOSITORY" . ; '
+    "dvc pull prepare; "
+    'exec sagan train "$@"'
+)
+# Keys the manifests set themselves (or only the flow reads): never passed to the pods.
+_NOT_PASSED = {f"train.{k}" for k in ("launcher", "nnodes", "nproc_per_node", "rdzv_endpoint", "rdzv_id")}
 
 
-def pod_overrides(params: Params) -> list[str]:
-    """`key=value` for every params key the pods train with (values as JSON, which YAML reads)."""
-    return [
-        f"{k}={json.dumps(v)}"
-        for k, v in params.flat().items()
-        if k not in _NOT_PASSED and not k.startswith(("pipeline.", "train.k8s_"))
-    ]
+def render(
+    *,
+    image: str,
+    repository: str,
+    nnodes: int,
+    nproc_per_node: int = 1,
+    revision: str = "main",
+    name: str = "sagan-train",
+    secret: str = "sagan-env",
+    overrides: list[str] | None = None,
+    resume_from: str | None = None,
+) -> list[dict[str, Any]]:
+    """The Service and the Indexed Job (deploy/k8s/train-multinode.yaml is an output)."""
+    if not _DNS_LABEL.match(name):
+        raise ConfigError(f"name: expected a DNS label (a-z, 0-9, -; at most 52 characters), got {name!r}")
+    if not image or not repository:
+        raise ConfigError("image and repository are required (the pods pull the project from git)")
+    if nnodes < 1 or nproc_per_node < 1:
+        raise ConfigError(f"nnodes and nproc_per_node: expected >= 1, got {nnodes}, {nproc_per_node}")
+    labels = {"app.kubernetes.io/name": "sagan", "sagan/job": name}
+    sets = [f"train.nnodes={nnodes}", f"train.nproc_per_node={nproc_per_node}"]
+    sets += [f"train.rdzv_endpoint={name}-0.{name}:{PORT}", f"train.rdzv_id={name}"]
+    sets += ["train.launcher=local", *(overrides or [])]  # each pod trains here, as one node
+    args = [a for s in sets for a in ("--set", s)] + (["--resume-from", resume_from] if resume_from else [])
+    gpus = {"nvidia.com/gpu": nproc_per_node}
+    container = {
+        "name": "sagan",
+        "image": image,
+        "command": ["bash", "-c", SCRIPT, "sagan-train"],
+        "args": [*args, "--quiet"],
+        "workingDir": "/work/project",
+        "env": [
+            {"name": "SAGAN_REPOSITORY", "value": repository},
+            {"name": "SAGAN_REVISION", "value": revision},
+        ],
+        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
+        "ports": [{"name": "rdzv", "containerPort": PORT}],
+        "resources": {"limits": dict(gpus), "requests": dict(gpus)},
+        "volumeMounts": [
+            {"name": "project", "mountPath": "/work/project"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+    }
+    service_spec = {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {"sagan/job": name}}
+    service_spec["ports"] = [{"name": "rdzv", "port": PORT, "targetPort": PORT}]
+    pod = {
+        "subdomain": name,  # pod i is <name>-i.<name>: pod 0 hosts the rendezvous
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {"name": "project", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},  # NCCL's shared memory
+        ],
+    }
+    job_spec = {"completionMode": "Indexed", "completions": nnodes, "parallelism": nnodes}
+    job_spec["backoffLimit"] = 0  # a lost node ends the run; a new Job resumes (docs/scale-out.md)
+    job_spec["template"] = {"metadata": {"labels": dict(labels)}, "spec": pod}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": dict(labels)}}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": dict(labels)}}
+    return [service | {"spec": service_spec}, job | {"spec": job_spec}]
 
 
-def revision(params: Params) -> str:
-    """train.k8s_revision, else this checkout's HEAD commit (the pods clone it: it must be pushed)."""
-    if params.train.k8s_revision:
-        return params.train.k8s_revision
-    r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+def job_outcome(job: dict[str, Any]) -> str | None:
+    """None while the Job runs, "succeeded" or "failed: <reason>" (batch/v1 Job status conditions)."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded"
+        if cond.get("type") in ("Failed", "FailureTarget"):
+            return f"failed: {cond.get('message') or cond.get('reason') or 'no reason given'}"
+    return None
+
+
+def _kubectl(*args: str, stdin: str | None = None) -> str:
+    try:
+        r = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SaganError("kubectl not found: install kubectl and point it at the cluster") from None
     if r.returncode != 0:
-        raise ConfigError("train.k8s_revision: null and this project is no git checkout; set a revision")
-    return r.stdout.strip()
+        raise SaganError(f"kubectl {args[0]}: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
+    return r.stdout
+
+
+def _failed_pods(name: str, namespace: str) -> str:
+    """'pod P (index I): reason' for each failed pod of the Job (I: its completion index)."""
+    try:
+        out = _kubectl("get", "pods", "--namespace", namespace, "-l", f"sagan/job={name}", "-o", "json")
+        pods = json.loads(out).get("items", [])
+    except (SaganError, ValueError):
+        return "its pods could not be listed"
+    failed = []
+    for pod in pods:
+        status, meta = pod.get("status") or {}, pod.get("metadata") or {}
+        if status.get("phase") != "Failed":
+            continue
+        index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "?")
+        ended = [c.get("state", {}).get("terminated") for c in status.get("containerStatuses") or []]
+        why = next(
+            (f"{t.get('reason', 'exit')} (exit code {t.get('exitCode')})" for t in ended if t), "failed"
+        )
+        failed.append(f"pod {meta.get('name')} (index {index}): {why}")
+    return "; ".join(failed) or "no failed pod listed"
+
+
+def _last_lines(name: str, namespace: str) -> str:
+    try:  # best effort: a failed listing must not hide why the Job failed
+        out = _kubectl("logs", "--namespace", namespace, "-l", f"sagan/job={name}", "--tail=3", "--prefix")
+        return " | ".join(out.strip().splitlines()) or "none"
+    except SaganError:
+        return "not available"
+
+
+def wait(
+    name: str, namespace: str, timeout_s: float | None, poll_s: float = 10, log: Callable = print
+) -> None:
+    """Until the Job ends, a line whenever its pod counts change. A failed Job is a SaganError naming
+    the failed pods; past timeout_s the Job and Service are deleted (their pods would hold GPUs)."""
+    started, last = time.monotonic(), None
+    while True:
+        job = json.loads(_kubectl("get", "job", name, "--namespace", namespace, "-o", "json"))
+        elapsed = time.monotonic() - started
+        st, n = job.get("status") or {}, (job.get("spec") or {}).get("completions", "?")
+        counts = ", ".join(f"{st.get(k) or 0} {k}" for k in ("active", "ready", "succeeded", "failed"))
+        if (line := f"job {job.get('metadata', {}).get('name')}: {counts} of {n} pods") != last:
+            log(f"{line} ({elapsed:.0f} s)")
+            last = line
+        outcome = job_outcome(job)
+        if outcome == "succeeded":
+            log(f"job {name} succeeded")
+            return
+        if outcome:
+            raise SaganError(
+                f"kubernetes job {name} {outcome}: {_failed_pods(name, namespace)}; "
+                f"last lines: {_last_lines(name, namespace)}"
+            )
+        if timeout_s is not None and elapsed > timeout_s:
+            lines = _last_lines(name, namespace)
+            _kubectl("delete", "job,service", name, "--namespace", namespace, "--ignore-not-found")
+            raise SaganError(
+                f"kubernetes job {name} not done after {timeout_s:.0f} s: deleted (with its pods); "
+                f"last lines: {lines}"
+            )
+        time.sleep(poll_s)
 
 
 def submit(params: Params, resume_from: str | None, log: Callable[[str], None]) -> str:
     """Render and `kubectl apply` the Service and Job; their name (also the run's rdzv_id)."""
     t = params.train
-    name, rev = f"{t.k8s_name}-{secrets.token_hex(3)}", revision(params)
-    manifests = k8s.render(
+    rev = t.k8s_revision
+    if not rev:  # this checkout's HEAD commit: the pods clone it, so it must be pushed
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ConfigError("train.k8s_revision: null and this project is no git checkout; set a revision")
+        rev = r.stdout.strip()
+    name = f"{t.k8s_name}-{secrets.token_hex(3)}"
+    overrides = [  # values as JSON, which YAML reads
+        f"{k}={json.dumps(v)}"
+        for k, v in params.flat().items()
+        if k not in _NOT_PASSED and not k.startswith(("pipeline.", "train.k8s_"))
+    ]
+    manifests = render(
         image=t.k8s_image or "",
         repository=t.k8s_repository or "",
         revision=rev,
@@ -71,10 +210,17 @@ def submit(params: Params, resume_from: str | None, log: Callable[[str], None]) 
         nproc_per_node=t.nproc_per_node,
         name=name,
         secret=t.k8s_secret,
-        overrides=pod_overrides(params),
+        overrides=overrides,
         resume_from=resume_from,
     )
-    k8s.apply(manifests, t.k8s_namespace)
+    _kubectl(
+        "apply",
+        "--namespace",
+        t.k8s_namespace,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(manifests, sort_keys=False),
+    )
     log(
         f"submitted job {name} to namespace {t.k8s_namespace}: {t.nnodes} pods x {t.nproc_per_node} GPUs, "
         f"revision {rev}" + (f", resuming from {resume_from}" if resume_from else "")
@@ -117,7 +263,7 @@ def _fetch_extras(params: Params, run_id: str) -> None:
 
 
 def train_on_cluster(params: Params, do_resume: bool, log: Callable[[str], None]) -> Trained:
-    """The whole train stage on Kubernetes; the Trained result of the fetched checkpoint."""
+    """The whole train stage on Kubernetes; a resuming run passes its run's checkpoint to the pods."""
     from pipelines import stages
     from pipelines.resume_from import fetch
     from pipelines.tracking.run_record import read_run_record
@@ -132,7 +278,7 @@ def train_on_cluster(params: Params, do_resume: bool, log: Callable[[str], None]
     start = resume.start_step(params.train.checkpoint) if record else 0
     name = submit(params, resume_from, log)
     t = params.train
-    k8s.wait(name, t.k8s_namespace, t.k8s_timeout_s, poll_s=t.k8s_poll_s, log=log)
+    wait(name, t.k8s_namespace, t.k8s_timeout_s, poll_s=t.k8s_poll_s, log=log)
     run_id = find_run(params, name)
     fetch(params, f"runs:/{run_id}")
     _fetch_extras(params, run_id)
