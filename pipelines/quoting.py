@@ -1,23 +1,12 @@
-"""User-named text (class folder names, data paths, model, pool and deployment names, a person's
-reason) quoted for where it lands, so that it is shown as itself and never read as markup or code.
+"""User-named text (class folders, paths, model and deployment names, a person's reason) quoted for
+where it lands, shown as itself, never read as markup or code. Standard library only.
 
-- `md(text)`: text in Markdown that may be rendered as HTML (MLflow model cards, Prefect artifacts),
-  also inside a table cell: `&`, `<`, `>` as HTML entities (no tag can open); `|` (a table cell's
-  end), backticks (a code span), `\\`, `[`, `]` (a link), `~` (struck out), line breaks and other
-  control characters (a table row or a `**Promotion:` line stays one line), `*` and `_` (emphasis)
-  as numeric references (a backslash escape would show inside `<code>`, as MLflow renders it). Markdown renderers read
-  all of these back as the characters themselves (tests/test_quoting.py renders with CommonMark +
-  tables and with Python-Markdown).
-- `md_code(text)`: the same shown as code (`<code>`: a Markdown code span shows entities literally).
-- `chat(text)`: a chat webhook's `text` line: `&`, `<`, `>` as entities, the escaping Slack's
-  message format asks for (`<!channel>` would ping everyone, `<url|text>` is a link); Mattermost
-  and Teams read Markdown, which shows the entities as the characters.
-- `sh(word)`: one word of a shell command line printed for a person to paste (shlex.quote).
-- `json_sh(obj)`: a JSON body as one shell word whose text holds no `<`, `>`, `&`, `'` or backtick
-  (JSON's own \\u escapes, so it parses back to the same value), safe inside a Markdown code block
-  and a shell line alike.
-
-Imports only the standard library; any layer of pipelines may use it.
+- `md`: Markdown rendered to HTML, table cells too (MLflow cards, Prefect artifacts): `&<>|`, backtick,
+  `\\[]~*_` and control characters as entities (numeric ones for `*`/`_`: a backslash escape shows
+  inside `<code>`); tests/test_quoting.py renders with CommonMark and Python-Markdown.
+- `chat`: a chat message: `&<>` as entities, as Slack asks (`<!channel>` pings, `<url|text>` links).
+- `json_sh`: JSON as one shell word free of `<>&'` and backtick (JSON's \\u escapes), safe in a
+  Markdown code block and a shell line alike.
 """
 
 from __future__ import annotations

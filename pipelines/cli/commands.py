@@ -1,8 +1,4 @@
-"""The `sagan` commands that run one stage or tool: prepare, train, evaluate, fid, register, sample,
-config, init; and the options they share (--params, --set, --quiet).
-
-Heavy imports (torch, MLflow, Prefect) happen inside the commands, so `sagan --help` stays instant.
-"""
+"""`sagan prepare|train|evaluate|fid|register|sample|config|init` and their shared options."""
 
 from __future__ import annotations
 
@@ -32,13 +28,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 
 
 def load(params: Path, overrides: list[str] | None) -> Params:
-    """Validated params from --params FILE and --set overrides (ConfigError -> exit 2)."""
     return load_params(params, overrides or [])
 
 
 def load_stage(params: Path, overrides: list[str] | None) -> Params:
-    """`load` for a DVC stage's command: also refuses a sagan other than the project's recorded one
-    (pipelines/project/version.py), so dvc.lock never records outputs against the wrong version."""
+    """`load`, refusing a sagan other than the project's recorded one (dvc.lock would be wrong)."""
     from pipelines.project import version
 
     version.check(".")

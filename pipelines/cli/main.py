@@ -18,17 +18,6 @@ from typer.exceptions import TyperException
 from pipelines.cli import commands, models, pipeline
 from sagan_core.errors import STORAGE_ERRNOS, ConfigError, SaganError, os_cause
 
-STAGE_COMMANDS = (
-    commands.prepare,
-    commands.train,
-    commands.evaluate,
-    commands.fid,
-    commands.register,
-    commands.sample,
-)
-PIPELINE_COMMANDS = {"run": pipeline.run, "serve": pipeline.serve, "deploy": pipeline.deploy}
-PROJECT_COMMANDS = (commands.config, commands.init)
-
 
 def sagan_version() -> str:
     try:
@@ -43,14 +32,12 @@ def _show_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def _root(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version", help="Print the installed version and exit.", callback=_show_version, is_eager=True
-        ),
-    ] = False,
-) -> None:
+VersionOpt = typer.Option(
+    "--version", help="Print the installed version and exit.", callback=_show_version, is_eager=True
+)
+
+
+def _root(show_version: Annotated[bool, VersionOpt] = False) -> None:
     """Self-Attention GAN pipeline: prepare -> train -> evaluate (FID) -> register (MLflow)."""
 
 
@@ -64,25 +51,27 @@ def build_app() -> typer.Typer:
         rich_markup_mode=None,
     )
     app.callback()(_root)
-    for command in STAGE_COMMANDS:
+    c = commands
+    for command in (c.prepare, c.train, c.evaluate, c.fid, c.register, c.sample):
         app.command()(command)
-    flow = typer.Typer(
-        name="pipeline",
-        help="The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
-        no_args_is_help=True,
-    )
-    for name, command in PIPELINE_COMMANDS.items():
-        flow.command(name)(command)
-    app.add_typer(flow, name="pipeline")
-    registry = typer.Typer(
-        name="models",
-        help="The registered versions: list them, promote one, roll the champion back.",
-        no_args_is_help=True,
-    )
-    for name, command in models.COMMANDS.items():
-        registry.command(name)(command)
-    app.add_typer(registry, name="models")
-    for command in PROJECT_COMMANDS:
+    flow = {"run": pipeline.run, "serve": pipeline.serve, "deploy": pipeline.deploy}
+    for name, helps, group in (
+        (
+            "pipeline",
+            "The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
+            flow,
+        ),
+        (
+            "models",
+            "The registered versions: list them, promote one, roll the champion back.",
+            models.COMMANDS,
+        ),
+    ):
+        sub = typer.Typer(name=name, help=helps, no_args_is_help=True)
+        for verb, command in group.items():
+            sub.command(verb)(command)
+        app.add_typer(sub, name=name)
+    for command in (c.config, c.init):
         app.command()(command)
     return app
 

@@ -77,21 +77,27 @@ def serve(
     from pipelines.flow.console import route_sagan_logs_to_prefect
 
     route_sagan_logs_to_prefect()  # the served runs' processes inherit it
+    parameters, _ = _on_server(params, set_, force, "schedules")
+    from pipelines.flow.pipeline import sagan_pipeline
+
+    sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
+
+
+def _on_server(params: Path, set_: list[str] | None, force: bool, what: str) -> tuple[dict[str, Any], str]:
+    """The parameters of runs a server starts (in its directory: pinned to this project) and the
+    project's one-run limit (flow/project_limit.py)."""
     from prefect.settings import PREFECT_API_URL
+
+    from pipelines.flow.project_limit import ensure_limit
 
     parameters = _flow_parameters(params, set_, force)
     if not PREFECT_API_URL.value():
         raise ConfigError(
-            "schedules need a running Prefect server: start one with `prefect server start` and "
+            f"{what} need a running Prefect server: start one with `prefect server start` and "
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
-    from pipelines.flow.pipeline import sagan_pipeline
-    from pipelines.flow.project_limit import ensure_limit
-
-    # Scheduled runs start in this process's directory: pin the project so they find it.
     parameters["project_dir"] = os.getcwd()
-    ensure_limit(os.getcwd())  # one run of this project at a time, whichever process runs it
-    sagan_pipeline.serve(name=name, cron=cron, parameters=parameters)
+    return parameters, ensure_limit(os.getcwd())
 
 
 def deploy(
@@ -103,21 +109,13 @@ def deploy(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "on-pool",
 ) -> None:
     """Deploy the flow to a work pool; a worker (`prefect worker start --pool POOL`) runs it where it runs."""
-    from prefect.settings import PREFECT_API_URL
-
     from pipelines.flow.console import route_sagan_logs_to_prefect
-
-    parameters = _flow_parameters(params, set_, force)
-    if not PREFECT_API_URL.value():
-        raise ConfigError("work pools need a running Prefect server: see `sagan pipeline serve --help`")
     from pipelines.flow.pipeline import sagan_pipeline
-    from pipelines.flow.project_limit import ensure_limit
 
+    parameters, limit = _on_server(params, set_, force, "work pools")
     # The worker loads the flow from this checkout and runs it on this project: both paths must
     # exist on the worker's machine (same path, e.g. a shared filesystem).
     code = Path(__file__).resolve().parents[2]
-    parameters["project_dir"] = os.getcwd()
-    limit = ensure_limit(os.getcwd())  # one run of this project at a time, on any worker
     remote = sagan_pipeline.from_source(
         source=str(code), entrypoint="pipelines/flow/pipeline.py:sagan_pipeline"
     )

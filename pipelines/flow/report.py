@@ -1,6 +1,5 @@
-"""What a pipeline run tells its user: live training progress in Prefect, what each stage made (its
-line on the terminal), the run's summary as Prefect artifacts (a markdown summary with the sample grid, the run's result, a table of past runs
-read back from Prefect: history.py) and the closing lines on the terminal."""
+"""What a pipeline run tells its user: training progress in Prefect, what each stage made, the run's
+Prefect artifacts (summary with the sample grid, result row, past runs: history.py), closing lines."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from pipelines.flow.history import COLUMNS, RESULT_KEY, past_runs
+from pipelines.flow.history import COLUMNS, RESULT_KEY, _fmt, past_runs
 from pipelines.quoting import md, md_code, sh
 from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
 from pipelines.tracking.store import redact
@@ -34,7 +33,7 @@ INLINE_BYTES = 200_000  # a larger PNG is left out of the summary (the path is s
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One pipeline run, as the flow returns it (its numbers also go to the `sagan-result` artifact)."""
+    """One pipeline run, as the flow returns it (and the `sagan-result` artifact)."""
 
     time: str
     flow_run: str
@@ -59,7 +58,7 @@ class RunSummary:
 
 
 class PrefectProgress(Callback):
-    """Training progress in the Prefect UI: a progress artifact and one log line per log interval."""
+    """A progress artifact and one log line per log interval."""
 
     def __init__(self, steps: int):
         self.steps, self.artifact_id = steps, None
@@ -78,7 +77,7 @@ class PrefectProgress(Callback):
 
 
 def stage_detail(result: Prepared | Trained | Evaluated | Registered, *more: str) -> str:
-    """What a stage made, for its one line (pipelines.flow.console.stage_line), `more` appended."""
+    """What a stage made, for its line (console.stage_line)."""
     if isinstance(result, Prepared):
         classes = f", {result.num_classes} classes" if result.num_classes > 1 else ""
         made = f"{result.num_images} images{classes}, {result.rejected} rejected"
@@ -104,9 +103,10 @@ def summarize(
     from prefect.runtime import flow_run
 
     if isinstance(reg, NotRegistered):
-        registered = {"version": None, "decision": "skipped", "reason": reg.reason, "mlflow_run": None}
-        registered |= {"version_step": None, "version_fid": None}
-        registered |= {"mlflow_url": None, "tracking_uri": None}
+        registered = dict.fromkeys(
+            ("version", "version_step", "version_fid", "mlflow_run", "mlflow_url", "tracking_uri")
+        )
+        registered |= {"decision": "skipped", "reason": reg.reason}
     else:
         registered = {"version": reg.version, "decision": reg.decision, "reason": reg.reason}
         registered |= {"version_step": reg.generator_step, "version_fid": reg.fid}
@@ -129,8 +129,9 @@ def summarize(
 
 
 def run_url(reg: Registered) -> str | None:
-    """The MLflow UI page of the run (samples under its artifacts); `mlflow ui` for a local store."""
-    uri, base = reg.tracking_uri, _ui_base(reg.tracking_uri)
+    """The run's MLflow UI page: the tracking server's, or `mlflow ui`'s default address."""
+    uri = reg.tracking_uri
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
     try:
         import mlflow
 
@@ -143,21 +144,9 @@ def run_url(reg: Registered) -> str | None:
     return f"{base}/#/experiments/{exp}/runs/{reg.run_id}?workflowType=machine_learning"
 
 
-def _ui_base(uri: str) -> str:
-    """Where the MLflow UI answers: the tracking server itself, or `mlflow ui`'s default address."""
-    return uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else ("-" if x is None else str(x))
-
-
 def inline_png(path: str | Path) -> str | None:
-    """The grid as a data: URI PNG, downscaled to INLINE_SIDE px; None when unreadable or too big.
-
-    Prefect's image artifact takes only a URL, and a link into MLflow shows only while an MLflow UI
-    runs on that host; Prefect 3's UI renders a data: image inside a markdown artifact (checked in
-    Chromium, docs/screenshots.md), so the summary carries the picture itself."""
+    """The grid as a data: URI PNG (None when unreadable or too big): Prefect's image artifact takes
+    only a URL, but its UI renders a data: image in a markdown artifact (docs/screenshots.md)."""
     from PIL import Image
 
     try:
@@ -172,8 +161,7 @@ def inline_png(path: str | Path) -> str | None:
 
 
 def summary_markdown(s: RunSummary) -> str:
-    """The run's markdown summary; every user-named piece (model name, paths, a person's reason,
-    DVC's stage names, the tracking server's address) quoted as text (pipelines/quoting.py)."""
+    """The run's markdown summary; every user-named piece quoted as text (pipelines/quoting.py)."""
     link = (
         f"[{md(s.mlflow_run)}]({_link(s.mlflow_url)}) (with `mlflow ui` running)"
         if s.mlflow_url
@@ -212,8 +200,7 @@ def summary_markdown(s: RunSummary) -> str:
 
 
 def publish(s: RunSummary, project: str) -> None:
-    """The run's artifacts: the markdown summary, its result row, the table of the project's runs
-    (Prefect's records of flow runs tagged `project`: history.py)."""
+    """The summary, the result row and the table of the project's runs (history.py)."""
     create_markdown_artifact(
         summary_markdown(s), key="sagan-summary", description="sagan: evaluation and promotion"
     )
@@ -225,15 +212,14 @@ def publish(s: RunSummary, project: str) -> None:
 
 
 def _link(url: str) -> str:
-    """A link destination in a Markdown table cell: the URL (built on the user's tracking URI) with
-    what would end the destination or the cell (spaces, parentheses, `<>`, `|`, quotes) %-encoded."""
+    """A URL as a Markdown link destination in a table cell: what would end either %-encoded."""
     from urllib.parse import quote
 
     return quote(url, safe=":/?#[]@!$&*+,;=%~-._")
 
 
 def _tool(name: str) -> str:
-    """The command as the user can type it here: .venv/bin/NAME when that is where sagan runs from."""
+    """NAME as the user can type it here: .venv/bin/NAME when sagan runs from there."""
     exe = Path(sys.executable).parent / name
     try:
         return sh(exe.relative_to(Path.cwd()))
@@ -242,7 +228,7 @@ def _tool(name: str) -> str:
 
 
 def final_report(s: RunSummary, params: Params) -> str:
-    """Where to look after a run: the sample grid, the FID, the registered version, the UIs."""
+    """The closing lines: sample grid, FID, registered version, the UIs."""
     uri = redact(
         params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
