@@ -45,7 +45,12 @@ def send(block: str, subject: str, body: str) -> bool:
 
 
 def _notify(flow_run, state, text: str) -> None:
-    if block := _block_name(flow_run):
+    try:
+        block = _block_name(flow_run)
+    except Exception as e:  # noqa: BLE001 - e.g. the server is gone; never fails the run
+        log.warning("could not notify: the flow run's tags are unreadable (%s)", type(e).__name__)
+        return
+    if block:
         send(block, f"sagan pipeline {flow_run.name}: {state.name}", f"sagan pipeline {flow_run.name}{text}")
 
 
