@@ -1,12 +1,11 @@
 """Two sagan processes on one project or one registered model: the project lock taken by every
-stage command, per-launch params files, and a promotion lock broken only when its holder is gone."""
+stage command, per-launch params files, and alias decisions taking turns."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,9 +13,10 @@ import pytest
 from helpers import REPO, run_cli
 
 from pipelines import launch
-from pipelines.lock import HELD_BY_LAUNCHER, ProjectBusy, project_lock, stage_lock
-from pipelines.registry import promotion_lock as pl
+from pipelines import lock as lock_module
+from pipelines.lock import HELD_BY_LAUNCHER, ProjectBusy, project_lock, promotion_lock, stage_lock
 from sagan_core.config import Params
+from sagan_core.errors import SaganError
 
 pytestmark = pytest.mark.e2e
 
@@ -114,62 +114,32 @@ def test_two_launches_hand_their_ranks_their_own_params_file(tmp_path, monkeypat
 
 
 # ---- the promotion lock ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('registry')}/mlflow.db"
-    return MlflowClient(uri, registry_uri=uri)
+PROMOTING = (
+    "import sys; from pipelines.lock import promotion_lock\n"
+    "with promotion_lock('sqlite:///x/mlflow.db', 'm'): print('held', flush=True); sys.stdin.read()"
+)
 
 
-@pytest.mark.integration
-@pytest.mark.unit
-def test_a_live_holder_is_not_broken_after_the_stale_timeout(client, monkeypatch):
-    monkeypatch.setattr(pl, "LOCK_STALE_S", 0.5)
-    monkeypatch.setattr(pl, "HEARTBEAT_S", 0.1)
-    held, leaving, order = threading.Event(), threading.Event(), []
-
-    def holder():
-        with pl.promotion_lock(client, "live"):
-            held.set()
-            time.sleep(2.5)  # five stale timeouts of deciding
-            leaving.set()
-            order.append("first released")
-
-    t = threading.Thread(target=holder)
-    t.start()
-    assert held.wait(30)
-    with pl.promotion_lock(client, "live"):
-        order.append("second acquired")
-        assert leaving.is_set(), "the live holder's lock was broken"
-    t.join()
-    assert order == ["first released", "second acquired"]
-    assert client.search_registered_models("name = 'live.promotion-lock'") == []
-
-
-def test_a_dead_holders_lock_is_broken_at_once(client, monkeypatch):
-    monkeypatch.setattr(pl, "LOCK_WAIT_S", 10.0)  # far below LOCK_STALE_S (60 s): only death breaks it
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    tags = {pl.OWNER: "dead-token", pl.HOST: pl._host(), pl.PID: str(dead.pid), pl.STARTED: "1", pl.BEAT: "0"}
-    client.create_registered_model("dead.promotion-lock", tags=tags)
-    start = time.monotonic()
-    with pl.promotion_lock(client, "dead"):
-        owner = client.get_registered_model("dead.promotion-lock").tags[pl.OWNER]
-        assert owner != "dead-token"
-    assert time.monotonic() - start < 10
-
-
-@pytest.mark.unit
-@pytest.mark.unit
-def test_a_former_holder_never_deletes_its_successors_lock(client, monkeypatch):
-    monkeypatch.setattr(pl, "HEARTBEAT_S", 0.05)
-    lock = "former.promotion-lock"
-    with pl.promotion_lock(client, "former"):
-        # meanwhile another register judged this holder gone, broke the lock and took it
-        client.delete_registered_model(lock)
-        client.create_registered_model(lock, tags={pl.OWNER: "successor", pl.BEAT: "0"})
-        time.sleep(0.3)  # heartbeats: they must not touch the successor's lock either
-    successor = client.get_registered_model(lock)
-    assert successor.tags[pl.OWNER] == "successor" and successor.tags[pl.BEAT] == "0"
-    client.delete_registered_model(lock)
+def test_alias_decisions_take_turns_and_a_killed_holder_frees_the_lock_at_once(monkeypatch):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", PROMOTING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(lock_module, "PROMOTION_WAIT_S", 0.5)
+        busy = pytest.raises(
+            SaganError, match="another `sagan register` is still deciding the aliases of 'm'"
+        )
+        with busy, promotion_lock("sqlite:///x/mlflow.db", "m"):
+            pass
+        with promotion_lock("sqlite:///x/mlflow.db", "other-model"):  # another model: its own lock
+            pass
+        holder.kill()  # kill -9 while deciding: the kernel releases the lock, nothing to break
+        holder.wait()
+        start = time.monotonic()
+        with promotion_lock("sqlite:///x/mlflow.db", "m"):
+            assert time.monotonic() - start < 0.5
+    finally:
+        holder.kill()
+        holder.wait()

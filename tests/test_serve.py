@@ -92,7 +92,7 @@ def test_deploy_to_a_process_work_pool_and_a_worker_runs_it(prefect_server, tmp_
 
 def test_a_deployment_run_waits_for_the_projects_prefect_concurrency_limit(prefect_server, tmp_path):
     """Another holder of the project's global concurrency slot (a run on another machine) stops the run."""
-    from pipelines.flow.project_limit import limit_name
+    from pipelines.lock import limit_name
 
     env = prefect_server | {"COLUMNS": "250"}
     proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=2)

@@ -85,10 +85,10 @@ def serve(
 
 def _on_server(params: Path, set_: list[str] | None, force: bool, what: str) -> tuple[dict[str, Any], str]:
     """The parameters of runs a server starts (in its directory: pinned to this project) and the
-    project's one-run limit (flow/project_limit.py)."""
+    project's one-run limit (pipelines/lock.py)."""
     from prefect.settings import PREFECT_API_URL
 
-    from pipelines.flow.project_limit import ensure_limit
+    from pipelines.lock import ensure_limit, limit_name
 
     parameters = _flow_parameters(params, set_, force)
     if not PREFECT_API_URL.value():
@@ -97,7 +97,7 @@ def _on_server(params: Path, set_: list[str] | None, force: bool, what: str) -> 
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     parameters["project_dir"] = os.getcwd()
-    return parameters, ensure_limit(os.getcwd())
+    return parameters, ensure_limit(limit_name(os.getcwd()))
 
 
 def deploy(

@@ -34,10 +34,9 @@ from pipelines.flow.console import StageLine, bounded, sagan_logs_to_prefect, st
 from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
 from pipelines.flow.params_writeback import OverridesWritten, kept_if_done, undo_left_by_a_killed_run
-from pipelines.flow.project_limit import project_slot
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, stage_detail, summarize
 from pipelines.flow.settings import FlowSettings, to_overrides
-from pipelines.lock import project_lock
+from pipelines.lock import project_lock, project_slot
 from pipelines.project import version
 from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
 from pipelines.tracking import store as tracking_store

@@ -20,6 +20,7 @@ import getpass
 import os
 from typing import Any
 
+from pipelines.lock import promotion_lock
 from pipelines.registry.compare import score_under, version_protocol
 from pipelines.registry.promotion import (
     AT,
@@ -37,8 +38,7 @@ from pipelines.registry.promotion import (
     same_version,
     tag_version,
 )
-from pipelines.registry.promotion_lock import promotion_lock
-from pipelines.tracking.store import call, connect
+from pipelines.tracking.store import call, connect, redact, tracking_uri
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.evaluate.identity import protocol_id
@@ -123,6 +123,12 @@ def table(rows: list[dict[str, Any]], width: int = 60) -> str:
     return "\n".join(fmt.format(*row) for row in [head, *lines])
 
 
+def _decision_lock(params: Params):
+    # People decide from the CLI, outside Prefect: the register's file lock, so they take turns
+    # with this machine's registers (another machine's register is not excluded).
+    return promotion_lock(redact(tracking_uri(params)), params.registry.model_name)
+
+
 def _version(client, name: str, version: int):
     from mlflow.exceptions import MlflowException
 
@@ -153,7 +159,7 @@ def promote(params: Params, version: int, reason: str | None) -> str:
         comparison = f"FID {mine:.4g} against champion v{champion.version}'s {theirs:.4g} under protocol {protocol_id(target)}"
     who, why = person(), reason or "no reason given"
     extra = {"comparison": comparison} if comparison else {}
-    with promotion_lock(client, name):
+    with _decision_lock(params):
         record_promotion(client, name, mv.version, why, who, champion, **extra)
     return f"{name} v{version} is the champion, promoted by {who}: {why}" + (
         f" ({comparison})" if comparison else ""
@@ -164,7 +170,7 @@ def rollback(params: Params, reason: str | None) -> str:
     """The champion back to the version it replaced; returns what was done."""
     client, name, _ = _model(params)
     who = person()
-    with promotion_lock(client, name):
+    with _decision_lock(params):
         champion = alias_version(client, name, CHAMPION)
         if champion is None:
             raise ConfigError(f"{name} has no champion to roll back")

@@ -13,8 +13,8 @@ replaced: what `sagan models rollback` returns to) and, for a person's promotion
 `promotion.comparison` (both FIDs under one protocol). People promote and roll back with `sagan
 models` (models.py), which records the same tags. MLflow aliases and tags only, nothing hidden.
 
-Race safety: decisions are taken under a lock held in the registry itself (promotion_lock.py): the
-second of two racing registers compares with the first's result; one champion, the better FID.
+Race safety: decisions are taken under the promotion lock (pipelines/lock.py): the second of two
+racing registers compares with the first's result; one champion, the better FID.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import time
 
+from pipelines.lock import promotion_lock
 from pipelines.registry.compare import fid_under, score_under, version_protocol
 from pipelines.registry.model_card import promotion_line
-from pipelines.registry.promotion_lock import promotion_lock
+from pipelines.tracking.store import redact, tracking_uri
 from sagan_core.config import Params
 from sagan_core.errors import SaganError
 from sagan_core.evaluate.identity import protocol_difference
@@ -106,7 +107,8 @@ def current_standing(client, name: str, mv) -> tuple[str, str]:
 def gate(client, params: Params, name: str, mv) -> tuple[str, str]:
     """The FID gate for a new version `mv`: (decision, reason), aliases and tags set."""
     why_not = _score_champion(client, params, name, mv)
-    return _promote(client, name, mv, params.registry.min_improvement, why_not)
+    with promotion_lock(redact(tracking_uri(params)), name):
+        return _promote(client, name, mv, params.registry.min_improvement, why_not)
 
 
 def _score_champion(client, params: Params, name: str, mv) -> str:
@@ -165,15 +167,14 @@ def record_promotion(client, name: str, version, reason: str, by: str, replaced=
 
 
 def _promote(client, name: str, mv, min_improvement: float, why_not: str = "") -> tuple[str, str]:
-    """Decide and set the alias of version `mv` under the promotion lock; (decision, reason)."""
-    with promotion_lock(client, name):
-        champion = alias_version(client, name, CHAMPION)
-        if champion is not None and not same_version(champion, mv):
-            champion = client.get_model_version(name, champion.version)  # with the tags compare.py set
-        promote, reason = decide(mv, champion, min_improvement, why_not)
-        if promote:
-            record_promotion(client, name, mv.version, reason, GATE, champion)
-            return CHAMPION, reason
-        client.set_registered_model_alias(name, CHALLENGER, mv.version)
-        tag_version(client, name, mv.version, {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()})
+    """Decide and set the alias of version `mv` (under the promotion lock); (decision, reason)."""
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and not same_version(champion, mv):
+        champion = client.get_model_version(name, champion.version)  # with the tags compare.py set
+    promote, reason = decide(mv, champion, min_improvement, why_not)
+    if promote:
+        record_promotion(client, name, mv.version, reason, GATE, champion)
+        return CHAMPION, reason
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    tag_version(client, name, mv.version, {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()})
     return CHALLENGER, reason
