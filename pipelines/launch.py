@@ -1,48 +1,31 @@
-"""Processes the pipeline starts: `sagan train` as N DDP processes under torchrun (on one machine,
-or on each of train.nnodes machines meeting at train.rdzv_endpoint), and the watchdog that makes
-sure none of them outlives the command that started it.
+"""`sagan train` as N DDP processes under torchrun (one machine, or train.nnodes machines meeting at
+train.rdzv_endpoint), used by `sagan train` and the flow's train task, and `supervised()`: nothing
+the command started outlives it.
 
-The one launcher, used by `sagan train` (train.nproc_per_node > 1 or train.nnodes > 1) and by the
-flow's train task.
-The N processes read the already validated params from a file written here (no argv travels
-through globals), so every rank trains exactly what the parent validated. The file is this
-launch's own (`.sagan/launch/params-<pid>-<random>.yaml`, removed when torchrun returns): two
-launches never hand their ranks each other's params. The launcher holds the project lock
-(pipelines/lock.py) for its ranks, which it tells so through their environment.
-
-`supervised()`: a kill -9 of `sagan pipeline run` runs no cleanup code in it, so Prefect's
-temporary server (uvicorn, started by Prefect itself) and torchrun with its ranks (in sessions of
-their own) would live on as orphans. A small watchdog process, started first and in a session of
-its own (terminal signals and group kills pass it by), records the command's descendants every
-0.2 s; when the command dies without saying "done", it SIGKILLs every recorded process still alive
-(same pid and start time) with all of its descendants. Linux /proc only; elsewhere it does nothing.
+The ranks read the validated params from a file of this launch's own (two launches never hand
+their ranks each other's). The launcher holds the project lock for its ranks (HELD_BY_LAUNCHER).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import select
-import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import psutil
 import yaml
 
 from pipelines.lock import HELD_BY_LAUNCHER
-from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 
 LAUNCH_DIR = Path(".sagan/launch")
-
-
-def launch_params_file() -> Path:
-    """A params file name no other launch uses (this process's pid and a random part)."""
-    return LAUNCH_DIR / f"params-{os.getpid()}-{uuid.uuid4().hex[:12]}.yaml"
+MARK = "SAGAN_SUPERVISED_BY"  # in the environment of everything a supervised command starts
 
 
 def distributed(params: Params) -> bool:
@@ -123,11 +106,11 @@ def run_torchrun(
     `log` line by line as it comes (the Prefect log shows live progress). Either way torchrun's own
     traceback of a failed rank is left out: the rank's one-line error says what happened.
     """
-    text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
-    params_file = launch_params_file()
-    write_atomic(params_file, lambda f: f.write(text.encode()))
-    try:
-        cmd = torchrun_command(params_file, params, resume, quiet)
+    LAUNCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=LAUNCH_DIR, prefix="params-", suffix=".yaml") as params_file:
+        yaml.safe_dump(params.model_dump(mode="json"), params_file, sort_keys=False)
+        params_file.flush()
+        cmd = torchrun_command(Path(params_file.name), params, resume, quiet)
         t = params.train
         where = f" on each of {t.nnodes} nodes (rendezvous {t.rdzv_endpoint})" if t.nnodes > 1 else ""
         log(f"launching {t.nproc_per_node} processes{where}: {' '.join(cmd)}")
@@ -151,72 +134,32 @@ def run_torchrun(
             if line.strip():
                 keep(line.rstrip("\n"))
         return proc.wait(), last
-    finally:
-        params_file.unlink(missing_ok=True)
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for f in Path(f"/proc/{pid}/task").glob("*/children"):
-        with suppress(OSError, ValueError):
-            kids += [int(k) for k in f.read_text().split()]
-    return kids
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/PID/stat): with the pid, its identity."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _tree(root: int) -> dict[int, str]:
-    """root's descendants now, as pid -> start time."""
-    found: dict[int, str] = {}
-    todo = _children(root)
-    while todo:
-        pid = todo.pop()
-        start = _start_time(pid)
-        if pid not in found and start is not None:
-            found[pid] = start
-            todo += _children(pid)
-    return found
-
-
-def watch(parent: int) -> None:
-    """The watchdog's loop (see the module docstring); `parent` writes "done" when it ends normally."""
-    me, before = os.getpid(), _tree(parent)  # already there (a test's server): not ours to kill
-    seen: dict[int, str] = {}
-    while os.getppid() == parent:
-        if select.select([sys.stdin], [], [], 0.2)[0]:
-            if sys.stdin.readline():
-                return  # "done": the command ended on its own and cleans up after itself
-            break  # EOF: the command died
-        now = _tree(parent)
-        if os.getppid() != parent:  # it died during the walk: the walk may be partial
-            break
-        seen |= {p: s for p, s in now.items() if p != me and before.get(p) != s}
-    # Collect the whole forest first: once a parent is killed its children are reparented.
-    doomed = {p: s for p, s in seen.items() if _start_time(p) == s}
-    for pid in list(doomed):
-        doomed |= _tree(pid)
-    for pid, start in doomed.items():
-        if _start_time(pid) == start:
-            with suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+def watch(mark: str) -> None:
+    """The watchdog: blocks until the command's end closes its stdin; unless it said "done" (a
+    normal end cleans up after itself), kills every process carrying the command's mark."""
+    if sys.stdin.read():
+        return
+    for _ in range(2):  # again: what a dying process started during the first pass
+        for proc in psutil.process_iter():
+            with suppress(psutil.Error):
+                if proc.pid != os.getpid() and proc.environ().get(MARK) == mark:
+                    proc.kill()
 
 
 @contextmanager
 def supervised() -> Iterator[None]:
-    """Run the body with a watchdog that kills what it started if this process dies (kill -9)."""
-    if not Path("/proc/self/task").is_dir():
-        yield
-        return
+    """Run the body with a watchdog that kills what it started if this process dies (kill -9).
+
+    Prefect starts its temporary server itself and torchrun its ranks, so no preexec_fn or
+    PR_SET_PDEATHSIG of ours reaches them; the environment does: they all inherit MARK. The
+    watchdog is in a session of its own (terminal signals and group kills pass it by) and learns of
+    the death from its stdin pipe, which the kernel closes: no polling.
+    """
+    mark = os.environ[MARK] = uuid.uuid4().hex
     root = str(Path(__file__).resolve().parents[1])  # the watchdog runs this very code
-    code = (
-        f"import sys; sys.path.insert(0, {root!r}); from pipelines.launch import watch; watch({os.getpid()})"
-    )
+    code = f"import sys; sys.path.insert(0, {root!r}); from pipelines.launch import watch; watch({mark!r})"
     dog = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, start_new_session=True)
     try:
         yield

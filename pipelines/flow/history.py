@@ -16,6 +16,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 FLOW_NAME = "sagan-pipeline"
 RESULT_KEY = "sagan-result"
 COLUMNS = ["time", "flow_run", "state", "data_hash", "trained_steps", "fid", "kid", "version", "decision"]
@@ -42,16 +44,6 @@ def tag_flow_run(tag: str) -> None:
     if new:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=[*tags, *new])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def end_orphans(tag: str) -> list[str]:
@@ -86,7 +78,7 @@ def end_orphans(tag: str) -> list[str]:
         )
         for r in running:
             pids = [int(t[len(host) :]) for t in r.tags if t.startswith(host) and t[len(host) :].isdigit()]
-            if str(r.id) == str(flow_run.id) or not pids or any(map(_alive, pids)):
+            if str(r.id) == str(flow_run.id) or not pids or any(map(psutil.pid_exists, pids)):
                 continue
             why = f"its process (pid {pids[0]}) was killed; found by flow run {flow_run.name}"
             client.set_flow_run_state(r.id, Crashed(message=why), force=True)
