@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from filelock import FileLock
 
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError, os_cause, storage_cause
@@ -129,10 +130,19 @@ def connect(params: Params):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri(params)
     _hide_credentials(uri)
-    with _environment_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-    with _sqlite_creation_lock(uri):  # the client's constructor creates a new store's tables
+    # set_*_uri also export $MLFLOW_TRACKING_URI/$MLFLOW_REGISTRY_URI; left there, the next project
+    # connected in this process (a worker serving several, the tests) would record into this one.
+    kept = {n: os.environ.get(n) for n in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in kept.items():
+        os.environ.pop(name, None) if value is None else os.environ.update({name: value})
+    # Two processes creating one new sqlite store (two queued DVC experiments) would both run
+    # MLflow's schema migrations, and one would fail: they take turns (MLflow has no lock of its own).
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if db:
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock") if db else contextlib.nullcontext():
         try:
             client = MlflowClient(uri, registry_uri=uri)
         except Exception as e:  # a new sqlite store on a full disk; anything else keeps its traceback
@@ -140,40 +150,6 @@ def connect(params: Params):
                 raise local from None
             raise
     return client, uri
-
-
-@contextlib.contextmanager
-def _environment_kept(*names: str) -> Iterator[None]:
-    """MLflow's set_tracking_uri/set_registry_uri also export the URI as $MLFLOW_TRACKING_URI /
-    $MLFLOW_REGISTRY_URI; left there, the next project connected in this process (a Prefect worker
-    serving several, the test suite) would take it for the user's setting and record into this
-    project's store. MLflow's in-process URI does not read them back once set."""
-    before = {n: os.environ.get(n) for n in names}
-    try:
-        yield
-    finally:
-        for n, v in before.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-
-
-@contextlib.contextmanager
-def _sqlite_creation_lock(uri: str) -> Iterator[None]:
-    """Two processes creating one new sqlite store at once (two queued DVC experiments starting
-    together) both run MLflow's schema migrations and one fails; an exclusive lock next to the
-    database makes them take turns (a no-op for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 def experiment_id(client, params: Params, uri: str) -> str:
@@ -213,25 +189,44 @@ EXPERIMENT_NOTE = (
 )
 
 
-# ---- failures as one line ------------------------------------------------------------------------
+# ---- failures as one line: classified by exception types and codes, never by their text ---------
+def _chain(e: BaseException | None) -> list[BaseException]:
+    """`e` and what it was raised from or while handling (MLflow wraps requests, which wraps urllib3)."""
+    found: list[BaseException] = []
+    while e is not None and e not in found:
+        found.append(e)
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def _transport(e: BaseException) -> bool:
+    """No answer, or no usable one, from the server: a connection, timeout or retries-exhausted error."""
+    from requests.exceptions import RequestException
+    from urllib3.exceptions import HTTPError
+
+    return any(isinstance(c, (RequestException, HTTPError, ConnectionError, TimeoutError)) for c in _chain(e))
+
+
+def _proxy_failed(e: BaseException, answered: bool = False) -> bool:
+    """A request to the server's artifact proxy (/mlflow-artifacts/) failed with HTTP 5xx (or
+    retries exhausted on it); `answered`: the server answered just now, so any failure counts."""
+    from requests.exceptions import RequestException, RetryError
+
+    for c in _chain(e):
+        if isinstance(c, RequestException) and "/mlflow-artifacts/" in str(getattr(c.request, "url", "")):
+            status = c.response.status_code if c.response is not None else 0
+            return answered or isinstance(c, RetryError) or status >= 500
+    return False
+
+
 def unreachable(uri: str, e: BaseException) -> TrackingError:
-    reason = scrub(" ".join(str(e).split()))
-    for hint in ("Connection refused", "Name or service not known", "timed out", "Max retries exceeded"):
-        if hint in reason:  # the one phrase that says why, not urllib3's whole retry history
-            reason = hint
-            break
-    if len(reason) > 200:
-        reason = reason[:200] + "..."
+    root = _chain(e)[-1]  # the socket's own error (refused, unknown host, timed out), not the retry history
+    reason = scrub(" ".join(str(root).split()))[:200]
     return TrackingError(
         f"MLflow tracking server {redact(uri)} unreachable or failing after "
-        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries ({type(e).__name__}: {reason}); "
+        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries ({type(root).__name__}: {reason}); "
         "local checkpoints and metrics are intact, rerun the command when the server is back"
     )
-
-
-# A proxied upload (mlflow-artifacts:/) the server could not pass on to its store answers HTTP 5xx;
-# urllib3's retries then say "too many 500 error responses", MLflow's own check "error code 500".
-_SERVER_5XX = re.compile(r"too many 5\d\d error responses|error code 5\d\d")
 
 
 def server_store_error(uri: str) -> TrackingError:
@@ -243,18 +238,16 @@ def server_store_error(uri: str) -> TrackingError:
     )
 
 
-# sqlite's own texts for a write it could not make (SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY)
-_SQLITE_WRITE = ("database or disk is full", "disk I/O error", "attempt to write a readonly database")
+_SQLITE_WRITE = {8, 10, 13}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL: a write sqlite could not make
 
 
 def local_write_failure(uri: str, e: BaseException, location: str = "") -> TrackingError | None:
     """The local side of MLflow could not write: the sqlite store, or a local artifact folder
     (`location`, a file: URI). One line naming the path and the cause; None for any other failure."""
-    if uri.startswith("sqlite:///"):
-        phrase = next((p for p in _SQLITE_WRITE if p in str(e)), None)
-        if phrase:
+    for c in _chain(e) if uri.startswith("sqlite:///") else []:
+        if (getattr(c, "sqlite_errorcode", -1) & 0xFF) in _SQLITE_WRITE:  # the primary result code
             return TrackingError(
-                f"{uri.removeprefix('sqlite:///')}: could not write the MLflow store (sqlite: {phrase}); "
+                f"{uri.removeprefix('sqlite:///')}: could not write the MLflow store (sqlite: {c}); "
                 "the local checkpoint and metrics are intact, rerun the command when there is room"
             )
     os_error = storage_cause(e)
@@ -276,15 +269,15 @@ def call(uri: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (RequestException, ConnectionError, TimeoutError, MlflowException) as e:
-        msg = str(e)
-        if "mlflow-artifacts" in msg and _SERVER_5XX.search(msg):
+        if _proxy_failed(e):
             raise server_store_error(uri) from None
-        if not isinstance(e, MlflowException):
-            raise unreachable(uri, e) from None
-        if "API request to" in msg and ("Max retries" in msg or "Connection" in msg or "failed" in msg):
-            raise unreachable(uri, e) from None
         if local := local_write_failure(uri, e):
             raise local from None
+        failing = (
+            isinstance(e, MlflowException) and e.get_http_status_code() >= 500 and not _is_local_store(uri)
+        )
+        if _transport(e) or failing:  # a server's 5xx answer: "unreachable or failing" as well
+            raise unreachable(uri, e) from None
         raise
 
 
@@ -292,8 +285,7 @@ def artifact_error(uri: str, e: BaseException, client=None, run_id: str | None =
     """One line naming where the upload went (bucket and endpoint for S3) and why it failed."""
     if isinstance(e, SaganError):
         return e
-    full = scrub(" ".join(str(e).split()))
-    reason = full[:300]
+    reason = scrub(" ".join(str(e).split()))[:300]
     try:
         location = client.get_run(run_id).info.artifact_uri if client and run_id else ""
     except Exception:  # noqa: BLE001 - only decorates the message; the upload error is the one to report
@@ -308,12 +300,11 @@ def artifact_error(uri: str, e: BaseException, client=None, run_id: str | None =
             "the bucket exists, the endpoint answers and this machine's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/"
             "MLFLOW_S3_ENDPOINT_URL environment; the local checkpoint and metrics are intact"
         )
-    # The server answered get_run just now, so an upload it proxies that failed (HTTP 5xx, or the
+    # The server answered get_run just now, so a failed upload it proxies (HTTP 5xx, or the
     # connection reset when it answers 500 before reading the body) is its artifact store's failure.
-    proxied = location.startswith("mlflow-artifacts:") and "mlflow-artifacts" in full
-    if proxied or (_SERVER_5XX.search(full) and not location):
+    if _proxy_failed(e, answered=location.startswith("mlflow-artifacts:")):
         return server_store_error(uri)
-    if "API request to" in full and "Max retries" in full:
+    if not location and _transport(e):
         return unreachable(uri, e)
     where = f" to {redact(location)}" if location else ""
     return TrackingError(
