@@ -100,12 +100,8 @@ class _Filter:
 def run_torchrun(
     params: Params, resume: bool, quiet: bool, log: Callable[[str], None], forward: bool = False
 ) -> tuple[int, str]:
-    """Train under torchrun; returns (exit code, last line the ranks wrote).
-
-    forward=False: the ranks' output goes to this process's stderr; forward=True: it is handed to
-    `log` line by line as it comes (the Prefect log shows live progress). Either way torchrun's own
-    traceback of a failed rank is left out: the rank's one-line error says what happened.
-    """
+    """Train under torchrun; (exit code, last line the ranks wrote). The ranks' lines go to stderr,
+    or to `log` as they come (`forward`: the Prefect log), without torchrun's traceback of a rank."""
     LAUNCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=LAUNCH_DIR, prefix="params-", suffix=".yaml") as params_file:
         yaml.safe_dump(params.model_dump(mode="json"), params_file, sort_keys=False)
@@ -137,8 +133,7 @@ def run_torchrun(
 
 
 def watch(mark: str) -> None:
-    """The watchdog: blocks until the command's end closes its stdin; unless it said "done" (a
-    normal end cleans up after itself), kills every process carrying the command's mark."""
+    """Wait for the command's end; unless it said "done", kill every process carrying its mark."""
     if sys.stdin.read():
         return
     for _ in range(2):  # again: what a dying process started during the first pass
@@ -152,10 +147,9 @@ def watch(mark: str) -> None:
 def supervised() -> Iterator[None]:
     """Run the body with a watchdog that kills what it started if this process dies (kill -9).
 
-    Prefect starts its temporary server itself and torchrun its ranks, so no preexec_fn or
-    PR_SET_PDEATHSIG of ours reaches them; the environment does: they all inherit MARK. The
-    watchdog is in a session of its own (terminal signals and group kills pass it by) and learns of
-    the death from its stdin pipe, which the kernel closes: no polling.
+    Prefect starts its temporary server and torchrun its ranks, out of reach of a PR_SET_PDEATHSIG
+    of ours; they all inherit MARK. The watchdog, in a session of its own (group kills pass it by),
+    learns of the death when the kernel closes its stdin: no polling.
     """
     mark = os.environ[MARK] = uuid.uuid4().hex
     root = str(Path(__file__).resolve().parents[1])  # the watchdog runs this very code

@@ -1,14 +1,10 @@
-"""One sagan run per project: a file lock on `.sagan/pipeline.lock`; one alias decision per model.
+"""One sagan run per project (a file lock on `.sagan/pipeline.lock`), one alias decision per model.
 
-Runs share data/prepared, models/, metrics/ and dvc.lock. The stage commands take the project lock
-(so `dvc repro` does), never pipelines/stages.py: the flow holds it and calls the stages in-process.
-DDP ranks take none: their launcher holds it (HELD_BY_LAUNCHER), under a bare torchrun rank 0 does.
-A second take in one process is refused, except the flow's (`reentrant`) under `sagan pipeline run`,
-which took it before Prefect's temporary server starts (a second run is refused at once). The kernel
-drops the lock when its holder dies, even by kill -9; the file names the holder for the refusal.
-A file lock reaches one machine only: a deployment's run, whose workers may be anywhere, also holds
-a Prefect global concurrency limit (`prefect_slot`). A temporary server dies with its run and could
-guard nothing, so `sagan pipeline run` and the CLI commands rely on the file lock alone.
+The stage commands take the project lock, never pipelines/stages.py: the flow holds it and calls the
+stages in-process. DDP ranks take none: their launcher (HELD_BY_LAUNCHER) or, under a bare torchrun,
+rank 0 holds it. `sagan pipeline run` takes it before Prefect's temporary server starts; its flow's
+take is reentrant. The kernel drops the lock when its holder dies; the file names the holder.
+A file lock reaches one machine: a deployment's run also holds a Prefect global concurrency limit.
 """
 
 from __future__ import annotations
@@ -53,8 +49,7 @@ def _holder(path: Path) -> str:
 def project_lock(
     root: str | Path = ".", timeout_s: float = 0.0, for_flow: bool = False, reentrant: bool = False
 ) -> Iterator[Path]:
-    """Hold the project's lock; wait up to `timeout_s`, then fail naming the holder. `for_flow`:
-    taken by `sagan pipeline run` for its flow, whose take (`reentrant`) goes on under it."""
+    """Hold the project's lock, waiting up to `timeout_s`; `for_flow`: the flow's `reentrant` take nests."""
     path = (Path(root) / LOCK_FILE).resolve()
     if reentrant and path in _HELD:
         yield path
@@ -91,12 +86,11 @@ def stage_lock(timeout_s: float = 0.0) -> Iterator[None]:
 
 
 def limit_name(project_dir: str | Path) -> str:
-    """The project's Prefect global concurrency limit (`prefect gcl ls` lists it)."""
     return f"sagan-project-{hashlib.sha256(str(Path(project_dir).resolve()).encode()).hexdigest()[:12]}"
 
 
 def ensure_limit(name: str) -> str:
-    """The one-slot limit `name` on the configured Prefect server (upsert keeps its active slots)."""
+    """The one-slot limit `name` on the Prefect server (upsert keeps its active slots)."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -106,7 +100,8 @@ def ensure_limit(name: str) -> str:
 
 @contextlib.contextmanager
 def prefect_slot(name: str, timeout_s: float, busy: str) -> Iterator[None]:
-    """Hold the one-slot Prefect limit `name` while a deployment's run works (else a no-op)."""
+    """Hold the Prefect limit `name` in a deployment's run; a no-op elsewhere: a temporary server
+    dies with its run and could guard nothing."""
     if "prefect" not in sys.modules:  # no flow run in this process (a CLI command)
         yield
         return
@@ -134,10 +129,9 @@ def project_slot(root: str | Path, timeout_s: float) -> contextlib.AbstractConte
 
 @contextlib.contextmanager
 def promotion_lock(store: str, model: str) -> Iterator[None]:
-    """Alias decisions on registered model `model` of tracking store `store` (no credentials in it)
-    one at a time: MLflow aliases have no compare-and-set. The file lock serialises this machine's
-    registers, promotions and rollbacks; a deployment's run also holds a Prefect limit, which
-    serialises workers on other machines. Two CLI registers on two machines are not serialised."""
+    """Alias decisions on `model` of tracking `store` one at a time (aliases have no compare-and-set):
+    this machine's by a file lock, a deployment's workers anywhere by a Prefect limit too. Two CLI
+    registers on two machines are not serialised (the registry offers no lock)."""
     key = hashlib.sha256(f"{store}\n{model}".encode()).hexdigest()[:12]
     busy = f"registry: another `sagan register` is still deciding the aliases of {model!r}; rerun later"
     lock = FileLock(Path(tempfile.gettempdir()) / f"sagan-promotion-{os.getuid()}-{key}.lock")

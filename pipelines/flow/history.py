@@ -1,10 +1,7 @@
 """Past pipeline runs of this project, from Prefect's own records (no file of ours).
 
-Every flow run is tagged with its project (`project_tag`: the folder's name and a hash of host and
-path, so two projects sharing one Prefect server, or two checkouts of one project, are told apart),
-and each finished run leaves a one-row table artifact `sagan-result` (its scores and decision).
-`past_runs` joins the two: every run of the `sagan-pipeline` flow with this project's tag, newest
-first, with its state (failed and crashed runs included) and, where it got that far, its result.
+Flow runs carry a project tag (folder name, hash of host and path) and leave a one-row table
+artifact `sagan-result`; `past_runs` joins the two, newest first, failed and crashed runs included.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ def _process_tag() -> str:
 
 
 def tag_flow_run(tag: str) -> None:
-    """Add `tag` and the running process (`end_orphans`) to the running flow run's tags (Prefect's
-    own filterable field)."""
+    """Add `tag` and the running process (for `end_orphans`) to the running flow run's tags."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
@@ -47,11 +43,8 @@ def tag_flow_run(tag: str) -> None:
 
 
 def end_orphans(tag: str) -> list[str]:
-    """Mark this project's flow runs left RUNNING by a killed process Crashed; returns their names.
-
-    Only runs whose process ran on this host and is gone: a run elsewhere may be alive (and a run
-    waiting here for the project lock is alive). A process killed by -9 never reports its end, so
-    Prefect would show it RUNNING forever and its history would count it as running."""
+    """Mark Crashed this project's flow runs left RUNNING by a process of this host that is gone
+    (killed by -9: it never reported its end); their names. A run elsewhere may be alive."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,

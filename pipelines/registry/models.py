@@ -1,17 +1,8 @@
 """`sagan models list|promote|rollback`: the registered versions for people, and their decisions.
 
-- list: every version of `registry.model_name` with its generator step, its FID and the reference
-  it holds under (the prepared data's content hash and the protocol id), its aliases, and when, by
-  whom and why it was promoted (the `promotion.*` tags, promotion.py).
-- promote VERSION: the champion alias to VERSION, a person's decision. The protocol is checked as
-  the gate checks it: both versions' FIDs are put side by side under one protocol (their own when
-  they share it, else the project's protocol now, scoring either again where needed: compare.py),
-  and that comparison is recorded (`promotion.comparison`) beside the person's reason and name (env
-  SAGAN_USER, else the login name). A worse FID does not stop a person; a comparison that cannot be made does, in one line.
-- rollback: the champion back to the version it replaced (`promotion.replaced`); rolling back again
-  walks further back.
-
-Nothing here is hidden from MLflow: aliases and version tags only, as its UI shows them.
+A person's promote compares both FIDs under one protocol first (compare.py) and records that
+comparison; a worse FID does not stop a person, a comparison that cannot be made does. Rollback
+returns to `promotion.replaced`, again walks further back. Aliases and version tags only.
 """
 
 from __future__ import annotations
@@ -53,7 +44,7 @@ def person() -> str:
 
 
 def _model(params: Params):
-    """(client, model name, registered model); a one-line ConfigError when nothing is registered."""
+    """(client, model name, registered model); a ConfigError when nothing is registered."""
     from mlflow.exceptions import MlflowException
 
     client, uri = connect(params)
@@ -70,8 +61,7 @@ def _model(params: Params):
 
 
 def versions(params: Params) -> list[dict[str, Any]]:
-    """Every version, oldest first: version, generator_step, fid, protocol_id, reference, aliases,
-    promoted (at, by, decision, reason, replaced) and all tags."""
+    """Every version as a row, oldest first."""
     client, name, model = _model(params)
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():

@@ -1,20 +1,10 @@
-"""Who is champion: the FID gate of `sagan register`, and the record every promotion leaves.
+"""Who is champion: the FID gate of `sagan register` and the `promotion.*` tags every decision leaves.
 
-The gate: the alias `champion` moves to a new version only when its FID beats the current
-champion's by more than `registry.min_improvement` under the same protocol (same reference
-statistics and sample count); otherwise the version gets the alias `challenger`. When the champion
-was scored under another protocol (the data changed since), its registered generator is scored
-again under the new version's protocol first (compare.py), so the decision is taken on equal terms;
-when that cannot be done the decision says why, naming the fields that differ, in one line.
-
-The record, on the version, as tags: `promotion.decision`, `promotion.reason`, `promotion.by` (the
-gate, or the person's name), `promotion.at` (UTC), `promotion.replaced` (the champion it
-replaced: what `sagan models rollback` returns to) and, for a person's promotion,
-`promotion.comparison` (both FIDs under one protocol). People promote and roll back with `sagan
-models` (models.py), which records the same tags. MLflow aliases and tags only, nothing hidden.
-
-Race safety: decisions are taken under the promotion lock (pipelines/lock.py): the second of two
-racing registers compares with the first's result; one champion, the better FID.
+`champion` moves only when the new FID beats the champion's by more than `registry.min_improvement`
+under one protocol (the champion scored again under the new one where they differ: compare.py), else
+the version is `challenger`. The tags (decision, reason, by, at, replaced: what `sagan models
+rollback` returns to) are plain MLflow tags. Decisions run under pipelines.lock.promotion_lock: the
+second of two racing registers compares with the first's result.
 """
 
 from __future__ import annotations
@@ -39,7 +29,6 @@ GATE = "sagan register (FID gate)"  # promotion.by of the gate's decisions; peop
 
 
 def error_code(e: Exception) -> str:
-    """An MlflowException's code (RESOURCE_DOES_NOT_EXIST, ...); '' for other exceptions."""
     return str(getattr(e, "error_code", ""))
 
 
@@ -64,9 +53,8 @@ def alias_version(client, name: str, alias: str):
 
 
 def decide(mv, champion, min_improvement: float, why_not: str = "") -> tuple[bool, str]:
-    """(promote?, reason) comparing version `mv` with the current `champion` (or None) under `mv`'s
-    protocol: the champion's own FID, or its score under `mv`'s protocol when it was scored again
-    (compare.py). `why_not`: why the champion could not be scored again, for the reason."""
+    """(promote?, reason) of version `mv` against `champion` (or None) under `mv`'s protocol;
+    `why_not`: why the champion could not be scored again."""
     fid = float(mv.tags["fid"])
     if champion is None:
         return True, f"no champion yet; FID {fid:.4g}"
@@ -94,8 +82,7 @@ def decide(mv, champion, min_improvement: float, why_not: str = "") -> tuple[boo
 
 
 def current_standing(client, name: str, mv) -> tuple[str, str]:
-    """(what it is now, the recorded reason) of a version decided before: champion while it holds
-    the alias; else its recorded decision (challenger, rolled back; a champion since replaced)."""
+    """(what it is now, the recorded reason) of a version decided before."""
     champion = alias_version(client, name, CHAMPION)
     reason = mv.tags.get(REASON, "")
     if champion is not None and same_version(champion, mv):
@@ -112,8 +99,7 @@ def gate(client, params: Params, name: str, mv) -> tuple[str, str]:
 
 
 def _score_champion(client, params: Params, name: str, mv) -> str:
-    """Make the champion comparable with `mv` (scored again under `mv`'s protocol when it was
-    scored under another); '' when it is, else why not (the decision then says so in one line)."""
+    """Score the champion under `mv`'s protocol where needed; '' when comparable, else why not."""
     champion = alias_version(client, name, CHAMPION)
     if champion is None or same_version(champion, mv):
         return ""
@@ -131,8 +117,7 @@ def tag_version(client, name: str, version, tags: dict[str, str]) -> None:
 
 
 def restate(client, name: str, version, decision: str, reason: str) -> None:
-    """The model card's promotion line (model_card.version_card) says what the version is now: a
-    card written at registration would go on saying `champion` after a person's rollback."""
+    """The card's promotion line says what the version is now (not `champion` after a rollback)."""
     mv = client.get_model_version(name, str(version))
     lines = (mv.description or "").splitlines()
     for i, line in enumerate(lines):
@@ -151,8 +136,7 @@ def crown(client, name: str, version) -> None:
 
 
 def record_promotion(client, name: str, version, reason: str, by: str, replaced=None, **more: str) -> None:
-    """The champion alias to `version`, with who, when, why and which champion it replaced; `more`:
-    further `promotion.*` tags (a person's promotion records the comparison it was shown)."""
+    """The champion alias to `version`, tagged who, when, why, what it replaced and `more`."""
     crown(client, name, version)
     tags = {DECISION: CHAMPION, REASON: reason, BY: by, AT: now_utc()}
     if replaced is not None and str(replaced.version) != str(version):

@@ -1,10 +1,7 @@
-"""The tracking store: is tracking on, where it is, how to reach it, and how its failures read.
+"""The tracking store: is tracking on, where it is, how to reach it, and its failures as one line.
 
-Every other tracking module goes through `connect` and `call`, so an unreachable server or a
-failing artifact store always ends the command with the same one-line TrackingError that names the
-server (without credentials) instead of a retry history; a local store or artifact folder that cannot
-be written (disk full) names its path and the cause.
-Longer than 300 lines: the connection and every way the store fails as one line belong together.
+Every tracking module goes through `connect` and `call`: a failing server or artifact store ends the
+command with one TrackingError naming the server (no credentials), not a retry history.
 """
 
 from __future__ import annotations
@@ -78,14 +75,9 @@ class _ScrubFilter(logging.Filter):
 
 
 def _hide_credentials(uri: str) -> None:
-    """Keep a user-info URI out of every line MLflow prints.
-
-    MLflow writes "View run ... at: <URL>" to stdout itself (TrackingServiceClient._log_url on
-    set_terminated), with the URL's user-info; there is no logger to filter, so the public switch
-    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT turns those links off (forced: the link would leak).
-    MLflow's loggers all end in the "mlflow" logger's own handler (propagate=False), which gets the
-    scrubbing filter, as does urllib3's retry logger (it is set to ERROR, but users may lower it).
-    """
+    """Keep a user-info URI out of every line MLflow prints: its "View run ... at: <URL>" goes to
+    stdout with no logger to filter (so the public switch turns it off); its loggers end in the
+    "mlflow" logger's own handler (propagate=False), which gets the filter, as does urllib3's."""
     if uri != redact(uri):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     for name in ("mlflow", "urllib3.connectionpool"):
@@ -96,11 +88,8 @@ def _hide_credentials(uri: str) -> None:
 
 
 def project_root() -> Path:
-    """The project directory: $DVC_ROOT when DVC runs the stage, else the working directory.
-
-    `dvc exp run --queue` / `--temp` run stages in a temporary copy under .dvc/tmp/exps and set
-    DVC_ROOT to the project itself, so every experiment records into the project's MLflow store,
-    not into a copy thrown away with the workspace."""
+    """$DVC_ROOT when DVC runs the stage (`dvc exp run --queue/--temp` run in a copy that is thrown
+    away: experiments record into the project's store), else the working directory."""
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
@@ -125,8 +114,7 @@ def connect(params: Params):
 
     # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    # MLflow logs each database error with its traceback, then raises it (a full sqlite store: 90
-    # lines); the raised one is reported, in one line where `call` knows it.
+    # MLflow logs each database error with its traceback (90 lines for a full disk), then raises it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri(params)
     _hide_credentials(uri)
@@ -153,11 +141,8 @@ def connect(params: Params):
 
 
 def experiment_id(client, params: Params, uri: str) -> str:
-    """The experiment `registry.experiment`, created on first use.
-
-    With a local (sqlite) store its artifacts go to `<project>/mlartifacts` explicitly; with a server,
-    to `registry.artifact_location` when set, else the server's default (its --artifacts-destination).
-    """
+    """The experiment `registry.experiment`, created on first use (a local store's artifacts in
+    `<project>/mlartifacts`; a server's in registry.artifact_location, else its default)."""
     from mlflow.exceptions import MlflowException
 
     name = params.registry.experiment
@@ -191,7 +176,7 @@ EXPERIMENT_NOTE = (
 
 # ---- failures as one line: classified by exception types and codes, never by their text ---------
 def _chain(e: BaseException | None) -> list[BaseException]:
-    """`e` and what it was raised from or while handling (MLflow wraps requests, which wraps urllib3)."""
+    """`e` and what it was raised from or during (MLflow wraps requests, which wraps urllib3)."""
     found: list[BaseException] = []
     while e is not None and e not in found:
         found.append(e)

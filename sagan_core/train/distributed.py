@@ -1,14 +1,9 @@
 """DDP plumbing: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK (GROUP_RANK: the node); NCCL on GPU, gloo on CPU.
 
-Several machines (docs/scale-out.md) add three duties, all done before the first step:
-- `check_same_data`: every rank's prepared data has rank 0's content hash, else an error naming the
-  node (hostname + node rank) that differs: never a silently different run.
-- `share_newest`: a resume on nodes without a shared disk: the newest checkpoint among the ranks is
-  sent to every rank that holds another (or none), so whichever node the rendezvous makes rank 0
-  continues from the last checkpoint.
-- `lost_peers`: a rank that loses another (node down, process killed) fails with one line instead
-  of a backend traceback; `init_distributed`'s timeout bounds how long a collective waits for it.
-Bytes travel as uint8 tensors, never pickled objects (no unpickling of what another node sends).
+Several machines (docs/scale-out.md): the same data on every node (`check_same_data`), the newest
+checkpoint to every rank without a shared disk (`share_newest`: whichever node becomes rank 0
+continues), a lost peer as one line (`lost_peers`). Bytes travel as uint8 tensors, never pickles
+(no unpickling of what another node sends).
 """
 
 from __future__ import annotations
@@ -97,7 +92,7 @@ def _digest(path: Path) -> bytes:
 
 
 def share_newest(path: Path, step_of: Callable[[Path], int | None], device: torch.device) -> None:
-    """Make every rank's `path` the newest checkpoint any rank holds (see the module docstring)."""
+    """Make every rank's `path` the newest checkpoint any rank holds."""
     if not dist.is_initialized():
         return
     step = (step_of(path) or 0) if path.is_file() else -1
