@@ -46,40 +46,24 @@ def end_orphans(tag: str) -> list[str]:
     """Mark Crashed this project's flow runs left RUNNING by a process of this host that is gone
     (killed by -9: it never reported its end); their names. A run elsewhere may be alive."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        FlowRunFilterTags,
-        TaskRunFilter,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter
     from prefect.runtime import flow_run
     from prefect.states import Crashed
 
     host = f"process:{socket.gethostname()}:"
     ended = []
+    running = {"type": {"any_": ["RUNNING"]}}  # the filters' nested models, validated from dicts
     with get_client(sync_client=True) as client:
-        running = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[tag]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
-            )
-        )
-        for r in running:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags={"all_": [tag]}, state=running))
+        for r in runs:
             pids = [int(t[len(host) :]) for t in r.tags if t.startswith(host) and t[len(host) :].isdigit()]
             if str(r.id) == str(flow_run.id) or not pids or any(map(psutil.pid_exists, pids)):
                 continue
             why = f"its process (pid {pids[0]}) was killed; found by flow run {flow_run.name}"
             client.set_flow_run_state(r.id, Crashed(message=why), force=True)
             tasks = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id])),
-                task_run_filter=TaskRunFilter(
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))
-                ),
+                flow_run_filter=FlowRunFilter(id={"any_": [r.id]}),
+                task_run_filter=TaskRunFilter(state=running),
             )
             for t in tasks:
                 client.set_task_run_state(t.id, Crashed(message=why), force=True)
@@ -94,34 +78,18 @@ def _fmt(x: Any) -> str:
 def past_runs(tag: str, limit: int = 50) -> list[dict[str, str]]:
     """The table of this project's runs, newest first (at most `limit`)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterTags,
-    )
+    from prefect.client.schemas.filters import ArtifactFilter, FlowFilter, FlowRunFilter
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
+            flow_filter=FlowFilter(name={"any_": [FLOW_NAME]}),
+            flow_run_filter=FlowRunFilter(tags={"all_": [tag]}),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=limit,
         )
-        found = (
-            client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=[RESULT_KEY]),
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in runs]),
-                )
-            )
-            if runs
-            else []
-        )
+        wanted = ArtifactFilter(key={"any_": [RESULT_KEY]}, flow_run_id={"any_": [r.id for r in runs]})
+        found = client.read_artifacts(artifact_filter=wanted) if runs else []
     results = {a.flow_run_id: _row(a.data) for a in found}
     table = []
     for r in runs:
