@@ -186,10 +186,9 @@ def _chain(e: BaseException | None) -> list[BaseException]:
 
 def _transport(e: BaseException) -> bool:
     """No answer, or no usable one, from the server: a connection, timeout or retries-exhausted error."""
-    from requests.exceptions import RequestException
-    from urllib3.exceptions import HTTPError
+    from requests.exceptions import RequestException  # wraps urllib3's own errors
 
-    return any(isinstance(c, (RequestException, HTTPError, ConnectionError, TimeoutError)) for c in _chain(e))
+    return any(isinstance(c, (RequestException, ConnectionError, TimeoutError)) for c in _chain(e))
 
 
 def _proxy_failed(e: BaseException, answered: bool = False) -> bool:
