@@ -1,25 +1,17 @@
-"""pytorch-fid's Inception, fed exactly like pytorch-fid feeds it, without touching image files.
-
-pytorch-fid's folder path is: PIL `.convert('RGB')` -> `ToTensor()` (uint8 / 255) -> `InceptionV3`
-(bilinear resize to 299x299 with align_corners=False, then x * 2 - 1). We build the very same
-`pytorch_fid.inception.InceptionV3` module and give it the very same float tensors, computed from
-uint8 images (quantized from generator output exactly as `torchvision.utils.save_image` would
-write a PNG). So our features equal pytorch-fid's on the same images, and FIDs are comparable.
-
-Weights are never substituted: an explicit file, or pytorch-fid's file in the torch hub cache
-(TORCH_HOME/hub/checkpoints), downloaded there if missing; otherwise a SaganError naming the file.
-Any other file is used (tests and air-gapped machines need stand-ins) but is never mistaken for the
-official one: `is_official` compares its sha256 with the official file's, and evaluations say so.
+"""pytorch-fid's Inception, fed exactly as pytorch-fid feeds it (PNG -> RGB -> ToTensor), so our FIDs
+equal pytorch-fid's. Weights are never substituted silently: a file other than the official one is
+used (tests, air-gapped machines) but every evaluation says so (`is_official`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import tempfile
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +33,7 @@ OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb912
 
 
 def default_weights_path() -> Path:
-    """Where pytorch-fid's `load_state_dict_from_url` keeps the file (honours TORCH_HOME)."""
+    """Where torch hub (pytorch-fid's loader) keeps the file: TORCH_HOME/hub/checkpoints."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
 
 
@@ -67,7 +59,8 @@ def resolve_weights(explicit: str | None = None) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    """Download through the atomic writer, checking torch hub's hash prefix before the file appears."""
+    """torch hub's download with a timeout (its own has none: an unreachable host would hang the
+    stage), atomic, checking hub's sha256 prefix in the name before the file appears."""
     prefix = dest.stem.rsplit("-", 1)[-1]  # torch hub convention: name-<sha256 prefix>.pth
 
     def fetch(f) -> None:
@@ -111,32 +104,47 @@ def unofficial_warning(path: Path) -> str:
     )
 
 
-class InceptionFeatures(nn.Module):
-    """pytorch-fid's InceptionV3 returning (features of `dims`, unbiased logits or None).
+@contextmanager
+def _hub_holding(weights: Path):
+    """pytorch-fid's InceptionV3 takes no weights path (it always calls torch hub's
+    load_state_dict_from_url): a file outside the hub cache is shown to it as a temporary
+    TORCH_HOME while the module is built. tests/test_fid.py fails when pytorch-fid's API changes."""
+    if weights == default_weights_path():
+        yield
+        return
+    saved = os.environ.get("TORCH_HOME")
+    with tempfile.TemporaryDirectory() as home:
+        hub = Path(home) / "hub" / "checkpoints"
+        hub.mkdir(parents=True)
+        (hub / WEIGHTS_NAME).symlink_to(weights.resolve())
+        os.environ["TORCH_HOME"] = home
+        try:
+            yield
+        finally:
+            if saved is None:
+                del os.environ["TORCH_HOME"]
+            else:
+                os.environ["TORCH_HOME"] = saved
 
-    The logits for the Inception Score are pool3 @ fc.weight^T without the bias, as in the original
-    TensorFlow IS code (it multiplies pool_3 by the softmax MatMul weights) and torch-fidelity.
-    """
+
+class InceptionFeatures(nn.Module):
+    """pytorch-fid's InceptionV3 returning (features of `dims`, unbiased logits or None). The IS
+    logits are pool3 @ fc.weight^T without the bias, as the original TF IS code and torch-fidelity."""
 
     def __init__(self, weights: Path, dims: int = 2048, logits: bool = False):
         super().__init__()
         if dims not in pfi.InceptionV3.BLOCK_INDEX_BY_DIM:
             raise ConfigError(f"dims: expected one of 64, 192, 768, 2048, got {dims}")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated or foreign files raise many types
-            raise SaganError(f"{weights}: not a readable weights file ({type(e).__name__})") from None
         self.block = pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]
         blocks = sorted({self.block, POOL3} if logits else {self.block})
-        # pytorch-fid's constructor loads weights through load_state_dict_from_url (which would
-        # download); hand it the file we resolved instead, so the module is exactly pytorch-fid's.
         try:
-            with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+            with _hub_holding(Path(weights)):
                 self.net = pfi.InceptionV3(blocks, resize_input=True, normalize_input=True)
-        except (RuntimeError, KeyError) as e:
-            first = str(e).splitlines()[0]
+            fc = torch.load(weights, map_location="cpu", weights_only=True)["fc.weight"] if logits else None
+        except Exception as e:  # truncated or foreign files raise many types
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise SaganError(f"{weights}: not pytorch-fid Inception weights ({first})") from None
-        self.fc_weight = nn.Parameter(state["fc.weight"].float(), requires_grad=False) if logits else None
+        self.fc_weight = None if fc is None else nn.Parameter(fc.float(), requires_grad=False)
         self.channels_last = False  # set by load_net: feed inputs in that layout
         self.eval()
 

@@ -109,12 +109,6 @@ class ISAccumulator:
         return float(scores.mean()), float(scores.std())
 
 
-def inception_score(logits: np.ndarray | torch.Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
-    acc = ISAccumulator(len(logits), splits)
-    acc.add(torch.as_tensor(np.asarray(logits)))
-    return acc.result()
-
-
 def kid(
     f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:

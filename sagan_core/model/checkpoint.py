@@ -29,8 +29,6 @@ from sagan_core.model.networks import Generator, ModelSpec
 
 REQUIRED = ("step", "spec", "generator", "generator_ema", "discriminator")  # what sampling needs
 RESUME = (*REQUIRED, "ema_n_averaged", "opt_g", "opt_d", "rng", "loader")  # TrainState.state_dict
-# Spec fields that checkpoints written before the field existed lack (ModelSpec has their default).
-SPEC_OPTIONAL = {"cbn_init"}
 _SPEC_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
 
 
@@ -59,7 +57,7 @@ def _spec_problem(spec: Any) -> str | None:
     fields = {f.name: f.type for f in dataclasses.fields(ModelSpec)}  # "int", "tuple[int, ...]", ...
     if unknown := sorted(map(str, spec.keys() - fields.keys())):
         return f"spec: unknown {', '.join(unknown)}"
-    if missing := sorted(fields.keys() - spec.keys() - SPEC_OPTIONAL):
+    if missing := sorted(fields.keys() - spec.keys()):
         return f"spec: missing {', '.join(missing)}"
     for name, value in spec.items():
         if fields[name].startswith("tuple"):

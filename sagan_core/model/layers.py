@@ -10,21 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm
 
 from sagan_core.errors import ConfigError
 
 
-class _SpectralNormFP32(_SpectralNorm):
-    """torch's spectral-norm parametrization, always computed in fp32, with fewer small ops.
+class SpectralNorm(nn.Module):
+    """W / sigma(W), one power iteration per training forward (Miyato et al. 2018), always in fp32.
 
-    Deliberately not plain `torch.nn.utils.parametrizations.spectral_norm`: under autocast (CUDA, or
-    bf16 on CPU) `torch.mv` runs in bf16 (8-bit mantissa) while `torch.vdot` does not, so the power
-    iteration and sigma would lose precision or mix dtypes. Same state-dict layout as torch's
-    (original, _u, _v) and the same arithmetic as its forward (one power iteration in training, then
-    sigma = u . W v with cloned u, v); only the per-call Python is leaner: no autocast context
-    unless autocast is on, no cast of an fp32 weight, no `.H` view, since it runs ~40 times a step.
+    Our own rather than torch's `spectral_norm`: under autocast `torch.mv` runs in bf16 while
+    `torch.vdot` does not, so torch's power iteration would lose precision or mix dtypes. Same
+    buffers (`_u`, `_v`: checkpoint keys) and arithmetic as torch's: 15 iterations at init, then
+    sigma = u . W v with cloned u, v (saved for backward, updated in place by the next forward).
     """
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.eps = eps
+        if weight.ndim > 1:
+            with torch.no_grad():
+                w = weight.flatten(1)
+                u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
+                v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
+                for _ in range(15):
+                    u = F.normalize(torch.mv(w, v), dim=0, eps=eps, out=u)
+                    v = F.normalize(torch.mv(w.t(), u), dim=0, eps=eps, out=v)
+            self.register_buffer("_u", u)
+            self.register_buffer("_v", v)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type):
@@ -35,29 +46,23 @@ class _SpectralNormFP32(_SpectralNorm):
     def _normalized(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)
-        w = weight.flatten(1)  # dim=0: the matrix torch's _reshape_weight_to_matrix makes
+        w = weight.flatten(1)
         if self.training:
             with torch.no_grad():
                 torch.mv(w, self._v, out=self._u)
                 self._u.div_(torch.linalg.vector_norm(self._u, dim=0, keepdim=True).clamp_min_(self.eps))
                 torch.mv(w.t(), self._u, out=self._v)
                 self._v.div_(torch.linalg.vector_norm(self._v, dim=0, keepdim=True).clamp_min_(self.eps))
-        # clones: u, v are saved for backward and the next forward updates them in place
         sigma = torch.vdot(self._u.clone(), torch.mv(w, self._v.clone()))
         return weight / sigma
 
 
 def sn(module: nn.Module, eps: float = 1e-6) -> nn.Module:
-    """Spectral norm with one power iteration per training forward (Miyato et al. 2018)."""
-    # Glorot init as in the official SAGAN code, applied before the parametrization so its
-    # initial power iterations see the final weights.
+    """Spectral norm on `module.weight`, after the official SAGAN code's Glorot init."""
     nn.init.xavier_uniform_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    # dim=0 as torch's spectral_norm uses for Linear, Conv2d and Embedding
-    parametrize.register_parametrization(
-        module, "weight", _SpectralNormFP32(module.weight, 1, dim=0, eps=eps)
-    )
+    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight, eps))
     return module
 
 

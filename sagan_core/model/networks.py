@@ -46,7 +46,7 @@ class ModelSpec:
     d_attn: tuple[int, ...] = (16,)
     sn_eps: float = 1e-6
     bn_eps: float = 1e-5
-    cbn_init: str = "orthogonal"  # absent from checkpoints made before it existed: their init
+    cbn_init: str = "orthogonal"
 
     def to_dict(self) -> dict:
         d = asdict(self)

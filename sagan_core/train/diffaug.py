@@ -22,11 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from sagan_core.config import DIFFAUG_OPERATIONS as OPERATIONS
-from sagan_core.config import diffaug_ops as parse_policy
-
-__all__ = ["OPERATIONS", "augment", "color", "cutout", "parse_policy", "translation"]
-
 
 def _uniform(x: torch.Tensor, gen: torch.Generator, low: float, high: float) -> torch.Tensor:
     """One U(low, high) per image, shaped N x 1 x 1 x 1, in x's dtype."""
@@ -77,8 +72,9 @@ def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.T
 _FUNCTIONS = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def augment(x: torch.Tensor, ops: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
-    """x with `ops` applied in order; each image its own draws. () returns x itself."""
-    for op in ops:
+def augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:
+    """x with the operations of `policy` (train.diffaug as validated: "color,cutout") applied in
+    order; each image its own draws. "" returns x itself."""
+    for op in filter(None, policy.split(",")):
         x = _FUNCTIONS[op](x, gen)
     return x

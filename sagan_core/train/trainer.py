@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sagan_core.atomic import copy_atomic
-from sagan_core.config import Params, diffaug_ops
+from sagan_core.config import Params
 from sagan_core.data.dataset import BatchLoader, open_prepared
 from sagan_core.device import resolve_device
 from sagan_core.errors import ConfigError, SaganError
@@ -105,8 +105,7 @@ class Trainer:
         noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
         noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.state = TrainState(spec, G, G_ema, D, opt_g, opt_d, noise, loader, self.device)
-        self.augment_ops = diffaug_ops(cfg.diffaug)
-        if self.augment_ops:  # its own generator: with DiffAugment off every other draw is unchanged
+        if cfg.diffaug:  # its own generator: with DiffAugment off every other draw is unchanged
             self.state.augment = torch.Generator(device=self.device).manual_seed(noise_seed + 15485863)
         self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None
@@ -240,9 +239,9 @@ class Trainer:
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """DiffAugment on what D is about to see (train.diffaug), else x itself."""
-        if not self.augment_ops:
+        if not self.cfg.diffaug:
             return x
-        return diffaug.augment(x, self.augment_ops, self.state.augment)
+        return diffaug.augment(x, self.cfg.diffaug, self.state.augment)
 
     def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor | None:
         """train.lecam_weight x the LeCam term, after updating its anchors; None when off."""
