@@ -56,12 +56,8 @@ def main() -> None:
     for n in args.batches:
         g = generator("generator_ema")
         standing_stats.accumulate(g, n, args.batch_size, 2, cpu)
-        print(
-            f"EMA G, standing statistics {n} x {args.batch_size}: gap {batch_stat_gap(g):.4f}"
-        )
-    print(
-        f"raw G, its own running statistics: gap {batch_stat_gap(generator('generator')):.4f}"
-    )
+        print(f"EMA G, standing statistics {n} x {args.batch_size}: gap {batch_stat_gap(g):.4f}")
+    print(f"raw G, its own running statistics: gap {batch_stat_gap(generator('generator')):.4f}")
 
 
 if __name__ == "__main__":

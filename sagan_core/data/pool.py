@@ -19,7 +19,6 @@ _slot = 0  # the slot of the chunk this worker is on
 
 
 def mark_item(i: int) -> None:
-    """A worker is starting item i of its chunk (what the parent names if this process dies)."""
     if _progress is not None:
         _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
 

@@ -26,9 +26,7 @@ WEIGHTS_URL = pfi.FID_WEIGHTS_URL
 WEIGHTS_NAME = WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
 DOWNLOAD_TIMEOUT_S = 20
 POOL3 = 3  # pytorch-fid's block index of the 2048-d pool3 features
-# sha256 of pytorch-fid's released file (95,628,359 bytes). pytorch-fid ships no checksum; this is the
-# value published by several independent projects that verify the file, and it starts with the
-# 8-hex prefix (6726825d) that torch hub's naming convention puts in the file name.
+# sha256 of pytorch-fid's file (it ships none): published by projects that verify it; its prefix is the name's
 OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
@@ -38,7 +36,6 @@ def default_weights_path() -> Path:
 
 
 def resolve_weights(explicit: str | None = None) -> Path:
-    """The Inception weights file to use: `explicit`, else the hub cache (downloading if needed)."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -79,7 +76,6 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoized on (path, size, mtime): it keys the statistics cache."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
@@ -92,12 +88,10 @@ def file_sha256(path: Path) -> str:
 
 
 def is_official(sha256: str) -> bool:
-    """Whether a weights file with this sha256 is pytorch-fid's (so FIDs match published ones)."""
     return sha256 == OFFICIAL_SHA256
 
 
 def unofficial_warning(path: Path) -> str:
-    """The one line every evaluation with foreign weights prints: FIDs are not comparable."""
     return (
         f"WARNING: Inception weights {path} are not pytorch-fid's official {WEIGHTS_NAME} (sha256 "
         f"{OFFICIAL_SHA256[:8]}...): FIDs are NOT comparable with published ones"
@@ -160,17 +154,13 @@ class InceptionFeatures(nn.Module):
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8, exactly as save_image(normalize, value_range=(-1, 1)).
-
-    torchvision's make_grid normalizes with clamp, sub_(low), div_(high - low); save_image then
-    does mul(255).add_(0.5).clamp_(0, 255) and a truncating uint8 cast. Same ops, same order.
-    """
+    """[-1, 1] -> uint8 with save_image(normalize, value_range=(-1, 1))'s ops in its order."""
     x = x.float().clamp(-1.0, 1.0).sub(-1.0).div(2.0)
     return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def to_inception_input(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> what ToTensor() gives for the PNG opened with .convert('RGB')."""
+    """uint8 N x C x H x W -> ToTensor() of the PNG opened with .convert('RGB')."""
     x = u8.float().div(255)
     if x.shape[1] == 1:  # PIL's L -> RGB conversion replicates the gray value
         x = x.repeat(1, 3, 1, 1)  # contiguous, like the DataLoader's batches
@@ -192,9 +182,7 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-# On CPU the network runs this many images at a time, whatever the batch: 250 images took 8-12% less
-# time in chunks of 10 than in batches of 50 to 250 on 2 cores (activations that stay in cache;
-# BENCHMARKS.md), with bit-identical features (each image's arithmetic does not depend on the batch).
+# CPU images per forward: 8-12% faster than 50-250 on 2 cores, bit-identical (BENCHMARKS.md)
 CPU_CHUNK = 10
 
 
@@ -202,7 +190,6 @@ CPU_CHUNK = 10
 def run_batch(
     net: InceptionFeatures, u8: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features (float32, CPU) and logits of one uint8 batch, on `device`."""
     chunk = CPU_CHUNK if device.type == "cpu" else len(u8)
     feats, logits = [], []
     for start in range(0, len(u8), chunk):
@@ -216,9 +203,7 @@ def run_batch(
 
 
 def fold_batchnorm(net: nn.Module) -> int:
-    """Fold each eval-mode BatchNorm into the convolution before it (pytorch-fid's BasicConv2d:
-    conv without bias, BN, ReLU): one pass over the activations fewer. The weights change by
-    rounding only; returns how many were folded."""
+    """Each eval-mode BatchNorm folded into its conv (BasicConv2d); how many were folded."""
     folded = 0
     for m in net.modules():
         conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
@@ -231,13 +216,9 @@ def fold_batchnorm(net: nn.Module) -> int:
 def load_net(
     weights: Path, dims: int, logits: bool, device: torch.device, fast: bool = False
 ) -> InceptionFeatures:
-    """The network on `device`: channels_last on CUDA; `fast` (in-training scoring) also on CPU,
-    with BatchNorm folded into the convolutions. Features of the fast path equal the plain fp32
-    NCHW path's to relative rounding (~3e-6 of their largest value on the stand-in weights,
-    tests/test_inception_fast.py) and are 1.2-1.6x cheaper on CPU (BENCHMARKS.md); still fp32.
-    `sagan fid` uses it too (its FIDs are checked against pytorch-fid's by relative error);
-    `sagan evaluate` keeps pytorch-fid's own layout on CPU, so promotion FIDs stay pytorch-fid's
-    digits."""
+    """The network on `device`, channels_last on CUDA. `fast` (in-training, `sagan fid`): also on
+    CPU, BatchNorm folded: equal to rounding (~3e-6), 1.2-1.6x cheaper on CPU (BENCHMARKS.md);
+    `sagan evaluate` keeps pytorch-fid's layout on CPU, so promotion FIDs are its digits."""
     net = InceptionFeatures(weights, dims, logits)
     if fast:
         fold_batchnorm(net.net)

@@ -1,8 +1,4 @@
-"""Compact building blocks of SAGAN (after BigGAN-PyTorch's layers.py and the official SAGAN code).
-
-Spectral norm is torch's parametrization with one power iteration per forward in training mode:
-`sn(module)` wraps any conv/linear/embedding so the layer's weight is W / sigma(W).
-"""
+"""SAGAN's blocks (after BigGAN-PyTorch's layers.py and the official SAGAN code)."""
 
 from __future__ import annotations
 
@@ -15,13 +11,11 @@ from sagan_core.errors import ConfigError
 
 
 class SpectralNorm(nn.Module):
-    """W / sigma(W), one power iteration per training forward (Miyato et al. 2018), always in fp32.
+    """W / sigma(W), one power iteration per training forward (Miyato et al. 2018), always fp32.
 
-    Our own rather than torch's `spectral_norm`: under autocast `torch.mv` runs in bf16 while
-    `torch.vdot` does not, so torch's power iteration would lose precision or mix dtypes. Same
-    buffers (`_u`, `_v`: checkpoint keys) and arithmetic as torch's: 15 iterations at init, then
-    sigma = u . W v with cloned u, v (saved for backward, updated in place by the next forward).
-    """
+    Not torch's `spectral_norm`: under autocast its `torch.mv` runs in bf16 while `torch.vdot` does
+    not. Same buffers (`_u`, `_v`: checkpoint keys) and arithmetic as torch's (15 iterations at
+    init; u, v cloned: saved for backward, updated in place by the next forward)."""
 
     def __init__(self, weight: torch.Tensor, eps: float):
         super().__init__()
@@ -75,16 +69,10 @@ def sn_linear(cin: int, cout: int, eps: float = 1e-6, bias: bool = True) -> nn.M
 
 
 class ConditionalBatchNorm(nn.Module):
-    """BatchNorm whose gain and bias come from per-class embeddings (categorical conditional BN).
+    """BatchNorm with per-class gain and bias (affine BatchNorm when num_classes == 0).
 
-    `init="orthogonal"` (default) as BigGAN-PyTorch (which reproduces SAGAN): orthogonal class rows,
-    gain = 1 + row, bias = row, so every class modulates the features differently from step 0.
-    `init="official"` as the official TF code: every class starts at gain 1, bias 0; then the class
-    signal must be built from scratch at Adam's lr per step: after 2,000 steps of the CPU demo model,
-    67% of its samples were recognised as their class by the digit classifier of
-    benchmarks/demo_quality.py, against 97% with the orthogonal init (BENCHMARKS.md).
-    With num_classes == 0 it is an ordinary affine BatchNorm.
-    """
+    "orthogonal" as BigGAN-PyTorch: classes apart from step 0. "official" (TF code: gain 1, bias 0)
+    reached 67% class accuracy against 97% after 2,000 demo steps (BENCHMARKS.md)."""
 
     def __init__(self, ch: int, num_classes: int, eps: float = 1e-5, init: str = "orthogonal"):
         super().__init__()
@@ -112,12 +100,8 @@ class ConditionalBatchNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """The SAGAN self-attention block, as in the official code (sn_non_local_block_sim).
-
-    theta, phi: SN 1x1 convs to C/8; g: SN 1x1 conv to C/2; phi and g are 2x2 max-pooled (keys and
-    values at a quarter of the locations); softmax over keys; SN 1x1 conv C/2 -> C; y = x + gamma*o
-    with gamma initialised to 0, so the block starts as the identity.
-    """
+    """SAGAN self-attention (official sn_non_local_block_sim): keys and values 2x2 max-pooled,
+    y = x + gamma * o with gamma = 0 at init."""
 
     def __init__(self, ch: int, eps: float = 1e-6):
         super().__init__()
@@ -137,15 +121,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        # theta, phi and g read the same x: one conv with their (separately normalised) weights
-        # stacked, and one max-pool for phi and g. Same products, fewer kernels.
+        # theta, phi, g: one conv with their (separately normalised) weights stacked, one max-pool
         w_qkv = torch.cat([self.theta.weight, self.phi.weight, self.g.weight])
         theta, pg = F.conv2d(x, w_qkv).split([c // 8, c // 8 + c // 2], dim=1)
         phi, g = F.max_pool2d(pg, 2).split([c // 8, c // 2], dim=1)
-        # (B, N, C') views; free when x is channels_last
         q, k, v = (t.permute(0, 2, 3, 1).flatten(1, 2) for t in (theta, phi, g))
-        # Explicit softmax(q k^T) v: torch's fused attention has no CPU kernel for q/k (C/8) and v
-        # (C/2) of different widths, and its math fallback adds masking checks (measured slower).
+        # Not torch's fused attention: no CPU kernel for q/k and v of different widths (measured slower)
         attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # B, N, N/4: each query over keys
         if self.keep_attention:
             self.last_attention = attn.detach().float().view(b, h, w, h // 2, w // 2)
@@ -155,12 +136,8 @@ class SelfAttention(nn.Module):
 
 
 class GBlock(nn.Module):
-    """Generator ResNet up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus conv1x1-up shortcut.
-
-    The shortcut's 1x1 conv runs before the nearest upsampling: a 1x1 conv acts on each pixel alone
-    and nearest upsampling copies pixels, so the two commute exactly, and the conv does 4x fewer
-    FLOPs at the low resolution (the official code upsamples first; same function).
-    """
+    """Generator up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3 + conv1x1-up shortcut. The 1x1 conv
+    runs before the nearest upsampling: they commute exactly, at 4x fewer FLOPs."""
 
     def __init__(
         self,
@@ -185,11 +162,8 @@ class GBlock(nn.Module):
 
 
 class DBlock(nn.Module):
-    """Discriminator ResNet block: (ReLU)-conv3x3-ReLU-conv3x3-(avgpool), conv1x1-(avgpool) shortcut.
-
-    `optimized=True` is the first block (no leading ReLU; the shortcut pools before its conv) as in
-    Miyato et al. and the official SAGAN code.
-    """
+    """Discriminator block: (ReLU)-conv3x3-ReLU-conv3x3-(avgpool) + conv1x1 shortcut; `optimized` is
+    the first block (no leading ReLU, pool before the shortcut conv), as in Miyato et al."""
 
     def __init__(self, cin: int, cout: int, downsample: bool, optimized: bool = False, sn_eps: float = 1e-6):
         super().__init__()

@@ -1,10 +1,5 @@
-"""The training state: what training changes and a checkpoint keeps.
-
-The modules (G, its EMA copy, D), the optimizers, the step, every source of randomness (the
-noise generator, DiffAugment's generator, torch's CPU/CUDA RNG, the loader's (epoch, cursor)) and
-LeCam's anchors, so that a state loaded from a
-checkpoint continues bit for bit where an uninterrupted run would be. The trainer owns one; saving,
-resuming, the NaN guard and the `on_step_end` hooks operate on it, never on the trainer.
+"""What training changes and a checkpoint keeps: modules, optimizers, step, every RNG, the loader's
+position and LeCam's anchors, so that a loaded state continues bit for bit.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ class TrainState:
         rng: dict[str, Any] = {"noise": self.noise.get_state(), "cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        # Kept only when the option is on, so a run without it writes exactly what it did before.
         if self.augment is not None:
             rng["augment"] = self.augment.get_state()
         extra = {} if self.lecam is None else {"lecam": self.lecam.detach().clone()}
@@ -62,8 +56,7 @@ class TrainState:
         } | extra
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Put a checkpoint's parts back (its spec already matched: sagan_core.train.resume). A part
-        that does not fit (hand-edited, truncated state) is a SaganError naming `path` and the part."""
+        """A part that does not fit is a SaganError naming `path` and the part."""
         parts = [  # in this order: the order that made resume bit-exact
             ("generator", self.G.load_state_dict),
             ("generator_ema", self.G_ema.module.load_state_dict),
@@ -91,8 +84,6 @@ class TrainState:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def _set_augment_rng(self, rng: dict[str, Any]) -> None:
-        """A checkpoint written with DiffAugment off has no such state: the fresh seed stays (the
-        fingerprint names the change)."""
         if self.augment is not None and "augment" in rng:
             self.augment.set_state(rng["augment"])
 
@@ -105,9 +96,7 @@ class TrainState:
         self.lecam = anchors.to(self.device, torch.float32)
 
     def apply_optimizer_params(self, cfg) -> None:
-        """`--resume --set train.lr_g=...`: the loaded optimizer state carries the old settings, while
-        the new checkpoint records the params; use the params (the user asked), and say that this
-        breaks bit-exactness. `cfg` is the TrainConfig."""
+        """`--resume --set train.lr_g=...`: the params win over the loaded optimizer, said once."""
         changes = [("train.lr_g", self.opt_g, "lr", cfg.lr_g), ("train.lr_d", self.opt_d, "lr", cfg.lr_d)]
         betas = (float(cfg.beta1), float(cfg.beta2))
         changes += [
@@ -128,15 +117,13 @@ class TrainState:
                     log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
 
     def nonfinite(self) -> list[str]:
-        """The parts holding inf/NaN: the weights and the optimizers' moments (a non-finite exp_avg_sq
-        leaves the weights finite for a while, but every later update is garbage, and a checkpoint
-        holding it cannot be resumed). One device sync per tensor list."""
+        """The parts holding inf/NaN: weights and optimizer moments (a NaN exp_avg_sq spoils every
+        later update while the weights stay finite a while)."""
         bad = []
         with torch.no_grad():
             for name, net, opt in (("generator", self.G, self.opt_g), ("discriminator", self.D, self.opt_d)):
                 if not _all_finite(list(net.parameters())):
                     bad.append(f"{name} weights")
-                # "step" is a counter (on the CPU even for CUDA parameters), not a learned value.
                 moments = [
                     v for s in opt.state.values() for k, v in s.items() if k != "step" and torch.is_tensor(v)
                 ]
