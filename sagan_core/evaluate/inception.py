@@ -79,11 +79,8 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
+            _HASHES[key] = hashlib.file_digest(f, "sha256").hexdigest()
     return _HASHES[key]
 
 

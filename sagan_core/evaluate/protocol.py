@@ -118,18 +118,6 @@ def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
         yield inc.quantize(x)
 
 
-def _samples_stats(
-    ev, g, net: inc.InceptionFeatures, device: torch.device, progress: bool
-) -> tuple[Stats, ISAccumulator, int, float]:
-    is_acc = ISAccumulator(ev.num_samples)
-    n_batches = -(-ev.num_samples // ev.batch_size)
-    batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
-    gen, seconds, n = features_pass(
-        net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
-    )
-    return gen, is_acc, n, seconds
-
-
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
 
@@ -187,24 +175,37 @@ def score_generator(
     # every evaluation warns (each record is read alone), after the checks: a failure stays one line
     if not official:
         log.warning(inc.unofficial_warning(weights))
-    gen, is_acc, n, seconds = _samples_stats(ev, g, net, device, progress)
+    is_acc = ISAccumulator(ev.num_samples)
+    batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
+    n_batches = -(-ev.num_samples // ev.batch_size)
+    gen, seconds, n = features_pass(net, batches, n_batches, device, True, is_acc, progress, "samples")
     scores, fid_seconds = _scores(ev, gen, ref, is_acc, device)
-    provenance = {
+    return {  # eval.record.json, scores first (for people reading it)
+        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
+        "prdc_k": PRDC_K,
+        "num_samples": n,
+        "reference_split": ev.reference_split,
+        **{k: v for k, v in ref_info.items() if k != "reference_seconds"},  # a timing, below
+        "dims": ev.dims,
+        "is_splits": IS_SPLITS,
+        "kid_subsets": ev.kid_subsets,
+        "kid_subset_size": min(ev.kid_subset_size, n, ref.num or n),  # what KID could actually draw
         "weights_file": weights.name,
         "weights_sha256": weights_sha,
         "weights_official": official,
         **about,
         "class_balanced": bool(g.spec.num_classes),
         "seed": ev.seed,
+        "protocol": PROTOCOL,
+        "fid_method": scores["fid_method"],
+        "timing": {
+            "device": str(device),
+            "samples_seconds": seconds,
+            "samples_images_per_s": n / seconds,
+            "reference_seconds": ref_info["reference_seconds"],
+            "frechet_seconds": fid_seconds,
+        },
     }
-    timing = {
-        "device": str(device),
-        "samples_seconds": seconds,
-        "samples_images_per_s": n / seconds,
-        "reference_seconds": ref_info["reference_seconds"],
-        "frechet_seconds": fid_seconds,
-    }
-    return _record(ev, scores, n, ref, ref_info, provenance, timing)
 
 
 def expected_protocol(params) -> dict[str, Any]:
@@ -225,30 +226,3 @@ def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
     """eval.json: the numbers DVC compares; those that could not be computed are absent."""
     keys = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", *PRDC_KEYS, "generator_step")
     return {k: record[k] for k in keys if isinstance(record.get(k), (int, float))}
-
-
-def _record(
-    ev,
-    scores: dict[str, Any],
-    n: int,
-    ref: Stats,
-    ref_info: dict[str, Any],
-    provenance: dict[str, Any],
-    timing: dict[str, Any],
-) -> dict[str, Any]:
-    """eval.record.json, scores first (for people reading it)."""
-    return {
-        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
-        "prdc_k": PRDC_K,
-        "num_samples": n,
-        "reference_split": ev.reference_split,
-        **{k: v for k, v in ref_info.items() if k != "reference_seconds"},  # a timing, below
-        "dims": ev.dims,
-        "is_splits": IS_SPLITS,
-        "kid_subsets": ev.kid_subsets,
-        "kid_subset_size": min(ev.kid_subset_size, n, ref.num or n),  # what KID could actually draw
-        **provenance,
-        "protocol": PROTOCOL,
-        "fid_method": scores["fid_method"],
-        "timing": timing,
-    }

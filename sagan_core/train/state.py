@@ -64,10 +64,7 @@ class TrainState:
             ("discriminator", self.D.load_state_dict),
             ("opt_g", self.opt_g.load_state_dict),
             ("opt_d", self.opt_d.load_state_dict),
-            ("rng", lambda rng: self.noise.set_state(rng["noise"])),
-            ("rng", lambda rng: torch.set_rng_state(rng["cpu"])),
-            ("rng", self._set_cuda_rng),
-            ("rng", self._set_augment_rng),
+            ("rng", self._set_rng),
             ("loader", self.loader.load_state_dict),
         ]
         for key, put in parts:
@@ -79,11 +76,11 @@ class TrainState:
         self._load_lecam(ckpt.get("lecam"), path)
         self.step = int(ckpt["step"])
 
-    def _set_cuda_rng(self, rng: dict[str, Any]) -> None:
+    def _set_rng(self, rng: dict[str, Any]) -> None:
+        self.noise.set_state(rng["noise"])
+        torch.set_rng_state(rng["cpu"])
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-
-    def _set_augment_rng(self, rng: dict[str, Any]) -> None:
         if self.augment is not None and "augment" in rng:
             self.augment.set_state(rng["augment"])
 
@@ -97,24 +94,17 @@ class TrainState:
 
     def apply_optimizer_params(self, cfg) -> None:
         """`--resume --set train.lr_g=...`: the params win over the loaded optimizer, said once."""
-        changes = [("train.lr_g", self.opt_g, "lr", cfg.lr_g), ("train.lr_d", self.opt_d, "lr", cfg.lr_d)]
-        betas = (float(cfg.beta1), float(cfg.beta2))
-        changes += [
-            (f"train.beta{i + 1}", opt, i, betas[i]) for opt in (self.opt_g, self.opt_d) for i in (0, 1)
-        ]
-        said = set()
-        for key, opt, slot, new in changes:
+        betas, said = (float(cfg.beta1), float(cfg.beta2)), set()
+        for opt, lr_key, lr in ((self.opt_g, "train.lr_g", cfg.lr_g), (self.opt_d, "train.lr_d", cfg.lr_d)):
             for group in opt.param_groups:
-                old = group[slot] if slot == "lr" else group["betas"][slot]
-                if old == new:
-                    continue
-                if slot == "lr":
-                    group["lr"] = new
-                else:
-                    group["betas"] = tuple(new if i == slot else b for i, b in enumerate(group["betas"]))
-                if key not in said:
-                    said.add(key)
-                    log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
+                olds = [(lr_key, group["lr"], lr)] + [
+                    (f"train.beta{i + 1}", group["betas"][i], betas[i]) for i in (0, 1)
+                ]
+                for key, old, new in olds:
+                    if old != new and key not in said:
+                        said.add(key)
+                        log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
+                group["lr"], group["betas"] = lr, betas
 
     def nonfinite(self) -> list[str]:
         """The parts holding inf/NaN: weights and optimizer moments (a NaN exp_avg_sq spoils every
