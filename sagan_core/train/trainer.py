@@ -104,7 +104,6 @@ class Trainer:
         self.evals = PeriodicEval(params, self.device, enabled=self.dist.is_main)
         self._stats_step: int | None = None  # the step G_ema's own BatchNorm statistics are from
 
-    # ---- checkpoint -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         return self.state.state_dict() | {
             "class_names": self.class_names,
@@ -139,7 +138,6 @@ class Trainer:
             what = ", ".join(bad) or "another rank's values"
             raise TrainingDiverged(f"training diverged at step {self.state.step}: {what} not finite; {kept}")
 
-    # ---- the loop ---------------------------------------------------------------------------
     def _sample(self, fixed) -> None:
         """The EMA generator's grid on fixed noise, preview and attention figure, also as `latest`."""
         z, y, nrow = fixed
