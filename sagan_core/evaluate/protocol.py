@@ -178,7 +178,9 @@ def score_generator(
     is_acc = ISAccumulator(ev.num_samples)
     batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
     n_batches = -(-ev.num_samples // ev.batch_size)
-    gen, seconds, n = features_pass(net, batches, n_batches, device, True, is_acc, progress, "samples")
+    gen, seconds, n = features_pass(
+        net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
+    )
     scores, fid_seconds = _scores(ev, gen, ref, is_acc, device)
     return {  # eval.record.json, scores first (for people reading it)
         **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
