@@ -7,7 +7,7 @@
 # container toolkit (`docker run --gpus all`, Kubernetes' nvidia.com/gpu).
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
-# Ubuntu 24.04's python3 is 3.12 (pyproject: >=3.10,<3.13); git for `git_clone` pull steps, the
+# Ubuntu 24.04's python3 is 3.12 (pyproject: >=3.11,<3.13); git for `git_clone` pull steps, the
 # lineage tags and DVC.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \

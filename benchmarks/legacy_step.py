@@ -14,14 +14,13 @@ import types
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.parametrizations import _SpectralNorm
 
 from sagan_core.model import layers
 
 
 def _sn_forward(self, weight):
     with torch.autocast(weight.device.type, enabled=False):
-        return _SpectralNorm.forward(self, weight.float())
+        return self._normalized(weight.float())
 
 
 def _cbn_forward(self, x, y):
@@ -48,7 +47,7 @@ def _gblock_forward(self, x, y):
 
 
 _OLD = {
-    layers._SpectralNormFP32: _sn_forward,
+    layers.SpectralNorm: _sn_forward,
     layers.ConditionalBatchNorm: _cbn_forward,
     layers.SelfAttention: _attention_forward,
     layers.GBlock: _gblock_forward,

@@ -6,6 +6,7 @@ against; the parity cases share the stand-in weights and image folders built her
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -247,13 +248,19 @@ def original_inception_score(logits: np.ndarray, splits: int) -> tuple[float, fl
     return float(np.mean(scores)), float(np.std(scores))
 
 
+def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    acc = metrics.ISAccumulator(len(logits), splits)
+    acc.add(torch.as_tensor(logits))
+    return acc.result()
+
+
 def test_inception_score_hand_cases():
     k = 8
     # Confident and evenly spread over k classes in every split: IS = k exactly; uniform: IS = 1.
     confident = np.eye(k)[np.arange(80) % k] * 60.0
-    mean, std = metrics.inception_score(confident, splits=10)
+    mean, std = inception_score(confident, splits=10)
     assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0, abs=1e-6)
-    mean, std = metrics.inception_score(np.zeros((50, 1008)), splits=10)
+    mean, std = inception_score(np.zeros((50, 1008)), splits=10)
     assert mean == pytest.approx(1.0) and std == pytest.approx(0, abs=1e-12)
     # Streamed in uneven batches, random logits: equal to the reference loop (103: uneven splits).
     logits = np.random.default_rng(3).normal(size=(103, 20)) * 3
@@ -351,6 +358,41 @@ def test_missing_weights_name_file_and_place(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match="eval.inception_weights"):
         inc.resolve_weights(str(tmp_path / "nope.pth"))
+
+
+def test_an_explicit_weights_file_builds_pytorch_fids_network_and_leaves_torch_home(
+    tmp_path, monkeypatch, standin_torch_home
+):
+    # pytorch-fid's InceptionV3 takes no weights path (inception._hub_holding works around it): when
+    # its constructor changes, this fails and says to use the new parameter instead.
+    from pytorch_fid.inception import InceptionV3
+
+    params = set(inspect.signature(InceptionV3).parameters)
+    assert params == {
+        "output_blocks",
+        "resize_input",
+        "normalize_input",
+        "requires_grad",
+        "use_fid_inception",
+    }
+    explicit = tmp_path / "mine.pth"
+    explicit.symlink_to(standin_torch_home / "hub" / "checkpoints" / inc.WEIGHTS_NAME)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    u8 = torch.randint(0, 256, (3, 3, 16, 16), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    ours = inc.run_batch(
+        inc.load_net(inc.resolve_weights(str(explicit)), 64, False, torch.device("cpu")),
+        u8,
+        torch.device("cpu"),
+    )
+    assert os.environ["TORCH_HOME"] == str(tmp_path / "empty") and not (tmp_path / "empty").exists()
+    monkeypatch.setenv("TORCH_HOME", str(standin_torch_home))
+    theirs = inc.run_batch(
+        inc.load_net(inc.resolve_weights(), 64, False, torch.device("cpu")), u8, torch.device("cpu")
+    )
+    assert torch.equal(ours[0], theirs[0])
+    (tmp_path / "foreign.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SaganError, match="not pytorch-fid Inception weights"):
+        inc.InceptionFeatures(tmp_path / "foreign.pth")
 
 
 # ---------------------------------------------------------------- `sagan fid` vs `python -m pytorch_fid`

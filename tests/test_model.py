@@ -262,12 +262,10 @@ def test_cbn_init_orthogonal_starts_classes_apart():
     assert all(not torch.allclose(out[k], out[0], atol=1e-3) for k in range(1, 10))
 
 
-def test_cbn_init_is_in_params_and_spec_and_old_specs_load():
+def test_cbn_init_is_in_params_and_spec():
     from sagan_core.params_file import validate
 
     assert validate({}).model.cbn_init == "orthogonal"
     assert validate({"model": {"cbn_init": "official"}}).model.cbn_init == "official"
-    old = spec_for(32).to_dict()
-    del old["cbn_init"]  # checkpoints written before the key existed
-    assert ModelSpec.from_dict(old).cbn_init == "orthogonal"
-    assert ModelSpec.from_dict(old) == spec_for(32)
+    official = spec_for(32, cbn_init="official")
+    assert ModelSpec.from_dict(official.to_dict()) == official

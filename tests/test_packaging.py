@@ -11,9 +11,9 @@ import ast
 import importlib.metadata as md
 import re
 import sys
+import tomllib
 
 import pytest
-import tomllib
 from helpers import REPO
 
 pytestmark = pytest.mark.unit

@@ -78,8 +78,7 @@ def test_spectral_norm_matches_torch_over_training_steps():
 
 
 def _probe(monkeypatch, amx: bool, avx512_bf16: bool) -> None:
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_tile": amx, "avx512_bf16": avx512_bf16})
 
 
 def test_auto_precision_is_fp32_on_a_cpu_without_bf16_units(monkeypatch):
@@ -96,8 +95,7 @@ def test_auto_precision_is_fp32_on_a_cpu_without_bf16_units(monkeypatch):
 
 
 def test_a_cpu_without_the_probes_counts_as_without_bf16_units(monkeypatch):
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
     assert not precision.cpu_has_bf16_units()
 
 

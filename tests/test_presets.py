@@ -86,9 +86,8 @@ def test_every_preset_names_its_data_inside_the_project(preset):
 def test_the_package_ships_the_presets_and_the_repo_keeps_no_second_copy():
     assert PRESETS_DIR.parent.name == "project" and PRESETS_DIR.is_relative_to(REPO / "pipelines")
     assert not (REPO / "configs").exists()
-    from fnmatch import fnmatch
-
     import tomllib
+    from fnmatch import fnmatch
 
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     globs = setuptools["package-data"]["pipelines.project"]

@@ -1,8 +1,5 @@
-"""An in-order worker pool: fn(item) for each item in worker processes, results in item order, with
-a bounded number in flight, and a worker that dies reported as one line naming the file it was on.
-
-Serves prepare's decoding (decode.py) and `sagan fid`'s folder reading (evaluate/fid.py).
-"""
+"""An in-order worker pool with a bounded number in flight; a worker that dies is one line naming
+the file it was on. Serves prepare's decoding and `sagan fid`'s folder reading."""
 
 from __future__ import annotations
 
@@ -22,7 +19,6 @@ _slot = 0  # the slot of the chunk this worker is on
 
 
 def mark_item(i: int) -> None:
-    """A worker is starting item i of its chunk (what the parent names if this process dies)."""
     if _progress is not None:
         _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
 
@@ -44,14 +40,10 @@ def in_order(
     fn: Callable, items: Any, workers: int, name: Callable[[int, int], str], init=None, initargs=()
 ) -> Iterator:
     """fn(item) for each item in `workers` processes, results in order, at most 2 per worker in
-    flight. Not `imap`/`Executor.map`: they submit every item at once, so finished results pile up
-    in memory while the consumer is slower (here: decoded chunks waiting for Inception or the
-    writer). A worker that dies is a SaganError naming its file, `name(chunk number, index in it)`.
-
-    forkserver, not fork: a caller may run threads (the Prefect flow runs prepare in-process, next
-    to Prefect's threads), and forking a threaded process can deadlock the children on locks held
-    by threads that do not exist in them. ProcessPoolExecutor, not Pool: Pool replaces a dead
-    worker and leaves its task waiting forever; the executor fails every pending future instead."""
+    flight: `imap`/`Executor.map` submit every item at once, so results pile up in memory while the
+    consumer is slower. A worker that dies is a SaganError naming its file, `name(chunk, index)`.
+    forkserver, not fork: the Prefect flow runs prepare next to its threads, and forking a threaded
+    process can deadlock. An executor, not Pool: Pool leaves a dead worker's task waiting forever."""
     ahead = 2 * workers
     ctx = mp.get_context("forkserver")
     progress = ctx.RawArray("q", 2 * ahead)  # slot = chunk number % ahead: unique while in flight
@@ -59,35 +51,33 @@ def in_order(
         workers, mp_context=ctx, initializer=_init_pool, initargs=(progress, init, initargs)
     )
     pending: deque[tuple[int, Future]] = deque()
+    procs: dict[int, Any] = {}  # pid -> Process: the exit code tells the dead worker from the stopped
     try:
         for seq, item in enumerate(items):
             progress[2 * (seq % ahead)] = progress[2 * (seq % ahead) + 1] = 0
             pending.append((seq, pool.submit(_run, fn, seq % ahead, item)))
+            procs.update((p.pid, p) for p in mp.active_children())  # workers start on submit
             if len(pending) >= ahead:
-                yield _next(pool, pending, progress, name)
+                yield _next(pool, pending, progress, name, procs)
         while pending:
-            yield _next(pool, pending, progress, name)
+            yield _next(pool, pending, progress, name, procs)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _next(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> Any:
+def _next(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable, procs: dict) -> Any:
     """The oldest pending result (a worker's own exception, e.g. ConfigError, is raised as is)."""
     try:
         result = pending[0][1].result()
     except BrokenProcessPool:
-        raise SaganError(_death(pool, pending, progress, name)) from None
+        raise SaganError(_death(pool, pending, progress, name, procs)) from None
     pending.popleft()
     return result
 
 
-def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable[[int, int], str]) -> str:
-    """The one line for a worker that died: how, and the file it was on (the worker records its pid
-    and item before each; the others were stopped by the executor with SIGTERM)."""
-    # pid -> Process: the executor exposes its workers' exit codes nowhere else, and only the code
-    # tells the killed worker from the ones it stopped itself. Private, so read defensively: without
-    # it the message names every file in flight.
-    procs = dict(getattr(pool, "_processes", None) or {})
+def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable, procs: dict) -> str:
+    """The one line for a worker that died: how, and the file it was on (each worker records its pid
+    and item; the executor stops the others with SIGTERM)."""
     pool.shutdown(wait=True)  # the executor has joined its workers: exit codes are final
     codes = {pid: p.exitcode for pid, p in procs.items()}
     ahead = len(progress) // 2

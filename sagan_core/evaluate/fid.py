@@ -1,12 +1,5 @@
-"""pytorch-fid statistics files and image folders, and the Inception pass that turns images into statistics.
-
-- Features come from `sagan_core.inception` (pytorch-fid's InceptionV3, fed exactly as pytorch-fid
-  feeds it), one uint8 batch at a time, into `sagan_core.metrics`' streaming accumulators, so
-  images and activations in memory are bounded by the batch size.
-- Folders are read as pytorch-fid reads them (its extensions, top level only, sorted, PIL RGB),
-  decoded in worker processes concurrently with the Inception pass (decode.read_rgb_chunks).
-- Statistics files are pytorch-fid's `.npz` (`mu`, `sigma`); ours may add `features` (for KID) and
-  `protocol` (a JSON string), which pytorch-fid ignores.
+"""pytorch-fid's statistics files (`mu`, `sigma`; ours add `features`, `protocol`), folders read as
+it reads them (decoded in workers), and the Inception pass, streamed one uint8 batch at a time.
 """
 
 from __future__ import annotations
@@ -28,8 +21,7 @@ from sagan_core.errors import ConfigError
 from sagan_core.evaluate import inception as inc
 from sagan_core.evaluate.metrics import ISAccumulator, Stats, StatsAccumulator
 
-# The feature-extraction recipe, recorded in eval.json and in every cached reference's key: features
-# (hence FIDs) are comparable only between evaluations that name the same recipe.
+# the feature recipe: part of the protocol and of every cached reference's key
 PROTOCOL = "pytorch-fid 0.3.0 InceptionV3: uint8 images / 255, gray->RGB, bilinear 299 (align_corners=False)"
 
 
@@ -51,7 +43,6 @@ def load_stats(path: str | Path) -> Stats:
 
 
 def save_stats(path: str | Path, stats: Stats) -> None:
-    """pytorch-fid's format (mu, sigma), plus our optional extras; written atomically."""
     arrays: dict[str, Any] = {"mu": stats.mu, "sigma": stats.sigma}
     if stats.features is not None:
         arrays["features"] = stats.features
@@ -61,7 +52,6 @@ def save_stats(path: str | Path, stats: Stats) -> None:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """The files pytorch-fid reads from a folder: its extensions, top level only, sorted."""
     files = sorted(f for ext in IMAGE_EXTENSIONS for f in folder.glob(f"*.{ext}"))
     if not files:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -70,15 +60,13 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _uint8_batches_from_files(files: list[Path], batch_size: int, workers: int | None = None):
-    """uint8 N x 3 x H x W batches of the files; decoded in worker processes (pytorch-fid's CLI uses
-    DataLoader workers too) while the caller runs Inception on the previous batches."""
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     workers = min(available_cores(), 8) if workers is None else workers
     for arrays in read_rgb_chunks(chunks, workers):
         imgs = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
         if all(im.shape == imgs[0].shape for im in imgs):
             yield torch.stack(imgs)
-        else:  # mixed sizes: Inception resizes each image on its own, so one at a time is identical
+        else:  # mixed sizes: one at a time (Inception resizes each alike)
             yield from (im[None] for im in imgs)
 
 
@@ -92,7 +80,6 @@ def features_pass(
     progress: bool = True,
     desc: str = "inception",
 ) -> tuple[Stats, float, int]:
-    """Run uint8 batches through Inception: (statistics, seconds, images)."""
     acc = StatsAccumulator(keep_features)
     t0 = time.perf_counter()
     with inc.exact_fp32():
@@ -113,12 +100,7 @@ def stats_of_path(
     progress: bool = True,
     net: inc.InceptionFeatures | None = None,
 ) -> Stats:
-    """Statistics of a folder of images (computed) or of a .npz file (loaded), like pytorch-fid.
-
-    The folder goes through `net` (loaded once by the caller for both folders of a `sagan fid`),
-    else through the fast path (inception.load_net): features equal pytorch-fid's to relative
-    rounding, so FIDs agree to ~1e-6 relative (tests/test_fid.py), at 1.2-1.6x less CPU time.
-    Folders of at most `dims` images keep their features (see below); .npz files bring their own."""
+    """Statistics of a folder (through `net`, else the fast path) or of a .npz file, like pytorch-fid."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
         return load_stats(path)
@@ -130,8 +112,7 @@ def stats_of_path(
     net = net or inc.load_net(weights or inc.resolve_weights(), dims, False, device, fast=True)
     n_batches = sum(1 for _ in range(0, len(files), batch_size))
     batches = _uint8_batches_from_files(files, batch_size)
-    # Up to `dims` images the covariance is singular: their features (N x dims float32, at most
-    # 16 MB at 2048) let the Fréchet distance be computed exactly in sample space (frechet.py).
+    # up to `dims` images (<= 16 MB): features for the exact sample-space Fréchet distance
     keep = len(files) <= dims
     stats, _, _ = features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)
     return stats

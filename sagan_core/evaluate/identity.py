@@ -1,10 +1,4 @@
-"""What makes two evaluations comparable: the protocol's identity, and what differs between two.
-
-Two evaluations are comparable only under the same protocol: the same reference statistics (split,
-size, content, Inception weights, feature dims, feature-extraction recipe) and the same sample
-count. The registry compares FIDs only between versions with the same `protocol_id`, and names
-the fields that differ when they are not (`protocol_difference`). Pure functions of records.
-"""
+"""The evaluation protocol's identity: FIDs compare only under the same protocol_id."""
 
 from __future__ import annotations
 
@@ -12,9 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-# Fields that define "the same evaluation protocol": the reference statistics (split, size, how
-# they were computed) and the sample count. Anything about the evaluated generator (its step,
-# EMA or not), timings and the sampling seed are deliberately not part of it.
+# Not the generator's step or EMA, timings or the sampling seed
 PROTOCOL_KEYS = (
     "num_samples",
     "reference_split",
@@ -37,8 +29,7 @@ def protocol_id(eval_metrics: dict[str, Any]) -> str:
 
 
 def protocol_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """What differs between two protocols, field by field, for a one-line message:
-    `reference_content_hash 488fc50ef260 != 7a1b2c3d4e5f; num_samples 250 != 500`."""
+    """`reference_content_hash 488fc50ef260 != 7a1b2c3d4e5f; num_samples 250 != 500`."""
 
     def short(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, default=str).strip('"')

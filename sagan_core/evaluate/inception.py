@@ -1,25 +1,17 @@
-"""pytorch-fid's Inception, fed exactly like pytorch-fid feeds it, without touching image files.
-
-pytorch-fid's folder path is: PIL `.convert('RGB')` -> `ToTensor()` (uint8 / 255) -> `InceptionV3`
-(bilinear resize to 299x299 with align_corners=False, then x * 2 - 1). We build the very same
-`pytorch_fid.inception.InceptionV3` module and give it the very same float tensors, computed from
-uint8 images (quantized from generator output exactly as `torchvision.utils.save_image` would
-write a PNG). So our features equal pytorch-fid's on the same images, and FIDs are comparable.
-
-Weights are never substituted: an explicit file, or pytorch-fid's file in the torch hub cache
-(TORCH_HOME/hub/checkpoints), downloaded there if missing; otherwise a SaganError naming the file.
-Any other file is used (tests and air-gapped machines need stand-ins) but is never mistaken for the
-official one: `is_official` compares its sha256 with the official file's, and evaluations say so.
+"""pytorch-fid's Inception, fed exactly as pytorch-fid feeds it (PNG -> RGB -> ToTensor), so our FIDs
+equal pytorch-fid's. Weights are never substituted silently: a file other than the official one is
+used (tests, air-gapped machines) but every evaluation says so (`is_official`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import tempfile
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -34,19 +26,16 @@ WEIGHTS_URL = pfi.FID_WEIGHTS_URL
 WEIGHTS_NAME = WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
 DOWNLOAD_TIMEOUT_S = 20
 POOL3 = 3  # pytorch-fid's block index of the 2048-d pool3 features
-# sha256 of pytorch-fid's released file (95,628,359 bytes). pytorch-fid ships no checksum; this is the
-# value published by several independent projects that verify the file, and it starts with the
-# 8-hex prefix (6726825d) that torch hub's naming convention puts in the file name.
+# sha256 of pytorch-fid's file (it ships none): published by projects that verify it; its prefix is the name's
 OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 def default_weights_path() -> Path:
-    """Where pytorch-fid's `load_state_dict_from_url` keeps the file (honours TORCH_HOME)."""
+    """Where torch hub (pytorch-fid's loader) keeps the file: TORCH_HOME/hub/checkpoints."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
 
 
 def resolve_weights(explicit: str | None = None) -> Path:
-    """The Inception weights file to use: `explicit`, else the hub cache (downloading if needed)."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -67,7 +56,8 @@ def resolve_weights(explicit: str | None = None) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    """Download through the atomic writer, checking torch hub's hash prefix before the file appears."""
+    """torch hub's download with a timeout (its own has none: an unreachable host would hang the
+    stage), atomic, checking hub's sha256 prefix in the name before the file appears."""
     prefix = dest.stem.rsplit("-", 1)[-1]  # torch hub convention: name-<sha256 prefix>.pth
 
     def fetch(f) -> None:
@@ -86,57 +76,66 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoized on (path, size, mtime): it keys the statistics cache."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
+            _HASHES[key] = hashlib.file_digest(f, "sha256").hexdigest()
     return _HASHES[key]
 
 
 def is_official(sha256: str) -> bool:
-    """Whether a weights file with this sha256 is pytorch-fid's (so FIDs match published ones)."""
     return sha256 == OFFICIAL_SHA256
 
 
 def unofficial_warning(path: Path) -> str:
-    """The one line every evaluation with foreign weights prints: FIDs are not comparable."""
     return (
         f"WARNING: Inception weights {path} are not pytorch-fid's official {WEIGHTS_NAME} (sha256 "
         f"{OFFICIAL_SHA256[:8]}...): FIDs are NOT comparable with published ones"
     )
 
 
-class InceptionFeatures(nn.Module):
-    """pytorch-fid's InceptionV3 returning (features of `dims`, unbiased logits or None).
+@contextmanager
+def _hub_holding(weights: Path):
+    """pytorch-fid's InceptionV3 takes no weights path (it always calls torch hub's
+    load_state_dict_from_url): a file outside the hub cache is shown to it as a temporary
+    TORCH_HOME while the module is built. tests/test_fid.py fails when pytorch-fid's API changes."""
+    if weights == default_weights_path():
+        yield
+        return
+    saved = os.environ.get("TORCH_HOME")
+    with tempfile.TemporaryDirectory() as home:
+        hub = Path(home) / "hub" / "checkpoints"
+        hub.mkdir(parents=True)
+        (hub / WEIGHTS_NAME).symlink_to(weights.resolve())
+        os.environ["TORCH_HOME"] = home
+        try:
+            yield
+        finally:
+            if saved is None:
+                del os.environ["TORCH_HOME"]
+            else:
+                os.environ["TORCH_HOME"] = saved
 
-    The logits for the Inception Score are pool3 @ fc.weight^T without the bias, as in the original
-    TensorFlow IS code (it multiplies pool_3 by the softmax MatMul weights) and torch-fidelity.
-    """
+
+class InceptionFeatures(nn.Module):
+    """pytorch-fid's InceptionV3 returning (features of `dims`, unbiased logits or None). The IS
+    logits are pool3 @ fc.weight^T without the bias, as the original TF IS code and torch-fidelity."""
 
     def __init__(self, weights: Path, dims: int = 2048, logits: bool = False):
         super().__init__()
         if dims not in pfi.InceptionV3.BLOCK_INDEX_BY_DIM:
             raise ConfigError(f"dims: expected one of 64, 192, 768, 2048, got {dims}")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated or foreign files raise many types
-            raise SaganError(f"{weights}: not a readable weights file ({type(e).__name__})") from None
         self.block = pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]
         blocks = sorted({self.block, POOL3} if logits else {self.block})
-        # pytorch-fid's constructor loads weights through load_state_dict_from_url (which would
-        # download); hand it the file we resolved instead, so the module is exactly pytorch-fid's.
         try:
-            with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+            with _hub_holding(Path(weights)):
                 self.net = pfi.InceptionV3(blocks, resize_input=True, normalize_input=True)
-        except (RuntimeError, KeyError) as e:
-            first = str(e).splitlines()[0]
+            fc = torch.load(weights, map_location="cpu", weights_only=True)["fc.weight"] if logits else None
+        except Exception as e:  # truncated or foreign files raise many types
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise SaganError(f"{weights}: not pytorch-fid Inception weights ({first})") from None
-        self.fc_weight = nn.Parameter(state["fc.weight"].float(), requires_grad=False) if logits else None
+        self.fc_weight = None if fc is None else nn.Parameter(fc.float(), requires_grad=False)
         self.channels_last = False  # set by load_net: feed inputs in that layout
         self.eval()
 
@@ -152,17 +151,13 @@ class InceptionFeatures(nn.Module):
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8, exactly as save_image(normalize, value_range=(-1, 1)).
-
-    torchvision's make_grid normalizes with clamp, sub_(low), div_(high - low); save_image then
-    does mul(255).add_(0.5).clamp_(0, 255) and a truncating uint8 cast. Same ops, same order.
-    """
+    """[-1, 1] -> uint8 with save_image(normalize, value_range=(-1, 1))'s ops in its order."""
     x = x.float().clamp(-1.0, 1.0).sub(-1.0).div(2.0)
     return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def to_inception_input(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> what ToTensor() gives for the PNG opened with .convert('RGB')."""
+    """uint8 N x C x H x W -> ToTensor() of the PNG opened with .convert('RGB')."""
     x = u8.float().div(255)
     if x.shape[1] == 1:  # PIL's L -> RGB conversion replicates the gray value
         x = x.repeat(1, 3, 1, 1)  # contiguous, like the DataLoader's batches
@@ -184,9 +179,7 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-# On CPU the network runs this many images at a time, whatever the batch: 250 images took 8-12% less
-# time in chunks of 10 than in batches of 50 to 250 on 2 cores (activations that stay in cache;
-# BENCHMARKS.md), with bit-identical features (each image's arithmetic does not depend on the batch).
+# CPU images per forward: 8-12% faster than 50-250 on 2 cores, bit-identical (BENCHMARKS.md)
 CPU_CHUNK = 10
 
 
@@ -194,7 +187,6 @@ CPU_CHUNK = 10
 def run_batch(
     net: InceptionFeatures, u8: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features (float32, CPU) and logits of one uint8 batch, on `device`."""
     chunk = CPU_CHUNK if device.type == "cpu" else len(u8)
     feats, logits = [], []
     for start in range(0, len(u8), chunk):
@@ -208,9 +200,7 @@ def run_batch(
 
 
 def fold_batchnorm(net: nn.Module) -> int:
-    """Fold each eval-mode BatchNorm into the convolution before it (pytorch-fid's BasicConv2d:
-    conv without bias, BN, ReLU): one pass over the activations fewer. The weights change by
-    rounding only; returns how many were folded."""
+    """Each eval-mode BatchNorm folded into its conv (BasicConv2d); how many were folded."""
     folded = 0
     for m in net.modules():
         conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
@@ -223,13 +213,9 @@ def fold_batchnorm(net: nn.Module) -> int:
 def load_net(
     weights: Path, dims: int, logits: bool, device: torch.device, fast: bool = False
 ) -> InceptionFeatures:
-    """The network on `device`: channels_last on CUDA; `fast` (in-training scoring) also on CPU,
-    with BatchNorm folded into the convolutions. Features of the fast path equal the plain fp32
-    NCHW path's to relative rounding (~3e-6 of their largest value on the stand-in weights,
-    tests/test_inception_fast.py) and are 1.2-1.6x cheaper on CPU (BENCHMARKS.md); still fp32.
-    `sagan fid` uses it too (its FIDs are checked against pytorch-fid's by relative error);
-    `sagan evaluate` keeps pytorch-fid's own layout on CPU, so promotion FIDs stay pytorch-fid's
-    digits."""
+    """The network on `device`, channels_last on CUDA. `fast` (in-training, `sagan fid`): also on
+    CPU, BatchNorm folded: equal to rounding (~3e-6), 1.2-1.6x cheaper on CPU (BENCHMARKS.md);
+    `sagan evaluate` keeps pytorch-fid's layout on CPU, so promotion FIDs are its digits."""
     net = InceptionFeatures(weights, dims, logits)
     if fast:
         fold_batchnorm(net.net)

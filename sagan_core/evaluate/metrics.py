@@ -1,14 +1,4 @@
-"""Feature statistics, Inception Score and KID as math on Inception features.
-
-- Mean and covariance are accumulated in float64 as feature batches arrive (`StatsAccumulator`),
-  so memory is bounded by the batch size. Only KID (and, below the feature dimension, the Fréchet
-  distance) keeps one float32 feature vector per sample.
-- The Fréchet distance between two such statistics is `sagan_core.evaluate.frechet`.
-- The Inception Score is streamed over contiguous splits (the original protocol); KID is the
-  unbiased polynomial-kernel MMD over random subsets.
-
-Where features come from (images, files, generators) is `sagan_core.fid` and `sagan_core.evaluate`.
-"""
+"""Streaming feature statistics (float64, memory bounded by the batch), Inception Score, KID."""
 
 from __future__ import annotations
 
@@ -26,8 +16,6 @@ IS_SPLITS = 10
 
 @dataclass
 class Stats:
-    """Feature statistics: pytorch-fid's mean and covariance, and what our files add to them."""
-
     mu: np.ndarray
     sigma: np.ndarray
     features: np.ndarray | None = None  # float32 N x dims, for KID
@@ -75,11 +63,8 @@ class StatsAccumulator:
 
 
 class ISAccumulator:
-    """Inception Score over `splits` contiguous splits (the original protocol), streamed.
-
-    Per split, mean KL(p(y|x) || p(y)) = mean_x sum_y p log p - sum_y p_bar log p_bar, so each
-    split needs only its running sum of p and of sum_y p log p.
-    """
+    """Inception Score over contiguous splits (the original protocol), streamed: per split,
+    mean KL = mean_x sum p log p - sum p_bar log p_bar needs only running sums."""
 
     def __init__(self, total: int, splits: int = IS_SPLITS):
         if total < splits:
@@ -109,25 +94,17 @@ class ISAccumulator:
         return float(scores.mean()), float(scores.std())
 
 
-def inception_score(logits: np.ndarray | torch.Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
-    acc = ISAccumulator(len(logits), splits)
-    acc.add(torch.as_tensor(np.asarray(logits)))
-    return acc.result()
-
-
 def kid(
     f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, mean and std over
-    random subsets of min(subset_size, n1, n2) samples each (Bińkowski et al. 2018)."""
+    """KID (Bińkowski et al. 2018): unbiased MMD^2, cubic kernel, mean and std over random subsets."""
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise ConfigError(f"KID needs at least 2 samples on each side, got {len(f1)} and {len(f2)}")
     d = f1.shape[1]
     rng = np.random.default_rng(seed)
     mmds = np.empty(subsets)
-    # Small sets: the three kernel matrices once, then subsets are index lookups (m x m gathers
-    # instead of three m x m x d products per subset). Large sets: per subset, bounded memory.
+    # small sets: kernel matrices once, subsets are lookups; large: per subset, bounded memory
     full = max(len(f1), len(f2)) <= 3000
     if full:
         x, y = f1.astype(np.float64), f2.astype(np.float64)

@@ -1,19 +1,6 @@
-"""Precision, recall, density and coverage of generated features against real ones.
-
-- precision, recall: Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric for Assessing
-  Generative Models": the fraction of fake samples inside the real manifold (the union of balls
-  around each real sample reaching its k-th nearest real neighbour), and of real samples inside the
-  fake manifold.
-- density, coverage: Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative
-  Models": density counts how many real balls each fake sample lies in (/ k, averaged; 1 for matched
-  distributions, above 1 where fakes crowd dense real regions); coverage is the fraction of real
-  samples whose ball holds at least one fake sample.
-
-Euclidean distances on the Inception pool features that FID uses, k = 5 (Naeem et al.'s choice), a
-point's own zero distance not counted as a neighbour, "inside" meaning strictly closer than the
-radius (as the reference `prdc` package, which tests/test_prdc.py compares against). Every distance
-is computed once, in float64, in blocks of rows, so memory stays bounded at any N (50,000 x 50,000
-would be 20 GB as one matrix): a block is at most `block_elements` distances.
+"""Precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) on Inception
+features, k = 5, as the reference `prdc` package (tests/test_prdc.py); float64 distances in blocks
+of rows, so memory stays bounded at any N (50,000^2 would be 20 GB).
 """
 
 from __future__ import annotations
@@ -26,7 +13,6 @@ BLOCK_ELEMENTS = 1 << 24  # 16M float64 distances (128 MB) per block
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances, len(a) x len(b), float64 (|a|² + |b|² - 2ab, clamped at 0)."""
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     return d2.clamp_(min=0).sqrt_()
 
@@ -38,7 +24,6 @@ def _blocks(n_rows: int, n_cols: int, block_elements: int):
 
 
 def kth_neighbour_radii(x: torch.Tensor, k: int = K, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
-    """Each row's distance to its k-th nearest other row (its own distance, 0, is the first)."""
     out = torch.empty(len(x), dtype=torch.float64, device=x.device)
     for rows in _blocks(len(x), len(x), block_elements):
         out[rows] = _distances(x[rows], x).kthvalue(k + 1, dim=1).values
@@ -52,8 +37,6 @@ def prdc(
     block_elements: int = BLOCK_ELEMENTS,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """{"precision", "recall", "density", "coverage"} of `fake` (N x D features) against `real` (M x D),
-    computed on `device` (float64 there too)."""
     real, fake = (torch.as_tensor(np.asarray(a), dtype=torch.float64, device=device) for a in (real, fake))
     if min(len(real), len(fake)) <= k:
         raise ValueError(f"precision/recall/density/coverage need more than k={k} real and fake samples")

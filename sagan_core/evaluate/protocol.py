@@ -1,14 +1,5 @@
-"""`sagan evaluate`: FID / IS / KID / precision, recall, density, coverage of a checkpoint's generator, and what makes two evaluations comparable.
-
-- The protocol's identity (identity.py): two evaluations are comparable only under the same protocol: the same
-  reference statistics (split, size, content, Inception weights, feature dims, feature-extraction
-  recipe) and the same sample count. The registry's promotion gate compares FIDs only between
-  versions with the same `protocol_id`.
-- Reference statistics of the prepared dataset are cached under `eval.cache_dir`, keyed by the
-  dataset's content_hash, the weights file's sha256 and every protocol setting that changes them.
-- Samples come from a fixed seed (CPU noise, class-balanced labels) and go through Inception
-  (`sagan_core.fid`) into the metrics (`sagan_core.metrics`); the record is eval.record.json, the
-  numbers alone eval.json.
+"""`sagan evaluate`: FID/IS/KID/PRDC of a generator from seeded samples against the prepared data's
+reference statistics, cached by everything that shapes them; the record says under which protocol.
 """
 
 from __future__ import annotations
@@ -41,14 +32,8 @@ log = logging.getLogger("sagan.evaluate")
 REFERENCE_SUBSET_SEED = 0  # fixed: which images form a reference subset is part of the protocol
 
 
-# ---------------------------------------------------------------- the protocol's identity
-
-
-# ---------------------------------------------------------------- reference statistics
-
-
 def reference_indices(n: int, size: int | None) -> np.ndarray:
-    """All images, or a fixed seeded subset (sorted, for sequential reads of the memory map)."""
+    """All images, or a fixed seeded subset (sorted: sequential reads)."""
     if size is None or size >= n:
         return np.arange(n)
     rng = np.random.default_rng(REFERENCE_SUBSET_SEED)
@@ -63,7 +48,6 @@ def _array_batches(images: np.ndarray, idx: np.ndarray, batch_size: int):
 def reference_protocol(
     content_hash: str, weights_sha: str, dims: int, size: int, dataset_size: int
 ) -> dict[str, Any]:
-    """Everything that determines reference statistics; the cache key is its hash."""
     return {
         "format": 1,
         "protocol": PROTOCOL,
@@ -84,7 +68,6 @@ def cache_path(cache_dir: str | Path, ref_protocol: dict[str, Any]) -> Path:
 def reference_stats(
     params, net: inc.InceptionFeatures, weights_sha: str, device: torch.device, progress: bool = True
 ) -> tuple[Stats, dict[str, Any]]:
-    """Reference statistics: a .npz file, or the prepared dataset's (cached; computed on a miss)."""
     ev = params.eval
     if ev.reference_split != "prepared":
         return _reference_file(Path(ev.reference_split))
@@ -112,7 +95,6 @@ def reference_stats(
 
 
 def _reference_file(path: Path) -> tuple[Stats, dict[str, Any]]:
-    """A statistics file made elsewhere (eval.reference_split): used as is, never cached."""
     if not path.is_file():
         raise ConfigError(f"eval.reference_split: no such statistics file {path}")
     stats = load_stats(path)
@@ -120,13 +102,10 @@ def _reference_file(path: Path) -> tuple[Stats, dict[str, Any]]:
     return stats, {"reference_size": size, "stats_cache": "file", "reference_seconds": 0.0}
 
 
-# ---------------------------------------------------------------- samples and scores
-
-
 def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
-    """n generated images as uint8 batches: fixed seed, class-balanced labels when conditional."""
+    """n uint8 samples: fixed CPU seed, class-balanced labels when conditional."""
     spec = g.spec
-    gen = torch.Generator().manual_seed(seed)  # CPU noise: the same samples on every device
+    gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % spec.num_classes if spec.num_classes else None
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
@@ -139,25 +118,10 @@ def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
         yield inc.quantize(x)
 
 
-def _samples_stats(
-    ev, g, net: inc.InceptionFeatures, device: torch.device, progress: bool
-) -> tuple[Stats, ISAccumulator, int, float]:
-    """The generator's samples through Inception: (statistics with features, IS, images, seconds)."""
-    is_acc = ISAccumulator(ev.num_samples)
-    n_batches = -(-ev.num_samples // ev.batch_size)
-    batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
-    gen, seconds, n = features_pass(
-        net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
-    )
-    return gen, is_acc, n, seconds
-
-
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
 
 def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator, device=None) -> tuple[dict[str, Any], float]:
-    """(FID, its method, IS, KID and precision/recall/density/coverage keyed as in eval.json;
-    seconds the Fréchet distance took). KID and PRDC need the reference's features."""
     t0 = time.perf_counter()
     fid, fid_method = frechet_with_method(gen, ref)
     fid_seconds = time.perf_counter() - t0
@@ -184,12 +148,8 @@ def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator, device=None) -> t
     return scores, fid_seconds
 
 
-# ---------------------------------------------------------------- sagan evaluate
-
-
 def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """FID / IS / KID of a checkpoint's generator against the reference; writes eval.metrics_file
-    (the numbers) and eval.record_file (everything); returns the record."""
+    """Writes eval.metrics_file (the numbers) and eval.record_file (everything); the record."""
     ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
     device = resolve_device(params.eval.device, "eval.device")
     g, meta = load_generator(ckpt, params.eval.use_ema, device)  # a bad checkpoint fails first
@@ -203,10 +163,8 @@ def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True
 def score_generator(
     params, g, about: dict[str, Any], device: torch.device | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """The evaluation record of generator `g` (anything with `.spec.z_dim`, `.spec.num_classes` and
-    `g(z, y)` -> images in [-1, 1]) under params.eval's protocol; writes nothing. `about` says which
-    generator it is (checkpoint, generator_step, ema). The registry re-scores a registered generator
-    through here, so that two versions are compared under one protocol."""
+    """The evaluation record of `g` (`.spec`, `g(z, y)` in [-1, 1]); writes nothing. The registry
+    re-scores registered generators through here: one protocol for all."""
     ev = params.eval
     device = device or resolve_device(ev.device, "eval.device")
     weights = inc.resolve_weights(ev.inception_weights)
@@ -214,34 +172,46 @@ def score_generator(
     official = inc.is_official(weights_sha)
     net = inc.load_net(weights, ev.dims, True, device)
     ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
-    # Every evaluation that yields scores warns, not just the first (each eval.json is read on its
-    # own); after the input checks, so a failing evaluation stays one error line.
+    # every evaluation warns (each record is read alone), after the checks: a failure stays one line
     if not official:
         log.warning(inc.unofficial_warning(weights))
-    gen, is_acc, n, seconds = _samples_stats(ev, g, net, device, progress)
+    is_acc = ISAccumulator(ev.num_samples)
+    batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
+    n_batches = -(-ev.num_samples // ev.batch_size)
+    gen, seconds, n = features_pass(
+        net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
+    )
     scores, fid_seconds = _scores(ev, gen, ref, is_acc, device)
-    provenance = {
+    return {  # eval.record.json, scores first (for people reading it)
+        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
+        "prdc_k": PRDC_K,
+        "num_samples": n,
+        "reference_split": ev.reference_split,
+        **{k: v for k, v in ref_info.items() if k != "reference_seconds"},  # a timing, below
+        "dims": ev.dims,
+        "is_splits": IS_SPLITS,
+        "kid_subsets": ev.kid_subsets,
+        "kid_subset_size": min(ev.kid_subset_size, n, ref.num or n),  # what KID could actually draw
         "weights_file": weights.name,
         "weights_sha256": weights_sha,
         "weights_official": official,
         **about,
         "class_balanced": bool(g.spec.num_classes),
         "seed": ev.seed,
+        "protocol": PROTOCOL,
+        "fid_method": scores["fid_method"],
+        "timing": {
+            "device": str(device),
+            "samples_seconds": seconds,
+            "samples_images_per_s": n / seconds,
+            "reference_seconds": ref_info["reference_seconds"],
+            "frechet_seconds": fid_seconds,
+        },
     }
-    timing = {
-        "device": str(device),
-        "samples_seconds": seconds,
-        "samples_images_per_s": n / seconds,
-        "reference_seconds": ref_info["reference_seconds"],
-        "frechet_seconds": fid_seconds,
-    }
-    return _record(ev, scores, n, ref, ref_info, provenance, timing)
 
 
 def expected_protocol(params) -> dict[str, Any]:
-    """The protocol an evaluation under `params` now would record (what `protocol()` reads from
-    its record), without running Inception: the prepared data's content hash and reference subset
-    size, the weights file's sha256, the sample count, dims and the feature recipe."""
+    """The protocol an evaluation under `params` would record now, without running Inception."""
     ev = params.eval
     fields: dict[str, Any] = {"num_samples": ev.num_samples, "reference_split": ev.reference_split}
     if ev.reference_split == "prepared":
@@ -255,38 +225,6 @@ def expected_protocol(params) -> dict[str, Any]:
 
 
 def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
-    """eval.json: the numbers DVC users compare (`dvc metrics show`, `dvc exp show`), nothing else;
-    the protocol and timings stay in the record file. KID and precision/recall/density/coverage are
-    absent when they could not be computed (a reference file without features)."""
+    """eval.json: the numbers DVC compares; those that could not be computed are absent."""
     keys = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", *PRDC_KEYS, "generator_step")
     return {k: record[k] for k in keys if isinstance(record.get(k), (int, float))}
-
-
-def _record(
-    ev,
-    scores: dict[str, Any],
-    n: int,
-    ref: Stats,
-    ref_info: dict[str, Any],
-    provenance: dict[str, Any],
-    timing: dict[str, Any],
-) -> dict[str, Any]:
-    """eval.record.json: the scores, the protocol they hold under, where they come from, timings.
-
-    The key order is the file's (json keeps insertion order): scores first, for people reading it.
-    """
-    return {
-        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
-        "prdc_k": PRDC_K,
-        "num_samples": n,
-        "reference_split": ev.reference_split,
-        **{k: v for k, v in ref_info.items() if k != "reference_seconds"},  # a timing, below
-        "dims": ev.dims,
-        "is_splits": IS_SPLITS,
-        "kid_subsets": ev.kid_subsets,
-        "kid_subset_size": min(ev.kid_subset_size, n, ref.num or n),  # what KID could actually draw
-        **provenance,
-        "protocol": PROTOCOL,
-        "fid_method": scores["fid_method"],
-        "timing": timing,
-    }

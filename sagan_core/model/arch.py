@@ -1,8 +1,4 @@
-"""The architecture tables, torch-free: model.py builds from them, config.py validates against them.
-
-Channel multipliers per resolution follow BigGAN-PyTorch's `G_arch`/`D_arch` (the same family the
-SAGAN code used at 128 px).
-"""
+"""Channel and attention tables (BigGAN-PyTorch's G_arch/D_arch), torch-free for params validation."""
 
 from __future__ import annotations
 
@@ -10,7 +6,7 @@ from collections.abc import Iterable
 
 BOTTOM = 4  # the generator's first feature map is BOTTOM x BOTTOM
 
-# Channel multipliers (x ch) of each generator block's input and output; each block doubles the size.
+# generator blocks' input and output channel multipliers; each block doubles the size
 G_ARCH = {
     32: ([4, 4, 4], [4, 4, 4]),
     64: ([16, 16, 8, 4], [16, 8, 4, 2]),
@@ -31,7 +27,6 @@ def default_attention(resolution: int) -> list[int]:
 
 
 def feature_maps(key: str, resolution: int) -> list[int]:
-    """The output resolution of each block of the generator (key "g_attn") or discriminator ("d_attn")."""
     if key == "g_attn":
         return [BOTTOM * 2 ** (i + 1) for i in range(len(G_ARCH[resolution][0]))]
     maps, res = [], resolution
@@ -42,11 +37,7 @@ def feature_maps(key: str, resolution: int) -> list[int]:
 
 
 def attention_slots(key: str, resolution: int, wanted: Iterable[int]) -> set[int]:
-    """Indices of the blocks that a self-attention block follows: for each wanted feature-map
-    resolution, the first block that outputs it (exactly one attention block per resolution).
-
-    Raises ValueError naming `model.<key>` for a resolution the network does not have.
-    """
+    """The blocks an attention block follows: the first to output each wanted resolution."""
     maps, wanted = feature_maps(key, resolution), list(wanted)
     for r in wanted:
         if r not in maps:

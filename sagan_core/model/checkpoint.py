@@ -1,16 +1,6 @@
-"""Training checkpoints: one file, written atomically, loadable with `weights_only=True`; the one
-place that opens one (pipelines/ reads checkpoints only through this module).
-
-Layout (all plain tensors, dicts, lists and numbers):
-  step, spec (ModelSpec as dict), class_names, generator, generator_ema, discriminator,
-  opt_g, opt_d, rng {noise, cpu, cuda, augment (train.diffaug on)}, loader {epoch, cursor},
-  lecam (LeCam's two anchors, train.lecam_weight on), params (the validated params),
-  fingerprint (sagan_core/train/fingerprint.py), best (the best in-training score so far, or None).
-models/best.pt adds best_metric and best_value; models/step_NNNNNN.pt are copies (keep_checkpoints).
-The training state's parts are written by sagan_core.train.state, the rest by the trainer.
-
-Every way a file can fail to be one (foreign, truncated, hand-edited, refused by the safe
-unpickler) is one SaganError line naming it: the CLI shows it without a traceback.
+"""The checkpoint file: written atomically, read only here, with `weights_only=True`; every way a
+file can fail to be one is one SaganError line. Keys: TrainState.state_dict plus class_names,
+params, fingerprint, best; best.pt adds best_metric/best_value; step_NNNNNN.pt are copies.
 """
 
 from __future__ import annotations
@@ -29,21 +19,15 @@ from sagan_core.model.networks import Generator, ModelSpec
 
 REQUIRED = ("step", "spec", "generator", "generator_ema", "discriminator")  # what sampling needs
 RESUME = (*REQUIRED, "ema_n_averaged", "opt_g", "opt_d", "rng", "loader")  # TrainState.state_dict
-# Spec fields that checkpoints written before the field existed lack (ModelSpec has their default).
-SPEC_OPTIONAL = {"cbn_init"}
 _SPEC_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically (sagan_core.atomic): a failed write (disk full) keeps the old file and
-    is one WriteError line naming `path` and the errno, also where torch.save's zip writer reports
-    the failed write as its own RuntimeError ("unexpected pos")."""
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def _unreadable(e: Exception) -> str:
-    """torch's reason in one line. A refused pickle is named, never with torch's advice to load it
-    with weights_only=False: that would run whatever code the file carries."""
+    """torch's reason in one line; never its advice to retry with weights_only=False (runs code)."""
     if isinstance(e, pickle.UnpicklingError):
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f" ({found.group(1)})" if found else ""
@@ -53,13 +37,12 @@ def _unreadable(e: Exception) -> str:
 
 
 def _spec_problem(spec: Any) -> str | None:
-    """What is wrong with a checkpoint's `spec` (ModelSpec.to_dict), or None."""
     if not isinstance(spec, dict):
         return f"spec: expected a mapping, got {type(spec).__name__}"
     fields = {f.name: f.type for f in dataclasses.fields(ModelSpec)}  # "int", "tuple[int, ...]", ...
     if unknown := sorted(map(str, spec.keys() - fields.keys())):
         return f"spec: unknown {', '.join(unknown)}"
-    if missing := sorted(fields.keys() - spec.keys() - SPEC_OPTIONAL):
+    if missing := sorted(fields.keys() - spec.keys()):
         return f"spec: missing {', '.join(missing)}"
     for name, value in spec.items():
         if fields[name].startswith("tuple"):
@@ -78,7 +61,6 @@ def _spec_problem(spec: Any) -> str | None:
 def load(
     path: str | Path, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = REQUIRED
 ) -> dict[str, Any]:
-    """The checkpoint at `path`, holding at least `keys` and a well-formed spec."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no checkpoint (run `sagan train` first)")
@@ -98,7 +80,6 @@ def load(
 def load_generator(
     path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[Generator, dict[str, Any]]:
-    """The (EMA) generator of a checkpoint in eval mode, plus the checkpoint's metadata."""
     ckpt = load(path)
     try:
         g = Generator(ModelSpec.from_dict(ckpt["spec"]))
@@ -116,8 +97,7 @@ def load_generator(
 
 
 def keep_step(ckpt: dict[str, Any], path: Path, keep: int) -> None:
-    """train.keep_checkpoints: write `ckpt` also to `path` (step_NNNNNN.pt), then delete the oldest
-    step files beyond `keep`, only after the new one is safely written (atomic write)."""
+    """train.keep_checkpoints: `ckpt` also at `path`, then the oldest step files beyond `keep` go."""
     if keep <= 0:
         return
     save_atomic(ckpt, path)
@@ -127,8 +107,7 @@ def keep_step(ckpt: dict[str, Any], path: Path, keep: int) -> None:
 
 
 def peek(path: str | Path) -> dict[str, Any] | None:
-    """The checkpoint memory-mapped (nothing large is read), for its step and fingerprint; None when
-    it is missing, truncated or foreign (the callers then treat it as absent: not resumable)."""
+    """The checkpoint memory-mapped (for its step, fingerprint); None when unreadable: not resumable."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         int(ckpt["step"])
@@ -138,23 +117,19 @@ def peek(path: str | Path) -> dict[str, Any] | None:
 
 
 def step_of(path: str | Path) -> int | None:
-    """The step of a checkpoint; None when it is missing, truncated or foreign."""
     ckpt = peek(path)
     return None if ckpt is None else int(ckpt["step"])
 
 
 def resolve(train_cfg, which: str | Path) -> Path:
-    """The checkpoint that `which` names: "best" (train.out_dir/best.pt; the last checkpoint when
-    in-training evaluation wrote none), "last" (checkpoint.pt) or a path."""
+    """ "best" (best.pt, else the last), "last" (checkpoint.pt) or a path."""
     if str(which) == "best":
         return train_cfg.best_checkpoint if train_cfg.best_checkpoint.exists() else train_cfg.checkpoint
     return train_cfg.checkpoint if str(which) == "last" else Path(which)
 
 
 def candidate(params) -> tuple[Path, str, str]:
-    """The checkpoint that `registry.candidate` names for evaluate and register, as (path, "best" |
-    "last", why). best: best.pt, the best in-training `train.select_metric`; with in-training
-    evaluation off there is no best.pt and best means the last checkpoint."""
+    """(path, "best" | "last", why) of the checkpoint `registry.candidate` names."""
     which = params.registry.candidate
     path = resolve(params.train, which)
     if path == params.train.best_checkpoint:

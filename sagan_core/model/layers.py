@@ -1,8 +1,4 @@
-"""Compact building blocks of SAGAN (after BigGAN-PyTorch's layers.py and the official SAGAN code).
-
-Spectral norm is torch's parametrization with one power iteration per forward in training mode:
-`sn(module)` wraps any conv/linear/embedding so the layer's weight is W / sigma(W).
-"""
+"""SAGAN's blocks (after BigGAN-PyTorch's layers.py and the official SAGAN code)."""
 
 from __future__ import annotations
 
@@ -10,21 +6,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm
 
 from sagan_core.errors import ConfigError
 
 
-class _SpectralNormFP32(_SpectralNorm):
-    """torch's spectral-norm parametrization, always computed in fp32, with fewer small ops.
+class SpectralNorm(nn.Module):
+    """W / sigma(W), one power iteration per training forward (Miyato et al. 2018), always fp32.
 
-    Deliberately not plain `torch.nn.utils.parametrizations.spectral_norm`: under autocast (CUDA, or
-    bf16 on CPU) `torch.mv` runs in bf16 (8-bit mantissa) while `torch.vdot` does not, so the power
-    iteration and sigma would lose precision or mix dtypes. Same state-dict layout as torch's
-    (original, _u, _v) and the same arithmetic as its forward (one power iteration in training, then
-    sigma = u . W v with cloned u, v); only the per-call Python is leaner: no autocast context
-    unless autocast is on, no cast of an fp32 weight, no `.H` view, since it runs ~40 times a step.
-    """
+    Not torch's `spectral_norm`: under autocast its `torch.mv` runs in bf16 while `torch.vdot` does
+    not. Same buffers (`_u`, `_v`: checkpoint keys) and arithmetic as torch's (15 iterations at
+    init; u, v cloned: saved for backward, updated in place by the next forward)."""
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.eps = eps
+        if weight.ndim > 1:
+            with torch.no_grad():
+                w = weight.flatten(1)
+                u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
+                v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
+                for _ in range(15):
+                    u = F.normalize(torch.mv(w, v), dim=0, eps=eps, out=u)
+                    v = F.normalize(torch.mv(w.t(), u), dim=0, eps=eps, out=v)
+            self.register_buffer("_u", u)
+            self.register_buffer("_v", v)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type):
@@ -35,29 +40,23 @@ class _SpectralNormFP32(_SpectralNorm):
     def _normalized(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)
-        w = weight.flatten(1)  # dim=0: the matrix torch's _reshape_weight_to_matrix makes
+        w = weight.flatten(1)
         if self.training:
             with torch.no_grad():
                 torch.mv(w, self._v, out=self._u)
                 self._u.div_(torch.linalg.vector_norm(self._u, dim=0, keepdim=True).clamp_min_(self.eps))
                 torch.mv(w.t(), self._u, out=self._v)
                 self._v.div_(torch.linalg.vector_norm(self._v, dim=0, keepdim=True).clamp_min_(self.eps))
-        # clones: u, v are saved for backward and the next forward updates them in place
         sigma = torch.vdot(self._u.clone(), torch.mv(w, self._v.clone()))
         return weight / sigma
 
 
 def sn(module: nn.Module, eps: float = 1e-6) -> nn.Module:
-    """Spectral norm with one power iteration per training forward (Miyato et al. 2018)."""
-    # Glorot init as in the official SAGAN code, applied before the parametrization so its
-    # initial power iterations see the final weights.
+    """Spectral norm on `module.weight`, after the official SAGAN code's Glorot init."""
     nn.init.xavier_uniform_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    # dim=0 as torch's spectral_norm uses for Linear, Conv2d and Embedding
-    parametrize.register_parametrization(
-        module, "weight", _SpectralNormFP32(module.weight, 1, dim=0, eps=eps)
-    )
+    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight, eps))
     return module
 
 
@@ -70,16 +69,10 @@ def sn_linear(cin: int, cout: int, eps: float = 1e-6, bias: bool = True) -> nn.M
 
 
 class ConditionalBatchNorm(nn.Module):
-    """BatchNorm whose gain and bias come from per-class embeddings (categorical conditional BN).
+    """BatchNorm with per-class gain and bias (affine BatchNorm when num_classes == 0).
 
-    `init="orthogonal"` (default) as BigGAN-PyTorch (which reproduces SAGAN): orthogonal class rows,
-    gain = 1 + row, bias = row, so every class modulates the features differently from step 0.
-    `init="official"` as the official TF code: every class starts at gain 1, bias 0; then the class
-    signal must be built from scratch at Adam's lr per step: after 2,000 steps of the CPU demo model,
-    67% of its samples were recognised as their class by the digit classifier of
-    benchmarks/demo_quality.py, against 97% with the orthogonal init (BENCHMARKS.md).
-    With num_classes == 0 it is an ordinary affine BatchNorm.
-    """
+    "orthogonal" as BigGAN-PyTorch: classes apart from step 0. "official" (TF code: gain 1, bias 0)
+    reached 67% class accuracy against 97% after 2,000 demo steps (BENCHMARKS.md)."""
 
     def __init__(self, ch: int, num_classes: int, eps: float = 1e-5, init: str = "orthogonal"):
         super().__init__()
@@ -107,12 +100,8 @@ class ConditionalBatchNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """The SAGAN self-attention block, as in the official code (sn_non_local_block_sim).
-
-    theta, phi: SN 1x1 convs to C/8; g: SN 1x1 conv to C/2; phi and g are 2x2 max-pooled (keys and
-    values at a quarter of the locations); softmax over keys; SN 1x1 conv C/2 -> C; y = x + gamma*o
-    with gamma initialised to 0, so the block starts as the identity.
-    """
+    """SAGAN self-attention (official sn_non_local_block_sim): keys and values 2x2 max-pooled,
+    y = x + gamma * o with gamma = 0 at init."""
 
     def __init__(self, ch: int, eps: float = 1e-6):
         super().__init__()
@@ -132,15 +121,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        # theta, phi and g read the same x: one conv with their (separately normalised) weights
-        # stacked, and one max-pool for phi and g. Same products, fewer kernels.
+        # theta, phi, g: one conv with their (separately normalised) weights stacked, one max-pool
         w_qkv = torch.cat([self.theta.weight, self.phi.weight, self.g.weight])
         theta, pg = F.conv2d(x, w_qkv).split([c // 8, c // 8 + c // 2], dim=1)
         phi, g = F.max_pool2d(pg, 2).split([c // 8, c // 2], dim=1)
-        # (B, N, C') views; free when x is channels_last
         q, k, v = (t.permute(0, 2, 3, 1).flatten(1, 2) for t in (theta, phi, g))
-        # Explicit softmax(q k^T) v: torch's fused attention has no CPU kernel for q/k (C/8) and v
-        # (C/2) of different widths, and its math fallback adds masking checks (measured slower).
+        # Not torch's fused attention: no CPU kernel for q/k and v of different widths (measured slower)
         attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)  # B, N, N/4: each query over keys
         if self.keep_attention:
             self.last_attention = attn.detach().float().view(b, h, w, h // 2, w // 2)
@@ -150,12 +136,8 @@ class SelfAttention(nn.Module):
 
 
 class GBlock(nn.Module):
-    """Generator ResNet up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus conv1x1-up shortcut.
-
-    The shortcut's 1x1 conv runs before the nearest upsampling: a 1x1 conv acts on each pixel alone
-    and nearest upsampling copies pixels, so the two commute exactly, and the conv does 4x fewer
-    FLOPs at the low resolution (the official code upsamples first; same function).
-    """
+    """Generator up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3 + conv1x1-up shortcut. The 1x1 conv
+    runs before the nearest upsampling: they commute exactly, at 4x fewer FLOPs."""
 
     def __init__(
         self,
@@ -180,11 +162,8 @@ class GBlock(nn.Module):
 
 
 class DBlock(nn.Module):
-    """Discriminator ResNet block: (ReLU)-conv3x3-ReLU-conv3x3-(avgpool), conv1x1-(avgpool) shortcut.
-
-    `optimized=True` is the first block (no leading ReLU; the shortcut pools before its conv) as in
-    Miyato et al. and the official SAGAN code.
-    """
+    """Discriminator block: (ReLU)-conv3x3-ReLU-conv3x3-(avgpool) + conv1x1 shortcut; `optimized` is
+    the first block (no leading ReLU, pool before the shortcut conv), as in Miyato et al."""
 
     def __init__(self, cin: int, cout: int, downsample: bool, optimized: bool = False, sn_eps: float = 1e-6):
         super().__init__()

@@ -1,13 +1,5 @@
-"""SAGAN generator and discriminator (Zhang et al. 2018), ResNet architecture of the official code.
-
-Channel multipliers per resolution follow BigGAN-PyTorch (sagan_core/model/arch.py, shared with the
-params validation). Deliberate differences from the paper, each a parameter:
-- widths are `g_ch`/`d_ch` (paper: 64) so that CPU demos stay small;
-- self-attention placement is per feature-map resolution (`g_attn`/`d_attn`): exactly one block after
-  the first block that outputs each listed resolution, default the paper's best (32x32 at 64/128 px;
-  16x16 for 32-px models, where 32x32 is the output itself);
-- conditional-BN init (`cbn_init`), see layers.ConditionalBatchNorm.
-"""
+"""SAGAN's generator and discriminator (Zhang et al. 2018), the official code's ResNet layout.
+Differences from the paper are parameters: widths, attention per resolution, cBN init."""
 
 from __future__ import annotations
 
@@ -46,7 +38,7 @@ class ModelSpec:
     d_attn: tuple[int, ...] = (16,)
     sn_eps: float = 1e-6
     bn_eps: float = 1e-5
-    cbn_init: str = "orthogonal"  # absent from checkpoints made before it existed: their init
+    cbn_init: str = "orthogonal"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -61,7 +53,6 @@ class ModelSpec:
 
 
 def model_spec(params: Params, num_classes: int) -> ModelSpec:
-    """The spec that `params` ask for, on a dataset with `num_classes` classes (0 or 1: unlabelled)."""
     m, d = params.model, params.data
     conditional = {"auto": num_classes > 1, "yes": True, "no": False}[m.conditional]
     if conditional and num_classes < 2:
@@ -121,7 +112,7 @@ class Discriminator(nn.Module):
                 self.blocks.append(SelfAttention(cout * ch, spec.sn_eps))
             cin = cout * ch
         self.linear = sn_linear(cin, 1, spec.sn_eps)
-        # Projection discriminator (Miyato & Koyama 2018): <SN-embedding(y), h> added to the logit.
+        # projection discriminator (Miyato & Koyama 2018)
         self.embed = sn(nn.Embedding(spec.num_classes, cin), spec.sn_eps) if spec.num_classes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,11 +1,5 @@
-"""Pictures people look at: sample grids and the attention-map figure (the paper's Figure 1 idea).
-
-Progress grids show every class, one row each, labelled with its name (the prepared manifest's
-class_names, handed down by the trainer). Rows go on pages of at most `rows_per_page(resolution)`
-(a page stays about PAGE_HEIGHT px tall); page 1 keeps the plain name (`step_000200.png`), page k
-is `step_000200_pk.png` (`page_path`). Each labelled PNG also names its rows in its `sagan.rows`
-text chunk (JSON), for tools that read grids. `save_preview` writes a few of those rows, small,
-for places that show a picture above text (the model card).
+"""Sample grids (a labelled row per class, on pages `page_path`; row names also in the PNG's
+`sagan.rows` text chunk), the model card's preview and the attention figure (the paper's Figure 1).
 """
 
 from __future__ import annotations
@@ -35,12 +29,11 @@ PAD = 2  # make_grid's padding
 
 
 def class_label(k: int, names: list[str] | None) -> str:
-    """Class k as people call it: its folder name, else its id."""
     return str(names[k]) if names and k < len(names) else f"class {k}"
 
 
 def fixed_inputs(z_dim: int, num_classes: int, per_class: int = PER_CLASS, seed: int = 1234):
-    """Fixed noise for progress grids: one row per class (every class) when conditional, else 8 x 8."""
+    """Fixed noise for progress grids: a row per class when conditional, else 8 x 8."""
     g = torch.Generator().manual_seed(seed)
     if num_classes:
         per_class = max(MIN_PER_CLASS, min(per_class, GRID_IMAGES // num_classes))
@@ -54,7 +47,6 @@ def rows_per_page(resolution: int) -> int:
 
 
 def page_path(path: str | Path, page: int) -> Path:
-    """Page 1 is `path` itself; page k > 1 is `stem_pk.suffix` next to it."""
     path = Path(path)
     return path if page == 1 else path.with_name(f"{path.stem}_p{page}{path.suffix}")
 
@@ -74,9 +66,7 @@ def _short(label: str) -> str:
 
 @torch.no_grad()
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int, labels: list[str] | None = None) -> None:
-    """images in [-1, 1] -> one PNG grid of `nrow` images per row; `labels`: one per row, written
-    in a margin on the left (and in the PNG's `sagan.rows` text chunk). Written atomically (a full
-    disk keeps the previous one)."""
+    """images in [-1, 1] -> a PNG, `nrow` a row, `labels` in a left margin; written atomically."""
     grid = make_grid(images.float().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1)
     png = io.BytesIO()
     if not labels:
@@ -107,8 +97,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, labels: list[st
 def save_class_grids(
     images: torch.Tensor, y: torch.Tensor, per_class: int, path: str | Path, names: list[str] | None
 ) -> list[Path]:
-    """A conditional progress grid (`per_class` images per class, in class order) as labelled pages
-    (`page_path`); returns the pages written, page 1 first."""
+    """A conditional progress grid as labelled pages; the pages written, page 1 first."""
     rows = len(images) // per_class
     per_page = rows_per_page(images.shape[-1])
     pages = -(-rows // per_page)
@@ -132,12 +121,7 @@ def attention_figure(
     n_images: int = 3,
     names: list[str] | None = None,
 ):
-    """For a few query pixels of each sample, where the generator's attention layer looks.
-
-    Each row: the sample with coloured query points, then one heat map per query (the softmax over
-    key locations, upsampled to image size and laid over the sample); a conditional row is titled
-    with its class's name (`names`), also listed in the PNG's `sagan.rows` text chunk.
-    """
+    """Per sample: where the last attention layer looks from a few query pixels (heat maps)."""
     blocks = attention_blocks(g)
     if not blocks:
         return None
@@ -184,8 +168,7 @@ def attention_figure(
 def save_preview(
     images: torch.Tensor, y: torch.Tensor | None, per_row: int, path: str | Path, names: list[str] | None
 ) -> Path:
-    """PREVIEW_ROWS rows of at most PREVIEW_COLS images of a progress grid: conditional, classes
-    spread from the first to the last (labelled), else its first rows."""
+    """A few rows of a progress grid (classes spread first to last), small, for model cards."""
     rows = len(images) // per_row
     picked = torch.linspace(0, rows - 1, min(rows, PREVIEW_ROWS)).round().long().unique().tolist()
     cols = min(per_row, PREVIEW_COLS)

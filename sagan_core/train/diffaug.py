@@ -1,35 +1,13 @@
-"""DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training").
-
-The same random, differentiable transformations are applied to every image D sees, real and fake,
-in D's steps and in G's step, so D cannot tell augmented data from the real distribution and G's
-gradient flows through the augmentation. `train.diffaug` names the operations, comma-separated, in
-the order they run (the paper's best policy for small data: `color,translation,cutout`).
-
-The paper's operations and strengths (images in [-1, 1], N x C x H x W):
-- color: brightness + U(-0.5, 0.5); saturation: (x - channel mean) * U(0, 2) + mean;
-  contrast: (x - image mean) * U(0.5, 1.5) + mean (the three in this order, each drawn per image)
-- translation: a shift of up to 1/8 of the image size in each direction, integers drawn uniformly
-  in [-s, s] with s = round(H / 8), per image; pixels shifted in are zeros
-- cutout: one square of half the image size (rounded) set to zero, its centre uniform per image
-  (clipped at the border)
-
-Every draw comes from the `torch.Generator` passed in (TrainState.augment, kept in the checkpoint),
-so resuming stays bit-exact; draws are independent per image. Written from the paper's definitions
-(vectorised with index arithmetic, no per-image loop).
+"""DiffAugment (Zhao et al. 2020) from the paper's definitions: color, translation (1/8), cutout (1/2),
+the same on real and fake, per-image draws from TrainState.augment (so resume is bit-exact).
 """
 
 from __future__ import annotations
 
 import torch
 
-from sagan_core.config import DIFFAUG_OPERATIONS as OPERATIONS
-from sagan_core.config import diffaug_ops as parse_policy
-
-__all__ = ["OPERATIONS", "augment", "color", "cutout", "parse_policy", "translation"]
-
 
 def _uniform(x: torch.Tensor, gen: torch.Generator, low: float, high: float) -> torch.Tensor:
-    """One U(low, high) per image, shaped N x 1 x 1 x 1, in x's dtype."""
     u = torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=x.device, dtype=torch.float32)
     return (u * (high - low) + low).to(x.dtype)
 
@@ -43,7 +21,7 @@ def color(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _shifted_index(size: int, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(source index clamped into range, 1 where it was in range) for out[i] = in[i + shift]: N x size."""
+    """(clamped source index, in range) for out[i] = in[i + shift]: N x size."""
     idx = torch.arange(size, device=shift.device)[None, :] + shift[:, None]
     valid = (idx >= 0) & (idx < size)
     return idx.clamp(0, size - 1), valid
@@ -77,8 +55,9 @@ def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.T
 _FUNCTIONS = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def augment(x: torch.Tensor, ops: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
-    """x with `ops` applied in order; each image its own draws. () returns x itself."""
-    for op in ops:
+def augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:
+    """x with the operations of `policy` (train.diffaug as validated: "color,cutout") applied in
+    order; each image its own draws. "" returns x itself."""
+    for op in filter(None, policy.split(",")):
         x = _FUNCTIONS[op](x, gen)
     return x

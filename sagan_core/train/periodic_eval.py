@@ -1,13 +1,6 @@
-"""Evaluation during training: KID and FID of the EMA generator every `train.eval_every` steps and at
-the end, and `models/best.pt` whenever `train.select_metric` improves.
-
-Same protocol as `sagan evaluate` (sagan_core/evaluate/protocol.py): the same reference statistics (the same
-cache file: computed at the first evaluation, reused by every later one and by `sagan evaluate`),
-the same seeded class-balanced samples, Inception recipe and KID settings; only the sample count is
-`train.eval_samples`. Inception and the reference are loaded once per training process (`Scorer`).
-
-Without Inception weights, training does not fail: one warning says in-training evaluation is off
-and why, and training goes on.
+"""KID/FID of the EMA generator every `train.eval_every` steps, `models/best.pt` when
+`train.select_metric` improves; `sagan evaluate`'s protocol and reference cache, `train.eval_samples`
+samples. Without Inception weights, one warning and training goes on.
 """
 
 from __future__ import annotations
@@ -32,8 +25,7 @@ log = logging.getLogger("sagan.train")
 
 
 class Scorer:
-    """KID + FID of generators against the reference statistics of `sagan evaluate`, with Inception
-    and the reference loaded once (at the first `score`)."""
+    """KID + FID against `sagan evaluate`'s reference; Inception and reference loaded at first use."""
 
     def __init__(self, params, num_samples: int, device: torch.device, progress: bool = False):
         self.params, self.num_samples, self.device, self.progress = params, num_samples, device, progress
@@ -43,8 +35,7 @@ class Scorer:
         self.weights_sha = inc.file_sha256(self.weights)
 
     def _load(self) -> None:
-        # The reference (on a cache miss; `sagan evaluate` reuses it) through the plain network; the
-        # samples through the fast path: channels_last + folded BatchNorm, equal to rounding (inception.py).
+        # the reference through the plain network (`sagan evaluate` reuses it), samples the fast path
         plain = inc.load_net(self.weights, self.params.eval.dims, False, self.device)
         self.ref, _ = reference_stats(self.params, plain, self.weights_sha, self.device, self.progress)
         self.net = inc.load_net(self.weights, self.params.eval.dims, False, self.device, fast=True)
@@ -52,7 +43,6 @@ class Scorer:
             raise SaganError(f"{self.params.eval.reference_split} holds no features: KID cannot be computed")
 
     def score(self, g) -> dict[str, float]:
-        """{"kid": mean, "kid_std": std, "fid": value} of generator `g` (eval mode)."""
         if self.net is None:
             self._load()
         ev, n = self.params.eval, self.num_samples
@@ -65,9 +55,8 @@ class Scorer:
 
 
 class PeriodicEval(Callback):
-    """When to evaluate, the scorer, and the best value so far (kept in the checkpoint for resume).
-    A Callback only to hear `on_start`: a best.pt the (resumed) checkpoint knows nothing of is
-    another run's, and goes."""
+    """When to evaluate and the best so far (kept in the checkpoint). A Callback for `on_start`: a
+    best.pt the checkpoint knows nothing of is another run's, and goes."""
 
     def __init__(self, params, device: torch.device, enabled: bool = True):
         cfg = params.train
@@ -77,8 +66,7 @@ class PeriodicEval(Callback):
         self.seconds = 0.0  # wall time spent evaluating (benchmarks/eval_cost.py)
         self.improved = False  # whether the last evaluation wrote best.pt
         self.main = enabled
-        # `every` stays the schedule on every process (DDP ranks log the same steps); only the main
-        # process, with Inception weights, has a scorer.
+        # every rank keeps the schedule (same logging steps); only the main one scores
         if not (enabled and self.every):
             return
         try:
@@ -95,8 +83,7 @@ class PeriodicEval(Callback):
         return bool(self.every) and (step % self.every == 0 or last)
 
     def run(self, g, step: int, state) -> dict[str, float]:
-        """Score `g`; when it improves the selected metric, write best.pt from `state()` (a callable
-        returning the checkpoint dict, so nothing is gathered when it does not improve)."""
+        """Score `g`; best.pt from `state()` when it improves (gathered only then)."""
         t0 = time.perf_counter()
         scores = self.scorer.score(g)
         value = scores[self.metric]
@@ -120,5 +107,5 @@ class PeriodicEval(Callback):
         return self.best
 
     def load_state_dict(self, best: dict[str, Any] | None) -> None:
-        # Another metric's best is not comparable: the first evaluation after resume starts over.
+        # another metric's best is not comparable
         self.best = best if best and best.get("metric") == self.metric else None

@@ -1,9 +1,4 @@
-"""Training progress: the Callback interface and the two recorders the trainer always adds.
-
-`MetricsCSV` keeps `train.metrics_file` (and its `_eval.csv` of in-training KID/FID); `ConsoleProgress` draws a tqdm bar on a terminal and logs
-`step_line` otherwise. Both listen to `on_metrics`, the one step-metrics event (once per
-`train.log_every` steps, on the main process), like any recorder passed in from pipelines/.
-"""
+"""The Callback interface and the trainer's own recorders: the metrics CSV and the console."""
 
 from __future__ import annotations
 
@@ -51,8 +46,6 @@ def _scores(metrics: dict[str, float]) -> str:
 
 
 def step_line(step: int, steps: int, metrics: dict[str, float]) -> str:
-    """The one log line of a logging step: `step 50/1800  loss_d 1.2345  loss_g ...  γ g0=... d0=...`
-    (and `KID ... FID ...` on in-training evaluation steps)."""
     return (
         f"step {step}/{steps}  loss_d {metrics['loss_d']:.4f}  loss_g {metrics['loss_g']:.4f}  "
         f"{metrics['img_per_s']:.0f} img/s  γ {_gammas(metrics)}{_scores(metrics)}"
@@ -60,12 +53,8 @@ def step_line(step: int, steps: int, metrics: dict[str, float]) -> str:
 
 
 class MetricsCSV(Callback):
-    """One row per logging step. On resume the rows up to the resumed step are kept and the rest
-    dropped, written atomically before training goes on, so a kill at any point keeps the history.
-
-    With in-training evaluation (a `kid` field) a second, dense file keeps only the evaluation steps:
-    `<metrics_file stem>_eval.csv` (step, kid, kid_std, fid), what dvc.yaml plots KID/FID from (the
-    main file leaves those columns empty on the other logging steps)."""
+    """One row per logging step; on resume the rows after the resumed step go (atomically). With a
+    `kid` field, `<stem>_eval.csv` keeps only the evaluation steps, for dvc.yaml's plots."""
 
     SCORES = ["step", "kid", "kid_std", "fid"]
 
@@ -86,8 +75,7 @@ class MetricsCSV(Callback):
         writer.writeheader()
         writer.writerows(kept)
         write_atomic(self.path, lambda f: f.write(text.getvalue().encode()))
-        # Unbuffered: a row the disk refuses is cut off at once (nothing left in a buffer to fail
-        # again at close), and the rows before it stay whole.
+        # unbuffered: a refused row is cut at once, nothing left to fail again at close
         self.file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open for the whole run
         if self.scores:
             self.scores.on_start(info)
@@ -116,8 +104,6 @@ class MetricsCSV(Callback):
 
 
 class ConsoleProgress(Callback):
-    """A tqdm bar when stderr is a terminal, else one `step_line` log line per logging step."""
-
     def __init__(self, steps: int):
         self.steps, self.bar, self.interactive = steps, None, False
 
@@ -163,7 +149,6 @@ class StepMeter:
         self.count += 1
 
     def read(self, step: int) -> tuple[dict[str, float], float]:
-        """Means since the last read, and images/s; then starts the next interval."""
         vals = (self.acc / self.count).tolist()
         now = self.clock()
         rate = (step - self.step) * self.images_per_step / (now - self.t)
@@ -172,6 +157,5 @@ class StepMeter:
         return dict(zip(["loss_d", "loss_g", "d_real", "d_fake"], vals)), rate
 
     def restart_clock(self) -> None:
-        """The next interval's time starts now: what ran since the last read (an in-training
-        evaluation, reported apart) is not counted as training in `img_per_s`."""
+        """An in-training evaluation is not counted as training in `img_per_s`."""
         self.t = self.clock()

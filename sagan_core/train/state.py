@@ -1,10 +1,5 @@
-"""The training state: what training changes and a checkpoint keeps.
-
-The modules (G, its EMA copy, D), the optimizers, the step, every source of randomness (the
-noise generator, DiffAugment's generator, torch's CPU/CUDA RNG, the loader's (epoch, cursor)) and
-LeCam's anchors, so that a state loaded from a
-checkpoint continues bit for bit where an uninterrupted run would be. The trainer owns one; saving,
-resuming, the NaN guard and the `on_step_end` hooks operate on it, never on the trainer.
+"""What training changes and a checkpoint keeps: modules, optimizers, step, every RNG, the loader's
+position and LeCam's anchors, so that a loaded state continues bit for bit.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ class TrainState:
         rng: dict[str, Any] = {"noise": self.noise.get_state(), "cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        # Kept only when the option is on, so a run without it writes exactly what it did before.
         if self.augment is not None:
             rng["augment"] = self.augment.get_state()
         extra = {} if self.lecam is None else {"lecam": self.lecam.detach().clone()}
@@ -62,8 +56,7 @@ class TrainState:
         } | extra
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Put a checkpoint's parts back (its spec already matched: sagan_core.train.resume). A part
-        that does not fit (hand-edited, truncated state) is a SaganError naming `path` and the part."""
+        """A part that does not fit is a SaganError naming `path` and the part."""
         parts = [  # in this order: the order that made resume bit-exact
             ("generator", self.G.load_state_dict),
             ("generator_ema", self.G_ema.module.load_state_dict),
@@ -71,10 +64,7 @@ class TrainState:
             ("discriminator", self.D.load_state_dict),
             ("opt_g", self.opt_g.load_state_dict),
             ("opt_d", self.opt_d.load_state_dict),
-            ("rng", lambda rng: self.noise.set_state(rng["noise"])),
-            ("rng", lambda rng: torch.set_rng_state(rng["cpu"])),
-            ("rng", self._set_cuda_rng),
-            ("rng", self._set_augment_rng),
+            ("rng", self._set_rng),
             ("loader", self.loader.load_state_dict),
         ]
         for key, put in parts:
@@ -86,13 +76,11 @@ class TrainState:
         self._load_lecam(ckpt.get("lecam"), path)
         self.step = int(ckpt["step"])
 
-    def _set_cuda_rng(self, rng: dict[str, Any]) -> None:
+    def _set_rng(self, rng: dict[str, Any]) -> None:
+        self.noise.set_state(rng["noise"])
+        torch.set_rng_state(rng["cpu"])
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-
-    def _set_augment_rng(self, rng: dict[str, Any]) -> None:
-        """A checkpoint written with DiffAugment off has no such state: the fresh seed stays (the
-        fingerprint names the change)."""
         if self.augment is not None and "augment" in rng:
             self.augment.set_state(rng["augment"])
 
@@ -105,38 +93,27 @@ class TrainState:
         self.lecam = anchors.to(self.device, torch.float32)
 
     def apply_optimizer_params(self, cfg) -> None:
-        """`--resume --set train.lr_g=...`: the loaded optimizer state carries the old settings, while
-        the new checkpoint records the params; use the params (the user asked), and say that this
-        breaks bit-exactness. `cfg` is the TrainConfig."""
-        changes = [("train.lr_g", self.opt_g, "lr", cfg.lr_g), ("train.lr_d", self.opt_d, "lr", cfg.lr_d)]
-        betas = (float(cfg.beta1), float(cfg.beta2))
-        changes += [
-            (f"train.beta{i + 1}", opt, i, betas[i]) for opt in (self.opt_g, self.opt_d) for i in (0, 1)
-        ]
-        said = set()
-        for key, opt, slot, new in changes:
+        """`--resume --set train.lr_g=...`: the params win over the loaded optimizer, said once."""
+        betas, said = (float(cfg.beta1), float(cfg.beta2)), set()
+        for opt, lr_key, lr in ((self.opt_g, "train.lr_g", cfg.lr_g), (self.opt_d, "train.lr_d", cfg.lr_d)):
             for group in opt.param_groups:
-                old = group[slot] if slot == "lr" else group["betas"][slot]
-                if old == new:
-                    continue
-                if slot == "lr":
-                    group["lr"] = new
-                else:
-                    group["betas"] = tuple(new if i == slot else b for i, b in enumerate(group["betas"]))
-                if key not in said:
-                    said.add(key)
-                    log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
+                olds = [(lr_key, group["lr"], lr)] + [
+                    (f"train.beta{i + 1}", group["betas"][i], betas[i]) for i in (0, 1)
+                ]
+                for key, old, new in olds:
+                    if old != new and key not in said:
+                        said.add(key)
+                        log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
+                group["lr"], group["betas"] = lr, betas
 
     def nonfinite(self) -> list[str]:
-        """The parts holding inf/NaN: the weights and the optimizers' moments (a non-finite exp_avg_sq
-        leaves the weights finite for a while, but every later update is garbage, and a checkpoint
-        holding it cannot be resumed). One device sync per tensor list."""
+        """The parts holding inf/NaN: weights and optimizer moments (a NaN exp_avg_sq spoils every
+        later update while the weights stay finite a while)."""
         bad = []
         with torch.no_grad():
             for name, net, opt in (("generator", self.G, self.opt_g), ("discriminator", self.D, self.opt_d)):
                 if not _all_finite(list(net.parameters())):
                     bad.append(f"{name} weights")
-                # "step" is a counter (on the CPU even for CUDA parameters), not a learned value.
                 moments = [
                     v for s in opt.state.values() for k, v in s.items() if k != "step" and torch.is_tensor(v)
                 ]

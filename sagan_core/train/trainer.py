@@ -1,20 +1,13 @@
-"""SAGAN training: hinge loss, TTUR, EMA generator, exact resume, NaN guard, DDP; optionally
-DiffAugment (train.diffaug, diffaug.py) and LeCam (train.lecam_weight, losses.py) for small data.
+"""SAGAN training: hinge loss, TTUR, EMA generator, NaN guard, DDP, optional DiffAugment and LeCam.
+A step is `n_dis` D updates and one G update; every random draw comes from state the checkpoint
+keeps, so `--resume` continues bit for bit.
 
-One code path for CPU and GPU: precision.py decides bf16 autocast, channels_last, fused Adam and
-torch.compile for the device (`train.precision/channels_last/compile/compile_mode`).
-
-A "step" is one generator update preceded by `n_dis` discriminator updates. Every random draw
-comes from state that the checkpoint stores (the noise generator, the loader's (epoch, cursor)),
-so `--resume` continues bit for bit where an uninterrupted run would be.
-
-Longer than 300 lines: the loop and what it does on its steps (sampling, scoring, checkpointing,
-the NaN guard) read top to bottom in one place, as in nanoGPT; the state it changes lives in
-state.py, resuming in resume.py, recorders in progress.py.
+Longer than 300 lines: the loop and what it does on its steps read top to bottom in one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sagan_core.atomic import copy_atomic
-from sagan_core.config import Params, diffaug_ops
+from sagan_core.config import Params
 from sagan_core.data.dataset import BatchLoader, open_prepared
 from sagan_core.device import resolve_device
 from sagan_core.errors import ConfigError, SaganError
@@ -95,8 +88,7 @@ class Trainer:
         G, D = build_models(spec)
         for net in (G, D):
             net.to(self.device, memory_format=self.plan.memory_format)
-        # EMA of parameters only: averaging spectral-norm vectors would un-normalise them, so the
-        # buffers (BN statistics, u/v) are copied from G after each update instead.
+        # EMA of parameters only: averaged u/v would un-normalise; buffers are copied from G instead
         G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
         G_ema.eval()
         betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
@@ -105,18 +97,14 @@ class Trainer:
         noise_seed = cfg.seed * 7919 + 104729 * (self.dist.rank + 1)
         noise = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.state = TrainState(spec, G, G_ema, D, opt_g, opt_d, noise, loader, self.device)
-        self.augment_ops = diffaug_ops(cfg.diffaug)
-        if self.augment_ops:  # its own generator: with DiffAugment off every other draw is unchanged
+        if cfg.diffaug:  # its own generator: with DiffAugment off every other draw is unchanged
             self.state.augment = torch.Generator(device=self.device).manual_seed(noise_seed + 15485863)
         self.ckpt_path = cfg.checkpoint
         self.last_good_step: int | None = None
         self.evals = PeriodicEval(params, self.device, enabled=self.dist.is_main)
         self._stats_step: int | None = None  # the step G_ema's own BatchNorm statistics are from
 
-    # ---- checkpoint -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
-        """The checkpoint's contents (layout: sagan_core.model.checkpoint): the training state and
-        what the run was (classes, params, fingerprint, the best in-training score so far)."""
         return self.state.state_dict() | {
             "class_names": self.class_names,
             "params": self.params.model_dump(),
@@ -150,10 +138,8 @@ class Trainer:
             what = ", ".join(bad) or "another rank's values"
             raise TrainingDiverged(f"training diverged at step {self.state.step}: {what} not finite; {kept}")
 
-    # ---- the loop ---------------------------------------------------------------------------
     def _sample(self, fixed) -> None:
-        """A grid of the EMA generator on fixed noise (conditional: every class, a labelled row each,
-        on pages: visualize.save_class_grids) and its attention figure, each also as `latest`."""
+        """The EMA generator's grid on fixed noise, preview and attention figure, also as `latest`."""
         z, y, nrow = fixed
         z, y = z.to(self.device), None if y is None else y.to(self.device)
         self._own_ema_stats()
@@ -186,7 +172,6 @@ class Trainer:
             self._emit("on_image", step, "attention", Path(fig))
 
     def _own_ema_stats(self) -> None:
-        """G_ema's BatchNorm statistics from its own outputs (once per step; standing_stats.py)."""
         step = self.state.step
         if self._stats_step != step:  # its own seeded noise: training's RNG is untouched
             seed, n = self.cfg.seed * 1_000_003 + step, self.cfg.standing_stats
@@ -194,7 +179,6 @@ class Trainer:
             self._stats_step = step
 
     def _evaluate(self) -> dict[str, float]:
-        """KID/FID of the EMA generator when due (main process); best.pt when the metric improved."""
         step = self.state.step
         if self.evals.scorer is None or not self.evals.due(step, step == self.cfg.steps):
             return {}
@@ -208,9 +192,8 @@ class Trainer:
         return self.plan.autocast(self.device)
 
     def _prepare_modules(self):
-        """(G, D, D in G's step) as the step runs them: DDP-wrapped and/or compiled; the plain modules
-        stay the ones that are saved. G's step uses D unwrapped: its parameters are frozen there, so
-        DDP has no gradients to synchronise (the wrapper would wait for them)."""
+        """(G, D, D in G's step), DDP-wrapped and/or compiled. G's step uses D unwrapped: frozen
+        there, DDP would wait for gradients that never come."""
         G, D = self.state.G, self.state.D
         g_run, d_run, d_frozen = G, D, D
         if self.dist.enabled:
@@ -218,7 +201,9 @@ class Trainer:
             g_run = DDP(G, device_ids=ids)
             d_run = DDP(D, device_ids=ids)
         if self.plan.compile:
-            g_run, d_run, d_frozen = (precision.compiled(m, self.plan) for m in (g_run, d_run, D))
+            g_run, d_run, d_frozen = (
+                torch.compile(m, mode=self.plan.compile_mode) for m in (g_run, d_run, D)
+            )
         return g_run, d_run, d_frozen
 
     def _update_ema(self) -> None:
@@ -239,20 +224,18 @@ class Trainer:
         return torch.randn(n, self.spec.z_dim, generator=self.state.noise, device=self.device)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """DiffAugment on what D is about to see (train.diffaug), else x itself."""
-        if not self.augment_ops:
+        if not self.cfg.diffaug:
             return x
-        return diffaug.augment(x, self.augment_ops, self.state.augment)
+        return diffaug.augment(x, self.cfg.diffaug, self.state.augment)
 
     def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor | None:
-        """train.lecam_weight x the LeCam term, after updating its anchors; None when off."""
         if not self.cfg.lecam_weight:
             return None
         self.state.lecam = lecam_anchors(self.state.lecam, d_real, d_fake, self.cfg.lecam_decay)
         return self.cfg.lecam_weight * lecam(d_real, d_fake, self.state.lecam)
 
     def train_step(self, g_run, d_run, d_frozen) -> torch.Tensor:
-        """n_dis D updates then one G update; returns [loss_d, loss_g, D(x), D(G(z))] (on device)."""
+        """[loss_d, loss_g, D(x), D(G(z))] on the device."""
         cfg, b, mf, s = self.cfg, self.cfg.batch_size, self.plan.memory_format, self.state
         precision.begin_step(self.plan)
         for p in s.D.parameters():
@@ -262,8 +245,7 @@ class Trainer:
             z, y_fake = self._noise(b), self._fake_labels(b)
             with torch.no_grad(), self._autocast():
                 fake = g_run(z, y_fake)
-            # Real and fake in one D pass: one spectral-norm power iteration per D step, one kernel launch.
-            # DiffAugment: real and fake alike, every image its own draws
+            # real and fake in one D pass: one power iteration per D step
             inp = self._augment(torch.cat([x.to(fake.dtype), fake])).contiguous(memory_format=mf)
             labels = None if y_fake is None else torch.cat([y, y_fake])
             with self._autocast():
@@ -344,7 +326,6 @@ class Trainer:
             getattr(cb, event)(*args)
 
     def _resume(self) -> None:
-        """Continue train.checkpoint (sagan_core.train.resume), with the params' optimizer settings."""
         now = fingerprint.record(self.params, self.content_hash)
         ckpt = resume.load(self.ckpt_path, self.spec, self.device, now)
         self.state.load_state_dict(ckpt, self.ckpt_path)
@@ -354,7 +335,6 @@ class Trainer:
         log.info("resumed from %s at step %d", self.ckpt_path, self.state.step)
 
     def _metrics(self, losses: dict[str, float], rate: float, gammas: dict[str, Any]) -> dict[str, float]:
-        """The step metrics of a logging step; stops on non-finite losses or weights (every rank)."""
         self._check_finite(weights=True, losses=losses)
         s = self.state
         return (
@@ -365,18 +345,16 @@ class Trainer:
         )
 
     def _start_info(self) -> dict[str, Any]:
-        """What `on_start` receives."""
         return {
             "spec": self.spec.to_dict(),
             "device": str(self.device),
             "world_size": self.dist.world_size,
-            **self.plan.describe(),  # bf16, channels_last, compile, compile_mode (precision.py)
+            **dataclasses.asdict(self.plan),  # bf16, channels_last, compile, compile_mode
             "start_step": self.state.step,
             "num_images": len(self.state.loader.data),
         }
 
     def _summary(self, seconds: float, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-        """What `on_end` receives and `train()` returns."""
         return {
             "step": self.state.step,
             "checkpoint": str(self.ckpt_path),
@@ -391,7 +369,6 @@ class Trainer:
 
 
 def train(params: Params, resume: bool = False, callbacks=(), progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) according to `params`; returns a summary. Cleans up DDP on the way out."""
     try:
         with lost_peers():  # a node or rank gone: one line, not a backend traceback
             return Trainer(params, callbacks, progress).fit(resume)
