@@ -1,15 +1,6 @@
-"""The presets shipped in this package (presets/NAME.yaml), and which one fits a look at the images.
-
-`sagan init DIR --data PATH` looks at a sample of the images (sagan_core/data/survey.py) and says so in
-one line: what it saw and the preset it picked (no --preset given), or a warning naming the keys of
-the given preset that do not fit them (a data.min_size that would reject them, RGB for grayscale).
-Picking: folder64 unless it would reject more than its data.max_rejected_fraction of the sample as
-too small; then gray32 for grayscale images, cifar10 for color ones. imagenet128 (batch 256, a
-50k-sample evaluation) is never picked: it is chosen by name. A sample that cannot be read is never
-an error here: init goes on with the preset given or the default, and prepare says what is wrong.
-
-Standard library and sagan_core only, and nothing heavy at import: `sagan init --help` lists the
-presets from here.
+"""The packaged presets (presets/NAME.yaml), and which one fits a look at the images: folder64 unless
+it would reject too many as too small, then gray32 or cifar10 (imagenet128 only by name). A sample
+that cannot be read is no error here: prepare will say. Nothing heavy at import (`sagan init --help`).
 """
 
 from __future__ import annotations
@@ -44,7 +35,7 @@ def preset_path(name: str) -> Path:
 
 
 def look_at(data: Path) -> Look | str:
-    """A sample of the images at `data`, or why it could not be taken (one short line)."""
+    """A sample of the images at `data`, or why not (one short line)."""
     from sagan_core.data.survey import look
 
     try:
@@ -55,7 +46,7 @@ def look_at(data: Path) -> Look | str:
 
 
 def pick(seen: Look | str | None) -> tuple[str, str]:
-    """(preset, why) for images seen so (None or a failure: the default)."""
+    """(preset, why) for the images seen."""
     if seen is None or isinstance(seen, str) or not seen.sizes:
         return DEFAULT_PRESET, "the default"
     if not _too_small(seen, _packaged(DEFAULT_PRESET), fatal=True):
@@ -66,7 +57,7 @@ def pick(seen: Look | str | None) -> tuple[str, str]:
 
 
 def misfits(seen: Look, params: Params) -> list[str]:
-    """What in `params` does not fit the images seen, one phrase each (empty: they fit)."""
+    """What in `params` does not fit the images seen, one phrase each."""
     found = []
     d, n = params.data, len(seen.sizes)
     if small := _too_small(seen, params, fatal=False):
@@ -126,12 +117,6 @@ def _sizes(seen: Look) -> str:
     (w, h), (big_w, big_h) = by_side[0], by_side[-1]
     size = f"{w}x{h} px" if (w, h) == (big_w, big_h) else f"{w}x{h} to {big_w}x{big_h} px"
     grays = sum(seen.gray)
-    kind = (
-        "grayscale"
-        if grays == len(seen.gray)
-        else "color"
-        if grays == 0
-        else f"{grays} of {len(seen.gray)} grayscale"
-    )
+    kind = {len(seen.gray): "grayscale", 0: "color"}.get(grays, f"{grays} of {len(seen.gray)} grayscale")
     unread = f", {seen.unreadable} unreadable" if seen.unreadable else ""
     return f"{size}, {kind}{unread}"

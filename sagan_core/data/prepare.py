@@ -55,11 +55,7 @@ def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: in
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
     """Build `cfg.prepared_dir` from `cfg.source`; returns the manifest."""
-    with open_source(cfg.source) as source:
-        return _prepare(source, cfg, progress)
-
-
-def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
+    source = open_source(cfg.source)
     if not source.items:
         if source.rejected:  # images there, none inside a class folder
             rejections.fail(cfg, f"no images found ({len(source.rejected)} rejected)", source.rejected)
