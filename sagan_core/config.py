@@ -47,6 +47,11 @@ def _device(v: str) -> str:
 Device = Annotated[str, AfterValidator(_device)]
 
 
+# Paths stages write: none may overlap data.source.
+_OUTPUTS = ("data.prepared_dir", "train.out_dir", "train.samples_dir", "train.metrics_file")
+_OUTPUTS += ("eval.metrics_file", "eval.cache_dir")
+
+
 class Section(BaseModel):
     # No inf/NaN anywhere: `lr_d: .inf` would pass `> 0` and only surface as a diverged run.
     model_config = ConfigDict(
@@ -281,8 +286,7 @@ class PipelineConfig(Section):
     register_retries: int = Field(3, ge=0, le=1000)  # transient MLflow/upload errors
     retry_delay_s: float = Field(2.0, ge=0)  # first retry delay; doubles on each further retry
     train_timeout_s: float | None = Field(None, gt=0)  # null: no limit
-    # prepare, evaluate, register (each, in the flow); null: no limit. 6 h by default: a stage stuck on
-    # a server or a filesystem must not hold the project (and refuse every later scheduled run) forever.
+    # 6 h: a stage stuck on a server or a filesystem must not hold the project forever
     stage_timeout_s: float | None = Field(21600.0, gt=0)
     lock_timeout_s: float = Field(0.0, ge=0)  # wait this long for a concurrent run's project lock
     dvc: Literal["auto", "yes", "no"] = "auto"  # auto: keep dvc.lock current when dvc.yaml exists
@@ -353,16 +357,9 @@ class Params(Section):
         source = self.data.source
         if source == "demo" or source.startswith("torchvision:"):
             return self
-        src = Path(source).expanduser().resolve()
-        outputs = {
-            "data.prepared_dir": self.data.prepared_dir,
-            "train.out_dir": self.train.out_dir,
-            "train.samples_dir": self.train.samples_dir,
-            "train.metrics_file": self.train.metrics_file,
-            "eval.metrics_file": self.eval.metrics_file,
-            "eval.cache_dir": self.eval.cache_dir,
-        }
-        for key, value in outputs.items():
+        src, flat = Path(source).expanduser().resolve(), self.flat()
+        for key in _OUTPUTS:
+            value = flat[key]
             out = Path(value).expanduser().resolve()
             inside, contains = out.is_relative_to(src), src.is_relative_to(out)  # both: the same path
             if inside or contains:

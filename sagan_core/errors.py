@@ -32,14 +32,10 @@ def shown(value: object, limit: int = 100) -> str:
     return f"{text[:limit]}… ({type(value).__name__}{size})"
 
 
-def _bounded_repr() -> reprlib.Repr:
-    r = reprlib.Repr()  # Python 3.11's takes no arguments
-    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, 120, 120, 120
-    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 20
-    return r
-
-
-_REPR = _bounded_repr()
+_REPR = reprlib.Repr()  # Python 3.11's takes no arguments
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 120, 120, 120
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 20
+_REPR.maxarray = 20
 
 
 # errnos of a disk that refuses a write: full, over quota, file too large, read-only, failing

@@ -105,15 +105,15 @@ def _describe(err: dict[str, Any]) -> str:
     return msg if "got" in msg else f"{msg}, got {shown(got)}"
 
 
-def _key(key: str) -> str:
+def _key(key: str, limit: int = 80) -> str:
     """A user's key path, cut and escaped when odd (1 MiB, a newline)."""
-    return key if key.isprintable() and len(key) <= 80 else shown(key, 80)
+    return key if key.isprintable() and len(key) <= limit else shown(key, limit)
 
 
 def one_line(e: ValidationError) -> str:
     """The first error, naming its key path, plus how many more there are."""
     err = e.errors()[0]
-    path = ".".join(p if p.isprintable() and len(p) <= 60 else shown(p, 60) for p in map(str, err["loc"]))
+    path = ".".join(_key(str(p), 60) for p in err["loc"])
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     msg = _describe(err)
     return f"{path}: {msg}{more}" if path else f"{msg}{more}"

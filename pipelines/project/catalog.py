@@ -51,7 +51,7 @@ def pick(seen: Look | str | None) -> tuple[str, str]:
         return DEFAULT_PRESET, "the default"
     if not _too_small(seen, _packaged(DEFAULT_PRESET), fatal=True):
         return DEFAULT_PRESET, f"images of {_packaged(DEFAULT_PRESET).data.min_size} px or more"
-    if seen.all_gray:
+    if all(seen.gray):
         return SMALL_GRAY, "small grayscale images"
     return SMALL_COLOR, "small color images"
 
@@ -63,7 +63,7 @@ def misfits(seen: Look, params: Params) -> list[str]:
     if small := _too_small(seen, params, fatal=False):
         rejects = f"all {n}" if small == n else f"{small} of the {n}"
         fails = "; prepare would fail" if _too_small(seen, params, fatal=True) else ""
-        side = min(seen.short_sides())
+        side = min(map(min, seen.sizes))
         found.append(
             f"data.min_size {d.min_size} rejects {rejects} looked at ({side} px on the short side{fails})"
         )
@@ -96,7 +96,7 @@ def line(seen: Look | str | None, preset: str, params: Params, picked: bool) -> 
 
 def _too_small(seen: Look, params: Params, fatal: bool) -> int:
     """How many of the sample data.min_size rejects; with `fatal`, 0 unless prepare would fail."""
-    n = sum(s < params.data.min_size for s in seen.short_sides())
+    n = sum(min(size) < params.data.min_size for size in seen.sizes)
     return n if not fatal or n > params.data.max_rejected_fraction * len(seen.sizes) else 0
 
 

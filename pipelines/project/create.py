@@ -14,24 +14,13 @@ from pathlib import Path
 from pipelines.project import catalog, version
 from pipelines.quoting import md, md_code
 from sagan_core.atomic import write_atomic
+from sagan_core.config import Params
 from sagan_core.data.archives import is_archive
 from sagan_core.errors import ConfigError, SaganError
-from sagan_core.params_file import parse_params_text, parse_yaml, read_params_text, validate
+from sagan_core.params_file import parse_params_text, read_params_text, validate
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
-DATA_DEP_MARK = "#DATA_DEP#\n"
-CHECK_STAGE_MARK = "#CHECK_STAGE#\n"
-CHECK_STAGE = """  check:
-    cmd: sagan prepare --check-only
-    always_changed: true
-    params:
-      - sagan-version.yaml:
-          - sagan_version
-    outs:
-      - data/source.checked:
-          cache: false  # never restored from DVC's run-cache: the check itself must run
-"""
 # (template, name in the project)
 FILES = (("gitignore", ".gitignore"), ("dvcignore", ".dvcignore"), ("README.md", "README.md"))
 
@@ -52,7 +41,7 @@ def registry_name(project: Path) -> str:
     return name or "sagan"
 
 
-def params_text(preset: Path, source: str | None, name: str | None = None) -> str:
+def params_text(preset: Path, source: str | None, name: str | None = None) -> tuple[str, Params]:
     """The preset's text (comments kept) with data.source and the registry names set when given."""
     # A path may be anyone's file: bounded and alias-free (params_file.py) before ruamel reads it.
     text = read_params_text(preset, "--preset")
@@ -76,24 +65,17 @@ def params_text(preset: Path, source: str | None, name: str | None = None) -> st
         rt.dump(data, out)
         text = out.getvalue()
         raw = parse_params_text(text, preset)
-    validate(raw)  # a preset that does not validate is never written
-    return text
+    return text, validate(raw)  # a preset that does not validate is never written
 
 
 def dvc_yaml(source: str) -> str:
-    """templates/dvc.yaml.template with prepare's data dependency: data.source, when it is a path."""
-    text = (TEMPLATES / "dvc.yaml.template").read_text()
-    if source != "demo" and not source.startswith("torchvision:"):
-        dep = (
-            "      - data/source.checked   # written by the check stage: runs it before DVC hashes the images\n"
-            "      - ${data.source}   # the images: adding, changing or removing one reruns prepare\n"
-        )
-        return text.replace(CHECK_STAGE_MARK, CHECK_STAGE).replace(DATA_DEP_MARK, dep)
-    note = (
-        f"    # no data dependency: data.source ({source}) is not a file or folder (its params are\n"
-        "    # the dependency). Switching to a folder or archive: add `deps: [${data.source}]` here.\n"
-    )
-    return text.replace(CHECK_STAGE_MARK, "").replace("    deps:\n" + DATA_DEP_MARK, note)
+    """templates/dvc.yaml.template: the check stage and prepare's data dependency when data.source is
+    a path (lines marked #PATH#), else a note (#OTHER#)."""
+    path = source != "demo" and not source.startswith("torchvision:")
+    keep, drop = ("#PATH#", "#OTHER#") if path else ("#OTHER#", "#PATH#")
+    lines = (TEMPLATES / "dvc.yaml.template").read_text().splitlines(keepends=True)
+    text = "".join(line.removeprefix(keep) for line in lines if not line.startswith(drop))
+    return text.replace("{source}", source)
 
 
 def _write(path: Path, text: str) -> None:
@@ -143,8 +125,7 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     # A packaged preset's registry names are placeholders: the project's own are its folder's name
     # (`sagan init letters` registers `letters`). A params file of one's own keeps its names.
     name = registry_name(project) if src.parent == catalog.PRESETS_DIR else None
-    text = params_text(src, source, name)
-    params = validate(parse_yaml(text))
+    text, params = params_text(src, source, name)
     source = source or str(params.data.source)
     project.mkdir(parents=True, exist_ok=True)
     said = catalog.line(seen, chosen, params, picked=preset is None)

@@ -25,13 +25,6 @@ class Look:
     gray: list[bool]
     unreadable: int
 
-    def short_sides(self) -> list[int]:
-        return [min(w, h) for w, h in self.sizes]
-
-    @property
-    def all_gray(self) -> bool:
-        return bool(self.gray) and all(self.gray)
-
 
 def look(spec: str, limit: int = SAMPLE, max_pixels: int = 50_000_000) -> Look:
     """Raises what listing raises (an unsafe folder or archive), never for one bad file."""
