@@ -177,11 +177,8 @@ def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember
                 order = [m.name for m in tf.getmembers() if m.isfile() or m.issym() or m.islnk()]
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise SaganError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from None
-    seen: set[str] = set()
-    for n in order:
-        if n in seen:
-            raise SaganError(f"{archive}: refused: member {n!r} appears more than once (ambiguous)")
-        seen.add(n)
+    if dupes := [n for n, k in Counter(order).items() if k > 1]:
+        raise SaganError(f"{archive}: refused: member {dupes[0]!r} appears more than once (ambiguous)")
     return order, links
 
 
@@ -209,10 +206,9 @@ def read_members(
     archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember] | None = None
 ) -> Iterator[bytes | BadMember]:
     """One payload per name (in archive order): the bytes, or a BadMember; one pass front to back."""
-    is_zip = archive.name.lower().endswith(".zip")
     done = 0
     try:
-        if is_zip:
+        if archive.name.lower().endswith(".zip"):
             payloads = _zip_payloads(archive, names, max_pixels)
         else:
             payloads = _tar_payloads(archive, names, max_pixels, links or {})
