@@ -283,23 +283,18 @@ def _read_member(
             if size <= HEADER_PEEK:
                 return f.read()
             head = f.read(HEADER_PEEK)
-            why = _header_verdict(head, size, max_pixels)
-            return BadMember(why) if why else _read_rest(f, head)
+            if why := _header_verdict(head, size, max_pixels):
+                return BadMember(why)
+            buf = io.BytesIO()  # one copy of the member at its peak (`head + f.read()` held three)
+            buf.write(head)
+            while piece := f.read(HEADER_PEEK):
+                buf.write(piece)
+            return buf.getvalue()
     except Exception as e:  # noqa: BLE001 - mapped to a reason; unknown kinds stay fatal below
         reason = _read_error(e)
         if reason is None:
             raise
         return BadMember(reason)
-
-
-def _read_rest(f: IO[bytes], head: bytes) -> bytes:
-    """`head` and the rest of `f` in one growing buffer: one copy of the member at its peak
-    (`head + f.read()` held three); BytesIO.getvalue hands over its buffer without a copy."""
-    buf = io.BytesIO()
-    buf.write(head)
-    while piece := f.read(HEADER_PEEK):
-        buf.write(piece)
-    return buf.getvalue()
 
 
 def _read_error(e: Exception) -> str | None:
