@@ -182,9 +182,7 @@ def torchvision_source(spec: str) -> Source:
             "or use an image folder or archive as data.source"
         ) from None
     classes = getattr(ds, "classes", None)
-    targets = getattr(ds, "targets", None)
-    if targets is None:
-        targets = getattr(ds, "labels", None)
+    targets = getattr(ds, "targets", getattr(ds, "labels", None))  # SVHN, STL10: labels
     items: list[tuple[Any, int]]
     if classes and targets is not None and len(targets) == len(ds):
         # Labels index the sorted class names, whatever order the dataset declares them in.
