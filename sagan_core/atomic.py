@@ -124,7 +124,6 @@ def write_all(f: BinaryIO, data: bytes, path: str | Path, sync: bool = False) ->
 
 
 def copy_atomic(src: str | Path, path: str | Path) -> None:
-    """Copy the file `src` to `path`, atomically."""
     with open(src, "rb") as f:
         write_atomic(path, lambda out: shutil.copyfileobj(f, out))
 
@@ -134,7 +133,6 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _open_elsewhere(paths: set[str]) -> set[str]:
-    """The `paths` some process holds open (Linux /proc)."""
     held: set[str] = set()
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:

@@ -35,7 +35,6 @@ def preset_path(name: str) -> Path:
 
 
 def look_at(data: Path) -> Look | str:
-    """A sample of the images at `data`, or why not (one short line)."""
     from sagan_core.data.survey import look
 
     try:

@@ -69,8 +69,7 @@ def params_text(preset: Path, source: str | None, name: str | None = None) -> tu
 
 
 def dvc_yaml(source: str) -> str:
-    """templates/dvc.yaml.template: the check stage and prepare's data dependency when data.source is
-    a path (lines marked #PATH#), else a note (#OTHER#)."""
+    """The template's lines marked #PATH# (the check stage, the data dependency) or #OTHER#."""
     path = source != "demo" and not source.startswith("torchvision:")
     keep, drop = ("#PATH#", "#OTHER#") if path else ("#OTHER#", "#PATH#")
     lines = (TEMPLATES / "dvc.yaml.template").read_text().splitlines(keepends=True)
@@ -113,8 +112,7 @@ def _replace_params(target: Path, text: str, force: bool, done: list[str]) -> No
 
 
 def create(project: Path, preset: str | None, data: Path | None, force: bool) -> list[str]:
-    """Write a new project into `project`; returns what was done, one line each (the first about
-    the images of `data`, which pick the preset when none is given)."""
+    """Write a new project into `project`; returns what was done, one line each."""
     if project.exists() and not project.is_dir():
         raise ConfigError(f"{project}: exists and is not a folder")
     given = catalog.preset_path(preset) if preset is not None else None  # mistakes before any look

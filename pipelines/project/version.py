@@ -32,7 +32,6 @@ def installed() -> str:
 
 
 def recorded(root: str | Path = ".") -> str | None:
-    """The version in ROOT/sagan-version.yaml, or None without that file."""
     path = Path(root) / VERSION_FILE
     if not path.is_file():
         return None

@@ -163,8 +163,7 @@ def _check_zip_layout(zf: zipfile.ZipFile, archive: Path) -> None:
 
 
 def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember]]:
-    """The names of the archive's files and links in archive order, every member checked; where
-    each tar link leads."""
+    """The archive's files and links in archive order, every member checked; where each link leads."""
     links: dict[str, str | BadMember] = {}
     try:
         if archive.name.lower().endswith(".zip"):

@@ -80,7 +80,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _check(directory: Path, manifest: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> None:
-    """The manifest has what its readers need and agrees with the arrays."""
     path = directory / "manifest.json"
     missing = sorted(MANIFEST_KEYS.keys() - manifest.keys())
     if missing:

@@ -223,8 +223,7 @@ def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
 
 
 def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.ndarray]]:
-    """Each chunk of image files `read_rgb`, in order; with workers > 1 decoded ahead of the caller
-    (overlapping the Inception pass)."""
+    """Each chunk of image files `read_rgb`, in order, decoded ahead of the caller (the Inception pass)."""
     if workers <= 1 or len(chunks) < 2:
         yield from map(_read_rgb_chunk, chunks)
         return

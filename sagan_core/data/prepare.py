@@ -42,7 +42,6 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 
 def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: int) -> None:
-    """Rewrite the image file with rows in `perm` order, a chunk at a time."""
     src = np.load(path, mmap_mode="r")
 
     def write(f) -> None:
@@ -54,7 +53,6 @@ def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: in
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
-    """Build `cfg.prepared_dir` from `cfg.source`; returns the manifest."""
     source = open_source(cfg.source)
     if not source.items:
         if source.rejected:  # images there, none inside a class folder
@@ -85,7 +83,6 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[str, Any]:
-    """The whole prepared dataset in the new, empty directory `out`; its manifest."""
     total = len(source.items) + len(source.rejected)
     img_shape = (cfg.channels, cfg.resolution, cfg.resolution)
     # ~4 MB of decoded pixels per chunk: big enough to amortise IPC, small enough to bound memory.

@@ -39,7 +39,6 @@ def top_reasons(rejected: list[dict[str, str]], cfg: DataConfig) -> str:
 
 
 def fail(cfg: DataConfig, what: str, rejected: list[dict[str, str]]) -> NoReturn:
-    """Write the per-file reasons beside data.prepared_dir, then raise the one-line error."""
     path = rejected_path(cfg.prepared_dir)
     record = {
         "source": cfg.source,

@@ -31,8 +31,7 @@ SKIPPED_DIRS = {"__MACOSX", "@eaDir"}
 
 @dataclass
 class Source:
-    """Items (key, label): keys are relative paths or indices. `payloads()` yields what decoding
-    workers get, chunk by chunk in `read_order`: keys, or an archive's bytes/BadMembers."""
+    """Items (key, label), keys relative paths or indices; `payloads()`: what the decoders get."""
 
     name: str
     class_names: list[str]
@@ -87,8 +86,7 @@ def _visible(name: str) -> bool:
 
 
 def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
-    """Sorted image paths under `d` relative to `root`, and how many other files were ignored;
-    entries that are not regular files are kept, to be rejected with a reason."""
+    """Sorted image paths under `d` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(d):
         dirnames[:] = [n for n in dirnames if _visible(n)]
@@ -103,7 +101,6 @@ def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
 
 
 def _layout(src: Source, files: list[str]) -> Source:
-    """Sorted relative image paths -> class names and labelled items (see the module docstring)."""
     nested = [f for f in files if "/" in f]
     if not nested:  # flat folder: one unlabelled set
         src.items = [(f, 0) for f in files]
@@ -141,7 +138,6 @@ def _strip_single_folder(names: list[str]) -> str:
 
 
 def archive_source(archive: Path, name: str) -> Source:
-    """Check every member, then list the image files; nothing is extracted to disk."""
     order, links = checked_members(archive)
     visible = [
         n for n in order if all(_visible(part) for part in PurePosixPath(n).parts) and not n.endswith("/")
