@@ -1,15 +1,6 @@
-"""The one atomic file writer: checkpoints, statistics, manifests, metrics and run records.
-
-Write to a temp file in the same directory, fsync, rename over the target, fsync the directory: a
-crash (or kill -9) leaves either the old file or the new one, never a half-written file.
-What such a crash does leave is the temp file `.<name>.<random>.tmp`; `remove_stale_temps` deletes
-those at the next start of a stage that writes into the folder.
-
-A write that fails (disk full, quota, read-only or failing disk) removes its temp file and raises
-WriteError, one line naming the path and the errno (`ENOSPC: No space left on device`). Writers that
-report a failed write as their own exception (torch.save's zip writer: RuntimeError "unexpected pos")
-are seen through: the file object remembers the OSError it raised.
-"""
+"""The one atomic file writer: temp file in the same folder, fsync, rename, fsync the folder; a
+failed write removes its temp and is WriteError naming the errno, even through writers that wrap it
+(torch.save: RuntimeError "unexpected pos"). A crash leaves `.<name>.*.tmp`: remove_stale_temps."""
 
 from __future__ import annotations
 
@@ -29,8 +20,7 @@ from sagan_core.errors import STORAGE_ERRNOS, WriteError
 
 log = logging.getLogger("sagan")
 
-# When this process started (to the import): a temp file older than this was begun by an earlier
-# process, which may have died mid-write; one we or a live process are writing is newer or open.
+# A temp file older than this process was begun by an earlier one, which may have died mid-write.
 _STARTED = time.time()
 
 
@@ -46,13 +36,12 @@ def current_umask() -> int:
 
 
 def user_mode(directory: bool = False) -> int:
-    """The mode open()/mkdir() would give under the user's umask (mkstemp/mkdtemp give 0600/0700)."""
+    """The mode open()/mkdir() would give (mkstemp/mkdtemp give 0600/0700)."""
     return (0o777 if directory else 0o666) & ~current_umask()
 
 
 class _Remembering(io.BufferedWriter):
-    """A file that remembers the OSError a write or flush raised, whatever the writer makes of it:
-    torch.save's C++ zip writer turns it into RuntimeError("... unexpected pos ...")."""
+    """A file that remembers the OSError a write or flush raised, whatever the writer makes of it."""
 
     error: OSError | None = None
 
@@ -72,13 +61,12 @@ class _Remembering(io.BufferedWriter):
 
 
 def _refused(e: OSError) -> bool:
-    """A write the disk refused, raised by a writer that bypasses the file object (its descriptor)."""
+    """A write the disk refused, raised by a writer that bypasses the file object."""
     return e.filename is None and e.errno in STORAGE_ERRNOS
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through `write(file)`, atomically (see the module docstring), with the mode a
-    plain open() would give it under the user's umask. A failed write is WriteError naming `path`."""
+    """Write `path` through `write(file)`, atomically, with the mode a plain open() would give it."""
     path = Path(path)
     kept = "the previous file is unchanged" if path.exists() else "nothing was written"
     try:
@@ -91,8 +79,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         try:
             write(f)
         except Exception as e:
-            # f.error: a write through `f` failed, whatever `write` made of it. An OSError of the
-            # caller's that is no write (a failed download) keeps its own meaning.
+            # An OSError of the caller's that is no write (a failed download) keeps its meaning.
             cause = f.error or (e if isinstance(e, OSError) and _refused(e) else None)
             if cause is None:
                 raise
@@ -111,18 +98,21 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except OSError as e:
         raise WriteError(path, e, "it was written but may not survive a crash") from None
 
 
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_all(f: BinaryIO, data: bytes, path: str | Path, sync: bool = False) -> None:
-    """All of `data` to the unbuffered file `f` (open(..., buffering=0): nothing is left in a buffer to
-    fail again at close), then fsync it if `sync`; a refused write is WriteError naming `path`."""
+    """All of `data` to the unbuffered file `f` (nothing left in a buffer to fail again at close)."""
     try:
         view = memoryview(data)
         while view:  # a raw write may take part of it
@@ -134,18 +124,15 @@ def write_all(f: BinaryIO, data: bytes, path: str | Path, sync: bool = False) ->
 
 
 def copy_atomic(src: str | Path, path: str | Path) -> None:
-    """Copy the file `src` to `path`, atomically: a failed copy leaves the previous `path` as it was."""
     with open(src, "rb") as f:
         write_atomic(path, lambda out: shutil.copyfileobj(f, out))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """`obj` as indented JSON (with a final newline), atomically."""
     write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def _open_elsewhere(paths: set[str]) -> set[str]:
-    """The `paths` some process holds open (Linux /proc; elsewhere none is known to be open)."""
     held: set[str] = set()
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
@@ -159,11 +146,8 @@ def _open_elsewhere(paths: set[str]) -> set[str]:
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete the writer's temp files in `folder` left by interrupted writes; returns them.
-
-    Stale: named `.<name>.*.tmp`, last modified before this process started, and open in no process
-    (so a concurrent writer's file is never pulled from under it).
-    """
+    """Delete the temp files of interrupted writes in `folder`: older than this process and open in
+    none (a concurrent writer's file is never pulled from under it); returns them."""
     folder = Path(folder)
     old = [p for p in folder.glob(".?*.*.tmp") if p.is_file() and p.stat().st_mtime < _STARTED]
     if not old:

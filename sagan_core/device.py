@@ -8,10 +8,7 @@ from sagan_core.errors import ConfigError
 
 
 def resolve_device(name: str, key: str = "device", local_rank: int = 0) -> torch.device:
-    """`auto` is CUDA when present, else CPU; plain `cuda` is this DDP rank's GPU (`local_rank`).
-
-    `key` names the param in the error when CUDA is asked for and absent (`train.device`, ...).
-    """
+    """`auto` is CUDA when present, else CPU; plain `cuda` is this DDP rank's GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):

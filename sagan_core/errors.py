@@ -1,11 +1,6 @@
-"""The two kinds of failure a user can meet, mapped to exit codes by the CLI.
-
-ConfigError: the user asked for something invalid (bad params, bad flag, missing input) -> exit 2.
-SaganError: the request was valid but the work failed (diverged training, corrupt data) -> exit 1.
-WriteError: a SaganError for a file that could not be written (disk full, read-only, I/O error).
-All carry a one-line, human message; anything else escaping is a bug and keeps its traceback.
-`shown` is how a user's value appears in such a line: bounded, whatever the value.
-"""
+"""The failures a user meets, each a one-line message: ConfigError (an invalid request, exit 2),
+SaganError (valid, but the work failed, exit 1), WriteError (a file not written). Anything else
+escaping is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -15,21 +10,16 @@ import reprlib
 
 
 class SaganError(RuntimeError):
-    """A runtime failure with a message meant for the user (exit code 1)."""
-
     exit_code = 1
 
 
 class ConfigError(SaganError):
-    """A usage or configuration mistake (exit code 2)."""
-
     exit_code = 2
 
 
 def shown(value: object, limit: int = 100) -> str:
-    """A user's value as a one-line message shows it: its repr, or when longer than `limit` the
-    first `limit` characters, "…" and the value's type and size, whatever the input (a 1 MiB string,
-    a list of millions). The work is bounded too: reprlib never builds the whole repr of a huge value."""
+    """A user's value in a one-line message: its repr, cut at `limit` with its type and size; bounded
+    work too (reprlib never builds the whole repr of a huge value)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
         return f"an integer of {value.bit_length():,} bits"  # repr refuses ints over 4300 digits
     if isinstance(value, str) and len(value) > limit:
@@ -42,14 +32,10 @@ def shown(value: object, limit: int = 100) -> str:
     return f"{text[:limit]}… ({type(value).__name__}{size})"
 
 
-def _bounded_repr() -> reprlib.Repr:
-    r = reprlib.Repr()  # Python 3.11's takes no arguments
-    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, 120, 120, 120
-    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 20
-    return r
-
-
-_REPR = _bounded_repr()
+_REPR = reprlib.Repr()  # Python 3.11's takes no arguments
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 120, 120, 120
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 20
+_REPR.maxarray = 20
 
 
 # errnos of a disk that refuses a write: full, over quota, file too large, read-only, failing
@@ -57,15 +43,14 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS
 
 
 def os_cause(error: OSError) -> str:
-    """`ENOSPC: No space left on device`: the errno's name (what to search for) and its text."""
+    """`ENOSPC: No space left on device`."""
     code = errno.errorcode.get(error.errno or 0)
     text = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
     return f"{code}: {text}" if code else f"{type(error).__name__}: {text}"
 
 
 def storage_cause(e: BaseException | None) -> OSError | None:
-    """The OSError of a disk that refused a write (STORAGE_ERRNOS) behind `e`: itself, or what it
-    was raised from or while handling (libraries wrap it: torch's RuntimeError, MlflowException)."""
+    """The OSError of a disk that refused a write behind `e`, which libraries wrap (torch, MLflow)."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -76,8 +61,7 @@ def storage_cause(e: BaseException | None) -> OSError | None:
 
 
 class WriteError(SaganError):
-    """`path` could not be written: `<path>: could not write (ENOSPC: No space left on device); <kept>`,
-    where `kept` says what is still there (the previous file, unchanged). `error` is the OSError."""
+    """`<path>: could not write (ENOSPC: ...); <kept>`, `kept` saying what is still there."""
 
     def __init__(self, path: object, error: OSError, kept: str = ""):
         self.path, self.error = path, error

@@ -1,11 +1,6 @@
-"""params.yaml (or a preset) → validated `Params`: reading, `--set key.path=value` overrides, validation.
-
-Overrides are applied to the raw YAML before validation, so they are checked exactly like the file.
-A validation error becomes the one line a user reads: `key.path: expected ..., got ...`, the value
-cut to a readable length (errors.shown). A params file is a few KB of plain YAML: files over
-MAX_PARAMS_BYTES are refused unread, and anchors and aliases (&/*) in a file or a `--set` value are
-refused while parsing, so a few hundred bytes can never expand into billions of values.
-"""
+"""params.yaml (or a preset) + `--set key.path=value` overrides → validated `Params`, or one line
+`key.path: expected ..., got ...`. Overrides apply to the raw YAML, so they are checked like the file.
+Files over MAX_PARAMS_BYTES and YAML aliases (&/*: "billion laughs") are refused before parsing."""
 
 from __future__ import annotations
 
@@ -18,17 +13,15 @@ from pydantic import ValidationError
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, shown
 
-# A params file is a few KB (the largest preset is ~5 KB); a bigger one is the wrong file or an attack.
 MAX_PARAMS_BYTES = 1 << 20
 
 
 class _Refused(yaml.MarkedYAMLError):
-    """Valid YAML that a params file may not hold; `problem` says what, `problem_mark` where."""
+    """Valid YAML that a params file may not hold."""
 
 
 class _ParamsLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: a 1 MiB list 4 s, not 17
-    """SafeLoader whose values that Python cannot build (an integer of 5,000 digits, the date
-    2020-13-01) are YAML errors with a line, not a traceback."""
+    """SafeLoader whose values Python cannot build (a 5,000-digit integer, 2020-13-01) are YAML errors."""
 
     def construct_object(self, node: Any, deep: bool = False) -> Any:
         try:
@@ -40,9 +33,8 @@ class _ParamsLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text -> Python values, refusing anchors and aliases first ("billion laughs": nine levels
-    of nine aliases are 10^9 values from 400 bytes). The events are scanned before any node is
-    composed, so nothing is ever expanded; a params file needs neither."""
+    """YAML text -> Python values; anchors and aliases are refused from the events, before anything
+    is composed (nine levels of nine aliases are 10^9 values from 400 bytes)."""
     for event in yaml.parse(text, Loader=_ParamsLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _Refused(
@@ -52,8 +44,8 @@ def parse_yaml(text: str) -> Any:
 
 
 def read_params_text(path: Path, what: str = "--params") -> str:
-    """The text of a params file at most MAX_PARAMS_BYTES long, checked before it is read (stat,
-    then at most one byte more: a file growing meanwhile, /dev/zero); one ConfigError otherwise."""
+    """The text of a params file of at most MAX_PARAMS_BYTES (stat, then at most one byte more: a
+    file growing meanwhile, /dev/zero); one ConfigError otherwise."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -70,7 +62,7 @@ def read_params_text(path: Path, what: str = "--params") -> str:
 
 
 def parse_params_text(text: str, path: Path) -> Any:
-    """The YAML in a params file's text; a YAML mistake is one ConfigError naming the file and line."""
+    """A YAML mistake is one ConfigError naming the file and line."""
     try:
         return parse_yaml(text)
     except _Refused as e:
@@ -92,7 +84,6 @@ _OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less
 
 
 def _describe(err: dict[str, Any]) -> str:
-    """One pydantic error -> 'expected ..., got ...' in plain words."""
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
         return "unknown key"
@@ -114,16 +105,15 @@ def _describe(err: dict[str, Any]) -> str:
     return msg if "got" in msg else f"{msg}, got {shown(got)}"
 
 
-def _key(key: str) -> str:
-    """A key path as a message shows it: the user's too (an unknown key of 1 MiB, or one holding a
-    newline, is cut and escaped)."""
-    return key if key.isprintable() and len(key) <= 80 else shown(key, 80)
+def _key(key: str, limit: int = 80) -> str:
+    """A user's key path, cut and escaped when odd (1 MiB, a newline)."""
+    return key if key.isprintable() and len(key) <= limit else shown(key, limit)
 
 
 def one_line(e: ValidationError) -> str:
     """The first error, naming its key path, plus how many more there are."""
     err = e.errors()[0]
-    path = ".".join(p if p.isprintable() and len(p) <= 60 else shown(p, 60) for p in map(str, err["loc"]))
+    path = ".".join(_key(str(p), 60) for p in err["loc"])
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     msg = _describe(err)
     return f"{path}: {msg}{more}" if path else f"{msg}{more}"
@@ -158,8 +148,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read, override and validate params. A missing default params.yaml means all defaults; every
-    way a given file can be unusable (a directory, not UTF-8, empty, not YAML) is one ConfigError."""
+    """Read, override and validate params; a missing default params.yaml means all defaults."""
     path, raw = Path(path), {}
     if not path.exists() and str(path) != "params.yaml":
         raise ConfigError(f"--params {path}: no such file")

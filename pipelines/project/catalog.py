@@ -1,15 +1,6 @@
-"""The presets shipped in this package (presets/NAME.yaml), and which one fits a look at the images.
-
-`sagan init DIR --data PATH` looks at a sample of the images (sagan_core/data/survey.py) and says so in
-one line: what it saw and the preset it picked (no --preset given), or a warning naming the keys of
-the given preset that do not fit them (a data.min_size that would reject them, RGB for grayscale).
-Picking: folder64 unless it would reject more than its data.max_rejected_fraction of the sample as
-too small; then gray32 for grayscale images, cifar10 for color ones. imagenet128 (batch 256, a
-50k-sample evaluation) is never picked: it is chosen by name. A sample that cannot be read is never
-an error here: init goes on with the preset given or the default, and prepare says what is wrong.
-
-Standard library and sagan_core only, and nothing heavy at import: `sagan init --help` lists the
-presets from here.
+"""The packaged presets (presets/NAME.yaml), and which one fits a look at the images: folder64 unless
+it would reject too many as too small, then gray32 or cifar10 (imagenet128 only by name). A sample
+that cannot be read is no error here: prepare will say. Nothing heavy at import (`sagan init --help`).
 """
 
 from __future__ import annotations
@@ -44,7 +35,6 @@ def preset_path(name: str) -> Path:
 
 
 def look_at(data: Path) -> Look | str:
-    """A sample of the images at `data`, or why it could not be taken (one short line)."""
     from sagan_core.data.survey import look
 
     try:
@@ -55,24 +45,24 @@ def look_at(data: Path) -> Look | str:
 
 
 def pick(seen: Look | str | None) -> tuple[str, str]:
-    """(preset, why) for images seen so (None or a failure: the default)."""
+    """(preset, why) for the images seen."""
     if seen is None or isinstance(seen, str) or not seen.sizes:
         return DEFAULT_PRESET, "the default"
     if not _too_small(seen, _packaged(DEFAULT_PRESET), fatal=True):
         return DEFAULT_PRESET, f"images of {_packaged(DEFAULT_PRESET).data.min_size} px or more"
-    if seen.all_gray:
+    if all(seen.gray):
         return SMALL_GRAY, "small grayscale images"
     return SMALL_COLOR, "small color images"
 
 
 def misfits(seen: Look, params: Params) -> list[str]:
-    """What in `params` does not fit the images seen, one phrase each (empty: they fit)."""
+    """What in `params` does not fit the images seen, one phrase each."""
     found = []
     d, n = params.data, len(seen.sizes)
     if small := _too_small(seen, params, fatal=False):
         rejects = f"all {n}" if small == n else f"{small} of the {n}"
         fails = "; prepare would fail" if _too_small(seen, params, fatal=True) else ""
-        side = min(seen.short_sides())
+        side = min(map(min, seen.sizes))
         found.append(
             f"data.min_size {d.min_size} rejects {rejects} looked at ({side} px on the short side{fails})"
         )
@@ -105,7 +95,7 @@ def line(seen: Look | str | None, preset: str, params: Params, picked: bool) -> 
 
 def _too_small(seen: Look, params: Params, fatal: bool) -> int:
     """How many of the sample data.min_size rejects; with `fatal`, 0 unless prepare would fail."""
-    n = sum(s < params.data.min_size for s in seen.short_sides())
+    n = sum(min(size) < params.data.min_size for size in seen.sizes)
     return n if not fatal or n > params.data.max_rejected_fraction * len(seen.sizes) else 0
 
 
@@ -126,12 +116,6 @@ def _sizes(seen: Look) -> str:
     (w, h), (big_w, big_h) = by_side[0], by_side[-1]
     size = f"{w}x{h} px" if (w, h) == (big_w, big_h) else f"{w}x{h} to {big_w}x{big_h} px"
     grays = sum(seen.gray)
-    kind = (
-        "grayscale"
-        if grays == len(seen.gray)
-        else "color"
-        if grays == 0
-        else f"{grays} of {len(seen.gray)} grayscale"
-    )
+    kind = {len(seen.gray): "grayscale", 0: "color"}.get(grays, f"{grays} of {len(seen.gray)} grayscale")
     unread = f", {seen.unreadable} unreadable" if seen.unreadable else ""
     return f"{size}, {kind}{unread}"

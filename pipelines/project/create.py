@@ -1,13 +1,6 @@
-"""`sagan init DIR`: a new sagan project anywhere, from the presets and templates in this package.
-
-A project is params.yaml (a preset, data.source set by `--data`, the registered model and MLflow
-experiment named after the project's folder), dvc.yaml (from
-templates/dvc.yaml.template, a name DVC does not collect as a pipeline of this repository: prepare
-depends on the data itself, every stage on the sagan version), sagan-version.yaml,
-.gitignore, .dvcignore, README.md, and a git + DVC repository. Existing files are never replaced,
-but params.yaml with --force, and then the old one is kept as params.yaml.bak (said in the output).
-Every user mistake (unknown preset, bad --data, params.yaml already there) is one ConfigError.
-Which presets there are, and which one fits a look at the images of --data: catalog.py.
+"""`sagan init DIR`: params.yaml (a preset, `--data`, registry names from the folder's name),
+dvc.yaml, sagan-version.yaml, .gitignore, .dvcignore, README.md, git + DVC. Existing files are never
+replaced but params.yaml with --force (kept as params.yaml.bak); a user mistake is one ConfigError.
 """
 
 from __future__ import annotations
@@ -21,36 +14,19 @@ from pathlib import Path
 from pipelines.project import catalog, version
 from pipelines.quoting import md, md_code
 from sagan_core.atomic import write_atomic
+from sagan_core.config import Params
 from sagan_core.data.archives import is_archive
 from sagan_core.errors import ConfigError, SaganError
-from sagan_core.params_file import parse_params_text, parse_yaml, read_params_text, validate
+from sagan_core.params_file import parse_params_text, read_params_text, validate
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
-DATA_DEP_MARK = "#DATA_DEP#\n"
-CHECK_STAGE_MARK = "#CHECK_STAGE#\n"
-CHECK_STAGE = """  check:
-    cmd: sagan prepare --check-only
-    always_changed: true
-    params:
-      - sagan-version.yaml:
-          - sagan_version
-    outs:
-      - data/source.checked:
-          cache: false  # never restored from DVC's run-cache: the check itself must run
-"""
 # (template, name in the project)
 FILES = (("gitignore", ".gitignore"), ("dvcignore", ".dvcignore"), ("README.md", "README.md"))
 
 
-def is_path_source(source: str) -> bool:
-    """Whether data.source names a file or folder (not `demo`, not `torchvision:NAME`)."""
-    return source != "demo" and not source.startswith("torchvision:")
-
-
 def data_source(data: Path, project: Path) -> str:
-    """--data as data.source: a folder or archive that exists; project-relative when inside the
-    project (the project can move), else absolute (an absolute-path DVC dependency)."""
+    """--data as data.source: project-relative when inside the project (it can move), else absolute."""
     if not data.exists():
         raise ConfigError(f"--data {data}: no such file or folder")
     if not (data.is_dir() or (data.is_file() and is_archive(data))):
@@ -60,16 +36,13 @@ def data_source(data: Path, project: Path) -> str:
 
 
 def registry_name(project: Path) -> str:
-    """The project folder's name as a registered model and experiment name: what MLflow accepts
-    (no `/` or `:`, not blank) and one plain word in every shell line and card naming it; letters,
-    digits, `.`, `_`, `-`, the rest a `-` (`my letters!` -> `my-letters`); `sagan` if nothing is left."""
+    """The folder's name as one plain word MLflow accepts (`my letters!` -> `my-letters`), or `sagan`."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", project.resolve().name).strip("-._")[:100]
     return name or "sagan"
 
 
-def params_text(preset: Path, source: str | None, name: str | None = None) -> str:
-    """The preset's text (comments kept), with data.source replaced when given, and the registered
-    model and MLflow experiment named `name` when given; validated."""
+def params_text(preset: Path, source: str | None, name: str | None = None) -> tuple[str, Params]:
+    """The preset's text (comments kept) with data.source and the registry names set when given."""
     # A path may be anyone's file: bounded and alias-free (params_file.py) before ruamel reads it.
     text = read_params_text(preset, "--preset")
     raw = parse_params_text(text, preset)
@@ -92,24 +65,16 @@ def params_text(preset: Path, source: str | None, name: str | None = None) -> st
         rt.dump(data, out)
         text = out.getvalue()
         raw = parse_params_text(text, preset)
-    validate(raw)  # a preset that does not validate is never written
-    return text
+    return text, validate(raw)  # a preset that does not validate is never written
 
 
 def dvc_yaml(source: str) -> str:
-    """templates/dvc.yaml.template with prepare's data dependency: data.source itself, when it is a path."""
-    text = (TEMPLATES / "dvc.yaml.template").read_text()
-    if is_path_source(source):
-        dep = (
-            "      - data/source.checked   # written by the check stage: runs it before DVC hashes the images\n"
-            "      - ${data.source}   # the images: adding, changing or removing one reruns prepare\n"
-        )
-        return text.replace(CHECK_STAGE_MARK, CHECK_STAGE).replace(DATA_DEP_MARK, dep)
-    note = (
-        f"    # no data dependency: data.source ({source}) is not a file or folder (its params are\n"
-        "    # the dependency). Switching to a folder or archive: add `deps: [${data.source}]` here.\n"
-    )
-    return text.replace(CHECK_STAGE_MARK, "").replace("    deps:\n" + DATA_DEP_MARK, note)
+    """The template's lines marked #PATH# (the check stage, the data dependency) or #OTHER#."""
+    path = source != "demo" and not source.startswith("torchvision:")
+    keep, drop = ("#PATH#", "#OTHER#") if path else ("#OTHER#", "#PATH#")
+    lines = (TEMPLATES / "dvc.yaml.template").read_text().splitlines(keepends=True)
+    text = "".join(line.removeprefix(keep) for line in lines if not line.startswith(drop))
+    return text.replace("{source}", source)
 
 
 def _write(path: Path, text: str) -> None:
@@ -124,7 +89,6 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 def _repositories(project: Path, done: list[str]) -> None:
-    """git init (unless the folder is a git repository's root already) and dvc init (unless .dvc/)."""
     if not (project / ".git").exists():
         _run(["git", "init", "-q"], project)
         done.append("git init")
@@ -148,9 +112,7 @@ def _replace_params(target: Path, text: str, force: bool, done: list[str]) -> No
 
 
 def create(project: Path, preset: str | None, data: Path | None, force: bool) -> list[str]:
-    """Write a new project into `project` (created if absent); returns what was done, one line each,
-    the first about the images when `data` is given (catalog.line; a warning starts `warning:`).
-    Without `preset`, the preset is picked from a look at `data` (catalog.pick), else the default."""
+    """Write a new project into `project`; returns what was done, one line each."""
     if project.exists() and not project.is_dir():
         raise ConfigError(f"{project}: exists and is not a folder")
     given = catalog.preset_path(preset) if preset is not None else None  # mistakes before any look
@@ -161,8 +123,7 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     # A packaged preset's registry names are placeholders: the project's own are its folder's name
     # (`sagan init letters` registers `letters`). A params file of one's own keeps its names.
     name = registry_name(project) if src.parent == catalog.PRESETS_DIR else None
-    text = params_text(src, source, name)
-    params = validate(parse_yaml(text))
+    text, params = params_text(src, source, name)
     source = source or str(params.data.source)
     project.mkdir(parents=True, exist_ok=True)
     said = catalog.line(seen, chosen, params, picked=preset is None)
@@ -178,13 +139,13 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
         if (project / name).exists():
             continue
         body = (TEMPLATES / template).read_text()
-        # Markdown: the folder's name, the preset and the source shown as themselves (quoting.py)
-        shown = (
-            ("{name}", md(project.resolve().name)),
-            ("{preset}", md_code(chosen)),
-            ("{source}", md_code(source)),
-        )
-        for key, value in shown:
+        # Markdown: the names shown as themselves (quoting.py)
+        shown = {
+            "{name}": md(project.resolve().name),
+            "{preset}": md_code(chosen),
+            "{source}": md_code(source),
+        }
+        for key, value in shown.items():
             body = body.replace(key, value)
         _write(project / name, body)
         done.append(f"wrote {name}")
@@ -193,7 +154,7 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
 
 
 def upgrade(project: Path) -> str:
-    """Record the installed sagan in PROJECT/sagan-version.yaml (after an upgrade, for `dvc repro`)."""
+    """Record the installed sagan in PROJECT/sagan-version.yaml (after an upgrade)."""
     before = version.recorded(project)
     if before is None:
         raise ConfigError(f"{project}: no {version.VERSION_FILE} (a project made by `sagan init`) to upgrade")

@@ -1,14 +1,7 @@
-"""The sagan version a project's outputs were made with: `sagan-version.yaml` in the project.
-
-Every stage of a project made by `sagan init` has `sagan_version` in that file as a DVC params
-dependency, so a new version shows every stage as changed in `dvc status`. Who writes it:
-- `sagan init` (the installed version) and `sagan init DIR --upgrade` (after upgrading sagan);
-- the Prefect flow (`sagan pipeline run`, scheduled runs) before it asks DVC what changed, so an
-  upgrade reruns every stage without anyone editing a file.
-The stage commands `dvc repro` runs (`sagan prepare|train|evaluate`) refuse to run under another
-version than the recorded one (exit 2 naming the fix), so dvc.lock never records an output against
-the version that did not make it. A folder without the file (this repository, older projects) is
-not checked: its dvc.yaml has its own dependencies.
+"""`sagan-version.yaml`: the sagan version a project's outputs were made with, a DVC params
+dependency of every stage (a new version reruns them all). Written by `sagan init [--upgrade]` and
+by the flow before it asks DVC; the stages refuse to run under another version, so dvc.lock never
+records an output against the version that did not make it. A folder without it is not checked.
 """
 
 from __future__ import annotations
@@ -31,7 +24,7 @@ HEADER = (
 
 
 def installed() -> str:
-    """The installed sagan's version ("unknown" when run from a checkout that was never installed)."""
+    """The installed sagan's version ("unknown" from a checkout never installed)."""
     try:
         return version("sagan")
     except PackageNotFoundError:
@@ -39,7 +32,6 @@ def installed() -> str:
 
 
 def recorded(root: str | Path = ".") -> str | None:
-    """The version in ROOT/sagan-version.yaml, or None when the project has no such file."""
     path = Path(root) / VERSION_FILE
     if not path.is_file():
         return None
@@ -57,8 +49,7 @@ def write(root: str | Path = ".", value: str | None = None) -> str:
 
 
 def sync(root: str | Path = ".") -> str | None:
-    """Record the installed version when the project records another one (the flow, before DVC is
-    asked what changed); returns a one-line note when it did, else None."""
+    """Record the installed version when the project records another; a one-line note when it did."""
     before, now = recorded(root), installed()
     if before is None or before == now:
         return None

@@ -1,28 +1,12 @@
 """Image archives (.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz, .zip), read safely and never extracted.
 
-Every member is checked before anything is read: absolute paths, `..`, links pointing outside the
-archive, device files/FIFOs and zip members sharing bytes (overlapping entries: one deflate stream
-read as many members) refuse the whole archive. Members are then read front to back in one
-decompression pass and handed over as bytes (decode.py decodes them from memory), in
-batches of at most CHUNK_BYTES (or one member, when larger).
-
-A tar link never reads its target again (tarfile would rewind the archive: quadratic in a .tar.gz):
-links are resolved from the listing to the regular file they end at, that file's payload is kept
-(up to LINKED_BYTES in all) until its last link is handed over, and shared. A link to a member later
-in the archive, to a directory, in a loop, or whose target was too large to keep is one rejected file.
-
-One bad member is one rejected file, never a failed archive: a member that cannot be read (a link
-to a missing member, a bad CRC, an encrypted zip member, damaged compressed data) is handed over as
-a `BadMember` carrying the manifest's rejection reason instead of bytes. Memory stays bounded: a
-member whose declared size exceeds `max_member_bytes(data.max_pixels)`, or whose image header
-declares more than `data.max_pixels` pixels, or whose declared size exceeds `max_member_bytes` of
-the pixels its header declares (a small image then hundreds of MB of padding), is rejected as a
-decompression bomb before it is read; a member over HEADER_PEEK bytes whose first HEADER_PEEK bytes
-hold no known image header is rejected as not an image without reading the rest. A member read
-whole is read in pieces into one buffer, so it costs about its own size once.
-
-Longer than 300 lines: the one module ARCHITECTURE.md names for safe tar/zip reading; the checks,
-link resolution and bounded reading share its limits and would only be spread thinner if split.
+Absolute paths, `..`, links leaving the archive, device files/FIFOs and zip members sharing bytes
+refuse the whole archive before anything is read. Members are then read front to back in one
+decompression pass and handed over as bytes, or as a `BadMember` (the rejection reason: unreadable,
+corrupt, or a decompression bomb by its declared size or its header's pixels, never read).
+A tar link is resolved from the listing and shares its target's kept payload (tarfile would rewind
+the archive: quadratic in a .tar.gz).
+Longer than 300 lines: the checks, link resolution and bounded reading share their limits.
 """
 
 from __future__ import annotations
@@ -48,30 +32,21 @@ from sagan_core.data.formats import known_header, open_image
 from sagan_core.errors import SaganError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
-# A member may need at most BYTES_PER_PIXEL bytes per allowed pixel plus HEADROOM: 16 is generous
-# (uncompressed 16-bit RGBA is 8, ASCII PPM about 12) and the headroom covers EXIF, ICC profiles,
-# XMP and thumbnails. Anything declaring more cannot be a usable image: it is never read.
+# A member may declare at most BYTES_PER_PIXEL per allowed pixel (16-bit RGBA is 8, ASCII PPM ~12)
+# plus HEADROOM (EXIF, ICC, XMP, thumbnails); more cannot be a usable image and is never read.
 BYTES_PER_PIXEL = 16
 HEADROOM = 16 << 20
-# Members larger than this have their image header checked on a prefix of this many bytes before
-# the rest is read; smaller ones are read whole (the decoder checks the same header before decoding).
-HEADER_PEEK = 1 << 20
-# The bytes one batch hands to the decoders (a link's shared payload counts again), and the bytes of
-# link targets kept in memory for links still to come.
-CHUNK_BYTES = 64 << 20
-LINKED_BYTES = 256 << 20
+HEADER_PEEK = 1 << 20  # larger members have their image header checked on this prefix first
+CHUNK_BYTES = 64 << 20  # the bytes of one batch handed to the decoders
+LINKED_BYTES = 256 << 20  # the bytes of link targets kept for links still to come
 
 
 @dataclass(frozen=True)
 class BadMember:
-    """A member handed over instead of its bytes: `reason` is the manifest's rejection reason."""
-
     reason: str
 
 
 def max_member_bytes(pixels: int) -> int:
-    """The largest declared member size read for an image of `pixels` pixels: `data.max_pixels`
-    before the header is seen, the header's width x height after (see BYTES_PER_PIXEL)."""
     return BYTES_PER_PIXEL * pixels + HEADROOM
 
 
@@ -93,16 +68,10 @@ def _check_tar(tf: tarfile.TarFile, archive: Path) -> dict[str, str | BadMember]
     for m in members:
         p = _safe_name(m.name, archive)
         if m.issym() or m.islnk():
-            # Link targets are resolved from the link's folder (symlinks) or the root (hard links).
+            # Symlinks are resolved from the link's folder, hard links from the root.
             base = p.parent if m.issym() else PurePosixPath()
             target = PurePosixPath(m.linkname.replace("\\", "/"))
-            parts = (base / target).parts
-            depth = 0
-            for part in parts:
-                depth += -1 if part == ".." else (0 if part == "." else 1)
-                if depth < 0:
-                    break
-            if target.is_absolute() or depth < 0:
+            if target.is_absolute() or posixpath.normpath(base / target).split("/")[0] == "..":
                 raise SaganError(f"{archive}: refused: link {m.name!r} -> {m.linkname!r} leaves the archive")
         elif not (m.isfile() or m.isdir()):
             raise SaganError(f"{archive}: refused: member {m.name!r} is a device file or FIFO")
@@ -116,9 +85,8 @@ _LATER = BadMember("unreadable: link to a member later in the archive")
 
 
 def _tar_links(members: list[tarfile.TarInfo]) -> dict[str, str | BadMember]:
-    """Each link's name -> the name of the regular file its chain of links ends at, or why it cannot
-    be read. Names match as tarfile matches them: normalized, the last of that name, a hard link's
-    among the members before it, a symlink's (relative to its folder) among all of them."""
+    """Each link's name -> the regular file its chain ends at, or why not. Names match as tarfile
+    matches them: normalized, the last of that name, a hard link's among the members before it."""
     seen: dict[str, int] = {}
     step: dict[int, int | None] = {}  # link position -> the position of the member it names
     for i, m in enumerate(members):
@@ -155,23 +123,15 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
     _check_zip_layout(zf, archive)
 
 
-# A local file header: signature, (version), flags, (method, time, date, CRC, sizes), name and
-# extra field lengths; 30 bytes.
+# A local file header: signature, (version), flags, (method, time, date, CRC, sizes), name/extra lengths.
 _LOCAL_HEADER = struct.Struct("<4s2xH18xHH")
 
 
 def _check_zip_layout(zf: zipfile.ZipFile, archive: Path) -> None:
-    """Refuse a zip whose members share bytes: the overlap check CPython's zipfile gained in 3.11.8
-    and 3.12.2 (CVE-2024-0450, gh-109858, "Overlapped entries"), which earlier 3.11s (3.11.7 here)
-    lack. Without it, members whose central entries point into one another (a local header's
-    extra field swallowing the headers after it, or one local header named by several entries)
-    all read the same deflate stream: a 790 KB zip held 20 members of 797 MB each (~1,600 fit in
-    850 KB). As in CPython, each member's span runs from its local header to the end of its
-    compressed data; sorted by offset, each must end where the next begins at the latest (the
-    last, where the central directory begins), and its local header must carry the name the
-    central directory gives it. Read from the headers only: nothing is decompressed. A member
-    whose local header is missing or cut short is left to zipfile, which cannot open it: one
-    rejected file, as before."""
+    """Refuse a zip whose members share bytes (one deflate stream read as many: a 790 KB zip held 20
+    members of 797 MB each): CPython's check of 3.11.8/3.12.2 (CVE-2024-0450), which 3.11.7 lacks.
+    As there, each span (local header to end of data) must end where the next begins, and its local
+    header carry its central name; from the headers only. A missing header is left to zipfile."""
     spans: list[tuple[int, int, str]] = []
     with open(archive, "rb") as f:
         for info in zf.infolist():
@@ -203,8 +163,7 @@ def _check_zip_layout(zf: zipfile.ZipFile, archive: Path) -> None:
 
 
 def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember]]:
-    """The names of the archive's files (and links), in archive order, after checking every member;
-    and where each tar link leads (see `_tar_links`)."""
+    """The archive's files and links in archive order, every member checked; where each link leads."""
     links: dict[str, str | BadMember] = {}
     try:
         if archive.name.lower().endswith(".zip"):
@@ -217,19 +176,15 @@ def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember
                 order = [m.name for m in tf.getmembers() if m.isfile() or m.issym() or m.islnk()]
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise SaganError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from None
-    seen: set[str] = set()
-    for n in order:
-        if n in seen:
-            raise SaganError(f"{archive}: refused: member {n!r} appears more than once (ambiguous)")
-        seen.add(n)
+    if dupes := [n for n, k in Counter(order).items() if k > 1]:
+        raise SaganError(f"{archive}: refused: member {dupes[0]!r} appears more than once (ambiguous)")
     return order, links
 
 
 def read_batches(
     archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember], chunk: int
 ) -> Iterator[list[bytes | BadMember]]:
-    """`read_members` in batches of at most `chunk` payloads and CHUNK_BYTES bytes (a member larger
-    than that, at most `max_member_bytes`, is a batch of its own)."""
+    """`read_members` in batches of at most `chunk` payloads and CHUNK_BYTES (or one larger member)."""
     batch: list[bytes | BadMember] = []
     size = 0
     for data in read_members(archive, names, max_pixels, links):
@@ -249,13 +204,10 @@ def read_batches(
 def read_members(
     archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember] | None = None
 ) -> Iterator[bytes | BadMember]:
-    """One payload per name of `names` (given in archive order), in that order, reading the archive
-    front to back once: the member's bytes, or a BadMember saying why it was not read. `links` is
-    where each tar link leads, from `checked_members`."""
-    is_zip = archive.name.lower().endswith(".zip")
+    """One payload per name (in archive order): the bytes, or a BadMember; one pass front to back."""
     done = 0
     try:
-        if is_zip:
+        if archive.name.lower().endswith(".zip"):
             payloads = _zip_payloads(archive, names, max_pixels)
         else:
             payloads = _tar_payloads(archive, names, max_pixels, links or {})
@@ -264,8 +216,7 @@ def read_members(
             yield payload
         reason = "unreadable: member not found when the archive was read"
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        # The archive's stream itself broke after it was listed: what was read is kept, the members
-        # after the break are lost (one rejection each), and max_rejected_fraction decides.
+        # The stream broke after the listing: each member after the break is one rejection.
         reason = f"unreadable: archive stream broken before this member ({type(e).__name__}: {e})"
     for _ in names[done:]:
         yield BadMember(reason)
@@ -284,15 +235,13 @@ def _zip_payloads(archive: Path, names: list[str], max_pixels: int) -> Iterator[
 def _tar_payloads(
     archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember]
 ) -> Iterator[bytes | BadMember]:
-    """Members read front to back; a link gets its target's payload, kept since the target was read
-    (its bytes count against LINKED_BYTES until the last link to it is handed over)."""
+    """A link gets its target's payload, kept (within LINKED_BYTES) until its last link is handed over."""
     wanted = set(names)
     uses = Counter(t for n in names if isinstance(t := links.get(n), str))
     kept: dict[str, bytes | BadMember] = {}
     room = LINKED_BYTES
     with tarfile.open(archive) as tf:
-        # Iterating the TarFile reads headers lazily, front to back (extractfile(name) would do a
-        # linear member search per call: quadratic on 60k files).
+        # Iterating reads headers lazily (extractfile(name) searches linearly: quadratic on 60k files).
         for m in tf:
             if m.name not in wanted and m.name not in uses:
                 continue
@@ -320,7 +269,6 @@ def _tar_payloads(
 def _read_member(
     open_member: Callable[[], IO[bytes] | None], size: int, max_pixels: int
 ) -> bytes | BadMember:
-    """The member's bytes, or why not; `size` is its declared size."""
     limit = max_member_bytes(max_pixels)
     if size > limit:
         return BadMember(
@@ -334,8 +282,13 @@ def _read_member(
             if size <= HEADER_PEEK:
                 return f.read()
             head = f.read(HEADER_PEEK)
-            why = _header_verdict(head, size, max_pixels)
-            return BadMember(why) if why else _read_rest(f, head)
+            if why := _header_verdict(head, size, max_pixels):
+                return BadMember(why)
+            buf = io.BytesIO()  # one copy of the member at its peak (`head + f.read()` held three)
+            buf.write(head)
+            while piece := f.read(HEADER_PEEK):
+                buf.write(piece)
+            return buf.getvalue()
     except Exception as e:  # noqa: BLE001 - mapped to a reason; unknown kinds stay fatal below
         reason = _read_error(e)
         if reason is None:
@@ -343,24 +296,11 @@ def _read_member(
         return BadMember(reason)
 
 
-def _read_rest(f: IO[bytes], head: bytes) -> bytes:
-    """`head` and the rest of `f`, read in HEADER_PEEK pieces into one growing buffer: about one
-    copy of the member at its peak (`head + f.read()` held two, and the decompressor's output a
-    third). BytesIO.getvalue hands over its buffer without copying it."""
-    buf = io.BytesIO()
-    buf.write(head)
-    while piece := f.read(HEADER_PEEK):
-        buf.write(piece)
-    return buf.getvalue()
-
-
 def _read_error(e: Exception) -> str | None:
     """The rejection reason for an error reading one member; None for errors that are not its own."""
     if isinstance(e, KeyError):  # tarfile: a link whose target is not an earlier member
         return "unreadable: link to a missing member"
-    if isinstance(e, RuntimeError):  # zipfile: encrypted (flagged in the local header only)
-        return f"unreadable: {e}"
-    if isinstance(e, NotImplementedError):  # zipfile: a compression method Python cannot read
+    if isinstance(e, (RuntimeError, NotImplementedError)):  # zipfile: encrypted, unknown compression
         return f"unreadable: {e}"
     if isinstance(e, zipfile.BadZipFile):
         return "corrupt: bad CRC" if "CRC" in str(e) else f"corrupt: {e}"
@@ -372,10 +312,8 @@ def _read_error(e: Exception) -> str | None:
 
 
 def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
-    """Why a member of `size` bytes starting with `head` is not read further: 'decompression bomb:
-    ...' when its image header declares too many pixels, or fewer than `size` bytes could encode,
-    'not an image: ...' when `head` starts with no known image header; None otherwise (a prefix may
-    cut a real header short: the decoder decides)."""
+    """Why a member of `size` bytes starting with `head` is not read further (too many pixels, more
+    bytes than they need, no known image header); None: read it (the decoder decides)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
@@ -392,7 +330,6 @@ def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
     if w * h > max_pixels:
         return f"decompression bomb: {w}x{h} pixels > data.max_pixels={max_pixels}"
     if size > (need := max_member_bytes(w * h)):
-        # Bytes no encoding of this image needs (a 64x64 PNG then 760 MiB of zeros): never read.
-        # Only the first frame is decoded, so an animated image this large is rejected too.
+        # A 64x64 PNG then 760 MiB of zeros (only the first frame of an animation is decoded).
         return f"decompression bomb: member declares {size} bytes > {need}, the most a {w}x{h} image needs"
     return None

@@ -1,18 +1,8 @@
-"""The prepared dataset on disk and the training loader that reads it.
-
-Prepared layout (`data.prepared_dir`):
-  images.npy     uint8 N x C x H x W (np.save format: memory-mappable with np.load(mmap_mode="r"))
-  labels.npy     int64 N (all 0 for an unconditional dataset)
-  manifest.json  num_images, num_classes, class_names, resolution, channels, content_hash, rejected, ...
-
-`open_prepared` checks the files against the manifest's content_hash (a SHA-256 of the prepared
-bytes): files changed since prepare, or a copy that stopped halfway, are refused rather than served
-(an FID reference cache keyed by that hash would otherwise hand out another dataset's statistics).
-
-The loader is deliberately not a torch DataLoader: batches are fancy-indexed out of the memory map
-in the main process (tens of thousands of small images per second), so there are no worker
-processes to seed, and its whole state is (epoch, cursor) -- which is what makes resume exact and
-DDP sharding trivial.
+"""The prepared dataset (`data.prepared_dir`: images.npy uint8 N x C x H x W, labels.npy int64 N,
+manifest.json) and the training loader. `open_prepared` refuses files that do not match the
+manifest's content_hash (an FID cache keyed by it would serve another dataset's statistics).
+The loader is no torch DataLoader: batches are indexed out of the memory map in this process (tens
+of thousands of small images per second), so its whole state is (epoch, cursor): exact resume.
 """
 
 from __future__ import annotations
@@ -44,7 +34,7 @@ class PreparedData:
         return int(self.images.shape[0])
 
 
-# What the trainer, evaluation and the stage records read from the manifest (types as prepare writes them).
+# What readers take from the manifest, with the types prepare writes.
 MANIFEST_KEYS = {
     "num_images": int,
     "num_classes": int,
@@ -54,18 +44,14 @@ MANIFEST_KEYS = {
     "class_names": list,
 }
 
-# Files whose hash this process has checked: (path, inode, size, mtime) of both arrays -> the hash.
-# Checked once per process, not once ever: SHA-256 runs at ~0.5 GB/s here (opening the 10 MB demo
-# takes ~60 ms with the check, ~5 ms without; CIFAR-10 at 32 px ~0.3 s; 2.5 GB ~5 s), small beside
-# the training that follows, and a stamp stored on disk would either sit inside the DVC-tracked
-# folder (changing its md5) or trust a size and mtime that a copy tool preserves.
+# (path, inode, size, mtime) of both arrays -> the hash checked, once per process: SHA-256 is ~0.5 GB/s
+# (CIFAR-10 at 32 px ~0.3 s), and a stamp on disk would sit in the DVC-tracked folder or trust an
+# mtime that copy tools preserve.
 _verified: dict[tuple, str] = {}
 
 
 def content_hash(images: Path, labels: np.ndarray, class_names: list[str]) -> str:
-    """SHA-256 of the prepared bytes (pixels, shape, labels, class names), nothing about the
-    source's location: identical input and params give an identical hash anywhere. prepare.py
-    records it in the manifest; open_prepared checks it."""
+    """SHA-256 of pixels, shape, labels and class names: nothing about the source's location."""
     arr = np.load(images, mmap_mode="r")
     offset, shape = arr.offset, arr.shape
     del arr
@@ -80,7 +66,6 @@ def content_hash(images: Path, labels: np.ndarray, class_names: list[str]) -> st
 
 
 def _damaged(path: Path, what: str) -> SaganError:
-    """A prepared dataset that is on disk but unusable: a runtime failure (exit 1), one line."""
     return SaganError(f"{path}: {what}; run `sagan prepare` again")
 
 
@@ -95,8 +80,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _check(directory: Path, manifest: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> None:
-    """The manifest has what its readers need and agrees with the arrays (a half-copied or
-    hand-edited dataset otherwise fails later with a KeyError or an index error inside training)."""
     path = directory / "manifest.json"
     missing = sorted(MANIFEST_KEYS.keys() - manifest.keys())
     if missing:
@@ -114,7 +97,7 @@ def _check(directory: Path, manifest: dict[str, Any], images: np.ndarray, labels
 
 
 def open_prepared(directory: str | Path) -> PreparedData:
-    """The prepared dataset; a damaged one (any file) is a SaganError (exit 1) naming the file."""
+    """The prepared dataset; a damaged one is a SaganError naming the file."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
@@ -124,9 +107,7 @@ def open_prepared(directory: str | Path) -> PreparedData:
         images = np.load(directory / "images.npy", mmap_mode="r")
         labels = np.load(directory / "labels.npy")
     except (OSError, ValueError) as e:
-        raise SaganError(
-            f"{directory}: prepared dataset is damaged ({e}); run `sagan prepare` again"
-        ) from None
+        raise _damaged(directory, f"prepared dataset is damaged ({e})") from None
     _check(directory, manifest, images, labels)
     _check_hash(directory, manifest, labels)
     return PreparedData(images, labels, manifest)
@@ -146,11 +127,8 @@ def _check_hash(directory: Path, manifest: dict[str, Any], labels: np.ndarray) -
 
 
 class BatchLoader:
-    """Endless shuffled batches as float tensors in [-1, 1] on `device`, with optional h-flips.
-
-    Epoch e uses the permutation drawn from a generator seeded with (seed, e); rank r of w takes
-    every w-th index of it (disjoint shards of equal length). Incomplete final batches are dropped.
-    """
+    """Endless shuffled batches in [-1, 1] on `device`: epoch e permuted by a generator seeded with
+    (seed, e), rank r of w taking every w-th index; incomplete final batches dropped."""
 
     def __init__(
         self,
@@ -188,8 +166,7 @@ class BatchLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(len(self.data), generator=g)[: self.shard_len * self.world_size]
         order = perm[self.rank :: self.world_size].numpy()
-        # Each batch's indices sorted once per epoch: the memory map is then read front to back
-        # (page-cache and disk friendly), and a batch is a set, so its internal order is free.
+        # Each batch's indices sorted: the memory map is read front to back (a batch is a set).
         full = self.batches_per_epoch * self.batch_size
         order[:full] = np.sort(order[:full].reshape(-1, self.batch_size), axis=1).ravel()
         self._order = order
@@ -212,9 +189,8 @@ class BatchLoader:
             x[flips] = x[flips, ..., ::-1]
         y = torch.from_numpy(self.data.labels[idx].astype(np.int64, copy=False))
         self.cursor += self.batch_size
-        # The uint8 -> [-1, 1] conversion is done by numpy on CPU (single-threaded: torch's
-        # intra-op threads cost more in synchronisation than the work on small batches) and on
-        # the GPU for CUDA (4x less to copy over PCIe).
+        # uint8 -> [-1, 1] on the GPU (4x less to copy), on CPU by numpy (torch's intra-op threads
+        # cost more in synchronisation than the work on small batches).
         if self.device.type == "cuda":
             xt = torch.from_numpy(x).pin_memory().to(self.device, non_blocking=True)
             return xt.float().div_(127.5).sub_(1.0), y.pin_memory().to(self.device, non_blocking=True)

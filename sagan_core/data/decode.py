@@ -1,14 +1,7 @@
-"""Decoding for `sagan prepare`: one image file -> a uint8 C x H x W array, or a rejection reason;
-many of them in order, in worker processes (pool.py).
-
-Valid images are EXIF-rotated, converted to `data.channels` (grayscale, RGBA over white, palette,
-16-bit scaled to 8-bit), resized (short side, antialiased) and center-cropped to `data.resolution`.
-Files are opened as one of formats.RASTER_FORMATS only, chosen by their bytes: never EPS/PDF
-(Ghostscript) or any other Pillow plugin. Decoding memory is bounded by `data.max_pixels` and the
-output size, whatever the aspect ratio; running out of memory or a failing decoder is one rejected
-file. Chunks come back in source order with a bounded number in flight, so memory stays flat; a
-worker that dies (the OOM killer, kill -9) is a SaganError naming the file it was decoding.
-"""
+"""One image -> a uint8 C x H x W array (EXIF-rotated, converted to `data.channels`, short side
+resized, center-cropped), or a rejection reason; many in order in worker processes (pool.py).
+Memory is bounded by `data.max_pixels` and the output size, whatever the aspect ratio; running out
+of it, or a failing decoder, is one rejected file."""
 
 from __future__ import annotations
 
@@ -29,11 +22,9 @@ from sagan_core.data.pool import in_order, mark_item
 from sagan_core.data.sources import Source
 from sagan_core.errors import ConfigError
 
-# An image whose short-side resize would exceed this many times the output's pixels (aspect ratio
-# over 16:1) is cropped before it is resized: resizing a 3,125,000 x 16 strip whole to 256 px would
-# allocate ~36 GiB. Only those take the crop-first path, because Pillow's box resampling rounds its
-# coefficients differently: on 400 random ordinary images, 233 came out different in some pixel
-# (by 1). Ordinary images keep resize-then-crop and stay bit-identical to earlier prepares.
+# Aspect ratios over 16:1 are cropped before resizing (a 3,125,000 x 16 strip resized whole to 256 px
+# is ~36 GiB); only those, as box resampling rounds differently (233 of 400 ordinary images changed
+# by 1 in some pixel): ordinary images stay bit-identical to earlier prepares.
 _CROP_FIRST_ABOVE = 16
 
 
@@ -42,7 +33,7 @@ class Rejected(Exception):
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Any PIL mode -> L or RGB, scaling 16/32-bit data and flattening alpha onto white."""
+    """Any PIL mode -> L or RGB, 16/32-bit scaled, alpha flattened onto white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # PIL's own I;16 -> L conversion clips at 255 instead of scaling the 16-bit range.
         arr = np.array(img, dtype=np.int32)  # a writable copy holding both; 4 B/pixel, then in place
@@ -65,7 +56,6 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 
 def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
-    """Loaded PIL image -> uint8 C x H x W: convert mode, resize short side, center-crop."""
     w, h = img.size
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
@@ -84,8 +74,8 @@ def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
 def _crop_then_resize(
     img: Image.Image, size: tuple[int, int], at: tuple[int, int], resolution: int, channels: int
 ) -> Image.Image:
-    """What resizing to `size` then cropping at `at` shows, without the resized image: the source
-    region under the crop (plus the bicubic filter's reach) is cut out, converted, then resampled."""
+    """Resize to `size` then crop at `at`, without the resized image: the source region under the
+    crop (plus the bicubic filter's reach) is cut out, converted, then resampled."""
     (w, h), (nw, nh), (left, top) = img.size, size, at
     sx, sy = w / nw, h / nh  # source pixels per output pixel
     box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
@@ -98,7 +88,6 @@ def _crop_then_resize(
 
 
 def _damage(e: BaseException) -> str:
-    """PIL reports a file that ends early as 'image file is truncated' / 'Truncated File Read'."""
     return "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
 
 
@@ -120,7 +109,6 @@ def _check_file(source: Source, key: Any) -> None:
 
 
 def _open(source: Source, key: Any) -> Image.Image:
-    """The item's image, not yet decoded (Source.open), or the reason it cannot be opened."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
@@ -136,7 +124,6 @@ def _open(source: Source, key: Any) -> Image.Image:
 
 
 def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
-    """Validate and convert one item; raises Rejected with the reason."""
     _check_file(source, key)
     with _open(source, key) as img:
         w, h = img.size
@@ -154,8 +141,7 @@ def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
 
 def _convert(img: Image.Image, cfg: DataConfig) -> np.ndarray:
     if img.format == "JPEG":
-        # Let libjpeg decode at a reduced scale when the image is much larger than needed
-        # (faster, and the full-size pixels never exist in memory).
+        # libjpeg decodes at a reduced scale: the full-size pixels never exist in memory
         w, h = img.size
         s = cfg.resolution / min(w, h)
         img.draft(img.mode, (max(1, int(w * s)), max(1, int(h * s))))
@@ -176,8 +162,6 @@ def _convert(img: Image.Image, cfg: DataConfig) -> np.ndarray:
     return to_array(img, cfg.resolution, cfg.channels)
 
 
-# --- many images, in order, in parallel ---------------------------------------------------------
-
 _worker: tuple[Source, DataConfig] | None = None
 
 
@@ -188,7 +172,6 @@ def _init_worker(source: Source, cfg: DataConfig) -> None:
 
 
 def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
-    """A chunk -> (valid images stacked, one reason or None per key)."""
     assert _worker is not None
     source, cfg = _worker
     out = np.empty((len(keys), cfg.channels, cfg.resolution, cfg.resolution), dtype=np.uint8)
@@ -208,7 +191,7 @@ def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
 def decode_all(
     source: Source, cfg: DataConfig, workers: int, chunk: int
 ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
-    """Decoded chunks in `source.read_order`. At most 2 chunks per worker are in flight at once."""
+    """Decoded chunks, (valid images, one reason or None per key), in `source.read_order`."""
     chunks = source.payloads(chunk, cfg.max_pixels)
     if workers <= 1:
         _init_worker(source, cfg)
@@ -223,8 +206,7 @@ def decode_all(
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as pytorch-fid's ImagePathDataset reads it: PIL, converted to RGB, H x W x 3
-    uint8 (opened as one of RASTER_FORMATS only)."""
+    """An image file as pytorch-fid's ImagePathDataset reads it (RGB, H x W x 3 uint8)."""
     try:
         with open_image(path) as img:
             return np.asarray(img.convert("RGB")).copy()
@@ -241,13 +223,8 @@ def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
 
 
 def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.ndarray]]:
-    """Each chunk of image files decoded (`read_rgb`), in order. With workers > 1 the files are
-    decoded in that many processes, up to 2 chunks per worker ahead of the consumer, so decoding
-    overlaps with whatever the caller does with a chunk (the Inception pass) and memory stays
-    bounded. A worker's ConfigError (an unreadable file) is raised here; a worker that dies is a
-    SaganError naming the file it was on."""
+    """Each chunk of image files `read_rgb`, in order, decoded ahead of the caller (the Inception pass)."""
     if workers <= 1 or len(chunks) < 2:
         yield from map(_read_rgb_chunk, chunks)
         return
-    # The workers import this module (PIL, numpy), never torch.
     yield from in_order(_read_rgb_chunk, chunks, min(workers, len(chunks)), lambda s, i: str(chunks[s][i]))

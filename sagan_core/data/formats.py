@@ -1,10 +1,5 @@
-"""What counts as an image here, and the one way an untrusted image file is opened.
-
-Pillow picks a decoder by a file's bytes, not its extension: a `.png` holding EPS would reach
-EpsImagePlugin, which runs Ghostscript. So every file, archive member or folder image that sagan
-reads is opened with `open_image`, restricted to the raster formats of IMAGE_EXTENSIONS; nothing
-that runs an external program (EPS, PDF) is ever asked.
-"""
+"""What counts as an image, and the one way an untrusted one is opened: Pillow picks a decoder by
+the bytes (a `.png` holding EPS would run Ghostscript), so only RASTER_FORMATS are ever asked."""
 
 from __future__ import annotations
 
@@ -25,8 +20,7 @@ def open_image(fp: Any) -> Image.Image:
 
 
 def known_header(head: bytes) -> bool:
-    """Whether `head` starts with the signature of one of RASTER_FORMATS (Pillow's own tests, as
-    Image.open asks them)."""
+    """Whether `head` starts with the signature of one of RASTER_FORMATS (Pillow's own tests)."""
     Image.init()
     for fmt in RASTER_FORMATS:
         _, accept = Image.OPEN.get(fmt, (None, None))

@@ -1,23 +1,10 @@
-"""`sagan prepare`: validate and decode every image of `data.source` into the prepared dataset.
+"""`sagan prepare`: every image of `data.source` decoded into the prepared dataset (dataset.py).
 
-Every file is checked; a bad one is never fatal on its own. It is listed in the manifest's
-`rejected` entries with one of these reasons (the prefix before ':' is stable, for tools):
-
-  empty file | unreadable | not an image | corrupt | truncated | decompression bomb | too small |
-  unsupported mode | not inside a class folder
-
-Prepare fails (SaganError, exit 1) only when no valid image remains or more than
-`data.max_rejected_fraction` of the files were rejected: its line names the top reasons with their
-counts, and the per-file reasons go beside data.prepared_dir (rejections.py).
-
-Decoding (decode.py) runs in `data.workers` processes; chunks come back in source order and are
-appended to the output file as they arrive, so memory stays flat however large the source is.
-The layout written is described in dataset.py.
-
-The dataset is built in a new directory beside `data.prepared_dir` (`.<name>.<pid>.<random>.tmp`),
-every file and the directory fsynced, then swapped in whole (renameat2 RENAME_EXCHANGE on Linux):
-a crash or an error at any point leaves the previous dataset, complete, or the new one, never a mix
-whose manifest hash describes other bytes. A build left by a killed prepare is removed by the next.
+A bad file is one rejection in the manifest, its reason's prefix before ':' stable for tools (empty
+file | unreadable | not an image | corrupt | truncated | decompression bomb | too small | unsupported
+mode | not inside a class folder); too many fail prepare (rejections.py). Chunks are appended as they
+arrive: memory stays flat. The dataset is built beside `data.prepared_dir` and swapped in whole
+(renameat2 RENAME_EXCHANGE): a crash leaves the old dataset or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -35,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sagan_core.atomic import user_mode, write_all, write_atomic, write_json
+from sagan_core.atomic import fsync_dir, user_mode, write_all, write_atomic, write_json
 from sagan_core.config import DataConfig
 from sagan_core.data import rejections
 from sagan_core.data.dataset import content_hash
@@ -47,18 +34,14 @@ from sagan_core.errors import SaganError, WriteError
 _HEADER_LEN = 128  # fixed .npy header size, so the final image count can be written in place
 
 
-# --- the output -------------------------------------------------------------------------------
-
-
 def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """A version-1.0 .npy header for uint8 C-order data, padded to a fixed length."""
+    """A version-1.0 .npy header for uint8 data, of fixed length."""
     d = repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode("latin1")
     body = d + b" " * (_HEADER_LEN - 10 - len(d) - 1) + b"\n"
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
 
 
 def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: int) -> None:
-    """Rewrite the image file with rows in `perm` order, a chunk at a time."""
     src = np.load(path, mmap_mode="r")
 
     def write(f) -> None:
@@ -70,12 +53,7 @@ def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: in
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
-    """Build `cfg.prepared_dir` from `cfg.source`; returns the manifest."""
-    with open_source(cfg.source) as source:
-        return _prepare(source, cfg, progress)
-
-
-def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
+    source = open_source(cfg.source)
     if not source.items:
         if source.rejected:  # images there, none inside a class folder
             rejections.fail(cfg, f"no images found ({len(source.rejected)} rejected)", source.rejected)
@@ -105,7 +83,6 @@ def _prepare(source: Source, cfg: DataConfig, progress: bool) -> dict[str, Any]:
 
 
 def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[str, Any]:
-    """The whole prepared dataset in the (new, empty) directory `out`, fsynced; its manifest."""
     total = len(source.items) + len(source.rejected)
     img_shape = (cfg.channels, cfg.resolution, cfg.resolution)
     # ~4 MB of decoded pixels per chunk: big enough to amortise IPC, small enough to bound memory.
@@ -142,8 +119,7 @@ def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[s
 def _decode_to_file(
     source: Source, cfg: DataConfig, path: Path, img_shape: tuple[int, ...], chunk: int, progress: bool
 ) -> tuple[int, list[int], list[tuple[int, dict[str, str]]]]:
-    """Decode every item into the .npy file `path`, streaming; (images written, item position of
-    each written image, (position, rejection) of each rejected item)."""
+    """(images written, item position of each, (position, rejection) of each rejected item)."""
     # Auto: one process per core, but none for tiny sources (pool start-up would dominate).
     workers = cfg.workers or min(available_cores(), max(1, len(source.items) // 256))
     order = source.read_order if source.read_order is not None else range(len(source.items))
@@ -171,8 +147,6 @@ def _decode_to_file(
 
 
 def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], total: int) -> None:
-    """Fail (rejections.py: the top reasons in the line, every file's beside data.prepared_dir) when
-    nothing valid remains or more than data.max_rejected_fraction of the files were rejected."""
     if n == 0:
         rejections.fail(cfg, f"no valid images ({len(rejected)} rejected)", rejected)
     frac = len(rejected) / total
@@ -185,8 +159,6 @@ def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], t
         )
 
 
-# --- the swap -----------------------------------------------------------------------------------
-
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
 
@@ -194,9 +166,8 @@ PREPARED_FILES = frozenset({"images.npy", "labels.npy", "manifest.json"})
 
 
 def _refuse_foreign(out: Path) -> None:
-    """The swap deletes the previous `out`: only a prepared dataset (its three files, and partial
-    writes of them: `.<name>.*.tmp`, `<name>.tmp` from older sagan versions) or an empty folder may be
-    there, never what sagan did not write."""
+    """The swap deletes the previous `out`: it must hold only a prepared dataset's files (and their
+    partial writes: `.<name>.*.tmp`, `<name>.tmp` from older versions), never what sagan did not write."""
     if not os.path.lexists(out):
         return
     if not out.is_dir():
@@ -220,8 +191,8 @@ def _partial_write(name: str) -> bool:
 
 
 def _swap_in(new: Path, out: Path) -> None:
-    """`new` becomes `out` in one step; the previous `out` (if any, a prepared dataset) is deleted after."""
-    _fsync_dir(new)
+    """`new` becomes `out` in one step; the previous `out` is deleted after."""
+    fsync_dir(new)
     _refuse_foreign(out)
     if not os.path.lexists(out):
         os.rename(new, out)
@@ -232,7 +203,7 @@ def _swap_in(new: Path, out: Path) -> None:
         os.rename(out, stale)
         os.rename(new, out)
         _remove(stale)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -250,14 +221,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -266,8 +229,7 @@ def _remove(path: Path) -> None:
 
 
 def _remove_stale_builds(out: Path) -> None:
-    """Builds (and swapped-out datasets) of prepares that were killed: `.<name>.<pid>.*.tmp` whose
-    process is gone. A live one, another prepare's, is left alone."""
+    """Builds of killed prepares: `.<name>.<pid>.*.tmp` whose process is gone."""
     for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
         pid = path.name[len(out.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
@@ -280,5 +242,5 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
+        pass
     return True

@@ -1,16 +1,10 @@
-"""Rejected files: their counts per reason, and what a prepare that fails for them says and leaves.
-
-A rejection is `{"file", "reason"}`; the reason's prefix before ':' is its kind (prepare.py lists
-them). A prepared dataset lists its rejections in its manifest. A prepare that fails for them (no
-valid image, or more than data.max_rejected_fraction rejected) writes no manifest: its one-line
-error names the most frequent kinds with their counts (and the key behind `too small`), and the
-per-file reasons go to `<data.prepared_dir>.rejected.json` beside the prepared folder (written
-atomically; the prepared folder itself is left as it was). The next prepare that succeeds removes
-that file: its manifest lists the rejections then.
-"""
+"""Rejected files (`{"file", "reason"}`, the kind before ':'): a prepare failing for them names the
+top kinds in its one line and lists every file in `<data.prepared_dir>.rejected.json`, which the
+next prepare that succeeds removes (its manifest lists them then)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,15 +17,10 @@ TOP = 3  # kinds named in the error line
 
 def rejection_summary(manifest: dict[str, Any]) -> dict[str, int]:
     """{'truncated': 2, 'too small': 1, ...}: counts per reason (the part before ':')."""
-    counts: dict[str, int] = {}
-    for r in manifest["rejected"]:
-        kind = r["reason"].split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(r["reason"].split(":", 1)[0] for r in manifest["rejected"]).items()))
 
 
 def rejected_path(prepared_dir: str | Path) -> Path:
-    """Where a failed prepare lists its rejections: `data/prepared` -> `data/prepared.rejected.json`."""
     path = Path(prepared_dir)
     return path.with_name(path.name + ".rejected.json")
 
@@ -50,8 +39,6 @@ def top_reasons(rejected: list[dict[str, str]], cfg: DataConfig) -> str:
 
 
 def fail(cfg: DataConfig, what: str, rejected: list[dict[str, str]]) -> NoReturn:
-    """Write the per-file reasons beside data.prepared_dir, then raise the one-line error:
-    `data.source 'x': WHAT: too small: 3900 (...); per-file reasons in data/prepared.rejected.json`."""
     path = rejected_path(cfg.prepared_dir)
     record = {
         "source": cfg.source,
@@ -70,5 +57,4 @@ def fail(cfg: DataConfig, what: str, rejected: list[dict[str, str]]) -> NoReturn
 
 
 def clear(cfg: DataConfig) -> None:
-    """A prepare that succeeded: the list of an earlier failed one is no longer true."""
     rejected_path(cfg.prepared_dir).unlink(missing_ok=True)

@@ -1,13 +1,6 @@
-"""A data folder holds only regular files, directories and links to regular files inside it.
-
-Anything else is refused before anything reads the folder, DVC included: DVC hashes every entry of
-prepare's dependency (hidden ones too) by opening it, so a FIFO blocks it forever, a link to
-/dev/zero reads forever, a link out of the folder reads files the user never gave, and a dangling
-link fails DVC with a traceback. Only `lstat` is used here: nothing in the folder is opened.
-
-`check_folder` is called by `sagan prepare` (sources.folder_source), by the Prefect flow before its
-first `dvc status`, and by the `check` stage an `sagan init` project runs first under `dvc repro`.
-"""
+"""A data folder holds only regular files, directories and links to regular files inside it,
+checked with lstat before anything reads it: DVC opens every entry (hidden ones too), so a FIFO
+blocks it forever, a link to /dev/zero reads forever, a link out reads files the user never gave."""
 
 from __future__ import annotations
 
@@ -26,7 +19,6 @@ _KINDS = {
 
 
 def _problem(path: Path, root: Path) -> str | None:
-    """Why `path` (an entry under `root`) may not be in a data folder, or None."""
     mode = os.lstat(path).st_mode
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
@@ -44,23 +36,15 @@ def _problem(path: Path, root: Path) -> str | None:
     return None if stat.S_ISREG(mode) else "a link to something that is not a regular file"
 
 
-def unsafe_entries(root: str | Path) -> list[tuple[str, str]]:
-    """(relative path, why) for every entry of `root` that is not a regular file, a directory, or a
-    link to a regular file inside `root`; hidden entries included (DVC hashes them too)."""
-    root = Path(root).resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):  # never follows links into directories
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            if why := _problem(path, root):
-                found.append((path.relative_to(root).as_posix(), why))
-    return sorted(found)
-
-
 def check_folder(root: str | Path, shown: str | None = None) -> None:
-    """Refuse the folder in one line naming the first unsafe entry (and how many more); `shown`:
-    how the user wrote data.source."""
-    bad = unsafe_entries(root)
+    """Refuse the folder in one line naming the first unsafe entry; `shown`: data.source as written."""
+    resolved = Path(root).resolve()
+    bad = sorted(
+        (path.relative_to(resolved).as_posix(), why)
+        for dirpath, dirnames, filenames in os.walk(resolved)  # never follows links into directories
+        for path in (Path(dirpath, name) for name in dirnames + filenames)
+        if (why := _problem(path, resolved))
+    )
     if not bad:
         return
     (name, why), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -1,18 +1,7 @@
-"""Where `sagan prepare` reads images from: `data.source` -> a Source (an ordered list of items).
-
-- `demo`: the bundled MNIST test set (10,000 real digits, idx.gz in sagan_core/data/assets/mnist).
-- an ImageFolder directory: `root/<class>/**/*.png|jpg|...` -> labelled; a flat folder -> unlabelled.
-  A folder of splits (`root/train/<class>`, `root/test/<class>`, ...) is merged class by class.
-- a `.tar`, `.tar.gz`/`.tgz`, `.tar.bz2`, `.tar.xz` or `.zip` archive of such a folder (sagan_core.archives). Every member
-  is checked first (no absolute paths, no `..`, no links leaving the archive, no device files or
-  FIFOs, no zip members sharing bytes): one unsafe member refuses the whole archive. Nothing is extracted to disk: members are
-  read front to back (one decompression pass) and decoded from memory. A member that cannot be
-  read (or is a decompression bomb by its declared size or header) is one rejected file.
-- `torchvision:NAME[:SPLIT]`: a torchvision built-in dataset (CIFAR10, MNIST, STL10, CelebA, ...),
-  downloaded into `data/raw/torchvision` when online.
-
-Order is deterministic and independent of the filesystem: class names are sorted, files are sorted
-by their path relative to the root, and labels index the sorted class names.
+"""`data.source` -> a Source, an ordered list of items: `demo` (the bundled MNIST test set), an
+image folder (`root/<class>/**` labelled, flat unlabelled, `root/<split>/<class>/**` merged), an
+archive of one (archives.py), or `torchvision:NAME[:SPLIT]`. Order is independent of the
+filesystem: classes and paths sorted, labels index the sorted class names.
 """
 
 from __future__ import annotations
@@ -22,7 +11,6 @@ import inspect
 import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,26 +26,18 @@ from sagan_core.errors import ConfigError, SaganError
 DEMO_DIR = Path(__file__).parent / "assets" / "mnist"
 TORCHVISION_ROOT = Path("data/raw/torchvision")
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
-# Junk that archivers and file browsers leave next to images; never data.
 SKIPPED_DIRS = {"__MACOSX", "@eaDir"}
 
 
 @dataclass
 class Source:
-    """Items to decode in order: (key, label). Keys are relative paths (files) or indices (arrays).
-
-    `payloads()` yields what decoding workers receive, chunk by chunk, in `read_order` (item
-    positions; None = item order): keys for folders and arrays, the file bytes for archives (read
-    sequentially, so a .tar.gz is decompressed once and never extracted to disk), or a BadMember
-    with the rejection reason for a member that was not read (no larger than `max_pixels` allows);
-    an archive's batches also hold at most archives.CHUNK_BYTES (or one larger member).
-    """
+    """Items (key, label), keys relative paths or indices; `payloads()`: what the decoders get."""
 
     name: str
     class_names: list[str]
     items: list[tuple[Any, int]]
     root: Path | None = None
-    arrays: Any = None  # in-memory images for demo/torchvision sources
+    arrays: Any = None  # demo: an array; torchvision: the dataset
     rejected: list[dict[str, str]] = field(default_factory=list)
     ignored: int = 0  # files without an image extension (README.txt, labels.csv, ...)
     archive: Path | None = None
@@ -66,13 +46,13 @@ class Source:
     read_order: list[int] | None = None
 
     def open(self, payload: Any) -> Image.Image:
-        """The item's image, not yet decoded: files and archive members (untrusted bytes) opened as
-        one of formats.RASTER_FORMATS only, in-memory arrays (demo, torchvision) as they are."""
+        """The item's image, not yet decoded; untrusted bytes only as formats.RASTER_FORMATS."""
         if self.archive is not None:
             return open_image(io.BytesIO(payload))
         if self.root is not None:
             return open_image(self.root / payload)
         img = self.arrays[payload]
+        img = img[0] if isinstance(img, tuple) else img  # torchvision: (image, target)
         return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 
     def payloads(self, chunk: int, max_pixels: int) -> Iterator[list[Any]]:
@@ -84,9 +64,6 @@ class Source:
             return
         wanted = [self.members[self.items[i][0]] for i in order]
         yield from read_batches(self.archive, wanted, max_pixels, self.links, chunk)
-
-
-# --- demo -------------------------------------------------------------------------------------
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -104,17 +81,12 @@ def demo_source() -> Source:
     return Source("demo (MNIST test set)", [str(i) for i in range(10)], items, arrays=images)
 
 
-# --- image folders ----------------------------------------------------------------------------
-
-
 def _visible(name: str) -> bool:
     return not name.startswith(".") and name not in SKIPPED_DIRS
 
 
 def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
-    """Sorted image-file paths under `d` relative to `root` (links not followed into dirs), and
-    the number of other files ignored. Entries that are not regular files (dangling links, FIFOs)
-    are kept so that validation rejects them with a reason instead of silently losing them."""
+    """Sorted image paths under `d` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(d):
         dirnames[:] = [n for n in dirnames if _visible(n)]
@@ -129,11 +101,6 @@ def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
 
 
 def _layout(src: Source, files: list[str]) -> Source:
-    """Sorted relative image paths -> class names, labelled items, and unlabelled loose files.
-
-    `root/<class>/**` is labelled by <class>; no subfolders at all -> one unlabelled set; a folder
-    of splits (`train/<class>/**`, `test/<class>/**`) is merged class by class.
-    """
     nested = [f for f in files if "/" in f]
     if not nested:  # flat folder: one unlabelled set
         src.items = [(f, 0) for f in files]
@@ -156,9 +123,6 @@ def folder_source(root: Path, name: str | None = None) -> Source:
     return _layout(Source(name or str(root), [], [], root=root, ignored=ignored), files)
 
 
-# --- archives ---------------------------------------------------------------------------------
-
-
 def _strip_single_folder(names: list[str]) -> str:
     """An archive of one folder (`cifar10/train/...`) has that folder as its dataset root."""
     prefix = ""
@@ -174,7 +138,6 @@ def _strip_single_folder(names: list[str]) -> str:
 
 
 def archive_source(archive: Path, name: str) -> Source:
-    """Check every member, then list the image files; nothing is extracted to disk."""
     order, links = checked_members(archive)
     visible = [
         n for n in order if all(_visible(part) for part in PurePosixPath(n).parts) and not n.endswith("/")
@@ -188,9 +151,6 @@ def archive_source(archive: Path, name: str) -> Source:
     rank = {n: i for i, n in enumerate(order)}
     src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
     return src
-
-
-# --- torchvision ------------------------------------------------------------------------------
 
 
 def torchvision_source(spec: str) -> Source:
@@ -218,9 +178,7 @@ def torchvision_source(spec: str) -> Source:
             "or use an image folder or archive as data.source"
         ) from None
     classes = getattr(ds, "classes", None)
-    targets = getattr(ds, "targets", None)
-    if targets is None:
-        targets = getattr(ds, "labels", None)
+    targets = getattr(ds, "targets", getattr(ds, "labels", None))  # SVHN, STL10: labels
     items: list[tuple[Any, int]]
     if classes and targets is not None and len(targets) == len(ds):
         # Labels index the sorted class names, whatever order the dataset declares them in.
@@ -229,38 +187,21 @@ def torchvision_source(spec: str) -> Source:
         items = [(i, remap[int(t)]) for i, t in enumerate(np.asarray(targets).tolist())]
     else:
         names, items = [], [(i, 0) for i in range(len(ds))]
-    return Source(f"torchvision:{name}", names, items, arrays=_TorchvisionImages(ds))
+    return Source(f"torchvision:{name}", names, items, arrays=ds)
 
 
-class _TorchvisionImages:
-    """ds[i] -> the PIL image (torchvision datasets return (image, target))."""
-
-    def __init__(self, ds: Any):
-        self.ds = ds
-
-    def __getitem__(self, i: int) -> Image.Image:
-        return self.ds[i][0]
-
-
-# --- dispatch ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def open_source(spec: str) -> Iterator[Source]:
+def open_source(spec: str) -> Source:
     if spec == "demo":
-        yield demo_source()
-        return
+        return demo_source()
     if spec.startswith("torchvision:"):
-        yield torchvision_source(spec)
-        return
+        return torchvision_source(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        yield folder_source(path, name=spec)
-    elif path.is_file() and is_archive(path):
-        yield archive_source(path, spec)
-    elif path.exists():
+        return folder_source(path, name=spec)
+    if path.is_file() and is_archive(path):
+        return archive_source(path, spec)
+    if path.exists():
         raise ConfigError(f"data.source: {spec!r} is not a folder or a .tar/.tar.gz/.zip archive")
-    else:
-        raise ConfigError(
-            f"data.source: {spec!r} does not exist (expected demo, a folder, an archive or torchvision:NAME)"
-        )
+    raise ConfigError(
+        f"data.source: {spec!r} does not exist (expected demo, a folder, an archive or torchvision:NAME)"
+    )

@@ -1,12 +1,6 @@
-"""A look at a sample of a source's images before any work: their sizes, channels and classes.
-
-`sagan init --data PATH` uses it to pick or question a preset. It reads what prepare would read,
-the same way: the listing of sources.py (an archive's members checked first, a folder's entries
-checked with lstat; nothing extracted), an archive's members by archives.read_members (bounded by
-`data.max_pixels`), every file opened with formats.open_image. Only the image headers are read (no
-pixel is decoded), and at most `limit` images, spread evenly over the sorted items so every class
-of a large source has a chance to be seen.
-"""
+"""A look at a sample of a source's images (sizes, channels, classes) for `sagan init --data`: read
+as prepare reads them (sources.py, archives.py, formats.open_image), headers only, at most `limit`
+images spread evenly over the sorted items so that every class has a chance to be seen."""
 
 from __future__ import annotations
 
@@ -25,37 +19,21 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 @dataclass(frozen=True)
 class Look:
-    """What a sample of `num_images` images showed: (width, height) of each image read, whether each
-    is grayscale, how many could not be read, and the classes of the whole listing."""
-
     num_images: int
     num_classes: int
     sizes: list[tuple[int, int]]
     gray: list[bool]
     unreadable: int
 
-    def short_sides(self) -> list[int]:
-        return [min(w, h) for w, h in self.sizes]
-
-    @property
-    def all_gray(self) -> bool:
-        return bool(self.gray) and all(self.gray)
-
 
 def look(spec: str, limit: int = SAMPLE, max_pixels: int = 50_000_000) -> Look:
-    """A sample of at most `limit` of `spec`'s images (a folder or archive path); raises what
-    listing raises (SaganError/ConfigError for an unsafe folder or archive), never for one bad file."""
-    with open_source(spec) as source:
-        step = max(1, len(source.items) / limit) if source.items else 1
-        picked = sorted({int(i * step) for i in range(min(limit, len(source.items)))})
-        sizes: list[tuple[int, int]] = []
-        gray: list[bool] = []
-        for payload in _payloads(source, picked, max_pixels):
-            seen = _header(source, payload)
-            if seen is not None:
-                sizes.append(seen[0])
-                gray.append(seen[1])
-        return Look(len(source.items), len(source.class_names), sizes, gray, len(picked) - len(sizes))
+    """Raises what listing raises (an unsafe folder or archive), never for one bad file."""
+    source = open_source(spec)
+    step = max(1, len(source.items) / limit) if source.items else 1
+    picked = sorted({int(i * step) for i in range(min(limit, len(source.items)))})
+    seen = [h for p in _payloads(source, picked, max_pixels) if (h := _header(source, p)) is not None]
+    sizes, gray = [size for size, _ in seen], [g for _, g in seen]
+    return Look(len(source.items), len(source.class_names), sizes, gray, len(picked) - len(sizes))
 
 
 def _payloads(source: Source, picked: list[int], max_pixels: int) -> list[Any]:
@@ -68,7 +46,7 @@ def _payloads(source: Source, picked: list[int], max_pixels: int) -> list[Any]:
 
 
 def _header(source: Source, payload: Any) -> tuple[tuple[int, int], bool] | None:
-    """(size, grayscale) from the image's header; None when it cannot be read as an image."""
+    """(size, grayscale) from the image's header; None when it does not open."""
     if isinstance(payload, BadMember):
         return None
     try:
