@@ -1,10 +1,7 @@
 """MlflowCallback: the trainer's hooks, recording one training run in MLflow.
 
-Logging must not slow training: metrics are buffered by the trainer to one call per
-`train.log_every` steps and sent with one asynchronous `log_batch`; images are uploaded every
-`train.sample_every` steps. Each checkpoint is uploaded when written, and each best checkpoint's
-generator becomes a LoggedModel linked to its KID/FID, both in the background (tracking/uploads.py);
-the last generator is logged at the end.
+Logging must not slow training: metrics go in one asynchronous `log_batch` per `train.log_every`
+steps, images every `train.sample_every`, checkpoints in the background (uploads.py).
 """
 
 from __future__ import annotations
@@ -12,22 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.tracking.best_model import SCORE_KEYS, export_best, log_best
-from pipelines.tracking.generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
 from pipelines.tracking.lineage import log_lineage
 from pipelines.tracking.names import LR_KEYS, lr_changes, train_metric
-from pipelines.tracking.run_record import (
-    new_run_record,
-    note_checkpoint,
-    read_run_record,
-    recover,
-    write_run_record,
-)
+from pipelines.tracking.run_record import note, opened, read_run_record, recover
 from pipelines.tracking.store import (
     artifact_error,
     call,
@@ -37,7 +25,7 @@ from pipelines.tracking.store import (
     redact,
     scrub,
 )
-from pipelines.tracking.uploads import Uploader, snapshot
+from pipelines.tracking.uploads import CHECKPOINT_DIR, Uploader, snapshot
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback
 
@@ -60,12 +48,8 @@ def readable(path: Path, side: int = READABLE_SIDE):
 
 
 class MlflowCallback(Callback):
-    """Records a training run in MLflow: params, lineage, curves, images, checkpoint and model.
-
-    Created before the trainer so an unreachable server fails the command before any training;
-    afterwards a logging failure never stops training: it is reported once and re-raised at the end
-    (local checkpoint, samples and metrics/train.csv are written regardless).
-    """
+    """Created before the trainer, so an unreachable server fails before any training; then a logging
+    failure never stops training: it is reported once and re-raised at the end."""
 
     def __init__(self, params: Params, resume: bool = False):
         self.params, self.resume = params, resume
@@ -74,17 +58,10 @@ class MlflowCallback(Callback):
         self.error: BaseException | None = None
         self.monitor = None
         self.ended = False
-        self.linked_step: int | None = None  # the step whose KID/FID go with a best LoggedModel
         # the learning rates last logged (names.lr_changes): the run's own params until one changes
         self.lr_seen = {k: float(getattr(params.train, k)) for k in LR_KEYS}
         self.run_id, self.experiment_id = self._open_run()
-        # a resumed run keeps what its record knew (model_id, step, best) until they are replaced
-        kept = (read_run_record(params) or {}) if resume else {}
-        run = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": redact(self.uri)}
-        if kept.get("run_id") == self.run_id:
-            write_run_record(params, kept | run)
-        else:  # a new run: the record keeps the one it replaces (run_record.trained_record)
-            write_run_record(params, new_run_record(params, run))
+        opened(params, self.run_id, self.experiment_id, self.uri)
         self.uploads = Uploader()
         log.info("MLflow run %s at %s", self.run_id, redact(self.uri))
 
@@ -93,18 +70,14 @@ class MlflowCallback(Callback):
         from mlflow.entities import RunStatus
 
         record = read_run_record(self.params) if self.resume else None
-        if record and record["tracking_uri"] != redact(self.uri):
-            log.warning(
-                "--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
-                record["tracking_uri"],
-                redact(self.uri),
-            )
+        if record and record.tracking_uri != redact(self.uri):
+            log.warning("--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
+                        record.tracking_uri, redact(self.uri))
             record = None
         if record:
-            run_id = record["run_id"]
-            recover(self.client, self.uri, self.params, run_id, end=False)  # curves an outage lost
-            call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return run_id, record["experiment_id"]
+            recover(self.client, self.uri, self.params, record.run_id, end=False)  # curves an outage lost
+            call(self.uri, self.client.update_run, record.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return record.run_id, record.experiment_id
         exp = experiment_id(self.client, self.params, self.uri)
         tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
         exp_name = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: the run is findable by it
@@ -122,9 +95,7 @@ class MlflowCallback(Callback):
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never kill a training run midway
             self.error = local_write_failure(self.uri, e) or e  # a full sqlite store: one line, not its SQL
-            log.warning(
-                "MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(self.error))
-            )
+            log.warning("MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(self.error)))
             # Batches queued before the failure still fail in MLflow's async logging thread, one
             # ERROR line each, and could land after the command's one error line: said once above.
             logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
@@ -162,14 +133,10 @@ class MlflowCallback(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        linked = SCORE_KEYS if step == self.linked_step else ()  # logged with their model_id (on_best)
-        kept = {k: v for k, v in metrics.items() if k not in linked and k not in LR_KEYS}
+        kept = {k: v for k, v in metrics.items() if k not in LR_KEYS}
         kept |= lr_changes(self.lr_seen, metrics)  # rates only when they change (names.py says why)
         batch = [Metric(train_metric(k), float(v), now, step) for k, v in kept.items()]
-        op = self._guard(
-            "logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False
-        )
-        if op is not None:
+        if (op := self._guard("logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False)) is not None:
             self.pending.append(op)
 
     def on_image(self, step: int, key: str, path: Path) -> None:
@@ -184,22 +151,16 @@ class MlflowCallback(Callback):
         self._guard(f"logging image {key}", upload)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        note_checkpoint(self.params, self.run_id, step)  # this run wrote it (run_record.trained_record)
-        snap = snapshot(path, path.name)
-        upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
-        self.uploads.submit(f"uploading the checkpoint of step {step}", upload, snap, key="checkpoint")
+        note(self.params, self.run_id, checkpoint_step=step)  # this run wrote it (run_record.trained_record)
+        self._upload(f"the checkpoint of step {step}", path)
 
     def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None:
-        self.linked_step = step
-        snap = snapshot(path, path.name)
-        try:  # here, on the training thread: torch.export must not overlap a step (best_model.py)
-            exported = export_best(snap)
-        except Exception as e:  # noqa: BLE001 - like a failed upload: reported, training goes on
-            shutil.rmtree(snap.parent, ignore_errors=True)
-            log.warning("MLflow: exporting the best generator (step %d) failed: %s", step, scrub(str(e)))
-            return
-        log_model = lambda: log_best(self.client, self.run_id, self.params, snap, exported, step, scores)  # noqa: E731
-        self.uploads.submit(f"logging the best generator (step {step})", log_model, snap)
+        self._upload(f"the best checkpoint (step {step})", path)  # resumable: models:/NAME@ALIAS
+
+    def _upload(self, what: str, path: Path) -> None:
+        snap = snapshot(path, path.name)  # the trainer may replace the file at once
+        upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
+        self.uploads.submit(f"uploading {what}", upload, snap, key=path.name)
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.ended = True
@@ -207,7 +168,7 @@ class MlflowCallback(Callback):
         self._guard("flushing metrics", self._flush)
         self._stop_monitor()
         if self.error is None:
-            self._guard("uploading the checkpoint and model", self._log_final, summary)
+            self._guard("uploading the checkpoint", self._log_final, summary)
         status = "FINISHED" if self.error is None else "FAILED"
         try:
             self.client.set_terminated(self.run_id, status=status)
@@ -225,8 +186,7 @@ class MlflowCallback(Callback):
     def fail(self, status: str = "FAILED") -> None:
         """Training raised: mark the run failed (best effort), stop the monitor."""
         self._stop_monitor()
-        if self.uploads.thread.is_alive():  # the last checkpoint reaches the run: resumable from it
-            self.uploads.close()
+        self.uploads.close()  # the last checkpoint reaches the run: resumable from it
         try:
             self._flush()
             self.client.set_terminated(self.run_id, status=status)
@@ -250,10 +210,8 @@ class MlflowCallback(Callback):
     def _log_final(self, summary: dict[str, Any]) -> None:
         # how long this training session took (the model card's "training time")
         self.client.set_tag(self.run_id, "sagan.train_seconds", f"{float(summary['seconds']):.0f}")
-        metrics_csv = Path(self.params.train.metrics_file)
-        if metrics_csv.exists():
-            self.client.log_artifact(self.run_id, str(metrics_csv), "metrics")
-        attention = Path(summary["attention"])
-        if attention.is_file():
-            self.client.log_artifact(self.run_id, str(attention), "figures")
-        log_checkpoint_and_generator(self.client, self.run_id, self.params, Path(summary["checkpoint"]))
+        for path, folder in ((self.params.train.metrics_file, "metrics"), (summary["attention"], "figures")):
+            if Path(path).is_file():
+                self.client.log_artifact(self.run_id, str(path), folder)
+        self.client.log_artifact(self.run_id, summary["checkpoint"], CHECKPOINT_DIR)
+        note(self.params, self.run_id, step=int(summary["step"]))
