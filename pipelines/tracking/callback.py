@@ -16,29 +16,18 @@ from typing import Any
 from pipelines.tracking.lineage import log_lineage
 from pipelines.tracking.names import LR_KEYS, lr_changes, train_metric
 from pipelines.tracking.run_record import note, opened, read_run_record, recover
-from pipelines.tracking.store import (
-    artifact_error,
-    call,
-    connect,
-    experiment_id,
-    local_write_failure,
-    redact,
-    scrub,
-)
+from pipelines.tracking.store import artifact_error, call, connect, local_write_failure, redact, scrub
 from pipelines.tracking.uploads import CHECKPOINT_DIR, Uploader, snapshot
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback
 
 log = logging.getLogger("sagan.mlflow")
-
-
 READABLE_SIDE = 768  # px: MLflow's image preview shows the image at its own size
 PREVIEW_SIDE = 200  # px: the model card's picture (the `preview` series) stays a few rows tall
 
 
 def readable(path: Path, side: int = READABLE_SIDE):
-    """The image as RGB, enlarged by a whole factor (nearest neighbour: pixels stay sharp squares)
-    until its short side reaches `side`, so 32-px samples are legible in MLflow's preview."""
+    """RGB, enlarged by a whole factor (sharp pixels) until its short side reaches `side`."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -69,6 +58,8 @@ class MlflowCallback(Callback):
         """(run_id, experiment_id): the recorded run reopened on --resume, else a new run."""
         from mlflow.entities import RunStatus
 
+        from pipelines.tracking.store import experiment_id
+
         record = read_run_record(self.params) if self.resume else None
         if record and record.tracking_uri != redact(self.uri):
             log.warning("--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
@@ -79,10 +70,9 @@ class MlflowCallback(Callback):
             call(self.uri, self.client.update_run, record.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return record.run_id, record.experiment_id
         exp = experiment_id(self.client, self.params, self.uri)
-        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
         exp_name = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: the run is findable by it
-        if exp_name:
-            tags["sagan.dvc_exp"] = exp_name
+        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
+        tags |= {"sagan.dvc_exp": exp_name} if exp_name else {}
         run = call(self.uri, self.client.create_run, exp, tags=tags, run_name=exp_name)
         return run.info.run_id, exp
 
@@ -121,8 +111,7 @@ class MlflowCallback(Callback):
         try:  # system metrics (CPU, memory, disk, network, GPU) sampled in a background thread
             import mlflow
 
-            # MLflow's public switch for them is a fluent run with log_system_metrics; connect()
-            # pointed the fluent API at this store. The run is ended (and closed) in _stop_monitor.
+            # MLflow's public switch: a fluent run with log_system_metrics (ended in _terminate)
             mlflow.set_system_metrics_sampling_interval(10)
             self.monitor = mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
         except Exception as e:  # noqa: BLE001 - optional (needs psutil); never worth failing over
@@ -166,41 +155,36 @@ class MlflowCallback(Callback):
         self.ended = True
         self.uploads.close()  # queued uploads finish first (failures were reported as they came)
         self._guard("flushing metrics", self._flush)
-        self._stop_monitor()
         if self.error is None:
             self._guard("uploading the checkpoint", self._log_final, summary)
-        status = "FINISHED" if self.error is None else "FAILED"
-        try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as e:  # noqa: BLE001 - the error below is the one to report
-            log.debug("could not close MLflow run: %s", scrub(str(e)))
+        self._terminate("FINISHED" if self.error is None else "FAILED")
         if self.error is not None:
             raise artifact_error(self.uri, self.error, self.client, self.run_id) from None
 
     # -- after training (called by pipelines.stages.train) --
     def close(self) -> None:
-        """After training: a run with nothing left to train (on_end never ran) is closed as finished."""
+        """A run with nothing left to train (on_end never ran) is closed as finished."""
         if not self.ended:
             self.fail(status="FINISHED")
 
     def fail(self, status: str = "FAILED") -> None:
-        """Training raised: mark the run failed (best effort), stop the monitor."""
-        self._stop_monitor()
         self.uploads.close()  # the last checkpoint reaches the run: resumable from it
-        try:
+        with contextlib.suppress(Exception):  # the training error is the one to report
             self._flush()
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as e:  # noqa: BLE001 - the training error is the one to report
-            log.debug("could not mark MLflow run failed: %s", scrub(str(e)))
+        self._terminate(status)
 
-    def _stop_monitor(self) -> None:
-        """End the fluent run that samples system metrics; the caller sets the run's final status."""
+    def _terminate(self, status: str) -> None:
+        """End the fluent run sampling system metrics, then set the run's status (best effort)."""
         if self.monitor is not None:
             import mlflow
 
-            with contextlib.suppress(Exception):  # best effort: it only samples CPU/GPU load
+            with contextlib.suppress(Exception):
                 mlflow.end_run()
             self.monitor = None
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001 - the error to report is another
+            log.debug("could not end MLflow run %s: %s", status, scrub(str(e)))
 
     def _flush(self) -> None:
         for op in self.pending:
