@@ -29,9 +29,7 @@ def fid_under(mv, pid: str) -> float | None:
     tags = mv.tags or {}
     if tags.get("protocol_id") == pid and tags.get("fid") is not None:
         return float(tags["fid"])
-    if rescored_tag(pid) in tags:
-        return float(tags[rescored_tag(pid)])
-    return None
+    return float(tags[rescored_tag(pid)]) if rescored_tag(pid) in tags else None
 
 
 def version_protocol(mv) -> dict[str, Any]:
@@ -41,23 +39,10 @@ def version_protocol(mv) -> dict[str, Any]:
         return {}
 
 
-class _Registered:
-    """A registered generator as `score_generator` takes a network: `.spec` and `g(z, y)` (on the CPU)."""
+def _rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> float:
+    """Score `mv`'s registered generator under the protocol now and record it on the version."""
+    from types import SimpleNamespace
 
-    def __init__(self, sampler):
-        from types import SimpleNamespace
-
-        self.sampler = sampler
-        self.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
-
-    def __call__(self, z, y=None):
-        out = self.sampler.generate(z.cpu(), None if y is None else y.cpu())
-        return out.to(z.device)
-
-
-def rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> tuple[str, float]:
-    """Score `mv`'s registered generator under the protocol now (`expected_protocol`), record it on the
-    version; returns (protocol_id, FID)."""
     from pipelines.registry.sampling import load_sampler
     from sagan_core.evaluate.protocol import score_generator
 
@@ -68,13 +53,18 @@ def rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> tuple
         sampler = load_sampler(uri, params)
     except SaganError as e:
         raise SaganError(f"cannot score {name} v{mv.version} again: {e}") from None
+
+    def g(z, y=None):  # as score_generator takes a network; the exported one runs on the CPU
+        return sampler.generate(z.cpu(), None if y is None else y.cpu()).to(z.device)
+
+    g.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
     step = (mv.tags or {}).get("generator_step")
     about = {"checkpoint": uri, "generator_step": int(step) if step else None, "ema": True}
-    record = score_generator(params, _Registered(sampler), about, progress=False)
-    pid, fid = protocol_id(record), float(record["fid"])
-    client.set_model_version_tag(name, mv.version, rescored_tag(pid), repr(fid))
-    log.info("%s v%s: FID %.4g under protocol %s (recorded as tag %s)", name, mv.version, fid, pid, rescored_tag(pid))
-    return pid, fid
+    record = score_generator(params, g, about, progress=False)
+    tag, fid = rescored_tag(protocol_id(record)), float(record["fid"])
+    client.set_model_version_tag(name, mv.version, tag, repr(fid))
+    log.info("%s v%s: FID %.4g under this protocol (recorded as tag %s)", name, mv.version, fid, tag)
+    return fid
 
 
 def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -> float:
@@ -91,13 +81,10 @@ def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -
     except SaganError as e:
         raise SaganError(f"cannot score {name} v{mv.version} under protocol {pid} here: {e}") from None
     if protocol_id(now) != pid:
-        raise SaganError(
-            f"cannot score {name} v{mv.version} under protocol {pid}: the project's evaluation "
-            f"settings or data differ from it now ({protocol_difference(target, now)}); run "
-            "`sagan evaluate` again"
-        )
+        raise SaganError(f"cannot score {name} v{mv.version} under protocol {pid}: the project's evaluation "
+                         f"settings or data differ from it now ({protocol_difference(target, now)}); run `sagan evaluate` again")
     try:
-        return rescore(client, params, name, mv, now)[1]
+        return _rescore(client, params, name, mv, now)
     except SaganError:
         raise
     except Exception as e:  # noqa: BLE001 - download/decoding/Inception failures: one line

@@ -1,11 +1,8 @@
-"""`sagan register`: the evaluated generator becomes a version of `registry.model_name`; FID gate.
+"""`sagan register`: the evaluated candidate checkpoint's generator becomes a version of
+`registry.model_name`, with its scores and lineage as tags, then the FID gate (promotion.py).
 
-The candidate checkpoint (`registry.candidate`: best.pt or checkpoint.pt) is uploaded to its run and
-its EMA generator logged as an MLflow model (tracking/generator_model.py), then registered with its
-scores, protocol and lineage as version tags; the gate (promotion.py) gives it `champion` or
-`challenger` and the card (model_card.py) says why. One version per run and generator step: a rerun
-registers nothing again and keeps a recorded decision (a person's promotion is never undone); a
-version with no decision yet is decided now; a version left in a failed state is deleted.
+One version per run and generator step: a rerun registers nothing again and keeps a recorded
+decision (a person's promotion is never undone); an undecided version is decided now.
 """
 
 from __future__ import annotations
@@ -55,12 +52,9 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
         "generator_step": str(ev["generator_step"]),
         "weights_official": str(ev.get("weights_official", "unknown")).lower(),
     }
-    for k in ("kid_mean", "kid_std", "is_mean", "is_std"):
-        if isinstance(ev.get(k), (int, float)):
-            tags["kid" if k == "kid_mean" else k] = repr(float(ev[k]))
-    if "sagan.data.dvc_md5" in t:
-        tags["dvc_md5"] = t["sagan.data.dvc_md5"]
-    return tags
+    scores = [k for k in ("kid_mean", "kid_std", "is_mean", "is_std") if isinstance(ev.get(k), (int, float))]
+    tags |= {("kid" if k == "kid_mean" else k): repr(float(ev[k])) for k in scores}
+    return tags | ({"dvc_md5": t["sagan.data.dvc_md5"]} if "sagan.data.dvc_md5" in t else {})
 
 
 def _existing_version(client, name: str, run_id: str, step: int):
@@ -86,15 +80,12 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
     path, which, why = ckpt_io.candidate(params)
     if not path.exists():
         raise ConfigError(f"sagan register: no {which} checkpoint at {path} (run `sagan train` first)")
-    if ckpt_io.step_of(path) != step:
-        raise ConfigError(
-            f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
-            f"{which} checkpoint ({path}) is at step {ckpt_io.step_of(path)} (run `sagan evaluate` again)"
-        )
-    mv = _existing_version(client, name, run_id, step)
+    if (at := ckpt_io.step_of(path)) != step:
+        raise ConfigError(f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
+                          f"{which} checkpoint ({path}) is at step {at} (run `sagan evaluate` again)")
+    run, mv = client.get_run(run_id), _existing_version(client, name, run_id, step)
     created = mv is None
     if created:
-        run = client.get_run(run_id)
         model_id, meta = _log_model(client, uri, run_id, path)
         if which == "best":
             why += f": {meta.get('best_metric')} {meta.get('best_value'):.6g} at step {step}, the best in-training score"
@@ -108,26 +99,16 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
     mv = client.get_model_version(name, mv.version)
     # decided before (by the gate or by a person): kept as it is
     decision, reason = current_standing(client, name, mv) if DECISION in mv.tags else gate(client, params, name, mv)
-    run = client.get_run(run_id)
     card = version_card(params, name, int(mv.version), run, ev, decision, reason, sample_grid(client, run_id, step))
     client.update_model_version(name, mv.version, description=card)
-    return Registered(
-        model_name=name,
-        version=int(mv.version),
-        created=created,
-        decision=decision,
-        reason=reason,
-        fid=float(mv.tags["fid"]),  # the version's own: a rerun reports the FID it was registered with
-        generator_step=int(mv.tags.get("generator_step", step)),
-        run_id=run_id,
-        model_uri=f"models:/{name}/{mv.version}",
-        tracking_uri=redact(uri),
-    )
+    # the version's own FID: a rerun reports the one it was registered with
+    return Registered(model_name=name, version=int(mv.version), created=created, decision=decision, reason=reason,
+                      fid=float(mv.tags["fid"]), generator_step=int(mv.tags.get("generator_step", step)),
+                      run_id=run_id, model_uri=f"models:/{name}/{mv.version}", tracking_uri=redact(uri))
 
 
 def _log_model(client, uri: str, run_id: str, path) -> tuple[str, dict[str, Any]]:
-    """Upload the checkpoint (resumable from the version) and log its EMA generator; every
-    artifact-store failure (MLflow, OS or boto) as one line."""
+    """Upload the checkpoint (resumable from the version) and log its EMA generator; store failures as one line."""
     generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")  # loads before uploading
     try:
         client.log_artifact(run_id, str(path), CHECKPOINT_DIR)
@@ -142,8 +123,7 @@ def _log_model(client, uri: str, run_id: str, path) -> tuple[str, dict[str, Any]
 
 
 def _create_version(client, name: str, model_id: str, tags: dict[str, str]):
-    """mlflow.register_model: creates the registered model if needed and marks the LoggedModel
-    registered; a version that did not become READY is deleted (it would not load)."""
+    """mlflow.register_model also creates the registered model and links the LoggedModel to the version."""
     import mlflow
 
     mv = mlflow.register_model(f"models:/{model_id}", name, tags=tags)

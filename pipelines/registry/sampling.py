@@ -1,10 +1,8 @@
 """`sagan sample`: images from a generator sagan logged (an MLflow model URI or folder) or a checkpoint.
 
-Loading a model from a registry runs nothing from it: the folder must have exactly the layout
-generator_model.py writes, its generator_pyfunc.py byte-identical to this sagan's, and one pt2
-network (`verify_model_dir`, YAML and bytes only); the installed GeneratorModel then reads the network
-with MLflow's pickle deserialization off. `--verified-copy DIR` writes only the checked files, for
-`mlflow models serve -m DIR`.
+Loading a model runs nothing from it: its layout, its generator_pyfunc.py (byte-identical to this
+sagan's) and its pt2 network are checked as YAML and bytes (`verify_model_dir`); the installed
+GeneratorModel reads the network. `--verified-copy DIR` writes the checked files, to serve.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
-# All that `--verified-copy` writes: no environment files, which from an untrusted registry would be
-# a package install from it (serve with `--env-manager local`).
+# No environment files: from an untrusted registry, a package install (serve with --env-manager local)
 MODEL_FILES = ("MLmodel", "generator_pyfunc.py", "artifacts/generator/MLmodel", "artifacts/generator/data/model.pt2")
 
 

@@ -1,8 +1,5 @@
-"""The one place a generator becomes an MLflow model, when it is registered (registry/register.py).
-
-A models-from-code pyfunc (generator_pyfunc.py: table in, PNG images out; no sagan or pickle needed)
-around G exported with torch.export (pt2). Its sha256 is recorded: sagan loads a model only when the
-model's copy of generator_pyfunc.py hashes to the installed one's (registry/sampling.py).
+"""The one place a generator becomes an MLflow model, when it is registered: generator_pyfunc.py
+(logged as code) around G exported with torch.export; no sagan or pickle needed to serve it.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ def _signature():
 
 
 def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
-    """Export and log the (EMA) generator of checkpoint metadata `meta` into run `run_id` as a
-    LoggedModel named by its step; returns its id."""
+    """Log the (EMA) generator (checkpoint metadata `meta`) into run `run_id`; returns the model id."""
     import mlflow
     import pandas as pd
     import torch
@@ -74,9 +70,7 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
     z = torch.randn(2, spec.z_dim, generator=torch.Generator().manual_seed(0))  # not the global RNG
     example = torch.cat([z, torch.tensor([[0.0], [max(spec.num_classes - 1, 0)]])], dim=1).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        # pt2: in eval mode spectral norm uses its stored u/v, so the export reproduces eager outputs
-        # (tests/test_mlflow.py). torch.export turns oneDNN/cuDNN off process-wide while it traces:
-        # never beside a training step, which is why it runs at registration only.
+        # torch.export turns oneDNN/cuDNN off process-wide while it traces: never beside a training step
         mlflow.pytorch.save_model(_latent_to_image(generator), f"{tmp}/generator", serialization_format="pt2",
                                   input_example=example, pip_requirements=requirements)
         klass = (names[0] if names else "0") if spec.num_classes else None

@@ -1,11 +1,8 @@
-"""`<train.out_dir>/mlflow_run.json`, the one record tying the project to its MLflow run (`RunRecord`).
+"""`<train.out_dir>/mlflow_run.json`: the one record of the project's MLflow run (`RunRecord`).
 
-Training writes it; evaluate, register and `train --resume` reopen the run it names (`reopen`).
-A training killed before its first checkpoint leaves a record naming a run that wrote nothing while
-the checkpoint on disk is the previous run's: so the record keeps the run it replaced (`previous`)
-and the step of its run's newest checkpoint, and `trained_record` says which run trained the
-checkpoint, or refuses. A server that went down mid-training missed the rest of the curves, which
-metrics/train.csv still holds: `recover` sends them and ends a run left RUNNING.
+A training killed before its first checkpoint leaves a record naming a run that wrote nothing, so
+the record keeps the run it replaced and its newest checkpoint's step (`trained_record`); what an
+outage made the server miss is sent again from metrics/train.csv (`recover`).
 """
 
 from __future__ import annotations
@@ -46,8 +43,7 @@ class RunRecord:
         return cls(**{k: v for k, v in d.items() if k in known}, previous=cls.from_dict(before) if before else None)
 
     def trained(self, step: int, steps: int) -> bool:
-        """Whether this run finished the training of the checkpoint at `step` (or reached train.steps
-        writing it: an outage kept it from recording the end)."""
+        """Whether it finished training the checkpoint at `step` (or wrote it at train.steps: an outage)."""
         if self.checkpoint_step == UNKNOWN or self.step == step:
             return True
         return self.checkpoint_step == step and step >= steps
@@ -85,10 +81,8 @@ def note(params: Params, run_id: str, **changes: Any) -> None:
 
 
 def trained_record(params: Params, what: str, refuse: bool = True) -> tuple[RunRecord, str | None]:
-    """(record of the run that trained train.checkpoint, id of a killed run it replaces in the file).
-
-    Otherwise a one-line SaganError (with `refuse`): registering would put one run's name on
-    another run's weights."""
+    """(record of the run that trained train.checkpoint, a killed run it replaces in the file), else a
+    one-line SaganError (with `refuse`): registering would put one run's name on another's weights."""
     from sagan_core.model.checkpoint import step_of
 
     record = read_run_record(params)
@@ -148,8 +142,7 @@ def end_killed(client, uri: str, run_id: str) -> bool:
 
 
 def end_left_running(params: Params) -> list[str]:
-    """At a run's start, under the project lock: recorded runs still RUNNING were left so by a
-    killed process; mark them KILLED (a resumed one runs again)."""
+    """At a run's start, under the project lock: recorded runs still RUNNING were killed; mark them."""
     record = read_run_record(params)
     ids = [r.run_id for r in (record, record and record.previous) if r]
     if not ids:
@@ -185,8 +178,7 @@ def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
 
 
 def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
-    """Backfill the run's curves; with `end`, close a run left RUNNING by an interrupted training
-    (FINISHED when the checkpoint reached train.steps)."""
+    """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
     from mlflow.entities import RunStatus
 
     from sagan_core.model.checkpoint import step_of
