@@ -17,7 +17,7 @@ def test_queued_uploads_of_one_file_coalesce_and_failures_are_reported_once(tmp_
     gate, sent, tries = threading.Event(), [], []
     uploads = Uploader(retries=2, delay_s=0)
     uploads.submit("blocker", gate.wait)  # holds the worker while the next three queue
-    snaps = [snapshot(tmp_path / "checkpoint.pt", "checkpoint.pt") for _ in range(3)]
+    snaps = [snapshot(tmp_path / "checkpoint.pt") for _ in range(3)]
     for i, snap in enumerate(snaps):
         uploads.submit(f"upload {i}", lambda i=i, snap=snap: sent.append((i, snap.read_bytes())), snap, key="ckpt")
 

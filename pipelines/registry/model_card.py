@@ -110,16 +110,10 @@ def _evaluation(ev: dict[str, Any]) -> list[str]:
         f"| {_num(ev.get('is_mean'))} ± {_num(ev.get('is_std'))} |",
     ]
     if "precision" in ev:  # evaluations before precision/recall/density/coverage existed lack them
-        lines += [
-            "",
-            f"How it fails, {ev.get('prdc_k', 5)}-NN on the same features (precision/density: fidelity;"
-            " recall/coverage: variety, low when modes are dropped):",
-            "",
-            "| precision | recall | density | coverage |",
-            "|---|---|---|---|",
-            f"| {_num(ev.get('precision'))} | {_num(ev.get('recall'))} | {_num(ev.get('density'))}"
-            f" | {_num(ev.get('coverage'))} |",
-        ]
+        keys = ("precision", "recall", "density", "coverage")
+        lines += ["", f"How it fails, {ev.get('prdc_k', 5)}-NN on the same features (precision/density: fidelity;"
+                  " recall/coverage: variety, low when modes are dropped):", "", f"| {' | '.join(keys)} |",
+                  "|---|---|---|---|", f"| {' | '.join(_num(ev.get(k)) for k in keys)} |"]
     if official is False:
         lines += ["", "**Unofficial Inception weights**: this FID was computed with a file other than"
                   " pytorch-fid's official weights; it is not comparable with published FIDs."]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,9 +161,7 @@ def verified_copy(params: Params, model: str, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sagan-copy-", dir=dst.parent) as tmp:
         fetch_verified(model, params, Path(tmp) / "model")
-        if dst.exists():
-            dst.rmdir()
-        shutil.move(str(Path(tmp) / "model"), str(dst))
+        os.replace(Path(tmp) / "model", dst)  # over an empty folder too
     return dst
 
 

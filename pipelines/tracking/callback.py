@@ -147,7 +147,7 @@ class MlflowCallback(Callback):
         self._upload(f"the best checkpoint (step {step})", path)  # resumable: models:/NAME@ALIAS
 
     def _upload(self, what: str, path: Path) -> None:
-        snap = snapshot(path, path.name)  # the trainer may replace the file at once
+        snap = snapshot(path)  # the trainer may replace the file at once
         upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
         self.uploads.submit(f"uploading {what}", upload, snap, key=path.name)
 

@@ -11,17 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.tracking.names import eval_metric
 from pipelines.tracking.run_record import read_run_record, reopen
 from pipelines.tracking.store import artifact_error, call, connect, enabled
 from sagan_core.config import Params
 from sagan_core.evaluate.identity import protocol_id
 from sagan_core.evaluate.protocol import metrics_only
-
-
-def scores(eval_metrics: dict[str, Any]) -> dict[str, float]:
-    """eval.json's numbers but the step: a number the evaluation adds reaches MLflow with no edit here."""
-    return {k: float(v) for k, v in metrics_only(eval_metrics).items() if k != "generator_step"}
 
 
 def reopen_run(params: Params) -> None:
@@ -46,9 +40,10 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     def logged(key: str, value: float) -> bool:  # an evaluation rerun adds no second row
         return any(m.step == step and m.value == value for m in client.get_metric_history(run_id, key))
 
-    numbers = scores(eval_metrics)  # KID is absent without reference features
-    metrics = [Metric(eval_metric(k), v, now, step) for k, v in numbers.items() if not call(uri, logged, eval_metric(k), v)]
-    tags = [RunTag(f"sagan.eval.{k}", v if isinstance(v, str) else json.dumps(v)) for k, v in eval_metrics.items() if k not in numbers]
+    # eval.json's numbers but the step (a number the evaluation adds reaches MLflow with no edit here)
+    numbers = {f"eval/{k}": float(v) for k, v in metrics_only(eval_metrics).items() if k != "generator_step"}
+    metrics = [Metric(k, v, now, step) for k, v in numbers.items() if not call(uri, logged, k, v)]
+    tags = [RunTag(f"sagan.eval.{k}", v if isinstance(v, str) else json.dumps(v)) for k, v in eval_metrics.items() if f"eval/{k}" not in numbers]
     tags.append(RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics)))
     call(uri, client.log_batch, run_id, metrics=metrics, tags=tags)
     for eval_file in (Path(params.eval.metrics_file), params.eval.record_file):

@@ -11,15 +11,8 @@ LR_KEYS = ("lr_g", "lr_d")
 
 
 def train_metric(key: str) -> str:
-    if key in TRAIN_EVAL_KEYS:
-        return f"train_eval/{key}"
-    if key.startswith("gamma_"):
-        return f"attention/{key}"
-    return f"train/{key}"
-
-
-def eval_metric(key: str) -> str:
-    return f"eval/{key}"
+    section = "train_eval" if key in TRAIN_EVAL_KEYS else "attention" if key.startswith("gamma_") else "train"
+    return f"{section}/{key}"
 
 
 def lr_changes(seen: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:

@@ -25,9 +25,8 @@ RETRIES = 3  # attempts after the first
 RETRY_DELAY_S = 1.0  # doubles per attempt
 
 
-def snapshot(path: Path, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix=".upload-", dir=path.parent))
-    target = folder / name
+def snapshot(path: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix=".upload-", dir=path.parent)) / path.name
     try:
         os.link(path, target)
     except OSError:  # another file system, or links not supported
