@@ -26,9 +26,7 @@ def class_index(value: str, num_classes: int, names: list[str], model: str) -> i
     hint = f"; did you mean {shown(close[0], 40)}?" if close else ""
     few = ", ".join(shown(c, 20) for c in names[:SHOWN]) + (", …" if len(names) > SHOWN else "")
     known = f"a class name ({few}) or " if names else ""
-    raise ConfigError(
-        f"--class {shown(text, 40)}: no such class; expected {known}an index 0..{num_classes - 1}{hint}"
-    )
+    raise ConfigError(f"--class {shown(text, 40)}: no such class; expected {known}an index 0..{num_classes - 1}{hint}")
 
 
 def class_name(k: int, names: list[str]) -> str:

@@ -32,8 +32,7 @@ def load_eval(params: Params) -> dict[str, Any]:
         raise ConfigError(f"sagan register: no evaluation at {path} (run `sagan evaluate` first)")
     try:
         ev = json.loads(path.read_text())
-        float(ev["fid"])
-        int(ev["generator_step"])
+        float(ev["fid"]), int(ev["generator_step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SaganError(f"{path}: not a sagan evaluation (no numeric fid or generator_step: {e})") from None
     return ev

@@ -130,8 +130,8 @@ class MlflowCallback(Callback):
 
     def on_image(self, step: int, key: str, path: Path) -> None:
         def upload():
-            side = PREVIEW_SIDE if key == "preview" else READABLE_SIDE
-            self.client.log_image(self.run_id, readable(path, side), key=key, step=step)
+            image = readable(path, PREVIEW_SIDE if key == "preview" else READABLE_SIDE)
+            self.client.log_image(self.run_id, image, key=key, step=step)
             # the newest grid (each page: samples_p2 is latest_p2.png) and preview, also as plain files
             latest = path if key == "preview" else path.with_name(f"latest{key.removeprefix('samples')}.png")
             if (key.startswith("samples") or key == "preview") and latest.is_file():

@@ -46,10 +46,9 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     tags = [RunTag(f"sagan.eval.{k}", v if isinstance(v, str) else json.dumps(v)) for k, v in eval_metrics.items() if f"eval/{k}" not in numbers]
     tags.append(RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics)))
     call(uri, client.log_batch, run_id, metrics=metrics, tags=tags)
-    for eval_file in (Path(params.eval.metrics_file), params.eval.record_file):
-        if eval_file.exists():
-            try:
-                client.log_artifact(run_id, str(eval_file), "metrics")
-            except Exception as e:  # noqa: BLE001 - any upload failure becomes the one-line artifact error
-                raise artifact_error(uri, e, client, run_id) from None
+    try:
+        for eval_file in (f for f in (Path(params.eval.metrics_file), params.eval.record_file) if f.exists()):
+            client.log_artifact(run_id, str(eval_file), "metrics")
+    except Exception as e:  # noqa: BLE001 - any upload failure becomes the one-line artifact error
+        raise artifact_error(uri, e, client, run_id) from None
     return run_id

@@ -42,9 +42,8 @@ def _signature():
 
     # Any: JSON gives 7 as int64 and a missing value as NaN; the pyfunc checks the values itself
     inputs = Schema([ColSpec(AnyType(), k, required=False) for k in ("class", "n", "seed", "truncation")])
-    outputs = Schema([ColSpec("string", "class"), ColSpec("long", "class_id"), ColSpec("long", "seed")]
-                     + [ColSpec("long", "index"), ColSpec("string", "image")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    out = {"class": "string", "class_id": "long", "seed": "long", "index": "long", "image": "string"}
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(t, k) for k, t in out.items()]))
 
 
 def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:

@@ -28,9 +28,8 @@ def git_commit(params: Params | None = None) -> tuple[str, bool]:
 
 
 def pipeline_records(params: Params | None) -> set[Path]:
-    """Tracked files a run itself rewrites (what they differ in is what it made, not what it ran from):
-    dvc.lock, sagan-version.yaml, the metrics files (in git by design); and every .gitignore (DVC
-    adds its outputs there)."""
+    """Tracked files a run itself rewrites (they say what it made, not what it ran from); every
+    .gitignore too (DVC adds its outputs there)."""
     files = [Path("dvc.lock"), Path("sagan-version.yaml")]
     if params is not None:
         curves = Path(params.train.metrics_file)

@@ -64,13 +64,10 @@ def write_run_record(params: Params, record: RunRecord) -> None:
 
 
 def opened(params: Params, run_id: str, experiment_id: str, uri: str) -> None:
-    """Training writes to run `run_id`: its record is kept, or a new one keeps the run it replaces."""
+    """Training writes to run `run_id`: a resumed run's record is kept, a new one keeps the run it replaces."""
     old = read_run_record(params)
-    if old and old.run_id == run_id:
-        write_run_record(params, replace(old, experiment_id=experiment_id, tracking_uri=redact(uri)))
-    else:
-        before = old and replace(old, previous=None)
-        write_run_record(params, RunRecord(run_id, experiment_id, redact(uri), None, None, before))
+    if not old or old.run_id != run_id:  # no checkpoint yet: `trained_record` knows it wrote none
+        write_run_record(params, RunRecord(run_id, experiment_id, redact(uri), None, None, old and replace(old, previous=None)))
 
 
 def note(params: Params, run_id: str, **changes: Any) -> None:
@@ -108,8 +105,7 @@ def trained_record(params: Params, what: str, refuse: bool = True) -> tuple[RunR
 
 
 def reopen(params: Params, what: str, refuse: bool = True):
-    """(record, client, uri) of the run that trained the checkpoint, checked on its server; a run
-    killed in its place is ended and what an outage made the server miss is sent."""
+    """(record, client, uri) of the run that trained the checkpoint, checked on its server, made whole."""
     record, killed = trained_record(params, what, refuse)
     client, uri = connect(params)
     call(uri, _reopen, client, uri, params, what, record.run_id, killed)
@@ -155,8 +151,7 @@ _BATCH = 1000  # log_batch takes at most 1000 metrics per call
 
 
 def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
-    """Log every train.csv column's rows (up to the checkpoint's step: a resume redoes later ones)
-    after its last logged step; returns how many values were sent."""
+    """Log train.csv's rows after each column's last logged step, up to `upto` (a resume redoes later ones)."""
     from mlflow.entities import Metric
 
     path = Path(params.train.metrics_file)

@@ -38,8 +38,7 @@ class Uploader:
     """One background worker: `submit` never blocks, `close` waits for what is queued."""
 
     def __init__(self, retries: int = RETRIES, delay_s: float = RETRY_DELAY_S):
-        self.retries, self.delay_s = retries, delay_s
-        self.failures: list[str] = []
+        self.retries, self.delay_s, self.failures = retries, delay_s, []
         self.latest: dict[str, int] = {}  # coalescing key -> newest ticket
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="sagan-uploads")
 
