@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pipelines.tracking.generator_model import CHECKPOINT_DIR
+from pipelines.tracking.uploads import CHECKPOINT_DIR
 from sagan_core.atomic import copy_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
@@ -29,7 +29,7 @@ def fetch(params: Params, source: str) -> None:
         if path.resolve() != target.resolve():
             copy_atomic(path, target)
         return
-    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.run_record import RunRecord, write_run_record
     from pipelines.tracking.store import call, connect, redact
 
     client, uri = connect(params)
@@ -46,9 +46,7 @@ def fetch(params: Params, source: str) -> None:
             ) from None
         copy_atomic(Path(local), target)
     run = call(uri, client.get_run, run_id)
-    write_run_record(
-        params, {"run_id": run_id, "experiment_id": run.info.experiment_id, "tracking_uri": redact(uri)}
-    )
+    write_run_record(params, RunRecord(run_id, run.info.experiment_id, redact(uri)))
 
 
 def _locate(client, source: str) -> tuple[str, str]:

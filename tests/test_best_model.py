@@ -1,11 +1,11 @@
-"""The best checkpoint in MLflow: a LoggedModel per best checkpoint, linked to its KID/FID and the
-dataset, and `sagan register` (registry.candidate=best) registering that LoggedModel."""
+"""The best checkpoint in MLflow: uploaded to the run as training finds it, its KID/FID in the run's
+curves, and `sagan register` (registry.candidate=best) exporting and registering its generator; no
+generator is exported during training, whose weights stay those of an untracked run, bit for bit."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import threading
 
 import pytest
 import torch
@@ -13,13 +13,12 @@ from helpers import project_params
 
 from pipelines import stages
 from pipelines.resume_from import fetch
-from pipelines.tracking import best_model
 from pipelines.tracking.run_record import read_run_record
 
 pytestmark = pytest.mark.integration  # training with in-training evaluation, evaluate and register
 
 
-def test_registered_version_is_the_best_logged_model_with_its_scores(
+def test_registered_version_is_the_best_checkpoint_exported_at_registration(
     project, monkeypatch, standin_torch_home
 ):
     from mlflow import MlflowClient
@@ -40,29 +39,28 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
         registry__model_name="best-test",
         **ev,
     )
-    exports = spy_best_exports(monkeypatch)
     stages.train(params, progress=False)
     record = read_run_record(params)
-    best = record["best"]
-    assert_final_generator_logged_once(uri, record)
-    # torch.export turns oneDNN/cuDNN off process-wide while it traces: never beside a training step
-    assert exports and all(t is threading.main_thread() for t in exports)
+    best = torch.load(project / "models/best.pt", weights_only=True)
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_run(record.run_id).info.experiment_id
+    assert client.search_logged_models([exp]) == []  # exported when registered, not at each improvement
     assert_training_untouched(project, monkeypatch)
     evaluated = stages.evaluate(params, progress=False)
     assert evaluated.generator_step == best["step"]  # registry.candidate=best: best.pt was evaluated
     registered = stages.register(params)
 
-    client = MlflowClient(uri, registry_uri=uri)
     mv = client.get_model_version("best-test", str(registered.version))
-    # the version is the LoggedModel: its source, its tag, and the model's "registered" link (the
-    # open-source registry store keeps no model_id field on versions; mlflow.register_model links so)
-    assert mv.source == f"models:/{best['model_id']}" and mv.tags["model_id"] == best["model_id"]
-    linked = json.loads(client.get_logged_model(best["model_id"]).tags["mlflow.modelVersions"])
-    assert linked == [{"name": "best-test", "version": str(registered.version)}]
+    (model,) = client.search_logged_models([exp])
+    # the version is the LoggedModel: its source, its tag, and the model's "registered" link
+    assert mv.source == f"models:/{model.model_id}" and mv.tags["model_id"] == model.model_id
+    assert mv.run_id == record.run_id
+    linked = json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"])
+    assert [(v["name"], str(v["version"])) for v in linked] == [("best-test", str(registered.version))]
     assert mv.tags["candidate"] == "best" and f"at step {best['step']}" in mv.tags["candidate.reason"]
-    model = client.get_logged_model(best["model_id"])
-    assert model.tags["sagan.step"] == str(best["step"]) and "best kid" in model.tags["sagan.why"]
-    assert_model_scores(client, project, params, best, mv)
+    assert f"kid {best['best_value']:.6g}" in mv.tags["candidate.reason"]
+    assert model.name == f"generator-step-{best['step']:06d}"  # told apart by step in the run's list
+    assert_run_scores(client, project, params, best["step"], mv)
     assert_model_card(client.get_model_version("best-test", str(registered.version)), best["step"])
 
     # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
@@ -71,34 +69,22 @@ def test_registered_version_is_the_best_logged_model_with_its_scores(
     fetch(project_params(clone, registry__tracking_uri=uri), "models:/best-test@champion")
     fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
     assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
+    assert (clone / "models/checkpoint.pt").read_bytes() == (project / "models/best.pt").read_bytes()
     assert json.loads((clone / "models/mlflow_run.json").read_text())["run_id"] == mv.run_id
 
 
-def assert_model_scores(client, project, params, best: dict, mv) -> None:
-    """The LoggedModel's name and scores (in-training and final, each once); the run's sections."""
-    model = client.get_logged_model(best["model_id"])
-    assert model.name == f"generator-step-{best['step']:06d}"  # told apart by step in the run's list
-    scores = {m.key: m for m in model.metrics}
-    assert {"train_eval/kid", "train_eval/kid_std", "train_eval/fid"} <= scores.keys()
-    kid = scores["train_eval/kid"]
-    assert kid.step == best["step"] and kid.value == pytest.approx(best["value"])
-    manifest = (project / "data/prepared/manifest.json").read_text()
-    fid = scores["train_eval/fid"]
-    assert fid.dataset_name == "prepared" and fid.dataset_digest in manifest
-    # the final protocol's numbers, under their own names: every number of eval.json, once
-    eval_json = json.loads((project / "metrics/eval.json").read_text())
-    want = {f"eval/{k}": v for k, v in eval_json.items() if k != "generator_step"}
-    assert {k: scores[k].value for k in want} == pytest.approx(want)
-    stages.evaluate(params, progress=False)  # evaluated again: no second row on the model
-    rows = [(m.key, m.step) for m in client.get_logged_model(best["model_id"]).metrics]
-    assert len(rows) == len(set(rows)), rows
-    # every run metric sits in a section; in-training scores by step, apart from the final ones
+def assert_run_scores(client, project, params, step: int, mv) -> None:
+    """In-training scores by step, the final ones once (an evaluation rerun adds no row), every
+    metric in a section."""
     run = client.get_run(mv.run_id)
     sections = {k.split("/")[0] for k in run.data.metrics}
     assert sections <= {"train", "attention", "train_eval", "eval", "system"}, run.data.metrics.keys()
-    history = client.get_metric_history(mv.run_id, "train_eval/kid")
-    assert sorted(m.step for m in history) == [2, 4]
-    assert [m.step for m in client.get_metric_history(mv.run_id, "eval/fid")] == [best["step"]]
+    assert sorted(m.step for m in client.get_metric_history(mv.run_id, "train_eval/kid")) == [2, 4]
+    eval_json = json.loads((project / "metrics/eval.json").read_text())
+    want = {f"eval/{k}": v for k, v in eval_json.items() if k != "generator_step"}
+    assert {k: run.data.metrics[k] for k in want} == pytest.approx(want)
+    stages.evaluate(params, progress=False)  # evaluated again: no second row
+    assert [m.step for m in client.get_metric_history(mv.run_id, "eval/fid")] == [step]
     # rates never changed: params only, no flat chart
     assert "train/lr_g" not in run.data.metrics and run.data.params["train.lr_g"] == "0.0001"
     assert run.data.tags["sagan.precision"] in ("bf16", "fp32")
@@ -118,31 +104,8 @@ def assert_model_card(mv, step: int) -> None:
     assert f"run_uuid={mv.run_id})" in card
 
 
-def assert_final_generator_logged_once(uri: str, record: dict) -> None:
-    """When the last step was the best, its LoggedModel is the final generator too (not logged twice)."""
-    from mlflow import MlflowClient
-
-    best, client = record["best"], MlflowClient(uri)
-    assert (record["model_id"] == best["model_id"]) == (record["step"] == best["step"])
-    exp = client.get_run(record["run_id"]).info.experiment_id
-    final_only = [m for m in client.search_logged_models([exp]) if m.tags.get("sagan.checkpoint") != "best"]
-    assert len(final_only) == (0 if record["step"] == best["step"] else 1)
-
-
-def spy_best_exports(monkeypatch) -> list[threading.Thread]:
-    """The threads that exported best generators (the real export runs)."""
-    threads, real = [], best_model.export_generator
-
-    def export(*args):
-        threads.append(threading.current_thread())
-        return real(*args)
-
-    monkeypatch.setattr(best_model, "export_generator", export)
-    return threads
-
-
 def assert_training_untouched(project, monkeypatch) -> None:
-    """Evaluating, exporting and logging changed no trained tensor: the same steps untracked and
+    """Tracking and in-training evaluation changed no trained tensor: the same steps untracked and
     without evaluation give the same weights, bit for bit."""
     plain = project / "plain"
     shutil.copytree(project / "data/prepared", plain / "data/prepared")

@@ -141,3 +141,22 @@ def test_a_stage_stuck_past_its_timeout_ends_the_run_in_one_line(tmp_path, prefe
             sagan_pipeline(project_dir=str(project), overrides=["pipeline.stage_timeout_s=2"])
     assert time.monotonic() - started < 60
     assert str(e.value) == "stage prepare failed: timed out after 2 s (pipeline.stage_timeout_s)"
+
+
+@pytest.mark.unit
+def test_a_run_record_written_before_the_typed_record_still_reads(tmp_path):
+    """models/mlflow_run.json as sagan wrote it before RunRecord (model_id, best) reads, decides as it
+    did, and round-trips."""
+    from pipelines.tracking.run_record import UNKNOWN, RunRecord, read_run_record, write_run_record
+
+    params = project_params(tmp_path)
+    params.train.run_record.parent.mkdir(parents=True)
+    run = {"experiment_id": "1", "tracking_uri": "sqlite:///x"}
+    old = run | {"run_id": "b", "checkpoint_step": 4, "model_id": "m-1", "step": 4, "best": {"model_id": "m-0"}}
+    params.train.run_record.write_text(json.dumps(old | {"previous": run | {"run_id": "a", "model_id": "m"}}))
+    record = read_run_record(params)
+    assert record == RunRecord("b", "1", "sqlite:///x", step=4, checkpoint_step=4, previous=RunRecord("a", "1", "sqlite:///x"))
+    assert record.trained(4, 10) and not record.trained(2, 10) and record.trained(10, 10) is False
+    assert record.previous.checkpoint_step == UNKNOWN and record.previous.trained(2, 10)  # not recorded: trusted
+    write_run_record(params, record)
+    assert read_run_record(params) == record

@@ -212,23 +212,23 @@ def fake_run(
     min_improvement: float = 0.0,
     **protocol,
 ) -> Params:
-    """A new run that reuses the trained run's logged generator, with an evaluation record saying `fid`."""
-    from pipelines.tracking.run_record import write_run_record
+    """A new run with the trained run's checkpoint, and an evaluation record saying `fid`."""
+    from pipelines.tracking.run_record import RunRecord, write_run_record
     from pipelines.tracking.store import experiment_id
+    from sagan_core.model.checkpoint import step_of
 
     root.mkdir(parents=True)
     write_params(root, uri, model_name=model, min_improvement=min_improvement)
     params = params_in(root)
-    src = json.loads((trained_project / "models/mlflow_run.json").read_text())
+    params.train.checkpoint.parent.mkdir(parents=True)
+    shutil.copy(trained_project / "models/checkpoint.pt", params.train.checkpoint)
     client = client_for(uri)
     exp = experiment_id(client, params, uri)
     run = client.create_run(exp, tags={"sagan.data.content_hash": "c0ffee", "sagan.git_commit": "abc"})
-    write_run_record(
-        params,
-        {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": uri, "model_id": src["model_id"]},
-    )
+    write_run_record(params, RunRecord(run.info.run_id, exp, uri))
     (root / "metrics").mkdir()
-    ev = {"fid": fid, "kid_mean": 0.01, "kid_std": 0.001, "generator_step": src["step"]} | PROTOCOL | protocol
+    step = step_of(params.train.checkpoint)
+    ev = {"fid": fid, "kid_mean": 0.01, "kid_std": 0.001, "generator_step": step} | PROTOCOL | protocol
     (root / "metrics/eval.record.json").write_text(json.dumps(ev))
     return params
 
@@ -324,7 +324,7 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
 ):
     """Artifacts go straight from this client to S3 (experiment artifact_location s3://...)."""
     from pipelines.registry import register as registry
-    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.run_record import RunRecord, write_run_record
     from pipelines.tracking.store import experiment_id
     from sagan_core.errors import SaganError
 
@@ -353,7 +353,7 @@ def test_s3_failure_names_bucket_and_leaves_no_version(
     client = client_for(mlflow_server)
     exp = experiment_id(client, params, mlflow_server)
     run = client.create_run(exp)
-    write_run_record(params, {"run_id": run.info.run_id, "experiment_id": exp, "tracking_uri": mlflow_server})
+    write_run_record(params, RunRecord(run.info.run_id, exp, mlflow_server))
     shutil.copytree(
         project / "models",
         tmp_path / "models",

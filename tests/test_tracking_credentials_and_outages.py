@@ -141,7 +141,7 @@ def test_evaluate_fails_fast_when_the_server_is_unreachable(secret_project, tmp_
 # ---- artifact-store failures name the side that failed ---------------------------------------------
 def record_new_run(project: Path, uri: str, **registry) -> str:
     """params.yaml at `uri` and a run record naming a new run there (no model logged yet)."""
-    from pipelines.tracking.run_record import write_run_record
+    from pipelines.tracking.run_record import RunRecord, write_run_record
     from pipelines.tracking.store import experiment_id
 
     write_params(project, uri, **registry)
@@ -150,7 +150,7 @@ def record_new_run(project: Path, uri: str, **registry) -> str:
     exp = experiment_id(client, params, uri)
     run_id = client.create_run(exp).info.run_id
     (project / "models/mlflow_run.json").unlink()
-    write_run_record(params, {"run_id": run_id, "experiment_id": exp, "tracking_uri": uri})
+    write_run_record(params, RunRecord(run_id, exp, uri))
     return run_id
 
 

@@ -247,8 +247,8 @@ def find_run(params: Params, name: str) -> str:
 
 def _fetch_extras(params: Params, run_id: str) -> None:
     """best.pt (when in-training evaluation wrote one) and the newest sample grid, if the run has them."""
-    from pipelines.tracking.generator_model import CHECKPOINT_DIR
     from pipelines.tracking.store import call, connect
+    from pipelines.tracking.uploads import CHECKPOINT_DIR
 
     client, uri = connect(params)
     t = params.train
@@ -274,7 +274,7 @@ def train_on_cluster(params: Params, do_resume: bool, log: Callable[[str], None]
             "registry.tracking: train.launcher kubernetes fetches the checkpoint from MLflow, got false"
         )
     record = read_run_record(params) if do_resume else None
-    resume_from = f"runs:/{record['run_id']}" if record else None
+    resume_from = f"runs:/{record.run_id}" if record else None
     start = resume.start_step(params.train.checkpoint) if record else 0
     name = submit(params, resume_from, log)
     t = params.train

@@ -1,16 +1,9 @@
 """Two registered versions compared on equal terms: the same evaluation protocol.
 
-A version's own FID (tag `fid`) holds under its own protocol (tags `protocol`, `protocol_id`): the
-reference statistics it was scored against (split, size, content hash of the prepared data,
-Inception weights, dims) and the sample count. After the data changes, the champion's FID was
-measured against another reference than a new version's, and the two numbers say nothing about
-each other. Then the older version's registered generator is scored again under the project's
-protocol now (the same sample count, seed and reference statistics as the new version's
-evaluation: `sagan_core.evaluate.protocol.score_generator`), and the score is recorded on that
-version as the tag `fid.<protocol_id>` (kept: a version is re-scored once per protocol).
-
-The generator scored is the registered one (its exported network, checked as `sagan sample` checks
-it), not a checkpoint file: the run's checkpoint may have moved on since it was registered.
+A version's FID (tag `fid`) holds under its own protocol (tags `protocol`, `protocol_id`); after the
+data changes, the older version's registered generator (checked as `sagan sample` checks it, not a
+checkpoint that may have moved on) is scored again under the project's protocol now and the score
+kept on it as the tag `fid.<protocol_id>` (once per protocol).
 """
 
 from __future__ import annotations
@@ -32,14 +25,11 @@ def rescored_tag(pid: str) -> str:
 
 
 def fid_under(mv, pid: str) -> float | None:
-    """Version `mv`'s FID under protocol `pid`: its own when it was evaluated under it, else the
-    score recorded when it was re-scored under it, else None."""
+    """Version `mv`'s FID under protocol `pid`: its own, else its re-scored one, else None."""
     tags = mv.tags or {}
     if tags.get("protocol_id") == pid and tags.get("fid") is not None:
         return float(tags["fid"])
-    if rescored_tag(pid) in tags:
-        return float(tags[rescored_tag(pid)])
-    return None
+    return float(tags[rescored_tag(pid)]) if rescored_tag(pid) in tags else None
 
 
 def version_protocol(mv) -> dict[str, Any]:
@@ -49,59 +39,37 @@ def version_protocol(mv) -> dict[str, Any]:
         return {}
 
 
-class _Registered:
-    """A registered generator (sagan sample's loader) as `score_generator` takes a network: `.spec`
-    and `g(z, y)`. The exported network runs on the CPU; inputs and outputs move as needed."""
+def _rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> float:
+    """Score `mv`'s registered generator under the protocol now and record it on the version."""
+    from types import SimpleNamespace
 
-    def __init__(self, sampler):
-        from types import SimpleNamespace
-
-        self.sampler = sampler
-        self.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
-
-    def __call__(self, z, y=None):
-        out = self.sampler.generate(z.cpu(), None if y is None else y.cpu())
-        return out.to(z.device)
-
-
-def rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> tuple[str, float]:
-    """Score version `mv`'s registered generator under the project's protocol now (`now`, as
-    `expected_protocol` gives it); records the score on the version (tag `fid.<protocol_id>`) and
-    returns (protocol_id, FID)."""
     from pipelines.registry.sampling import load_sampler
     from sagan_core.evaluate.protocol import score_generator
 
     uri = f"models:/{name}/{mv.version}"
-    log.info(
-        "scoring %s v%s again under this project's protocol (%s)",
-        name,
-        mv.version,
-        protocol_difference(version_protocol(mv), now),
-    )
+    log.info("scoring %s v%s again under this project's protocol (%s)", name, mv.version,
+             protocol_difference(version_protocol(mv), now))
     try:
         sampler = load_sampler(uri, params)
     except SaganError as e:
         raise SaganError(f"cannot score {name} v{mv.version} again: {e}") from None
+
+    def g(z, y=None):  # as score_generator takes a network; the exported one runs on the CPU
+        return sampler.generate(z.cpu(), None if y is None else y.cpu()).to(z.device)
+
+    g.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
     step = (mv.tags or {}).get("generator_step")
     about = {"checkpoint": uri, "generator_step": int(step) if step else None, "ema": True}
-    record = score_generator(params, _Registered(sampler), about, progress=False)
-    pid, fid = protocol_id(record), float(record["fid"])
-    client.set_model_version_tag(name, mv.version, rescored_tag(pid), repr(fid))
-    log.info(
-        "%s v%s: FID %.4g under protocol %s (recorded as tag %s)",
-        name,
-        mv.version,
-        fid,
-        pid,
-        rescored_tag(pid),
-    )
-    return pid, fid
+    record = score_generator(params, g, about, progress=False)
+    tag, fid = rescored_tag(protocol_id(record)), float(record["fid"])
+    client.set_model_version_tag(name, mv.version, tag, repr(fid))
+    log.info("%s v%s: FID %.4g under this protocol (recorded as tag %s)", name, mv.version, fid, tag)
+    return fid
 
 
 def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -> float:
-    """`mv`'s FID under protocol `target` (a protocol dict, e.g. another version's), scoring it again
-    when it has none there; a one-line refusal naming the fields that differ when `target` is not
-    the project's protocol now (the only one this machine can score under)."""
+    """`mv`'s FID under protocol `target`, scored again when it has none there; a one-line refusal
+    when `target` is not the project's protocol now (the only one this machine can score under)."""
     from sagan_core.evaluate.protocol import expected_protocol  # torch: only when scoring
 
     pid = protocol_id(target)
@@ -113,13 +81,10 @@ def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -
     except SaganError as e:
         raise SaganError(f"cannot score {name} v{mv.version} under protocol {pid} here: {e}") from None
     if protocol_id(now) != pid:
-        raise SaganError(
-            f"cannot score {name} v{mv.version} under protocol {pid}: the project's evaluation "
-            f"settings or data differ from it now ({protocol_difference(target, now)}); run "
-            "`sagan evaluate` again"
-        )
+        raise SaganError(f"cannot score {name} v{mv.version} under protocol {pid}: the project's evaluation "
+                         f"settings or data differ from it now ({protocol_difference(target, now)}); run `sagan evaluate` again")
     try:
-        return rescore(client, params, name, mv, now)[1]
+        return _rescore(client, params, name, mv, now)
     except SaganError:
         raise
     except Exception as e:  # noqa: BLE001 - download/decoding/Inception failures: one line

@@ -1,21 +1,14 @@
 """`sagan sample`: images from a generator sagan logged (an MLflow model URI or folder) or a checkpoint.
 
-Loading a model from a registry runs nothing from it. The downloaded folder must have exactly the
-layout `generator_model.log_exported` writes (`verify_model_dir`, read as YAML and bytes only): a
-models-from-code pyfunc whose generator_pyfunc.py is byte-identical to this sagan's (sha256), no
-code paths, no pickled Python model, and one artifact, the network as a pt2 program. The network is
-then read by the installed GeneratorModel with MLflow's pickle deserialization off (MLflow checks
-the pt2 archive is pickle-free first); the model's own copy of the code is never executed here.
-`--verified-copy DIR` writes only the checked files to DIR, for `mlflow models serve -m DIR`.
-Images are made `BATCH` at a time, at most `MAX_IMAGES` per call (the served model's budget too).
-`--class` reads a class by name or index as serving does (classes.py).
+Loading a model runs nothing from it: its layout, its generator_pyfunc.py (byte-identical to this
+sagan's) and its pt2 network are checked as YAML and bytes (`verify_model_dir`); the installed
+GeneratorModel reads the network. `--verified-copy DIR` writes the checked files, to serve.
 """
 
 from __future__ import annotations
 
 import io
-import logging
-import shutil
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +20,8 @@ from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
-log = logging.getLogger("sagan.sample")
-
-# The files of a verified model, all that `--verified-copy` writes: no environment files, since an
-# environment from an untrusted registry would be a package install from it (serve with
-# `--env-manager local`).
-MODEL_FILES = (
-    "MLmodel",
-    "generator_pyfunc.py",
-    "artifacts/generator/MLmodel",
-    "artifacts/generator/data/model.pt2",
-)
+# No environment files: from an untrusted registry, a package install (serve with --env-manager local)
+MODEL_FILES = ("MLmodel", "generator_pyfunc.py", "artifacts/generator/MLmodel", "artifacts/generator/data/model.pt2")
 
 
 @dataclass
@@ -63,51 +47,35 @@ def load_sampler(model: str, params: Params) -> Sampler:
         from sagan_core.model import checkpoint as ckpt_io
 
         g, meta = ckpt_io.load_generator(model, use_ema=True, device="cpu")
-        return Sampler(
-            lambda z, y: g(z, y if g.spec.num_classes else None),
-            g.spec.z_dim,
-            g.spec.num_classes,
-            list(meta.get("class_names", [])),
-            model,
-        )
+        generate = lambda z, y: g(z, y if g.spec.num_classes else None)  # noqa: E731
+        return Sampler(generate, g.spec.z_dim, g.spec.num_classes, list(meta.get("class_names", [])), model)
     _check_model_uri(model)
     from pipelines.tracking.generator_pyfunc import GeneratorModel
 
     with tempfile.TemporaryDirectory(prefix="sagan-model-") as tmp:
         config = fetch_verified(model, params, Path(tmp) / "model")
         inner = GeneratorModel()  # the installed class: nothing of the model's code runs
-        context = SimpleNamespace(
-            model_config=config, artifacts={"generator": f"{tmp}/model/artifacts/generator"}
-        )
-        inner.load_context(context)
+        inner.load_context(SimpleNamespace(model_config=config, artifacts={"generator": f"{tmp}/model/artifacts/generator"}))
     return Sampler(inner.generate, inner.z_dim, inner.num_classes, inner.class_names, model)
 
 
 def _check_model_uri(model: str) -> None:
     if "://" not in model and ":/" not in model and not Path(model).is_dir():
-        raise ConfigError(
-            f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI"
-        )
+        raise ConfigError(f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI")
 
 
 def fetch_verified(uri: str, params: Params, dst: Path) -> dict[str, Any]:
-    """Download the model, check it (`verify_model_dir`) and copy its checked files to `dst`;
-    returns its model_config. Nothing from it is imported or unpickled."""
+    """Download the model, check it and copy its checked files to `dst`; returns its model_config."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipelines.tracking.store import call, connect, redact, scrub
 
     _, tracking_uri = connect(params)
-    import mlflow
-
-    from pipelines.tracking.generator_model import env_set
-
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # errors stay one line
     with tempfile.TemporaryDirectory(prefix="sagan-download-") as tmp:
         try:
-            with env_set("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # errors stay one line
-                local = call(
-                    tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=tmp
-                )
+            local = call(tracking_uri, mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=tmp)
         except MlflowException as e:
             first = scrub(" ".join(str(e).split()))[:300]
             raise ConfigError(f"--model {uri}: cannot load from {redact(tracking_uri)} ({first})") from None
@@ -136,31 +104,22 @@ def _yaml(path: Path) -> dict:
 
 
 def verify_model_dir(local: Path) -> dict[str, Any]:
-    """The model_config of a generator model folder that sagan logged, or ValueError saying why not.
-    Reads YAML and bytes only."""
+    """The model_config of a generator model folder sagan logged, or ValueError saying why not."""
     from pipelines.tracking.generator_model import PYFUNC_FILE, file_sha256
 
     flavors = _yaml(local / "MLmodel")["flavors"]
     pf = flavors.get("python_function")
     if set(flavors) != {"python_function"} or not isinstance(pf, dict):
         raise ValueError(f"flavors {sorted(flavors)}, expected python_function only")
-    if (
-        pf.get("loader_module") != "mlflow.pyfunc.loaders.code_model"
-        or pf.get("code")
-        or "python_model" in pf
-    ):
-        raise ValueError(
-            "its pyfunc is not sagan's models-from-code pyfunc (a pickled model or extra code paths)"
-        )
+    if pf.get("loader_module") != "mlflow.pyfunc.loaders.code_model" or pf.get("code") or "python_model" in pf:
+        raise ValueError("its pyfunc is not sagan's models-from-code pyfunc (a pickled model or extra code paths)")
     code = Path(str(pf.get("model_code_path", ""))).name
     if code != PYFUNC_FILE.name or not (local / code).is_file():
         raise ValueError(f"its code file is {code or 'missing'}, not {PYFUNC_FILE.name}")
     got, ours = file_sha256(local / code), file_sha256()
     if got != ours:
-        raise ValueError(
-            f"its {code} (sha256 {got[:12]}) differs from this sagan's (sha256 {ours[:12]}); loading it "
-            "would run that code. Register the model again with this sagan."
-        )
+        raise ValueError(f"its {code} (sha256 {got[:12]}) differs from this sagan's (sha256 {ours[:12]}); loading it "
+                         "would run that code. Register the model again with this sagan.")
     artifacts = pf.get("artifacts")
     if not isinstance(artifacts, dict) or list(artifacts) != ["generator"]:
         raise ValueError("its artifacts are not exactly the generator network")
@@ -175,11 +134,7 @@ def _verify_network(folder: Path) -> None:
     torch_flavor = flavors.get("pytorch")
     if not isinstance(torch_flavor, dict) or not set(flavors) <= {"pytorch", "python_function"}:
         raise ValueError("its network is not a PyTorch model")
-    if (
-        torch_flavor.get("code")
-        or torch_flavor.get("extra_files")
-        or torch_flavor.get("model_data") != "data"
-    ):
+    if torch_flavor.get("code") or torch_flavor.get("extra_files") or torch_flavor.get("model_data") != "data":
         raise ValueError("its network carries code or extra files")
     if not (folder / "data/model.pt2").is_file() or (folder / "data/model.pth").exists():
         raise ValueError("its network is not a pt2 program (torch.export)")
@@ -189,13 +144,9 @@ def _model_config(config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError("its model_config is missing")
     z_dim, classes, names = config.get("z_dim"), config.get("num_classes", 0), config.get("class_names", [])
-    if not (
-        isinstance(z_dim, int) and 1 <= z_dim <= 4096 and isinstance(classes, int) and 0 <= classes <= 100_000
-    ):
+    if not (isinstance(z_dim, int) and 1 <= z_dim <= 4096 and isinstance(classes, int) and 0 <= classes <= 100_000):
         raise ValueError("its model_config has no valid z_dim / num_classes")
-    if not (
-        isinstance(names, list) and len(names) in (0, classes) and all(isinstance(n, str) for n in names)
-    ):
+    if not (isinstance(names, list) and len(names) in (0, classes) and all(isinstance(n, str) for n in names)):
         raise ValueError("its model_config has invalid class_names")
     return config
 
@@ -210,9 +161,7 @@ def verified_copy(params: Params, model: str, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sagan-copy-", dir=dst.parent) as tmp:
         fetch_verified(model, params, Path(tmp) / "model")
-        if dst.exists():
-            dst.rmdir()
-        shutil.move(str(Path(tmp) / "model"), str(dst))
+        os.replace(Path(tmp) / "model", dst)  # over an empty folder too
     return dst
 
 
@@ -220,10 +169,7 @@ def _check_request(n: int, seed: int, truncation: float | None) -> None:
     from pipelines.tracking.generator_pyfunc import MAX_IMAGES, MIN_TRUNCATION, SEED_LIMIT
 
     if not 1 <= n <= MAX_IMAGES:
-        raise ConfigError(
-            f"--n: expected 1..{MAX_IMAGES} images (the per-call budget), got {n}; "
-            "for more, run again with another --seed"
-        )
+        raise ConfigError(f"--n: expected 1..{MAX_IMAGES} images (the per-call budget), got {n}; for more, run again with another --seed")
     if not 0 <= seed < SEED_LIMIT:
         raise ConfigError(f"--seed: expected 0 <= seed < 2**63, got {seed}")
     if truncation is not None and not truncation >= MIN_TRUNCATION:
@@ -237,28 +183,14 @@ def _generate(s: Sampler, n: int, klass: int | None, seed: int, truncation: floa
     from pipelines.tracking.generator_pyfunc import BATCH, truncated_normal
 
     z = truncated_normal(n, s.z_dim, truncation, torch.Generator().manual_seed(seed))
-    y = None
-    if s.num_classes:
-        y = torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
-    parts = []
+    y = None if not s.num_classes else torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
     with torch.no_grad():
-        for start in range(0, n, BATCH):
-            part = s.generate(z[start : start + BATCH], None if y is None else y[start : start + BATCH])
-            parts.append(part.float().clamp(-1, 1))
-    return torch.cat(parts)
+        parts = [s.generate(z[i : i + BATCH], None if y is None else y[i : i + BATCH]) for i in range(0, n, BATCH)]
+    return torch.cat([p.float().clamp(-1, 1) for p in parts])
 
 
-def sample(
-    params: Params,
-    model: str,
-    n: int,
-    klass: str | None,
-    out: Path | None,
-    out_dir: Path | None,
-    seed: int,
-    nrow: int | None,
-    truncation: float | None = None,
-) -> dict[str, Any]:
+def sample(params: Params, model: str, n: int, klass: str | None, out: Path | None, out_dir: Path | None,
+           seed: int, nrow: int | None, truncation: float | None = None) -> dict[str, Any]:
     _check_request(n, seed, truncation)
     s = load_sampler(model, params)
     class_id = None if klass is None else class_index(klass, s.num_classes, s.class_names, s.source)
@@ -281,12 +213,6 @@ def sample(
         rows = nrow or (s.num_classes if s.num_classes and klass is None and n % s.num_classes == 0 else 8)
         save_grid(images, out, rows)
         written.append(str(out))
-    return {
-        "model": s.source,
-        "n": n,
-        "class": None if class_id is None else class_name(class_id, s.class_names),
-        "class_id": class_id,
-        "truncation": truncation,
-        "files": written,
-        "shape": list(images.shape),
-    }
+    name = None if class_id is None else class_name(class_id, s.class_names)
+    return {"model": s.source, "n": n, "class": name, "class_id": class_id, "truncation": truncation,
+            "files": written, "shape": list(images.shape)}

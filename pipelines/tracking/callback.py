@@ -1,10 +1,7 @@
 """MlflowCallback: the trainer's hooks, recording one training run in MLflow.
 
-Logging must not slow training: metrics are buffered by the trainer to one call per
-`train.log_every` steps and sent with one asynchronous `log_batch`; images are uploaded every
-`train.sample_every` steps. Each checkpoint is uploaded when written, and each best checkpoint's
-generator becomes a LoggedModel linked to its KID/FID, both in the background (tracking/uploads.py);
-the last generator is logged at the end.
+Logging must not slow training: metrics go in one asynchronous `log_batch` per `train.log_every`
+steps, images every `train.sample_every`, checkpoints in the background (uploads.py).
 """
 
 from __future__ import annotations
@@ -12,45 +9,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.tracking.best_model import SCORE_KEYS, export_best, log_best
-from pipelines.tracking.generator_model import CHECKPOINT_DIR, log_checkpoint_and_generator
 from pipelines.tracking.lineage import log_lineage
 from pipelines.tracking.names import LR_KEYS, lr_changes, train_metric
-from pipelines.tracking.run_record import (
-    new_run_record,
-    note_checkpoint,
-    read_run_record,
-    recover,
-    write_run_record,
-)
-from pipelines.tracking.store import (
-    artifact_error,
-    call,
-    connect,
-    experiment_id,
-    local_write_failure,
-    redact,
-    scrub,
-)
-from pipelines.tracking.uploads import Uploader, snapshot
+from pipelines.tracking.run_record import note, opened, read_run_record, recover
+from pipelines.tracking.store import artifact_error, call, connect, local_write_failure, redact, scrub
+from pipelines.tracking.uploads import CHECKPOINT_DIR, Uploader, snapshot
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback
 
 log = logging.getLogger("sagan.mlflow")
-
-
 READABLE_SIDE = 768  # px: MLflow's image preview shows the image at its own size
 PREVIEW_SIDE = 200  # px: the model card's picture (the `preview` series) stays a few rows tall
 
 
 def readable(path: Path, side: int = READABLE_SIDE):
-    """The image as RGB, enlarged by a whole factor (nearest neighbour: pixels stay sharp squares)
-    until its short side reaches `side`, so 32-px samples are legible in MLflow's preview."""
+    """RGB, enlarged by a whole factor (sharp pixels) until its short side reaches `side`."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -60,12 +37,8 @@ def readable(path: Path, side: int = READABLE_SIDE):
 
 
 class MlflowCallback(Callback):
-    """Records a training run in MLflow: params, lineage, curves, images, checkpoint and model.
-
-    Created before the trainer so an unreachable server fails the command before any training;
-    afterwards a logging failure never stops training: it is reported once and re-raised at the end
-    (local checkpoint, samples and metrics/train.csv are written regardless).
-    """
+    """Created before the trainer, so an unreachable server fails before any training; then a logging
+    failure never stops training: it is reported once and re-raised at the end."""
 
     def __init__(self, params: Params, resume: bool = False):
         self.params, self.resume = params, resume
@@ -74,17 +47,10 @@ class MlflowCallback(Callback):
         self.error: BaseException | None = None
         self.monitor = None
         self.ended = False
-        self.linked_step: int | None = None  # the step whose KID/FID go with a best LoggedModel
         # the learning rates last logged (names.lr_changes): the run's own params until one changes
         self.lr_seen = {k: float(getattr(params.train, k)) for k in LR_KEYS}
         self.run_id, self.experiment_id = self._open_run()
-        # a resumed run keeps what its record knew (model_id, step, best) until they are replaced
-        kept = (read_run_record(params) or {}) if resume else {}
-        run = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": redact(self.uri)}
-        if kept.get("run_id") == self.run_id:
-            write_run_record(params, kept | run)
-        else:  # a new run: the record keeps the one it replaces (run_record.trained_record)
-            write_run_record(params, new_run_record(params, run))
+        opened(params, self.run_id, self.experiment_id, self.uri)
         self.uploads = Uploader()
         log.info("MLflow run %s at %s", self.run_id, redact(self.uri))
 
@@ -92,24 +58,21 @@ class MlflowCallback(Callback):
         """(run_id, experiment_id): the recorded run reopened on --resume, else a new run."""
         from mlflow.entities import RunStatus
 
+        from pipelines.tracking.store import experiment_id
+
         record = read_run_record(self.params) if self.resume else None
-        if record and record["tracking_uri"] != redact(self.uri):
-            log.warning(
-                "--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
-                record["tracking_uri"],
-                redact(self.uri),
-            )
+        if record and record.tracking_uri != redact(self.uri):
+            log.warning("--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
+                        record.tracking_uri, redact(self.uri))
             record = None
         if record:
-            run_id = record["run_id"]
-            recover(self.client, self.uri, self.params, run_id, end=False)  # curves an outage lost
-            call(self.uri, self.client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return run_id, record["experiment_id"]
+            recover(self.client, self.uri, self.params, record.run_id, end=False)  # curves an outage lost
+            call(self.uri, self.client.update_run, record.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return record.run_id, record.experiment_id
         exp = experiment_id(self.client, self.params, self.uri)
-        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
         exp_name = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: the run is findable by it
-        if exp_name:
-            tags["sagan.dvc_exp"] = exp_name
+        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sagan train"}
+        tags |= {"sagan.dvc_exp": exp_name} if exp_name else {}
         run = call(self.uri, self.client.create_run, exp, tags=tags, run_name=exp_name)
         return run.info.run_id, exp
 
@@ -122,9 +85,7 @@ class MlflowCallback(Callback):
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never kill a training run midway
             self.error = local_write_failure(self.uri, e) or e  # a full sqlite store: one line, not its SQL
-            log.warning(
-                "MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(self.error))
-            )
+            log.warning("MLflow logging stopped (%s failed: %s); training continues", what, scrub(str(self.error)))
             # Batches queued before the failure still fail in MLflow's async logging thread, one
             # ERROR line each, and could land after the command's one error line: said once above.
             logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
@@ -150,8 +111,7 @@ class MlflowCallback(Callback):
         try:  # system metrics (CPU, memory, disk, network, GPU) sampled in a background thread
             import mlflow
 
-            # MLflow's public switch for them is a fluent run with log_system_metrics; connect()
-            # pointed the fluent API at this store. The run is ended (and closed) in _stop_monitor.
+            # MLflow's public switch: a fluent run with log_system_metrics (ended in _terminate)
             mlflow.set_system_metrics_sampling_interval(10)
             self.monitor = mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
         except Exception as e:  # noqa: BLE001 - optional (needs psutil); never worth failing over
@@ -162,20 +122,16 @@ class MlflowCallback(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        linked = SCORE_KEYS if step == self.linked_step else ()  # logged with their model_id (on_best)
-        kept = {k: v for k, v in metrics.items() if k not in linked and k not in LR_KEYS}
+        kept = {k: v for k, v in metrics.items() if k not in LR_KEYS}
         kept |= lr_changes(self.lr_seen, metrics)  # rates only when they change (names.py says why)
         batch = [Metric(train_metric(k), float(v), now, step) for k, v in kept.items()]
-        op = self._guard(
-            "logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False
-        )
-        if op is not None:
+        if (op := self._guard("logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False)) is not None:
             self.pending.append(op)
 
     def on_image(self, step: int, key: str, path: Path) -> None:
         def upload():
-            side = PREVIEW_SIDE if key == "preview" else READABLE_SIDE
-            self.client.log_image(self.run_id, readable(path, side), key=key, step=step)
+            image = readable(path, PREVIEW_SIDE if key == "preview" else READABLE_SIDE)
+            self.client.log_image(self.run_id, image, key=key, step=step)
             # the newest grid (each page: samples_p2 is latest_p2.png) and preview, also as plain files
             latest = path if key == "preview" else path.with_name(f"latest{key.removeprefix('samples')}.png")
             if (key.startswith("samples") or key == "preview") and latest.is_file():
@@ -184,63 +140,51 @@ class MlflowCallback(Callback):
         self._guard(f"logging image {key}", upload)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        note_checkpoint(self.params, self.run_id, step)  # this run wrote it (run_record.trained_record)
-        snap = snapshot(path, path.name)
-        upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
-        self.uploads.submit(f"uploading the checkpoint of step {step}", upload, snap, key="checkpoint")
+        note(self.params, self.run_id, checkpoint_step=step)  # this run wrote it (run_record.trained_record)
+        self._upload(f"the checkpoint of step {step}", path)
 
     def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None:
-        self.linked_step = step
-        snap = snapshot(path, path.name)
-        try:  # here, on the training thread: torch.export must not overlap a step (best_model.py)
-            exported = export_best(snap)
-        except Exception as e:  # noqa: BLE001 - like a failed upload: reported, training goes on
-            shutil.rmtree(snap.parent, ignore_errors=True)
-            log.warning("MLflow: exporting the best generator (step %d) failed: %s", step, scrub(str(e)))
-            return
-        log_model = lambda: log_best(self.client, self.run_id, self.params, snap, exported, step, scores)  # noqa: E731
-        self.uploads.submit(f"logging the best generator (step {step})", log_model, snap)
+        self._upload(f"the best checkpoint (step {step})", path)  # resumable: models:/NAME@ALIAS
+
+    def _upload(self, what: str, path: Path) -> None:
+        snap = snapshot(path)  # the trainer may replace the file at once
+        upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
+        self.uploads.submit(f"uploading {what}", upload, snap, key=path.name)
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.ended = True
         self.uploads.close()  # queued uploads finish first (failures were reported as they came)
         self._guard("flushing metrics", self._flush)
-        self._stop_monitor()
         if self.error is None:
-            self._guard("uploading the checkpoint and model", self._log_final, summary)
-        status = "FINISHED" if self.error is None else "FAILED"
-        try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as e:  # noqa: BLE001 - the error below is the one to report
-            log.debug("could not close MLflow run: %s", scrub(str(e)))
+            self._guard("uploading the checkpoint", self._log_final, summary)
+        self._terminate("FINISHED" if self.error is None else "FAILED")
         if self.error is not None:
             raise artifact_error(self.uri, self.error, self.client, self.run_id) from None
 
     # -- after training (called by pipelines.stages.train) --
     def close(self) -> None:
-        """After training: a run with nothing left to train (on_end never ran) is closed as finished."""
+        """A run with nothing left to train (on_end never ran) is closed as finished."""
         if not self.ended:
             self.fail(status="FINISHED")
 
     def fail(self, status: str = "FAILED") -> None:
-        """Training raised: mark the run failed (best effort), stop the monitor."""
-        self._stop_monitor()
-        if self.uploads.thread.is_alive():  # the last checkpoint reaches the run: resumable from it
-            self.uploads.close()
-        try:
+        self.uploads.close()  # the last checkpoint reaches the run: resumable from it
+        with contextlib.suppress(Exception):  # the training error is the one to report
             self._flush()
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as e:  # noqa: BLE001 - the training error is the one to report
-            log.debug("could not mark MLflow run failed: %s", scrub(str(e)))
+        self._terminate(status)
 
-    def _stop_monitor(self) -> None:
-        """End the fluent run that samples system metrics; the caller sets the run's final status."""
+    def _terminate(self, status: str) -> None:
+        """End the fluent run sampling system metrics, then set the run's status (best effort)."""
         if self.monitor is not None:
             import mlflow
 
-            with contextlib.suppress(Exception):  # best effort: it only samples CPU/GPU load
+            with contextlib.suppress(Exception):
                 mlflow.end_run()
             self.monitor = None
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001 - the error to report is another
+            log.debug("could not end MLflow run %s: %s", status, scrub(str(e)))
 
     def _flush(self) -> None:
         for op in self.pending:
@@ -250,10 +194,8 @@ class MlflowCallback(Callback):
     def _log_final(self, summary: dict[str, Any]) -> None:
         # how long this training session took (the model card's "training time")
         self.client.set_tag(self.run_id, "sagan.train_seconds", f"{float(summary['seconds']):.0f}")
-        metrics_csv = Path(self.params.train.metrics_file)
-        if metrics_csv.exists():
-            self.client.log_artifact(self.run_id, str(metrics_csv), "metrics")
-        attention = Path(summary["attention"])
-        if attention.is_file():
-            self.client.log_artifact(self.run_id, str(attention), "figures")
-        log_checkpoint_and_generator(self.client, self.run_id, self.params, Path(summary["checkpoint"]))
+        for path, folder in ((self.params.train.metrics_file, "metrics"), (summary["attention"], "figures")):
+            if Path(path).is_file():
+                self.client.log_artifact(self.run_id, str(path), folder)
+        self.client.log_artifact(self.run_id, summary["checkpoint"], CHECKPOINT_DIR)
+        note(self.params, self.run_id, step=int(summary["step"]))

@@ -1,18 +1,8 @@
-"""The run record: `<train.out_dir>/mlflow_run.json` ties the local project to its one MLflow run.
+"""`<train.out_dir>/mlflow_run.json`: the one record of the project's MLflow run (`RunRecord`).
 
-`sagan train` writes it (run_id, experiment_id, the redacted tracking URI) when it opens the run and
-adds model_id and step once the generator is logged; evaluate, register and `train --resume` read
-it to reopen the same run.
-
-A training killed before its first checkpoint leaves a record naming a run that wrote nothing,
-while the checkpoint on disk is the previous run's: so the record keeps the run it replaced
-(`previous`) and the step of each checkpoint its run wrote (`checkpoint_step`), and
-`trained_record` answers which run wrote the checkpoint, or refuses (register and evaluate use it).
-
-Reopening also sends what an outage made the server miss: a server that goes down mid-training loses
-the rest of the curves (the callback stops logging and cannot even close the run, which stays
-RUNNING), but every row is still in `metrics/train.csv`. `recover` logs each metric's steps after its
-last logged one and ends a run left RUNNING (FINISHED when the checkpoint reached train.steps).
+A training killed before its first checkpoint leaves a record naming a run that wrote nothing, so
+the record keeps the run it replaced and its newest checkpoint's step (`trained_record`); what an
+outage made the server miss is sent again from metrics/train.csv (`recover`).
 """
 
 from __future__ import annotations
@@ -21,109 +11,123 @@ import csv
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.tracking.names import LR_KEYS, train_metric
-from pipelines.tracking.store import call
+from pipelines.tracking.store import call, connect, redact
 from sagan_core.atomic import write_json
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
 log = logging.getLogger("sagan.mlflow")
 
+UNKNOWN = "unknown"  # checkpoint_step of a record from --resume-from or written by hand: trusted
 
-def read_run_record(params: Params) -> dict[str, Any] | None:
-    """The record, or None when no tracked training ran here yet."""
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str  # redacted
+    step: int | None = None  # the step this run finished training at
+    checkpoint_step: int | None | Literal["unknown"] = UNKNOWN  # its newest checkpoint; None: none yet
+    previous: RunRecord | None = None  # the run it replaced
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        """Keys of older records (model_id, best) are ignored."""
+        known = {f.name for f in fields(cls)} - {"previous"}
+        before = d.get("previous")
+        return cls(**{k: v for k, v in d.items() if k in known}, previous=cls.from_dict(before) if before else None)
+
+    def trained(self, step: int, steps: int) -> bool:
+        """Whether it finished training the checkpoint at `step` (or wrote it at train.steps: an outage)."""
+        if self.checkpoint_step == UNKNOWN or self.step == step:
+            return True
+        return self.checkpoint_step == step and step >= steps
+
+
+def read_run_record(params: Params) -> RunRecord | None:
     path = params.train.run_record
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        return RunRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise SaganError(f"{path}: unreadable MLflow run record ({e}); delete it and train again") from None
 
 
-def write_run_record(params: Params, record: dict[str, Any]) -> None:
-    """Atomic write: a crash never leaves a half-written record that loses the run id."""
-    write_json(params.train.run_record, record)
+def write_run_record(params: Params, record: RunRecord) -> None:
+    write_json(params.train.run_record, asdict(record))  # atomic: a crash never loses the run id
 
 
-def require_run(params: Params, what: str) -> dict[str, Any]:
-    """The record, or a one-line ConfigError telling `what` to train with tracking on first."""
+def opened(params: Params, run_id: str, experiment_id: str, uri: str) -> None:
+    """Training writes to run `run_id`: a resumed run's record is kept, a new one keeps the run it replaces."""
+    old = read_run_record(params)
+    if not old or old.run_id != run_id:  # no checkpoint yet: `trained_record` knows it wrote none
+        write_run_record(params, RunRecord(run_id, experiment_id, redact(uri), None, None, old and replace(old, previous=None)))
+
+
+def note(params: Params, run_id: str, **changes: Any) -> None:
+    """Update the record of run `run_id` (local: also during an outage)."""
     record = read_run_record(params)
-    if record is None:
-        raise ConfigError(
-            f"{what}: no MLflow run recorded at {params.train.run_record} "
-            "(run `sagan train` with tracking on first)"
-        )
-    return record
+    if record and record.run_id == run_id:
+        write_run_record(params, replace(record, **changes))
 
 
-def note_checkpoint(params: Params, run_id: str, step: int) -> None:
-    """The run `run_id` wrote the checkpoint of `step` (a local write: also during an outage)."""
-    record = read_run_record(params) or {}
-    if record.get("run_id") == run_id:
-        write_run_record(params, record | {"checkpoint_step": step})
-
-
-def new_run_record(params: Params, run: dict[str, Any]) -> dict[str, Any]:
-    """The record of a new run, keeping the run it replaces (without that one's own `previous`)."""
-    old = read_run_record(params) or {}
-    kept = {k: v for k, v in old.items() if k != "previous"}
-    fresh = run | {"checkpoint_step": None}  # none yet: `trained_record` knows this run wrote none
-    return fresh | ({"previous": kept} if kept.get("run_id") not in (None, run["run_id"]) else {})
-
-
-def _wrote(record: dict[str, Any], step: int, params: Params) -> bool:
-    """Whether the record's run finished the training whose checkpoint is at `step`: it logged the
-    generator of that step, or wrote that checkpoint and it reached train.steps (an outage kept it
-    from logging the generator). A record without the key predates it (or was written by hand)."""
-    if "checkpoint_step" not in record:  # written before sagan recorded it (or by hand): trusted as then
-        return True
-    if record.get("step") == step:
-        return True
-    return record.get("checkpoint_step") == step and step >= params.train.steps
-
-
-def trained_record(params: Params, what: str, refuse: bool = True) -> dict[str, Any]:
-    """The record of the run that finished the training of the checkpoint (train.checkpoint).
-
-    A run killed before its first checkpoint gives way to the run it replaced, when that one wrote
-    the checkpoint (the record is put back, the killed run's id returned under `killed`); otherwise a
-    one-line SaganError (with `refuse`; else the record as it is): registering it would put one
-    run's name on another run's weights."""
+def trained_record(params: Params, what: str, refuse: bool = True) -> tuple[RunRecord, str | None]:
+    """(record of the run that trained train.checkpoint, a killed run it replaces in the file), else a
+    one-line SaganError (with `refuse`): registering would put one run's name on another's weights."""
     from sagan_core.model.checkpoint import step_of
 
-    record = require_run(params, what)
-    step = step_of(params.train.checkpoint)
-    if step is None or _wrote(record, step, params):  # no local checkpoint: another machine's
-        return record
-    previous = record.get("previous") or {}
-    if previous and _wrote(previous, step, params):
-        write_run_record(params, previous)
-        log.warning(
-            "MLflow run %s was interrupted before writing a checkpoint: %s at step %d is run %s's",
-            record["run_id"],
-            params.train.checkpoint,
-            step,
-            previous["run_id"],
-        )
-        return previous | {"killed": record["run_id"]}
-    done = record.get("checkpoint_step")
+    record = read_run_record(params)
+    if record is None:
+        raise ConfigError(f"{what}: no MLflow run recorded at {params.train.run_record} (run `sagan train` first)")
+    step, steps = step_of(params.train.checkpoint), params.train.steps
+    if step is None or record.trained(step, steps):  # no local checkpoint: another machine's
+        return record, None
+    if record.previous and record.previous.trained(step, steps):
+        write_run_record(params, record.previous)
+        log.warning("MLflow run %s was interrupted before writing a checkpoint: %s at step %d is run %s's",
+                    record.run_id, params.train.checkpoint, step, record.previous.run_id)
+        return record.previous, record.run_id
     if not refuse:
-        return record
+        return record, None
+    done = record.checkpoint_step
     raise SaganError(
-        f"{what}: MLflow run {record['run_id']} did not finish training ({params.train.checkpoint} is at "
-        f"step {step} of {params.train.steps}; "
+        f"{what}: MLflow run {record.run_id} did not finish training ({params.train.checkpoint} is at "
+        f"step {step} of {steps}; "
         f"{'the run wrote no checkpoint' if done is None else f'its last checkpoint was step {done}'}): "
         "run `sagan train --resume` (or `sagan pipeline run`) first"
     )
 
 
+def reopen(params: Params, what: str, refuse: bool = True):
+    """(record, client, uri) of the run that trained the checkpoint, checked on its server, made whole."""
+    record, killed = trained_record(params, what, refuse)
+    client, uri = connect(params)
+    call(uri, _reopen, client, uri, params, what, record.run_id, killed)
+    return record, client, uri
+
+
+def _reopen(client, uri: str, params: Params, what: str, run_id: str, killed: str | None) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(f"{what}: MLflow run {run_id} ({params.train.run_record}) does not exist at {redact(uri)}") from None
+    if killed:
+        end_killed(client, uri, killed)
+    recover(client, uri, params, run_id, end=True)
+
+
 def end_killed(client, uri: str, run_id: str) -> bool:
-    """Mark a run left RUNNING by a killed process KILLED (the caller holds the project lock, so no
-    sagan process of this project is running it)."""
+    """Mark a run left RUNNING by a killed process KILLED (the caller holds the project lock)."""
     from mlflow.entities import RunStatus
 
     if call(uri, client.get_run, run_id).info.status != "RUNNING":
@@ -134,62 +138,42 @@ def end_killed(client, uri: str, run_id: str) -> bool:
 
 
 def end_left_running(params: Params) -> list[str]:
-    """At a run's start, under the project lock: the recorded runs (and the ones they replaced)
-    still RUNNING were left so by a killed process; mark them KILLED. A resumed one runs again."""
-    from pipelines.tracking.store import connect
-
-    record = read_run_record(params) or {}
-    ids = [r["run_id"] for r in (record, record.get("previous") or {}) if r.get("run_id")]
+    """At a run's start, under the project lock: recorded runs still RUNNING were killed; mark them."""
+    record = read_run_record(params)
+    ids = [r.run_id for r in (record, record and record.previous) if r]
     if not ids:
         return []
     client, uri = connect(params)
     return [run_id for run_id in ids if end_killed(client, uri, run_id)]
 
 
-# ---- after an outage ------------------------------------------------------------------------------
 _BATCH = 1000  # log_batch takes at most 1000 metrics per call
 
 
-def _rows(params: Params, upto: int) -> list[dict[str, str]]:
-    """metrics/train.csv rows up to the checkpoint's step: later rows are redone by a resume."""
-    path = Path(params.train.metrics_file)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
-
-
 def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
-    """Log every metric's rows after its last logged step; returns how many values were sent."""
+    """Log train.csv's rows after each column's last logged step, up to `upto` (a resume redoes later ones)."""
     from mlflow.entities import Metric
 
-    rows = _rows(params, upto)
-    if not rows:
+    path = Path(params.train.metrics_file)
+    if not path.exists():
         return 0
-    now = int(time.time() * 1000)
-    missing = []
-    # train.csv's columns under their MLflow names (names.py); learning rates are logged only when
-    # they change, which the callback saw and the CSV rows do not say: not sent again here
-    for col in (k for k in rows[0] if k not in ("step", *LR_KEYS)):
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+    now, missing = int(time.time() * 1000), []
+    # learning rates are logged only when they change, which the CSV rows do not say
+    for col in (k for k in (rows[0] if rows else {}) if k not in ("step", *LR_KEYS)):
         key = train_metric(col)
         last = max((m.step for m in call(uri, client.get_metric_history, run_id, key)), default=-1)
-        missing += [
-            Metric(key, float(r[col]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[col]
-        ]
+        missing += [Metric(key, float(r[col]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[col]]
     for i in range(0, len(missing), _BATCH):
         call(uri, client.log_batch, run_id, metrics=missing[i : i + _BATCH])
     if missing:
-        log.info(
-            "MLflow run %s: %d metric values the server missed logged from %s",
-            run_id,
-            len(missing),
-            params.train.metrics_file,
-        )
+        log.info("MLflow run %s: %d metric values the server missed logged from %s", run_id, len(missing), path)
     return len(missing)
 
 
 def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
-    """Backfill the run's curves; with `end`, close a run left RUNNING by an interrupted training."""
+    """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
     from mlflow.entities import RunStatus
 
     from sagan_core.model.checkpoint import step_of
@@ -198,6 +182,6 @@ def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
     backfill(client, uri, params, run_id, step)
     if not end or call(uri, client.get_run, run_id).info.status != "RUNNING":
         return
-    status = RunStatus.FINISHED if step >= params.train.steps else RunStatus.FAILED
-    call(uri, client.set_terminated, run_id, status=RunStatus.to_string(status))
-    log.info("MLflow run %s was left RUNNING: ended %s", run_id, RunStatus.to_string(status))
+    status = RunStatus.to_string(RunStatus.FINISHED if step >= params.train.steps else RunStatus.FAILED)
+    call(uri, client.set_terminated, run_id, status=status)
+    log.info("MLflow run %s was left RUNNING: ended %s", run_id, status)
