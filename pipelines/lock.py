@@ -50,11 +50,12 @@ def project_lock(
     root: str | Path = ".", timeout_s: float = 0.0, for_flow: bool = False, reentrant: bool = False
 ) -> Iterator[Path]:
     """Hold the project's lock, waiting up to `timeout_s`; `for_flow`: the flow's `reentrant` take nests."""
-    path = (Path(root) / LOCK_FILE).resolve()
+    relative = Path(root) / LOCK_FILE  # an error creating it names the path as the user knows it
+    path = relative.resolve()
     if reentrant and path in _HELD:
         yield path
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    relative.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, timeout=timeout_s, on_acquired=_sign)
     try:
         lock.acquire()
