@@ -6,6 +6,7 @@ numbers), never models or tensors, so orchestration can pass them on and read th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -56,25 +57,17 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
         f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else "",
         manifest["content_hash"][:12],
     )
-    return _prepared(manifest, params.data.prepared_dir)
+    return prepared(params, manifest)
 
 
-def prepared(params: Params) -> Prepared:
-    """What an earlier `prepare` left in data.prepared_dir (the flow's record of a skipped stage)."""
-    from sagan_core.data.dataset import open_prepared
+def prepared(params: Params, manifest: dict | None = None) -> Prepared:
+    """data.prepared_dir as a result; without `manifest`, read back (a stage the flow skipped)."""
+    if manifest is None:
+        from sagan_core.data.dataset import open_prepared
 
-    return _prepared(open_prepared(params.data.prepared_dir).manifest, params.data.prepared_dir, skipped=True)
-
-
-def _prepared(manifest: dict, prepared_dir: str, skipped: bool = False) -> Prepared:
-    return Prepared(
-        content_hash=manifest["content_hash"],
-        num_images=manifest["num_images"],
-        num_classes=manifest["num_classes"],
-        rejected=len(manifest["rejected"]),
-        prepared_dir=prepared_dir,
-        skipped=skipped,
-    )
+        manifest = open_prepared(params.data.prepared_dir).manifest
+    m, where = manifest, params.data.prepared_dir
+    return Prepared(m["content_hash"], m["num_images"], m["num_classes"], len(m["rejected"]), where)
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
@@ -126,19 +119,12 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
 
 
 def trained(params: Params, start_step: int | None = None) -> Trained:
-    """The checkpoint in train.out_dir as a stage result: trained from `start_step` by a process
-    of ours (the DDP launcher), or, with None, left by an earlier run (the flow skipped the stage)."""
+    """train.checkpoint as a result, trained from `start_step` (None: by an earlier run, skipped)."""
     from sagan_core.model.checkpoint import step_of
 
-    step = step_of(params.train.checkpoint) or 0
-    return Trained(
-        checkpoint=str(params.train.checkpoint),
-        step=step,
-        trained_steps=0 if start_step is None else step - start_step,
-        samples=str(params.train.latest_samples),
-        attention=str(params.train.latest_attention),
-        skipped=start_step is None,
-    )
+    t, step = params.train, step_of(params.train.checkpoint) or 0
+    done = 0 if start_step is None else step - start_step
+    return Trained(str(t.checkpoint), step, done, str(t.latest_samples), str(t.latest_attention))
 
 
 def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | None = None) -> Evaluated:
@@ -170,30 +156,16 @@ def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | Non
         result["stats_cache"],
         params.eval.metrics_file,
     )
-    return evaluation(result, params.eval.metrics_file)
+    return evaluated(params, result)
 
 
-def evaluation(record: dict, metrics_file: str, skipped: bool = False) -> Evaluated:
-    """An evaluation record (eval.record.json) as the typed stage result."""
+def evaluated(params: Params, record: dict | None = None) -> Evaluated:
+    """An evaluation record as a result; without `record`, eval.record.json (a stage the flow skipped)."""
+    r = record or json.loads(params.eval.record_file.read_text())
     return Evaluated(
-        fid=record["fid"],
-        is_mean=record["is_mean"],
-        is_std=record["is_std"],
-        kid_mean=record["kid_mean"],
-        kid_std=record["kid_std"],
-        generator_step=record["generator_step"],
-        num_samples=record["num_samples"],
-        metrics_file=metrics_file,
-        skipped=skipped,
+        **{k: r[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "generator_step", "num_samples")},
+        metrics_file=params.eval.metrics_file,
     )
-
-
-def evaluated(params: Params) -> Evaluated:
-    """What an earlier `evaluate` wrote to eval.metrics_file (the flow's record of a skipped stage)."""
-    import json
-
-    record = json.loads(params.eval.record_file.read_text())
-    return evaluation(record, params.eval.metrics_file, skipped=True)
 
 
 def register(params: Params) -> Registered:
