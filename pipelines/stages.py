@@ -163,7 +163,10 @@ def evaluated(params: Params, record: dict | None = None) -> Evaluated:
     """An evaluation record as a result; without `record`, eval.record.json (a stage the flow skipped)."""
     r = record or json.loads(params.eval.record_file.read_text())
     return Evaluated(
-        **{k: r[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "generator_step", "num_samples")},
+        **{
+            k: r[k]
+            for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "generator_step", "num_samples")
+        },
         metrics_file=params.eval.metrics_file,
     )
 

@@ -42,10 +42,10 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: For
 def _dvc_precheck(params: Path, mode: str) -> None:
     """In a DVC project, another params file than params.yaml runs without DVC (the flow says so in
     one line) or, with pipeline.dvc: yes, is refused here in one line, before Prefect starts."""
-    from pipelines.flow.dvc_sync import DvcProject, reads_params
+    from pipelines.flow.dvc_sync import DvcProject
 
-    if mode != "no" and DvcProject.find(".", mode) is not None:
-        reads_params(params, mode)
+    if mode == "yes":
+        DvcProject.find(".", mode, params)
 
 
 def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:

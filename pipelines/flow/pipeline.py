@@ -19,11 +19,10 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
-from pipelines.flow import kubernetes_train, notify
+from pipelines.flow import kubernetes_train, notify, params_writeback
 from pipelines.flow.console import StageLine, bounded, sagan_logs_to_prefect, stage_line
-from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note
+from pipelines.flow.dvc_sync import DvcProject
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
-from pipelines.flow.params_writeback import OverridesWritten, kept_if_done, undo_left_by_a_killed_run
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, stage_detail, summarize
 from pipelines.lock import project_lock, project_slot
 from pipelines.project import version
@@ -70,7 +69,7 @@ class RunContext:
     params: Params
     force: bool
     dvc: DvcProject | None
-    written: OverridesWritten | None = None  # the --set overrides this run wrote into params.yaml
+    written: bool = False  # this run's --set overrides are in params.yaml (flow/params_writeback.py)
 
     def up_to_date(self, line: StageLine) -> bool:
         """DVC decides: a stage `dvc status` finds up to date is skipped (unless --force)."""
@@ -88,8 +87,8 @@ class RunContext:
         return result
 
     def _finished(self, stage: str) -> None:
-        if self.written is not None:  # its overrides now stay in params.yaml
-            self.written.finished(stage)
+        if self.written:  # its overrides now stay in params.yaml
+            params_writeback.finished(stage)
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -181,16 +180,13 @@ def _in_dir(path: str | Path) -> Iterator[None]:
 
 
 def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
-    undo_left_by_a_killed_run()  # before anything reads params.yaml
-    dvc = DvcProject.find(".", params.pipeline.dvc)
-    if dvc is not None and not reads_params(params_file, params.pipeline.dvc):
-        get_run_logger().warning("%s", without_dvc_note(params_file))
-        dvc = None
-    written = None
+    params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
+    dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=get_run_logger().warning)
+    written = False
     if dvc is not None:
         if note := version.sync("."):
             get_run_logger().info("%s", note)
-        written = OverridesWritten.write(params_file, overrides, params)
+        written = params_writeback.write(params_file, overrides, params)
     return RunContext(params, force or params.pipeline.force, dvc, written)
 
 
@@ -237,7 +233,7 @@ def sagan_pipeline(
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
             _end_left_running(params, project)
             run = _context(params, params_file, overrides, force)
-            with kept_if_done(run.written):
+            with params_writeback.kept_if_done():
                 backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
                 retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
                 ctx = quote(run)  # what every task reads, no upstream result (above)
