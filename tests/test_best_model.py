@@ -12,7 +12,7 @@ import torch
 from helpers import project_params
 
 from pipelines import stages
-from pipelines.resume_from import fetch
+from pipelines.fetch_checkpoint import fetch
 from pipelines.tracking import best_model
 from pipelines.tracking.run_record import read_run_record
 
