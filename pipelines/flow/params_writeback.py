@@ -86,7 +86,7 @@ def write(params_file: str | Path, overrides: list[str], typed: Params) -> bool:
 
 
 def finished(stage: str) -> None:
-    """`stage` is recorded in dvc.lock under the written values (committed, or up to date)."""
+    """`stage` is in dvc.lock under this run's overrides (committed, or up to date); none: no-op."""
     record = _saved()
     if record is not None and stage not in record["finished"]:
         record["finished"].append(stage)

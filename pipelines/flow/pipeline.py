@@ -69,26 +69,21 @@ class RunContext:
     params: Params
     force: bool
     dvc: DvcProject | None
-    written: bool = False  # this run's --set overrides are in params.yaml (flow/params_writeback.py)
 
     def up_to_date(self, line: StageLine) -> bool:
         """DVC decides: a stage `dvc status` finds up to date is skipped (unless --force)."""
         if self.force or self.dvc is None or self.dvc.changed(line.name):
             return False
         line.skipped = "dvc status: up to date"
-        self._finished(line.name)
+        params_writeback.finished(line.name)  # its --set overrides now stay in params.yaml
         return True
 
     def commit(self, line: StageLine, result):
         """`dvc commit` the stage that ran (what `dvc repro` records); its line says what it made."""
         recorded = self.dvc is not None and self.dvc.commit(line.name)
-        self._finished(line.name)
+        params_writeback.finished(line.name)
         line.detail = stage_detail(result, "recorded in dvc.lock" if recorded else "")
         return result
-
-    def _finished(self, stage: str) -> None:
-        if self.written:  # its overrides now stay in params.yaml
-            params_writeback.finished(stage)
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -182,12 +177,11 @@ def _in_dir(path: str | Path) -> Iterator[None]:
 def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
     params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
     dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=get_run_logger().warning)
-    written = False
     if dvc is not None:
         if note := version.sync("."):
             get_run_logger().info("%s", note)
-        written = params_writeback.write(params_file, overrides, params)
-    return RunContext(params, force or params.pipeline.force, dvc, written)
+        params_writeback.write(params_file, overrides, params)
+    return RunContext(params, force or params.pipeline.force, dvc)
 
 
 def _end_left_running(params: Params, project: str) -> None:
