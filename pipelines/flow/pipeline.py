@@ -163,6 +163,12 @@ def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Re
         return reg
 
 
+def _bounded(task_, timeout: tuple[str, float | None], *args, **options):
+    """The task under its pipeline.* timeout (`key`, seconds); a timeout as the stage's one line."""
+    with bounded(task_.name, *timeout):
+        return task_.with_options(timeout_seconds=timeout[1], **options)(*args)
+
+
 @contextlib.contextmanager
 def _in_dir(path: str | Path) -> Iterator[None]:
     """Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project."""
@@ -230,20 +236,17 @@ def sagan_pipeline(
             with params_writeback.kept_if_done():
                 backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
                 retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-                ctx = quote(run)  # what every task reads, no upstream result (above)
-                with bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
-                    prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
-                with bounded("train", "train_timeout_s", cfg.train_timeout_s):
-                    trained = train_task.with_options(
-                        retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
-                    )(ctx, prep.content_hash)
-                with bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
-                    ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
+                ctx, stage_s = quote(run), ("stage_timeout_s", cfg.stage_timeout_s)  # ctx: no upstream result
+                prep = _bounded(prepare_task, stage_s, ctx)
+                train_s = ("train_timeout_s", cfg.train_timeout_s)
+                trained = _bounded(
+                    train_task, train_s, ctx, prep.content_hash, retries=cfg.train_retries, **retried
+                )
+                ev = _bounded(evaluate_task, stage_s, ctx, trained)
                 # Register always runs: idempotent, an unchanged project ends with the same answer.
-                with bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
-                    reg = register_task.with_options(
-                        retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-                    )(ctx, trained, ev)
+                reg = _bounded(
+                    register_task, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried
+                )
                 dvc = "not used"
                 if run.dvc is not None:
                     pending = run.dvc.status()
