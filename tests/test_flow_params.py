@@ -20,7 +20,7 @@ def test_the_flow_takes_one_params_file_and_its_overrides():
     """No second schema of params.yaml: what a deployment's run gets validates as the flow's
     parameters (`sagan pipeline serve|deploy` store exactly these), and the values go through Params."""
     schema = sagan_pipeline.parameters.model_dump()
-    assert set(schema["properties"]) == {"params_file", "overrides", "force", "project_dir"}
+    assert set(schema["properties"]) == {"params_file", "overrides", "force", "project_dir", "params"}
     stored = {
         "params_file": "params.yaml",
         "overrides": ["train.lr_g=3e-4"],

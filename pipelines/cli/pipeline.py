@@ -54,7 +54,9 @@ def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:
     from pipelines.flow.report import final_report
 
     with short_console_errors():
-        summary = sagan_pipeline(params_file=str(params), overrides=list(set_ or []), force=force)
+        summary = sagan_pipeline(
+            params_file=str(params), overrides=list(set_ or []), force=force, params=validated
+        )
     print(final_report(summary, validated))
 
 

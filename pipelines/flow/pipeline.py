@@ -182,7 +182,8 @@ def _in_dir(path: str | Path) -> Iterator[None]:
 
 def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
     params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
-    dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=get_run_logger().warning)
+    warn = lambda *a: get_run_logger().warning(*a)  # noqa: E731 - looked up only when said
+    dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=warn)
     if dvc is not None:
         if note := version.sync("."):
             get_run_logger().info("%s", note)
@@ -217,14 +218,16 @@ def sagan_pipeline(
     overrides: list[str] | None = None,
     force: bool = False,
     project_dir: str = ".",
+    params: Params | None = None,
 ) -> RunSummary:
     """Run the four stages on the project in `project_dir` with `params_file` and `overrides`
-    (`key.path=value`, as `--set`); `force` (or pipeline.force): every stage, even when up to date."""
+    (`key.path=value`, as `--set`); `force` (or pipeline.force): every stage, even when up to date.
+    `params`: those two already validated in this process (the CLI's), so they are validated once."""
     overrides = list(overrides or [])
     with sagan_logs_to_prefect(), _in_dir(project_dir):
         project = project_tag()  # the summary's past runs are this project's (history.py)
         tag_flow_run(project)
-        params = load_params(params_file, overrides)  # the one validation, carried to every task
+        params = params or load_params(params_file, overrides)  # carried to every task
         cfg = params.pipeline
         if cfg.notify_block:  # where the hooks find it (notify.py)
             tag_flow_run(notify.TAG + cfg.notify_block)
