@@ -1,8 +1,4 @@
-"""What each stage returns: small typed records of paths, hashes and numbers (never models).
-
-pipelines.stages returns them; the CLI, the Prefect flow and the report read them by attribute.
-`skipped` is true when the flow found the stage up to date (DVC) and did not run it.
-"""
+"""What each stage returns (pipelines.stages): small typed records of paths, hashes and numbers."""
 
 from __future__ import annotations
 
@@ -16,7 +12,6 @@ class Prepared:
     num_classes: int
     rejected: int
     prepared_dir: str
-    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -26,7 +21,6 @@ class Trained:
     trained_steps: int  # steps trained by this call (0: nothing to do, or skipped)
     samples: str  # latest sample grid
     attention: str  # latest attention figure
-    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,7 +33,6 @@ class Evaluated:
     generator_step: int
     num_samples: int
     metrics_file: str  # eval.json: these numbers (the protocol is in eval.record.json next to it)
-    skipped: bool = False
 
 
 @dataclass(frozen=True)

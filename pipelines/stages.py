@@ -1,11 +1,9 @@
-"""The one implementation of each pipeline stage, called by the CLI, by dvc.yaml and by Prefect.
-
-Stages take validated Params and return small typed records (pipelines.results: paths, hashes,
-numbers), never models or tensors, so orchestration can pass them on and read them by attribute.
-"""
+"""The one implementation of each pipeline stage (the CLI, dvc.yaml and the flow call it): validated
+Params in, a small typed record out (pipelines.results), never models or tensors."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,9 +14,8 @@ from sagan_core.config import Params
 log = logging.getLogger("sagan")
 
 
-# What the `check` stage of an `sagan init` project writes (and prepare depends on, so `dvc repro`
-# runs the check before DVC hashes the data folder): a line naming the checked source, no timestamp,
-# so an unchanged source leaves prepare unchanged.
+# The `check` stage's output, a prepare dep (so `dvc repro` checks before DVC hashes the data folder);
+# no timestamp in it, so an unchanged source leaves prepare unchanged.
 SOURCE_CHECKED = "data/source.checked"
 
 
@@ -45,36 +42,24 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
 
     manifest = run_prepare(params.data, progress=progress)
     by_reason = rejection_summary(manifest)
+    why = f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else ""
+    facts = dict(manifest, dir=params.data.prepared_dir, n=len(manifest["rejected"]), why=why)
     log.info(
-        "prepared %d images (%d classes, %dpx, %d ch) into %s; %d rejected%s; content_hash %s",
-        manifest["num_images"],
-        manifest["num_classes"],
-        manifest["resolution"],
-        manifest["channels"],
-        params.data.prepared_dir,
-        len(manifest["rejected"]),
-        f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else "",
-        manifest["content_hash"][:12],
+        "prepared %(num_images)d images (%(num_classes)d classes, %(resolution)dpx, %(channels)d ch) into "
+        "%(dir)s; %(n)d rejected%(why)s; content_hash %(content_hash).12s",
+        facts,
     )
-    return _prepared(manifest, params.data.prepared_dir)
+    return prepared(params, manifest)
 
 
-def prepared(params: Params) -> Prepared:
-    """What an earlier `prepare` left in data.prepared_dir (the flow's record of a skipped stage)."""
-    from sagan_core.data.dataset import open_prepared
+def prepared(params: Params, manifest: dict | None = None) -> Prepared:
+    """data.prepared_dir as a result; without `manifest`, read back (a stage the flow skipped)."""
+    if manifest is None:
+        from sagan_core.data.dataset import open_prepared
 
-    return _prepared(open_prepared(params.data.prepared_dir).manifest, params.data.prepared_dir, skipped=True)
-
-
-def _prepared(manifest: dict, prepared_dir: str, skipped: bool = False) -> Prepared:
-    return Prepared(
-        content_hash=manifest["content_hash"],
-        num_images=manifest["num_images"],
-        num_classes=manifest["num_classes"],
-        rejected=len(manifest["rejected"]),
-        prepared_dir=prepared_dir,
-        skipped=skipped,
-    )
+        manifest = open_prepared(params.data.prepared_dir).manifest
+    m, where = manifest, params.data.prepared_dir
+    return Prepared(m["content_hash"], m["num_images"], m["num_classes"], len(m["rejected"]), where)
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
@@ -110,41 +95,23 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
         raise
     if tracker is not None:
         tracker.close()
-    log.info(
-        "trained to step %d; checkpoint %s; samples %s",
-        summary["step"],
-        summary["checkpoint"],
-        summary["samples"],
-    )
-    return Trained(
-        checkpoint=summary["checkpoint"],
-        step=summary["step"],
-        trained_steps=summary["step"] - start,
-        samples=summary["samples"],
-        attention=summary["attention"],
-    )
+    step, ckpt, samples = summary["step"], summary["checkpoint"], summary["samples"]
+    log.info("trained to step %d; checkpoint %s; samples %s", step, ckpt, samples)
+    return Trained(ckpt, step, step - start, samples, summary["attention"])
 
 
 def trained(params: Params, start_step: int | None = None) -> Trained:
-    """The checkpoint in train.out_dir as a stage result: trained from `start_step` by a process
-    of ours (the DDP launcher), or, with None, left by an earlier run (the flow skipped the stage)."""
+    """train.checkpoint as a result, trained from `start_step` (None: by an earlier run, skipped)."""
     from sagan_core.model.checkpoint import step_of
 
-    step = step_of(params.train.checkpoint) or 0
-    return Trained(
-        checkpoint=str(params.train.checkpoint),
-        step=step,
-        trained_steps=0 if start_step is None else step - start_step,
-        samples=str(params.train.latest_samples),
-        attention=str(params.train.latest_attention),
-        skipped=start_step is None,
-    )
+    t, step = params.train, step_of(params.train.checkpoint) or 0
+    done = 0 if start_step is None else step - start_step
+    return Trained(str(t.checkpoint), step, done, str(t.latest_samples), str(t.latest_attention))
 
 
 def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | None = None) -> Evaluated:
-    """FID / IS / KID of a checkpoint's (EMA) generator; writes `eval.metrics_file` (eval.json).
-
-    checkpoint: "best", "last" or a path; None: registry.candidate (sagan_core.model.checkpoint.resolve)."""
+    """FID / IS / KID of a checkpoint's (EMA) generator into eval.metrics_file; `checkpoint`: "best",
+    "last" or a path, None: registry.candidate."""
     from pipelines.tracking.evaluation import log_evaluation, reopen_run
     from sagan_core.evaluate.protocol import evaluate as run_evaluate
     from sagan_core.model.checkpoint import resolve
@@ -158,42 +125,18 @@ def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | Non
         log_evaluation(params, result)
     kid = "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}"
     log.info(
-        "FID %.4f  IS %.3f ± %.3f  KID %s  (%d samples vs %s %s, step %d, cache %s) -> %s",
-        result["fid"],
-        result["is_mean"],
-        result["is_std"],
-        kid,
-        result["num_samples"],
-        result["reference_split"],
-        result["reference_size"],
-        result["generator_step"],
-        result["stats_cache"],
-        params.eval.metrics_file,
+        "FID %(fid).4f  IS %(is_mean).3f ± %(is_std).3f  KID %(kid)s  (%(num_samples)d samples vs "
+        "%(reference_split)s %(reference_size)s, step %(generator_step)d, cache %(stats_cache)s) -> %(out)s",
+        {**result, "kid": kid, "out": params.eval.metrics_file},
     )
-    return evaluation(result, params.eval.metrics_file)
+    return evaluated(params, result)
 
 
-def evaluation(record: dict, metrics_file: str, skipped: bool = False) -> Evaluated:
-    """An evaluation record (eval.record.json) as the typed stage result."""
-    return Evaluated(
-        fid=record["fid"],
-        is_mean=record["is_mean"],
-        is_std=record["is_std"],
-        kid_mean=record["kid_mean"],
-        kid_std=record["kid_std"],
-        generator_step=record["generator_step"],
-        num_samples=record["num_samples"],
-        metrics_file=metrics_file,
-        skipped=skipped,
-    )
-
-
-def evaluated(params: Params) -> Evaluated:
-    """What an earlier `evaluate` wrote to eval.metrics_file (the flow's record of a skipped stage)."""
-    import json
-
-    record = json.loads(params.eval.record_file.read_text())
-    return evaluation(record, params.eval.metrics_file, skipped=True)
+def evaluated(params: Params, record: dict | None = None) -> Evaluated:
+    """An evaluation record as a result; without `record`, eval.record.json (a stage the flow skipped)."""
+    r = record or json.loads(params.eval.record_file.read_text())
+    keys = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "generator_step", "num_samples")
+    return Evaluated(*(r[k] for k in keys), metrics_file=params.eval.metrics_file)
 
 
 def register(params: Params) -> Registered:
@@ -201,12 +144,6 @@ def register(params: Params) -> Registered:
     from pipelines.registry import register as registry
 
     result = registry.register(params)
-    log.info(
-        "%s v%d%s: %s (%s)",
-        result.model_name,
-        result.version,
-        "" if result.created else " (already registered)",
-        result.decision,
-        result.reason,
-    )
+    again = "" if result.created else " (already registered)"
+    log.info("%s v%d%s: %s (%s)", result.model_name, result.version, again, result.decision, result.reason)
     return result

@@ -162,7 +162,7 @@ def flat_overrides(raw: dict) -> list[str]:
 def pipeline_project(root: Path, dvc: bool, **extra: object) -> Path:
     """A project folder: the repo's params.yaml with the tiny preset written in, and, with `dvc`,
     a git + DVC repository holding the repo's dvc.yaml and the code its stages depend on."""
-    from pipelines.flow.dvc_sync import write_overrides
+    from pipelines.flow.params_writeback import write_overrides
 
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")

@@ -12,7 +12,7 @@ import torch
 from helpers import project_params
 
 from pipelines import stages
-from pipelines.resume_from import fetch
+from pipelines.fetch_checkpoint import fetch
 from pipelines.tracking.run_record import read_run_record
 
 pytestmark = pytest.mark.integration  # training with in-training evaluation, evaluate and register

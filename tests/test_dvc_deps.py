@@ -115,3 +115,19 @@ def test_the_closure_follows_lazy_and_relative_imports():
     evaluate = {"evaluate/protocol.py", "evaluate/inception.py", "model/checkpoint.py", "evaluate/fid.py"}
     assert evaluate | {"evaluate/metrics.py"} <= closure("evaluate")
     assert "train/trainer.py" not in closure("prepare")
+
+
+@pytest.mark.parametrize("dvc_yaml", ["dvc.yaml", "pipelines/project/templates/dvc.yaml.template"])
+def test_the_train_stage_depends_on_every_param_that_shapes_the_weights(dvc_yaml):
+    """fingerprint.SHAPES_WEIGHTS (what the flow's resume decision compares) is the one list: every
+    entry names real params and dvc.yaml's train stage reruns when any of them changes."""
+    from sagan_core.config import Params
+    from sagan_core.train.fingerprint import SHAPES_WEIGHTS
+
+    text = (REPO / dvc_yaml).read_text().replace("#CHECK_STAGE#", "").replace("#DATA_DEP#", "")
+    deps = [p for p in yaml.safe_load(text)["stages"]["train"]["params"] if isinstance(p, str)]
+    dumped = Params().model_dump()
+    for key in SHAPES_WEIGHTS:
+        section, _, name = key.partition(".")
+        assert section in dumped and (not name or name in dumped[section]), f"{key}: no such param"
+        assert any(key == d or key.startswith(d + ".") for d in deps), f"{dvc_yaml}: train lacks {key}"

@@ -1,4 +1,4 @@
-"""The flow as a Prefect user meets it: typed parameters (a form), validation errors as the one-line
+"""The flow as a Prefect user meets it: one params file + overrides, validation errors as the one-line
 config message, notification hooks on failure and completion, and `sagan` log lines in the run's logs."""
 
 from __future__ import annotations
@@ -11,65 +11,29 @@ from helpers import fake_downstream, pipeline_project, run_cli
 from test_secrets import BLOCK, save_block, server  # noqa: F401 - server: a fixture
 
 from pipelines.flow.pipeline import sagan_pipeline
-from pipelines.flow.settings import FlowSettings, split_overrides, to_overrides
-from sagan_core.params_file import load_params
 
 pytestmark = pytest.mark.e2e
 
 
-def _schema_of(prop: dict, defs: dict) -> dict:
-    """A property's own schema, through Prefect's/pydantic's `anyOf: [X, null]` and `$ref`s."""
-    for option in prop.get("anyOf", [prop]):
-        if "$ref" in option:
-            return defs[option["$ref"].split("/")[-1]]
-        if option.get("type") != "null":
-            return option
-    return prop
-
-
 @pytest.mark.unit
-@pytest.mark.unit
-def test_flow_parameters_are_a_typed_form_of_every_params_key():
+def test_the_flow_takes_one_params_file_and_its_overrides():
+    """No second schema of params.yaml: what a deployment's run gets (`sagan pipeline serve|deploy`
+    store exactly these) validates as the flow's parameters; Params validates the values at the start."""
     schema = sagan_pipeline.parameters.model_dump()
-    defs = schema["definitions"]
-    settings = _schema_of(schema["properties"]["settings"], defs)
-    train = _schema_of(settings["properties"]["train"], defs)["properties"]
-    assert _schema_of(train["lr_g"], defs)["type"] == "number"
-    assert _schema_of(train["steps"], defs)["type"] == "integer"
-    assert _schema_of(train["compile"], defs)["type"] == "boolean"
-    data = _schema_of(settings["properties"]["data"], defs)["properties"]
-    assert _schema_of(data["resolution"], defs)["enum"] == [32, 64, 128, 256]  # a drop-down
-    from sagan_core.config import Params
-
-    for section, cls in Params.model_fields.items():  # every key of params.yaml has its field
-        form = _schema_of(settings["properties"][section], defs)["properties"]
-        assert set(form) == set(cls.annotation.model_fields), section
-
-
-@pytest.mark.unit
-@pytest.mark.unit
-def test_form_values_mean_what_the_same_set_strings_mean(tmp_path):
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text("train:\n  steps: 7\n")
-    assignments = [
-        "train.lr_g=3e-4",
-        "model.g_attn=[16]",
-        "data.source=my images",
-        "eval.reference_size=null",
-    ]
-    settings, rest = split_overrides(assignments)
-    assert rest == ["eval.reference_size=null"]  # an empty form field means "keep the file's"
-    via_form = load_params(params_file, [*to_overrides(FlowSettings.model_validate(settings)), *rest])
-    assert via_form == load_params(params_file, assignments)
-    assert via_form.train.steps == 7 and via_form.data.source == "my images"
+    assert set(schema["properties"]) == {"params_file", "overrides", "force", "project_dir", "params"}
+    stored = {
+        "params_file": "params.yaml",
+        "overrides": ["train.lr_g=3e-4"],
+        "force": False,
+        "project_dir": "/p",
+    }
+    assert sagan_pipeline.validate_parameters(stored) == stored | {"params": None}  # the CLI's own handover
 
 
 # ---- against Prefect ---------------------------------------------------------------------------------
-
-
-def test_a_bad_form_value_fails_the_run_with_the_one_line_config_message(prefect_api, tmp_path):
+def test_a_bad_override_fails_the_run_with_the_one_line_config_message(prefect_api, tmp_path):
     proj = pipeline_project(tmp_path / "proj", dvc=False)
-    state = sagan_pipeline(settings={"train": {"lr_d": -1}}, project_dir=str(proj), return_state=True)
+    state = sagan_pipeline(overrides=["train.lr_d=-1"], project_dir=str(proj), return_state=True)
     assert state.is_failed()
     assert "train.lr_d: expected a positive number, got -1" in state.message
 
@@ -81,10 +45,10 @@ def test_failure_and_completion_post_through_the_block_named_by_notify_block(
     server,  # noqa: F811 - the fixture imported above
 ):
     save_block(server.url)  # the URL lives in the block, params hold its name
-    notify = {"pipeline": {"notify_block": BLOCK}}
+    notify = [f"pipeline.notify_block={BLOCK}"]
     missing = tmp_path / "missing"
     proj = pipeline_project(tmp_path / "fails", dvc=False, data__source=str(missing))
-    state = sagan_pipeline(settings=notify, project_dir=str(proj), return_state=True)
+    state = sagan_pipeline(overrides=notify, project_dir=str(proj), return_state=True)
     assert state.is_failed()
     ((_, failed),) = server.hits
     assert failed["subject"].endswith(": Failed") and "stage prepare failed" in failed["text"]
@@ -93,7 +57,7 @@ def test_failure_and_completion_post_through_the_block_named_by_notify_block(
     fake_downstream(monkeypatch)  # about the hooks, not FID or MLflow: a real prepare + train, then stand-ins
     monkeypatch.setenv("SAGAN_TRACKING", "1")  # tracking off skips register (its own test below)
     proj = pipeline_project(tmp_path / "completes", dvc=False, train__steps=2)
-    summary = sagan_pipeline(settings=notify, project_dir=str(proj))
+    summary = sagan_pipeline(overrides=notify, project_dir=str(proj))
     done = server.hits[1][1]
     assert done["subject"].endswith(": Completed") and summary.decision == "champion"
     assert f"{summary.model_name} v{summary.version}: champion" in done["text"]

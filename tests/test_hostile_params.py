@@ -15,7 +15,7 @@ import typing
 import pytest
 from helpers import cli
 
-from pipelines.flow.dvc_sync import write_overrides
+from pipelines.flow.params_writeback import write_overrides
 from pipelines.project.catalog import PRESETS_DIR
 from sagan_core.config import Params
 from sagan_core.params_file import MAX_PARAMS_BYTES, load_params
@@ -98,7 +98,7 @@ def test_a_preset_file_with_aliases_is_refused_before_a_project_is_made(tmp_path
 
 def test_presets_and_the_params_files_sagan_writes_hold_no_aliases(tmp_path):
     """Every shipped preset, with overrides written into it the way DVC and the flow write them
-    (ruamel round trip, dvc_sync.write_overrides), still loads."""
+    (ruamel round trip, params_writeback.write_overrides), still loads."""
     for preset in sorted(PRESETS_DIR.glob("*.yaml")):
         path = tmp_path / f"{preset.stem}.yaml"
         path.write_text(preset.read_text())

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers import INIT_TOY, git, letters_archive, run_cli
 
-from pipelines.flow.dvc_sync import write_overrides
+from pipelines.flow.params_writeback import write_overrides
 
 pytestmark = pytest.mark.e2e
 

@@ -305,7 +305,7 @@ RANKS = {
     "pipelines.tracking": 11,
     "pipelines.project": 11,  # presets, templates, `sagan init`, the recorded sagan version
     "pipelines.registry": 12,
-    "pipelines.resume_from": 12,
+    "pipelines.fetch_checkpoint": 12,
     "pipelines.stages": 13,
     "pipelines.flow": 14,
     "pipelines.cli": 15,

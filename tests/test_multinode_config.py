@@ -70,7 +70,6 @@ def test_fingerprint_counts_machines_not_where_they_meet():
     assert fingerprint.record(base, "h")["sha256"] == fingerprint.record(same, "h")["sha256"]
     two = Params.model_validate({"train": {"nnodes": 2, "rdzv_endpoint": "h:1"}})
     assert fingerprint.record(base, "h")["sha256"] != fingerprint.record(two, "h")["sha256"]
-    assert "train.nnodes" not in fingerprint.record(base, "h")["inputs"]  # older checkpoints still match
 
 
 def test_launcher_output_keeps_the_ranks_lines_not_torchrun_or_cpp_noise():

@@ -1,4 +1,4 @@
-"""`--set` overrides in params.yaml (pipelines/flow/dvc_sync.py, pipelines/flow/params_writeback.py):
+"""`--set` overrides in params.yaml (pipelines/flow/params_writeback.py):
 written with their validated types, kept after a run that succeeds, undone after one that fails
 (but for the stages it finished), and after a killed run by the next run. Real files: an `sagan
 init` project's params.yaml (the cifar10 preset) and dvc.yaml (the template); the flow's own use is
@@ -12,8 +12,7 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from pipelines.flow.dvc_sync import write_overrides
-from pipelines.flow.params_writeback import RECORD, OverridesWritten, kept_if_done, undo_left_by_a_killed_run
+from pipelines.flow.params_writeback import RECORD, finished, kept_if_done, undo, write, write_overrides
 from pipelines.project.catalog import PRESETS_DIR
 from pipelines.project.create import dvc_yaml
 from sagan_core.params_file import load_params
@@ -40,10 +39,8 @@ def changed_lines(before: str, after: str) -> list[str]:
     return [b for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
 
 
-def written(overrides: list[str]) -> OverridesWritten:
-    written = OverridesWritten.write("params.yaml", overrides, load_params("params.yaml", overrides))
-    assert written is not None and RECORD.exists()
-    return written
+def written(overrides: list[str]) -> None:
+    assert write("params.yaml", overrides, load_params("params.yaml", overrides)) and RECORD.exists()
 
 
 def test_a_set_value_is_written_with_its_validated_type(project):
@@ -63,10 +60,10 @@ def test_a_set_value_is_written_with_its_validated_type(project):
 
 def test_a_failed_run_keeps_only_the_overrides_of_the_stages_it_finished(project):
     before = Path("params.yaml").read_bytes()
-    run = written(SETS)
-    run.finished("check")
-    run.finished("prepare")  # committed to dvc.lock with data.min_size 16
-    with pytest.raises(RuntimeError), kept_if_done(run):
+    written(SETS)
+    finished("check")
+    finished("prepare")  # committed to dvc.lock with data.min_size 16
+    with pytest.raises(RuntimeError), kept_if_done():
         raise RuntimeError("train failed")
     Path("expected.yaml").write_bytes(before)
     write_overrides("expected.yaml", ["data.min_size=16"])
@@ -76,16 +73,18 @@ def test_a_failed_run_keeps_only_the_overrides_of_the_stages_it_finished(project
 
 def test_a_run_failing_before_any_stage_finished_leaves_the_file_byte_for_byte(project):
     before = Path("params.yaml").read_bytes()
-    with pytest.raises(KeyboardInterrupt), kept_if_done(written(SETS)):
+    written(SETS)
+    with pytest.raises(KeyboardInterrupt), kept_if_done():
         raise KeyboardInterrupt
     assert Path("params.yaml").read_bytes() == before and not RECORD.exists()
 
 
 def test_a_killed_runs_overrides_are_undone_by_the_next_run(project):
     before = Path("params.yaml").read_bytes()
-    written(SETS).finished("prepare")  # then kill -9: neither succeeded() nor failed() runs
+    written(SETS)
+    finished("prepare")  # then kill -9: kept_if_done never ends
     assert load_params("params.yaml").train.steps == 300
-    undo_left_by_a_killed_run()  # the next run's start
+    undo()  # the next run's start
     Path("expected.yaml").write_bytes(before)
     write_overrides("expected.yaml", ["data.min_size=16"])
     assert Path("params.yaml").read_text() == Path("expected.yaml").read_text()
@@ -93,7 +92,8 @@ def test_a_killed_runs_overrides_are_undone_by_the_next_run(project):
 
 
 def test_a_run_that_succeeds_keeps_every_override_but_the_flows_own(project):
-    with kept_if_done(written(SETS)):
+    written(SETS)
+    with kept_if_done():
         pass
     params = load_params("params.yaml")
     assert (params.data.min_size, params.train.steps, params.eval.num_samples) == (16, 300, 32)
@@ -101,14 +101,14 @@ def test_a_run_that_succeeds_keeps_every_override_but_the_flows_own(project):
 
 
 def test_a_file_edited_during_the_run_is_left_as_it_is(project):
-    run = written(SETS)
+    written(SETS)
     Path("params.yaml").write_text(Path("params.yaml").read_text() + "# my note\n")
     edited = Path("params.yaml").read_bytes()
-    with pytest.raises(RuntimeError), kept_if_done(run):
+    with pytest.raises(RuntimeError), kept_if_done():
         raise RuntimeError
     assert Path("params.yaml").read_bytes() == edited
 
 
 def test_overrides_the_file_already_holds_write_nothing(project):
-    assert OverridesWritten.write("params.yaml", ["train.steps=100000"], load_params("params.yaml")) is None
+    assert not write("params.yaml", ["train.steps=100000"], load_params("params.yaml"))
     assert not RECORD.exists()

@@ -10,7 +10,7 @@ import torch
 from helpers import STATE_KEYS, assert_same_tensors, cli, project_params, subset_prepared
 
 from pipelines import stages
-from pipelines.resume_from import fetch
+from pipelines.fetch_checkpoint import fetch
 
 pytestmark = pytest.mark.integration  # three trainings and an MLflow store
 

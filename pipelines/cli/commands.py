@@ -86,7 +86,7 @@ def train(
         )
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:
-            from pipelines.resume_from import fetch
+            from pipelines.fetch_checkpoint import fetch
 
             fetch(p, resume_from)
             resume = True

@@ -16,16 +16,10 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even wh
 
 
 def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[str, Any]:
-    """What a deployment's runs get: the file and the overrides, validated when each run starts.
-
-    The overrides become the typed `settings` form (what the Prefect UI shows and edits); only
-    what the form cannot hold (null values) stays a `key.path=value` string."""
-    from pipelines.flow.settings import split_overrides
-
+    """What a deployment's runs get: the file and the overrides, validated when each run starts."""
     validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
     _dvc_precheck(params, validated.pipeline.dvc)
-    settings, rest = split_overrides(list(set_ or []))
-    return {"params_file": str(params), "settings": settings, "overrides": rest, "force": force}
+    return {"params_file": str(params), "overrides": list(set_ or []), "force": force}
 
 
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
@@ -48,10 +42,10 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: For
 def _dvc_precheck(params: Path, mode: str) -> None:
     """In a DVC project, another params file than params.yaml runs without DVC (the flow says so in
     one line) or, with pipeline.dvc: yes, is refused here in one line, before Prefect starts."""
-    from pipelines.flow.dvc_sync import DvcProject, reads_params
+    from pipelines.flow.dvc_sync import DvcProject
 
-    if mode != "no" and DvcProject.find(".", mode) is not None:
-        reads_params(params, mode)
+    if mode == "yes":
+        DvcProject.find(".", mode, params)
 
 
 def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:

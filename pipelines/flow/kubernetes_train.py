@@ -265,7 +265,7 @@ def _fetch_extras(params: Params, run_id: str) -> None:
 def train_on_cluster(params: Params, do_resume: bool, log: Callable[[str], None]) -> Trained:
     """The whole train stage on Kubernetes; a resuming run passes its run's checkpoint to the pods."""
     from pipelines import stages
-    from pipelines.resume_from import fetch
+    from pipelines.fetch_checkpoint import fetch
     from pipelines.tracking.run_record import read_run_record
     from sagan_core.train import resume
 

@@ -1,130 +1,127 @@
-"""A flow run's `--set` overrides in params.yaml: kept for what succeeded, undone for what did not.
-
-DVC reads params from params.yaml, for every `dvc status` before a stage and every `dvc commit`
-after it, so the overrides must be in the file while the stages run (`dvc_sync.write_overrides`,
-what `dvc exp run -S` does). What stays there afterwards:
-
-- the run succeeds: all of them (the file says what the recorded outputs were made with);
-- the run fails (a stage's error, a timeout, Ctrl-C: any exception): the file as it was before the
-  run, byte for byte, plus only the overrides of keys that a stage finished in this run (committed,
-  or found up to date under them) depends on in dvc.yaml (`params:`). dvc.lock records those stages'
-  outputs as made with those values; a file saying otherwise would make `dvc status` call correct
-  outputs changed and the next run redo them. A `--set train.steps=300` whose prepare failed leaves
-  no trace;
-- the process is killed (kill -9, power loss): nothing can run then. `.sagan/params-run.json` (the
-  file before and as written, the overrides, the stages finished so far, rewritten after each)
-  lets the next `sagan pipeline run` on the project do the same undo first, before it writes its own
-  overrides. Until then the file holds the killed run's overrides (whole: written atomically).
-A params file edited by someone since the run wrote it is left as it is, with one warning.
+"""A flow run's `--set` overrides, written into params.yaml because DVC reads params there (what
+`dvc exp run -S` does). A run that succeeds keeps them. A failed run, or the next run after a kill -9
+(from RECORD), puts the file back byte for byte plus the overrides that a stage finished in the run
+depends on in dvc.yaml: dvc.lock records its outputs with them, and a file saying otherwise would
+make `dvc status` call them changed. A file edited since it was written is left alone, with a warning.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from pipelines.flow.dvc_sync import write_overrides
 from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
+from sagan_core.params_file import apply_override, load_params
 
 log = logging.getLogger("sagan")
-RECORD = Path(".sagan/params-run.json")  # relative to the project (the flow runs inside it)
+RECORD = Path(".sagan/params-run.json")  # the file before and as written, overrides, finished stages
 
 
-class OverridesWritten:
-    """The overrides one flow run wrote into its params file (project-relative paths)."""
+def write_overrides(params_file: str | Path, overrides: list[str], typed: Params | None = None) -> bool:
+    """Apply `key.path=value` overrides to the file, comments kept; True if it changed. Each key gets
+    its validated value (`typed`, else validated here): `train.lr_g=2e-4` is the float 0.0002, though
+    PyYAML reads `2e-4` as a string. `pipeline.*` overrides are this run's flow settings: never written."""
+    from ruamel.yaml import YAML
 
-    def __init__(self, record: dict):
-        self.record = record
+    persistent = [o for o in overrides if not o.strip().startswith("pipeline.")]
+    if not persistent:
+        return False
+    path = Path(params_file)
+    values = (typed or load_params(path, persistent)).model_dump(mode="json")
+    rt = YAML()  # round-trip: comments and key order survive
+    rt.preserve_quotes = True
+    # the file's own `null`s keep their form (ruamel writes an empty value)
+    rt.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    data = rt.load(path.read_text()) if path.exists() else {}
+    before = yaml.safe_load(path.read_text()) if path.exists() else {}
+    for assignment in persistent:
+        apply_override(data, assignment)
+        *parents, last = assignment.partition("=")[0].strip().split(".")
+        node, value = data, values
+        for part in parents:
+            node, value = node[part], value[part]
+        node[last] = _scalar(rt, value[last])
+    out = io.StringIO()
+    rt.dump(data, out)
+    if yaml.safe_load(out.getvalue()) == before:
+        return False
+    write_atomic(path, lambda f: f.write(out.getvalue().encode()))  # a kill -9 never truncates it
+    log.info("wrote %s into %s (DVC reads params from it)", ", ".join(persistent), path)
+    return True
 
-    @classmethod
-    def write(cls, params_file: str | Path, overrides: list[str], typed: Params) -> OverridesWritten | None:
-        """Write the overrides; None when the file did not change."""
-        path = Path(params_file)
-        before = path.read_bytes() if path.exists() else None
-        if not write_overrides(path, overrides, typed):
-            return None
-        record = {
-            "file": str(path),
-            "before": None if before is None else base64.b64encode(before).decode(),
-            "written": base64.b64encode(path.read_bytes()).decode(),
-            "overrides": overrides,
-            "finished": [],
-        }
-        self = cls(record)
-        self._save()
-        return self
 
-    def finished(self, stage: str) -> None:
-        """`stage` is recorded in dvc.lock under the written values (committed, or up to date)."""
-        if stage not in self.record["finished"]:
-            self.record["finished"].append(stage)
-            self._save()
+def _scalar(rt, value: Any) -> Any:
+    """`value` as a node both readers read back as `value`: sagan's PyYAML (YAML 1.1) and DVC's ruamel
+    (1.2). PyYAML's text for it (`2.0e-04`), loaded round-trip; a string ruamel reads otherwise quoted."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-    def succeeded(self) -> None:
-        RECORD.unlink(missing_ok=True)
+    if isinstance(value, str) and YAML(typ="safe").load(yaml.safe_dump(value)) != value:
+        return DoubleQuotedScalarString(value)
+    return rt.load(yaml.safe_dump(value, default_flow_style=True))
 
-    def failed(self) -> None:
-        _undo(_saved() or self.record)  # the file: the stages may have run on a copy of this object
-        RECORD.unlink(missing_ok=True)
 
-    def _save(self) -> None:
-        text = json.dumps(self.record)
-        RECORD.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(RECORD, lambda f: f.write(text.encode()))
+def write(params_file: str | Path, overrides: list[str], typed: Params) -> bool:
+    """Write the run's overrides and RECORD; False when the file did not change."""
+    path = Path(params_file)
+    before = path.read_bytes() if path.exists() else None
+    if not write_overrides(path, overrides, typed):
+        return False
+    before = None if before is None else base64.b64encode(before).decode()
+    written = base64.b64encode(path.read_bytes()).decode()
+    _save({"file": str(path), "before": before, "written": written, "overrides": overrides, "finished": []})
+    return True
+
+
+def finished(stage: str) -> None:
+    """`stage` is in dvc.lock under this run's overrides (committed, or up to date); none: no-op."""
+    record = _saved()
+    if record is not None and stage not in record["finished"]:
+        record["finished"].append(stage)
+        _save(record)
 
 
 @contextlib.contextmanager
-def kept_if_done(written: OverridesWritten | None) -> Iterator[None]:
-    """Around a flow run's stages: all its overrides stay when it succeeds; on any failure
-    (BaseException: Ctrl-C and Prefect's timeouts too) only those of the stages it finished."""
-    if written is None:
-        yield
-        return
+def kept_if_done() -> Iterator[None]:
+    """Around a run's stages: any failure (BaseException: Ctrl-C, Prefect's timeouts) undoes."""
     try:
         yield
     except BaseException:
-        written.failed()
+        undo()
         raise
-    written.succeeded()
-
-
-def undo_left_by_a_killed_run() -> None:
-    """The undo a killed run could not do (its record is there: only a run that ended without
-    `succeeded`/`failed` leaves one; the caller holds the project lock, so that run is gone)."""
-    record = _saved()
-    if record is None:
-        return
-    log.info("a killed run's --set overrides in %s: undone but for finished stages", record["file"])
-    _undo(record)
     RECORD.unlink(missing_ok=True)
 
 
-def _saved() -> dict | None:
-    try:
-        return json.loads(RECORD.read_text())
-    except (OSError, ValueError):
-        return None
+def undo() -> None:
+    """Undo what RECORD names: this run's failure, or a killed one's at the next run's start (the
+    caller holds the project lock, so that run is gone)."""
+    record = _saved()
+    if record is not None:
+        _undo(record)
+        RECORD.unlink(missing_ok=True)
 
 
 def _undo(record: dict) -> None:
-    path = Path(record["file"])
-    written = base64.b64decode(record["written"])
+    path, written = Path(record["file"]), base64.b64decode(record["written"])
     if not path.exists() or path.read_bytes() != written:
         log.warning("%s changed since this run wrote its --set overrides into it: left as it is", path)
         return
-    before = record["before"]
-    if before is None:
+    if record["before"] is None:
         path.unlink()
     else:
-        write_atomic(path, lambda f: f.write(base64.b64decode(before)))
+        write_atomic(path, lambda f: f.write(base64.b64decode(record["before"])))
     deps = _param_deps(record["finished"])
     keep = [o for o in record["overrides"] if _covered(o.partition("=")[0].strip(), deps)]
     try:
@@ -134,27 +131,32 @@ def _undo(record: dict) -> None:
         write_atomic(path, lambda f: f.write(written))
         log.warning("%s: kept every --set override of the failed run (%s)", path, e)
         return
-    log.info(
-        "%s: the failed run's --set overrides undone%s",
-        path,
-        f", but for those of finished stages: {', '.join(keep)}" if keep else "",
-    )
+    but = f", but for those of finished stages: {', '.join(keep)}" if keep else ""
+    log.info("%s: the failed run's --set overrides undone%s", path, but)
+
+
+def _save(record: dict) -> None:
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(RECORD, lambda f: f.write(json.dumps(record).encode()))
+
+
+def _saved() -> dict | None:
+    try:
+        return json.loads(RECORD.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _param_deps(stages: list[str]) -> list[str]:
-    """The params.yaml keys the stages depend on (dvc.yaml `params:`; entries of other files left out)."""
+    """The params.yaml keys the stages depend on (dvc.yaml `params:`; other files' entries left out)."""
     try:
-        spec = yaml.safe_load(Path("dvc.yaml").read_text()) or {}
+        spec = (yaml.safe_load(Path("dvc.yaml").read_text()) or {}).get("stages") or {}
     except (OSError, yaml.YAMLError):
         return []
-    keys = []
-    for stage in stages:
-        for entry in ((spec.get("stages") or {}).get(stage) or {}).get("params") or []:
-            if isinstance(entry, str):
-                keys.append(entry)
-            elif isinstance(entry, dict):
-                keys += [k for k in entry.get("params.yaml") or [] if isinstance(k, str)]
-    return keys
+    entries = [e for stage in stages for e in (spec.get(stage) or {}).get("params") or []]
+    keys = [e for e in entries if isinstance(e, str)]
+    keys += [k for e in entries if isinstance(e, dict) for k in e.get("params.yaml") or []]
+    return [k for k in keys if isinstance(k, str)]
 
 
 def _covered(key: str, deps: list[str]) -> bool:

@@ -1,22 +1,12 @@
-"""The Prefect flow `sagan-pipeline`: prepare -> train -> evaluate -> register.
+"""The Prefect flow `sagan-pipeline`: prepare -> train -> evaluate -> register, one run per project.
 
-The flow validates params once and hands the validated `Params` to its tasks, in a `RunContext`
-with the one DvcProject. Each task calls the one implementation of its stage (pipelines.stages) and
-returns its typed result (pipelines.results). DVC is the cache of record (pipelines.flow.dvc_sync): a
-stage that `dvc status` calls up to date is skipped, and a stage that ran is `dvc commit`ted.
-Training is never restarted blindly: the train task resumes whenever the checkpoint was made from
-the same data and params (sagan_core.train.resume), and resume is bit-exact.
-
-One run per project at a time (pipelines.lock). Stage failures stop the flow with
-`stage NAME failed: cause`; outputs of the stages before it are kept (and committed to DVC), so a
-rerun continues from the failed stage. Each stage ends with one line: its name, outcome and duration
-(pipelines.flow.console.stage_line).
+It validates the params file + overrides once into `Params`, carried to the tasks in a `RunContext`.
+DVC decides what reruns (`dvc status <stage>`) and records what ran (`dvc commit`); the train task
+resumes a checkpoint with the run's fingerprint (sagan_core.train.resume), bit-exactly.
 """
 
-# No `from __future__ import annotations` here: a served or deployed run loads this file by path
-# under a module name that is not kept in sys.modules, so pydantic (Prefect's parameter check)
-# cannot resolve string annotations such as "FlowSettings" and every run failed before its first
-# task. Real annotation objects need no lookup.
+# No `from __future__ import annotations`: a served run loads this file under a module name not kept
+# in sys.modules, where pydantic (Prefect's parameter check) cannot resolve string annotations.
 import contextlib
 import os
 from collections.abc import Iterator
@@ -29,13 +19,11 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
-from pipelines.flow import kubernetes_train, notify
+from pipelines.flow import kubernetes_train, notify, params_writeback
 from pipelines.flow.console import StageLine, bounded, sagan_logs_to_prefect, stage_line
-from pipelines.flow.dvc_sync import DvcProject, reads_params, without_dvc_note
+from pipelines.flow.dvc_sync import DvcProject
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
-from pipelines.flow.params_writeback import OverridesWritten, kept_if_done, undo_left_by_a_killed_run
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, stage_detail, summarize
-from pipelines.flow.settings import FlowSettings, to_overrides
 from pipelines.lock import project_lock, project_slot
 from pipelines.project import version
 from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
@@ -54,8 +42,7 @@ class StageFailed(SaganError):
         text = str(cause) if isinstance(cause, SaganError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"stage {stage} failed: {text}")
         self.stage = stage
-        # Our own errors are deliberate and permanent (bad config, diverged training, missing
-        # weights); anything else (network, I/O, server hiccups) may pass on a retry.
+        # Our own errors are permanent (bad config, missing weights); others may pass on a retry.
         self.transient = not isinstance(cause, SaganError)
 
 
@@ -82,56 +69,41 @@ class RunContext:
     params: Params
     force: bool
     dvc: DvcProject | None
-    written: OverridesWritten | None = None  # the --set overrides this run wrote into params.yaml
 
-    def must_run(self, line: StageLine) -> bool:
-        """Whether the stage must run; when not, `line` says why (DVC finds it up to date)."""
+    def up_to_date(self, line: StageLine) -> bool:
+        """DVC decides: a stage `dvc status` finds up to date is skipped (unless --force)."""
         if self.force or self.dvc is None or self.dvc.changed(line.name):
-            return True
+            return False
         line.skipped = "dvc status: up to date"
-        self._finished(line.name)
-        return False
+        params_writeback.finished(line.name)  # its --set overrides now stay in params.yaml
+        return True
 
-    def commit(self, stage: str) -> str:
-        """`dvc commit` the stage; what the stage's line says about it ("" when DVC is not used).
-        DVC's own "Updating lock file 'dvc.lock'" is not printed (pipelines/flow/dvc_sync.py)."""
-        if self.dvc is None:
-            return ""
-        committed = self.dvc.commit(stage)
-        self._finished(stage)
-        return "recorded in dvc.lock" if committed else ""
-
-    def _finished(self, stage: str) -> None:
-        if self.written is not None:  # its overrides stay in params.yaml even if a later stage fails
-            self.written.finished(stage)
-
-    def dvc_stage(self, line: StageLine, compute, skipped):
-        """Run a stage unless DVC says it is up to date (then read its recorded result); commit it."""
-        if not self.must_run(line):
-            return skipped(self.params)
-        result = compute(self.params, progress=False)
-        line.detail = stage_detail(result, self.commit(line.name))
+    def commit(self, line: StageLine, result):
+        """`dvc commit` the stage that ran (what `dvc repro` records); its line says what it made."""
+        recorded = self.dvc is not None and self.dvc.commit(line.name)
+        params_writeback.finished(line.name)
+        line.detail = stage_detail(result, "recorded in dvc.lock" if recorded else "")
         return result
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(run: RunContext) -> Prepared:
     with _stage("prepare") as line:
-        # Before any `dvc status`: DVC's hashing of a data folder holding a FIFO or a link to
-        # /dev/zero blocks forever (sagan_core/data/safe_folder.py). An `sagan init` project's
-        # `check` stage is what `dvc repro` runs first; the flow does its work and records it.
+        # Before any `dvc status`: DVC's hashing blocks forever on a FIFO (data/safe_folder.py).
         has_check = run.dvc is not None and "check" in run.dvc.stages
         stages.check_source(run.params, record=has_check)
         if has_check:
-            run.commit("check")
-        return run.dvc_stage(line, stages.prepare, skipped=stages.prepared)
+            run.dvc.commit("check")
+        if run.up_to_date(line):
+            return stages.prepared(run.params)
+        return run.commit(line, stages.prepare(run.params, progress=False))
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(run: RunContext, data_hash: str) -> Trained:
     with _stage("train") as line:
         params = run.params
-        if not run.must_run(line):
+        if run.up_to_date(line):
             return stages.trained(params)
         do_resume, why = resume.decide(params, data_hash, run.force)
         logger = get_run_logger()
@@ -143,12 +115,11 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         else:
             progress = PrefectProgress(params.train.steps)
             result = stages.train(params, resume=do_resume, progress=False, callbacks=[progress])
-        line.detail = stage_detail(result, run.commit("train"))
-        return result
+        return run.commit(line, result)
 
 
 def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
-    """train.nproc_per_node DDP processes; their output lines go to the Prefect log as they come."""
+    """train.nproc_per_node DDP processes, their output lines in the Prefect log."""
     start = resume.start_step(params.train.checkpoint) if do_resume else 0
     log = get_run_logger().info
     code, last = launch.run_torchrun(params, do_resume, quiet=True, log=log, forward=True)
@@ -158,21 +129,21 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
     return stages.trained(params, start_step=start)
 
 
-# Each task takes the results it consumes as arguments: Prefect records them as the task run's
-# inputs, and its UI draws the graph's edges from those inputs (prepare -> train -> evaluate ->
-# register, and train -> register: register reads the checkpoint and the evaluation). The shared
-# RunContext goes in `quote`d: Prefect matches arguments to earlier results by object identity, so
-# walking its fields (paths, strings also held by a result) drew edges no data took.
+# Tasks take the results they consume as arguments: Prefect's UI draws the graph's edges from them.
+# The RunContext goes in `quote`d: Prefect matches arguments to results by identity, and walking its
+# fields (strings also held by a result) drew edges no data took.
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate") as line:
-        which = run.params.registry.candidate  # best.pt or the last checkpoint (sagan_core.model.checkpoint)
+        which = run.params.registry.candidate  # best.pt or the last checkpoint
         get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
-        return run.dvc_stage(line, stages.evaluate, skipped=stages.evaluated)
+        if run.up_to_date(line):
+            return stages.evaluated(run.params)
+        return run.commit(line, stages.evaluate(run.params, progress=False))
 
 
 def tracking_off(params: Params) -> str | None:
-    """Why this run cannot be registered (tracking is off: no MLflow run holds its model), or None."""
+    """Why this run cannot be registered (tracking off: no MLflow run holds its model), or None."""
     if tracking_store.enabled(params):
         return None
     if not params.registry.tracking:
@@ -192,6 +163,12 @@ def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Re
         return reg
 
 
+def _bounded(task_, timeout: tuple[str, float | None], *args, **options):
+    """The task under its pipeline.* timeout (`key`, seconds); a timeout as the stage's one line."""
+    with bounded(task_.name, *timeout):
+        return task_.with_options(timeout_seconds=timeout[1], **options)(*args)
+
+
 @contextlib.contextmanager
 def _in_dir(path: str | Path) -> Iterator[None]:
     """Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project."""
@@ -204,22 +181,19 @@ def _in_dir(path: str | Path) -> Iterator[None]:
 
 
 def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
-    undo_left_by_a_killed_run()  # before anything reads params.yaml (flow/params_writeback.py)
-    dvc = DvcProject.find(".", params.pipeline.dvc)
-    if dvc is not None and not reads_params(params_file, params.pipeline.dvc):
-        get_run_logger().warning("%s", without_dvc_note(params_file))
-        dvc = None
-    written = None
+    params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
+    warn = lambda *a: get_run_logger().warning(*a)  # noqa: E731 - looked up only when said
+    dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=warn)
     if dvc is not None:
         if note := version.sync("."):
             get_run_logger().info("%s", note)
-        written = OverridesWritten.write(params_file, overrides, params)
-    return RunContext(params, force or params.pipeline.force, dvc, written)
+        params_writeback.write(params_file, overrides, params)
+    return RunContext(params, force or params.pipeline.force, dvc)
 
 
 def _end_left_running(params: Params, project: str) -> None:
-    """Runs a killed process left RUNNING (this one holds the project now): Prefect's Crashed,
-    MLflow's KILLED. Never fails the run: a tracking server that is down fails train in one line."""
+    """Mark runs a killed process left RUNNING: Prefect's Crashed, MLflow's KILLED. Never fails the
+    run: a tracking server that is down fails train in one line."""
     logger = get_run_logger()
     if ended := end_orphans(project):
         logger.info("flow runs left RUNNING by a killed process, marked Crashed: %s", ", ".join(ended))
@@ -241,25 +215,19 @@ def _end_left_running(params: Params, project: str) -> None:
 )
 def sagan_pipeline(
     params_file: str = "params.yaml",
-    settings: FlowSettings | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
     project_dir: str = ".",
     params: Params | None = None,
 ) -> RunSummary:
-    """Run the four stages on the project in `project_dir`.
-
-    settings: typed params.yaml overrides (the Prefect UI's form); empty fields keep the file's values.
-    overrides: `key.path=value` strings, exactly like `sagan ... --set`, applied after `settings`
-    (both validated the same way as the file).
-    force: run every stage even when nothing changed (also `pipeline.force`).
-    params: the already validated params_file + overrides (the CLI passes them: validated once).
-    """
-    overrides = [*to_overrides(settings), *(overrides or [])]
+    """Run the four stages on the project in `project_dir` with `params_file` and `overrides`
+    (`key.path=value`, as `--set`); `force` (or pipeline.force): every stage, even when up to date.
+    `params`: those two already validated in this process (the CLI's), so they are validated once."""
+    overrides = list(overrides or [])
     with sagan_logs_to_prefect(), _in_dir(project_dir):
-        project = project_tag()  # on the flow run: the summary's past runs are this project's (history.py)
+        project = project_tag()  # the summary's past runs are this project's (history.py)
         tag_flow_run(project)
-        params = params or load_params(params_file, overrides)
+        params = params or load_params(params_file, overrides)  # carried to every task
         cfg = params.pipeline
         if cfg.notify_block:  # where the hooks find it (notify.py)
             tag_flow_run(notify.TAG + cfg.notify_block)
@@ -268,24 +236,20 @@ def sagan_pipeline(
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
             _end_left_running(params, project)
             run = _context(params, params_file, overrides, force)
-            with kept_if_done(run.written):
+            with params_writeback.kept_if_done():
                 backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
                 retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-                ctx = quote(run)  # what every task reads, no upstream result (above)
-                with bounded("prepare", "stage_timeout_s", cfg.stage_timeout_s):
-                    prep = prepare_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx)
-                with bounded("train", "train_timeout_s", cfg.train_timeout_s):
-                    trained = train_task.with_options(
-                        retries=cfg.train_retries, timeout_seconds=cfg.train_timeout_s, **retried
-                    )(ctx, prep.content_hash)
-                with bounded("evaluate", "stage_timeout_s", cfg.stage_timeout_s):
-                    ev = evaluate_task.with_options(timeout_seconds=cfg.stage_timeout_s)(ctx, trained)
-                # Register always runs: it is idempotent (a run already registered is not registered
-                # again, its promotion is re-decided), so an unchanged project ends with the same answer.
-                with bounded("register", "stage_timeout_s", cfg.stage_timeout_s):
-                    reg = register_task.with_options(
-                        retries=cfg.register_retries, timeout_seconds=cfg.stage_timeout_s, **retried
-                    )(ctx, trained, ev)
+                ctx, stage_s = quote(run), ("stage_timeout_s", cfg.stage_timeout_s)  # ctx: no upstream result
+                prep = _bounded(prepare_task, stage_s, ctx)
+                train_s = ("train_timeout_s", cfg.train_timeout_s)
+                trained = _bounded(
+                    train_task, train_s, ctx, prep.content_hash, retries=cfg.train_retries, **retried
+                )
+                ev = _bounded(evaluate_task, stage_s, ctx, trained)
+                # Register always runs: idempotent, an unchanged project ends with the same answer.
+                reg = _bounded(
+                    register_task, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried
+                )
                 dvc = "not used"
                 if run.dvc is not None:
                     pending = run.dvc.status()

@@ -1,13 +1,6 @@
-"""Resuming training: the one place that decides whether and how a checkpoint is continued.
-
-`sagan train --resume` always continues `train.checkpoint` (warning, key by key, where the params
-that shape the weights changed: no longer bit-exact). The Prefect flow decides by itself (`decide`):
-it resumes only a checkpoint of this very run, made from the same data and the same params that
-shape the weights (its recorded fingerprint, sagan_core.train.fingerprint), so a retried or rerun
-train task ends exactly where an uninterrupted one would. Where a checkpoint comes from (a file,
-an MLflow run or model) is the caller's business (pipelines/resume_from.py); it is always continued
-from `train.checkpoint`.
-"""
+"""Whether and how `train.checkpoint` is continued: `sagan train --resume` always (warning per changed
+key that shapes the weights); the flow only a checkpoint with the run's fingerprint (`decide`), so a
+retried train ends exactly where an uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -33,8 +26,7 @@ def start_step(path: Path) -> int:
 
 
 def decide(params, data_hash: str, force: bool) -> tuple[bool, str]:
-    """(resume?, why) for the flow: resume only a checkpoint of this very run (same fingerprint) that
-    is not past train.steps."""
+    """(resume?, why) for the flow: only a checkpoint with this fingerprint, not past train.steps."""
     path = params.train.checkpoint
     if force:
         return False, "force: training from step 0"
@@ -55,8 +47,7 @@ def decide(params, data_hash: str, force: bool) -> tuple[bool, str]:
 
 
 def load(path: Path, spec: ModelSpec, device: torch.device, now: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint to continue, checked against the model the params build (`spec`) and against
-    the current fingerprint record `now` (each changed input is logged: no longer bit-exact)."""
+    """The checkpoint to continue: another `spec` is an error, a changed fingerprint input a warning."""
     start_step(path)
     ckpt = checkpoint.load(path, map_location=device, keys=checkpoint.RESUME)
     saved = ModelSpec.from_dict(ckpt["spec"])

@@ -1,12 +1,6 @@
-"""`sagan train --resume-from SOURCE`: continue a training run from a checkpoint anywhere.
-
-SOURCE is a checkpoint file, `runs:/<run_id>` (the checkpoint the run uploaded as it trained,
-tracking/uploads.py) or `models:/<name>@<alias>` / `models:/<name>/<version>` (the checkpoint of
-the registered version's run: best.pt when the version was registered as the best checkpoint).
-The checkpoint becomes train.out_dir/checkpoint.pt and training resumes from it bit-exactly; from
-MLflow, the run record is pointed at the source run first, so the resumed training logs into that
-same run (when tracking is on and the run lives at the current tracking URI).
-"""
+"""`sagan train --resume-from SOURCE`: a checkpoint file, `runs:/ID` (what the run uploaded) or
+`models:/NAME@ALIAS|VERSION` (its run's; best.pt for a version registered as best) becomes
+train.checkpoint; from MLflow the run record names that run, so resumed training logs into it."""
 
 from __future__ import annotations
 
@@ -20,7 +14,7 @@ from sagan_core.errors import ConfigError, SaganError
 
 
 def fetch(params: Params, source: str) -> None:
-    """Put SOURCE's checkpoint at train.out_dir/checkpoint.pt (and, from MLflow, its run record)."""
+    """Put SOURCE's checkpoint at train.checkpoint (and, from MLflow, its run record)."""
     target = params.train.checkpoint
     if not source.startswith(("runs:/", "models:/")):
         path = Path(source)
