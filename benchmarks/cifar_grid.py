@@ -49,7 +49,7 @@ BASELINE = {
     "train": {"batch_size": 32, "lr_g": 2e-4, "lr_d": 8e-4, "ema_decay": 0.999, "ema_start": 200}
     | {"checkpoint_every": 200, "eval_every": 0, "precision": "fp32"},
     "data": {"workers": 0},
-    "registry": {"tracking": False},
+    "tracking": {"enabled": False},
 }
 OUTPUTS = ("grid.json", "grid.txt", "montage.png", "logs.tar.gz")
 

@@ -27,7 +27,7 @@ def _sets(pairs: list[str]) -> list[str]:
 def _cifar_sets(ctx) -> list[str]:
     """The preset's own values, except the device and (dry run) a toy width."""
     sets = [f"data.source={ctx.archive}", f"train.device={ctx.device}", f"eval.device={ctx.device}"]
-    sets += ["registry.tracking=false", "data.workers=0"]
+    sets += ["tracking.enabled=false", "data.workers=0"]
     if ctx.dry:
         sets += ["model.g_ch=4", "model.d_ch=4", "train.batch_size=8", "eval.dims=64"]
     return sets

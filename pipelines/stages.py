@@ -111,13 +111,13 @@ def trained(params: Params, start_step: int | None = None) -> Trained:
 
 def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | None = None) -> Evaluated:
     """FID / IS / KID of a checkpoint's (EMA) generator into eval.metrics_file; `checkpoint`: "best",
-    "last" or a path, None: registry.candidate."""
+    "last" or a path, None: eval.checkpoint."""
     from pipelines.tracking.evaluation import log_evaluation, reopen_run
     from sagan_core.evaluate.protocol import evaluate as run_evaluate
     from sagan_core.model.checkpoint import resolve
 
     own = checkpoint is None or str(checkpoint) in ("best", "last")  # FID/IS/KID join the run
-    path = resolve(params.train, params.registry.candidate if checkpoint is None else checkpoint)
+    path = resolve(params.train, params.eval.checkpoint if checkpoint is None else checkpoint)
     if own:
         reopen_run(params)  # fail in seconds, not after the Inception pass
     result = run_evaluate(params, checkpoint=path, progress=progress)

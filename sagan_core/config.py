@@ -232,6 +232,7 @@ class EvalConfig(Section):
     device: Device = "auto"
     cache_dir: str = ".sagan/fid-stats"
     metrics_file: str = "metrics/eval.json"  # the scores only: what `dvc metrics show` lists
+    checkpoint: Literal["best", "last"] = "best"  # best: models/best.pt, else the last checkpoint
 
     @property
     def record_file(self) -> Path:
@@ -247,26 +248,15 @@ class EvalConfig(Section):
         return v
 
 
-class RegistryConfig(Section):
-    """MLflow tracking and registry (pipelines/tracking/, pipelines/registry/register.py)."""
+class TrackingConfig(Section):
+    """MLflow tracking (pipelines/tracking/): where runs, metrics and generators are recorded."""
 
-    model_name: str = "sagan-demo"
-    min_improvement: float = Field(0.0, ge=0)
+    enabled: bool = True  # env SAGAN_TRACKING=0 also turns it off
+    uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "sagan"
-    tracking_uri: str | None = None
     artifact_location: str | None = None
-    tracking: bool = True
-    candidate: Literal["best", "last"] = "best"
 
-    @field_validator("model_name")
-    @classmethod
-    def _model_name(cls, name: str) -> str:
-        """What MLflow refuses at `sagan register`, said before training; no control characters."""
-        if not name.strip() or "/" in name or ":" in name or not name.isprintable():
-            raise ValueError(f"expected a printable name without '/' or ':', got {name!r}")
-        return name
-
-    @field_validator("tracking_uri")
+    @field_validator("uri")
     @classmethod
     def _no_credentials(cls, uri: str | None) -> str | None:
         """A password in params.yaml would be versioned by git/DVC and become a flow parameter; the
@@ -277,6 +267,40 @@ class RegistryConfig(Section):
                 "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment instead"
             )
         return uri
+
+
+# Keys an earlier sagan read, refused with where they live now (a silently ignored old key would
+# change where runs are recorded or which checkpoint is registered).
+MOVED = {
+    "tracking_uri": "tracking.uri",
+    "experiment": "tracking.experiment",
+    "artifact_location": "tracking.artifact_location",
+    "tracking": "tracking.enabled",
+    "candidate": "eval.checkpoint",
+}
+
+
+class RegistryConfig(Section):
+    """The MLflow model registry (pipelines/registry/): versions and the champion alias."""
+
+    model_name: str = "sagan-demo"
+    min_improvement: float = Field(0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw: Any) -> Any:
+        moved = [f"registry.{k} is now {MOVED[k]}" for k in MOVED if isinstance(raw, dict) and k in raw]
+        if moved:
+            raise ValueError("; ".join(moved) + " (got the old key: rename it)")  # "got": no value echoed
+        return raw
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, name: str) -> str:
+        """What MLflow refuses at `sagan register`, said before training; no control characters."""
+        if not name.strip() or "/" in name or ":" in name or not name.isprintable():
+            raise ValueError(f"expected a printable name without '/' or ':', got {name!r}")
+        return name
 
 
 class PipelineConfig(Section):
@@ -324,6 +348,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     pipeline: PipelineConfig = PipelineConfig()
 

@@ -26,7 +26,7 @@ _THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)
 
-# MLflow tracking is on by default for the CLI stages (registry.tracking); the suite turns it off
+# MLflow tracking is on by default for the CLI stages (tracking.enabled); the suite turns it off
 # so tests that train do not need a tracking store. MLflow tests (tests/test_mlflow.py) set
 # SAGAN_TRACKING=1 where they train or evaluate.
 os.environ.setdefault("SAGAN_TRACKING", "0")

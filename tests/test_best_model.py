@@ -1,5 +1,5 @@
 """The best checkpoint in MLflow: uploaded to the run as training finds it, its KID/FID in the run's
-curves, and `sagan register` (registry.candidate=best) exporting and registering its generator; no
+curves, and `sagan register` (eval.checkpoint=best) exporting and registering its generator; no
 generator is exported during training, whose weights stay those of an untracked run, bit for bit."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_registered_version_is_the_best_checkpoint_exported_at_registration(
     assert client.search_logged_models([exp]) == []  # exported when registered, not at each improvement
     assert_training_untouched(project, monkeypatch)
     evaluated = stages.evaluate(params, progress=False)
-    assert evaluated.generator_step == best["step"]  # registry.candidate=best: best.pt was evaluated
+    assert evaluated.generator_step == best["step"]  # eval.checkpoint=best: best.pt was evaluated
     registered = stages.register(params)
 
     mv = client.get_model_version("best-test", str(registered.version))

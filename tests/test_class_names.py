@@ -170,7 +170,7 @@ def _card(letters):
     from mlflow import MlflowClient
 
     _, params, registered = letters
-    uri = params.registry.tracking_uri
+    uri = params.tracking.uri
     client = MlflowClient(uri, registry_uri=uri)
     return client, client.get_model_version(MODEL, str(registered.version))
 
@@ -219,10 +219,10 @@ def test_card_sample_line_and_serving_example_name_the_same_class_and_image(lett
     body = json.loads(shlex.split(block.split("-d ", 1)[1])[0])
     assert body["dataframe_records"][0]["class"] == klass == "A"
 
-    uri = params.registry.tracking_uri
+    uri = params.tracking.uri
     code, _, err = sample(
         project, f"models:/{MODEL}@champion", "--n", "1", "--class", klass, "--set",
-        f"registry.tracking_uri={uri}", "--out-dir", str(tmp_path / "cli"),
+        f"tracking.uri={uri}", "--out-dir", str(tmp_path / "cli"),
     )  # fmt: skip
     assert code == 0, err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

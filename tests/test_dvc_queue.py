@@ -28,7 +28,7 @@ def project(tmp_path, standin_torch_home):
     for section, values in tiny_overrides(train__sample_every=4).items():
         raw[section].update(values)
     raw["eval"].update(num_samples=20, batch_size=20, reference_size=20, kid_subsets=5, kid_subset_size=8)
-    raw["registry"]["experiment"] = "sweep"
+    raw["tracking"]["experiment"] = "sweep"
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # as README says: the venv's bin first

@@ -93,8 +93,8 @@ def test_the_registered_model_and_experiment_are_named_after_the_project_folder(
         assert cli.main(["init", str(proj), "--preset", "cifar10", "--data", str(archive)]) == 0, (
             capsys.readouterr()
         )
-        registry = load_params(proj / "params.yaml").registry
-        assert (registry.model_name, registry.experiment) == (name, name)
+        params = load_params(proj / "params.yaml")
+        assert (params.registry.model_name, params.tracking.experiment) == (name, name)
         assert "# best (models/best.pt" in (proj / "params.yaml").read_text()  # comments kept
 
 

@@ -43,8 +43,9 @@ def test_every_preset_runs_end_to_end_in_a_new_project(
     written = yaml.safe_load((proj / "params.yaml").read_text())  # the preset's, with the toy sizes
     preset_params = yaml.safe_load((REPO / f"pipelines/project/presets/{preset}.yaml").read_text())
     assert written["data"]["resolution"] == preset_params["data"]["resolution"]
-    names = {"model_name": preset, "experiment": preset}  # the project folder's name
-    assert written["model"]["g_ch"] == 8 and written["registry"] == preset_params["registry"] | names
+    assert written["model"]["g_ch"] == 8  # and the project folder's name:
+    assert written["registry"] == preset_params["registry"] | {"model_name": preset}
+    assert written["tracking"] == preset_params["tracking"] | {"experiment": preset}
 
 
 @pytest.mark.unit

@@ -57,7 +57,7 @@ def letters(tmp_path_factory, prefect_api, standin_torch_home):
         project.git("commit", "-qm", "the first run's records")
         sagan_pipeline(project_dir=str(root), force=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    name = yaml.safe_load((root / "params.yaml").read_text())["registry"]["experiment"]
+    name = yaml.safe_load((root / "params.yaml").read_text())["tracking"]["experiment"]
     experiment = client.get_experiment_by_name(name)  # the folder's name: tests/test_init.py
     found = client.search_runs([experiment.experiment_id], "tags.`sagan.git_dirty` != ''")
     project.runs = sorted(found, key=lambda r: r.info.start_time)

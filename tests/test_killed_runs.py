@@ -27,11 +27,8 @@ def _project(root: Path, prepared_demo: Path) -> Path:
     shutil.copytree(prepared_demo, root / "data/prepared")
     raw = tiny_overrides(train__device="cpu", eval__device="cpu")
     raw["eval"] |= {"num_samples": 20, "batch_size": 20, "reference_size": 20, "kid_subset_size": 10}
-    raw["registry"] = {
-        "model_name": MODEL,
-        "experiment": "killed",
-        "tracking_uri": f"sqlite:///{root}/mlflow.db",
-    }
+    raw["registry"] = {"model_name": MODEL}
+    raw["tracking"] = {"experiment": "killed", "uri": f"sqlite:///{root}/mlflow.db"}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     return root
 
@@ -99,7 +96,7 @@ def test_the_next_flow_run_marks_a_killed_flow_run_crashed(tmp_path, prefect_api
 
     project = tmp_path / "proj"
     project.mkdir()
-    (project / "params.yaml").write_text("data: {source: no-such-folder}\nregistry: {tracking: false}\n")
+    (project / "params.yaml").write_text("data: {source: no-such-folder}\ntracking: {enabled: false}\n")
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -131,7 +128,7 @@ def test_a_stage_stuck_past_its_timeout_ends_the_run_in_one_line(tmp_path, prefe
     os.mkfifo(fifo)
     project = tmp_path / "proj"
     project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump({"registry": {"tracking": False}}))
+    (project / "params.yaml").write_text(yaml.safe_dump({"tracking": {"enabled": False}}))
     from pipelines import stages
 
     started = time.monotonic()

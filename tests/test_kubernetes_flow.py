@@ -170,8 +170,8 @@ def test_flow_train_task_submits_waits_and_fetches_the_checkpoint(
     fake_downstream(monkeypatch)
     proj = pipeline_project(tmp_path / "proj", dvc=False, train__steps=3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sets = [*K8S, "train.k8s_revision=v1", "train.k8s_poll_s=0.05", f"registry.tracking_uri={uri}"]
-    sets.append(f"registry.artifact_location={tmp_path / 'artifacts'}")
+    sets = [*K8S, "train.k8s_revision=v1", "train.k8s_poll_s=0.05", f"tracking.uri={uri}"]
+    sets.append(f"tracking.artifact_location={tmp_path / 'artifacts'}")
     monkeypatch.setenv("SAGAN_TRACKING", "1")
     monkeypatch.setenv("STANDIN_PROJECT", str(proj))
     state = kubectl(statuses=[RUNNING, COMPLETE], run_pod=str(tmp_path / "pod0"))

@@ -42,7 +42,9 @@ def write_params(project: Path, uri: str, **registry) -> Path:
         "kid_subsets": 5,
         "kid_subset_size": 10,
     }
-    raw["registry"] = {"model_name": MODEL, "experiment": "sagan-test", "tracking_uri": uri} | registry
+    tracking = {k: registry.pop(k) for k in ("experiment", "artifact_location") if k in registry}
+    raw["registry"] = {"model_name": MODEL} | registry
+    raw["tracking"] = {"experiment": "sagan-test", "uri": uri} | tracking
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     return project / "params.yaml"
 

@@ -33,7 +33,7 @@ def logged(tmp_path_factory):
     write_checkpoint(project / "checkpoint.pt", 0)
     g, meta = ckpt_io.load_generator(project / "checkpoint.pt", use_ema=True, device="cpu")
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    raw = {"registry": {"model_name": MODEL, "experiment": "trust", "tracking_uri": uri}}
+    raw = {"registry": {"model_name": MODEL}, "tracking": {"experiment": "trust", "uri": uri}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     client, _ = connect(Params.model_validate(raw))  # as `sagan train` does: MLflow's fluent URI too
     experiment = client.create_experiment("trust", artifact_location=(project / "artifacts").as_uri())
@@ -120,7 +120,7 @@ def test_foreign_or_pickled_models_are_refused_without_running_them(logged, tmp_
 
     project, uri, _, folder = logged
     marker = tmp_path / "ran.txt"
-    params = Params.model_validate({"registry": {"tracking_uri": uri}})
+    params = Params.model_validate({"tracking": {"uri": uri}})
     reasons = {"foreign": "code file is evil.py", "pickled": "pickled model", "network": "not a pt2 program"}
     for name, model in _foreign_models(folder, tmp_path, marker).items():
         with pytest.raises(
@@ -163,7 +163,7 @@ def test_sagan_processes_load_with_pickle_off_and_the_verified_copy_serves(logge
     served = mlflow.pyfunc.load_model(str(copy))  # what `mlflow models serve -m COPY` loads
     answer = served.predict(pd.DataFrame([{"class": "3", "n": 2, "seed": 4}]))
     assert list(answer["class_id"]) == [3, 3]
-    sampler = load_sampler(str(copy), Params.model_validate({"registry": {"tracking_uri": uri}}))
+    sampler = load_sampler(str(copy), Params.model_validate({"tracking": {"uri": uri}}))
     z = torch.randn(2, sampler.z_dim, generator=torch.Generator().manual_seed(4))
     inner = served.unwrap_python_model().generate(z, torch.tensor([3, 3]))
     assert np.array_equal(sampler.generate(z, torch.tensor([3, 3])).numpy(), inner.numpy())

@@ -212,10 +212,10 @@ def test_a_fresh_node_pulls_data_from_dvc_and_resumes_from_mlflow(tmp_path):
         git(["add", "-A"], origin, env)
         git(["commit", "-qm", "prepared, remote"], origin, env)
         store = tmp_path / "mlflow"  # the tracking server both nodes reach (here: one sqlite store)
-        tracked = ["--set", f"registry.tracking_uri=sqlite:///{store}/mlflow.db"]
+        tracked = ["--set", f"tracking.uri=sqlite:///{store}/mlflow.db"]
         tracked += [
             "--set",
-            f"registry.artifact_location={store}/artifacts",
+            f"tracking.artifact_location={store}/artifacts",
             "--set",
             "train.checkpoint_every=2",
         ]

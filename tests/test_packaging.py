@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 
 # Declared but never imported, on purpose, and why.
 USED_WITHOUT_IMPORT = {
-    "boto3": "MLflow's S3 artifact store imports it to upload to s3:// (registry.artifact_location)",
+    "boto3": "MLflow's S3 artifact store imports it to upload to s3:// (tracking.artifact_location)",
     "ruff": "the linter, run as a command",
     "pytest-xdist": "pytest loads it as a plugin: `-n auto` in pyproject's addopts runs the suite on every core",
 }

@@ -112,7 +112,7 @@ def history(tmp_path_factory, standin_torch_home):
 def _client(h):
     from mlflow import MlflowClient
 
-    uri = h.params.registry.tracking_uri
+    uri = h.params.tracking.uri
     return MlflowClient(uri, registry_uri=uri)
 
 

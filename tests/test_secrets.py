@@ -67,6 +67,26 @@ def test_the_old_webhook_keys_are_refused_naming_the_new_one(tmp_path, old):
     assert MARKER not in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("tracking_uri", "tracking.uri"),
+        ("experiment", "tracking.experiment"),
+        ("tracking", "tracking.enabled"),
+        ("artifact_location", "tracking.artifact_location"),
+        ("candidate", "eval.checkpoint"),
+    ],
+)
+def test_keys_moved_out_of_registry_are_refused_naming_where_they_live_now(tmp_path, old, new):
+    """An old key ignored would record runs elsewhere or register another checkpoint; its value may
+    be a URI holding a password, so it is never echoed."""
+    (tmp_path / "params.yaml").write_text(f"registry:\n  {old}: https://u:{MARKER}@host\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(tmp_path / "params.yaml")
+    assert f"registry.{old} is now {new}" in str(e.value), str(e.value)
+    assert MARKER not in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.e2e
 def test_the_old_url_key_is_exit_2_in_one_line_through_the_cli(tmp_path):
     r = run_cli(["config", "--set", f"pipeline.notify_url=https://hooks.example.com/{MARKER}"], tmp_path)

@@ -83,7 +83,8 @@ def registered(tmp_path_factory, prepared_demo, standin_torch_home):
     raw = tiny_overrides(train__device="cpu", eval__device="cpu")
     raw["eval"] |= {"num_samples": 20, "batch_size": 20, "reference_size": 20, "kid_subset_size": 10}
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    raw["registry"] = {"model_name": MODEL, "experiment": "serving", "tracking_uri": uri}
+    raw["registry"] = {"model_name": MODEL}
+    raw["tracking"] = {"experiment": "serving", "uri": uri}
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {"SAGAN_TRACKING": "1", "TORCH_HOME": str(standin_torch_home)}
     # the commands in this process (~15 s less): the commands as processes are test_mlflow's fixture

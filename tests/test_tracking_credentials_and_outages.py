@@ -38,9 +38,9 @@ def write_params(project: Path, uri: str | None = None, **registry) -> None:
     raw = tiny_overrides(train__device="cpu", eval__device="cpu")
     raw["eval"] |= {"num_samples": 20, "batch_size": 20, "reference_size": 40}
     raw["eval"] |= {"kid_subsets": 5, "kid_subset_size": 10}
-    raw["registry"] = {"model_name": "sagan-faults", "experiment": "sagan-faults"} | registry
-    if uri is not None:
-        raw["registry"]["tracking_uri"] = uri
+    tracking = {k: registry.pop(k) for k in ("experiment", "artifact_location") if k in registry}
+    raw["registry"] = {"model_name": "sagan-faults"} | registry
+    raw["tracking"] = {"experiment": "sagan-faults"} | tracking | ({"uri": uri} if uri is not None else {})
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
@@ -89,7 +89,7 @@ def test_password_in_params_tracking_uri_is_a_config_error(tmp_path, mlflow_serv
     r = run_cli(["train"], tmp_path, {"SAGAN_TRACKING": "1"})
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "registry.tracking_uri" in lines[0], r.stderr
+    assert len(lines) == 1 and "tracking.uri" in lines[0], r.stderr
     assert "MLFLOW_TRACKING_USERNAME" in lines[0] and "MLFLOW_TRACKING_TOKEN" in lines[0]
     assert MARKER not in r.stderr + r.stdout
 

@@ -110,7 +110,7 @@ def evaluate(
         str | None,
         typer.Option(
             "--checkpoint",
-            help="best, last or a checkpoint path [default: registry.candidate]; best is "
+            help="best, last or a checkpoint path [default: eval.checkpoint]; best is "
             "train.out_dir/best.pt (the last checkpoint when in-training evaluation wrote none).",
         ),
     ] = None,

@@ -239,7 +239,7 @@ def find_run(params: Params, name: str) -> str:
         if runs:
             return runs[0].info.run_id
     raise SaganError(
-        f"kubernetes job {name} succeeded but no run in experiment {params.registry.experiment} at "
+        f"kubernetes job {name} succeeded but no run in experiment {params.tracking.experiment} at "
         f"{redact(uri)} has train.rdzv_id {name}: the pods track elsewhere (their MLFLOW_TRACKING_URI); "
         "the final checkpoint is that run's checkpoints/checkpoint.pt"
     )
@@ -269,9 +269,9 @@ def train_on_cluster(params: Params, do_resume: bool, log: Callable[[str], None]
     from pipelines.tracking.run_record import read_run_record
     from sagan_core.train import resume
 
-    if not params.registry.tracking:
+    if not params.tracking.enabled:
         raise ConfigError(
-            "registry.tracking: train.launcher kubernetes fetches the checkpoint from MLflow, got false"
+            "tracking.enabled: train.launcher kubernetes fetches the checkpoint from MLflow, got false"
         )
     record = read_run_record(params) if do_resume else None
     resume_from = f"runs:/{record.run_id}" if record else None

@@ -135,7 +135,7 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate") as line:
-        which = run.params.registry.candidate  # best.pt or the last checkpoint
+        which = run.params.eval.checkpoint  # best.pt or the last checkpoint
         get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
         if run.up_to_date(line):
             return stages.evaluated(run.params)
@@ -146,8 +146,8 @@ def tracking_off(params: Params) -> str | None:
     """Why this run cannot be registered (tracking off: no MLflow run holds its model), or None."""
     if tracking_store.enabled(params):
         return None
-    if not params.registry.tracking:
-        return "registry.tracking: false"
+    if not params.tracking.enabled:
+        return "tracking.enabled: false"
     return f"SAGAN_TRACKING={os.environ.get('SAGAN_TRACKING', '').strip()}"
 
 

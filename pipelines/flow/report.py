@@ -230,7 +230,7 @@ def _tool(name: str) -> str:
 def final_report(s: RunSummary, params: Params) -> str:
     """The closing lines: sample grid, FID, registered version, the UIs."""
     uri = redact(
-        params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
     kid = f"  (KID {s.kid:.4f})" if s.kid is not None else ""
     if s.version is None:  # tracking off: nothing of this run is in MLflow to look at

@@ -49,7 +49,7 @@ def params_text(preset: Path, source: str | None, name: str | None = None) -> tu
     if not isinstance(raw, dict):
         raise ConfigError(f"--preset {preset}: expected a mapping of sections")
     sets = {("data", "source"): source}
-    sets |= {("registry", "model_name"): name, ("registry", "experiment"): name}
+    sets |= {("registry", "model_name"): name, ("tracking", "experiment"): name}
     if any(v is not None for v in sets.values()):
         from ruamel.yaml import YAML
 

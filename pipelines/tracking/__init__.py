@@ -2,7 +2,7 @@
 
 `sagan train` creates the run and records it in `<train.out_dir>/mlflow_run.json` (run_record);
 `sagan evaluate`, `sagan register` and `sagan train --resume` reopen it. The store is
-`registry.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<project>/mlflow.db` with
+`tracking.uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<project>/mlflow.db` with
 artifacts in `<project>/mlartifacts`; credentials come from the environment and are never logged.
 
 One module per concern, imported directly: store (connection, one-line errors), run_record, lineage

@@ -32,9 +32,9 @@ class TrackingError(SaganError):
 
 
 def enabled(params: Params) -> bool:
-    """Tracking on: registry.tracking and not SAGAN_TRACKING=0 (the test suite's default)."""
+    """Tracking on: tracking.enabled and not SAGAN_TRACKING=0 (the test suite's default)."""
     env = os.environ.get("SAGAN_TRACKING", "").strip().lower()
-    return params.registry.tracking and env not in ("0", "off", "false", "no")
+    return params.tracking.enabled and env not in ("0", "off", "false", "no")
 
 
 # ---- URIs and connection -------------------------------------------------------------------------
@@ -94,8 +94,8 @@ def project_root() -> Path:
 
 
 def tracking_uri(params: Params) -> str:
-    """registry.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
-    uri = params.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
+    uri = params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     return f"sqlite:///{project_root() / 'mlflow.db'}"
@@ -141,19 +141,19 @@ def connect(params: Params):
 
 
 def experiment_id(client, params: Params, uri: str) -> str:
-    """The experiment `registry.experiment`, created on first use (a local store's artifacts in
-    `<project>/mlartifacts`; a server's in registry.artifact_location, else its default)."""
+    """The experiment `tracking.experiment`, created on first use (a local store's artifacts in
+    `<project>/mlartifacts`; a server's in tracking.artifact_location, else its default)."""
     from mlflow.exceptions import MlflowException
 
-    name = params.registry.experiment
+    name = params.tracking.experiment
     exp = call(uri, client.get_experiment_by_name, name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
-            raise ConfigError(f"registry.experiment: experiment {name!r} is deleted in {redact(uri)}")
+            raise ConfigError(f"tracking.experiment: experiment {name!r} is deleted in {redact(uri)}")
         if exp.tags.get(EXPERIMENT_KIND) is None:  # made before sagan tagged its experiments
             call(uri, client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return exp.experiment_id
-    location = params.registry.artifact_location
+    location = params.tracking.artifact_location
     if location is None and _is_local_store(uri):
         location = (project_root() / "mlartifacts").as_uri()
     try:

@@ -129,15 +129,15 @@ def resolve(train_cfg, which: str | Path) -> Path:
 
 
 def candidate(params) -> tuple[Path, str, str]:
-    """(path, "best" | "last", why) of the checkpoint `registry.candidate` names."""
-    which = params.registry.candidate
+    """(path, "best" | "last", why) of the checkpoint `eval.checkpoint` names."""
+    which = params.eval.checkpoint
     path = resolve(params.train, which)
     if path == params.train.best_checkpoint:
-        return path, "best", f"registry.candidate=best: the best in-training {params.train.select_metric}"
+        return path, "best", f"eval.checkpoint=best: the best in-training {params.train.select_metric}"
     if which == "best":
         return (
             path,
             "last",
-            "registry.candidate=best, but no in-training evaluation wrote best.pt: the last checkpoint",
+            "eval.checkpoint=best, but no in-training evaluation wrote best.pt: the last checkpoint",
         )
-    return path, "last", "registry.candidate=last: the last checkpoint"
+    return path, "last", "eval.checkpoint=last: the last checkpoint"
