@@ -34,8 +34,8 @@ def test_registered_version_is_the_best_checkpoint_exported_at_registration(
         train__eval_every=2,
         train__eval_samples=20,
         train__sample_every=100,
-        registry__tracking_uri=uri,
-        registry__artifact_location=str(project / "artifacts"),
+        tracking__uri=uri,
+        tracking__artifact_location=str(project / "artifacts"),
         registry__model_name="best-test",
         **ev,
     )
@@ -66,7 +66,7 @@ def test_registered_version_is_the_best_checkpoint_exported_at_registration(
     # --resume-from models:/NAME@ALIAS fetches the checkpoint the version was registered from (best.pt)
     clone = project / "clone"
     shutil.copytree(project / "data/prepared", clone / "data/prepared")
-    fetch(project_params(clone, registry__tracking_uri=uri), "models:/best-test@champion")
+    fetch(project_params(clone, tracking__uri=uri), "models:/best-test@champion")
     fetched = torch.load(clone / "models/checkpoint.pt", weights_only=True)
     assert fetched["step"] == best["step"] and fetched["best_metric"] == "kid"
     assert (clone / "models/checkpoint.pt").read_bytes() == (project / "models/best.pt").read_bytes()

@@ -44,8 +44,8 @@ def letters(tmp_path_factory, standin_torch_home):
         train__steps=2,
         train__sample_every=2,
         train__standing_stats=1,
-        registry__tracking_uri=uri,
-        registry__artifact_location=str(root / "artifacts"),
+        tracking__uri=uri,
+        tracking__artifact_location=str(root / "artifacts"),
         registry__model_name=MODEL,
         **ev,
     )

@@ -55,8 +55,8 @@ def test_tracked_run_with_in_training_evaluation_logs_no_model_config_warning(
         train__eval_every=2,  # a model at step 2 (the first best), another at step 4 (best or final)
         train__eval_samples=20,
         train__sample_every=100,
-        registry__tracking_uri=f"sqlite:///{project}/mlflow.db",
-        registry__artifact_location=str(project / "artifacts"),
+        tracking__uri=f"sqlite:///{project}/mlflow.db",
+        tracking__artifact_location=str(project / "artifacts"),
         **ev,
     )
     records = _Records()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration  # three trainings and an MLflow store
 
 def test_resume_from_a_run_continues_bit_exactly_in_an_empty_clone(tmp_path, prepared_demo, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracked = {"registry__tracking_uri": uri, "registry__artifact_location": str(tmp_path / "artifacts")}
+    tracked = {"tracking__uri": uri, "tracking__artifact_location": str(tmp_path / "artifacts")}
     extra = {"train__steps": 6, "train__checkpoint_every": 100, "train__ema_start": 2, "data__hflip": True}
     extra |= {"train__sample_every": 100}
     ref, first, clone = tmp_path / "ref", tmp_path / "first", tmp_path / "clone"
