@@ -130,13 +130,10 @@ class Trainer:
         self._own_ema_stats()
         out, g, step = Path(self.cfg.samples_dir), self.state.G_ema.module, self.state.step
         size = max(64, self.cfg.batch_size)  # a chunk at a time: every class can be many images
+        zs = z.split(size)
+        ys = [None] * len(zs) if y is None else y.split(size)
         with torch.no_grad(), self._autocast():
-            images = torch.cat(
-                [
-                    g(z[i : i + size], None if y is None else y[i : i + size]).float()
-                    for i in range(0, len(z), size)
-                ]
-            )
+            images = torch.cat([g(zc, yc).float() for zc, yc in zip(zs, ys)])
         grid = out / f"step_{step:06d}.png"
         if y is None:
             vis.save_grid(images, grid, nrow)
