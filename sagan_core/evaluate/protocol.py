@@ -142,11 +142,10 @@ def score_generator(
     device = device or resolve_device(ev.device, "eval.device")
     weights = inc.resolve_weights(ev.inception_weights)
     weights_sha = inc.file_sha256(weights)
-    official = inc.is_official(weights_sha)
     net = inc.load_net(weights, ev.dims, True, device)
     ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
     # every evaluation warns (each record is read alone), after the checks: a failure stays one line
-    if not official:
+    if not (official := inc.is_official(weights_sha)):
         log.warning(inc.unofficial_warning(weights))
     is_acc = ISAccumulator(ev.num_samples)
     batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
@@ -158,8 +157,7 @@ def score_generator(
     fid, fid_method = frechet_with_method(gen, ref)
     fid_seconds = time.perf_counter() - t0
     is_mean, is_std = is_acc.result()
-    kid_mean = kid_std = None
-    fidelity: dict[str, float | None] = dict.fromkeys(PRDC_KEYS)
+    kid_mean, kid_std, fidelity = None, None, dict.fromkeys(PRDC_KEYS)  # None: not computed
     if ref.features is not None:
         kid_mean, kid_std = kid(gen.features, ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
         if min(len(gen.features), len(ref.features)) > PRDC_K:
