@@ -37,32 +37,18 @@ def rendezvous_args(params: Params) -> list[str]:
     """One machine: torchrun's --standalone. Several: c10d rendezvous at train.rdzv_endpoint, the
     same arguments on every node (torchrun assigns node ranks; rank 0 is wherever it puts it)."""
     t = params.train
+    procs = f"--nproc_per_node={t.nproc_per_node}"
     if t.nnodes == 1:
-        return ["--standalone", f"--nproc_per_node={t.nproc_per_node}"]
-    return [
-        f"--nnodes={t.nnodes}",
-        f"--nproc_per_node={t.nproc_per_node}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={t.rdzv_endpoint}",
-        f"--rdzv-id={t.rdzv_id}",
-        "--max-restarts=0",  # a lost node ends the run; `sagan train --resume` continues it
-    ]
+        return ["--standalone", procs]
+    rdzv = ["--rdzv-backend=c10d", f"--rdzv-endpoint={t.rdzv_endpoint}", f"--rdzv-id={t.rdzv_id}"]
+    # --max-restarts=0: a lost node ends the run; `sagan train --resume` continues it
+    return [f"--nnodes={t.nnodes}", procs, *rdzv, "--max-restarts=0"]
 
 
 def torchrun_command(params_file: Path, params: Params, resume: bool, quiet: bool) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *rendezvous_args(params),
-        "-m",
-        "pipelines.cli",
-        "train",
-        "--params",
-        str(params_file),
-        *(["--resume"] if resume else []),
-        *(["--quiet"] if quiet else []),
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(params)]
+    flags = ["--resume"] * resume + ["--quiet"] * quiet
+    return [*torchrun, "-m", "pipelines.cli", "train", "--params", str(params_file), *flags]
 
 
 # torch's C++ log lines ("[W1202 00:50:03.572 TCPStore.cpp:138] ...") and the C++ stack that follows

@@ -55,18 +55,9 @@ def build_app() -> typer.Typer:
     for command in (c.prepare, c.train, c.evaluate, c.fid, c.register, c.sample):
         app.command()(command)
     flow = {"run": pipeline.run, "serve": pipeline.serve, "deploy": pipeline.deploy}
-    for name, helps, group in (
-        (
-            "pipeline",
-            "The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule.",
-            flow,
-        ),
-        (
-            "models",
-            "The registered versions: list them, promote one, roll the champion back.",
-            models.COMMANDS,
-        ),
-    ):
+    flow_help = "The Prefect flow: prepare -> train -> evaluate -> register, once or on a schedule."
+    models_help = "The registered versions: list them, promote one, roll the champion back."
+    for name, helps, group in (("pipeline", flow_help, flow), ("models", models_help, models.COMMANDS)):
         sub = typer.Typer(name=name, help=helps, no_args_is_help=True)
         for verb, command in group.items():
             sub.command(verb)(command)

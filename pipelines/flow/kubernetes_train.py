@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,10 @@ from sagan_core.atomic import copy_atomic
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError, SaganError
 
-PORT = 29400  # torchrun's usual c10d port
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
-# Runs in each pod: "$@" are `sagan train`'s own arguments (a list, never parsed by the shell).
-SCRIPT = (
-    "set -eu; "
-    'git clone --quiet --depth 1 --branch "$SAGAN_REVISION" "$SAGAN_REPOSITORY" . ; '
-    "dvc pull prepare; "
-    'exec sagan train "$@"'
-)
+# The one definition of the Service and Job (deploy/k8s/train-multinode.yaml links to it): render fills it in.
+TEMPLATE = files("pipelines.flow").joinpath("train-multinode.yaml")
+PORT = next(yaml.safe_load_all(TEMPLATE.read_text()))["spec"]["ports"][0]["port"]
 # Keys the manifests set themselves (or only the flow reads): never passed to the pods.
 _NOT_PASSED = {f"train.{k}" for k in ("launcher", "nnodes", "nproc_per_node", "rdzv_endpoint", "rdzv_id")}
 
@@ -53,54 +49,34 @@ def render(
     overrides: list[str] | None = None,
     resume_from: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The Service and the Indexed Job (deploy/k8s/train-multinode.yaml is an output)."""
+    """The Service and the Indexed Job: the template filled with these values."""
     if not _DNS_LABEL.match(name):
         raise ConfigError(f"name: expected a DNS label (a-z, 0-9, -; at most 52 characters), got {name!r}")
     if not image or not repository:
         raise ConfigError("image and repository are required (the pods pull the project from git)")
     if nnodes < 1 or nproc_per_node < 1:
         raise ConfigError(f"nnodes and nproc_per_node: expected >= 1, got {nnodes}, {nproc_per_node}")
-    labels = {"app.kubernetes.io/name": "sagan", "sagan/job": name}
+    service, job = yaml.safe_load_all(TEMPLATE.read_text())
+    pod = job["spec"]["template"]["spec"]
+    for obj in (service, job, job["spec"]["template"]):
+        obj["metadata"]["labels"]["sagan/job"] = name
+    service["metadata"]["name"] = job["metadata"]["name"] = pod["subdomain"] = name
+    service["spec"]["selector"]["sagan/job"] = name
+    job["spec"]["completions"] = job["spec"]["parallelism"] = nnodes
     sets = [f"train.nnodes={nnodes}", f"train.nproc_per_node={nproc_per_node}"]
     sets += [f"train.rdzv_endpoint={name}-0.{name}:{PORT}", f"train.rdzv_id={name}"]
     sets += ["train.launcher=local", *(overrides or [])]  # each pod trains here, as one node
     args = [a for s in sets for a in ("--set", s)] + (["--resume-from", resume_from] if resume_from else [])
+    (container,) = pod["containers"]
+    container["image"], container["args"] = image, [*args, "--quiet"]
+    container["env"] = [
+        {"name": "SAGAN_REPOSITORY", "value": repository},
+        {"name": "SAGAN_REVISION", "value": revision},
+    ]
+    container["envFrom"][0]["secretRef"]["name"] = secret
     gpus = {"nvidia.com/gpu": nproc_per_node}
-    container = {
-        "name": "sagan",
-        "image": image,
-        "command": ["bash", "-c", SCRIPT, "sagan-train"],
-        "args": [*args, "--quiet"],
-        "workingDir": "/work/project",
-        "env": [
-            {"name": "SAGAN_REPOSITORY", "value": repository},
-            {"name": "SAGAN_REVISION", "value": revision},
-        ],
-        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
-        "ports": [{"name": "rdzv", "containerPort": PORT}],
-        "resources": {"limits": dict(gpus), "requests": dict(gpus)},
-        "volumeMounts": [
-            {"name": "project", "mountPath": "/work/project"},
-            {"name": "shm", "mountPath": "/dev/shm"},
-        ],
-    }
-    service_spec = {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {"sagan/job": name}}
-    service_spec["ports"] = [{"name": "rdzv", "port": PORT, "targetPort": PORT}]
-    pod = {
-        "subdomain": name,  # pod i is <name>-i.<name>: pod 0 hosts the rendezvous
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": [
-            {"name": "project", "emptyDir": {}},
-            {"name": "shm", "emptyDir": {"medium": "Memory"}},  # NCCL's shared memory
-        ],
-    }
-    job_spec = {"completionMode": "Indexed", "completions": nnodes, "parallelism": nnodes}
-    job_spec["backoffLimit"] = 0  # a lost node ends the run; a new Job resumes (docs/scale-out.md)
-    job_spec["template"] = {"metadata": {"labels": dict(labels)}, "spec": pod}
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": dict(labels)}}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": dict(labels)}}
-    return [service | {"spec": service_spec}, job | {"spec": job_spec}]
+    container["resources"] = {"limits": gpus, "requests": dict(gpus)}
+    return [service, job]
 
 
 def job_outcome(job: dict[str, Any]) -> str | None:
@@ -213,14 +189,8 @@ def submit(params: Params, resume_from: str | None, log: Callable[[str], None]) 
         overrides=overrides,
         resume_from=resume_from,
     )
-    _kubectl(
-        "apply",
-        "--namespace",
-        t.k8s_namespace,
-        "-f",
-        "-",
-        stdin=yaml.safe_dump_all(manifests, sort_keys=False),
-    )
+    docs = yaml.safe_dump_all(manifests, sort_keys=False)
+    _kubectl("apply", "--namespace", t.k8s_namespace, "-f", "-", stdin=docs)
     log(
         f"submitted job {name} to namespace {t.k8s_namespace}: {t.nnodes} pods x {t.nproc_per_node} GPUs, "
         f"revision {rev}" + (f", resuming from {resume_from}" if resume_from else "")

@@ -11,7 +11,6 @@ import getpass
 import os
 from typing import Any
 
-from pipelines.lock import promotion_lock
 from pipelines.registry.compare import score_under, version_protocol
 from pipelines.registry.promotion import (
     AT,
@@ -22,6 +21,7 @@ from pipelines.registry.promotion import (
     REPLACED,
     alias_version,
     crown,
+    decision_lock,
     error_code,
     now_utc,
     record_promotion,
@@ -29,7 +29,7 @@ from pipelines.registry.promotion import (
     same_version,
     tag_version,
 )
-from pipelines.tracking.store import call, connect, redact, tracking_uri
+from pipelines.tracking.store import call, connect
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.evaluate.identity import protocol_id
@@ -113,12 +113,6 @@ def table(rows: list[dict[str, Any]], width: int = 60) -> str:
     return "\n".join(fmt.format(*row) for row in [head, *lines])
 
 
-def _decision_lock(params: Params):
-    # People decide from the CLI, outside Prefect: the register's file lock, so they take turns
-    # with this machine's registers (another machine's register is not excluded).
-    return promotion_lock(redact(tracking_uri(params)), params.registry.model_name)
-
-
 def _version(client, name: str, version: int):
     from mlflow.exceptions import MlflowException
 
@@ -149,7 +143,7 @@ def promote(params: Params, version: int, reason: str | None) -> str:
         comparison = f"FID {mine:.4g} against champion v{champion.version}'s {theirs:.4g} under protocol {protocol_id(target)}"
     who, why = person(), reason or "no reason given"
     extra = {"comparison": comparison} if comparison else {}
-    with _decision_lock(params):
+    with decision_lock(params):
         record_promotion(client, name, mv.version, why, who, champion, **extra)
     return f"{name} v{version} is the champion, promoted by {who}: {why}" + (
         f" ({comparison})" if comparison else ""
@@ -160,7 +154,7 @@ def rollback(params: Params, reason: str | None) -> str:
     """The champion back to the version it replaced; returns what was done."""
     client, name, _ = _model(params)
     who = person()
-    with _decision_lock(params):
+    with decision_lock(params):
         champion = alias_version(client, name, CHAMPION)
         if champion is None:
             raise ConfigError(f"{name} has no champion to roll back")
@@ -175,18 +169,11 @@ def rollback(params: Params, reason: str | None) -> str:
         crown(client, name, previous.version)
         at = now_utc()
         # `promotion.replaced` of the restored version is kept: a second rollback goes further back
-        again = f"champion again: v{champion.version} rolled back by {who}: {why}"
-        tag_version(client, name, previous.version, {DECISION: CHAMPION, REASON: again, BY: who, AT: at})
-        undone = f"rolled back by {who}: {why}"
-        tag_version(
-            client, name, champion.version, {DECISION: "rolled back", REASON: undone, BY: who, AT: at}
-        )
-        restate(
-            client,
-            name,
-            previous.version,
-            CHAMPION,
-            f"again: v{champion.version} rolled back ({who}, {at}: {why})",
-        )
-        restate(client, name, champion.version, "rolled back", f"by {who}, {at}: {why}")
+        for version, decision, note, card in (
+            (previous.version, CHAMPION, f"champion again: v{champion.version} rolled back by {who}: {why}",
+             f"again: v{champion.version} rolled back ({who}, {at}: {why})"),
+            (champion.version, "rolled back", f"rolled back by {who}: {why}", f"by {who}, {at}: {why}"),
+        ):  # fmt: skip
+            tag_version(client, name, version, {DECISION: decision, REASON: note, BY: who, AT: at})
+            restate(client, name, version, decision, card)
     return f"{name}: champion v{champion.version} rolled back to v{previous.version} ({why})"

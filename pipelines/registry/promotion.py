@@ -91,10 +91,15 @@ def current_standing(client, name: str, mv) -> tuple[str, str]:
     return ("replaced" if recorded == CHAMPION else recorded), f"{reason} (decided before; kept)"
 
 
+def decision_lock(params: Params):
+    """The register's and people's (`sagan models`) alias decisions on this model take turns."""
+    return promotion_lock(redact(tracking_uri(params)), params.registry.model_name)
+
+
 def gate(client, params: Params, name: str, mv) -> tuple[str, str]:
     """The FID gate for a new version `mv`: (decision, reason), aliases and tags set."""
     why_not = _score_champion(client, params, name, mv)
-    with promotion_lock(redact(tracking_uri(params)), name):
+    with decision_lock(params):
         return _promote(client, name, mv, params.registry.min_improvement, why_not)
 
 

@@ -121,33 +121,6 @@ def sample_uint8(g, n: int, batch_size: int, seed: int, device: torch.device):
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
 
-def _scores(ev, gen: Stats, ref: Stats, is_acc: ISAccumulator, device=None) -> tuple[dict[str, Any], float]:
-    t0 = time.perf_counter()
-    fid, fid_method = frechet_with_method(gen, ref)
-    fid_seconds = time.perf_counter() - t0
-    is_mean, is_std = is_acc.result()
-    kid_mean = kid_std = None
-    fidelity: dict[str, float | None] = dict.fromkeys(PRDC_KEYS)
-    if ref.features is not None:
-        kid_mean, kid_std = kid(gen.features, ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
-        if min(len(gen.features), len(ref.features)) > PRDC_K:
-            fidelity = prdc(ref.features, gen.features, device=device or "cpu")
-    else:
-        log.warning(
-            "%s has no features: KID, precision, recall, density, coverage not computed", ev.reference_split
-        )
-    scores = {
-        "fid": fid,
-        "fid_method": fid_method,
-        "is_mean": is_mean,
-        "is_std": is_std,
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        **fidelity,
-    }
-    return scores, fid_seconds
-
-
 def evaluate(params, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Writes eval.metrics_file (the numbers) and eval.record_file (everything); the record."""
     ckpt = Path(checkpoint) if checkpoint else params.train.checkpoint
@@ -169,11 +142,10 @@ def score_generator(
     device = device or resolve_device(ev.device, "eval.device")
     weights = inc.resolve_weights(ev.inception_weights)
     weights_sha = inc.file_sha256(weights)
-    official = inc.is_official(weights_sha)
     net = inc.load_net(weights, ev.dims, True, device)
     ref, ref_info = reference_stats(params, net, weights_sha, device, progress)
     # every evaluation warns (each record is read alone), after the checks: a failure stays one line
-    if not official:
+    if not (official := inc.is_official(weights_sha)):
         log.warning(inc.unofficial_warning(weights))
     is_acc = ISAccumulator(ev.num_samples)
     batches = sample_uint8(g, ev.num_samples, ev.batch_size, ev.seed, device)
@@ -181,9 +153,22 @@ def score_generator(
     gen, seconds, n = features_pass(
         net, batches, n_batches, device, keep_features=True, is_acc=is_acc, progress=progress, desc="samples"
     )
-    scores, fid_seconds = _scores(ev, gen, ref, is_acc, device)
+    t0 = time.perf_counter()
+    fid, fid_method = frechet_with_method(gen, ref)
+    fid_seconds = time.perf_counter() - t0
+    is_mean, is_std = is_acc.result()
+    kid_mean, kid_std, fidelity = None, None, dict.fromkeys(PRDC_KEYS)  # None: not computed
+    if ref.features is not None:
+        kid_mean, kid_std = kid(gen.features, ref.features, ev.kid_subsets, ev.kid_subset_size, ev.seed)
+        if min(len(gen.features), len(ref.features)) > PRDC_K:
+            fidelity = prdc(ref.features, gen.features, device=device)
+    else:
+        log.warning(
+            "%s has no features: KID, precision, recall, density, coverage not computed", ev.reference_split
+        )
     return {  # eval.record.json, scores first (for people reading it)
-        **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", *PRDC_KEYS)},
+        **{"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": kid_mean, "kid_std": kid_std},
+        **fidelity,
         "prdc_k": PRDC_K,
         "num_samples": n,
         "reference_split": ev.reference_split,
@@ -199,7 +184,7 @@ def score_generator(
         "class_balanced": bool(g.spec.num_classes),
         "seed": ev.seed,
         "protocol": PROTOCOL,
-        "fid_method": scores["fid_method"],
+        "fid_method": fid_method,
         "timing": {
             "device": str(device),
             "samples_seconds": seconds,

@@ -140,13 +140,7 @@ class GBlock(nn.Module):
     runs before the nearest upsampling: they commute exactly, at 4x fewer FLOPs."""
 
     def __init__(
-        self,
-        cin: int,
-        cout: int,
-        num_classes: int,
-        sn_eps: float = 1e-6,
-        bn_eps: float = 1e-5,
-        cbn_init: str = "orthogonal",
+        self, cin: int, cout: int, num_classes: int, sn_eps=1e-6, bn_eps=1e-5, cbn_init="orthogonal"
     ):
         super().__init__()
         self.bn1 = ConditionalBatchNorm(cin, num_classes, bn_eps, cbn_init)

@@ -26,6 +26,7 @@ PAGE_HEIGHT = 2560  # px: a page of rows stays readable without scrolling past s
 PREVIEW_ROWS, PREVIEW_COLS = 3, 8  # the preview: a few rows (classes spread over all) for model cards
 LABEL_CHARS = 16  # a longer class name is cut with "…" in a row label
 PAD = 2  # make_grid's padding
+ATTENTION_IMAGES = 3  # rows of the attention figure
 
 
 def class_label(k: int, names: list[str] | None) -> str:
@@ -113,25 +114,20 @@ def save_class_grids(
 
 
 @torch.no_grad()
-def attention_figure(
-    g: Generator,
-    z: torch.Tensor,
-    y: torch.Tensor | None,
-    path: str | Path,
-    n_images: int = 3,
-    names: list[str] | None = None,
-):
+def attention_figure(g: Generator, z: torch.Tensor, y: torch.Tensor | None, path: str | Path, names=None):
     """Per sample: where the last attention layer looks from a few query pixels (heat maps)."""
     blocks = attention_blocks(g)
     if not blocks:
         return None
     attn = blocks[-1]
-    pick = torch.linspace(0, len(z) - 1, n_images, device=z.device).long()  # rows from different classes
+    pick = torch.linspace(
+        0, len(z) - 1, ATTENTION_IMAGES, device=z.device
+    ).long()  # rows from different classes
     z, y = z[pick], None if y is None else y[pick]
     attn.keep_attention = True
     try:
         images = g(z, y).float().cpu()
-        maps = attn.last_attention[:n_images].cpu()  # B, h, w, h/2, w/2
+        maps = attn.last_attention[:ATTENTION_IMAGES].cpu()  # B, h, w, h/2, w/2
     finally:
         attn.keep_attention, attn.last_attention = False, None
     b, h, w = maps.shape[:3]
@@ -145,13 +141,12 @@ def attention_figure(
         axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
         if y is not None:
             axes[i, 0].set_title(class_label(int(y[i]), names), fontsize=8)
-        for (qy, qx), c in zip(queries, colours):
-            axes[i, 0].scatter([(qx + 0.5) * res / w], [(qy + 0.5) * res / h], s=30, c=c, edgecolors="black")
         for j, ((qy, qx), c) in enumerate(zip(queries, colours), start=1):
             heat = F.interpolate(maps[i, qy, qx][None, None], size=(res, res), mode="bilinear")[0, 0]
             axes[i, j].imshow(img, cmap=cmap, vmin=0, vmax=1)
             axes[i, j].imshow(heat.numpy(), cmap="inferno", alpha=0.6)
-            axes[i, j].scatter([(qx + 0.5) * res / w], [(qy + 0.5) * res / h], s=30, c=c, edgecolors="black")
+            for ax in (axes[i, 0], axes[i, j]):  # the query pixel, on the sample and on its map
+                ax.scatter([(qx + 0.5) * res / w], [(qy + 0.5) * res / h], s=30, c=c, edgecolors="black")
     for ax in axes.flat:
         ax.set_axis_off()
     gammas = ", ".join(f"{blk.gamma.item():.3f}" for blk in blocks)

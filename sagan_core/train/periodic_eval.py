@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,13 +92,12 @@ class PeriodicEval(Callback):
             ckpt = state() | {"best_metric": self.metric, "best_value": value}
             ckpt_io.save_atomic(ckpt, self.path)
         self.seconds += time.perf_counter() - t0
+        best = f"  (best {self.metric} so far: {self.path})" if self.improved else ""
         log.info(
             "step %d: KID %.5f ± %.5f  FID %.3f%s",
             step,
-            scores["kid"],
-            scores["kid_std"],
-            scores["fid"],
-            f"  (best {self.metric} so far: {Path(self.path)})" if self.improved else "",
+            *(scores[k] for k in ("kid", "kid_std", "fid")),
+            best,
         )
         return scores
 

@@ -24,26 +24,10 @@ from sagan_core.data.dataset import BatchLoader, open_prepared
 from sagan_core.device import resolve_device
 from sagan_core.errors import ConfigError, SaganError
 from sagan_core.model import checkpoint as ckpt_io
+from sagan_core.model import visualize as vis
 from sagan_core.model.networks import attention_blocks, build_models, model_spec
-from sagan_core.model.visualize import (
-    attention_figure,
-    fixed_inputs,
-    page_path,
-    save_class_grids,
-    save_grid,
-    save_preview,
-)
-from sagan_core.train import diffaug, fingerprint, precision, resume, standing_stats
-from sagan_core.train.distributed import (
-    DistInfo,
-    any_rank,
-    broadcast_buffers,
-    check_same_data,
-    cleanup,
-    init_distributed,
-    lost_peers,
-    share_newest,
-)
+from sagan_core.train import diffaug, distributed, fingerprint, precision, resume, standing_stats
+from sagan_core.train.distributed import DistInfo
 from sagan_core.train.losses import d_hinge, g_hinge, lecam, lecam_anchors
 from sagan_core.train.periodic_eval import PeriodicEval
 from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
@@ -64,7 +48,7 @@ class Trainer:
         self.hooks: list[Callback] = self.callbacks  # during fit: + the metrics CSV and console progress
         cfg = self.cfg
         probe = resolve_device(cfg.device, "train.device")  # decides the process-group backend
-        self.dist: DistInfo = init_distributed(probe.type, cfg.dist_timeout_s)
+        self.dist: DistInfo = distributed.init_distributed(probe.type, cfg.dist_timeout_s)
         self.device = resolve_device(cfg.device, "train.device", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -79,7 +63,8 @@ class Trainer:
             )
         self.class_names = list(data.manifest.get("class_names", []))
         self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
-        check_same_data(self.content_hash, self.device)  # several nodes: all train on rank 0's data
+        # several nodes: all train on rank 0's data
+        distributed.check_same_data(self.content_hash, self.device)
         self.spec = spec = model_spec(params, data.num_classes)
         rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
         loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
@@ -116,8 +101,8 @@ class Trainer:
         s = self.state
         self._check_finite(weights=True)
         if self.dist.enabled:
-            broadcast_buffers(s.G)
-            broadcast_buffers(s.D)
+            distributed.broadcast_buffers(s.G)
+            distributed.broadcast_buffers(s.D)
         if self.dist.is_main:
             self._own_ema_stats()
             ckpt_io.save_atomic(ckpt := self.checkpoint(), self.ckpt_path)
@@ -129,7 +114,7 @@ class Trainer:
         bad = [k for k, v in (losses or {}).items() if not math.isfinite(v)]
         if weights and not bad:
             bad = self.state.nonfinite()  # weights and optimizer moments
-        if any_rank(bool(bad), self.device):
+        if distributed.any_rank(bool(bad), self.device):
             kept = (
                 f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
                 if self.last_good_step is not None
@@ -145,28 +130,25 @@ class Trainer:
         self._own_ema_stats()
         out, g, step = Path(self.cfg.samples_dir), self.state.G_ema.module, self.state.step
         size = max(64, self.cfg.batch_size)  # a chunk at a time: every class can be many images
+        zs = z.split(size)
+        ys = [None] * len(zs) if y is None else y.split(size)
         with torch.no_grad(), self._autocast():
-            images = torch.cat(
-                [
-                    g(z[i : i + size], None if y is None else y[i : i + size]).float()
-                    for i in range(0, len(z), size)
-                ]
-            )
+            images = torch.cat([g(zc, yc).float() for zc, yc in zip(zs, ys)])
         grid = out / f"step_{step:06d}.png"
         if y is None:
-            save_grid(images, grid, nrow)
+            vis.save_grid(images, grid, nrow)
             pages = [grid]
         else:
-            pages = save_class_grids(images, y, nrow, grid, self.class_names)
+            pages = vis.save_class_grids(images, y, nrow, grid, self.class_names)
         for k, page in enumerate(pages, start=1):  # the MLflow series: samples, samples_p2, ...
-            page_path(self.cfg.latest_samples, k).write_bytes(page.read_bytes())
+            vis.page_path(self.cfg.latest_samples, k).write_bytes(page.read_bytes())
             self._emit("on_image", step, "samples" if k == 1 else f"samples_p{k}", page)
-        page_path(self.cfg.latest_samples, len(pages) + 1).unlink(missing_ok=True)  # fewer classes now
-        preview = save_preview(
+        vis.page_path(self.cfg.latest_samples, len(pages) + 1).unlink(missing_ok=True)  # fewer classes now
+        preview = vis.save_preview(
             images, y, nrow, self.cfg.latest_samples.with_name("preview.png"), self.class_names
         )
         self._emit("on_image", step, "preview", preview)  # the model card's picture
-        fig = attention_figure(g, z, y, out / f"attention_step_{step:06d}.png", names=self.class_names)
+        fig = vis.attention_figure(g, z, y, out / f"attention_step_{step:06d}.png", names=self.class_names)
         if fig is not None:
             copy_atomic(fig, self.cfg.latest_attention)
             self._emit("on_image", step, "attention", Path(fig))
@@ -273,7 +255,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, main, s = self.cfg, self.dist.is_main, self.state
         if resume:
-            share_newest(self.ckpt_path, ckpt_io.step_of, self.device)  # nodes without a shared disk
+            # nodes without a shared disk
+            distributed.share_newest(self.ckpt_path, ckpt_io.step_of, self.device)
             self._resume()
         if s.step >= cfg.steps:
             log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", s.step, cfg.steps)
@@ -283,7 +266,7 @@ class Trainer:
         s.D.train()
         gammas = {f"gamma_g{i}": blk.gamma for i, blk in enumerate(attention_blocks(s.G))}
         gammas |= {f"gamma_d{i}": blk.gamma for i, blk in enumerate(attention_blocks(s.D))}
-        fixed = fixed_inputs(self.spec.z_dim, self.spec.num_classes)
+        fixed = vis.fixed_inputs(self.spec.z_dim, self.spec.num_classes)
         fields = ["step", "loss_d", "loss_g", "d_real", "d_fake", *gammas, "lr_g", "lr_d", "img_per_s"]
         fields += ["kid", "kid_std", "fid"] if cfg.eval_every else []
         csv_log = MetricsCSV(cfg.metrics_file, fields) if main else None
@@ -370,7 +353,7 @@ class Trainer:
 
 def train(params: Params, resume: bool = False, callbacks=(), progress: bool = True) -> dict[str, Any]:
     try:
-        with lost_peers():  # a node or rank gone: one line, not a backend traceback
+        with distributed.lost_peers():  # a node or rank gone: one line, not a backend traceback
             return Trainer(params, callbacks, progress).fit(resume)
     finally:
-        cleanup()
+        distributed.cleanup()
