@@ -1,8 +1,7 @@
 """`data.source` -> a Source, an ordered list of items: `demo` (the bundled MNIST test set), an
 image folder (`root/<class>/**` labelled, flat unlabelled, `root/<split>/<class>/**` merged), an
 archive of one (archives.py), or `torchvision:NAME[:SPLIT]`. Order is independent of the
-filesystem: classes and paths sorted, labels index the sorted class names.
-"""
+filesystem: classes and paths sorted, labels index the sorted class names."""
 
 from __future__ import annotations
 
@@ -74,21 +73,14 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def demo_source() -> Source:
-    images = _read_idx(DEMO_DIR / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(DEMO_DIR / "t10k-labels-idx1-ubyte.gz")
-    items = [(i, int(lab)) for i, lab in enumerate(labels)]
-    return Source("demo (MNIST test set)", [str(i) for i in range(10)], items, arrays=images)
-
-
 def _visible(name: str) -> bool:
     return not name.startswith(".") and name not in SKIPPED_DIRS
 
 
-def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
+def _files_under(root: Path) -> tuple[list[str], int]:
     """Sorted image paths under `d` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
     found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(d):
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [n for n in dirnames if _visible(n)]
         for n in filenames:
             if not _visible(n):
@@ -114,13 +106,6 @@ def _layout(src: Source, files: list[str]) -> Source:
     # Images beside the class folders have no class: listed as rejected rather than silently lost.
     src.rejected = [{"file": f, "reason": "not inside a class folder"} for f in files if "/" not in f]
     return src
-
-
-def folder_source(root: Path, name: str | None = None) -> Source:
-    check_folder(root, name)  # nothing DVC would block on (safe_folder.py)
-    root = root.resolve()
-    files, ignored = _files_under(root, root)
-    return _layout(Source(name or str(root), [], [], root=root, ignored=ignored), files)
 
 
 def _strip_single_folder(names: list[str]) -> str:
@@ -192,12 +177,18 @@ def torchvision_source(spec: str) -> Source:
 
 def open_source(spec: str) -> Source:
     if spec == "demo":
-        return demo_source()
+        labels = _read_idx(DEMO_DIR / "t10k-labels-idx1-ubyte.gz")
+        items = [(i, int(lab)) for i, lab in enumerate(labels)]
+        images = _read_idx(DEMO_DIR / "t10k-images-idx3-ubyte.gz")
+        return Source("demo (MNIST test set)", [str(i) for i in range(10)], items, arrays=images)
     if spec.startswith("torchvision:"):
         return torchvision_source(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return folder_source(path, name=spec)
+        check_folder(path, spec)  # nothing DVC would block on (safe_folder.py)
+        root = path.resolve()
+        files, ignored = _files_under(root)
+        return _layout(Source(spec, [], [], root=root, ignored=ignored), files)
     if path.is_file() and is_archive(path):
         return archive_source(path, spec)
     if path.exists():
