@@ -168,14 +168,11 @@ def read_batches(
     size = 0
     for data in read_members(archive, names, max_pixels, links):
         n = len(data) if isinstance(data, bytes) else 0
-        if batch and size + n > CHUNK_BYTES:
+        if batch and (size + n > CHUNK_BYTES or len(batch) == chunk):
             yield batch
             batch, size = [], 0
         batch.append(data)
         size += n
-        if len(batch) == chunk:
-            yield batch
-            batch, size = [], 0
     if batch:
         yield batch
 

@@ -48,9 +48,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    target = "L" if channels == 1 else "RGB"
     try:
-        return img.convert(target)
+        return img.convert("L" if channels == 1 else "RGB")
     except (ValueError, OSError):
         raise Rejected(f"unsupported mode: {img.mode}") from None
 
@@ -110,8 +109,7 @@ def _check_file(source: Source, key: Any) -> None:
 
 def _open(source: Source, key: Any) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
             return source.open(key)
     except UnidentifiedImageError:
         raise Rejected(f"not an image: none of {', '.join(RASTER_FORMATS)}") from None

@@ -43,8 +43,7 @@ def in_order(
     flight: `imap`/`Executor.map` submit every item at once, so results pile up in memory while the
     consumer is slower. A worker that dies is a SaganError naming its file, `name(chunk, index)`.
     forkserver, not fork: the Prefect flow runs prepare next to its threads, and forking a threaded
-    process can deadlock. An executor, not Pool: Pool leaves a dead worker's task waiting forever.
-    One worker: no pool, in this process."""
+    process can deadlock. An executor, not Pool: Pool leaves a dead worker's task waiting forever."""
     if workers <= 1:
         if init is not None:
             init(*initargs)

@@ -66,8 +66,7 @@ class Source:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    raw = gzip.decompress(path.read_bytes())
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -78,7 +77,7 @@ def _visible(name: str) -> bool:
 
 
 def _files_under(root: Path) -> tuple[list[str], int]:
-    """Sorted image paths under `d` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
+    """Sorted image paths under `root` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [n for n in dirnames if _visible(n)]
@@ -132,15 +131,13 @@ def archive_source(archive: Path, name: str) -> Source:
     members = {n[len(prefix) :]: n for n in images}
     src = _layout(Source(name, [], [], archive=archive, ignored=len(visible) - len(images)), sorted(members))
     src.members, src.links = members, {n: links[n] for n in members.values() if n in links}
-    position = {key: i for i, (key, _) in enumerate(src.items)}
     rank = {n: i for i, n in enumerate(order)}
-    src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
+    src.read_order = sorted(range(len(src.items)), key=lambda i: rank[members[src.items[i][0]]])
     return src
 
 
 def torchvision_source(spec: str) -> Source:
-    _, _, rest = spec.partition(":")
-    name, _, split = rest.partition(":")
+    name, _, split = spec.removeprefix("torchvision:").partition(":")
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, name, None)
