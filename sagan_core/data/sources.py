@@ -113,12 +113,9 @@ def _strip_single_folder(names: list[str]) -> str:
     while True:
         rest = [n[len(prefix) :] for n in names]
         firsts = {r.split("/", 1)[0] for r in rest}
-        if len(firsts) != 1 or any("/" not in r for r in rest):
+        if len(firsts) != 1 or any("/" not in r for r in rest) or next(iter(firsts)).lower() in SPLIT_NAMES:
             return prefix
-        (first,) = firsts
-        if first.lower() in SPLIT_NAMES:
-            return prefix
-        prefix += first + "/"
+        prefix += firsts.pop() + "/"
 
 
 def archive_source(archive: Path, name: str) -> Source:
