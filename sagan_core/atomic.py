@@ -9,12 +9,14 @@ import io
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import psutil
 
 from sagan_core.errors import STORAGE_ERRNOS, WriteError
 
@@ -24,20 +26,10 @@ log = logging.getLogger("sagan")
 _STARTED = time.time()
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it (os.umask can only set it, for every thread)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):  # not Linux: set it and put it back
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
-
-
-def user_mode(directory: bool = False) -> int:
-    """The mode open()/mkdir() would give (mkstemp/mkdtemp give 0600/0700)."""
-    return (0o777 if directory else 0o666) & ~current_umask()
+def temp_name(path: Path) -> Path:
+    """`.<name>.<random>.tmp` beside `path`, created by the caller with O_EXCL/mkdir: the umask (and
+    a default ACL) then give the mode a plain open()/mkdir() would, where mkstemp/mkdtemp give 0600/0700."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
 class _Remembering(io.BufferedWriter):
@@ -45,24 +37,18 @@ class _Remembering(io.BufferedWriter):
 
     error: OSError | None = None
 
-    def write(self, data) -> int:
+    def _remember(self, op: Callable, *args: Any) -> Any:
         try:
-            return super().write(data)
+            return op(*args)
         except OSError as e:
             self.error = self.error or e
             raise
+
+    def write(self, data) -> int:
+        return self._remember(super().write, data)
 
     def flush(self) -> None:
-        try:
-            super().flush()
-        except OSError as e:
-            self.error = self.error or e
-            raise
-
-
-def _refused(e: OSError) -> bool:
-    """A write the disk refused, raised by a writer that bypasses the file object."""
-    return e.filename is None and e.errno in STORAGE_ERRNOS
+        self._remember(super().flush)
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -71,7 +57,8 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     kept = "the previous file is unchanged" if path.exists() else "nothing was written"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = temp_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
         raise WriteError(path, e, kept) from None
     f = _Remembering(io.FileIO(fd, "wb"))
@@ -79,15 +66,16 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         try:
             write(f)
         except Exception as e:
-            # An OSError of the caller's that is no write (a failed download) keeps its meaning.
-            cause = f.error or (e if isinstance(e, OSError) and _refused(e) else None)
+            # A write the disk refused, raised by a writer that bypasses the file object (no filename);
+            # an OSError of the caller's that is no write (a failed download) keeps its meaning.
+            refused = isinstance(e, OSError) and e.filename is None and e.errno in STORAGE_ERRNOS
+            cause = f.error or (e if refused else None)
             if cause is None:
                 raise
             raise WriteError(path, cause, kept) from None
         try:
             f.flush()
             os.fsync(fd)
-            os.fchmod(fd, user_mode())
             f.close()
             os.replace(tmp, path)
         except OSError as e:
@@ -95,7 +83,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         with contextlib.suppress(OSError):  # flushing into a full disk again fails; the temp goes
             f.close()
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     try:
         fsync_dir(path.parent)
@@ -132,19 +120,6 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def _open_elsewhere(paths: set[str]) -> set[str]:
-    held: set[str] = set()
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            for fd in fd_dir.iterdir():
-                target = os.readlink(fd)
-                if target in paths:
-                    held.add(target)
-        except OSError:  # processes come and go, and others' fds may be unreadable
-            continue
-    return held
-
-
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the temp files of interrupted writes in `folder`: older than this process and open in
     none (a concurrent writer's file is never pulled from under it); returns them."""
@@ -152,7 +127,10 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     old = [p for p in folder.glob(".?*.*.tmp") if p.is_file() and p.stat().st_mtime < _STARTED]
     if not old:
         return []
-    held = _open_elsewhere({str(p.resolve()) for p in old})
+    held: set[str] = set()
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):  # processes come and go; others' files may be hidden
+            held.update(f.path for f in proc.open_files())
     stale = [p for p in old if str(p.resolve()) not in held]
     for p in stale:
         p.unlink(missing_ok=True)

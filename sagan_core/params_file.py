@@ -80,15 +80,14 @@ _EXPECTED = {
     **dict.fromkeys(("dict_type", "model_type"), "a mapping of keys"),
     **{"finite_number": "a finite number", "string_type": "a string", "list_type": "a list"},
 }
+_PLAIN = {"extra_forbidden": "unknown key", "missing": "missing key"}
 _OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
 def _describe(err: dict[str, Any]) -> str:
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "missing key"
+    if kind in _PLAIN:
+        return _PLAIN[kind]
     if kind in _OPS:
         op = _OPS[kind]
         bound = next(iter(ctx.values()))
@@ -110,20 +109,15 @@ def _key(key: str, limit: int = 80) -> str:
     return key if key.isprintable() and len(key) <= limit else shown(key, limit)
 
 
-def one_line(e: ValidationError) -> str:
-    """The first error, naming its key path, plus how many more there are."""
-    err = e.errors()[0]
-    path = ".".join(_key(str(p), 60) for p in err["loc"])
-    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-    msg = _describe(err)
-    return f"{path}: {msg}{more}" if path else f"{msg}{more}"
-
-
 def validate(raw: dict[str, Any]) -> Params:
+    """Params, or one line: the first error naming its key path, plus how many more there are."""
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(one_line(e)) from None
+        err = e.errors()[0]
+        path = ".".join(_key(str(p), 60) for p in err["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError((f"{path}: " if path else "") + _describe(err) + more) from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -1,18 +1,14 @@
-"""Image archives (.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz, .zip), read safely and never extracted.
-
-Absolute paths, `..`, links leaving the archive, device files/FIFOs and zip members sharing bytes
-refuse the whole archive before anything is read. Members are then read front to back in one
-decompression pass and handed over as bytes, or as a `BadMember` (the rejection reason: unreadable,
-corrupt, or a decompression bomb by its declared size or its header's pixels, never read).
-A tar link is resolved from the listing and shares its target's kept payload (tarfile would rewind
-the archive: quadratic in a .tar.gz).
-Longer than 300 lines: the checks, link resolution and bounded reading share their limits.
-"""
+"""Image archives (.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz, .zip), read safely and never extracted:
+absolute paths, `..`, links leaving the archive, device files/FIFOs and zip members sharing bytes
+refuse the whole archive; members are read front to back in one pass, as bytes or a `BadMember`
+(unreadable, corrupt, or a decompression bomb by declared size or header pixels: never read).
+A tar link shares its target's kept payload (tarfile would rewind: quadratic in a .tar.gz)."""
 
 from __future__ import annotations
 
 import io
 import posixpath
+import shutil
 import stat
 import struct
 import tarfile
@@ -34,8 +30,7 @@ from sagan_core.errors import SaganError
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 # A member may declare at most BYTES_PER_PIXEL per allowed pixel (16-bit RGBA is 8, ASCII PPM ~12)
 # plus HEADROOM (EXIF, ICC, XMP, thumbnails); more cannot be a usable image and is never read.
-BYTES_PER_PIXEL = 16
-HEADROOM = 16 << 20
+BYTES_PER_PIXEL, HEADROOM = 16, 16 << 20
 HEADER_PEEK = 1 << 20  # larger members have their image header checked on this prefix first
 CHUNK_BYTES = 64 << 20  # the bytes of one batch handed to the decoders
 LINKED_BYTES = 256 << 20  # the bytes of link targets kept for links still to come
@@ -46,8 +41,7 @@ class BadMember:
     reason: str
 
 
-def max_member_bytes(pixels: int) -> int:
-    return BYTES_PER_PIXEL * pixels + HEADROOM
+_MISSING = BadMember("unreadable: link to a missing member")
 
 
 def is_archive(path: Path) -> bool:
@@ -63,8 +57,9 @@ def _safe_name(name: str, archive: Path) -> PurePosixPath:
     return p
 
 
-def _check_tar(tf: tarfile.TarFile, archive: Path) -> dict[str, str | BadMember]:
-    members = tf.getmembers()
+def _check_tar(members: list[tarfile.TarInfo], archive: Path) -> dict[str, str | BadMember]:
+    """Each link's name -> the regular file its chain ends at, or why not. Names match as tarfile
+    matches them: normalized, the last of that name, a hard link's among the members before it."""
     for m in members:
         p = _safe_name(m.name, archive)
         if m.issym() or m.islnk():
@@ -75,18 +70,6 @@ def _check_tar(tf: tarfile.TarFile, archive: Path) -> dict[str, str | BadMember]
                 raise SaganError(f"{archive}: refused: link {m.name!r} -> {m.linkname!r} leaves the archive")
         elif not (m.isfile() or m.isdir()):
             raise SaganError(f"{archive}: refused: member {m.name!r} is a device file or FIFO")
-    return _tar_links(members)
-
-
-_MISSING = BadMember("unreadable: link to a missing member")
-_LOOP = BadMember("unreadable: link loop")
-_DIRECTORY = BadMember("unreadable: link to a directory")
-_LATER = BadMember("unreadable: link to a member later in the archive")
-
-
-def _tar_links(members: list[tarfile.TarInfo]) -> dict[str, str | BadMember]:
-    """Each link's name -> the regular file its chain ends at, or why not. Names match as tarfile
-    matches them: normalized, the last of that name, a hard link's among the members before it."""
     seen: dict[str, int] = {}
     step: dict[int, int | None] = {}  # link position -> the position of the member it names
     for i, m in enumerate(members):
@@ -104,37 +87,33 @@ def _tar_links(members: list[tarfile.TarInfo]) -> dict[str, str | BadMember]:
         while j is not None and j in step and j not in end and j not in chain:
             chain[j] = None
             j = step[j]
-        found = _MISSING if j is None else end.get(j, _LOOP if j in chain else j)
+        loop = BadMember("unreadable: link loop")
+        found = _MISSING if j is None else end.get(j, loop if j in chain else j)
         end.update(dict.fromkeys(chain, found))
     links: dict[str, str | BadMember] = {}
     for i, found in end.items():
         if isinstance(found, int):
-            found = _DIRECTORY if members[found].isdir() else _LATER if found > i else members[found].name
+            why = "a directory" if members[found].isdir() else "a member later in the archive" * (found > i)
+            found = BadMember(f"unreadable: link to {why}") if why else members[found].name
         links[members[i].name] = found
     return links
-
-
-def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
-    for info in zf.infolist():
-        _safe_name(info.filename, archive)
-        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no file type
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise SaganError(f"{archive}: refused: member {info.filename!r} is a link or special file")
-    _check_zip_layout(zf, archive)
 
 
 # A local file header: signature, (version), flags, (method, time, date, CRC, sizes), name/extra lengths.
 _LOCAL_HEADER = struct.Struct("<4s2xH18xHH")
 
 
-def _check_zip_layout(zf: zipfile.ZipFile, archive: Path) -> None:
-    """Refuse a zip whose members share bytes (one deflate stream read as many: a 790 KB zip held 20
-    members of 797 MB each): CPython's check of 3.11.8/3.12.2 (CVE-2024-0450), which 3.11.7 lacks.
-    As there, each span (local header to end of data) must end where the next begins, and its local
-    header carry its central name; from the headers only. A missing header is left to zipfile."""
+def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
+    """Refuse links, special files, and members sharing bytes (one deflate stream read as many: a 790 KB
+    zip held 20 of 797 MB): CPython 3.11.8's check (CVE-2024-0450), which 3.11.7 lacks. Each span (local
+    header to end of data) ends where the next begins, its local header naming its member."""
     spans: list[tuple[int, int, str]] = []
     with open(archive, "rb") as f:
         for info in zf.infolist():
+            _safe_name(info.filename, archive)
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no file type
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                raise SaganError(f"{archive}: refused: member {info.filename!r} is a link or special file")
             f.seek(info.header_offset)
             head = f.read(_LOCAL_HEADER.size)
             if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
@@ -172,7 +151,7 @@ def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember
                 order = [i.filename for i in zf.infolist() if not i.is_dir()]
         else:
             with tarfile.open(archive) as tf:
-                links = _check_tar(tf, archive)
+                links = _check_tar(tf.getmembers(), archive)
                 order = [m.name for m in tf.getmembers() if m.isfile() or m.issym() or m.islnk()]
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise SaganError(f"{archive}: cannot read archive ({type(e).__name__}: {e})") from None
@@ -189,29 +168,23 @@ def read_batches(
     size = 0
     for data in read_members(archive, names, max_pixels, links):
         n = len(data) if isinstance(data, bytes) else 0
-        if batch and size + n > CHUNK_BYTES:
+        if batch and (size + n > CHUNK_BYTES or len(batch) == chunk):
             yield batch
             batch, size = [], 0
         batch.append(data)
         size += n
-        if len(batch) == chunk:
-            yield batch
-            batch, size = [], 0
     if batch:
         yield batch
 
 
 def read_members(
-    archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember] | None = None
+    archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember]
 ) -> Iterator[bytes | BadMember]:
     """One payload per name (in archive order): the bytes, or a BadMember; one pass front to back."""
     done = 0
     try:
-        if archive.name.lower().endswith(".zip"):
-            payloads = _zip_payloads(archive, names, max_pixels)
-        else:
-            payloads = _tar_payloads(archive, names, max_pixels, links or {})
-        for payload in payloads:
+        read = _zip_payloads if archive.name.lower().endswith(".zip") else partial(_tar_payloads, links=links)
+        for payload in read(archive, names, max_pixels):
             done += 1
             yield payload
         reason = "unreadable: member not found when the archive was read"
@@ -269,7 +242,7 @@ def _tar_payloads(
 def _read_member(
     open_member: Callable[[], IO[bytes] | None], size: int, max_pixels: int
 ) -> bytes | BadMember:
-    limit = max_member_bytes(max_pixels)
+    limit = BYTES_PER_PIXEL * max_pixels + HEADROOM
     if size > limit:
         return BadMember(
             f"decompression bomb: member declares {size} bytes > {limit} (data.max_pixels={max_pixels})"
@@ -286,34 +259,23 @@ def _read_member(
                 return BadMember(why)
             buf = io.BytesIO()  # one copy of the member at its peak (`head + f.read()` held three)
             buf.write(head)
-            while piece := f.read(HEADER_PEEK):
-                buf.write(piece)
+            shutil.copyfileobj(f, buf)
             return buf.getvalue()
-    except Exception as e:  # noqa: BLE001 - mapped to a reason; unknown kinds stay fatal below
-        reason = _read_error(e)
-        if reason is None:
-            raise
-        return BadMember(reason)
-
-
-def _read_error(e: Exception) -> str | None:
-    """The rejection reason for an error reading one member; None for errors that are not its own."""
-    if isinstance(e, KeyError):  # tarfile: a link whose target is not an earlier member
-        return "unreadable: link to a missing member"
-    if isinstance(e, (RuntimeError, NotImplementedError)):  # zipfile: encrypted, unknown compression
-        return f"unreadable: {e}"
-    if isinstance(e, zipfile.BadZipFile):
-        return "corrupt: bad CRC" if "CRC" in str(e) else f"corrupt: {e}"
-    if isinstance(e, EOFError) or (isinstance(e, tarfile.ReadError) and "end of data" in str(e)):
-        return f"truncated: {str(e) or 'compressed data ends early'}"
-    if isinstance(e, (zlib.error, tarfile.TarError, OSError)):
-        return f"corrupt: {type(e).__name__}: {e}"
-    return None
+    # An error reading one member is its rejection; other kinds are not its own and stay fatal.
+    except KeyError:  # tarfile: a link whose target is not an earlier member
+        return _MISSING
+    except RuntimeError as e:  # zipfile: encrypted, unknown compression (NotImplementedError)
+        return BadMember(f"unreadable: {e}")
+    except zipfile.BadZipFile as e:
+        return BadMember("corrupt: bad CRC" if "CRC" in str(e) else f"corrupt: {e}")
+    except (EOFError, zlib.error, tarfile.TarError, OSError) as e:
+        if isinstance(e, EOFError) or (isinstance(e, tarfile.ReadError) and "end of data" in str(e)):
+            return BadMember(f"truncated: {str(e) or 'compressed data ends early'}")
+        return BadMember(f"corrupt: {type(e).__name__}: {e}")
 
 
 def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
-    """Why a member of `size` bytes starting with `head` is not read further (too many pixels, more
-    bytes than they need, no known image header); None: read it (the decoder decides)."""
+    """Why a member starting with `head` is not read further; None: read it (the decoder decides)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
@@ -329,7 +291,7 @@ def _header_verdict(head: bytes, size: int, max_pixels: int) -> str | None:
         return f"not an image: no known image header in the first {HEADER_PEEK >> 20} MiB of {size} bytes"
     if w * h > max_pixels:
         return f"decompression bomb: {w}x{h} pixels > data.max_pixels={max_pixels}"
-    if size > (need := max_member_bytes(w * h)):
+    if size > (need := BYTES_PER_PIXEL * w * h + HEADROOM):
         # A 64x64 PNG then 760 MiB of zeros (only the first frame of an animation is decoded).
         return f"decompression bomb: member declares {size} bytes > {need}, the most a {w}x{h} image needs"
     return None

@@ -48,9 +48,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    target = "L" if channels == 1 else "RGB"
     try:
-        return img.convert(target)
+        return img.convert("L" if channels == 1 else "RGB")
     except (ValueError, OSError):
         raise Rejected(f"unsupported mode: {img.mode}") from None
 
@@ -110,8 +109,7 @@ def _check_file(source: Source, key: Any) -> None:
 
 def _open(source: Source, key: Any) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size ourselves
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
             return source.open(key)
     except UnidentifiedImageError:
         raise Rejected(f"not an image: none of {', '.join(RASTER_FORMATS)}") from None
@@ -133,33 +131,28 @@ def decode(source: Source, key: Any, cfg: DataConfig) -> np.ndarray:
             raise Rejected(f"decompression bomb: {w}x{h} pixels > data.max_pixels={cfg.max_pixels}")
         if min(w, h) < cfg.min_size:
             raise Rejected(f"too small: {w}x{h} < data.min_size={cfg.min_size}")
+        if img.format == "JPEG":
+            # libjpeg decodes at a reduced scale: the full-size pixels never exist in memory
+            s = cfg.resolution / min(w, h)
+            img.draft(img.mode, (max(1, int(w * s)), max(1, int(h * s))))
         try:
-            return _convert(img, cfg)
+            try:
+                img.load()
+            except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+                raise Rejected(f"{_damage(e)}: {e}") from None
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a decoder failing on hostile bytes is one bad file
+                raise Rejected(f"corrupt: decoder failed ({type(e).__name__}: {e})") from None
+            try:
+                img = ImageOps.exif_transpose(img)
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a malformed EXIF block must not be fatal
+                raise Rejected(f"corrupt: bad EXIF data ({e})") from None
+            return to_array(img, cfg.resolution, cfg.channels)
         except MemoryError:
             raise Rejected(f"decompression bomb: out of memory decoding {w}x{h} pixels") from None
-
-
-def _convert(img: Image.Image, cfg: DataConfig) -> np.ndarray:
-    if img.format == "JPEG":
-        # libjpeg decodes at a reduced scale: the full-size pixels never exist in memory
-        w, h = img.size
-        s = cfg.resolution / min(w, h)
-        img.draft(img.mode, (max(1, int(w * s)), max(1, int(h * s))))
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise Rejected(f"{_damage(e)}: {e}") from None
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a decoder failing on hostile bytes is one bad file
-        raise Rejected(f"corrupt: decoder failed ({type(e).__name__}: {e})") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a malformed EXIF block must not be fatal
-        raise Rejected(f"corrupt: bad EXIF data ({e})") from None
-    return to_array(img, cfg.resolution, cfg.channels)
 
 
 _worker: tuple[Source, DataConfig] | None = None
@@ -193,10 +186,6 @@ def decode_all(
 ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
     """Decoded chunks, (valid images, one reason or None per key), in `source.read_order`."""
     chunks = source.payloads(chunk, cfg.max_pixels)
-    if workers <= 1:
-        _init_worker(source, cfg)
-        yield from map(_decode_chunk, chunks)
-        return
     order = source.read_order if source.read_order is not None else range(len(source.items))
 
     def name(seq: int, i: int) -> str:
@@ -224,7 +213,4 @@ def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
 
 def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.ndarray]]:
     """Each chunk of image files `read_rgb`, in order, decoded ahead of the caller (the Inception pass)."""
-    if workers <= 1 or len(chunks) < 2:
-        yield from map(_read_rgb_chunk, chunks)
-        return
     yield from in_order(_read_rgb_chunk, chunks, min(workers, len(chunks)), lambda s, i: str(chunks[s][i]))

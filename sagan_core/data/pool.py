@@ -44,6 +44,11 @@ def in_order(
     consumer is slower. A worker that dies is a SaganError naming its file, `name(chunk, index)`.
     forkserver, not fork: the Prefect flow runs prepare next to its threads, and forking a threaded
     process can deadlock. An executor, not Pool: Pool leaves a dead worker's task waiting forever."""
+    if workers <= 1:
+        if init is not None:
+            init(*initargs)
+        yield from map(fn, items)
+        return
     ahead = 2 * workers
     ctx = mp.get_context("forkserver")
     progress = ctx.RawArray("q", 2 * ahead)  # slot = chunk number % ahead: unique while in flight
@@ -57,22 +62,16 @@ def in_order(
             progress[2 * (seq % ahead)] = progress[2 * (seq % ahead) + 1] = 0
             pending.append((seq, pool.submit(_run, fn, seq % ahead, item)))
             procs.update((p.pid, p) for p in mp.active_children())  # workers start on submit
-            if len(pending) >= ahead:
-                yield _next(pool, pending, progress, name, procs)
+            if len(pending) >= ahead:  # the oldest result (a worker's own exception is raised as is)
+                yield pending[0][1].result()
+                pending.popleft()
         while pending:
-            yield _next(pool, pending, progress, name, procs)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _next(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable, procs: dict) -> Any:
-    """The oldest pending result (a worker's own exception, e.g. ConfigError, is raised as is)."""
-    try:
-        result = pending[0][1].result()
+            yield pending[0][1].result()
+            pending.popleft()
     except BrokenProcessPool:
         raise SaganError(_death(pool, pending, progress, name, procs)) from None
-    pending.popleft()
-    return result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Callable, procs: dict) -> str:

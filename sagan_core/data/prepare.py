@@ -4,8 +4,7 @@ A bad file is one rejection in the manifest, its reason's prefix before ':' stab
 file | unreadable | not an image | corrupt | truncated | decompression bomb | too small | unsupported
 mode | not inside a class folder); too many fail prepare (rejections.py). Chunks are appended as they
 arrive: memory stays flat. The dataset is built beside `data.prepared_dir` and swapped in whole
-(renameat2 RENAME_EXCHANGE): a crash leaves the old dataset or the new one, never a mix.
-"""
+(renameat2 RENAME_EXCHANGE): a crash leaves the old dataset or the new one, never a mix."""
 
 from __future__ import annotations
 
@@ -15,14 +14,14 @@ import glob
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from tqdm import tqdm
 
-from sagan_core.atomic import fsync_dir, user_mode, write_all, write_atomic, write_json
+from sagan_core.atomic import fsync_dir, temp_name, write_all, write_atomic, write_json
 from sagan_core.config import DataConfig
 from sagan_core.data import rejections
 from sagan_core.data.dataset import content_hash
@@ -41,17 +40,6 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
 
 
-def _reorder(path: Path, perm: np.ndarray, img_shape: tuple[int, ...], chunk: int) -> None:
-    src = np.load(path, mmap_mode="r")
-
-    def write(f) -> None:
-        f.write(_npy_header((len(perm), *img_shape)))
-        for i in range(0, len(perm), chunk):
-            f.write(np.ascontiguousarray(src[perm[i : i + chunk]]).tobytes())
-
-    write_atomic(path, write)
-
-
 def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
     source = open_source(cfg.source)
     if not source.items:
@@ -64,15 +52,18 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
     kept = "the previous dataset is unchanged" if os.path.lexists(out) else "nothing was written"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_builds(out)
-        new = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
-        new.chmod(user_mode(directory=True))  # mkdtemp's 0700 would outlive the swap
+        for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # builds of killed prepares
+            pid = path.name[len(out.name) + 2 :].split(".", 1)[0]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                _remove(path)
+        new = temp_name(out.with_name(f"{out.name}.{os.getpid()}"))  # not mkdtemp: its 0700 would stay
+        new.mkdir()
     except OSError as e:
         raise WriteError(out, e, kept) from None
     try:
         manifest = _build(source, cfg, new, progress)
         _swap_in(new, out)
-        rejections.clear(cfg)
+        rejections.rejected_path(cfg.prepared_dir).unlink(missing_ok=True)
     except WriteError as e:  # named by the build folder's file: the user knows data.prepared_dir
         _remove(new)
         raise WriteError(out, e.error, kept) from None
@@ -88,12 +79,28 @@ def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[s
     # ~4 MB of decoded pixels per chunk: big enough to amortise IPC, small enough to bound memory.
     chunk = max(8, min(512, (4 << 20) // int(np.prod(img_shape))))
     images = out / "images.npy"
-    n, kept, bad = _decode_to_file(source, cfg, images, img_shape, chunk, progress)
+    kept, bad = _decode_to_file(source, cfg, images, img_shape, chunk, progress)
+    n = len(kept)
     rejected = list(source.rejected) + [r for _, r in sorted(bad, key=lambda b: b[0])]
-    _check_rejections(cfg, n, rejected, total)
+    if n == 0:
+        rejections.fail(cfg, f"no valid images ({len(rejected)} rejected)", rejected)
+    if (frac := len(rejected) / total) > cfg.max_rejected_fraction:
+        rejections.fail(
+            cfg,
+            f"{len(rejected)} of {total} images rejected "
+            f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction})",
+            rejected,
+        )
     perm = np.argsort(np.asarray(kept), kind="stable")
     if np.any(perm != np.arange(n)):  # archives are read in archive order: restore sorted order
-        _reorder(images, perm, img_shape, chunk)
+        src = np.load(images, mmap_mode="r")
+
+        def reorder(f) -> None:
+            f.write(_npy_header((n, *img_shape)))
+            for i in range(0, n, chunk):
+                f.write(np.ascontiguousarray(src[perm[i : i + chunk]]).tobytes())
+
+        write_atomic(images, reorder)
     label_arr = np.asarray([source.items[kept[i]][1] for i in perm], dtype=np.int64)
     labels = io.BytesIO()  # np.save to a real file writes past the file object: its errors lack errno
     np.save(labels, label_arr)
@@ -118,45 +125,30 @@ def _build(source: Source, cfg: DataConfig, out: Path, progress: bool) -> dict[s
 
 def _decode_to_file(
     source: Source, cfg: DataConfig, path: Path, img_shape: tuple[int, ...], chunk: int, progress: bool
-) -> tuple[int, list[int], list[tuple[int, dict[str, str]]]]:
-    """(images written, item position of each, (position, rejection) of each rejected item)."""
+) -> tuple[list[int], list[tuple[int, dict[str, str]]]]:
+    """(item position of each image written, (position, rejection) of each rejected item)."""
     # Auto: one process per core, but none for tiny sources (pool start-up would dominate).
     workers = cfg.workers or min(available_cores(), max(1, len(source.items) // 256))
     order = source.read_order if source.read_order is not None else range(len(source.items))
     kept: list[int] = []  # item positions of the valid images, in the order they were written
     bad: list[tuple[int, dict[str, str]]] = []
-    n = done = 0
+    done = 0
     bar = tqdm(total=len(source.items), desc="prepare", unit="img", disable=not progress, smoothing=0.1)
     with bar, open(path, "wb", buffering=0) as f:  # chunks of ~4 MB: no buffer needed
         write_all(f, _npy_header((0, *img_shape)), path)  # rewritten with the real count at the end
         for arrays, reasons in decode_all(source, cfg, workers, chunk):
             write_all(f, np.ascontiguousarray(arrays).tobytes(), path)
-            for reason in reasons:
-                pos = order[done]
-                done += 1
+            for pos, reason in zip(order[done : done + len(reasons)], reasons, strict=True):
                 if reason is None:
                     kept.append(pos)
                 else:
                     bad.append((pos, {"file": str(source.items[pos][0]), "reason": reason}))
-            n += len(arrays)
+            done += len(reasons)
             bar.update(len(reasons))
             bar.set_postfix(rejected=len(bad) + len(source.rejected), refresh=False)
         f.seek(0)
-        write_all(f, _npy_header((n, *img_shape)), path, sync=True)
-    return n, kept, bad
-
-
-def _check_rejections(cfg: DataConfig, n: int, rejected: list[dict[str, str]], total: int) -> None:
-    if n == 0:
-        rejections.fail(cfg, f"no valid images ({len(rejected)} rejected)", rejected)
-    frac = len(rejected) / total
-    if frac > cfg.max_rejected_fraction:
-        rejections.fail(
-            cfg,
-            f"{len(rejected)} of {total} images rejected "
-            f"({frac:.1%} > data.max_rejected_fraction={cfg.max_rejected_fraction})",
-            rejected,
-        )
+        write_all(f, _npy_header((len(kept), *img_shape)), path, sync=True)
+    return kept, bad
 
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
@@ -176,7 +168,10 @@ def _refuse_foreign(out: Path) -> None:
             "must be a prepared dataset or absent (choose another data.prepared_dir)"
         )
     foreign = sorted(
-        p.name for p in out.iterdir() if p.name not in PREPARED_FILES and not _partial_write(p.name)
+        p.name
+        for p in out.iterdir()
+        if p.name not in PREPARED_FILES
+        and not (p.name.endswith(".tmp") and p.name.lstrip(".").startswith(tuple(PREPARED_FILES)))
     )
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -184,10 +179,6 @@ def _refuse_foreign(out: Path) -> None:
             f"data.prepared_dir {str(out)!r} holds files sagan did not write ({shown}); "
             "prepare replaces that folder whole, so it refuses: choose another data.prepared_dir"
         )
-
-
-def _partial_write(name: str) -> bool:
-    return name.endswith(".tmp") and name.lstrip(".").startswith(tuple(PREPARED_FILES))
 
 
 def _swap_in(new: Path, out: Path) -> None:
@@ -212,7 +203,6 @@ def _exchange(a: Path, b: Path) -> bool:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):  # not Linux/glibc
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
@@ -226,21 +216,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _remove_stale_builds(out: Path) -> None:
-    """Builds of killed prepares: `.<name>.<pid>.*.tmp` whose process is gone."""
-    for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-        pid = path.name[len(out.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            _remove(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
-    return True

@@ -25,36 +25,25 @@ def rejected_path(prepared_dir: str | Path) -> Path:
     return path.with_name(path.name + ".rejected.json")
 
 
-def top_reasons(rejected: list[dict[str, str]], cfg: DataConfig) -> str:
-    """`too small: 3900 (short side under data.min_size 64), truncated: 2`: the most frequent first."""
-    counts = sorted(rejection_summary({"rejected": rejected}).items(), key=lambda kv: (-kv[1], kv[0]))
+def fail(cfg: DataConfig, what: str, rejected: list[dict[str, str]]) -> NoReturn:
+    """One line naming the most frequent reasons (`too small: 3900 (short side under data.min_size 64),
+    truncated: 2`); every file in the rejected_path record."""
+    path = rejected_path(cfg.prepared_dir)
+    by_reason = rejection_summary({"rejected": rejected})
+    record = {"source": cfg.source, "error": what, "num_rejected": len(rejected), "by_reason": by_reason}
+    record["rejected"] = rejected
+    counts = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
     hints = {
         "too small": f" (short side under data.min_size {cfg.min_size})",
         "decompression bomb": f" (data.max_pixels {cfg.max_pixels})",
     }
-    shown = [f"{kind}: {n}{hints.get(kind, '')}" for kind, n in counts[:TOP]]
+    top = [f"{kind}: {n}{hints.get(kind, '')}" for kind, n in counts[:TOP]]
     if len(counts) > TOP:
-        shown.append(f"{sum(n for _, n in counts[TOP:])} for {len(counts) - TOP} other reasons")
-    return ", ".join(shown)
-
-
-def fail(cfg: DataConfig, what: str, rejected: list[dict[str, str]]) -> NoReturn:
-    path = rejected_path(cfg.prepared_dir)
-    record = {
-        "source": cfg.source,
-        "error": what,
-        "num_rejected": len(rejected),
-        "by_reason": rejection_summary({"rejected": rejected}),
-        "rejected": rejected,
-    }
+        top.append(f"{sum(n for _, n in counts[TOP:])} for {len(counts) - TOP} other reasons")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, record)
         where = f"per-file reasons in {path}"
     except OSError as e:  # the error itself matters more than its list
         where = f"per-file reasons not written ({path}: {e.strerror or e})"
-    raise SaganError(f"data.source {cfg.source!r}: {what}: {top_reasons(rejected, cfg)}; {where}")
-
-
-def clear(cfg: DataConfig) -> None:
-    rejected_path(cfg.prepared_dir).unlink(missing_ok=True)
+    raise SaganError(f"data.source {cfg.source!r}: {what}: {', '.join(top)}; {where}")

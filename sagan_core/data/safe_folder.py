@@ -10,12 +10,8 @@ from pathlib import Path
 
 from sagan_core.errors import SaganError
 
-_KINDS = {
-    stat.S_ISFIFO: "a FIFO (named pipe)",
-    stat.S_ISSOCK: "a socket",
-    stat.S_ISCHR: "a character device",
-    stat.S_ISBLK: "a block device",
-}
+# by stat.filemode's type letter
+_KINDS = {"p": "a FIFO (named pipe)", "s": "a socket", "c": "a character device", "b": "a block device"}
 
 
 def _problem(path: Path, root: Path) -> str | None:
@@ -23,7 +19,7 @@ def _problem(path: Path, root: Path) -> str | None:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     if not stat.S_ISLNK(mode):
-        return next((what for test, what in _KINDS.items() if test(mode)), "not a regular file")
+        return _KINDS.get(stat.filemode(mode)[0], "not a regular file")
     target = Path(os.path.realpath(path))
     if not target.is_relative_to(root):
         return f"a link leaving the folder (to {target})"

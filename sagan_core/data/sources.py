@@ -1,8 +1,7 @@
 """`data.source` -> a Source, an ordered list of items: `demo` (the bundled MNIST test set), an
 image folder (`root/<class>/**` labelled, flat unlabelled, `root/<split>/<class>/**` merged), an
 archive of one (archives.py), or `torchvision:NAME[:SPLIT]`. Order is independent of the
-filesystem: classes and paths sorted, labels index the sorted class names.
-"""
+filesystem: classes and paths sorted, labels index the sorted class names."""
 
 from __future__ import annotations
 
@@ -67,28 +66,20 @@ class Source:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    raw = gzip.decompress(path.read_bytes())
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def demo_source() -> Source:
-    images = _read_idx(DEMO_DIR / "t10k-images-idx3-ubyte.gz")
-    labels = _read_idx(DEMO_DIR / "t10k-labels-idx1-ubyte.gz")
-    items = [(i, int(lab)) for i, lab in enumerate(labels)]
-    return Source("demo (MNIST test set)", [str(i) for i in range(10)], items, arrays=images)
 
 
 def _visible(name: str) -> bool:
     return not name.startswith(".") and name not in SKIPPED_DIRS
 
 
-def _files_under(d: Path, root: Path) -> tuple[list[str], int]:
-    """Sorted image paths under `d` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
+def _files_under(root: Path) -> tuple[list[str], int]:
+    """Sorted image paths under `root` (FIFOs, dangling links kept: rejected with a reason), files ignored."""
     found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(d):
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [n for n in dirnames if _visible(n)]
         for n in filenames:
             if not _visible(n):
@@ -116,25 +107,15 @@ def _layout(src: Source, files: list[str]) -> Source:
     return src
 
 
-def folder_source(root: Path, name: str | None = None) -> Source:
-    check_folder(root, name)  # nothing DVC would block on (safe_folder.py)
-    root = root.resolve()
-    files, ignored = _files_under(root, root)
-    return _layout(Source(name or str(root), [], [], root=root, ignored=ignored), files)
-
-
 def _strip_single_folder(names: list[str]) -> str:
     """An archive of one folder (`cifar10/train/...`) has that folder as its dataset root."""
     prefix = ""
     while True:
         rest = [n[len(prefix) :] for n in names]
         firsts = {r.split("/", 1)[0] for r in rest}
-        if len(firsts) != 1 or any("/" not in r for r in rest):
+        if len(firsts) != 1 or any("/" not in r for r in rest) or next(iter(firsts)).lower() in SPLIT_NAMES:
             return prefix
-        (first,) = firsts
-        if first.lower() in SPLIT_NAMES:
-            return prefix
-        prefix += first + "/"
+        prefix += firsts.pop() + "/"
 
 
 def archive_source(archive: Path, name: str) -> Source:
@@ -147,15 +128,13 @@ def archive_source(archive: Path, name: str) -> Source:
     members = {n[len(prefix) :]: n for n in images}
     src = _layout(Source(name, [], [], archive=archive, ignored=len(visible) - len(images)), sorted(members))
     src.members, src.links = members, {n: links[n] for n in members.values() if n in links}
-    position = {key: i for i, (key, _) in enumerate(src.items)}
     rank = {n: i for i, n in enumerate(order)}
-    src.read_order = sorted(position.values(), key=lambda i: rank[members[src.items[i][0]]])
+    src.read_order = sorted(range(len(src.items)), key=lambda i: rank[members[src.items[i][0]]])
     return src
 
 
 def torchvision_source(spec: str) -> Source:
-    _, _, rest = spec.partition(":")
-    name, _, split = rest.partition(":")
+    name, _, split = spec.removeprefix("torchvision:").partition(":")
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, name, None)
@@ -192,12 +171,18 @@ def torchvision_source(spec: str) -> Source:
 
 def open_source(spec: str) -> Source:
     if spec == "demo":
-        return demo_source()
+        labels = _read_idx(DEMO_DIR / "t10k-labels-idx1-ubyte.gz")
+        items = [(i, int(lab)) for i, lab in enumerate(labels)]
+        images = _read_idx(DEMO_DIR / "t10k-images-idx3-ubyte.gz")
+        return Source("demo (MNIST test set)", [str(i) for i in range(10)], items, arrays=images)
     if spec.startswith("torchvision:"):
         return torchvision_source(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return folder_source(path, name=spec)
+        check_folder(path, spec)  # nothing DVC would block on (safe_folder.py)
+        root = path.resolve()
+        files, ignored = _files_under(root)
+        return _layout(Source(spec, [], [], root=root, ignored=ignored), files)
     if path.is_file() and is_archive(path):
         return archive_source(path, spec)
     if path.exists():
