@@ -47,8 +47,7 @@ def _table(title: str, rows: dict[str, str]) -> list[str]:
     return [f"## {title}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())]
 
 
-def _data(params: Params, run_params: dict[str, str], tags: dict[str, str]) -> list[str]:
-    m = _manifest(params)
+def _data(params: Params, m: dict[str, Any], run_params: dict[str, str], tags: dict[str, str]) -> list[str]:
     return _table("Data", {
         "source": md_code(run_params.get("data.source", params.data.source)),
         "content_hash": md_code(tags.get("sagan.data.content_hash", m.get("content_hash", "unknown"))),
@@ -153,8 +152,7 @@ class Grid:
 
 
 def _link(run, path: str) -> str:
-    """Relative to the MLflow UI's get-artifact endpoint: works from any host the page is opened on
-    (MLflow 3.17's renderer drops data: URIs). Quoted: the series' names hold "+"."""
+    # relative to the MLflow UI (any host; MLflow 3.17's renderer drops data: URIs); the names hold "+"
     from urllib.parse import quote
 
     return f"get-artifact?path={quote(path, safe='/')}&run_uuid={run.info.run_id}"
@@ -179,17 +177,14 @@ def sample_grid(client, run_id: str, step: int) -> Grid | None:
     except Exception:  # noqa: BLE001 - the picture is a convenience; the card is written without it
         return None
 
-    def at_step(key: str) -> str | None:
-        hits = sorted(p for p in found if p.startswith(f"images/{key}+step+{step}+") and p.endswith(".png"))
-        return hits[-1] if hits else None
+    for pattern, stem in ((f"images/{{}}+step+{step}+", "samples"), ("samples/{}.png", "latest")):
+        def find(key: str, pattern: str = pattern) -> str | None:
+            return max((p for p in found if p.startswith(pattern.format(key)) and p.endswith(".png")), default=None)
 
-    def latest(key: str) -> str | None:
-        return f"samples/{key}.png" if f"samples/{key}.png" in found else None
-
-    for find, stem in ((at_step, "samples"), (latest, "latest")):
-        if pages := [find(stem)] if find(stem) else []:
-            while page := find(f"{stem}_p{len(pages) + 1}"):
-                pages.append(page)
+        pages: list[str] = []
+        while page := find(f"{stem}_p{len(pages) + 1}" if pages else stem):
+            pages.append(page)
+        if pages:
             return Grid(tuple(pages), find("preview"))
     return None
 
@@ -215,7 +210,7 @@ def version_card(params: Params, name: str, version: int, run, ev: dict[str, Any
         f"run `{run.info.run_id}`",
         *_samples(run, grid, len(manifest.get("class_names") or [])),
         "",
-        *_data(params, run_params, tags),
+        *_data(params, manifest, run_params, tags),
         "",
         *_training(run_params, tags, step),
         "",

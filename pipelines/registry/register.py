@@ -51,8 +51,8 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
         "generator_step": str(ev["generator_step"]),
         "weights_official": str(ev.get("weights_official", "unknown")).lower(),
     }
-    scores = [k for k in ("kid_mean", "kid_std", "is_mean", "is_std") if isinstance(ev.get(k), (int, float))]
-    tags |= {("kid" if k == "kid_mean" else k): repr(float(ev[k])) for k in scores}
+    scores = ("kid_mean", "kid_std", "is_mean", "is_std")
+    tags |= {k.replace("kid_mean", "kid"): repr(float(ev[k])) for k in scores if isinstance(ev.get(k), (int, float))}
     return tags | ({"dvc_md5": t["sagan.data.dvc_md5"]} if "sagan.data.dvc_md5" in t else {})
 
 
@@ -75,6 +75,8 @@ def register(params: Params) -> Registered:
 
 
 def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any]) -> Registered:
+    import mlflow
+
     name, step = params.registry.model_name, int(ev["generator_step"])
     path, which, why = ckpt_io.candidate(params)
     if not path.exists():
@@ -89,7 +91,11 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
         if which == "best":
             why += f": {meta.get('best_metric')} {meta.get('best_value'):.6g} at step {step}, the best in-training score"
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
-        mv = _create_version(client, name, model_id, tags)
+        # mlflow.register_model also creates the registered model and links the LoggedModel to the version
+        mv = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+        if mv.status != "READY":
+            client.delete_model_version(name, mv.version)
+            raise SaganError(f"model version {name} v{mv.version} ended {mv.status}: {mv.status_message}")
     else:
         log.info("run %s is already registered at step %d as %s v%s: not registering again", run_id, step, name, mv.version)
     description = model_description(params, name)
@@ -119,14 +125,3 @@ def _log_model(client, uri: str, run_id: str, path) -> tuple[str, dict[str, Any]
         if isinstance(e, (MlflowException, OSError)) or type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
             raise artifact_error(uri, e, client, run_id) from None
         raise
-
-
-def _create_version(client, name: str, model_id: str, tags: dict[str, str]):
-    """mlflow.register_model also creates the registered model and links the LoggedModel to the version."""
-    import mlflow
-
-    mv = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
-    if mv.status != "READY":
-        client.delete_model_version(name, mv.version)
-        raise SaganError(f"model version {name} v{mv.version} ended {mv.status}: {mv.status_message}")
-    return mv

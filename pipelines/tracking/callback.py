@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking import run_record as records
 from pipelines.tracking.lineage import log_lineage
-from pipelines.tracking.names import LR_KEYS, lr_changes, train_metric
-from pipelines.tracking.run_record import note, opened, read_run_record, recover
 from pipelines.tracking.store import artifact_error, call, connect, local_write_failure, redact, scrub
 from pipelines.tracking.uploads import CHECKPOINT_DIR, Uploader, snapshot
 from sagan_core.config import Params
@@ -47,10 +46,10 @@ class MlflowCallback(Callback):
         self.error: BaseException | None = None
         self.monitor = None
         self.ended = False
-        # the learning rates last logged (names.lr_changes): the run's own params until one changes
-        self.lr_seen = {k: float(getattr(params.train, k)) for k in LR_KEYS}
+        # the learning rates last logged (run_record.to_log): the run's own params until one changes
+        self.lr_seen = {k: float(getattr(params.train, k)) for k in records.LR_KEYS}
         self.run_id, self.experiment_id = self._open_run()
-        opened(params, self.run_id, self.experiment_id, self.uri)
+        records.opened(params, self.run_id, self.experiment_id, self.uri)
         self.uploads = Uploader()
         log.info("MLflow run %s at %s", self.run_id, redact(self.uri))
 
@@ -60,13 +59,13 @@ class MlflowCallback(Callback):
 
         from pipelines.tracking.store import experiment_id
 
-        record = read_run_record(self.params) if self.resume else None
+        record = records.read_run_record(self.params) if self.resume else None
         if record and record.tracking_uri != redact(self.uri):
             log.warning("--resume: the run was tracked at %s, now tracking at %s: starting a new MLflow run",
                         record.tracking_uri, redact(self.uri))
             record = None
         if record:
-            recover(self.client, self.uri, self.params, record.run_id, end=False)  # curves an outage lost
+            records.recover(self.client, self.uri, self.params, record.run_id, end=False)  # curves an outage lost
             call(self.uri, self.client.update_run, record.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return record.run_id, record.experiment_id
         exp = experiment_id(self.client, self.params, self.uri)
@@ -76,7 +75,6 @@ class MlflowCallback(Callback):
         run = call(self.uri, self.client.create_run, exp, tags=tags, run_name=exp_name)
         return run.info.run_id, exp
 
-    # -- helpers --
     def _guard(self, what: str, fn, *args, **kwargs):
         """Run a logging call; the first failure is kept and reported, later calls are skipped."""
         if self.error is not None:
@@ -97,14 +95,13 @@ class MlflowCallback(Callback):
         flat = {k: ("null" if v is None else str(v)) for k, v in self.params.flat().items()}
         logged = self.client.get_run(self.run_id).data.params
         # a resumed run's params hold the rates it started with: a changed one is logged (on_metrics)
-        self.lr_seen = {k: float(logged.get(f"train.{k}", flat[f"train.{k}"])) for k in LR_KEYS}
+        self.lr_seen = {k: float(logged.get(f"train.{k}", flat[f"train.{k}"])) for k in records.LR_KEYS}
         new = [Param(k, v[:6000]) for k, v in flat.items() if k not in logged]
         # MLflow params are immutable: a --resume with other values (e.g. more steps) is kept as tags.
         changed = [RunTag(f"sagan.resume.{k}", v) for k, v in flat.items() if k in logged and logged[k] != v]
         for i in range(0, max(len(new), 1), 100):  # log_batch takes at most 100 params
             self.client.log_batch(self.run_id, params=new[i : i + 100], tags=changed if i == 0 else [])
 
-    # -- Callback --
     def on_start(self, info: dict[str, Any]) -> None:
         self._guard("logging params", self._log_params)
         self._guard("logging lineage", log_lineage, self.client, self.run_id, self.params, info)
@@ -122,9 +119,8 @@ class MlflowCallback(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        kept = {k: v for k, v in metrics.items() if k not in LR_KEYS}
-        kept |= lr_changes(self.lr_seen, metrics)  # rates only when they change (names.py says why)
-        batch = [Metric(train_metric(k), float(v), now, step) for k, v in kept.items()]
+        kept = records.to_log(self.lr_seen, metrics)  # rates only when they change (to_log says why)
+        batch = [Metric(records.train_metric(k), float(v), now, step) for k, v in kept.items()]
         if (op := self._guard("logging metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=False)) is not None:
             self.pending.append(op)
 
@@ -140,7 +136,7 @@ class MlflowCallback(Callback):
         self._guard(f"logging image {key}", upload)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
-        note(self.params, self.run_id, checkpoint_step=step)  # this run wrote it (run_record.trained_record)
+        records.note(self.params, self.run_id, checkpoint_step=step)  # this run wrote it (run_record.trained_record)
         self._upload(f"the checkpoint of step {step}", path)
 
     def on_best(self, step: int, path: Path, scores: dict[str, float]) -> None:
@@ -161,7 +157,6 @@ class MlflowCallback(Callback):
         if self.error is not None:
             raise artifact_error(self.uri, self.error, self.client, self.run_id) from None
 
-    # -- after training (called by pipelines.stages.train) --
     def close(self) -> None:
         """A run with nothing left to train (on_end never ran) is closed as finished."""
         if not self.ended:
@@ -198,4 +193,4 @@ class MlflowCallback(Callback):
             if Path(path).is_file():
                 self.client.log_artifact(self.run_id, str(path), folder)
         self.client.log_artifact(self.run_id, summary["checkpoint"], CHECKPOINT_DIR)
-        note(self.params, self.run_id, step=int(summary["step"]))
+        records.note(self.params, self.run_id, step=int(summary["step"]))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.tracking.names import LR_KEYS, train_metric
 from pipelines.tracking.store import call, connect, redact
 from sagan_core.atomic import write_json
 from sagan_core.config import Params
@@ -24,6 +24,21 @@ from sagan_core.errors import ConfigError, SaganError
 log = logging.getLogger("sagan.mlflow")
 
 UNKNOWN = "unknown"  # checkpoint_step of a record from --resume-from or written by hand: trusted
+LR_KEYS = ("lr_g", "lr_d")
+
+
+def train_metric(key: str) -> str:
+    """MLflow 3 groups a run's charts by the part before the first `/` (train.csv keeps its names)."""
+    section = "train_eval" if key in ("kid", "kid_std", "fid") else "attention" if key.startswith("gamma_") else "train"
+    return f"{section}/{key}"
+
+
+def to_log(seen: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` less the learning rates unchanged since `seen` (updated in place): a constant rate
+    is a param, and as a metric a flat line MLflow's axis labels 0; one changes only on a resume."""
+    changed = {k: float(metrics[k]) for k in LR_KEYS if k in metrics and float(metrics[k]) != seen.get(k)}
+    seen.update(changed)
+    return {k: v for k, v in metrics.items() if k not in LR_KEYS} | changed
 
 
 @dataclass(frozen=True)
@@ -147,39 +162,27 @@ def end_left_running(params: Params) -> list[str]:
     return [run_id for run_id in ids if end_killed(client, uri, run_id)]
 
 
-_BATCH = 1000  # log_batch takes at most 1000 metrics per call
+def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
+    """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
+    from mlflow.entities import Metric, RunStatus
 
+    from sagan_core.model.checkpoint import step_of
 
-def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
-    """Log train.csv's rows after each column's last logged step, up to `upto` (a resume redoes later ones)."""
-    from mlflow.entities import Metric
-
+    step = step_of(params.train.checkpoint) or 0
+    # train.csv's rows after each column's last logged step, up to the checkpoint (a resume redoes later ones)
     path = Path(params.train.metrics_file)
-    if not path.exists():
-        return 0
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+    with open(path if path.exists() else os.devnull, newline="") as f:  # no train.csv: no rows
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
     now, missing = int(time.time() * 1000), []
     # learning rates are logged only when they change, which the CSV rows do not say
     for col in (k for k in (rows[0] if rows else {}) if k not in ("step", *LR_KEYS)):
         key = train_metric(col)
         last = max((m.step for m in call(uri, client.get_metric_history, run_id, key)), default=-1)
         missing += [Metric(key, float(r[col]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[col]]
-    for i in range(0, len(missing), _BATCH):
-        call(uri, client.log_batch, run_id, metrics=missing[i : i + _BATCH])
+    for i in range(0, len(missing), 1000):  # log_batch takes at most 1000 metrics per call
+        call(uri, client.log_batch, run_id, metrics=missing[i : i + 1000])
     if missing:
         log.info("MLflow run %s: %d metric values the server missed logged from %s", run_id, len(missing), path)
-    return len(missing)
-
-
-def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
-    """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
-    from mlflow.entities import RunStatus
-
-    from sagan_core.model.checkpoint import step_of
-
-    step = step_of(params.train.checkpoint) or 0
-    backfill(client, uri, params, run_id, step)
     if not end or call(uri, client.get_run, run_id).info.status != "RUNNING":
         return
     status = RunStatus.to_string(RunStatus.FINISHED if step >= params.train.steps else RunStatus.FAILED)
