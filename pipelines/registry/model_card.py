@@ -58,7 +58,7 @@ def _data(params: Params, m: dict[str, Any], run_params: dict[str, str], tags: d
 
 
 def _attention(run_params: dict[str, str], tags: dict[str, str]) -> str:
-    """Where the attention blocks were: the run's resolved spec (lineage.py), else the params."""
+    """Where the attention blocks were: the run's resolved spec (callback.py), else the params."""
     try:
         spec = json.loads(tags["sagan.spec"])
         g, d = (", ".join(f"{r}×{r}" for r in spec[k]) or "none" for k in ("g_attn", "d_attn"))
@@ -81,7 +81,7 @@ def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> li
         "EMA": f"decay {p('train.ema_decay', '?')} from step {p('train.ema_start', '?')} (the EMA generator is registered)",
         "seed": p("train.seed", "?"),
         "hardware": f"{tags.get('sagan.device', 'unknown')} × {tags.get('sagan.world_size', '1')} process(es)",
-        # what ran (lineage.py's tags), else the setting, marked as such
+        # what ran (callback.py's tags), else the setting, marked as such
         "precision": tags.get("sagan.precision") or f"setting {p('train.precision', '?')}",
         "training time": f"{_duration(tags.get('sagan.train_seconds'))} (last training session)",
         "code": f"git `{tags.get('sagan.git_commit', 'unknown')[:12]}`{dirty}",

@@ -1,31 +1,31 @@
 """MlflowCallback: the trainer's hooks, recording one training run in MLflow.
 
 Logging must not slow training: metrics go in one asynchronous `log_batch` per `train.log_every`
-steps, images every `train.sample_every`, checkpoints in the background (uploads.py).
+steps, images every `train.sample_every`, checkpoints in the background (uploads.py). The run's
+lineage (git commit, the prepared data's content_hash and DVC md5) traces a version to its images.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.tracking import run_record as records
-from pipelines.tracking.lineage import log_lineage
 from pipelines.tracking.store import artifact_error, call, connect, local_write_failure, redact, scrub
 from pipelines.tracking.uploads import CHECKPOINT_DIR, Uploader, snapshot
 from sagan_core.config import Params
 from sagan_core.train.progress import Callback
 
 log = logging.getLogger("sagan.mlflow")
-READABLE_SIDE = 768  # px: MLflow's image preview shows the image at its own size
-PREVIEW_SIDE = 200  # px: the model card's picture (the `preview` series) stays a few rows tall
 
 
-def readable(path: Path, side: int = READABLE_SIDE):
+def readable(path: Path, side: int):
     """RGB, enlarged by a whole factor (sharp pixels) until its short side reaches `side`."""
     from PIL import Image
 
@@ -33,6 +33,83 @@ def readable(path: Path, side: int = READABLE_SIDE):
         rgb = im.convert("RGB")
     factor = max(1, -(-side // min(rgb.size)))
     return rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST) if factor > 1 else rgb
+
+
+def git_commit(params: Params | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the working tree, ('unknown', False) outside git. Dirty: a tracked file
+    differs from HEAD, other than the pipeline's own records."""
+    try:
+        commit = _git(["rev-parse", "HEAD"]).strip()
+        top = Path(_git(["rev-parse", "--show-toplevel"]).strip())
+        # staged or not, from the repository's root, unquoted (-z); a rename as its two paths
+        changed = [top / p for p in _git(["diff", "HEAD", "--name-only", "--no-renames", "-z"]).split("\0") if p]
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    # what the pipeline itself rewrites as it runs says what a run made, not what it ran from;
+    # every .gitignore too (DVC adds its outputs there)
+    own = [Path("dvc.lock"), Path("sagan-version.yaml")]
+    if params is not None:
+        curves = Path(params.train.metrics_file)
+        own += [curves, curves.with_name(f"{curves.stem}_eval.csv"), Path(params.eval.metrics_file), params.eval.record_file]
+    own = {f.resolve() for f in own}
+    return commit, any(p.name != ".gitignore" and p.resolve() not in own for p in changed)
+
+
+def _git(args: list[str]) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, check=True).stdout
+
+
+def dvc_md5(prepared: Path) -> str | None:
+    """The md5 `dvc.lock` (or a `.dvc` file) records for the prepared folder; None without DVC."""
+    import yaml
+
+    target = os.path.normpath(str(prepared))
+    for path in (Path("dvc.lock"), prepared.with_name(prepared.name + ".dvc")):
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        # dvc.lock lists outs per stage; a `.dvc` file lists them at the top level
+        stages = [st for st in (doc.get("stages") or {}).values() if isinstance(st, dict)]
+        for o in [o for st in stages for o in st.get("outs") or []] + (doc.get("outs") or []):
+            ours = isinstance(o, dict) and os.path.normpath(str(o.get("path", ""))) in (target, prepared.name)
+            if ours and o.get("md5"):
+                return str(o["md5"])
+    return None
+
+
+def log_lineage(client, run_id: str, params: Params, info: dict[str, Any]) -> None:
+    """Tag the run with its lineage and what ran (`info`: the trainer's on_start: resolved spec,
+    device, world_size, bf16...; the model card states them) and log the prepared data as its input."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
+
+    commit, dirty = git_commit(params)
+    prepared = Path(params.data.prepared_dir)
+    try:
+        content_hash = str(json.loads(params.data.manifest_file.read_text()).get("content_hash", "unknown"))
+    except (OSError, ValueError):
+        content_hash = "unknown"
+    dvc = {"dvc_md5": md5} if (md5 := dvc_md5(prepared)) else {}
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "sagan.git_commit": commit,
+        "sagan.git_dirty": str(dirty).lower(),
+        "sagan.data.content_hash": content_hash,
+        "sagan.spec": json.dumps(info["spec"], sort_keys=True),
+        "sagan.device": str(info["device"]),
+        "sagan.world_size": str(info["world_size"]),
+    }
+    if "bf16" in info:  # what train.precision / channels_last: auto resolved to on this device
+        tags["sagan.precision"] = "bf16" if info["bf16"] else "fp32"
+        tags["sagan.channels_last"] = str(bool(info.get("channels_last"))).lower()
+        tags["sagan.compile"] = str(bool(info.get("compile"))).lower()
+    tags |= {f"sagan.data.{k}": v for k, v in dvc.items()}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    # described as MLflow's own local source describes itself; digests are capped at 36 characters
+    source = json.dumps({"uri": str(prepared.resolve())})
+    dataset = Dataset(name="prepared", digest=content_hash[:36], source_type="local", source=source)
+    inputs = {"mlflow.data.context": "training", "content_hash": content_hash} | dvc
+    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(k, v) for k, v in inputs.items()])])
 
 
 class MlflowCallback(Callback):
@@ -126,7 +203,8 @@ class MlflowCallback(Callback):
 
     def on_image(self, step: int, key: str, path: Path) -> None:
         def upload():
-            image = readable(path, PREVIEW_SIDE if key == "preview" else READABLE_SIDE)
+            # px: MLflow's image preview shows an image at its own size; the card's `preview` stays a few rows tall
+            image = readable(path, 200 if key == "preview" else 768)
             self.client.log_image(self.run_id, image, key=key, step=step)
             # the newest grid (each page: samples_p2 is latest_p2.png) and preview, also as plain files
             latest = path if key == "preview" else path.with_name(f"latest{key.removeprefix('samples')}.png")

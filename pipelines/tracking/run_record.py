@@ -111,12 +111,9 @@ def trained_record(params: Params, what: str, refuse: bool = True) -> tuple[RunR
     if not refuse:
         return record, None
     done = record.checkpoint_step
-    raise SaganError(
-        f"{what}: MLflow run {record.run_id} did not finish training ({params.train.checkpoint} is at "
-        f"step {step} of {steps}; "
-        f"{'the run wrote no checkpoint' if done is None else f'its last checkpoint was step {done}'}): "
-        "run `sagan train --resume` (or `sagan pipeline run`) first"
-    )
+    done = "the run wrote no checkpoint" if done is None else f"its last checkpoint was step {done}"
+    raise SaganError(f"{what}: MLflow run {record.run_id} did not finish training ({params.train.checkpoint} is at "
+                     f"step {step} of {steps}; {done}): run `sagan train --resume` (or `sagan pipeline run`) first")
 
 
 def reopen(params: Params, what: str, refuse: bool = True):
