@@ -25,17 +25,7 @@ from sagan_core.train.progress import Callback
 log = logging.getLogger("sagan.mlflow")
 
 
-def readable(path: Path, side: int):
-    """RGB, enlarged by a whole factor (sharp pixels) until its short side reaches `side`."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
-    factor = max(1, -(-side // min(rgb.size)))
-    return rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST) if factor > 1 else rgb
-
-
-def git_commit(params: Params | None = None) -> tuple[str, bool]:
+def git_commit(params: Params) -> tuple[str, bool]:
     """(commit, dirty) of the working tree, ('unknown', False) outside git. Dirty: a tracked file
     differs from HEAD, other than the pipeline's own records."""
     try:
@@ -47,11 +37,9 @@ def git_commit(params: Params | None = None) -> tuple[str, bool]:
         return "unknown", False
     # what the pipeline itself rewrites as it runs says what a run made, not what it ran from;
     # every .gitignore too (DVC adds its outputs there)
-    own = [Path("dvc.lock"), Path("sagan-version.yaml")]
-    if params is not None:
-        curves = Path(params.train.metrics_file)
-        own += [curves, curves.with_name(f"{curves.stem}_eval.csv"), Path(params.eval.metrics_file), params.eval.record_file]
-    own = {f.resolve() for f in own}
+    curves = Path(params.train.metrics_file)
+    own = [curves, curves.with_name(f"{curves.stem}_eval.csv"), Path(params.eval.metrics_file), params.eval.record_file]
+    own = {f.resolve() for f in (*own, Path("dvc.lock"), Path("sagan-version.yaml"))}
     return commit, any(p.name != ".gitignore" and p.resolve() not in own for p in changed)
 
 
@@ -132,8 +120,6 @@ class MlflowCallback(Callback):
 
     def _open_run(self) -> tuple[str, str]:
         """(run_id, experiment_id): the recorded run reopened on --resume, else a new run."""
-        from mlflow.entities import RunStatus
-
         from pipelines.tracking.store import experiment_id
 
         record = records.read_run_record(self.params) if self.resume else None
@@ -143,7 +129,7 @@ class MlflowCallback(Callback):
             record = None
         if record:
             records.recover(self.client, self.uri, self.params, record.run_id, end=False)  # curves an outage lost
-            call(self.uri, self.client.update_run, record.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            call(self.uri, self.client.update_run, record.run_id, status="RUNNING")
             return record.run_id, record.experiment_id
         exp = experiment_id(self.client, self.params, self.uri)
         exp_name = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: the run is findable by it
@@ -203,8 +189,13 @@ class MlflowCallback(Callback):
 
     def on_image(self, step: int, key: str, path: Path) -> None:
         def upload():
-            # px: MLflow's image preview shows an image at its own size; the card's `preview` stays a few rows tall
-            image = readable(path, 200 if key == "preview" else 768)
+            from PIL import Image
+
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+            side = 200 if key == "preview" else 768  # px: MLflow shows an image at its size; a card's preview: a few rows
+            if (factor := -(-side // min(image.size))) > 1:  # enlarged by a whole factor: sharp pixels
+                image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
             self.client.log_image(self.run_id, image, key=key, step=step)
             # the newest grid (each page: samples_p2 is latest_p2.png) and preview, also as plain files
             latest = path if key == "preview" else path.with_name(f"latest{key.removeprefix('samples')}.png")

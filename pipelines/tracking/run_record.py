@@ -118,34 +118,29 @@ def trained_record(params: Params, what: str, refuse: bool = True) -> tuple[RunR
 
 def reopen(params: Params, what: str, refuse: bool = True):
     """(record, client, uri) of the run that trained the checkpoint, checked on its server, made whole."""
-    record, killed = trained_record(params, what, refuse)
-    client, uri = connect(params)
-    call(uri, _reopen, client, uri, params, what, record.run_id, killed)
-    return record, client, uri
-
-
-def _reopen(client, uri: str, params: Params, what: str, run_id: str, killed: str | None) -> None:
     from mlflow.exceptions import MlflowException
 
+    record, killed = trained_record(params, what, refuse)
+    client, uri = connect(params)
     try:
-        client.get_run(run_id)
+        call(uri, client.get_run, record.run_id)
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        raise ConfigError(f"{what}: MLflow run {run_id} ({params.train.run_record}) does not exist at {redact(uri)}") from None
+        raise ConfigError(f"{what}: MLflow run {record.run_id} ({params.train.run_record}) does not exist at {redact(uri)}") from None
     if killed:
-        end_killed(client, uri, killed)
-    recover(client, uri, params, run_id, end=True)
+        end_running(client, uri, killed)
+    recover(client, uri, params, record.run_id, end=True)
+    return record, client, uri
 
 
-def end_killed(client, uri: str, run_id: str) -> bool:
-    """Mark a run left RUNNING by a killed process KILLED (the caller holds the project lock)."""
-    from mlflow.entities import RunStatus
-
+def end_running(client, uri: str, run_id: str, status: str = "KILLED") -> bool:
+    """End a run left RUNNING (by a killed process: KILLED; the caller holds the project lock)."""
     if call(uri, client.get_run, run_id).info.status != "RUNNING":
         return False
-    call(uri, client.set_terminated, run_id, status=RunStatus.to_string(RunStatus.KILLED))
-    log.info("MLflow run %s was left RUNNING by a killed process: marked KILLED", run_id)
+    call(uri, client.set_terminated, run_id, status=status)
+    by = " by a killed process: marked" if status == "KILLED" else ": ended"
+    log.info("MLflow run %s was left RUNNING%s %s", run_id, by, status)
     return True
 
 
@@ -156,12 +151,12 @@ def end_left_running(params: Params) -> list[str]:
     if not ids:
         return []
     client, uri = connect(params)
-    return [run_id for run_id in ids if end_killed(client, uri, run_id)]
+    return [run_id for run_id in ids if end_running(client, uri, run_id)]
 
 
 def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
     """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
-    from mlflow.entities import Metric, RunStatus
+    from mlflow.entities import Metric
 
     from sagan_core.model.checkpoint import step_of
 
@@ -180,8 +175,5 @@ def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
         call(uri, client.log_batch, run_id, metrics=missing[i : i + 1000])
     if missing:
         log.info("MLflow run %s: %d metric values the server missed logged from %s", run_id, len(missing), path)
-    if not end or call(uri, client.get_run, run_id).info.status != "RUNNING":
-        return
-    status = RunStatus.to_string(RunStatus.FINISHED if step >= params.train.steps else RunStatus.FAILED)
-    call(uri, client.set_terminated, run_id, status=status)
-    log.info("MLflow run %s was left RUNNING: ended %s", run_id, status)
+    if end:
+        end_running(client, uri, run_id, "FINISHED" if step >= params.train.steps else "FAILED")
