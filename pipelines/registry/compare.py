@@ -44,8 +44,7 @@ def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -
     from sagan_core.evaluate.protocol import expected_protocol, score_generator  # torch: only when scoring
 
     pid = protocol_id(target)
-    known = fid_under(mv, pid)
-    if known is not None:
+    if (known := fid_under(mv, pid)) is not None:
         return known
     try:
         now = expected_protocol(params)

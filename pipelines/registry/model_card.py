@@ -69,15 +69,13 @@ def _attention(run_params: dict[str, str], tags: dict[str, str]) -> str:
 
 def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> str:
     p = run_params.get
-    arch = f"z_dim {p('model.z_dim', '?')}, g_ch {p('model.g_ch', '?')}, d_ch {p('model.d_ch', '?')}"
-    opt = f"Adam lr_G {p('train.lr_g', '?')}, lr_D {p('train.lr_d', '?')}, β=({p('train.beta1', '?')}, "
-    opt += f"{p('train.beta2', '?')}), n_dis {p('train.n_dis', '?')}, hinge loss"
     dirty = " (uncommitted changes)" if tags.get("sagan.git_dirty") == "true" else ""
     return _table("Training", {
         "steps": f"{step} of {p('train.steps', '?')} (batch {p('train.batch_size', '?')} per process)",
-        "architecture": arch,
+        "architecture": f"z_dim {p('model.z_dim', '?')}, g_ch {p('model.g_ch', '?')}, d_ch {p('model.d_ch', '?')}",
         "self-attention": _attention(run_params, tags),
-        "optimizer": opt,
+        "optimizer": f"Adam lr_G {p('train.lr_g', '?')}, lr_D {p('train.lr_d', '?')}, β=({p('train.beta1', '?')}, "
+                     f"{p('train.beta2', '?')}), n_dis {p('train.n_dis', '?')}, hinge loss",
         "EMA": f"decay {p('train.ema_decay', '?')} from step {p('train.ema_start', '?')} (the EMA generator is registered)",
         "seed": p("train.seed", "?"),
         "hardware": f"{tags.get('sagan.device', 'unknown')} × {tags.get('sagan.world_size', '1')} process(es)",

@@ -58,13 +58,13 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
 
 def _existing_version(client, name: str, run_id: str, step: int):
     """This run's version of `name` at generator step `step`, if any; failed ones are deleted."""
-    found = None
+    ours = []
     for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         if mv.status == "FAILED_REGISTRATION":
             client.delete_model_version(name, mv.version)
-        elif (mv.tags or {}).get("generator_step") == str(step) and (found is None or int(mv.version) < int(found.version)):
-            found = mv
-    return found
+        elif (mv.tags or {}).get("generator_step") == str(step):
+            ours.append(mv)
+    return min(ours, key=lambda mv: int(mv.version), default=None)
 
 
 def register(params: Params) -> Registered:
@@ -76,6 +76,7 @@ def register(params: Params) -> Registered:
 
 def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any]) -> Registered:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     name, step = params.registry.model_name, int(ev["generator_step"])
     path, which, why = ckpt_io.candidate(params)
@@ -85,9 +86,16 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
         raise ConfigError(f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
                           f"{which} checkpoint ({path}) is at step {at} (run `sagan evaluate` again)")
     run, mv = client.get_run(run_id), _existing_version(client, name, run_id, step)
-    created = mv is None
-    if created:
-        model_id, meta = _log_model(client, uri, run_id, path)
+    if created := mv is None:
+        generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")  # loads before uploading
+        try:  # the checkpoint (resumable from the version) and its EMA generator; store failures: one line
+            client.log_artifact(run_id, str(path), CHECKPOINT_DIR)
+            model_id = log_generator(client, run_id, generator, meta)
+        except Exception as e:
+            # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError)
+            if isinstance(e, (MlflowException, OSError)) or type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
+                raise artifact_error(uri, e, client, run_id) from None
+            raise
         if which == "best":
             why += f": {meta.get('best_metric')} {meta.get('best_value'):.6g} at step {step}, the best in-training score"
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
@@ -110,18 +118,3 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
     return Registered(model_name=name, version=int(mv.version), created=created, decision=decision, reason=reason,
                       fid=float(mv.tags["fid"]), generator_step=int(mv.tags.get("generator_step", step)),
                       run_id=run_id, model_uri=f"models:/{name}/{mv.version}", tracking_uri=redact(uri))
-
-
-def _log_model(client, uri: str, run_id: str, path) -> tuple[str, dict[str, Any]]:
-    """Upload the checkpoint (resumable from the version) and log its EMA generator; store failures as one line."""
-    generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")  # loads before uploading
-    try:
-        client.log_artifact(run_id, str(path), CHECKPOINT_DIR)
-        return log_generator(client, run_id, generator, meta), meta
-    except Exception as e:
-        # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError)
-        from mlflow.exceptions import MlflowException
-
-        if isinstance(e, (MlflowException, OSError)) or type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise artifact_error(uri, e, client, run_id) from None
-        raise

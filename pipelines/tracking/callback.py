@@ -109,8 +109,7 @@ class MlflowCallback(Callback):
         self.client, self.uri = connect(params)
         self.pending: list[Any] = []  # async log_batch operations, awaited at the end
         self.error: BaseException | None = None
-        self.monitor = None
-        self.ended = False
+        self.monitor, self.ended = None, False
         # the learning rates last logged (run_record.to_log): the run's own params until one changes
         self.lr_seen = {k: float(getattr(params.train, k)) for k in records.LR_KEYS}
         self.run_id, self.experiment_id = self._open_run()
@@ -176,7 +175,6 @@ class MlflowCallback(Callback):
             self.monitor = mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
         except Exception as e:  # noqa: BLE001 - optional (needs psutil); never worth failing over
             log.warning("MLflow system metrics unavailable: %s", scrub(str(e)))
-            self.monitor = None
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -213,8 +211,8 @@ class MlflowCallback(Callback):
 
     def _upload(self, what: str, path: Path) -> None:
         snap = snapshot(path)  # the trainer may replace the file at once
-        upload = lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR)  # noqa: E731
-        self.uploads.submit(f"uploading {what}", upload, snap, key=path.name)
+        self.uploads.submit(f"uploading {what}", lambda: self.client.log_artifact(self.run_id, str(snap), CHECKPOINT_DIR),
+                            snap, key=path.name)
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.ended = True
