@@ -35,8 +35,12 @@ class Sampler:
 
 
 def _is_checkpoint(model: str) -> bool:
-    p = Path(model)
-    return p.is_file() and p.suffix in (".pt", ".pth", ".ckpt")
+    """True for a checkpoint file, False for a model folder or MLflow model URI, else a one-line refusal."""
+    if (p := Path(model)).is_file() and p.suffix in (".pt", ".pth", ".ckpt"):
+        return True
+    if "://" not in model and ":/" not in model and not p.is_dir():
+        raise ConfigError(f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI")
+    return False
 
 
 def load_sampler(model: str, params: Params) -> Sampler:
@@ -50,7 +54,6 @@ def load_sampler(model: str, params: Params) -> Sampler:
         g, meta = ckpt_io.load_generator(model, use_ema=True, device="cpu")
         generate = lambda z, y: g(z, y if g.spec.num_classes else None)  # noqa: E731
         return Sampler(generate, g.spec.z_dim, g.spec.num_classes, list(meta.get("class_names", [])), model)
-    _check_model_uri(model)
     from pipelines.tracking.generator_pyfunc import GeneratorModel
 
     with tempfile.TemporaryDirectory(prefix="sagan-model-") as tmp:
@@ -58,11 +61,6 @@ def load_sampler(model: str, params: Params) -> Sampler:
         inner = GeneratorModel()  # the installed class: nothing of the model's code runs
         inner.load_context(SimpleNamespace(model_config=config, artifacts={"generator": f"{tmp}/model/artifacts/generator"}))
     return Sampler(inner.generate, inner.z_dim, inner.num_classes, inner.class_names, model)
-
-
-def _check_model_uri(model: str) -> None:
-    if "://" not in model and ":/" not in model and not Path(model).is_dir():
-        raise ConfigError(f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI")
 
 
 def fetch_verified(uri: str, params: Params, dst: Path) -> dict[str, Any]:
@@ -148,9 +146,8 @@ def verify_model_dir(local: Path) -> dict[str, Any]:
 
 def verified_copy(params: Params, model: str, dst: Path) -> Path:
     """`sagan sample --verified-copy DIR`: the checked model written to DIR (a new or empty folder)."""
-    if _is_checkpoint(model) or model in ("best", "last"):
+    if model in ("best", "last") or _is_checkpoint(model):
         raise ConfigError("--verified-copy: needs an MLflow model URI or model folder, not a checkpoint")
-    _check_model_uri(model)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConfigError(f"--verified-copy {dst}: exists and is not an empty folder")
     dst.parent.mkdir(parents=True, exist_ok=True)
