@@ -23,8 +23,8 @@ def _manifest(params: Params) -> dict[str, Any]:
         return {}
 
 
-def _num(value: Any, fmt: str = ".4g") -> str:
-    return format(float(value), fmt) if isinstance(value, (int, float)) else "unknown"
+def _num(value: Any) -> str:
+    return f"{float(value):.4g}" if isinstance(value, (int, float)) else "unknown"
 
 
 def _duration(seconds: Any) -> str:
