@@ -68,7 +68,7 @@ def letters(tmp_path_factory, prefect_api, standin_torch_home):
 def test_runs_from_a_clean_commit_are_tagged_clean_though_the_flow_rewrites_tracked_records(
     letters, monkeypatch
 ):
-    from pipelines.tracking.lineage import git_commit
+    from pipelines.tracking.callback import git_commit
     from sagan_core.params_file import load_params
 
     first, forced = letters.runs

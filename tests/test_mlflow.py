@@ -98,7 +98,7 @@ def test_training_run_is_tracked_with_artifacts_on_s3(trained, mlflow_server, s3
     for key in ("train/loss_g", "train/d_real", "train/d_fake", "attention/gamma_g0", "attention/gamma_d0"):
         assert key in run.data.metrics, key
     assert "train/img_per_s" in run.data.metrics
-    # constant learning rates are params, not flat charts (tracking/names.py lr_changes)
+    # constant learning rates are params, not flat charts (tracking/run_record.py to_log)
     assert "train/lr_g" not in run.data.metrics and "train.lr_g" in run.data.params
     # evaluation joined the same run
     ev = json.loads((project / "metrics/eval.record.json").read_text())

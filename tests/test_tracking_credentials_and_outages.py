@@ -18,7 +18,7 @@ import torch
 import yaml
 from helpers import REPO, SAGAN, free_port, pipeline_project, project_params, run_cli, tiny_overrides
 
-from pipelines.tracking.names import train_metric
+from pipelines.tracking.run_record import train_metric
 
 pytestmark = pytest.mark.e2e  # a real mlflow server and S3 server, and CLI training runs
 
@@ -239,7 +239,7 @@ def test_outage_mid_training_is_backfilled_and_the_run_ended(
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "eval/fid" in run.data.metrics
         for key in csv_rows[0].split(",")[1:]:
-            if key in ("lr_g", "lr_d"):  # logged only when they change (tracking/names.py)
+            if key in ("lr_g", "lr_d"):  # logged only when they change (tracking/run_record.py)
                 continue
             history = client.get_metric_history(run_id, train_metric(key))
             assert sorted(m.step for m in history) == steps, key

@@ -20,16 +20,12 @@ from sagan_core.evaluate.identity import protocol_difference, protocol_id
 log = logging.getLogger("sagan.registry")
 
 
-def rescored_tag(pid: str) -> str:
-    return f"fid.{pid}"
-
-
 def fid_under(mv, pid: str) -> float | None:
     """Version `mv`'s FID under protocol `pid`: its own, else its re-scored one, else None."""
     tags = mv.tags or {}
     if tags.get("protocol_id") == pid and tags.get("fid") is not None:
         return float(tags["fid"])
-    return float(tags[rescored_tag(pid)]) if rescored_tag(pid) in tags else None
+    return float(tags[f"fid.{pid}"]) if f"fid.{pid}" in tags else None
 
 
 def version_protocol(mv) -> dict[str, Any]:
@@ -39,42 +35,16 @@ def version_protocol(mv) -> dict[str, Any]:
         return {}
 
 
-def _rescore(client, params: Params, name: str, mv, now: dict[str, Any]) -> float:
-    """Score `mv`'s registered generator under the protocol now and record it on the version."""
-    from types import SimpleNamespace
-
-    from pipelines.registry.sampling import load_sampler
-    from sagan_core.evaluate.protocol import score_generator
-
-    uri = f"models:/{name}/{mv.version}"
-    log.info("scoring %s v%s again under this project's protocol (%s)", name, mv.version,
-             protocol_difference(version_protocol(mv), now))
-    try:
-        sampler = load_sampler(uri, params)
-    except SaganError as e:
-        raise SaganError(f"cannot score {name} v{mv.version} again: {e}") from None
-
-    def g(z, y=None):  # as score_generator takes a network; the exported one runs on the CPU
-        return sampler.generate(z.cpu(), None if y is None else y.cpu()).to(z.device)
-
-    g.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
-    step = (mv.tags or {}).get("generator_step")
-    about = {"checkpoint": uri, "generator_step": int(step) if step else None, "ema": True}
-    record = score_generator(params, g, about, progress=False)
-    tag, fid = rescored_tag(protocol_id(record)), float(record["fid"])
-    client.set_model_version_tag(name, mv.version, tag, repr(fid))
-    log.info("%s v%s: FID %.4g under this protocol (recorded as tag %s)", name, mv.version, fid, tag)
-    return fid
-
-
 def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -> float:
     """`mv`'s FID under protocol `target`, scored again when it has none there; a one-line refusal
     when `target` is not the project's protocol now (the only one this machine can score under)."""
-    from sagan_core.evaluate.protocol import expected_protocol  # torch: only when scoring
+    from types import SimpleNamespace
+
+    from pipelines.registry.sampling import load_sampler
+    from sagan_core.evaluate.protocol import expected_protocol, score_generator  # torch: only when scoring
 
     pid = protocol_id(target)
-    known = fid_under(mv, pid)
-    if known is not None:
+    if (known := fid_under(mv, pid)) is not None:
         return known
     try:
         now = expected_protocol(params)
@@ -83,8 +53,26 @@ def score_under(client, params: Params, name: str, mv, target: dict[str, Any]) -
     if protocol_id(now) != pid:
         raise SaganError(f"cannot score {name} v{mv.version} under protocol {pid}: the project's evaluation "
                          f"settings or data differ from it now ({protocol_difference(target, now)}); run `sagan evaluate` again")
-    try:
-        return _rescore(client, params, name, mv, now)
+    try:  # `mv`'s registered generator scored under the protocol now, recorded on the version
+        uri = f"models:/{name}/{mv.version}"
+        log.info("scoring %s v%s again under this project's protocol (%s)", name, mv.version,
+                 protocol_difference(version_protocol(mv), now))
+        try:
+            sampler = load_sampler(uri, params)
+        except SaganError as e:
+            raise SaganError(f"cannot score {name} v{mv.version} again: {e}") from None
+
+        def g(z, y=None):  # as score_generator takes a network; the exported one runs on the CPU
+            return sampler.generate(z.cpu(), None if y is None else y.cpu()).to(z.device)
+
+        g.spec = SimpleNamespace(z_dim=sampler.z_dim, num_classes=sampler.num_classes)
+        step = (mv.tags or {}).get("generator_step")
+        about = {"checkpoint": uri, "generator_step": int(step) if step else None, "ema": True}
+        record = score_generator(params, g, about, progress=False)
+        tag, fid = f"fid.{protocol_id(record)}", float(record["fid"])
+        client.set_model_version_tag(name, mv.version, tag, repr(fid))
+        log.info("%s v%s: FID %.4g under this protocol (recorded as tag %s)", name, mv.version, fid, tag)
+        return fid
     except SaganError:
         raise
     except Exception as e:  # noqa: BLE001 - download/decoding/Inception failures: one line

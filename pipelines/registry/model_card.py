@@ -23,8 +23,8 @@ def _manifest(params: Params) -> dict[str, Any]:
         return {}
 
 
-def _num(value: Any, fmt: str = ".4g") -> str:
-    return format(float(value), fmt) if isinstance(value, (int, float)) else "unknown"
+def _num(value: Any) -> str:
+    return f"{float(value):.4g}" if isinstance(value, (int, float)) else "unknown"
 
 
 def _duration(seconds: Any) -> str:
@@ -43,12 +43,11 @@ def _classes(manifest: dict[str, Any]) -> str:
     return f"{len(names)}: {shown}"
 
 
-def _table(title: str, rows: dict[str, str]) -> list[str]:
-    return [f"## {title}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())]
+def _table(title: str, rows: dict[str, str]) -> str:
+    return f"## {title}\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
 
 
-def _data(params: Params, run_params: dict[str, str], tags: dict[str, str]) -> list[str]:
-    m = _manifest(params)
+def _data(params: Params, m: dict[str, Any], run_params: dict[str, str], tags: dict[str, str]) -> str:
     return _table("Data", {
         "source": md_code(run_params.get("data.source", params.data.source)),
         "content_hash": md_code(tags.get("sagan.data.content_hash", m.get("content_hash", "unknown"))),
@@ -59,7 +58,7 @@ def _data(params: Params, run_params: dict[str, str], tags: dict[str, str]) -> l
 
 
 def _attention(run_params: dict[str, str], tags: dict[str, str]) -> str:
-    """Where the attention blocks were: the run's resolved spec (lineage.py), else the params."""
+    """Where the attention blocks were: the run's resolved spec (callback.py), else the params."""
     try:
         spec = json.loads(tags["sagan.spec"])
         g, d = (", ".join(f"{r}×{r}" for r in spec[k]) or "none" for k in ("g_attn", "d_attn"))
@@ -68,80 +67,78 @@ def _attention(run_params: dict[str, str], tags: dict[str, str]) -> str:
     return f"G at {g}, D at {d} (feature maps)"
 
 
-def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> list[str]:
+def _training(run_params: dict[str, str], tags: dict[str, str], step: Any) -> str:
     p = run_params.get
-    arch = f"z_dim {p('model.z_dim', '?')}, g_ch {p('model.g_ch', '?')}, d_ch {p('model.d_ch', '?')}"
-    opt = f"Adam lr_G {p('train.lr_g', '?')}, lr_D {p('train.lr_d', '?')}, β=({p('train.beta1', '?')}, "
-    opt += f"{p('train.beta2', '?')}), n_dis {p('train.n_dis', '?')}, hinge loss"
     dirty = " (uncommitted changes)" if tags.get("sagan.git_dirty") == "true" else ""
     return _table("Training", {
         "steps": f"{step} of {p('train.steps', '?')} (batch {p('train.batch_size', '?')} per process)",
-        "architecture": arch,
+        "architecture": f"z_dim {p('model.z_dim', '?')}, g_ch {p('model.g_ch', '?')}, d_ch {p('model.d_ch', '?')}",
         "self-attention": _attention(run_params, tags),
-        "optimizer": opt,
+        "optimizer": f"Adam lr_G {p('train.lr_g', '?')}, lr_D {p('train.lr_d', '?')}, β=({p('train.beta1', '?')}, "
+                     f"{p('train.beta2', '?')}), n_dis {p('train.n_dis', '?')}, hinge loss",
         "EMA": f"decay {p('train.ema_decay', '?')} from step {p('train.ema_start', '?')} (the EMA generator is registered)",
         "seed": p("train.seed", "?"),
         "hardware": f"{tags.get('sagan.device', 'unknown')} × {tags.get('sagan.world_size', '1')} process(es)",
-        # what ran (lineage.py's tags), else the setting, marked as such
+        # what ran (callback.py's tags), else the setting, marked as such
         "precision": tags.get("sagan.precision") or f"setting {p('train.precision', '?')}",
         "training time": f"{_duration(tags.get('sagan.train_seconds'))} (last training session)",
         "code": f"git `{tags.get('sagan.git_commit', 'unknown')[:12]}`{dirty}",
     })
 
 
-def _evaluation(ev: dict[str, Any]) -> list[str]:
+def _evaluation(ev: dict[str, Any]) -> str:
     ref = ev.get("reference_size")
     ref_text = "all prepared images" if ref is None else f"{ref} prepared images (fixed seeded subset)"
     if ev.get("reference_split") not in (None, "prepared"):
         ref_text = f"statistics file {md_code(ev['reference_split'])}"
     official = ev.get("weights_official")
     weights = {True: "pytorch-fid's official FID weights", False: "**unofficial** weights"}.get(official, "unknown weights")
-    lines = [
-        "## Evaluation",
-        "",
-        f"Protocol: {ev.get('num_samples', '?')} generated images (EMA generator, seed {ev.get('seed', '?')},"
-        f" class-balanced) against {ref_text}; pytorch-fid InceptionV3, {ev.get('dims', '?')}-d pool features,"
-        f" {weights}; KID over {ev.get('kid_subsets', '?')} subsets of {ev.get('kid_subset_size', '?')}."
-        " FIDs from different protocols are not comparable.",
-        "",
-        "| FID | KID (mean ± std) | IS (mean ± std) |",
-        "|---|---|---|",
-        f"| {_num(ev.get('fid'))} | {_num(ev.get('kid_mean'))} ± {_num(ev.get('kid_std'))} "
-        f"| {_num(ev.get('is_mean'))} ± {_num(ev.get('is_std'))} |",
-    ]
+    text = f"""## Evaluation
+
+Protocol: {ev.get('num_samples', '?')} generated images (EMA generator, seed {ev.get('seed', '?')}, class-balanced) \
+against {ref_text}; pytorch-fid InceptionV3, {ev.get('dims', '?')}-d pool features, {weights}; KID over \
+{ev.get('kid_subsets', '?')} subsets of {ev.get('kid_subset_size', '?')}. FIDs from different protocols are not comparable.
+
+| FID | KID (mean ± std) | IS (mean ± std) |
+|---|---|---|
+| {_num(ev.get('fid'))} | {_num(ev.get('kid_mean'))} ± {_num(ev.get('kid_std'))} \
+| {_num(ev.get('is_mean'))} ± {_num(ev.get('is_std'))} |"""
     if "precision" in ev:  # evaluations before precision/recall/density/coverage existed lack them
         keys = ("precision", "recall", "density", "coverage")
-        lines += ["", f"How it fails, {ev.get('prdc_k', 5)}-NN on the same features (precision/density: fidelity;"
-                  " recall/coverage: variety, low when modes are dropped):", "", f"| {' | '.join(keys)} |",
-                  "|---|---|---|---|", f"| {' | '.join(_num(ev.get(k)) for k in keys)} |"]
+        text += f"""
+
+How it fails, {ev.get('prdc_k', 5)}-NN on the same features (precision/density: fidelity; recall/coverage: \
+variety, low when modes are dropped):
+
+| {' | '.join(keys)} |
+|---|---|---|---|
+| {' | '.join(_num(ev.get(k)) for k in keys)} |"""
     if official is False:
-        lines += ["", "**Unofficial Inception weights**: this FID was computed with a file other than"
-                  " pytorch-fid's official weights; it is not comparable with published FIDs."]
-    return lines
+        text += ("\n\n**Unofficial Inception weights**: this FID was computed with a file other than"
+                 " pytorch-fid's official weights; it is not comparable with published FIDs.")
+    return text
 
 
-def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> list[str]:
+def _how_to_sample(name: str, decision: str, manifest: dict[str, Any]) -> str:
     names = [str(c) for c in manifest.get("class_names") or []]
     request = ({"class": names[0]} if names else {}) | {"n": 4, "seed": 0, "truncation": 1.0}
     # `--class` by name; a name that cannot stay on the line by its index (unless a class is named "0")
     klass = names[0] if names and names[0].isprintable() else "0" if names and "0" not in names else None
     alias = decision if decision in ("champion", "challenger") else "champion"
     uri = sh(f"models:/{name}@{alias}")  # pasted into a shell: the model name is one word
-    return [
-        "## How to sample",
-        "",
-        f"While this version holds `@{alias}` (aliases move: the version page lists its current ones):",
-        "",
-        "```bash",
-        f"sagan sample --model {uri} --n 64 --out grid.png" + (f" --class {sh(klass)}" if klass else ""),
-        f"sagan sample --model {uri} --verified-copy served/  # only a model this sagan logged",
-        "mlflow models serve -m served/ --env-manager local -p 5001",
-        "curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\",
-        f"  -d {json_sh({'dataframe_records': [request]})}",
-        "```",
-        "",
-        "The answer has one row per image: `class`, `class_id`, `seed`, `index`, `image` (base64 PNG).",
-    ]
+    return f"""## How to sample
+
+While this version holds `@{alias}` (aliases move: the version page lists its current ones):
+
+```bash
+sagan sample --model {uri} --n 64 --out grid.png{f" --class {sh(klass)}" if klass else ""}
+sagan sample --model {uri} --verified-copy served/  # only a model this sagan logged
+mlflow models serve -m served/ --env-manager local -p 5001
+curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+  -d {json_sh({'dataframe_records': [request]})}
+```
+
+The answer has one row per image: `class`, `class_id`, `seed`, `index`, `image` (base64 PNG)."""
 
 
 @dataclass(frozen=True)
@@ -153,23 +150,22 @@ class Grid:
 
 
 def _link(run, path: str) -> str:
-    """Relative to the MLflow UI's get-artifact endpoint: works from any host the page is opened on
-    (MLflow 3.17's renderer drops data: URIs). Quoted: the series' names hold "+"."""
+    # relative to the MLflow UI (any host; MLflow 3.17's renderer drops data: URIs); the names hold "+"
     from urllib.parse import quote
 
     return f"get-artifact?path={quote(path, safe='/')}&run_uuid={run.info.run_id}"
 
 
-def _samples(run, grid: Grid | None, classes: int) -> list[str]:
+def _samples(run, grid: Grid | None, classes: int) -> str:
     """The small preview linked to the whole grid, its pages as links: the text stays on the first screen."""
     if not grid or not grid.pages:
-        return []
+        return ""
     full = _link(run, grid.pages[0])
     pages = [f"[page {k}]({_link(run, p)})" for k, p in enumerate(grid.pages, start=1)]
     link = f"[the full sample grid]({full})" if len(pages) == 1 else "the full sample grid, " + " · ".join(pages)
     every = f"all {classes} classes, a row each" if classes else "64 images"
-    picture = [f"[![a few rows of the sample grid]({_link(run, grid.preview)})]({full})", ""] if grid.preview else []
-    return ["", *picture, f"Samples of this step: {link} ({every}).", ""]
+    picture = f"[![a few rows of the sample grid]({_link(run, grid.preview)})]({full})\n\n" if grid.preview else ""
+    return f"\n{picture}Samples of this step: {link} ({every}).\n\n"
 
 
 def sample_grid(client, run_id: str, step: int) -> Grid | None:
@@ -179,17 +175,14 @@ def sample_grid(client, run_id: str, step: int) -> Grid | None:
     except Exception:  # noqa: BLE001 - the picture is a convenience; the card is written without it
         return None
 
-    def at_step(key: str) -> str | None:
-        hits = sorted(p for p in found if p.startswith(f"images/{key}+step+{step}+") and p.endswith(".png"))
-        return hits[-1] if hits else None
+    for pattern, stem in ((f"images/{{}}+step+{step}+", "samples"), ("samples/{}.png", "latest")):
+        def find(key: str, pattern: str = pattern) -> str | None:
+            return max((p for p in found if p.startswith(pattern.format(key)) and p.endswith(".png")), default=None)
 
-    def latest(key: str) -> str | None:
-        return f"samples/{key}.png" if f"samples/{key}.png" in found else None
-
-    for find, stem in ((at_step, "samples"), (latest, "latest")):
-        if pages := [find(stem)] if find(stem) else []:
-            while page := find(f"{stem}_p{len(pages) + 1}"):
-                pages.append(page)
+        pages: list[str] = []
+        while page := find(f"{stem}_p{len(pages) + 1}" if pages else stem):
+            pages.append(page)
+        if pages:
             return Grid(tuple(pages), find("preview"))
     return None
 
@@ -206,44 +199,37 @@ def version_card(params: Params, name: str, version: int, run, ev: dict[str, Any
     run_params, tags = dict(run.data.params), dict(run.data.tags)
     step = ev.get("generator_step", "?")
     manifest = _manifest(params)
-    lines = [
-        f"# {md(name)} v{version}: SAGAN generator (EMA) at step {step}",
-        "",
-        promotion_line(decision, reason),
-        "",
-        f"FID {_num(ev.get('fid'))} · KID {_num(ev.get('kid_mean'))} · IS {_num(ev.get('is_mean'))} · "
-        f"run `{run.info.run_id}`",
-        *_samples(run, grid, len(manifest.get("class_names") or [])),
-        "",
-        *_data(params, run_params, tags),
-        "",
-        *_training(run_params, tags, step),
-        "",
-        *_evaluation(ev),
-        "",
-        *_how_to_sample(name, decision, manifest),
-    ]
-    return "\n".join(lines) + "\n"
+    return f"""# {md(name)} v{version}: SAGAN generator (EMA) at step {step}
+
+{promotion_line(decision, reason)}
+
+FID {_num(ev.get('fid'))} · KID {_num(ev.get('kid_mean'))} · IS {_num(ev.get('is_mean'))} · run `{run.info.run_id}`
+{_samples(run, grid, len(manifest.get("class_names") or []))}
+{_data(params, manifest, run_params, tags)}
+
+{_training(run_params, tags, step)}
+
+{_evaluation(ev)}
+
+{_how_to_sample(name, decision, manifest)}
+"""
 
 
 def model_description(params: Params, name: str) -> str:
     """What the registered model's versions are and how its aliases move."""
     uri = sh(f"models:/{name}@champion")
-    return "\n".join([
-        f"# {md(name)}",
-        "",
-        "Self-Attention GAN generators (the EMA copy of G), trained, evaluated and registered by"
-        f" the `sagan` pipeline from {md_code(params.data.source)} data. Each version's description is its"
-        " model card: data, training, evaluation protocol and scores, promotion decision.",
-        "",
-        f"- `@champion`: the best FID so far (a new version takes it only when its FID is lower by more"
-        f" than {params.registry.min_improvement:g} under the same protocol; after the data changed,"
-        " the champion is scored again under the new version's protocol first), or the version a"
-        " person promoted (`sagan models promote`). Tags `promotion.*` say who, when and why.",
-        "- `@challenger`: the latest version that did not beat the champion.",
-        "",
-        f"Sample: {md_code(f'sagan sample --model {uri} --out grid.png')}; serve its checked"
-        f" copy: {md_code(f'sagan sample --model {uri} --verified-copy served/')}, then"
-        " `mlflow models serve -m served/ --env-manager local` (input rows: class, n, seed,"
-        " truncation; output: base64 PNGs).",
-    ])
+    return f"""# {md(name)}
+
+Self-Attention GAN generators (the EMA copy of G), trained, evaluated and registered by the `sagan` \
+pipeline from {md_code(params.data.source)} data. Each version's description is its model card: data, \
+training, evaluation protocol and scores, promotion decision.
+
+- `@champion`: the best FID so far (a new version takes it only when its FID is lower by more than \
+{params.registry.min_improvement:g} under the same protocol; after the data changed, the champion is scored \
+again under the new version's protocol first), or the version a person promoted (`sagan models promote`). \
+Tags `promotion.*` say who, when and why.
+- `@challenger`: the latest version that did not beat the champion.
+
+Sample: {md_code(f'sagan sample --model {uri} --out grid.png')}; serve its checked copy: \
+{md_code(f'sagan sample --model {uri} --verified-copy served/')}, then `mlflow models serve -m served/ \
+--env-manager local` (input rows: class, n, seed, truncation; output: base64 PNGs)."""

@@ -51,20 +51,20 @@ def _version_tags(ev: dict[str, Any], run) -> dict[str, str]:
         "generator_step": str(ev["generator_step"]),
         "weights_official": str(ev.get("weights_official", "unknown")).lower(),
     }
-    scores = [k for k in ("kid_mean", "kid_std", "is_mean", "is_std") if isinstance(ev.get(k), (int, float))]
-    tags |= {("kid" if k == "kid_mean" else k): repr(float(ev[k])) for k in scores}
+    scores = ("kid_mean", "kid_std", "is_mean", "is_std")
+    tags |= {k.replace("kid_mean", "kid"): repr(float(ev[k])) for k in scores if isinstance(ev.get(k), (int, float))}
     return tags | ({"dvc_md5": t["sagan.data.dvc_md5"]} if "sagan.data.dvc_md5" in t else {})
 
 
 def _existing_version(client, name: str, run_id: str, step: int):
     """This run's version of `name` at generator step `step`, if any; failed ones are deleted."""
-    found = None
+    ours = []
     for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
         if mv.status == "FAILED_REGISTRATION":
             client.delete_model_version(name, mv.version)
-        elif (mv.tags or {}).get("generator_step") == str(step) and (found is None or int(mv.version) < int(found.version)):
-            found = mv
-    return found
+        elif (mv.tags or {}).get("generator_step") == str(step):
+            ours.append(mv)
+    return min(ours, key=lambda mv: int(mv.version), default=None)
 
 
 def register(params: Params) -> Registered:
@@ -75,6 +75,9 @@ def register(params: Params) -> Registered:
 
 
 def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any]) -> Registered:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     name, step = params.registry.model_name, int(ev["generator_step"])
     path, which, why = ckpt_io.candidate(params)
     if not path.exists():
@@ -83,13 +86,24 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
         raise ConfigError(f"sagan register: {params.eval.record_file} evaluated the generator at step {step}, the "
                           f"{which} checkpoint ({path}) is at step {at} (run `sagan evaluate` again)")
     run, mv = client.get_run(run_id), _existing_version(client, name, run_id, step)
-    created = mv is None
-    if created:
-        model_id, meta = _log_model(client, uri, run_id, path)
+    if created := mv is None:
+        generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")  # loads before uploading
+        try:  # the checkpoint (resumable from the version) and its EMA generator; store failures: one line
+            client.log_artifact(run_id, str(path), CHECKPOINT_DIR)
+            model_id = log_generator(client, run_id, generator, meta)
+        except Exception as e:
+            # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError)
+            if isinstance(e, (MlflowException, OSError)) or type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
+                raise artifact_error(uri, e, client, run_id) from None
+            raise
         if which == "best":
             why += f": {meta.get('best_metric')} {meta.get('best_value'):.6g} at step {step}, the best in-training score"
         tags = _version_tags(ev, run) | {"candidate": which, "candidate.reason": why, "model_id": model_id}
-        mv = _create_version(client, name, model_id, tags)
+        # mlflow.register_model also creates the registered model and links the LoggedModel to the version
+        mv = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+        if mv.status != "READY":
+            client.delete_model_version(name, mv.version)
+            raise SaganError(f"model version {name} v{mv.version} ended {mv.status}: {mv.status_message}")
     else:
         log.info("run %s is already registered at step %d as %s v%s: not registering again", run_id, step, name, mv.version)
     description = model_description(params, name)
@@ -104,29 +118,3 @@ def _register(client, uri: str, params: Params, run_id: str, ev: dict[str, Any])
     return Registered(model_name=name, version=int(mv.version), created=created, decision=decision, reason=reason,
                       fid=float(mv.tags["fid"]), generator_step=int(mv.tags.get("generator_step", step)),
                       run_id=run_id, model_uri=f"models:/{name}/{mv.version}", tracking_uri=redact(uri))
-
-
-def _log_model(client, uri: str, run_id: str, path) -> tuple[str, dict[str, Any]]:
-    """Upload the checkpoint (resumable from the version) and log its EMA generator; store failures as one line."""
-    generator, meta = ckpt_io.load_generator(path, use_ema=True, device="cpu")  # loads before uploading
-    try:
-        client.log_artifact(run_id, str(path), CHECKPOINT_DIR)
-        return log_generator(client, run_id, generator, meta), meta
-    except Exception as e:
-        # S3 uploads raise boto's own exceptions (no common base with MLflow's or OSError)
-        from mlflow.exceptions import MlflowException
-
-        if isinstance(e, (MlflowException, OSError)) or type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise artifact_error(uri, e, client, run_id) from None
-        raise
-
-
-def _create_version(client, name: str, model_id: str, tags: dict[str, str]):
-    """mlflow.register_model also creates the registered model and links the LoggedModel to the version."""
-    import mlflow
-
-    mv = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
-    if mv.status != "READY":
-        client.delete_model_version(name, mv.version)
-        raise SaganError(f"model version {name} v{mv.version} ended {mv.status}: {mv.status_message}")
-    return mv

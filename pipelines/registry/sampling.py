@@ -3,10 +3,12 @@
 Loading a model runs nothing from it: its layout, its generator_pyfunc.py (byte-identical to this
 sagan's) and its pt2 network are checked as YAML and bytes (`verify_model_dir`); the installed
 GeneratorModel reads the network. `--verified-copy DIR` writes the checked files, to serve.
+`--class` by name, else by index, with the served model's own rule (GeneratorModel.class_id).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -15,10 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pipelines.registry.classes import class_index, class_name
 from sagan_core.atomic import write_atomic
 from sagan_core.config import Params
-from sagan_core.errors import ConfigError, SaganError
+from sagan_core.errors import ConfigError, SaganError, shown
 
 # No environment files: from an untrusted registry, a package install (serve with --env-manager local)
 MODEL_FILES = ("MLmodel", "generator_pyfunc.py", "artifacts/generator/MLmodel", "artifacts/generator/data/model.pt2")
@@ -34,8 +35,12 @@ class Sampler:
 
 
 def _is_checkpoint(model: str) -> bool:
-    p = Path(model)
-    return p.is_file() and p.suffix in (".pt", ".pth", ".ckpt")
+    """True for a checkpoint file, False for a model folder or MLflow model URI, else a one-line refusal."""
+    if (p := Path(model)).is_file() and p.suffix in (".pt", ".pth", ".ckpt"):
+        return True
+    if "://" not in model and ":/" not in model and not p.is_dir():
+        raise ConfigError(f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI")
+    return False
 
 
 def load_sampler(model: str, params: Params) -> Sampler:
@@ -49,7 +54,6 @@ def load_sampler(model: str, params: Params) -> Sampler:
         g, meta = ckpt_io.load_generator(model, use_ema=True, device="cpu")
         generate = lambda z, y: g(z, y if g.spec.num_classes else None)  # noqa: E731
         return Sampler(generate, g.spec.z_dim, g.spec.num_classes, list(meta.get("class_names", [])), model)
-    _check_model_uri(model)
     from pipelines.tracking.generator_pyfunc import GeneratorModel
 
     with tempfile.TemporaryDirectory(prefix="sagan-model-") as tmp:
@@ -57,11 +61,6 @@ def load_sampler(model: str, params: Params) -> Sampler:
         inner = GeneratorModel()  # the installed class: nothing of the model's code runs
         inner.load_context(SimpleNamespace(model_config=config, artifacts={"generator": f"{tmp}/model/artifacts/generator"}))
     return Sampler(inner.generate, inner.z_dim, inner.num_classes, inner.class_names, model)
-
-
-def _check_model_uri(model: str) -> None:
-    if "://" not in model and ":/" not in model and not Path(model).is_dir():
-        raise ConfigError(f"--model {model}: neither a checkpoint file, a model folder nor an MLflow model URI")
 
 
 def fetch_verified(uri: str, params: Params, dst: Path) -> dict[str, Any]:
@@ -125,11 +124,7 @@ def verify_model_dir(local: Path) -> dict[str, Any]:
         raise ValueError("its artifacts are not exactly the generator network")
     if (artifacts["generator"] or {}).get("path") != "artifacts/generator":
         raise ValueError("its generator artifact is not at artifacts/generator")
-    _verify_network(local / "artifacts/generator")
-    return _model_config(pf.get("config"))
-
-
-def _verify_network(folder: Path) -> None:
+    folder = local / "artifacts/generator"
     flavors = _yaml(folder / "MLmodel")["flavors"]
     torch_flavor = flavors.get("pytorch")
     if not isinstance(torch_flavor, dict) or not set(flavors) <= {"pytorch", "python_function"}:
@@ -138,9 +133,7 @@ def _verify_network(folder: Path) -> None:
         raise ValueError("its network carries code or extra files")
     if not (folder / "data/model.pt2").is_file() or (folder / "data/model.pth").exists():
         raise ValueError("its network is not a pt2 program (torch.export)")
-
-
-def _model_config(config: Any) -> dict[str, Any]:
+    config = pf.get("config")
     if not isinstance(config, dict):
         raise ValueError("its model_config is missing")
     z_dim, classes, names = config.get("z_dim"), config.get("num_classes", 0), config.get("class_names", [])
@@ -153,9 +146,8 @@ def _model_config(config: Any) -> dict[str, Any]:
 
 def verified_copy(params: Params, model: str, dst: Path) -> Path:
     """`sagan sample --verified-copy DIR`: the checked model written to DIR (a new or empty folder)."""
-    if _is_checkpoint(model) or model in ("best", "last"):
+    if model in ("best", "last") or _is_checkpoint(model):
         raise ConfigError("--verified-copy: needs an MLflow model URI or model folder, not a checkpoint")
-    _check_model_uri(model)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConfigError(f"--verified-copy {dst}: exists and is not an empty folder")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +157,30 @@ def verified_copy(params: Params, model: str, dst: Path) -> Path:
     return dst
 
 
-def _check_request(n: int, seed: int, truncation: float | None) -> None:
-    from pipelines.tracking.generator_pyfunc import MAX_IMAGES, MIN_TRUNCATION, SEED_LIMIT
+def class_index(value: str, num_classes: int, names: list[str], model: str) -> int:
+    """An unknown class: one line naming a few (and one differing only in case)."""
+    from pipelines.tracking.generator_pyfunc import GeneratorModel
+
+    if not num_classes:
+        raise ConfigError(f"--class: {model} is an unconditional generator")
+    rule = GeneratorModel()  # only its class_id: no network is loaded
+    rule.num_classes, rule.class_names = num_classes, list(names)
+    with contextlib.suppress(ValueError):
+        return rule.class_id(value)
+    text = str(value).strip()
+    close = [c for c in names if c.casefold() == text.casefold()]
+    hint = f"; did you mean {shown(close[0], 40)}?" if close else ""
+    few = ", ".join(shown(c, 20) for c in names[:8]) + (", …" if len(names) > 8 else "")
+    known = f"a class name ({few}) or " if names else ""
+    raise ConfigError(f"--class {shown(text, 40)}: no such class; expected {known}an index 0..{num_classes - 1}{hint}")
+
+
+def sample(params: Params, model: str, n: int, klass: str | None, out: Path | None, out_dir: Path | None,
+           seed: int, nrow: int | None, truncation: float | None = None) -> dict[str, Any]:
+    import torch
+
+    from pipelines.tracking.generator_pyfunc import BATCH, MAX_IMAGES, MIN_TRUNCATION, SEED_LIMIT
+    from pipelines.tracking.generator_pyfunc import truncated_normal as draw_z
 
     if not 1 <= n <= MAX_IMAGES:
         raise ConfigError(f"--n: expected 1..{MAX_IMAGES} images (the per-call budget), got {n}; for more, run again with another --seed")
@@ -174,27 +188,14 @@ def _check_request(n: int, seed: int, truncation: float | None) -> None:
         raise ConfigError(f"--seed: expected 0 <= seed < 2**63, got {seed}")
     if truncation is not None and not truncation >= MIN_TRUNCATION:
         raise ConfigError(f"--truncation: expected a number >= {MIN_TRUNCATION}, got {truncation}")
-
-
-def _generate(s: Sampler, n: int, klass: int | None, seed: int, truncation: float | None):
-    """All n images, made BATCH at a time from z drawn for all n first (the served model's z)."""
-    import torch
-
-    from pipelines.tracking.generator_pyfunc import BATCH, truncated_normal
-
-    z = truncated_normal(n, s.z_dim, truncation, torch.Generator().manual_seed(seed))
-    y = None if not s.num_classes else torch.full((n,), klass) if klass is not None else torch.arange(n) % s.num_classes
-    with torch.no_grad():
-        parts = [s.generate(z[i : i + BATCH], None if y is None else y[i : i + BATCH]) for i in range(0, n, BATCH)]
-    return torch.cat([p.float().clamp(-1, 1) for p in parts])
-
-
-def sample(params: Params, model: str, n: int, klass: str | None, out: Path | None, out_dir: Path | None,
-           seed: int, nrow: int | None, truncation: float | None = None) -> dict[str, Any]:
-    _check_request(n, seed, truncation)
     s = load_sampler(model, params)
     class_id = None if klass is None else class_index(klass, s.num_classes, s.class_names, s.source)
-    images = _generate(s, n, class_id, seed, truncation)
+    # all n images, BATCH at a time, from z drawn for all n first (the served model's z)
+    z = draw_z(n, s.z_dim, truncation, torch.Generator().manual_seed(seed))
+    y = None if not s.num_classes else torch.full((n,), class_id) if class_id is not None else torch.arange(n) % s.num_classes
+    with torch.no_grad():
+        parts = [s.generate(z[i : i + BATCH], None if y is None else y[i : i + BATCH]) for i in range(0, n, BATCH)]
+    images = torch.cat([p.float().clamp(-1, 1) for p in parts])
     written: list[str] = []
     if out_dir is not None:
         from torchvision.utils import save_image
@@ -213,6 +214,6 @@ def sample(params: Params, model: str, n: int, klass: str | None, out: Path | No
         rows = nrow or (s.num_classes if s.num_classes and klass is None and n % s.num_classes == 0 else 8)
         save_grid(images, out, rows)
         written.append(str(out))
-    name = None if class_id is None else class_name(class_id, s.class_names)
+    name = None if class_id is None else s.class_names[class_id] if class_id < len(s.class_names) else str(class_id)
     return {"model": s.source, "n": n, "class": name, "class_id": class_id, "truncation": truncation,
             "files": written, "shape": list(images.shape)}

@@ -37,15 +37,12 @@ def log_evaluation(params: Params, eval_metrics: dict[str, Any]) -> str | None:
     client, uri = connect(params)
     run_id, step, now = record.run_id, int(eval_metrics["generator_step"]), int(time.time() * 1000)
 
-    def logged(key: str, value: float) -> bool:  # an evaluation rerun adds no second row
-        return any(m.step == step and m.value == value for m in client.get_metric_history(run_id, key))
-
     # eval.json's numbers but the step (a number the evaluation adds reaches MLflow with no edit here)
     numbers = {f"eval/{k}": float(v) for k, v in metrics_only(eval_metrics).items() if k != "generator_step"}
-    metrics = [Metric(k, v, now, step) for k, v in numbers.items() if not call(uri, logged, k, v)]
+    metrics = [Metric(k, v, now, step) for k, v in numbers.items()  # an evaluation rerun adds no second row
+               if not any(m.step == step and m.value == v for m in call(uri, client.get_metric_history, run_id, k))]
     tags = [RunTag(f"sagan.eval.{k}", v if isinstance(v, str) else json.dumps(v)) for k, v in eval_metrics.items() if f"eval/{k}" not in numbers]
-    tags.append(RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics)))
-    call(uri, client.log_batch, run_id, metrics=metrics, tags=tags)
+    call(uri, client.log_batch, run_id, metrics=metrics, tags=[*tags, RunTag("sagan.eval.protocol_id", protocol_id(eval_metrics))])
     try:
         for eval_file in (f for f in (Path(params.eval.metrics_file), params.eval.record_file) if f.exists()):
             client.log_artifact(run_id, str(eval_file), "metrics")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")
-CODE_HASH_TAG = "sagan.pyfunc_sha256"
 KEY_PARAMS = ("data.source", "data.resolution", "data.channels", "model.", "train.steps", "train.batch_size")
 KEY_PARAMS += ("train.lr_g", "train.lr_d", "train.n_dis", "train.ema_decay", "train.seed")
 
@@ -36,22 +35,13 @@ def _latent_to_image(g):
     return LatentToImage(g.cpu().float().eval()).eval()
 
 
-def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
-
-    # Any: JSON gives 7 as int64 and a missing value as NaN; the pyfunc checks the values itself
-    inputs = Schema([ColSpec(AnyType(), k, required=False) for k in ("class", "n", "seed", "truncation")])
-    out = {"class": "string", "class_id": "long", "seed": "long", "index": "long", "image": "string"}
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(t, k) for k, t in out.items()]))
-
-
 def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
     """Log the (EMA) generator (checkpoint metadata `meta`) into run `run_id`; returns the model id."""
     import mlflow
     import pandas as pd
     import torch
-    from mlflow.models import Model
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
 
     spec, step, names = generator.spec, int(meta["step"]), list(meta.get("class_names", []))
     config = {"z_dim": spec.z_dim, "num_classes": spec.num_classes, "class_names": names}
@@ -59,7 +49,7 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
     run, name = client.get_run(run_id), f"generator-step-{step:06d}"
     # in the run's experiment: log_model alone would use the fluent "current" one
     logged = client.create_logged_model(
-        run.info.experiment_id, name=name, source_run_id=run_id, tags={CODE_HASH_TAG: file_sha256()},
+        run.info.experiment_id, name=name, source_run_id=run_id, tags={"sagan.pyfunc_sha256": file_sha256()},
         params={k: v for k, v in run.data.params.items() if k.startswith(KEY_PARAMS)},
     )
     # Requirements given: inferring them loads the model in a new Python process (~10 s)
@@ -68,6 +58,10 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     z = torch.randn(2, spec.z_dim, generator=torch.Generator().manual_seed(0))  # not the global RNG
     example = torch.cat([z, torch.tensor([[0.0], [max(spec.num_classes - 1, 0)]])], dim=1).numpy()
+    # Any: JSON gives 7 as int64 and a missing value as NaN; the pyfunc checks the values itself
+    inputs = Schema([ColSpec(AnyType(), k, required=False) for k in ("class", "n", "seed", "truncation")])
+    out = {"class": "string", "class_id": "long", "seed": "long", "index": "long", "image": "string"}
+    signature = ModelSignature(inputs=inputs, outputs=Schema([ColSpec(t, k) for k, t in out.items()]))
     with tempfile.TemporaryDirectory() as tmp:
         # torch.export turns oneDNN/cuDNN off process-wide while it traces: never beside a training step
         mlflow.pytorch.save_model(_latent_to_image(generator), f"{tmp}/generator", serialization_format="pt2",
@@ -77,7 +71,7 @@ def log_generator(client, run_id: str, generator, meta: dict[str, Any]) -> str:
             artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
             python_model=str(PYFUNC_FILE), artifacts={"generator": f"{tmp}/generator"},
             model_config=config,  # also logged as the run's params, which cannot change: no step
-            metadata=config | {"step": step}, signature=_signature(), pip_requirements=requirements,
+            metadata=config | {"step": step}, signature=signature, pip_requirements=requirements,
             input_example=pd.DataFrame([{"class": klass, "n": 2, "seed": 0, "truncation": 1.0}]), step=step,
         )
     return info.model_id

@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.tracking.names import LR_KEYS, train_metric
 from pipelines.tracking.store import call, connect, redact
 from sagan_core.atomic import write_json
 from sagan_core.config import Params
@@ -24,6 +24,21 @@ from sagan_core.errors import ConfigError, SaganError
 log = logging.getLogger("sagan.mlflow")
 
 UNKNOWN = "unknown"  # checkpoint_step of a record from --resume-from or written by hand: trusted
+LR_KEYS = ("lr_g", "lr_d")
+
+
+def train_metric(key: str) -> str:
+    """MLflow 3 groups a run's charts by the part before the first `/` (train.csv keeps its names)."""
+    section = "train_eval" if key in ("kid", "kid_std", "fid") else "attention" if key.startswith("gamma_") else "train"
+    return f"{section}/{key}"
+
+
+def to_log(seen: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` less the learning rates unchanged since `seen` (updated in place): a constant rate
+    is a param, and as a metric a flat line MLflow's axis labels 0; one changes only on a resume."""
+    changed = {k: float(metrics[k]) for k in LR_KEYS if k in metrics and float(metrics[k]) != seen.get(k)}
+    seen.update(changed)
+    return {k: v for k, v in metrics.items() if k not in LR_KEYS} | changed
 
 
 @dataclass(frozen=True)
@@ -96,44 +111,36 @@ def trained_record(params: Params, what: str, refuse: bool = True) -> tuple[RunR
     if not refuse:
         return record, None
     done = record.checkpoint_step
-    raise SaganError(
-        f"{what}: MLflow run {record.run_id} did not finish training ({params.train.checkpoint} is at "
-        f"step {step} of {steps}; "
-        f"{'the run wrote no checkpoint' if done is None else f'its last checkpoint was step {done}'}): "
-        "run `sagan train --resume` (or `sagan pipeline run`) first"
-    )
+    done = "the run wrote no checkpoint" if done is None else f"its last checkpoint was step {done}"
+    raise SaganError(f"{what}: MLflow run {record.run_id} did not finish training ({params.train.checkpoint} is at "
+                     f"step {step} of {steps}; {done}): run `sagan train --resume` (or `sagan pipeline run`) first")
 
 
 def reopen(params: Params, what: str, refuse: bool = True):
     """(record, client, uri) of the run that trained the checkpoint, checked on its server, made whole."""
-    record, killed = trained_record(params, what, refuse)
-    client, uri = connect(params)
-    call(uri, _reopen, client, uri, params, what, record.run_id, killed)
-    return record, client, uri
-
-
-def _reopen(client, uri: str, params: Params, what: str, run_id: str, killed: str | None) -> None:
     from mlflow.exceptions import MlflowException
 
+    record, killed = trained_record(params, what, refuse)
+    client, uri = connect(params)
     try:
-        client.get_run(run_id)
+        call(uri, client.get_run, record.run_id)
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        raise ConfigError(f"{what}: MLflow run {run_id} ({params.train.run_record}) does not exist at {redact(uri)}") from None
+        raise ConfigError(f"{what}: MLflow run {record.run_id} ({params.train.run_record}) does not exist at {redact(uri)}") from None
     if killed:
-        end_killed(client, uri, killed)
-    recover(client, uri, params, run_id, end=True)
+        end_running(client, uri, killed)
+    recover(client, uri, params, record.run_id, end=True)
+    return record, client, uri
 
 
-def end_killed(client, uri: str, run_id: str) -> bool:
-    """Mark a run left RUNNING by a killed process KILLED (the caller holds the project lock)."""
-    from mlflow.entities import RunStatus
-
+def end_running(client, uri: str, run_id: str, status: str = "KILLED") -> bool:
+    """End a run left RUNNING (by a killed process: KILLED; the caller holds the project lock)."""
     if call(uri, client.get_run, run_id).info.status != "RUNNING":
         return False
-    call(uri, client.set_terminated, run_id, status=RunStatus.to_string(RunStatus.KILLED))
-    log.info("MLflow run %s was left RUNNING by a killed process: marked KILLED", run_id)
+    call(uri, client.set_terminated, run_id, status=status)
+    by = " by a killed process: marked" if status == "KILLED" else ": ended"
+    log.info("MLflow run %s was left RUNNING%s %s", run_id, by, status)
     return True
 
 
@@ -144,44 +151,29 @@ def end_left_running(params: Params) -> list[str]:
     if not ids:
         return []
     client, uri = connect(params)
-    return [run_id for run_id in ids if end_killed(client, uri, run_id)]
+    return [run_id for run_id in ids if end_running(client, uri, run_id)]
 
 
-_BATCH = 1000  # log_batch takes at most 1000 metrics per call
-
-
-def backfill(client, uri: str, params: Params, run_id: str, upto: int) -> int:
-    """Log train.csv's rows after each column's last logged step, up to `upto` (a resume redoes later ones)."""
+def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
+    """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
     from mlflow.entities import Metric
 
+    from sagan_core.model.checkpoint import step_of
+
+    step = step_of(params.train.checkpoint) or 0
+    # train.csv's rows after each column's last logged step, up to the checkpoint (a resume redoes later ones)
     path = Path(params.train.metrics_file)
-    if not path.exists():
-        return 0
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+    with open(path if path.exists() else os.devnull, newline="") as f:  # no train.csv: no rows
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
     now, missing = int(time.time() * 1000), []
     # learning rates are logged only when they change, which the CSV rows do not say
     for col in (k for k in (rows[0] if rows else {}) if k not in ("step", *LR_KEYS)):
         key = train_metric(col)
         last = max((m.step for m in call(uri, client.get_metric_history, run_id, key)), default=-1)
         missing += [Metric(key, float(r[col]), now, int(r["step"])) for r in rows if int(r["step"]) > last and r[col]]
-    for i in range(0, len(missing), _BATCH):
-        call(uri, client.log_batch, run_id, metrics=missing[i : i + _BATCH])
+    for i in range(0, len(missing), 1000):  # log_batch takes at most 1000 metrics per call
+        call(uri, client.log_batch, run_id, metrics=missing[i : i + 1000])
     if missing:
         log.info("MLflow run %s: %d metric values the server missed logged from %s", run_id, len(missing), path)
-    return len(missing)
-
-
-def recover(client, uri: str, params: Params, run_id: str, end: bool) -> None:
-    """Backfill the run's curves; with `end`, close a run an interrupted training left RUNNING."""
-    from mlflow.entities import RunStatus
-
-    from sagan_core.model.checkpoint import step_of
-
-    step = step_of(params.train.checkpoint) or 0
-    backfill(client, uri, params, run_id, step)
-    if not end or call(uri, client.get_run, run_id).info.status != "RUNNING":
-        return
-    status = RunStatus.to_string(RunStatus.FINISHED if step >= params.train.steps else RunStatus.FAILED)
-    call(uri, client.set_terminated, run_id, status=status)
-    log.info("MLflow run %s was left RUNNING: ended %s", run_id, status)
+    if end:
+        end_running(client, uri, run_id, "FINISHED" if step >= params.train.steps else "FAILED")

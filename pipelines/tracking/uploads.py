@@ -21,8 +21,6 @@ from pipelines.tracking.store import scrub
 log = logging.getLogger("sagan.mlflow")
 
 CHECKPOINT_DIR = "checkpoint"  # the run's artifact folder of checkpoints (resume_from.py downloads)
-RETRIES = 3  # attempts after the first
-RETRY_DELAY_S = 1.0  # doubles per attempt
 
 
 def snapshot(path: Path) -> Path:
@@ -37,7 +35,7 @@ def snapshot(path: Path) -> Path:
 class Uploader:
     """One background worker: `submit` never blocks, `close` waits for what is queued."""
 
-    def __init__(self, retries: int = RETRIES, delay_s: float = RETRY_DELAY_S):
+    def __init__(self, retries: int = 3, delay_s: float = 1.0):  # attempts after the first; doubles each
         self.retries, self.delay_s, self.failures = retries, delay_s, []
         self.latest: dict[str, int] = {}  # coalescing key -> newest ticket
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="sagan-uploads")
