@@ -11,7 +11,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -46,18 +45,12 @@ class StageFailed(SaganError):
         self.transient = not isinstance(cause, SaganError)
 
 
-def _retry_transient(task_, task_run, state) -> bool:
-    return getattr(state.data, "transient", True)  # a failed task's state carries its exception
-
-
 @contextlib.contextmanager
 def _stage(name: str) -> Iterator[StageLine]:
     """A task's body: its failure as `stage NAME failed: cause`, its one line when it ends."""
     with stage_line(name, get_run_logger()) as line:
         try:
             yield line
-        except StageFailed:
-            raise
         except Exception as e:
             raise StageFailed(name, e) from e
 
@@ -169,28 +162,6 @@ def _bounded(task_, timeout: tuple[str, float | None], *args, **options):
         return task_.with_options(timeout_seconds=timeout[1], **options)(*args)
 
 
-@contextlib.contextmanager
-def _in_dir(path: str | Path) -> Iterator[None]:
-    """Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project."""
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
-    params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
-    warn = lambda *a: get_run_logger().warning(*a)  # noqa: E731 - looked up only when said
-    dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=warn)
-    if dvc is not None:
-        if note := version.sync("."):
-            get_run_logger().info("%s", note)
-        params_writeback.write(params_file, overrides, params)
-    return RunContext(params, force or params.pipeline.force, dvc)
-
-
 def _end_left_running(params: Params, project: str) -> None:
     """Mark runs a killed process left RUNNING: Prefect's Crashed, MLflow's KILLED. Never fails the
     run: a tracking server that is down fails train in one line."""
@@ -224,7 +195,8 @@ def sagan_pipeline(
     (`key.path=value`, as `--set`); `force` (or pipeline.force): every stage, even when up to date.
     `params`: those two already validated in this process (the CLI's), so they are validated once."""
     overrides = list(overrides or [])
-    with sagan_logs_to_prefect(), _in_dir(project_dir):
+    # Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project.
+    with sagan_logs_to_prefect(), contextlib.chdir(project_dir):
         project = project_tag()  # the summary's past runs are this project's (history.py)
         tag_flow_run(project)
         params = params or load_params(params_file, overrides)  # carried to every task
@@ -235,25 +207,28 @@ def sagan_pipeline(
             get_run_logger().info("tracking is off (%s): the run will not be registered in MLflow", why)
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
             _end_left_running(params, project)
-            run = _context(params, params_file, overrides, force)
+            params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
+            warn = lambda *a: get_run_logger().warning(*a)  # noqa: E731 - looked up only when said
+            dvc = DvcProject.find(".", cfg.dvc, params_file, warn=warn)
+            if dvc is not None:
+                if note := version.sync("."):
+                    get_run_logger().info("%s", note)
+                params_writeback.write(params_file, overrides, params)
+            ctx = quote(RunContext(params, force or cfg.force, dvc))  # quoted: no upstream result
             with params_writeback.kept_if_done():
-                backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
-                retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-                ctx, stage_s = quote(run), ("stage_timeout_s", cfg.stage_timeout_s)  # ctx: no upstream result
+                retried = {  # a failed task's state carries its exception (StageFailed.transient)
+                    "retry_delay_seconds": exponential_backoff(backoff_factor=cfg.retry_delay_s),
+                    "retry_condition_fn": lambda task_, run_, state: getattr(state.data, "transient", True),
+                }
+                stage_s = ("stage_timeout_s", cfg.stage_timeout_s)
                 prep = _bounded(prepare_task, stage_s, ctx)
                 train_s = ("train_timeout_s", cfg.train_timeout_s)
-                trained = _bounded(
-                    train_task, train_s, ctx, prep.content_hash, retries=cfg.train_retries, **retried
-                )
+                trained = _bounded(train_task, train_s, ctx, prep.content_hash, retries=cfg.train_retries, **retried)
                 ev = _bounded(evaluate_task, stage_s, ctx, trained)
                 # Register always runs: idempotent, an unchanged project ends with the same answer.
-                reg = _bounded(
-                    register_task, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried
-                )
-                dvc = "not used"
-                if run.dvc is not None:
-                    pending = run.dvc.status()
-                    dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
-                summary = summarize(params, prep, trained, ev, reg, dvc)
+                reg = _bounded(register_task, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried)
+                pending = ", ".join(dvc.status()) if dvc is not None else None
+                state = "not used" if dvc is None else f"not clean: {pending}" if pending else "clean"
+                summary = summarize(params, prep, trained, ev, reg, state)
                 publish(summary, project)
                 return summary

@@ -5,11 +5,15 @@ replaced but params.yaml with --force (kept as params.yaml.bak); a user mistake 
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from pipelines.project import catalog, version
 from pipelines.quoting import md, md_code
@@ -48,24 +52,35 @@ def params_text(preset: Path, source: str | None, name: str | None = None) -> tu
     raw = parse_params_text(text, preset)
     if not isinstance(raw, dict):
         raise ConfigError(f"--preset {preset}: expected a mapping of sections")
-    sets = {("data", "source"): source}
-    sets |= {("registry", "model_name"): name, ("tracking", "experiment"): name}
-    if any(v is not None for v in sets.values()):
-        from ruamel.yaml import YAML
-
-        rt = YAML()  # round-trip: the preset's comments survive
-        rt.preserve_quotes = True
-        null = "tag:yaml.org,2002:null"  # `null` stays `null` (ruamel would write an empty value)
-        rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar(null, "null"))
-        data = rt.load(text)
-        for (section, key), value in sets.items():
-            if value is not None:
-                data.setdefault(section, {})[key] = value
-        out = io.StringIO()
-        rt.dump(data, out)
-        text = out.getvalue()
+    sets = {"data.source": source, "registry.model_name": name, "tracking.experiment": name}
+    if sets := {k: v for k, v in sets.items() if v is not None}:
+        text = set_values(text, sets)
         raw = parse_params_text(text, preset)
     return text, validate(raw)  # a preset that does not validate is never written
+
+
+def set_values(text: str, values: dict[str, Any]) -> str:
+    """YAML `text` with each `key.path` set to its value, comments and key order kept (ruamel round
+    trip), each value written so that sagan's PyYAML (YAML 1.1) and DVC's ruamel (1.2) both read it back
+    as itself: PyYAML's text for it (`2.0e-04`) loaded round-trip; a string ruamel reads otherwise quoted."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    null = "tag:yaml.org,2002:null"  # `null` stays `null` (ruamel would write an empty value)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar(null, "null"))
+    data = rt.load(text) or {}
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = functools.reduce(lambda n, part: n.setdefault(part, {}), parents, data)
+        if isinstance(value, str) and YAML(typ="safe").load(yaml.safe_dump(value)) != value:
+            node[last] = DoubleQuotedScalarString(value)
+        else:
+            node[last] = rt.load(yaml.safe_dump(value, default_flow_style=True))
+    out = io.StringIO()
+    rt.dump(data, out)
+    return out.getvalue()
 
 
 def dvc_yaml(source: str) -> str:
