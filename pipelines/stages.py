@@ -54,12 +54,10 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
 
 def prepared(params: Params, manifest: dict | None = None) -> Prepared:
     """data.prepared_dir as a result; without `manifest`, read back (a stage the flow skipped)."""
-    if manifest is None:
-        from sagan_core.data.dataset import open_prepared
+    from sagan_core.data.dataset import open_prepared
 
-        manifest = open_prepared(params.data.prepared_dir).manifest
-    m, where = manifest, params.data.prepared_dir
-    return Prepared(m["content_hash"], m["num_images"], m["num_classes"], len(m["rejected"]), where)
+    m = manifest or open_prepared(params.data.prepared_dir).manifest
+    return Prepared(m["content_hash"], m["num_images"], m["num_classes"], len(m["rejected"]), params.data.prepared_dir)
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
@@ -74,20 +72,17 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     known = not ddp or params.train.checkpoint.exists()
     start = start_step(params.train.checkpoint) if resume and known else 0
-    if os.environ.get("RANK", "0") == "0":  # one cleaner; rank 0 is the one that writes checkpoints
+    tracker = None
+    if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone writes checkpoints and records the run
+        from pipelines.tracking.callback import MlflowCallback
+        from pipelines.tracking.store import enabled
         from sagan_core.atomic import remove_stale_temps
 
         remove_stale_temps(params.train.checkpoint.parent)  # what a kill mid-write left behind
-    callbacks = list(callbacks)
-    tracker = None
-    if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run
-        from pipelines.tracking.callback import MlflowCallback
-        from pipelines.tracking.store import enabled
-
         if enabled(params):
             tracker = MlflowCallback(params, resume=resume)  # fails fast if MLflow is down
-            callbacks.append(tracker)
     try:
+        callbacks = [*callbacks, tracker] if tracker is not None else list(callbacks)
         summary = run_train(params, resume=resume, callbacks=callbacks, progress=progress)
     except BaseException:
         if tracker is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.project.create import set_values
-from sagan_core.atomic import write_atomic
+from sagan_core.atomic import write_atomic, write_json
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import load_params
@@ -50,12 +50,11 @@ def write_overrides(params_file: str | Path, overrides: list[str], typed: Params
 def write(params_file: str | Path, overrides: list[str], typed: Params) -> bool:
     """Write the run's overrides and RECORD; False when the file did not change."""
     path = Path(params_file)
-    before = path.read_bytes() if path.exists() else None
+    before = base64.b64encode(path.read_bytes()).decode() if path.exists() else None
     if not write_overrides(path, overrides, typed):
         return False
-    before = None if before is None else base64.b64encode(before).decode()
     written = base64.b64encode(path.read_bytes()).decode()
-    _save({"file": str(path), "before": before, "written": written, "overrides": overrides, "finished": []})
+    write_json(RECORD, {"file": str(path), "before": before, "written": written, "overrides": overrides, "finished": []})
     return True
 
 
@@ -64,7 +63,7 @@ def finished(stage: str) -> None:
     record = _saved()
     if record is not None and stage not in record["finished"]:
         record["finished"].append(stage)
-        _save(record)
+        write_json(RECORD, record)
 
 
 @contextlib.contextmanager
@@ -81,8 +80,7 @@ def kept_if_done() -> Iterator[None]:
 def undo() -> None:
     """Undo what RECORD names: this run's failure, or a killed one's at the next run's start (the
     caller holds the project lock, so that run is gone)."""
-    record = _saved()
-    if record is not None:
+    if (record := _saved()) is not None:
         _undo(record)
         RECORD.unlink(missing_ok=True)
 
@@ -107,11 +105,6 @@ def _undo(record: dict) -> None:
         return
     but = f", but for those of finished stages: {', '.join(keep)}" if keep else ""
     log.info("%s: the failed run's --set overrides undone%s", path, but)
-
-
-def _save(record: dict) -> None:
-    RECORD.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(RECORD, lambda f: f.write(json.dumps(record).encode()))
 
 
 def _saved() -> dict | None:

@@ -103,23 +103,17 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         logger.info("train: %s", why)
         if params.train.launcher == "kubernetes":  # a Job of train.nnodes pods (docs/scale-out.md)
             result = kubernetes_train.train_on_cluster(params, do_resume, log=logger.info)
-        elif launch.distributed(params):
-            result = _train_under_torchrun(params, do_resume)
+        elif launch.distributed(params):  # train.nproc_per_node DDP processes, their lines in the Prefect log
+            start = resume.start_step(params.train.checkpoint) if do_resume else 0
+            code, last = launch.run_torchrun(params, do_resume, quiet=True, log=logger.info, forward=True)
+            if code != 0:  # the CLI's own one-line message, when it printed one, is the cause
+                cause = last.removeprefix("sagan: ").removeprefix("error: ")
+                raise SaganError(cause if last.startswith("sagan: ") else f"torchrun exited with code {code}: {last}")
+            result = stages.trained(params, start_step=start)
         else:
             progress = PrefectProgress(params.train.steps)
             result = stages.train(params, resume=do_resume, progress=False, callbacks=[progress])
         return run.commit(line, result)
-
-
-def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
-    """train.nproc_per_node DDP processes, their output lines in the Prefect log."""
-    start = resume.start_step(params.train.checkpoint) if do_resume else 0
-    log = get_run_logger().info
-    code, last = launch.run_torchrun(params, do_resume, quiet=True, log=log, forward=True)
-    if code != 0:  # the CLI's own one-line message, when it printed one, is the cause
-        cause = last.removeprefix("sagan: ").removeprefix("error: ")
-        raise SaganError(cause if last.startswith("sagan: ") else f"torchrun exited with code {code}: {last}")
-    return stages.trained(params, start_step=start)
 
 
 # Tasks take the results they consume as arguments: Prefect's UI draws the graph's edges from them.
@@ -156,24 +150,10 @@ def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Re
         return reg
 
 
-def _bounded(task_, timeout: tuple[str, float | None], *args, **options):
-    """The task under its pipeline.* timeout (`key`, seconds); a timeout as the stage's one line."""
-    with bounded(task_.name, *timeout):
-        return task_.with_options(timeout_seconds=timeout[1], **options)(*args)
-
-
-def _end_left_running(params: Params, project: str) -> None:
-    """Mark runs a killed process left RUNNING: Prefect's Crashed, MLflow's KILLED. Never fails the
-    run: a tracking server that is down fails train in one line."""
-    logger = get_run_logger()
-    if ended := end_orphans(project):
-        logger.info("flow runs left RUNNING by a killed process, marked Crashed: %s", ", ".join(ended))
-    if tracking_off(params):
-        return
-    try:
-        end_left_running(params)
-    except Exception as e:  # noqa: BLE001 - any tracking failure is reported by the stages that need it
-        logger.warning("could not check for MLflow runs left RUNNING: %s", str(e).splitlines()[0][:200])
+def _bounded(task_, cfg, key: str, *args, **options):
+    """The task under its pipeline.KEY timeout; a timeout as the stage's one line."""
+    with bounded(task_.name, key, getattr(cfg, key)):
+        return task_.with_options(timeout_seconds=getattr(cfg, key), **options)(*args)
 
 
 @flow(
@@ -197,22 +177,29 @@ def sagan_pipeline(
     overrides = list(overrides or [])
     # Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project.
     with sagan_logs_to_prefect(), contextlib.chdir(project_dir):
-        project = project_tag()  # the summary's past runs are this project's (history.py)
+        logger, project = get_run_logger(), project_tag()  # the summary's past runs are this project's
         tag_flow_run(project)
         params = params or load_params(params_file, overrides)  # carried to every task
         cfg = params.pipeline
         if cfg.notify_block:  # where the hooks find it (notify.py)
             tag_flow_run(notify.TAG + cfg.notify_block)
         if why := tracking_off(params):  # said before anything runs, not as register's failure at the end
-            get_run_logger().info("tracking is off (%s): the run will not be registered in MLflow", why)
+            logger.info("tracking is off (%s): the run will not be registered in MLflow", why)
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
-            _end_left_running(params, project)
+            # Runs a killed process left RUNNING: Prefect's Crashed, MLflow's KILLED. Never fails the
+            # run: a tracking server that is down fails train in one line.
+            if ended := end_orphans(project):
+                logger.info("flow runs left RUNNING by a killed process, marked Crashed: %s", ", ".join(ended))
+            try:
+                if not tracking_off(params):
+                    end_left_running(params)
+            except Exception as e:  # noqa: BLE001 - any tracking failure is reported by the stages that need it
+                logger.warning("could not check for MLflow runs left RUNNING: %s", str(e).splitlines()[0][:200])
             params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
-            warn = lambda *a: get_run_logger().warning(*a)  # noqa: E731 - looked up only when said
-            dvc = DvcProject.find(".", cfg.dvc, params_file, warn=warn)
+            dvc = DvcProject.find(".", cfg.dvc, params_file, warn=logger.warning)
             if dvc is not None:
                 if note := version.sync("."):
-                    get_run_logger().info("%s", note)
+                    logger.info("%s", note)
                 params_writeback.write(params_file, overrides, params)
             ctx = quote(RunContext(params, force or cfg.force, dvc))  # quoted: no upstream result
             with params_writeback.kept_if_done():
@@ -220,13 +207,12 @@ def sagan_pipeline(
                     "retry_delay_seconds": exponential_backoff(backoff_factor=cfg.retry_delay_s),
                     "retry_condition_fn": lambda task_, run_, state: getattr(state.data, "transient", True),
                 }
-                stage_s = ("stage_timeout_s", cfg.stage_timeout_s)
-                prep = _bounded(prepare_task, stage_s, ctx)
-                train_s = ("train_timeout_s", cfg.train_timeout_s)
-                trained = _bounded(train_task, train_s, ctx, prep.content_hash, retries=cfg.train_retries, **retried)
-                ev = _bounded(evaluate_task, stage_s, ctx, trained)
+                stage_s = "stage_timeout_s"
+                prep = _bounded(prepare_task, cfg, stage_s, ctx)
+                trained = _bounded(train_task, cfg, "train_timeout_s", ctx, prep.content_hash, retries=cfg.train_retries, **retried)
+                ev = _bounded(evaluate_task, cfg, stage_s, ctx, trained)
                 # Register always runs: idempotent, an unchanged project ends with the same answer.
-                reg = _bounded(register_task, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried)
+                reg = _bounded(register_task, cfg, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried)
                 pending = ", ".join(dvc.status()) if dvc is not None else None
                 state = "not used" if dvc is None else f"not clean: {pending}" if pending else "clean"
                 summary = summarize(params, prep, trained, ev, reg, state)

@@ -103,29 +103,6 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise SaganError(f"{' '.join(cmd[-2:])} in {cwd}: {last[0]}")
 
 
-def _repositories(project: Path, done: list[str]) -> None:
-    if not (project / ".git").exists():
-        _run(["git", "init", "-q"], project)
-        done.append("git init")
-    if not (project / ".dvc").is_dir():
-        _run([sys.executable, "-m", "dvc", "init", "-q"], project)
-        done.append("dvc init")
-
-
-def _replace_params(target: Path, text: str, force: bool, done: list[str]) -> None:
-    if target.exists():
-        if not force:
-            raise ConfigError(
-                f"{target} exists: add --force to replace it with the preset "
-                "(the old file is kept as params.yaml.bak)"
-            )
-        backup = target.with_name("params.yaml.bak")
-        backup.write_bytes(target.read_bytes())
-        done.append(f"kept the old params.yaml as {backup}")
-    _write(target, text)
-    done.append(f"wrote {target}")
-
-
 def create(project: Path, preset: str | None, data: Path | None, force: bool) -> list[str]:
     """Write a new project into `project`; returns what was done, one line each."""
     if project.exists() and not project.is_dir():
@@ -143,7 +120,15 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     project.mkdir(parents=True, exist_ok=True)
     said = catalog.line(seen, chosen, params, picked=preset is None)
     done: list[str] = [said] if said else []
-    _replace_params(project / "params.yaml", text, force, done)
+    target = project / "params.yaml"
+    if target.exists():
+        if not force:
+            raise ConfigError(f"{target} exists: add --force to replace it with the preset (the old file is kept as params.yaml.bak)")
+        backup = target.with_name("params.yaml.bak")
+        backup.write_bytes(target.read_bytes())
+        done.append(f"kept the old params.yaml as {backup}")
+    _write(target, text)
+    done.append(f"wrote {target}")
     if not (project / "dvc.yaml").exists():
         _write(project / "dvc.yaml", dvc_yaml(source))
         version.write(project)
@@ -153,18 +138,16 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     for template, name in FILES:
         if (project / name).exists():
             continue
-        body = (TEMPLATES / template).read_text()
-        # Markdown: the names shown as themselves (quoting.py)
-        shown = {
-            "{name}": md(project.resolve().name),
-            "{preset}": md_code(chosen),
-            "{source}": md_code(source),
-        }
-        for key, value in shown.items():
-            body = body.replace(key, value)
-        _write(project / name, body)
+        body = (TEMPLATES / template).read_text()  # Markdown: the names shown as themselves (quoting.py)
+        body = body.replace("{name}", md(project.resolve().name)).replace("{preset}", md_code(chosen))
+        _write(project / name, body.replace("{source}", md_code(source)))
         done.append(f"wrote {name}")
-    _repositories(project, done)
+    if not (project / ".git").exists():
+        _run(["git", "init", "-q"], project)
+        done.append("git init")
+    if not (project / ".dvc").is_dir():
+        _run([sys.executable, "-m", "dvc", "init", "-q"], project)
+        done.append("dvc init")
     return done
 
 
@@ -174,8 +157,5 @@ def upgrade(project: Path) -> str:
     if before is None:
         raise ConfigError(f"{project}: no {version.VERSION_FILE} (a project made by `sagan init`) to upgrade")
     now = version.write(project)
-    if before == now:
-        return f"{project / version.VERSION_FILE}: already sagan {now}"
-    return (
-        f"{project / version.VERSION_FILE}: sagan {before} -> {now}; `dvc status` shows every stage changed"
-    )
+    said = f"already sagan {now}" if before == now else f"sagan {before} -> {now}; `dvc status` shows every stage changed"
+    return f"{project / version.VERSION_FILE}: {said}"
