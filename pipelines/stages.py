@@ -28,11 +28,9 @@ def check_source(params: Params, record: bool = False) -> None:
     source = Path(params.data.source).expanduser()
     if source.is_dir():
         check_folder(source, params.data.source)
-    if not record:
-        return
     line = f"data.source {params.data.source}: checked by `sagan prepare --check-only`\n"
     marker = Path(SOURCE_CHECKED)
-    if not marker.exists() or marker.read_text() != line:
+    if record and (not marker.exists() or marker.read_text() != line):
         write_atomic(marker, lambda f: f.write(line.encode()))
 
 
@@ -44,11 +42,8 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
     by_reason = rejection_summary(manifest)
     why = f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else ""
     facts = dict(manifest, dir=params.data.prepared_dir, n=len(manifest["rejected"]), why=why)
-    log.info(
-        "prepared %(num_images)d images (%(num_classes)d classes, %(resolution)dpx, %(channels)d ch) into "
-        "%(dir)s; %(n)d rejected%(why)s; content_hash %(content_hash).12s",
-        facts,
-    )
+    log.info("prepared %(num_images)d images (%(num_classes)d classes, %(resolution)dpx, %(channels)d ch) into "
+             "%(dir)s; %(n)d rejected%(why)s; content_hash %(content_hash).12s", facts)
     return prepared(params, manifest)
 
 
@@ -119,11 +114,9 @@ def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | Non
     if own:
         log_evaluation(params, result)
     kid = "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}"
-    log.info(
-        "FID %(fid).4f  IS %(is_mean).3f ± %(is_std).3f  KID %(kid)s  (%(num_samples)d samples vs "
-        "%(reference_split)s %(reference_size)s, step %(generator_step)d, cache %(stats_cache)s) -> %(out)s",
-        {**result, "kid": kid, "out": params.eval.metrics_file},
-    )
+    log.info("FID %(fid).4f  IS %(is_mean).3f ± %(is_std).3f  KID %(kid)s  (%(num_samples)d samples vs "
+             "%(reference_split)s %(reference_size)s, step %(generator_step)d, cache %(stats_cache)s) -> %(out)s",
+             {**result, "kid": kid, "out": params.eval.metrics_file})
     return evaluated(params, result)
 
 

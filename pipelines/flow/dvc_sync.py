@@ -1,9 +1,6 @@
 """DVC decides what the flow reruns and records what it ran: `dvc status <stage>` before a stage,
-`dvc commit -f <stage>` after it (DVC's mechanism for outputs made outside `dvc repro`), so after a
-run `dvc status` is clean and `dvc repro` agrees. The flow runs the stages in its own process (its
-progress, MLflow callback and launchers live there); DVC reads params.yaml only, so another
-`--params` file runs without DVC (flow/params_writeback.py writes `--set` overrides into params.yaml).
-"""
+`dvc commit -f <stage>` after it (DVC's mechanism for outputs made outside `dvc repro`, here the flow's
+own process with its progress, MLflow callback and launchers). DVC reads params.yaml only."""
 
 from __future__ import annotations
 
@@ -51,15 +48,10 @@ class DvcProject:
             raise ConfigError(f"pipeline.dvc: 'yes' but {root.resolve()} has no dvc.yaml and .dvc/")
         if Path(params_file).resolve() != (root / "params.yaml").resolve():
             if mode == "yes":
-                raise ConfigError(
-                    f"--params {params_file}: pipeline.dvc is yes but DVC reads only params.yaml: run "
-                    f"`sagan init . --preset {sh(params_file)} --force` to make it params.yaml, or use --set overrides"
-                )
-            warn(
-                "--params %s is not this project's params.yaml (what DVC reads): every stage runs, "
-                "without DVC's up-to-date skip or dvc.lock record",
-                params_file,
-            )
+                raise ConfigError(f"--params {params_file}: pipeline.dvc is yes but DVC reads only params.yaml: run "
+                                  f"`sagan init . --preset {sh(params_file)} --force` to make it params.yaml, or use --set overrides")
+            warn("--params %s is not this project's params.yaml (what DVC reads): every stage runs, "
+                 "without DVC's up-to-date skip or dvc.lock record", params_file)
             return None
         return cls(root)
 

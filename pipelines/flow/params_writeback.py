@@ -1,9 +1,7 @@
-"""A flow run's `--set` overrides, written into params.yaml because DVC reads params there (what
-`dvc exp run -S` does). A run that succeeds keeps them. A failed run, or the next run after a kill -9
-(from RECORD), puts the file back byte for byte plus the overrides that a stage finished in the run
-depends on in dvc.yaml: dvc.lock records its outputs with them, and a file saying otherwise would
-make `dvc status` call them changed. A file edited since it was written is left alone, with a warning.
-"""
+"""A flow run's `--set` overrides, written into params.yaml, where DVC reads params (as `dvc exp run -S`).
+A run that succeeds keeps them. A failed run, or the next run after a kill -9 (from RECORD), puts the
+file back byte for byte plus the overrides of the stages it finished (dvc.lock records their outputs
+with them); a file edited since it was written is left alone, with a warning."""
 
 from __future__ import annotations
 

@@ -83,10 +83,9 @@ class RunContext:
 def prepare_task(run: RunContext) -> Prepared:
     with _stage("prepare") as line:
         # Before any `dvc status`: DVC's hashing blocks forever on a FIFO (data/safe_folder.py).
-        has_check = run.dvc is not None and "check" in run.dvc.stages
-        stages.check_source(run.params, record=has_check)
-        if has_check:
-            run.dvc.commit("check")
+        stages.check_source(run.params, record=run.dvc is not None and "check" in run.dvc.stages)
+        if run.dvc is not None:
+            run.dvc.commit("check")  # no-op where dvc.yaml has no check stage
         if run.up_to_date(line):
             return stages.prepared(run.params)
         return run.commit(line, stages.prepare(run.params, progress=False))
@@ -122,8 +121,8 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate") as line:
-        which = run.params.eval.checkpoint  # best.pt or the last checkpoint
-        get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
+        # eval.checkpoint: best.pt or the last checkpoint
+        get_run_logger().info("evaluate: the %s checkpoint of training at step %d", run.params.eval.checkpoint, trained.step)
         if run.up_to_date(line):
             return stages.evaluated(run.params)
         return run.commit(line, stages.evaluate(run.params, progress=False))
@@ -159,18 +158,11 @@ def _bounded(task_, cfg, key: str, *args, **options):
 @flow(
     name="sagan-pipeline",
     description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)",
-    on_completion=[notify.on_completion],
-    on_failure=[notify.on_failure],
-    on_crashed=[notify.on_crashed],
-    on_cancellation=[notify.on_cancellation],
+    on_completion=[notify.on_completion], on_failure=[notify.on_failure],
+    on_crashed=[notify.on_crashed], on_cancellation=[notify.on_cancellation],
 )
-def sagan_pipeline(
-    params_file: str = "params.yaml",
-    overrides: list[str] | None = None,
-    force: bool = False,
-    project_dir: str = ".",
-    params: Params | None = None,
-) -> RunSummary:
+def sagan_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None, force: bool = False,
+                   project_dir: str = ".", params: Params | None = None) -> RunSummary:
     """Run the four stages on the project in `project_dir` with `params_file` and `overrides`
     (`key.path=value`, as `--set`); `force` (or pipeline.force): every stage, even when up to date.
     `params`: those two already validated in this process (the CLI's), so they are validated once."""

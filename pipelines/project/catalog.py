@@ -1,7 +1,5 @@
-"""The packaged presets (presets/NAME.yaml), and which one fits a look at the images: folder64 unless
-it would reject too many as too small, then gray32 or cifar10 (imagenet128 only by name). A sample
-that cannot be read is no error here: prepare will say. Nothing heavy at import (`sagan init --help`).
-"""
+"""The packaged presets, and which fits a look at the images: folder64 unless it would reject too many
+as too small, then gray32 or cifar10 (imagenet128 only by name). Nothing heavy at import (`sagan init --help`)."""
 
 from __future__ import annotations
 
@@ -48,8 +46,8 @@ def pick(seen: Look | str | None) -> tuple[str, str]:
     """(preset, why) for the images seen."""
     if seen is None or isinstance(seen, str) or not seen.sizes:
         return DEFAULT_PRESET, "the default"
-    if not _too_small(seen, _packaged(DEFAULT_PRESET), fatal=True):
-        return DEFAULT_PRESET, f"images of {_packaged(DEFAULT_PRESET).data.min_size} px or more"
+    if not _too_small(seen, default := _packaged(DEFAULT_PRESET), fatal=True):
+        return DEFAULT_PRESET, f"images of {default.data.min_size} px or more"
     if all(seen.gray):
         return SMALL_GRAY, "small grayscale images"
     return SMALL_COLOR, "small color images"

@@ -1,7 +1,6 @@
-"""`sagan init DIR`: params.yaml (a preset, `--data`, registry names from the folder's name),
-dvc.yaml, sagan-version.yaml, .gitignore, .dvcignore, README.md, git + DVC. Existing files are never
-replaced but params.yaml with --force (kept as params.yaml.bak); a user mistake is one ConfigError.
-"""
+"""`sagan init DIR`: params.yaml (a preset, `--data`, registry names from the folder's name), dvc.yaml,
+sagan-version.yaml, .gitignore, .dvcignore, README.md, git + DVC. Existing files are kept but
+params.yaml with --force (as params.yaml.bak); a user mistake is one ConfigError."""
 
 from __future__ import annotations
 
