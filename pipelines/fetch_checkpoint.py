@@ -35,9 +35,7 @@ def fetch(params: Params, source: str) -> None:
             raise
         except Exception as e:  # noqa: BLE001 - MLflow/boto/OS errors: one line naming the source
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise SaganError(
-                f"--resume-from {source}: cannot download {CHECKPOINT_DIR}/{artifact} ({first})"
-            ) from None
+            raise SaganError(f"--resume-from {source}: cannot download {CHECKPOINT_DIR}/{artifact} ({first})") from None
         copy_atomic(Path(local), target)
     run = call(uri, client.get_run, run_id)
     write_run_record(params, RunRecord(run_id, run.info.experiment_id, redact(uri)))

@@ -28,11 +28,9 @@ def check_source(params: Params, record: bool = False) -> None:
     source = Path(params.data.source).expanduser()
     if source.is_dir():
         check_folder(source, params.data.source)
-    if not record:
-        return
     line = f"data.source {params.data.source}: checked by `sagan prepare --check-only`\n"
     marker = Path(SOURCE_CHECKED)
-    if not marker.exists() or marker.read_text() != line:
+    if record and (not marker.exists() or marker.read_text() != line):
         write_atomic(marker, lambda f: f.write(line.encode()))
 
 
@@ -44,22 +42,17 @@ def prepare(params: Params, progress: bool = True) -> Prepared:
     by_reason = rejection_summary(manifest)
     why = f" ({', '.join(f'{k}: {v}' for k, v in by_reason.items())}; see manifest.json)" if by_reason else ""
     facts = dict(manifest, dir=params.data.prepared_dir, n=len(manifest["rejected"]), why=why)
-    log.info(
-        "prepared %(num_images)d images (%(num_classes)d classes, %(resolution)dpx, %(channels)d ch) into "
-        "%(dir)s; %(n)d rejected%(why)s; content_hash %(content_hash).12s",
-        facts,
-    )
+    log.info("prepared %(num_images)d images (%(num_classes)d classes, %(resolution)dpx, %(channels)d ch) into "
+             "%(dir)s; %(n)d rejected%(why)s; content_hash %(content_hash).12s", facts)
     return prepared(params, manifest)
 
 
 def prepared(params: Params, manifest: dict | None = None) -> Prepared:
     """data.prepared_dir as a result; without `manifest`, read back (a stage the flow skipped)."""
-    if manifest is None:
-        from sagan_core.data.dataset import open_prepared
+    from sagan_core.data.dataset import open_prepared
 
-        manifest = open_prepared(params.data.prepared_dir).manifest
-    m, where = manifest, params.data.prepared_dir
-    return Prepared(m["content_hash"], m["num_images"], m["num_classes"], len(m["rejected"]), where)
+    m = manifest or open_prepared(params.data.prepared_dir).manifest
+    return Prepared(m["content_hash"], m["num_images"], m["num_classes"], len(m["rejected"]), params.data.prepared_dir)
 
 
 def train(params: Params, resume: bool = False, progress: bool = True, callbacks=()) -> Trained:
@@ -74,20 +67,17 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     known = not ddp or params.train.checkpoint.exists()
     start = start_step(params.train.checkpoint) if resume and known else 0
-    if os.environ.get("RANK", "0") == "0":  # one cleaner; rank 0 is the one that writes checkpoints
+    tracker = None
+    if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone writes checkpoints and records the run
+        from pipelines.tracking.callback import MlflowCallback
+        from pipelines.tracking.store import enabled
         from sagan_core.atomic import remove_stale_temps
 
         remove_stale_temps(params.train.checkpoint.parent)  # what a kill mid-write left behind
-    callbacks = list(callbacks)
-    tracker = None
-    if os.environ.get("RANK", "0") == "0":  # DDP: rank 0 alone records the run
-        from pipelines.tracking.callback import MlflowCallback
-        from pipelines.tracking.store import enabled
-
         if enabled(params):
             tracker = MlflowCallback(params, resume=resume)  # fails fast if MLflow is down
-            callbacks.append(tracker)
     try:
+        callbacks = [*callbacks, tracker] if tracker is not None else list(callbacks)
         summary = run_train(params, resume=resume, callbacks=callbacks, progress=progress)
     except BaseException:
         if tracker is not None:
@@ -124,11 +114,9 @@ def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | Non
     if own:
         log_evaluation(params, result)
     kid = "n/a" if result["kid_mean"] is None else f"{result['kid_mean']:.5f} ± {result['kid_std']:.5f}"
-    log.info(
-        "FID %(fid).4f  IS %(is_mean).3f ± %(is_std).3f  KID %(kid)s  (%(num_samples)d samples vs "
-        "%(reference_split)s %(reference_size)s, step %(generator_step)d, cache %(stats_cache)s) -> %(out)s",
-        {**result, "kid": kid, "out": params.eval.metrics_file},
-    )
+    log.info("FID %(fid).4f  IS %(is_mean).3f ± %(is_std).3f  KID %(kid)s  (%(num_samples)d samples vs "
+             "%(reference_split)s %(reference_size)s, step %(generator_step)d, cache %(stats_cache)s) -> %(out)s",
+             {**result, "kid": kid, "out": params.eval.metrics_file})
     return evaluated(params, result)
 
 

@@ -78,7 +78,7 @@ def test_off_is_bit_identical_to_the_code_before(tmp_path, prepared_demo):
         "import json,sys; from sagan_core.config import Params; from sagan_core.train.trainer import train; "
         "raw = json.loads(sys.argv[1]); "
         "raw = {s: {k: v for k, v in vals.items() if k in Params.model_fields[s].annotation.model_fields} "
-        "for s, vals in raw.items()}; "
+        "for s, vals in raw.items() if s in Params.model_fields}; "
     )
     script += "train(Params.model_validate(raw), progress=False)"
     env = os.environ | {"PYTHONPATH": str(old)}

@@ -1,15 +1,12 @@
 """DVC decides what the flow reruns and records what it ran: `dvc status <stage>` before a stage,
-`dvc commit -f <stage>` after it (DVC's mechanism for outputs made outside `dvc repro`), so after a
-run `dvc status` is clean and `dvc repro` agrees. The flow runs the stages in its own process (its
-progress, MLflow callback and launchers live there); DVC reads params.yaml only, so another
-`--params` file runs without DVC (flow/params_writeback.py writes `--set` overrides into params.yaml).
-"""
+`dvc commit -f <stage>` after it (DVC's mechanism for outputs made outside `dvc repro`, here the flow's
+own process with its progress, MLflow callback and launchers). DVC reads params.yaml only."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +16,16 @@ from pipelines.quoting import sh
 from sagan_core.errors import ConfigError, SaganError
 
 log = logging.getLogger("sagan")
-DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")
 
 
-@contextlib.contextmanager
-def _dvc_warnings_only() -> Iterator[None]:
+def _dvc_warnings_only() -> None:
     """DVC's loggers print warnings only, once: `import dvc` gives them DVC's own console handlers and
     they also propagate to the root logger, so "Updating lock file 'dvc.lock'" came twice per stage."""
     import dvc  # noqa: F401 - its import adds DVC's handlers: before they are looked at
 
-    loggers = [logging.getLogger(name) for name in DVC_LOGGERS]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:
+    for lg in map(logging.getLogger, ("dvc", "dvc_objects", "dvc_data")):
         lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
         lg.propagate = not lg.handlers  # no handler of DVC's own: the root logger's prints it, once
-    try:
-        yield
-    finally:
-        for lg, (level, propagate) in zip(loggers, saved, strict=True):
-            lg.setLevel(level)
-            lg.propagate = propagate
 
 
 class DvcProject:
@@ -50,13 +37,7 @@ class DvcProject:
         self.stages: list[str] = list((spec.get("stages") or {}).keys())
 
     @classmethod
-    def find(
-        cls,
-        root: str | Path,
-        mode: str,
-        params_file: str | Path = "params.yaml",
-        warn: Callable[..., Any] = log.warning,
-    ):
+    def find(cls, root: str | Path, mode: str, params_file: str | Path, warn: Callable[..., Any] = log.warning):
         """The project when DVC is used (`pipeline.dvc`; auto: when dvc.yaml and .dvc/ exist) for a
         run on `params_file`, else None; `yes` where DVC cannot be used is a ConfigError."""
         root = Path(root)
@@ -67,15 +48,10 @@ class DvcProject:
             raise ConfigError(f"pipeline.dvc: 'yes' but {root.resolve()} has no dvc.yaml and .dvc/")
         if Path(params_file).resolve() != (root / "params.yaml").resolve():
             if mode == "yes":
-                raise ConfigError(
-                    f"--params {params_file}: pipeline.dvc is yes but DVC reads only params.yaml: run "
-                    f"`sagan init . --preset {sh(params_file)} --force` to make it params.yaml, or use --set overrides"
-                )
-            warn(
-                "--params %s is not this project's params.yaml (what DVC reads): every stage runs, "
-                "without DVC's up-to-date skip or dvc.lock record",
-                params_file,
-            )
+                raise ConfigError(f"--params {params_file}: pipeline.dvc is yes but DVC reads only params.yaml: run "
+                                  f"`sagan init . --preset {sh(params_file)} --force` to make it params.yaml, or use --set overrides")
+            warn("--params %s is not this project's params.yaml (what DVC reads): every stage runs, "
+                 "without DVC's up-to-date skip or dvc.lock record", params_file)
             return None
         return cls(root)
 
@@ -83,7 +59,8 @@ class DvcProject:
     def _repo(self):
         from dvc.repo import Repo
 
-        with _dvc_warnings_only(), Repo(str(self.root)) as repo:
+        _dvc_warnings_only()
+        with Repo(str(self.root)) as repo:
             yield repo
 
     def status(self, stage: str | None = None) -> dict[str, Any]:

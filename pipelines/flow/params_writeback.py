@@ -1,27 +1,26 @@
-"""A flow run's `--set` overrides, written into params.yaml because DVC reads params there (what
-`dvc exp run -S` does). A run that succeeds keeps them. A failed run, or the next run after a kill -9
-(from RECORD), puts the file back byte for byte plus the overrides that a stage finished in the run
-depends on in dvc.yaml: dvc.lock records its outputs with them, and a file saying otherwise would
-make `dvc status` call them changed. A file edited since it was written is left alone, with a warning.
-"""
+"""A flow run's `--set` overrides, written into params.yaml, where DVC reads params (as `dvc exp run -S`).
+A run that succeeds keeps them. A failed run, or the next run after a kill -9 (from RECORD), puts the
+file back byte for byte plus the overrides of the stages it finished (dvc.lock records their outputs
+with them); a file edited since it was written is left alone, with a warning."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import io
+import functools
 import json
 import logging
+import operator
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from sagan_core.atomic import write_atomic
+from pipelines.project.create import set_values
+from sagan_core.atomic import write_atomic, write_json
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
-from sagan_core.params_file import apply_override, load_params
+from sagan_core.params_file import load_params
 
 log = logging.getLogger("sagan")
 RECORD = Path(".sagan/params-run.json")  # the file before and as written, overrides, finished stages
@@ -31,57 +30,29 @@ def write_overrides(params_file: str | Path, overrides: list[str], typed: Params
     """Apply `key.path=value` overrides to the file, comments kept; True if it changed. Each key gets
     its validated value (`typed`, else validated here): `train.lr_g=2e-4` is the float 0.0002, though
     PyYAML reads `2e-4` as a string. `pipeline.*` overrides are this run's flow settings: never written."""
-    from ruamel.yaml import YAML
-
     persistent = [o for o in overrides if not o.strip().startswith("pipeline.")]
     if not persistent:
         return False
     path = Path(params_file)
     values = (typed or load_params(path, persistent)).model_dump(mode="json")
-    rt = YAML()  # round-trip: comments and key order survive
-    rt.preserve_quotes = True
-    # the file's own `null`s keep their form (ruamel writes an empty value)
-    rt.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
-    data = rt.load(path.read_text()) if path.exists() else {}
-    before = yaml.safe_load(path.read_text()) if path.exists() else {}
-    for assignment in persistent:
-        apply_override(data, assignment)
-        *parents, last = assignment.partition("=")[0].strip().split(".")
-        node, value = data, values
-        for part in parents:
-            node, value = node[part], value[part]
-        node[last] = _scalar(rt, value[last])
-    out = io.StringIO()
-    rt.dump(data, out)
-    if yaml.safe_load(out.getvalue()) == before:
+    keys = [o.partition("=")[0].strip() for o in persistent]
+    text = path.read_text() if path.exists() else ""
+    new = set_values(text, {k: functools.reduce(operator.getitem, k.split("."), values) for k in keys})
+    if yaml.safe_load(new) == yaml.safe_load(text):
         return False
-    write_atomic(path, lambda f: f.write(out.getvalue().encode()))  # a kill -9 never truncates it
+    write_atomic(path, lambda f: f.write(new.encode()))  # a kill -9 never truncates it
     log.info("wrote %s into %s (DVC reads params from it)", ", ".join(persistent), path)
     return True
-
-
-def _scalar(rt, value: Any) -> Any:
-    """`value` as a node both readers read back as `value`: sagan's PyYAML (YAML 1.1) and DVC's ruamel
-    (1.2). PyYAML's text for it (`2.0e-04`), loaded round-trip; a string ruamel reads otherwise quoted."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
-
-    if isinstance(value, str) and YAML(typ="safe").load(yaml.safe_dump(value)) != value:
-        return DoubleQuotedScalarString(value)
-    return rt.load(yaml.safe_dump(value, default_flow_style=True))
 
 
 def write(params_file: str | Path, overrides: list[str], typed: Params) -> bool:
     """Write the run's overrides and RECORD; False when the file did not change."""
     path = Path(params_file)
-    before = path.read_bytes() if path.exists() else None
+    before = base64.b64encode(path.read_bytes()).decode() if path.exists() else None
     if not write_overrides(path, overrides, typed):
         return False
-    before = None if before is None else base64.b64encode(before).decode()
     written = base64.b64encode(path.read_bytes()).decode()
-    _save({"file": str(path), "before": before, "written": written, "overrides": overrides, "finished": []})
+    write_json(RECORD, {"file": str(path), "before": before, "written": written, "overrides": overrides, "finished": []})
     return True
 
 
@@ -90,7 +61,7 @@ def finished(stage: str) -> None:
     record = _saved()
     if record is not None and stage not in record["finished"]:
         record["finished"].append(stage)
-        _save(record)
+        write_json(RECORD, record)
 
 
 @contextlib.contextmanager
@@ -107,8 +78,7 @@ def kept_if_done() -> Iterator[None]:
 def undo() -> None:
     """Undo what RECORD names: this run's failure, or a killed one's at the next run's start (the
     caller holds the project lock, so that run is gone)."""
-    record = _saved()
-    if record is not None:
+    if (record := _saved()) is not None:
         _undo(record)
         RECORD.unlink(missing_ok=True)
 
@@ -133,11 +103,6 @@ def _undo(record: dict) -> None:
         return
     but = f", but for those of finished stages: {', '.join(keep)}" if keep else ""
     log.info("%s: the failed run's --set overrides undone%s", path, but)
-
-
-def _save(record: dict) -> None:
-    RECORD.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(RECORD, lambda f: f.write(json.dumps(record).encode()))
 
 
 def _saved() -> dict | None:

@@ -11,7 +11,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -46,18 +45,12 @@ class StageFailed(SaganError):
         self.transient = not isinstance(cause, SaganError)
 
 
-def _retry_transient(task_, task_run, state) -> bool:
-    return getattr(state.data, "transient", True)  # a failed task's state carries its exception
-
-
 @contextlib.contextmanager
 def _stage(name: str) -> Iterator[StageLine]:
     """A task's body: its failure as `stage NAME failed: cause`, its one line when it ends."""
     with stage_line(name, get_run_logger()) as line:
         try:
             yield line
-        except StageFailed:
-            raise
         except Exception as e:
             raise StageFailed(name, e) from e
 
@@ -90,10 +83,9 @@ class RunContext:
 def prepare_task(run: RunContext) -> Prepared:
     with _stage("prepare") as line:
         # Before any `dvc status`: DVC's hashing blocks forever on a FIFO (data/safe_folder.py).
-        has_check = run.dvc is not None and "check" in run.dvc.stages
-        stages.check_source(run.params, record=has_check)
-        if has_check:
-            run.dvc.commit("check")
+        stages.check_source(run.params, record=run.dvc is not None and "check" in run.dvc.stages)
+        if run.dvc is not None:
+            run.dvc.commit("check")  # no-op where dvc.yaml has no check stage
         if run.up_to_date(line):
             return stages.prepared(run.params)
         return run.commit(line, stages.prepare(run.params, progress=False))
@@ -110,23 +102,17 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
         logger.info("train: %s", why)
         if params.train.launcher == "kubernetes":  # a Job of train.nnodes pods (docs/scale-out.md)
             result = kubernetes_train.train_on_cluster(params, do_resume, log=logger.info)
-        elif launch.distributed(params):
-            result = _train_under_torchrun(params, do_resume)
+        elif launch.distributed(params):  # train.nproc_per_node DDP processes, their lines in the Prefect log
+            start = resume.start_step(params.train.checkpoint) if do_resume else 0
+            code, last = launch.run_torchrun(params, do_resume, quiet=True, log=logger.info, forward=True)
+            if code != 0:  # the CLI's own one-line message, when it printed one, is the cause
+                cause = last.removeprefix("sagan: ").removeprefix("error: ")
+                raise SaganError(cause if last.startswith("sagan: ") else f"torchrun exited with code {code}: {last}")
+            result = stages.trained(params, start_step=start)
         else:
             progress = PrefectProgress(params.train.steps)
             result = stages.train(params, resume=do_resume, progress=False, callbacks=[progress])
         return run.commit(line, result)
-
-
-def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
-    """train.nproc_per_node DDP processes, their output lines in the Prefect log."""
-    start = resume.start_step(params.train.checkpoint) if do_resume else 0
-    log = get_run_logger().info
-    code, last = launch.run_torchrun(params, do_resume, quiet=True, log=log, forward=True)
-    if code != 0:  # the CLI's own one-line message, when it printed one, is the cause
-        cause = last.removeprefix("sagan: ").removeprefix("error: ")
-        raise SaganError(cause if last.startswith("sagan: ") else f"torchrun exited with code {code}: {last}")
-    return stages.trained(params, start_step=start)
 
 
 # Tasks take the results they consume as arguments: Prefect's UI draws the graph's edges from them.
@@ -135,8 +121,8 @@ def _train_under_torchrun(params: Params, do_resume: bool) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate") as line:
-        which = run.params.eval.checkpoint  # best.pt or the last checkpoint
-        get_run_logger().info("evaluate: the %s checkpoint of training at step %d", which, trained.step)
+        # eval.checkpoint: best.pt or the last checkpoint
+        get_run_logger().info("evaluate: the %s checkpoint of training at step %d", run.params.eval.checkpoint, trained.step)
         if run.up_to_date(line):
             return stages.evaluated(run.params)
         return run.commit(line, stages.evaluate(run.params, progress=False))
@@ -163,97 +149,64 @@ def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Re
         return reg
 
 
-def _bounded(task_, timeout: tuple[str, float | None], *args, **options):
-    """The task under its pipeline.* timeout (`key`, seconds); a timeout as the stage's one line."""
-    with bounded(task_.name, *timeout):
-        return task_.with_options(timeout_seconds=timeout[1], **options)(*args)
-
-
-@contextlib.contextmanager
-def _in_dir(path: str | Path) -> Iterator[None]:
-    """Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project."""
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def _context(params: Params, params_file: str, overrides: list[str], force: bool) -> RunContext:
-    params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
-    warn = lambda *a: get_run_logger().warning(*a)  # noqa: E731 - looked up only when said
-    dvc = DvcProject.find(".", params.pipeline.dvc, params_file, warn=warn)
-    if dvc is not None:
-        if note := version.sync("."):
-            get_run_logger().info("%s", note)
-        params_writeback.write(params_file, overrides, params)
-    return RunContext(params, force or params.pipeline.force, dvc)
-
-
-def _end_left_running(params: Params, project: str) -> None:
-    """Mark runs a killed process left RUNNING: Prefect's Crashed, MLflow's KILLED. Never fails the
-    run: a tracking server that is down fails train in one line."""
-    logger = get_run_logger()
-    if ended := end_orphans(project):
-        logger.info("flow runs left RUNNING by a killed process, marked Crashed: %s", ", ".join(ended))
-    if tracking_off(params):
-        return
-    try:
-        end_left_running(params)
-    except Exception as e:  # noqa: BLE001 - any tracking failure is reported by the stages that need it
-        logger.warning("could not check for MLflow runs left RUNNING: %s", str(e).splitlines()[0][:200])
+def _bounded(task_, cfg, key: str, *args, **options):
+    """The task under its pipeline.KEY timeout; a timeout as the stage's one line."""
+    with bounded(task_.name, key, getattr(cfg, key)):
+        return task_.with_options(timeout_seconds=getattr(cfg, key), **options)(*args)
 
 
 @flow(
     name="sagan-pipeline",
     description="prepare -> train -> evaluate (FID/KID) -> register (MLflow)",
-    on_completion=[notify.on_completion],
-    on_failure=[notify.on_failure],
-    on_crashed=[notify.on_crashed],
-    on_cancellation=[notify.on_cancellation],
+    on_completion=[notify.on_completion], on_failure=[notify.on_failure],
+    on_crashed=[notify.on_crashed], on_cancellation=[notify.on_cancellation],
 )
-def sagan_pipeline(
-    params_file: str = "params.yaml",
-    overrides: list[str] | None = None,
-    force: bool = False,
-    project_dir: str = ".",
-    params: Params | None = None,
-) -> RunSummary:
+def sagan_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None, force: bool = False,
+                   project_dir: str = ".", params: Params | None = None) -> RunSummary:
     """Run the four stages on the project in `project_dir` with `params_file` and `overrides`
     (`key.path=value`, as `--set`); `force` (or pipeline.force): every stage, even when up to date.
     `params`: those two already validated in this process (the CLI's), so they are validated once."""
     overrides = list(overrides or [])
-    with sagan_logs_to_prefect(), _in_dir(project_dir):
-        project = project_tag()  # the summary's past runs are this project's (history.py)
+    # Stages use project-relative paths (as `sagan` and dvc.yaml do): run inside the project.
+    with sagan_logs_to_prefect(), contextlib.chdir(project_dir):
+        logger, project = get_run_logger(), project_tag()  # the summary's past runs are this project's
         tag_flow_run(project)
         params = params or load_params(params_file, overrides)  # carried to every task
         cfg = params.pipeline
         if cfg.notify_block:  # where the hooks find it (notify.py)
             tag_flow_run(notify.TAG + cfg.notify_block)
         if why := tracking_off(params):  # said before anything runs, not as register's failure at the end
-            get_run_logger().info("tracking is off (%s): the run will not be registered in MLflow", why)
+            logger.info("tracking is off (%s): the run will not be registered in MLflow", why)
         with project_lock(".", cfg.lock_timeout_s, reentrant=True), project_slot(".", cfg.lock_timeout_s):
-            _end_left_running(params, project)
-            run = _context(params, params_file, overrides, force)
+            # Runs a killed process left RUNNING: Prefect's Crashed, MLflow's KILLED. Never fails the
+            # run: a tracking server that is down fails train in one line.
+            if ended := end_orphans(project):
+                logger.info("flow runs left RUNNING by a killed process, marked Crashed: %s", ", ".join(ended))
+            try:
+                if not tracking_off(params):
+                    end_left_running(params)
+            except Exception as e:  # noqa: BLE001 - any tracking failure is reported by the stages that need it
+                logger.warning("could not check for MLflow runs left RUNNING: %s", str(e).splitlines()[0][:200])
+            params_writeback.undo()  # a killed run's overrides, before anything reads params.yaml
+            dvc = DvcProject.find(".", cfg.dvc, params_file, warn=logger.warning)
+            if dvc is not None:
+                if note := version.sync("."):
+                    logger.info("%s", note)
+                params_writeback.write(params_file, overrides, params)
+            ctx = quote(RunContext(params, force or cfg.force, dvc))  # quoted: no upstream result
             with params_writeback.kept_if_done():
-                backoff = exponential_backoff(backoff_factor=cfg.retry_delay_s)
-                retried = {"retry_delay_seconds": backoff, "retry_condition_fn": _retry_transient}
-                ctx, stage_s = quote(run), ("stage_timeout_s", cfg.stage_timeout_s)  # ctx: no upstream result
-                prep = _bounded(prepare_task, stage_s, ctx)
-                train_s = ("train_timeout_s", cfg.train_timeout_s)
-                trained = _bounded(
-                    train_task, train_s, ctx, prep.content_hash, retries=cfg.train_retries, **retried
-                )
-                ev = _bounded(evaluate_task, stage_s, ctx, trained)
+                retried = {  # a failed task's state carries its exception (StageFailed.transient)
+                    "retry_delay_seconds": exponential_backoff(backoff_factor=cfg.retry_delay_s),
+                    "retry_condition_fn": lambda task_, run_, state: getattr(state.data, "transient", True),
+                }
+                stage_s = "stage_timeout_s"
+                prep = _bounded(prepare_task, cfg, stage_s, ctx)
+                trained = _bounded(train_task, cfg, "train_timeout_s", ctx, prep.content_hash, retries=cfg.train_retries, **retried)
+                ev = _bounded(evaluate_task, cfg, stage_s, ctx, trained)
                 # Register always runs: idempotent, an unchanged project ends with the same answer.
-                reg = _bounded(
-                    register_task, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried
-                )
-                dvc = "not used"
-                if run.dvc is not None:
-                    pending = run.dvc.status()
-                    dvc = f"not clean: {', '.join(pending)}" if pending else "clean"
-                summary = summarize(params, prep, trained, ev, reg, dvc)
+                reg = _bounded(register_task, cfg, stage_s, ctx, trained, ev, retries=cfg.register_retries, **retried)
+                pending = ", ".join(dvc.status()) if dvc is not None else None
+                state = "not used" if dvc is None else f"not clean: {pending}" if pending else "clean"
+                summary = summarize(params, prep, trained, ev, reg, state)
                 publish(summary, project)
                 return summary

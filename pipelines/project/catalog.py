@@ -1,7 +1,5 @@
-"""The packaged presets (presets/NAME.yaml), and which one fits a look at the images: folder64 unless
-it would reject too many as too small, then gray32 or cifar10 (imagenet128 only by name). A sample
-that cannot be read is no error here: prepare will say. Nothing heavy at import (`sagan init --help`).
-"""
+"""The packaged presets, and which fits a look at the images: folder64 unless it would reject too many
+as too small, then gray32 or cifar10 (imagenet128 only by name). Nothing heavy at import (`sagan init --help`)."""
 
 from __future__ import annotations
 
@@ -48,8 +46,8 @@ def pick(seen: Look | str | None) -> tuple[str, str]:
     """(preset, why) for the images seen."""
     if seen is None or isinstance(seen, str) or not seen.sizes:
         return DEFAULT_PRESET, "the default"
-    if not _too_small(seen, _packaged(DEFAULT_PRESET), fatal=True):
-        return DEFAULT_PRESET, f"images of {_packaged(DEFAULT_PRESET).data.min_size} px or more"
+    if not _too_small(seen, default := _packaged(DEFAULT_PRESET), fatal=True):
+        return DEFAULT_PRESET, f"images of {default.data.min_size} px or more"
     if all(seen.gray):
         return SMALL_GRAY, "small grayscale images"
     return SMALL_COLOR, "small color images"
@@ -63,9 +61,7 @@ def misfits(seen: Look, params: Params) -> list[str]:
         rejects = f"all {n}" if small == n else f"{small} of the {n}"
         fails = "; prepare would fail" if _too_small(seen, params, fatal=True) else ""
         side = min(map(min, seen.sizes))
-        found.append(
-            f"data.min_size {d.min_size} rejects {rejects} looked at ({side} px on the short side{fails})"
-        )
+        found.append(f"data.min_size {d.min_size} rejects {rejects} looked at ({side} px on the short side{fails})")
     grays = sum(seen.gray)
     if d.channels == 3 and grays == n:
         found.append("data.channels 3 for grayscale images")
@@ -83,7 +79,7 @@ def line(seen: Look | str | None, preset: str, params: Params, picked: bool) -> 
         return f"could not look at the images: {seen}; {how}"
     if not seen.sizes:
         return f"found no image that opens among {seen.num_images} files; {how}: prepare will say why"
-    said = f"looked at {len(seen.sizes)} of {seen.num_images} images{_classes(seen)}: {_sizes(seen)}"
+    said = _looked(seen)
     wrong = misfits(seen, params)
     if not wrong:
         return f"{said}; picked {how}" if picked else f"{said}; preset {preset} fits them"
@@ -105,17 +101,13 @@ def _packaged(name: str) -> Params:
     return load_params(PRESETS_DIR / f"{name}.yaml")
 
 
-def _classes(seen: Look) -> str:
-    if seen.num_classes == 0:
-        return " (no class folders)"
-    return f" in {seen.num_classes} class{'' if seen.num_classes == 1 else 'es'}"
-
-
-def _sizes(seen: Look) -> str:
+def _looked(seen: Look) -> str:
+    k = seen.num_classes
+    classes = f" in {k} class{'' if k == 1 else 'es'}" if k else " (no class folders)"
     by_side = sorted(seen.sizes, key=min)
     (w, h), (big_w, big_h) = by_side[0], by_side[-1]
     size = f"{w}x{h} px" if (w, h) == (big_w, big_h) else f"{w}x{h} to {big_w}x{big_h} px"
     grays = sum(seen.gray)
     kind = {len(seen.gray): "grayscale", 0: "color"}.get(grays, f"{grays} of {len(seen.gray)} grayscale")
     unread = f", {seen.unreadable} unreadable" if seen.unreadable else ""
-    return f"{size}, {kind}{unread}"
+    return f"looked at {len(seen.sizes)} of {seen.num_images} images{classes}: {size}, {kind}{unread}"

@@ -1,15 +1,18 @@
-"""`sagan init DIR`: params.yaml (a preset, `--data`, registry names from the folder's name),
-dvc.yaml, sagan-version.yaml, .gitignore, .dvcignore, README.md, git + DVC. Existing files are never
-replaced but params.yaml with --force (kept as params.yaml.bak); a user mistake is one ConfigError.
-"""
+"""`sagan init DIR`: params.yaml (a preset, `--data`, registry names from the folder's name), dvc.yaml,
+sagan-version.yaml, .gitignore, .dvcignore, README.md, git + DVC. Existing files are kept but
+params.yaml with --force (as params.yaml.bak); a user mistake is one ConfigError."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from pipelines.project import catalog, version
 from pipelines.quoting import md, md_code
@@ -48,24 +51,35 @@ def params_text(preset: Path, source: str | None, name: str | None = None) -> tu
     raw = parse_params_text(text, preset)
     if not isinstance(raw, dict):
         raise ConfigError(f"--preset {preset}: expected a mapping of sections")
-    sets = {("data", "source"): source}
-    sets |= {("registry", "model_name"): name, ("tracking", "experiment"): name}
-    if any(v is not None for v in sets.values()):
-        from ruamel.yaml import YAML
-
-        rt = YAML()  # round-trip: the preset's comments survive
-        rt.preserve_quotes = True
-        null = "tag:yaml.org,2002:null"  # `null` stays `null` (ruamel would write an empty value)
-        rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar(null, "null"))
-        data = rt.load(text)
-        for (section, key), value in sets.items():
-            if value is not None:
-                data.setdefault(section, {})[key] = value
-        out = io.StringIO()
-        rt.dump(data, out)
-        text = out.getvalue()
+    sets = {"data.source": source, "registry.model_name": name, "tracking.experiment": name}
+    if sets := {k: v for k, v in sets.items() if v is not None}:
+        text = set_values(text, sets)
         raw = parse_params_text(text, preset)
     return text, validate(raw)  # a preset that does not validate is never written
+
+
+def set_values(text: str, values: dict[str, Any]) -> str:
+    """YAML `text` with each `key.path` set to its value, comments and key order kept (ruamel round
+    trip), each value written so that sagan's PyYAML (YAML 1.1) and DVC's ruamel (1.2) both read it back
+    as itself: PyYAML's text for it (`2.0e-04`) loaded round-trip; a string ruamel reads otherwise quoted."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    null = "tag:yaml.org,2002:null"  # `null` stays `null` (ruamel would write an empty value)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar(null, "null"))
+    data = rt.load(text) or {}
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = functools.reduce(lambda n, part: n.setdefault(part, {}), parents, data)
+        if isinstance(value, str) and YAML(typ="safe").load(yaml.safe_dump(value)) != value:
+            node[last] = DoubleQuotedScalarString(value)
+        else:
+            node[last] = rt.load(yaml.safe_dump(value, default_flow_style=True))
+    out = io.StringIO()
+    rt.dump(data, out)
+    return out.getvalue()
 
 
 def dvc_yaml(source: str) -> str:
@@ -88,29 +102,6 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise SaganError(f"{' '.join(cmd[-2:])} in {cwd}: {last[0]}")
 
 
-def _repositories(project: Path, done: list[str]) -> None:
-    if not (project / ".git").exists():
-        _run(["git", "init", "-q"], project)
-        done.append("git init")
-    if not (project / ".dvc").is_dir():
-        _run([sys.executable, "-m", "dvc", "init", "-q"], project)
-        done.append("dvc init")
-
-
-def _replace_params(target: Path, text: str, force: bool, done: list[str]) -> None:
-    if target.exists():
-        if not force:
-            raise ConfigError(
-                f"{target} exists: add --force to replace it with the preset "
-                "(the old file is kept as params.yaml.bak)"
-            )
-        backup = target.with_name("params.yaml.bak")
-        backup.write_bytes(target.read_bytes())
-        done.append(f"kept the old params.yaml as {backup}")
-    _write(target, text)
-    done.append(f"wrote {target}")
-
-
 def create(project: Path, preset: str | None, data: Path | None, force: bool) -> list[str]:
     """Write a new project into `project`; returns what was done, one line each."""
     if project.exists() and not project.is_dir():
@@ -128,7 +119,15 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     project.mkdir(parents=True, exist_ok=True)
     said = catalog.line(seen, chosen, params, picked=preset is None)
     done: list[str] = [said] if said else []
-    _replace_params(project / "params.yaml", text, force, done)
+    target = project / "params.yaml"
+    if target.exists():
+        if not force:
+            raise ConfigError(f"{target} exists: add --force to replace it with the preset (the old file is kept as params.yaml.bak)")
+        backup = target.with_name("params.yaml.bak")
+        backup.write_bytes(target.read_bytes())
+        done.append(f"kept the old params.yaml as {backup}")
+    _write(target, text)
+    done.append(f"wrote {target}")
     if not (project / "dvc.yaml").exists():
         _write(project / "dvc.yaml", dvc_yaml(source))
         version.write(project)
@@ -138,18 +137,16 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
     for template, name in FILES:
         if (project / name).exists():
             continue
-        body = (TEMPLATES / template).read_text()
-        # Markdown: the names shown as themselves (quoting.py)
-        shown = {
-            "{name}": md(project.resolve().name),
-            "{preset}": md_code(chosen),
-            "{source}": md_code(source),
-        }
-        for key, value in shown.items():
-            body = body.replace(key, value)
-        _write(project / name, body)
+        body = (TEMPLATES / template).read_text()  # Markdown: the names shown as themselves (quoting.py)
+        body = body.replace("{name}", md(project.resolve().name)).replace("{preset}", md_code(chosen))
+        _write(project / name, body.replace("{source}", md_code(source)))
         done.append(f"wrote {name}")
-    _repositories(project, done)
+    if not (project / ".git").exists():
+        _run(["git", "init", "-q"], project)
+        done.append("git init")
+    if not (project / ".dvc").is_dir():
+        _run([sys.executable, "-m", "dvc", "init", "-q"], project)
+        done.append("dvc init")
     return done
 
 
@@ -159,8 +156,5 @@ def upgrade(project: Path) -> str:
     if before is None:
         raise ConfigError(f"{project}: no {version.VERSION_FILE} (a project made by `sagan init`) to upgrade")
     now = version.write(project)
-    if before == now:
-        return f"{project / version.VERSION_FILE}: already sagan {now}"
-    return (
-        f"{project / version.VERSION_FILE}: sagan {before} -> {now}; `dvc status` shows every stage changed"
-    )
+    said = f"already sagan {now}" if before == now else f"sagan {before} -> {now}; `dvc status` shows every stage changed"
+    return f"{project / version.VERSION_FILE}: {said}"

@@ -1,8 +1,6 @@
-"""`sagan-version.yaml`: the sagan version a project's outputs were made with, a DVC params
-dependency of every stage (a new version reruns them all). Written by `sagan init [--upgrade]` and
-by the flow before it asks DVC; the stages refuse to run under another version, so dvc.lock never
-records an output against the version that did not make it. A folder without it is not checked.
-"""
+"""`sagan-version.yaml`: the sagan version a project's outputs were made with, a DVC params dependency
+of every stage (a new version reruns them all). The stages refuse to run under another version, so
+dvc.lock never records an output against a version that did not make it; a folder without it is not checked."""
 
 from __future__ import annotations
 
@@ -61,8 +59,5 @@ def check(root: str | Path = ".") -> None:
     """Refuse (exit 2) to run a stage under another sagan than the project records."""
     before, now = recorded(root), installed()
     if before is not None and before != now:
-        raise ConfigError(
-            f"{VERSION_FILE}: this project's outputs were made by sagan {before!r}, this is sagan "
-            f"{now!r}: run `sagan init . --upgrade` to record it (every stage then reruns), "
-            f"or install sagan {before}"
-        )
+        raise ConfigError(f"{VERSION_FILE}: this project's outputs were made by sagan {before!r}, this is sagan {now!r}: "
+                          f"run `sagan init . --upgrade` to record it (every stage then reruns), or install sagan {before}")

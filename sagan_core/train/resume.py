@@ -54,14 +54,7 @@ def load(path: Path, spec: ModelSpec, device: torch.device, now: dict[str, Any])
     if saved != spec:
         want = spec.to_dict()
         diff = [f"{k}={v} (params: {want[k]})" for k, v in saved.to_dict().items() if v != want[k]]
-        raise ConfigError(
-            f"--resume: the checkpoint was trained with {', '.join(diff)}; "
-            "restore those params or train from scratch"
-        )
-    changed = fingerprint.changes(ckpt.get("fingerprint"), now)
-    if changed and "fingerprint" in ckpt:
-        log.warning(
-            "--resume: what shaped the checkpoint changed (%s); training goes on, no longer bit-exact",
-            "; ".join(changed),
-        )
+        raise ConfigError(f"--resume: the checkpoint was trained with {', '.join(diff)}; restore those params or train from scratch")
+    if "fingerprint" in ckpt and (changed := fingerprint.changes(ckpt["fingerprint"], now)):
+        log.warning("--resume: what shaped the checkpoint changed (%s); training goes on, no longer bit-exact", "; ".join(changed))
     return ckpt
