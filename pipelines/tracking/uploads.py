@@ -20,7 +20,7 @@ from pipelines.tracking.store import scrub
 
 log = logging.getLogger("sagan.mlflow")
 
-CHECKPOINT_DIR = "checkpoint"  # the run's artifact folder of checkpoints (resume_from.py downloads)
+CHECKPOINT_DIR = "checkpoint"  # the run's artifact folder of checkpoints (fetch_checkpoint.py downloads)
 
 
 def snapshot(path: Path) -> Path:
