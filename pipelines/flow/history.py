@@ -71,7 +71,7 @@ def end_orphans(tag: str) -> list[str]:
     return ended
 
 
-def _fmt(x: Any) -> str:
+def shown_value(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
@@ -97,7 +97,7 @@ def past_runs(tag: str, limit: int = 50) -> list[dict[str, str]]:
         row = {"time": when.strftime("%Y-%m-%d %H:%M:%S") if when else "-", "flow_run": r.name}
         row["state"] = r.state_name or "-"
         result = results.get(r.id, {})
-        table.append(row | {c: _fmt(result.get(c)) for c in COLUMNS[3:]})
+        table.append(row | {c: shown_value(result.get(c)) for c in COLUMNS[3:]})
     return table
 
 

@@ -20,7 +20,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from pipelines.flow.history import COLUMNS, RESULT_KEY, _fmt, past_runs
+from pipelines.flow.history import COLUMNS, RESULT_KEY, past_runs, shown_value
 from pipelines.quoting import md, md_code, sh
 from pipelines.results import Evaluated, NotRegistered, Prepared, Registered, Trained
 from pipelines.tracking.store import redact
@@ -165,7 +165,7 @@ def summary_markdown(s: RunSummary) -> str:
     link = (
         f"[{md(s.mlflow_run)}]({_link(s.mlflow_url)}) (with `mlflow ui` running)"
         if s.mlflow_url
-        else md(_fmt(s.mlflow_run))
+        else md(shown_value(s.mlflow_run))
     )
     if s.version is None:
         decision = [f"| registered | skipped: {md(s.reason)} |"]
@@ -173,7 +173,7 @@ def summary_markdown(s: RunSummary) -> str:
         decision = [
             f"| decision | **{s.decision}**: {md(s.reason)} |",
             f"| registered | {md(s.model_name)} v{s.version} ({s.decision}): the generator at step"
-            f" {s.version_step}, FID {_fmt(s.version_fid)} |",
+            f" {s.version_step}, FID {shown_value(s.version_fid)} |",
         ]
     grid_where = "below; also under the MLflow run's artifacts" if s.mlflow_run else "below"
     text = "\n".join(
@@ -182,9 +182,9 @@ def summary_markdown(s: RunSummary) -> str:
             "",
             "| | |",
             "|---|---|",
-            f"| FID | {_fmt(s.fid)} |",
-            f"| IS | {_fmt(s.is_mean)} |",
-            f"| KID | {_fmt(s.kid)} |",
+            f"| FID | {shown_value(s.fid)} |",
+            f"| IS | {shown_value(s.is_mean)} |",
+            f"| KID | {shown_value(s.kid)} |",
             *decision,
             f"| data hash | {md_code(s.data_hash)} |",
             f"| trained | {s.trained_steps} steps (checkpoint step {s.step}) |",
