@@ -18,9 +18,12 @@ _progress: Any = None  # in a pool worker: the parent's shared array of (pid, it
 _slot = 0  # the slot of the chunk this worker is on
 
 
-def mark_item(i: int) -> None:
-    if _progress is not None:
-        _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
+def marked(items: list) -> Iterator:
+    """The items of a chunk, each recorded as the one this worker is on before it is handed out."""
+    for i, item in enumerate(items):
+        if _progress is not None:
+            _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
+        yield item
 
 
 def _init_pool(progress: Any, init: Callable | None, initargs: tuple) -> None:
