@@ -148,8 +148,7 @@ class BatchLoader:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cursor + self.batch_size > self.shard_len:
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._order = None
+            self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
         if self._order is None:
             self._draw_epoch()
         sl = slice(self.cursor, self.cursor + self.batch_size)
