@@ -118,8 +118,7 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
             if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
                 continue
             _, flags, name_len, extra_len = _LOCAL_HEADER.unpack(head)
-            raw = f.read(name_len)
-            name = raw.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+            name = f.read(name_len).decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
             if name != info.orig_filename:
                 raise SaganError(
                     f"{archive}: refused: member {info.filename!r}'s local header names {name!r} "

@@ -81,14 +81,13 @@ def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Calla
     """The one line for a worker that died: how, and the file it was on (each worker records its pid
     and item; the executor stops the others with SIGTERM)."""
     pool.shutdown(wait=True)  # the executor has joined its workers: exit codes are final
-    codes = {pid: p.exitcode for pid, p in procs.items()}
     ahead = len(progress) // 2
     on: list[tuple[str, int | None]] = []
     for seq, fut in pending:
         pid, i = progress[2 * (seq % ahead)], progress[2 * (seq % ahead) + 1]
         broken = fut.done() and not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool)
         if pid and i and broken:
-            on.append((name(seq, i - 1), codes.get(pid)))
+            on.append((name(seq, i - 1), procs[pid].exitcode if pid in procs else None))
     culprits = [(f, c) for f, c in on if c != -signal.SIGTERM] or on  # the rest got the pool's SIGTERM
     code = culprits[0][1] if culprits else None
     how = f"exit code {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
