@@ -164,7 +164,6 @@ class BatchLoader:
         if self.device.type == "cuda":
             xt = torch.from_numpy(x).pin_memory().to(self.device, non_blocking=True)
             return xt.float().div_(127.5).sub_(1.0), y.pin_memory().to(self.device, non_blocking=True)
-        out = np.empty(x.shape, dtype=np.float32)
-        np.divide(x, np.float32(127.5), out=out, dtype=np.float32)
-        np.subtract(out, np.float32(1.0), out=out)
+        out = np.divide(x, np.float32(127.5), dtype=np.float32)
+        out -= np.float32(1.0)
         return torch.from_numpy(out).to(self.device), y.to(self.device)
