@@ -78,9 +78,7 @@ def _files_under(root: Path) -> tuple[list[str], int]:
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [n for n in dirnames if _visible(n)]
-        for n in filenames:
-            if not _visible(n):
-                continue
+        for n in filter(_visible, filenames):
             if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(Path(dirpath, n).relative_to(root).as_posix())
             else:
