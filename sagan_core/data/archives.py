@@ -16,11 +16,11 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from PIL import Image
 
@@ -60,7 +60,9 @@ def _safe_name(name: str, archive: Path) -> PurePosixPath:
 def _check_tar(members: list[tarfile.TarInfo], archive: Path) -> dict[str, str | BadMember]:
     """Each link's name -> the regular file its chain ends at, or why not. Names match as tarfile
     matches them: normalized, the last of that name, a hard link's among the members before it."""
-    for m in members:
+    seen: dict[str, int] = {}
+    step: dict[int, int | None] = {}  # link position -> the position of the member it names
+    for i, m in enumerate(members):
         p = _safe_name(m.name, archive)
         if m.issym() or m.islnk():
             # Symlinks are resolved from the link's folder, hard links from the root.
@@ -70,9 +72,6 @@ def _check_tar(members: list[tarfile.TarInfo], archive: Path) -> dict[str, str |
                 raise SaganError(f"{archive}: refused: link {m.name!r} -> {m.linkname!r} leaves the archive")
         elif not (m.isfile() or m.isdir()):
             raise SaganError(f"{archive}: refused: member {m.name!r} is a device file or FIFO")
-    seen: dict[str, int] = {}
-    step: dict[int, int | None] = {}  # link position -> the position of the member it names
-    for i, m in enumerate(members):
         if m.islnk():
             step[i] = seen.get(posixpath.normpath(m.linkname))
         seen[posixpath.normpath(m.name)] = i
@@ -119,8 +118,7 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
             if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
                 continue
             _, flags, name_len, extra_len = _LOCAL_HEADER.unpack(head)
-            raw = f.read(name_len)
-            name = raw.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+            name = f.read(name_len).decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
             if name != info.orig_filename:
                 raise SaganError(
                     f"{archive}: refused: member {info.filename!r}'s local header names {name!r} "
@@ -160,13 +158,11 @@ def checked_members(archive: Path) -> tuple[list[str], dict[str, str | BadMember
     return order, links
 
 
-def read_batches(
-    archive: Path, names: list[str], max_pixels: int, links: dict[str, str | BadMember], chunk: int
-) -> Iterator[list[bytes | BadMember]]:
-    """`read_members` in batches of at most `chunk` payloads and CHUNK_BYTES (or one larger member)."""
-    batch: list[bytes | BadMember] = []
+def batches(payloads: Iterable[Any], chunk: int) -> Iterator[list[Any]]:
+    """Lists of at most `chunk` payloads and CHUNK_BYTES of bytes (or one larger member)."""
+    batch: list[Any] = []
     size = 0
-    for data in read_members(archive, names, max_pixels, links):
+    for data in payloads:
         n = len(data) if isinstance(data, bytes) else 0
         if batch and (size + n > CHUNK_BYTES or len(batch) == chunk):
             yield batch

@@ -46,11 +46,9 @@ _verified: dict[tuple, str] = {}
 def content_hash(images: Path, labels: np.ndarray, class_names: list[str]) -> str:
     """SHA-256 of pixels, shape, labels and class names: nothing about the source's location."""
     shape = (arr := np.load(images, mmap_mode="r")).shape  # the header: nothing read yet
-    hasher = hashlib.sha256()
     with open(images, "rb") as f:
         f.seek(arr.offset)
-        while block := f.read(1 << 22):
-            hasher.update(block)
+        hasher = hashlib.file_digest(f, "sha256")
     hasher.update(json.dumps([list(shape[1:]), shape[0], class_names]).encode())
     hasher.update(np.asarray(labels).astype("<i8").tobytes())
     return hasher.hexdigest()
@@ -91,16 +89,11 @@ def open_prepared(directory: str | Path) -> PreparedData:
         raise _damaged(directory / "labels.npy", f"{len(labels)} labels for {len(images)} images")
     stats = [os.stat(directory / name) for name in ("images.npy", "labels.npy")]
     key = (str(directory.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats))
-    if _verified.get(key) != manifest["content_hash"]:
-        if (
-            content_hash(directory / "images.npy", labels, manifest["class_names"])
-            != manifest["content_hash"]
-        ):
-            raise _damaged(
-                path,
-                "images.npy/labels.npy do not match its content_hash (changed since prepare, or copied in part)",
-            )
-        _verified[key] = manifest["content_hash"]
+    if _verified.get(key) != (want := manifest["content_hash"]):
+        if content_hash(directory / "images.npy", labels, manifest["class_names"]) != want:
+            why = "do not match its content_hash (changed since prepare, or copied in part)"
+            raise _damaged(path, f"images.npy/labels.npy {why}")
+        _verified[key] = want
     return PreparedData(images, labels, manifest)
 
 
@@ -155,8 +148,7 @@ class BatchLoader:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cursor + self.batch_size > self.shard_len:
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._order = None
+            self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
         if self._order is None:
             self._draw_epoch()
         sl = slice(self.cursor, self.cursor + self.batch_size)
@@ -172,7 +164,6 @@ class BatchLoader:
         if self.device.type == "cuda":
             xt = torch.from_numpy(x).pin_memory().to(self.device, non_blocking=True)
             return xt.float().div_(127.5).sub_(1.0), y.pin_memory().to(self.device, non_blocking=True)
-        out = np.empty(x.shape, dtype=np.float32)
-        np.divide(x, np.float32(127.5), out=out, dtype=np.float32)
-        np.subtract(out, np.float32(1.0), out=out)
+        out = np.divide(x, np.float32(127.5), dtype=np.float32)
+        out -= np.float32(1.0)
         return torch.from_numpy(out).to(self.device), y.to(self.device)

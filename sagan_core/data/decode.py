@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sagan_core.config import DataConfig
 from sagan_core.data.archives import BadMember
 from sagan_core.data.formats import OPENED_AS, RASTER_FORMATS, open_image
-from sagan_core.data.pool import in_order, mark_item
+from sagan_core.data.pool import in_order, marked
 from sagan_core.data.sources import Source
 from sagan_core.errors import ConfigError
 
@@ -170,8 +170,7 @@ def _decode_chunk(keys: list[Any]) -> tuple[np.ndarray, list[str | None]]:
     out = np.empty((len(keys), cfg.channels, cfg.resolution, cfg.resolution), dtype=np.uint8)
     reasons: list[str | None] = []
     n = 0
-    for i, key in enumerate(keys):
-        mark_item(i)
+    for key in marked(keys):
         try:
             out[n] = decode(source, key, cfg)
             n += 1
@@ -204,11 +203,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def _read_rgb_chunk(paths: list[Path]) -> list[np.ndarray]:
-    out = []
-    for i, f in enumerate(paths):
-        mark_item(i)
-        out.append(read_rgb(f))
-    return out
+    return [read_rgb(f) for f in marked(paths)]
 
 
 def read_rgb_chunks(chunks: list[list[Path]], workers: int) -> Iterator[list[np.ndarray]]:

@@ -15,7 +15,6 @@ OPENED_AS = {*RASTER_FORMATS, "MPO"}
 
 
 def open_image(fp: Any) -> Image.Image:
-    """Image.open restricted to RASTER_FORMATS (an EPS named .png is 'not an image')."""
     return Image.open(fp, formats=RASTER_FORMATS)
 
 

@@ -18,9 +18,12 @@ _progress: Any = None  # in a pool worker: the parent's shared array of (pid, it
 _slot = 0  # the slot of the chunk this worker is on
 
 
-def mark_item(i: int) -> None:
-    if _progress is not None:
-        _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
+def marked(items: list) -> Iterator:
+    """The items of a chunk, each recorded as the one this worker is on before it is handed out."""
+    for i, item in enumerate(items):
+        if _progress is not None:
+            _progress[2 * _slot], _progress[2 * _slot + 1] = os.getpid(), i + 1
+        yield item
 
 
 def _init_pool(progress: Any, init: Callable | None, initargs: tuple) -> None:
@@ -78,14 +81,13 @@ def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Calla
     """The one line for a worker that died: how, and the file it was on (each worker records its pid
     and item; the executor stops the others with SIGTERM)."""
     pool.shutdown(wait=True)  # the executor has joined its workers: exit codes are final
-    codes = {pid: p.exitcode for pid, p in procs.items()}
     ahead = len(progress) // 2
     on: list[tuple[str, int | None]] = []
     for seq, fut in pending:
         pid, i = progress[2 * (seq % ahead)], progress[2 * (seq % ahead) + 1]
         broken = fut.done() and not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool)
         if pid and i and broken:
-            on.append((name(seq, i - 1), codes.get(pid)))
+            on.append((name(seq, i - 1), procs[pid].exitcode if pid in procs else None))
     culprits = [(f, c) for f, c in on if c != -signal.SIGTERM] or on  # the rest got the pool's SIGTERM
     code = culprits[0][1] if culprits else None
     how = f"exit code {code}" if code is None or code >= 0 else f"killed by {signal.Signals(-code).name}"
@@ -97,7 +99,4 @@ def _death(pool: ProcessPoolExecutor, pending: deque, progress: Any, name: Calla
 
 
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS

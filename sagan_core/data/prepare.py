@@ -34,7 +34,6 @@ _HEADER_LEN = 128  # fixed .npy header size, so the final image count can be wri
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """A version-1.0 .npy header for uint8 data, of fixed length."""
     d = repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode("latin1")
     body = d + b" " * (_HEADER_LEN - 10 - len(d) - 1) + b"\n"
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
@@ -64,11 +63,10 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
         manifest = _build(source, cfg, new, progress)
         _swap_in(new, out)
         rejections.rejected_path(cfg.prepared_dir).unlink(missing_ok=True)
-    except WriteError as e:  # named by the build folder's file: the user knows data.prepared_dir
+    except BaseException as e:
         _remove(new)
-        raise WriteError(out, e.error, kept) from None
-    except BaseException:
-        _remove(new)
+        if isinstance(e, WriteError):  # named by the build folder's file: the user knows data.prepared_dir
+            raise WriteError(out, e.error, kept) from None
         raise
     return manifest
 

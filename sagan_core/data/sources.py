@@ -9,7 +9,7 @@ import gzip
 import inspect
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sagan_core.data.archives import BadMember, checked_members, is_archive, read_batches
+from sagan_core.data.archives import BadMember, batches, checked_members, is_archive, read_members
 from sagan_core.data.formats import IMAGE_EXTENSIONS, open_image
 from sagan_core.data.safe_folder import check_folder
 from sagan_core.errors import ConfigError, SaganError
@@ -56,13 +56,10 @@ class Source:
 
     def payloads(self, chunk: int, max_pixels: int) -> Iterator[list[Any]]:
         order = self.read_order if self.read_order is not None else range(len(self.items))
-        if self.archive is None:
-            keys = [self.items[i][0] for i in order]
-            for i in range(0, len(keys), chunk):
-                yield keys[i : i + chunk]
-            return
-        wanted = [self.members[self.items[i][0]] for i in order]
-        yield from read_batches(self.archive, wanted, max_pixels, self.links, chunk)
+        keys: Iterable[Any] = [self.items[i][0] for i in order]
+        if self.archive is not None:
+            keys = read_members(self.archive, [self.members[k] for k in keys], max_pixels, self.links)
+        return batches(keys, chunk)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -81,9 +78,7 @@ def _files_under(root: Path) -> tuple[list[str], int]:
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [n for n in dirnames if _visible(n)]
-        for n in filenames:
-            if not _visible(n):
-                continue
+        for n in filter(_visible, filenames):
             if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(Path(dirpath, n).relative_to(root).as_posix())
             else:

@@ -30,7 +30,7 @@ class Look:
 def look(spec: str) -> Look:
     """Raises what listing raises (an unsafe folder or archive), never for one bad file."""
     source = open_source(spec)
-    step = max(1, len(source.items) / SAMPLE) if source.items else 1
+    step = max(1, len(source.items) / SAMPLE)
     picked = sorted({int(i * step) for i in range(min(SAMPLE, len(source.items)))})
     payloads: list[Any] = []
     if source.archive is not None:
