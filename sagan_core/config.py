@@ -18,19 +18,6 @@ from sagan_core.model.arch import D_ARCH, G_ARCH, attention_slots, default_atten
 
 # DiffAugment's operations (train/diffaug.py), named here so that validation needs no torch.
 DIFFAUG_OPERATIONS = ("color", "translation", "cutout")
-
-
-def diffaug_ops(policy: str) -> tuple[str, ...]:
-    """`"color, translation"` -> ("color", "translation"); "" -> (). ValueError names the valid ones."""
-    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
-    unknown = [op for op in ops if op not in DIFFAUG_OPERATIONS]
-    if unknown:
-        raise ValueError(
-            f"unknown DiffAugment operation {shown(unknown[0])}; valid: {', '.join(DIFFAUG_OPERATIONS)}"
-        )
-    return ops
-
-
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
@@ -212,7 +199,13 @@ class TrainConfig(Section):
     @field_validator("diffaug")
     @classmethod
     def _diffaug(cls, v: str) -> str:
-        return ",".join(diffaug_ops(v))
+        """`"color, translation"` -> "color,translation"."""
+        ops = [p.strip() for p in v.split(",") if p.strip()]
+        for op in ops:
+            if op not in DIFFAUG_OPERATIONS:
+                valid = ", ".join(DIFFAUG_OPERATIONS)
+                raise ValueError(f"unknown DiffAugment operation {shown(op)}; valid: {valid}")
+        return ",".join(ops)
 
 
 class EvalConfig(Section):

@@ -27,16 +27,12 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
 
 
-def load(params: Path, overrides: list[str] | None) -> Params:
-    return load_params(params, overrides or [])
-
-
 def load_stage(params: Path, overrides: list[str] | None) -> Params:
-    """`load`, refusing a sagan other than the project's recorded one (dvc.lock would be wrong)."""
+    """load_params, refusing a sagan other than the project's recorded one (dvc.lock would be wrong)."""
     from pipelines.project import version
 
     version.check(".")
-    return load(params, overrides)
+    return load_params(params, overrides)
 
 
 def prepare(
@@ -174,7 +170,7 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
     """Register the run's EMA generator in the MLflow registry; `champion` moves only on a better FID."""
     from pipelines import stages
 
-    p = load(params, set_)
+    p = load_params(params, set_)
     with stage_lock(p.pipeline.lock_timeout_s):
         r = stages.register(p)
     again = "" if r.created else " (already registered; no new version)"
@@ -232,17 +228,17 @@ def sample(
     if verified_copy is not None:
         from pipelines.registry.sampling import verified_copy as copy_model
 
-        folder = copy_model(load(params, set_), model, verified_copy)
+        folder = copy_model(load_params(params, set_), model, verified_copy)
         typer.echo(f"{model}: a generator this sagan logged; checked copy in {folder}")
         return
-    r = run_sample(load(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
+    r = run_sample(load_params(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
     shown = r["files"] if len(r["files"]) <= 3 else [r["files"][0], "...", r["files"][-1]]
     typer.echo(f"sampled {r['n']} images from {r['model']}: {', '.join(shown)}")
 
 
 def config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Print the validated params (file + --set overrides + defaults) as YAML; nothing runs."""
-    p = load(params, set_)
+    p = load_params(params, set_)
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False), nl=False)
 
 

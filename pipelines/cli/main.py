@@ -9,26 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from pipelines.cli import commands, models, pipeline
+from pipelines.project.version import installed
 from sagan_core.errors import STORAGE_ERRNOS, ConfigError, SaganError, os_cause
-
-
-def sagan_version() -> str:
-    try:
-        return version("sagan")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
 
 
 def _show_version(value: bool) -> None:
     if value:
-        typer.echo(f"sagan {sagan_version()}")
+        now = installed()  # "unknown": run from a checkout that was never installed
+        typer.echo(f"sagan {now if now != 'unknown' else 'unknown (not installed)'}")
         raise typer.Exit(0)
 
 
@@ -117,15 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the last resort: the writers sagan knows report WriteError themselves
         if e.filename is None and e.errno not in STORAGE_ERRNOS:
             raise  # no file named, no disk at fault: likely a bug, keep its traceback
-        return _fail("", _os_error_line(e), 1)
-
-
-def _os_error_line(e: OSError) -> str:
-    """`models/x.pt: ENOSPC: No space left on device`: the file(s) and the cause, one line."""
-    if e.filename is None:
-        return f"a file could not be read or written ({os_cause(e)})"
-    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
-    return f"{where}: {os_cause(e)}"
+        if e.filename is None:
+            return _fail("", f"a file could not be read or written ({os_cause(e)})", 1)
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
+        return _fail("", f"{where}: {os_cause(e)}", 1)  # `models/x.pt: ENOSPC: No space left on device`
 
 
 if __name__ == "__main__":
