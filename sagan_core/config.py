@@ -50,8 +50,7 @@ class Section(BaseModel):
     @classmethod
     def _bool_is_not_a_number(cls, v: Any, info: Any) -> Any:  # info: pydantic's ValidationInfo
         """`--set train.steps=true` is a mistake, not one step; strings of digits stay accepted."""
-        what = _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation) if info.field_name else None
-        if isinstance(v, bool) and what:
+        if isinstance(v, bool) and (what := _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation)):
             raise ValueError(f"expected {what}, got {v}")
         return v
 
@@ -146,7 +145,6 @@ class TrainConfig(Section):
     lecam_weight: float = Field(0.0, ge=0)
     lecam_decay: float = Field(0.99, ge=0, lt=1)
 
-    # Paths that follow from the params, spelled once.
     @property
     def checkpoint(self) -> Path:
         return Path(self.out_dir) / "checkpoint.pt"
@@ -199,7 +197,6 @@ class TrainConfig(Section):
     @field_validator("diffaug")
     @classmethod
     def _diffaug(cls, v: str) -> str:
-        """`"color, translation"` -> "color,translation"."""
         ops = [p.strip() for p in v.split(",") if p.strip()]
         for op in ops:
             if op not in DIFFAUG_OPERATIONS:
@@ -229,7 +226,6 @@ class EvalConfig(Section):
 
     @property
     def record_file(self) -> Path:
-        """The evaluation's whole record, next to metrics_file."""
         path = Path(self.metrics_file)
         return path.with_name(f"{path.stem}.record.json")
 

@@ -63,7 +63,6 @@ def read_params_text(path: Path, what: str = "--params") -> str:
 
 
 def parse_params_text(text: str, path: Path) -> Any:
-    """A YAML mistake is one ConfigError naming the file and line."""
     try:
         return parse_yaml(text)
     except _Refused as e:

@@ -12,7 +12,8 @@ import typer
 import yaml
 
 from pipelines.lock import stage_lock
-from pipelines.project import catalog
+from pipelines.project import catalog, version
+from pipelines.quoting import sh
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import load_params
@@ -29,8 +30,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 
 def load_stage(params: Path, overrides: list[str] | None) -> Params:
     """load_params, refusing a sagan other than the project's recorded one (dvc.lock would be wrong)."""
-    from pipelines.project import version
-
     version.check(".")
     return load_params(params, overrides)
 
@@ -275,6 +274,4 @@ def init(
         return
     for line in create.create(project, preset, data, force):
         typer.echo(line, err=line.startswith("warning:"))
-    from pipelines.quoting import sh
-
     typer.echo(f"next: cd {sh(project)} && sagan pipeline run   (README.md lists the project's commands)")

@@ -36,7 +36,7 @@ def _root(show_version: Annotated[bool, VersionOpt] = False) -> None:
 
 
 def build_app() -> typer.Typer:
-    """The `sagan` command with every subcommand, in the order `sagan --help` lists them."""
+    """In the order `sagan --help` lists them."""
     app = typer.Typer(
         name="sagan",
         no_args_is_help=True,
@@ -83,7 +83,6 @@ def _fail(prefix: str, message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps our exceptions to exit codes and one-line messages."""
     # No MLflow model is unpickled in a sagan process: pickled models are refused, pt2 archives are
     # checked pickle-free (sagan's own model loading forces this off whatever the environment says).
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
@@ -116,6 +115,3 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
         return _fail("", f"{where}: {os_cause(e)}", 1)  # `models/x.pt: ENOSPC: No space left on device`
 
-
-if __name__ == "__main__":
-    sys.exit(main())
