@@ -18,6 +18,7 @@ from sagan_core.model.arch import D_ARCH, G_ARCH, attention_slots, default_atten
 
 # DiffAugment's operations (train/diffaug.py), named here so that validation needs no torch.
 DIFFAUG_OPERATIONS = ("color", "translation", "cutout")
+
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 

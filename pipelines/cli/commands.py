@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 import yaml
 
+from pipelines.fetch_checkpoint import fetch
+from pipelines.launch import distributed, run_torchrun, supervised
 from pipelines.lock import stage_lock
 from pipelines.project import catalog, version
 from pipelines.quoting import sh
@@ -81,15 +83,9 @@ def train(
         )
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:
-            from pipelines.fetch_checkpoint import fetch
-
             fetch(p, resume_from)
             resume = True
-        from pipelines.launch import distributed
-
         if distributed(p) and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
-            from pipelines.launch import run_torchrun, supervised
-
             with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
                 code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
             raise typer.Exit(code)

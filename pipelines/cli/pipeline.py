@@ -9,6 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.cli.commands import ParamsOpt, SetOpt
+from pipelines.flow.console import route_sagan_logs_to_prefect, short_console_errors
+from pipelines.launch import supervised
+from pipelines.lock import ensure_limit, limit_name, project_lock
 from pipelines.quoting import sh
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
@@ -31,10 +34,6 @@ def _load(params: Path, set_: list[str] | None) -> Params:
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
     validated = _load(params, set_)
-    from pipelines.flow.console import route_sagan_logs_to_prefect, short_console_errors
-    from pipelines.launch import supervised
-    from pipelines.lock import project_lock
-
     route_sagan_logs_to_prefect()  # before Prefect is imported: it reads the setting then
     from pipelines.flow.pipeline import sagan_pipeline
     from pipelines.flow.report import final_report
@@ -57,8 +56,6 @@ def serve(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-retrain",
 ) -> None:
     """Serve a deployment that reruns the pipeline on a cron schedule (blocks; needs a Prefect server)."""
-    from pipelines.flow.console import route_sagan_logs_to_prefect
-
     route_sagan_logs_to_prefect()  # the served runs' processes inherit it
     parameters, _ = _on_server(params, set_, force, "schedules")
     from pipelines.flow.pipeline import sagan_pipeline
@@ -70,8 +67,6 @@ def _on_server(params: Path, set_: list[str] | None, force: bool, what: str) -> 
     """The parameters of runs a server starts (in its directory: pinned to this project) and the
     project's one-run limit (pipelines/lock.py)."""
     from prefect.settings import PREFECT_API_URL
-
-    from pipelines.lock import ensure_limit, limit_name
 
     _load(params, set_)  # the runs get the file and the overrides, validated when each starts
     parameters = {"params_file": str(params), "overrides": list(set_ or []), "force": force}
@@ -93,7 +88,6 @@ def deploy(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "on-pool",
 ) -> None:
     """Deploy the flow to a work pool; a worker (`prefect worker start --pool POOL`) runs it where it runs."""
-    from pipelines.flow.console import route_sagan_logs_to_prefect
     from pipelines.flow.pipeline import sagan_pipeline
 
     parameters, limit = _on_server(params, set_, force, "work pools")
