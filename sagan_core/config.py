@@ -19,18 +19,6 @@ from sagan_core.model.arch import D_ARCH, G_ARCH, attention_slots, default_atten
 # DiffAugment's operations (train/diffaug.py), named here so that validation needs no torch.
 DIFFAUG_OPERATIONS = ("color", "translation", "cutout")
 
-
-def diffaug_ops(policy: str) -> tuple[str, ...]:
-    """`"color, translation"` -> ("color", "translation"); "" -> (). ValueError names the valid ones."""
-    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
-    unknown = [op for op in ops if op not in DIFFAUG_OPERATIONS]
-    if unknown:
-        raise ValueError(
-            f"unknown DiffAugment operation {shown(unknown[0])}; valid: {', '.join(DIFFAUG_OPERATIONS)}"
-        )
-    return ops
-
-
 # Field types whose values pydantic's lax mode would also take as a boolean (true -> 1).
 _NUMBER_KINDS = {int: "an integer", int | None: "an integer", float: "a number", float | None: "a number"}
 
@@ -63,8 +51,7 @@ class Section(BaseModel):
     @classmethod
     def _bool_is_not_a_number(cls, v: Any, info: Any) -> Any:  # info: pydantic's ValidationInfo
         """`--set train.steps=true` is a mistake, not one step; strings of digits stay accepted."""
-        what = _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation) if info.field_name else None
-        if isinstance(v, bool) and what:
+        if isinstance(v, bool) and (what := _NUMBER_KINDS.get(cls.model_fields[info.field_name].annotation)):
             raise ValueError(f"expected {what}, got {v}")
         return v
 
@@ -159,7 +146,6 @@ class TrainConfig(Section):
     lecam_weight: float = Field(0.0, ge=0)
     lecam_decay: float = Field(0.99, ge=0, lt=1)
 
-    # Paths that follow from the params, spelled once.
     @property
     def checkpoint(self) -> Path:
         return Path(self.out_dir) / "checkpoint.pt"
@@ -212,7 +198,12 @@ class TrainConfig(Section):
     @field_validator("diffaug")
     @classmethod
     def _diffaug(cls, v: str) -> str:
-        return ",".join(diffaug_ops(v))
+        ops = [p.strip() for p in v.split(",") if p.strip()]
+        for op in ops:
+            if op not in DIFFAUG_OPERATIONS:
+                valid = ", ".join(DIFFAUG_OPERATIONS)
+                raise ValueError(f"unknown DiffAugment operation {shown(op)}; valid: {valid}")
+        return ",".join(ops)
 
 
 class EvalConfig(Section):
@@ -236,7 +227,6 @@ class EvalConfig(Section):
 
     @property
     def record_file(self) -> Path:
-        """The evaluation's whole record, next to metrics_file."""
         path = Path(self.metrics_file)
         return path.with_name(f"{path.stem}.record.json")
 

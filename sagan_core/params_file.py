@@ -4,6 +4,7 @@ Files over MAX_PARAMS_BYTES and YAML aliases (&/*: "billion laughs") are refused
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,6 @@ def read_params_text(path: Path, what: str = "--params") -> str:
 
 
 def parse_params_text(text: str, path: Path) -> Any:
-    """A YAML mistake is one ConfigError naming the file and line."""
     try:
         return parse_yaml(text)
     except _Refused as e:
@@ -141,7 +141,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node[parts[-1]] = value
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] | None = ()) -> Params:
     """Read, override and validate params; a missing default params.yaml means all defaults."""
     path, raw = Path(path), {}
     if not path.exists() and str(path) != "params.yaml":
@@ -153,6 +153,6 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
             raise ConfigError(f"{path}: empty (no params in it); delete it to use the built-in defaults")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval, registry)")
-    for assignment in overrides:
+    for assignment in overrides or ():
         apply_override(raw, assignment)
     return validate(raw)

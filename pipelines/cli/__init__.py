@@ -1,4 +1,3 @@
 """The `sagan` command: main.py (entry point, exit codes), commands.py (stages and tools), pipeline.py
-(the flow), models.py (the registry). Commands hold no pipeline logic, and import heavy packages
-inside themselves so that `sagan --help` stays instant.
-"""
+(the flow), models.py (the registry). Commands hold no pipeline logic and import heavy packages inside
+themselves: `sagan --help` stays instant."""

@@ -11,8 +11,11 @@ from typing import Annotated
 import typer
 import yaml
 
+from pipelines.fetch_checkpoint import fetch
+from pipelines.launch import distributed, run_torchrun, supervised
 from pipelines.lock import stage_lock
-from pipelines.project import catalog
+from pipelines.project import catalog, version
+from pipelines.quoting import sh
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
 from sagan_core.params_file import load_params
@@ -27,16 +30,10 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
 
 
-def load(params: Path, overrides: list[str] | None) -> Params:
-    return load_params(params, overrides or [])
-
-
 def load_stage(params: Path, overrides: list[str] | None) -> Params:
-    """`load`, refusing a sagan other than the project's recorded one (dvc.lock would be wrong)."""
-    from pipelines.project import version
-
+    """load_params, refusing a sagan other than the project's recorded one (dvc.lock would be wrong)."""
     version.check(".")
-    return load(params, overrides)
+    return load_params(params, overrides)
 
 
 def prepare(
@@ -86,15 +83,9 @@ def train(
         )
     with stage_lock(p.pipeline.lock_timeout_s):  # held by the launcher for its DDP ranks
         if resume_from:
-            from pipelines.fetch_checkpoint import fetch
-
             fetch(p, resume_from)
             resume = True
-        from pipelines.launch import distributed
-
         if distributed(p) and "WORLD_SIZE" not in os.environ:  # not yet under torchrun
-            from pipelines.launch import run_torchrun, supervised
-
             with supervised():  # a kill -9 of `sagan train` takes torchrun and its ranks with it
                 code, _ = run_torchrun(p, resume, quiet, log=logging.getLogger("sagan").info)
             raise typer.Exit(code)
@@ -174,7 +165,7 @@ def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> No
     """Register the run's EMA generator in the MLflow registry; `champion` moves only on a better FID."""
     from pipelines import stages
 
-    p = load(params, set_)
+    p = load_params(params, set_)
     with stage_lock(p.pipeline.lock_timeout_s):
         r = stages.register(p)
     again = "" if r.created else " (already registered; no new version)"
@@ -232,17 +223,17 @@ def sample(
     if verified_copy is not None:
         from pipelines.registry.sampling import verified_copy as copy_model
 
-        folder = copy_model(load(params, set_), model, verified_copy)
+        folder = copy_model(load_params(params, set_), model, verified_copy)
         typer.echo(f"{model}: a generator this sagan logged; checked copy in {folder}")
         return
-    r = run_sample(load(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
+    r = run_sample(load_params(params, set_), model, n, klass, out, out_dir, seed, nrow, truncation)
     shown = r["files"] if len(r["files"]) <= 3 else [r["files"][0], "...", r["files"][-1]]
     typer.echo(f"sampled {r['n']} images from {r['model']}: {', '.join(shown)}")
 
 
 def config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Print the validated params (file + --set overrides + defaults) as YAML; nothing runs."""
-    p = load(params, set_)
+    p = load_params(params, set_)
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
@@ -279,6 +270,4 @@ def init(
         return
     for line in create.create(project, preset, data, force):
         typer.echo(line, err=line.startswith("warning:"))
-    from pipelines.quoting import sh
-
     typer.echo(f"next: cd {sh(project)} && sagan pipeline run   (README.md lists the project's commands)")

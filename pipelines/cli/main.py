@@ -9,26 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from pipelines.cli import commands, models, pipeline
+from pipelines.project.version import installed
 from sagan_core.errors import STORAGE_ERRNOS, ConfigError, SaganError, os_cause
-
-
-def sagan_version() -> str:
-    try:
-        return version("sagan")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
 
 
 def _show_version(value: bool) -> None:
     if value:
-        typer.echo(f"sagan {sagan_version()}")
+        now = installed()  # "unknown": run from a checkout that was never installed
+        typer.echo(f"sagan {now if now != 'unknown' else 'unknown (not installed)'}")
         raise typer.Exit(0)
 
 
@@ -42,7 +36,7 @@ def _root(show_version: Annotated[bool, VersionOpt] = False) -> None:
 
 
 def build_app() -> typer.Typer:
-    """The `sagan` command with every subcommand, in the order `sagan --help` lists them."""
+    """In the order `sagan --help` lists them."""
     app = typer.Typer(
         name="sagan",
         no_args_is_help=True,
@@ -89,7 +83,6 @@ def _fail(prefix: str, message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps our exceptions to exit codes and one-line messages."""
     # No MLflow model is unpickled in a sagan process: pickled models are refused, pt2 archives are
     # checked pickle-free (sagan's own model loading forces this off whatever the environment says).
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
@@ -117,16 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the last resort: the writers sagan knows report WriteError themselves
         if e.filename is None and e.errno not in STORAGE_ERRNOS:
             raise  # no file named, no disk at fault: likely a bug, keep its traceback
-        return _fail("", _os_error_line(e), 1)
+        if e.filename is None:
+            return _fail("", f"a file could not be read or written ({os_cause(e)})", 1)
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else e.filename
+        return _fail("", f"{where}: {os_cause(e)}", 1)  # `models/x.pt: ENOSPC: No space left on device`
 
-
-def _os_error_line(e: OSError) -> str:
-    """`models/x.pt: ENOSPC: No space left on device`: the file(s) and the cause, one line."""
-    if e.filename is None:
-        return f"a file could not be read or written ({os_cause(e)})"
-    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
-    return f"{where}: {os_cause(e)}"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

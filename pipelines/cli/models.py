@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.commands import ParamsOpt, SetOpt, load
+from pipelines.cli.commands import ParamsOpt, SetOpt
+from pipelines.registry import models as registry
+from sagan_core.params_file import load_params
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded on the version).")]
 
@@ -19,10 +21,8 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (every field and tag).")] = False,
 ) -> None:
     """List the versions of registry.model_name: step, FID under which reference, aliases, decisions."""
-    from pipelines.registry import models
-
-    rows = models.versions(load(params, set_))
-    typer.echo(json.dumps(rows, indent=2) if as_json else models.table(rows))
+    rows = registry.versions(load_params(params, set_))
+    typer.echo(json.dumps(rows, indent=2) if as_json else registry.table(rows))
 
 
 def promote(
@@ -32,16 +32,12 @@ def promote(
     reason: ReasonOpt = None,
 ) -> None:
     """Make VERSION the champion; its FID and the champion's are compared under one protocol and recorded."""
-    from pipelines.registry import models
-
-    typer.echo(models.promote(load(params, set_), version, reason))
+    typer.echo(registry.promote(load_params(params, set_), version, reason))
 
 
 def rollback(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, reason: ReasonOpt = None) -> None:
     """Give the champion alias back to the version the champion replaced."""
-    from pipelines.registry import models
-
-    typer.echo(models.rollback(load(params, set_), reason))
+    typer.echo(registry.rollback(load_params(params, set_), reason))
 
 
 COMMANDS = {"list": list_, "promote": promote, "rollback": rollback}

@@ -8,56 +8,44 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.cli.commands import ParamsOpt, SetOpt, load
+from pipelines.cli.commands import ParamsOpt, SetOpt
+from pipelines.flow.console import route_sagan_logs_to_prefect, short_console_errors
+from pipelines.launch import supervised
+from pipelines.lock import ensure_limit, limit_name, project_lock
 from pipelines.quoting import sh
+from sagan_core.config import Params
 from sagan_core.errors import ConfigError
+from sagan_core.params_file import load_params
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run every stage even when nothing changed.")]
 
 
-def _flow_parameters(params: Path, set_: list[str] | None, force: bool) -> dict[str, Any]:
-    """What a deployment's runs get: the file and the overrides, validated when each run starts."""
-    validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
-    _dvc_precheck(params, validated.pipeline.dvc)
-    return {"params_file": str(params), "overrides": list(set_ or []), "force": force}
+def _load(params: Path, set_: list[str] | None) -> Params:
+    """Params, or exit 2 here, before Prefect starts. In a DVC project, another params file than
+    params.yaml runs without DVC (the flow says so in one line) or, with pipeline.dvc: yes, is refused."""
+    validated = load_params(params, set_)
+    if validated.pipeline.dvc == "yes":
+        from pipelines.flow.dvc_sync import DvcProject
+
+        DvcProject.find(".", "yes", params)
+    return validated
 
 
 def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, force: ForceOpt = False) -> None:
     """Run the whole pipeline once (Prefect's temporary local server unless PREFECT_API_URL is set)."""
-    validated = load(params, set_)  # a config mistake is exit 2 here, before Prefect starts
-    _dvc_precheck(params, validated.pipeline.dvc)
-    from pipelines.flow.console import route_sagan_logs_to_prefect
-    from pipelines.launch import supervised
-
+    validated = _load(params, set_)
     route_sagan_logs_to_prefect()  # before Prefect is imported: it reads the setting then
-
-    from pipelines.lock import project_lock
+    from pipelines.flow.pipeline import sagan_pipeline
+    from pipelines.flow.report import final_report
 
     # The project lock before Prefect's temporary server starts (~20-50 s): a second run is refused
     # at once. The flow takes it again, reentrant, and so also holds it when a deployment runs it.
     with project_lock(".", validated.pipeline.lock_timeout_s, for_flow=True), supervised():
-        _run(params, set_, force, validated)
-
-
-def _dvc_precheck(params: Path, mode: str) -> None:
-    """In a DVC project, another params file than params.yaml runs without DVC (the flow says so in
-    one line) or, with pipeline.dvc: yes, is refused here in one line, before Prefect starts."""
-    from pipelines.flow.dvc_sync import DvcProject
-
-    if mode == "yes":
-        DvcProject.find(".", mode, params)
-
-
-def _run(params: Path, set_: list[str] | None, force: bool, validated) -> None:
-    from pipelines.flow.console import short_console_errors
-    from pipelines.flow.pipeline import sagan_pipeline
-    from pipelines.flow.report import final_report
-
-    with short_console_errors():
-        summary = sagan_pipeline(
-            params_file=str(params), overrides=list(set_ or []), force=force, params=validated
-        )
-    print(final_report(summary, validated))
+        with short_console_errors():
+            summary = sagan_pipeline(
+                params_file=str(params), overrides=list(set_ or []), force=force, params=validated
+            )
+        print(final_report(summary, validated))
 
 
 def serve(
@@ -68,8 +56,6 @@ def serve(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled-retrain",
 ) -> None:
     """Serve a deployment that reruns the pipeline on a cron schedule (blocks; needs a Prefect server)."""
-    from pipelines.flow.console import route_sagan_logs_to_prefect
-
     route_sagan_logs_to_prefect()  # the served runs' processes inherit it
     parameters, _ = _on_server(params, set_, force, "schedules")
     from pipelines.flow.pipeline import sagan_pipeline
@@ -82,9 +68,8 @@ def _on_server(params: Path, set_: list[str] | None, force: bool, what: str) -> 
     project's one-run limit (pipelines/lock.py)."""
     from prefect.settings import PREFECT_API_URL
 
-    from pipelines.lock import ensure_limit, limit_name
-
-    parameters = _flow_parameters(params, set_, force)
+    _load(params, set_)  # the runs get the file and the overrides, validated when each starts
+    parameters = {"params_file": str(params), "overrides": list(set_ or []), "force": force}
     if not PREFECT_API_URL.value():
         raise ConfigError(
             f"{what} need a running Prefect server: start one with `prefect server start` and "
@@ -103,7 +88,6 @@ def deploy(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "on-pool",
 ) -> None:
     """Deploy the flow to a work pool; a worker (`prefect worker start --pool POOL`) runs it where it runs."""
-    from pipelines.flow.console import route_sagan_logs_to_prefect
     from pipelines.flow.pipeline import sagan_pipeline
 
     parameters, limit = _on_server(params, set_, force, "work pools")

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "folder64"
-SMALL_GRAY, SMALL_COLOR = "gray32", "cifar10"
 
 
 def preset_names() -> list[str]:
@@ -22,7 +21,7 @@ def preset_names() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    """A packaged preset by name (presets/NAME.yaml), or a path to a params file."""
+    """A packaged preset by name, or a path to a params file."""
     path = PRESETS_DIR / f"{name}.yaml"
     if "/" not in name and path.is_file():
         return path
@@ -49,8 +48,8 @@ def pick(seen: Look | str | None) -> tuple[str, str]:
     if not _too_small(seen, default := _packaged(DEFAULT_PRESET), fatal=True):
         return DEFAULT_PRESET, f"images of {default.data.min_size} px or more"
     if all(seen.gray):
-        return SMALL_GRAY, "small grayscale images"
-    return SMALL_COLOR, "small color images"
+        return "gray32", "small grayscale images"
+    return "cifar10", "small color images"
 
 
 def misfits(seen: Look, params: Params) -> list[str]:

@@ -24,7 +24,6 @@ from sagan_core.params_file import parse_params_text, read_params_text, validate
 
 PACKAGE = Path(__file__).resolve().parent
 TEMPLATES = PACKAGE / "templates"
-# (template, name in the project)
 FILES = (("gitignore", ".gitignore"), ("dvcignore", ".dvcignore"), ("README.md", "README.md"))
 
 
@@ -103,7 +102,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 def create(project: Path, preset: str | None, data: Path | None, force: bool) -> list[str]:
-    """Write a new project into `project`; returns what was done, one line each."""
+    """Returns what was done, one line each."""
     if project.exists() and not project.is_dir():
         raise ConfigError(f"{project}: exists and is not a folder")
     given = catalog.preset_path(preset) if preset is not None else None  # mistakes before any look
@@ -151,7 +150,6 @@ def create(project: Path, preset: str | None, data: Path | None, force: bool) ->
 
 
 def upgrade(project: Path) -> str:
-    """Record the installed sagan in PROJECT/sagan-version.yaml (after an upgrade)."""
     before = version.recorded(project)
     if before is None:
         raise ConfigError(f"{project}: no {version.VERSION_FILE} (a project made by `sagan init`) to upgrade")

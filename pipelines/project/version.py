@@ -39,7 +39,6 @@ def recorded(root: str | Path = ".") -> str | None:
 
 
 def write(root: str | Path = ".", value: str | None = None) -> str:
-    """Record `value` (default: the installed version) in ROOT/sagan-version.yaml; returns it."""
     value = value or installed()
     text = HEADER + yaml.safe_dump({KEY: value})
     write_atomic(Path(root) / VERSION_FILE, lambda f: f.write(text.encode()))
@@ -56,7 +55,6 @@ def sync(root: str | Path = ".") -> str | None:
 
 
 def check(root: str | Path = ".") -> None:
-    """Refuse (exit 2) to run a stage under another sagan than the project records."""
     before, now = recorded(root), installed()
     if before is not None and before != now:
         raise ConfigError(f"{VERSION_FILE}: this project's outputs were made by sagan {before!r}, this is sagan {now!r}: "
