@@ -71,13 +71,8 @@ def _uint8_batches_from_files(files: list[Path], batch_size: int, workers: int |
 
 
 def features_pass(
-    net: inc.InceptionFeatures,
-    batches,
-    total_batches: int,
-    device: torch.device,
-    keep_features: bool = False,
-    is_acc: ISAccumulator | None = None,
-    progress: bool = True,
+    net: inc.InceptionFeatures, batches, total_batches: int, device: torch.device,
+    keep_features: bool = False, is_acc: ISAccumulator | None = None, progress: bool = True,
     desc: str = "inception",
 ) -> tuple[Stats, float, int]:
     acc = StatsAccumulator(keep_features)
@@ -92,13 +87,8 @@ def features_pass(
 
 
 def stats_of_path(
-    path: str | Path,
-    dims: int,
-    batch_size: int,
-    device: torch.device,
-    weights: Path | None = None,
-    progress: bool = True,
-    net: inc.InceptionFeatures | None = None,
+    path: str | Path, dims: int, batch_size: int, device: torch.device, weights: Path | None = None,
+    progress: bool = True, net: inc.InceptionFeatures | None = None,
 ) -> Stats:
     """Statistics of a folder (through `net`, else the fast path) or of a .npz file, like pytorch-fid."""
     path = Path(path)
@@ -114,5 +104,4 @@ def stats_of_path(
     batches = _uint8_batches_from_files(files, batch_size)
     # up to `dims` images (<= 16 MB): features for the exact sample-space Fréchet distance
     keep = len(files) <= dims
-    stats, _, _ = features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)
-    return stats
+    return features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)[0]

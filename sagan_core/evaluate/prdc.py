@@ -31,11 +31,8 @@ def kth_neighbour_radii(x: torch.Tensor, k: int = K, block_elements: int = BLOCK
 
 
 def prdc(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = K,
-    block_elements: int = BLOCK_ELEMENTS,
-    device: torch.device | str = "cpu",
+    real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int = K,
+    block_elements: int = BLOCK_ELEMENTS, device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     real, fake = (torch.as_tensor(np.asarray(a), dtype=torch.float64, device=device) for a in (real, fake))
     if min(len(real), len(fake)) <= k:
