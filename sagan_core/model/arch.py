@@ -36,8 +36,9 @@ def feature_maps(key: str, resolution: int) -> list[int]:
     return maps
 
 
-def attention_slots(key: str, resolution: int, wanted: Iterable[int]) -> set[int]:
-    """The blocks an attention block follows: the first to output each wanted resolution."""
+def attention_slots(key: str, resolution: int, wanted: Iterable[int], error=ValueError) -> set[int]:
+    """The blocks an attention block follows: the first to output each wanted resolution. `error`:
+    ValueError for params validation (pydantic reports it), ConfigError when building a network."""
     maps, wanted = feature_maps(key, resolution), list(wanted)
     for r in wanted:
         if r not in maps:
@@ -48,5 +49,5 @@ def attention_slots(key: str, resolution: int, wanted: Iterable[int]) -> set[int
                 if r > resolution
                 else f"no {r}x{r} feature map in the {resolution}-px {net}"
             )
-            raise ValueError(f"model.{key}: {what}; valid: {valid} (got {wanted})")
+            raise error(f"model.{key}: {what}; valid: {valid} (got {wanted})")
     return {maps.index(r) for r in wanted}
