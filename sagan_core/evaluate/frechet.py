@@ -1,6 +1,5 @@
-"""FID's Fréchet distance as pytorch-fid computes it; Tr((S1 S2)^1/2) exactly where the statistics
-allow (eigh + SVD; in sample space below the feature dimension), else pytorch-fid's own sqrtm.
-"""
+"""FID's Fréchet distance as pytorch-fid computes it, exactly where the statistics allow (the methods:
+frechet_with_method)."""
 
 from __future__ import annotations
 
@@ -55,9 +54,7 @@ def trace_sqrt_product_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 def _all_features(s: Stats) -> np.ndarray | None:
-    if s.features is None or (s.n is not None and s.n != len(s.features)):
-        return None
-    return s.features
+    return s.features if s.features is not None and s.n in (None, len(s.features)) else None
 
 
 _CALM_SAID: set[tuple[int, int]] = set()  # the rank-deficiency line: once per sample count and size

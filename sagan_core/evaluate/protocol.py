@@ -45,9 +45,8 @@ def _array_batches(images: np.ndarray, idx: np.ndarray, batch_size: int):
         yield torch.from_numpy(np.ascontiguousarray(images[idx[start : start + batch_size]]))
 
 
-def reference_protocol(
-    content_hash: str, weights_sha: str, dims: int, size: int, dataset_size: int
-) -> dict[str, Any]:
+def reference_protocol(content_hash: str, weights_sha: str, dims: int, size: int,
+                       dataset_size: int) -> dict[str, Any]:
     return {
         "format": 1,
         "protocol": PROTOCOL,

@@ -44,10 +44,9 @@ def attention_slots(key: str, resolution: int, wanted: Iterable[int], error=Valu
         if r not in maps:
             net = "generator" if key == "g_attn" else "discriminator"
             valid = ", ".join(str(m) for m in dict.fromkeys(maps))
-            what = (
-                f"attention at {r}x{r} does not fit {resolution}-px images"
-                if r > resolution
-                else f"no {r}x{r} feature map in the {resolution}-px {net}"
-            )
+            if r > resolution:
+                what = f"attention at {r}x{r} does not fit {resolution}-px images"
+            else:
+                what = f"no {r}x{r} feature map in the {resolution}-px {net}"
             raise error(f"model.{key}: {what}; valid: {valid} (got {wanted})")
     return {maps.index(r) for r in wanted}

@@ -96,8 +96,7 @@ def keep_step(ckpt: dict[str, Any], path: Path, keep: int) -> None:
     if keep <= 0:
         return
     save_atomic(ckpt, path)
-    kept = sorted(path.parent.glob("step_[0-9]*.pt"))  # zero-padded: name order is step order
-    for old in kept[: max(len(kept) - keep, 0)]:
+    for old in sorted(path.parent.glob("step_[0-9]*.pt"))[:-keep]:  # zero-padded: name order is step order
         old.unlink(missing_ok=True)
 
 
