@@ -31,9 +31,8 @@ def load_stats(path: str | Path) -> Stats:
         with np.load(path) as f:
             if "mu" not in f or "sigma" not in f:
                 raise ConfigError(f"{path}: not a statistics file (expected arrays 'mu' and 'sigma')")
-            features = f.get("features")
             protocol = json.loads(str(f["protocol"])) if "protocol" in f else None
-            stats = Stats(f["mu"][:], f["sigma"][:], features, protocol)
+            stats = Stats(f["mu"][:], f["sigma"][:], f.get("features"), protocol)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: not a readable .npz statistics file ({e})") from None
     d = stats.mu.shape
@@ -54,15 +53,13 @@ def save_stats(path: str | Path, stats: Stats) -> None:
 def list_images(folder: Path) -> list[Path]:
     files = sorted(f for ext in IMAGE_EXTENSIONS for f in folder.glob(f"*.{ext}"))
     if not files:
-        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise ConfigError(f"{folder}: no images ({exts}) in this folder")
+        raise ConfigError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
     return files
 
 
 def _uint8_batches_from_files(files: list[Path], batch_size: int, workers: int | None = None):
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
-    workers = min(available_cores(), 8) if workers is None else workers
-    for arrays in read_rgb_chunks(chunks, workers):
+    for arrays in read_rgb_chunks(chunks, min(available_cores(), 8) if workers is None else workers):
         imgs = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
         if all(im.shape == imgs[0].shape for im in imgs):
             yield torch.stack(imgs)
@@ -71,13 +68,8 @@ def _uint8_batches_from_files(files: list[Path], batch_size: int, workers: int |
 
 
 def features_pass(
-    net: inc.InceptionFeatures,
-    batches,
-    total_batches: int,
-    device: torch.device,
-    keep_features: bool = False,
-    is_acc: ISAccumulator | None = None,
-    progress: bool = True,
+    net: inc.InceptionFeatures, batches, total_batches: int, device: torch.device,
+    keep_features: bool = False, is_acc: ISAccumulator | None = None, progress: bool = True,
     desc: str = "inception",
 ) -> tuple[Stats, float, int]:
     acc = StatsAccumulator(keep_features)
@@ -92,13 +84,8 @@ def features_pass(
 
 
 def stats_of_path(
-    path: str | Path,
-    dims: int,
-    batch_size: int,
-    device: torch.device,
-    weights: Path | None = None,
-    progress: bool = True,
-    net: inc.InceptionFeatures | None = None,
+    path: str | Path, dims: int, batch_size: int, device: torch.device, weights: Path | None = None,
+    progress: bool = True, net: inc.InceptionFeatures | None = None,
 ) -> Stats:
     """Statistics of a folder (through `net`, else the fast path) or of a .npz file, like pytorch-fid."""
     path = Path(path)
@@ -114,5 +101,4 @@ def stats_of_path(
     batches = _uint8_batches_from_files(files, batch_size)
     # up to `dims` images (<= 16 MB): features for the exact sample-space Fréchet distance
     keep = len(files) <= dims
-    stats, _, _ = features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)
-    return stats
+    return features_pass(net, batches, n_batches, device, keep, progress=progress, desc=path.name)[0]

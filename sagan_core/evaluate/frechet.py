@@ -1,6 +1,5 @@
-"""FID's Fréchet distance as pytorch-fid computes it; Tr((S1 S2)^1/2) exactly where the statistics
-allow (eigh + SVD; in sample space below the feature dimension), else pytorch-fid's own sqrtm.
-"""
+"""FID's Fréchet distance as pytorch-fid computes it, exactly where the statistics allow (the methods:
+frechet_with_method)."""
 
 from __future__ import annotations
 
@@ -55,13 +54,7 @@ def trace_sqrt_product_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 def _all_features(s: Stats) -> np.ndarray | None:
-    if s.features is None or (s.n is not None and s.n != len(s.features)):
-        return None
-    return s.features
-
-
-class _SqrtmFailed(ValueError):
-    pass
+    return s.features if s.features is not None and s.n in (None, len(s.features)) else None
 
 
 _CALM_SAID: set[tuple[int, int]] = set()  # the rank-deficiency line: once per sample count and size
@@ -73,10 +66,7 @@ def _few_samples(n: int, dims: int) -> None:
         _CALM_SAID.add((n, dims))
         log.info(
             "FID at %d samples in %d dims: the covariance is rank-deficient, so this FID is a rough "
-            "trend, not comparable with published FIDs (use eval.num_samples >= %d)",
-            n,
-            dims,
-            dims,
+            "trend, not comparable with published FIDs (use eval.num_samples >= %d)", n, dims, dims
         )
 
 
@@ -119,12 +109,11 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
             log.info("a covariance is singular: FID via scipy sqrtm")
         try:
             value, method = _pytorch_fid_frechet(mu1, s1, mu2, s2, note), "sqrtm"
-        except _SqrtmFailed as e:
+        except ValueError as e:  # "Imaginary component ..." from a badly conditioned product
             note(
                 "pytorch-fid's sqrtm failed on these statistics (%s; pytorch-fid itself would stop here): "
                 "FID computed with the exact formula for singular covariances instead. Use more samples "
-                "than feature dimensions for FIDs comparable with other tools.",
-                e,
+                "than feature dimensions for FIDs comparable with other tools.", e
             )
             value = from_trace(trace_sqrt_product(s1, s2, allow_singular=True))
             method = "eigh-svd-singular"
@@ -136,13 +125,10 @@ def frechet_with_method(a: Stats, b: Stats) -> tuple[float, str]:
 def _pytorch_fid_frechet(mu1, s1, mu2, s2, note=log.warning) -> float:
     """pytorch-fid's own function, its prints and warnings turned into logs."""
     out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), warnings.catch_warnings():
-            warnings.simplefilter("ignore", LinAlgWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.16+: sqrtm(disp=) in pytorch-fid
-            value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
-    except ValueError as e:  # "Imaginary component ..." from a badly conditioned product
-        raise _SqrtmFailed(str(e)) from None
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LinAlgWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.16+: sqrtm(disp=) in pytorch-fid
+        value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
     if out.getvalue().strip():
         note("%s", out.getvalue().strip())
     return value

@@ -5,12 +5,11 @@ used (tests, air-gapped machines) but every evaluation says so (`is_official`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tempfile
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -100,9 +99,6 @@ def _hub_holding(weights: Path):
     """pytorch-fid's InceptionV3 takes no weights path (it always calls torch hub's
     load_state_dict_from_url): a file outside the hub cache is shown to it as a temporary
     TORCH_HOME while the module is built. tests/test_fid.py fails when pytorch-fid's API changes."""
-    if weights == default_weights_path():
-        yield
-        return
     saved = os.environ.get("TORCH_HOME")
     with tempfile.TemporaryDirectory() as home:
         hub = Path(home) / "hub" / "checkpoints"
@@ -112,9 +108,8 @@ def _hub_holding(weights: Path):
         try:
             yield
         finally:
-            if saved is None:
-                del os.environ["TORCH_HOME"]
-            else:
+            del os.environ["TORCH_HOME"]
+            if saved is not None:
                 os.environ["TORCH_HOME"] = saved
 
 
@@ -124,12 +119,13 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights: Path, dims: int = 2048, logits: bool = False):
         super().__init__()
+        weights = Path(weights)
         if dims not in pfi.InceptionV3.BLOCK_INDEX_BY_DIM:
             raise ConfigError(f"dims: expected one of 64, 192, 768, 2048, got {dims}")
         self.block = pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]
         blocks = sorted({self.block, POOL3} if logits else {self.block})
         try:
-            with _hub_holding(Path(weights)):
+            with nullcontext() if weights == default_weights_path() else _hub_holding(weights):
                 self.net = pfi.InceptionV3(blocks, resize_input=True, normalize_input=True)
             fc = torch.load(weights, map_location="cpu", weights_only=True)["fc.weight"] if logits else None
         except Exception as e:  # truncated or foreign files raise many types
@@ -144,9 +140,7 @@ class InceptionFeatures(nn.Module):
         feat = outs[self.block]
         if feat.shape[2] != 1 or feat.shape[3] != 1:  # as pytorch-fid does for dims < 2048
             feat = F.adaptive_avg_pool2d(feat, output_size=(1, 1))
-        logits = None
-        if self.fc_weight is not None:
-            logits = outs[POOL3].flatten(1) @ self.fc_weight.t()
+        logits = None if self.fc_weight is None else outs[POOL3].flatten(1) @ self.fc_weight.t()
         return feat.flatten(1), logits
 
 
@@ -167,16 +161,14 @@ def to_inception_input(u8: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def exact_fp32():
     """No TF32 and no autocast (bf16 training, CPU or CUDA) during the pass: reduced precision moves FID."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with contextlib.ExitStack() as stack:
-            for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
-                stack.enter_context(torch.autocast(dev, enabled=False))
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    with ExitStack() as stack:
+        stack.callback(setattr, matmul, "allow_tf32", matmul.allow_tf32)
+        stack.callback(setattr, cudnn, "allow_tf32", cudnn.allow_tf32)
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        for dev in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+            stack.enter_context(torch.autocast(dev, enabled=False))
+        yield
 
 
 # CPU images per forward: 8-12% faster than 50-250 on 2 cores, bit-identical (BENCHMARKS.md)
@@ -219,8 +211,5 @@ def load_net(
     net = InceptionFeatures(weights, dims, logits)
     if fast:
         fold_batchnorm(net.net)
-    net = net.to(device)
     net.channels_last = fast or device.type == "cuda"
-    if net.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return net
+    return net.to(device, memory_format=torch.channels_last if net.channels_last else torch.preserve_format)

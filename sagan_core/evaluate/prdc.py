@@ -19,8 +19,7 @@ def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _blocks(n_rows: int, n_cols: int, block_elements: int):
     step = max(1, block_elements // max(n_cols, 1))
-    for start in range(0, n_rows, step):
-        yield slice(start, min(start + step, n_rows))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
 def kth_neighbour_radii(x: torch.Tensor, k: int = K, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
@@ -31,11 +30,8 @@ def kth_neighbour_radii(x: torch.Tensor, k: int = K, block_elements: int = BLOCK
 
 
 def prdc(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = K,
-    block_elements: int = BLOCK_ELEMENTS,
-    device: torch.device | str = "cpu",
+    real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, k: int = K,
+    block_elements: int = BLOCK_ELEMENTS, device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     real, fake = (torch.as_tensor(np.asarray(a), dtype=torch.float64, device=device) for a in (real, fake))
     if min(len(real), len(fake)) <= k:

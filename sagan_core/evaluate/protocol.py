@@ -45,9 +45,8 @@ def _array_batches(images: np.ndarray, idx: np.ndarray, batch_size: int):
         yield torch.from_numpy(np.ascontiguousarray(images[idx[start : start + batch_size]]))
 
 
-def reference_protocol(
-    content_hash: str, weights_sha: str, dims: int, size: int, dataset_size: int
-) -> dict[str, Any]:
+def reference_protocol(content_hash: str, weights_sha: str, dims: int, size: int,
+                       dataset_size: int) -> dict[str, Any]:
     return {
         "format": 1,
         "protocol": PROTOCOL,
@@ -78,11 +77,9 @@ def reference_stats(
     )
     path = cache_path(ev.cache_dir, ref_protocol)
     info = {"reference_size": len(idx), "reference_content_hash": ref_protocol["content_hash"]}
-    if path.is_file():
-        stats = load_stats(path)
-        if stats.protocol == ref_protocol:
-            log.info("reference statistics from cache %s", path)
-            return stats, info | {"stats_cache": "hit", "stats_file": str(path), "reference_seconds": 0.0}
+    if path.is_file() and (stats := load_stats(path)).protocol == ref_protocol:
+        log.info("reference statistics from cache %s", path)
+        return stats, info | {"stats_cache": "hit", "stats_file": str(path), "reference_seconds": 0.0}
     batches = _array_batches(data.images, idx, ev.batch_size)
     n_batches = -(-len(idx) // ev.batch_size)
     stats, seconds, _ = features_pass(
@@ -163,9 +160,8 @@ def score_generator(
         if min(len(gen.features), len(ref.features)) > PRDC_K:
             fidelity = prdc(ref.features, gen.features, device=device)
     else:
-        log.warning(
-            "%s has no features: KID, precision, recall, density, coverage not computed", ev.reference_split
-        )
+        log.warning("%s has no features: KID, precision, recall, density, coverage not computed",
+                    ev.reference_split)
     return {  # eval.record.json, scores first (for people reading it)
         **{"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": kid_mean, "kid_std": kid_std},
         **fidelity,

@@ -36,17 +36,17 @@ def feature_maps(key: str, resolution: int) -> list[int]:
     return maps
 
 
-def attention_slots(key: str, resolution: int, wanted: Iterable[int]) -> set[int]:
-    """The blocks an attention block follows: the first to output each wanted resolution."""
+def attention_slots(key: str, resolution: int, wanted: Iterable[int], error=ValueError) -> set[int]:
+    """The blocks an attention block follows: the first to output each wanted resolution. `error`:
+    ValueError for params validation (pydantic reports it), ConfigError when building a network."""
     maps, wanted = feature_maps(key, resolution), list(wanted)
     for r in wanted:
         if r not in maps:
             net = "generator" if key == "g_attn" else "discriminator"
             valid = ", ".join(str(m) for m in dict.fromkeys(maps))
-            what = (
-                f"attention at {r}x{r} does not fit {resolution}-px images"
-                if r > resolution
-                else f"no {r}x{r} feature map in the {resolution}-px {net}"
-            )
-            raise ValueError(f"model.{key}: {what}; valid: {valid} (got {wanted})")
+            if r > resolution:
+                what = f"attention at {r}x{r} does not fit {resolution}-px images"
+            else:
+                what = f"no {r}x{r} feature map in the {resolution}-px {net}"
+            raise error(f"model.{key}: {what}; valid: {valid} (got {wanted})")
     return {maps.index(r) for r in wanted}

@@ -46,10 +46,7 @@ def _spec_problem(spec: Any) -> str | None:
         return f"spec: missing {', '.join(missing)}"
     for name, value in spec.items():
         if fields[name].startswith("tuple"):
-            want, ok = (
-                "a list of int",
-                isinstance(value, (list, tuple)) and all(type(v) is int for v in value),
-            )
+            want, ok = "a list of int", isinstance(value, list | tuple) and all(type(v) is int for v in value)
         else:
             want = fields[name]
             ok = isinstance(value, _SPEC_TYPES[want]) and not isinstance(value, bool)
@@ -68,11 +65,9 @@ def load(
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated / foreign files
         raise SaganError(f"{path}: not a sagan checkpoint: {_unreadable(e)}") from None
-    missing = [k for k in keys if k not in (ckpt if isinstance(ckpt, dict) else ())]
-    if missing:
+    if missing := [k for k in keys if k not in (ckpt if isinstance(ckpt, dict) else ())]:
         raise SaganError(f"{path}: not a sagan checkpoint (missing {', '.join(missing)})")
-    problem = _spec_problem(ckpt["spec"])
-    if problem:
+    if problem := _spec_problem(ckpt["spec"]):
         raise SaganError(f"{path}: damaged checkpoint: {problem}")
     return ckpt
 
@@ -101,8 +96,7 @@ def keep_step(ckpt: dict[str, Any], path: Path, keep: int) -> None:
     if keep <= 0:
         return
     save_atomic(ckpt, path)
-    kept = sorted(path.parent.glob("step_[0-9]*.pt"))  # zero-padded: name order is step order
-    for old in kept[: max(len(kept) - keep, 0)]:
+    for old in sorted(path.parent.glob("step_[0-9]*.pt"))[:-keep]:  # zero-padded: name order is step order
         old.unlink(missing_ok=True)
 
 
@@ -135,9 +129,6 @@ def candidate(params) -> tuple[Path, str, str]:
     if path == params.train.best_checkpoint:
         return path, "best", f"eval.checkpoint=best: the best in-training {params.train.select_metric}"
     if which == "best":
-        return (
-            path,
-            "last",
-            "eval.checkpoint=best, but no in-training evaluation wrote best.pt: the last checkpoint",
-        )
+        why = "eval.checkpoint=best, but no in-training evaluation wrote best.pt: the last checkpoint"
+        return path, "last", why
     return path, "last", "eval.checkpoint=last: the last checkpoint"

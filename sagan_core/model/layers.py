@@ -110,7 +110,6 @@ class SelfAttention(nn.Module):
                 f"model: a self-attention block needs a multiple of 8 channels (C/8 keys), got {ch}; "
                 "widen model.g_ch/model.d_ch or move model.g_attn/model.d_attn"
             )
-        self.ch = ch
         self.theta = sn_conv(ch, ch // 8, 1, eps, bias=False)
         self.phi = sn_conv(ch, ch // 8, 1, eps, bias=False)
         self.g = sn_conv(ch, ch // 2, 1, eps, bias=False)
@@ -139,9 +138,8 @@ class GBlock(nn.Module):
     """Generator up-block: cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3 + conv1x1-up shortcut. The 1x1 conv
     runs before the nearest upsampling: they commute exactly, at 4x fewer FLOPs."""
 
-    def __init__(
-        self, cin: int, cout: int, num_classes: int, sn_eps=1e-6, bn_eps=1e-5, cbn_init="orthogonal"
-    ):
+    def __init__(self, cin: int, cout: int, num_classes: int, sn_eps=1e-6, bn_eps=1e-5,
+                 cbn_init="orthogonal"):
         super().__init__()
         self.bn1 = ConditionalBatchNorm(cin, num_classes, bn_eps, cbn_init)
         self.conv1 = sn_conv(cin, cout, 3, sn_eps)

@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from sagan_core.config import Params
 
 
-def _slots(key: str, resolution: int, wanted: tuple[int, ...]) -> set[int]:
-    try:
-        return attention_slots(key, resolution, wanted)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild the networks; stored in checkpoints as a plain dict."""
@@ -41,15 +34,11 @@ class ModelSpec:
     cbn_init: str = "orthogonal"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["g_attn"], d["d_attn"] = list(self.g_attn), list(self.d_attn)
-        return d
+        return asdict(self) | {"g_attn": list(self.g_attn), "d_attn": list(self.d_attn)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        d = dict(d)
-        d["g_attn"], d["d_attn"] = tuple(d["g_attn"]), tuple(d["d_attn"])
-        return cls(**d)
+        return cls(**{**d, "g_attn": tuple(d["g_attn"]), "d_attn": tuple(d["d_attn"])})
 
 
 def model_spec(params: Params, num_classes: int) -> ModelSpec:
@@ -63,14 +52,9 @@ def model_spec(params: Params, num_classes: int) -> ModelSpec:
         resolution=d.resolution,
         channels=d.channels,
         num_classes=num_classes if conditional else 0,
-        z_dim=m.z_dim,
-        g_ch=m.g_ch,
-        d_ch=m.d_ch,
         g_attn=tuple(m.g_attn if m.g_attn is not None else default_attention(d.resolution)),
         d_attn=tuple(m.d_attn if m.d_attn is not None else default_attention(d.resolution)),
-        sn_eps=m.sn_eps,
-        bn_eps=m.bn_eps,
-        cbn_init=m.cbn_init,
+        **{k: getattr(m, k) for k in ("z_dim", "g_ch", "d_ch", "sn_eps", "bn_eps", "cbn_init")},
     )
 
 
@@ -80,10 +64,9 @@ class Generator(nn.Module):
         self.spec = spec
         ins, outs = G_ARCH[spec.resolution]
         ch, nc = spec.g_ch, spec.num_classes
-        self.bottom = BOTTOM
-        self.linear = sn_linear(spec.z_dim, ins[0] * ch * self.bottom**2, spec.sn_eps)
+        self.linear = sn_linear(spec.z_dim, ins[0] * ch * BOTTOM**2, spec.sn_eps)
         self.blocks = nn.ModuleList()
-        attn = _slots("g_attn", spec.resolution, spec.g_attn)
+        attn = attention_slots("g_attn", spec.resolution, spec.g_attn, ConfigError)
         for i, (cin, cout) in enumerate(zip(ins, outs)):
             self.blocks.append(GBlock(cin * ch, cout * ch, nc, spec.sn_eps, spec.bn_eps, spec.cbn_init))
             if i in attn:
@@ -92,7 +75,7 @@ class Generator(nn.Module):
         self.out_conv = sn_conv(outs[-1] * ch, spec.channels, 3, spec.sn_eps)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.linear(z).view(z.shape[0], -1, self.bottom, self.bottom)
+        h = self.linear(z).view(z.shape[0], -1, BOTTOM, BOTTOM)
         for block in self.blocks:
             h = block(h) if isinstance(block, SelfAttention) else block(h, y)
         return torch.tanh(self.out_conv(torch.relu(self.out_bn(h))))
@@ -104,8 +87,8 @@ class Discriminator(nn.Module):
         self.spec = spec
         outs, down = D_ARCH[spec.resolution]
         ch = spec.d_ch
-        self.blocks = nn.ModuleList()
-        cin, attn = spec.channels, _slots("d_attn", spec.resolution, spec.d_attn)
+        self.blocks = nn.Sequential()
+        cin, attn = spec.channels, attention_slots("d_attn", spec.resolution, spec.d_attn, ConfigError)
         for i, (cout, ds) in enumerate(zip(outs, down)):
             self.blocks.append(DBlock(cin, cout * ch, ds, optimized=i == 0, sn_eps=spec.sn_eps))
             if i in attn:
@@ -116,10 +99,7 @@ class Discriminator(nn.Module):
         self.embed = sn(nn.Embedding(spec.num_classes, cin), spec.sn_eps) if spec.num_classes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = x
-        for block in self.blocks:
-            h = block(h)
-        h = torch.relu(h).sum(dim=(2, 3))  # global sum pooling
+        h = torch.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling
         out = self.linear(h).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(dim=1)

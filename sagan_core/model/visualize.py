@@ -14,7 +14,9 @@ matplotlib.use("Agg")  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL.PngImagePlugin import PngInfo  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
 
 from sagan_core.atomic import write_atomic  # noqa: E402
 from sagan_core.model.networks import Generator, attention_blocks  # noqa: E402
@@ -43,54 +45,34 @@ def fixed_inputs(z_dim: int, num_classes: int, per_class: int = PER_CLASS, seed:
     return torch.randn(64, z_dim, generator=g), None, 8
 
 
-def rows_per_page(resolution: int) -> int:
-    return max(10, PAGE_HEIGHT // (resolution + PAD))
-
-
 def page_path(path: str | Path, page: int) -> Path:
     path = Path(path)
     return path if page == 1 else path.with_name(f"{path.stem}_p{page}{path.suffix}")
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # FreeType's scalable default font
-    except (ImportError, OSError, TypeError):  # a Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
-def _short(label: str) -> str:
-    return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
 
 
 @torch.no_grad()
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int, labels: list[str] | None = None) -> None:
     """images in [-1, 1] -> a PNG, `nrow` a row, `labels` in a left margin; written atomically."""
     grid = make_grid(images.float().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1)
-    png = io.BytesIO()
-    if not labels:
-        save_image(grid, png, format="PNG")
-        write_atomic(path, lambda f: f.write(png.getbuffer()))
-        return
-    from PIL import Image, ImageDraw
-    from PIL.PngImagePlugin import PngInfo
-
-    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    cells = Image.fromarray(pixels).convert("RGB")
-    side = images.shape[-2]
-    font = _font(max(10, min(16, side // 2)))
-    texts = [_short(t) for t in labels]
-    width = max(int(ImageDraw.Draw(cells).textlength(t, font=font)) for t in texts) + 8
-    page = Image.new("RGB", (width + cells.width, cells.height), "white")
-    page.paste(cells, (width, 0))
-    draw = ImageDraw.Draw(page)
-    for i, text in enumerate(texts):
-        middle = PAD + i * (side + PAD) + side // 2
-        draw.text((width - 4, middle), text, fill="black", font=font, anchor="rm")
+    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)  # save_image's rounding: its PNG unlabelled
+    page = Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
     info = PngInfo()
-    info.add_text("sagan.rows", json.dumps(list(labels)))
+    if labels:
+        side = images.shape[-2]
+        try:
+            font = ImageFont.load_default(size=max(10, min(16, side // 2)))  # FreeType's scalable default
+        except (ImportError, OSError, TypeError):  # a Pillow without FreeType: the small bitmap font
+            font = ImageFont.load_default()
+        texts = [t if len(t) <= LABEL_CHARS else t[: LABEL_CHARS - 1] + "…" for t in labels]
+        width = max(int(ImageDraw.Draw(page).textlength(t, font=font)) for t in texts) + 8
+        cells, page = page, Image.new("RGB", (width + page.width, page.height), "white")
+        page.paste(cells, (width, 0))
+        draw = ImageDraw.Draw(page)
+        for i, text in enumerate(texts):
+            middle = PAD + i * (side + PAD) + side // 2
+            draw.text((width - 4, middle), text, fill="black", font=font, anchor="rm")
+        info.add_text("sagan.rows", json.dumps(list(labels)))
+    png = io.BytesIO()
     page.save(png, format="PNG", pnginfo=info)
     write_atomic(path, lambda f: f.write(png.getbuffer()))
 
@@ -100,7 +82,7 @@ def save_class_grids(
 ) -> list[Path]:
     """A conditional progress grid as labelled pages; the pages written, page 1 first."""
     rows = len(images) // per_class
-    per_page = rows_per_page(images.shape[-1])
+    per_page = max(10, PAGE_HEIGHT // (images.shape[-1] + PAD))
     pages = -(-rows // per_page)
     per_page = -(-rows // pages)  # pages of even length: 100 rows on 2 pages are 50 + 50, not 85 + 15
     written = []
@@ -120,9 +102,7 @@ def attention_figure(g: Generator, z: torch.Tensor, y: torch.Tensor | None, path
     if not blocks:
         return None
     attn = blocks[-1]
-    pick = torch.linspace(
-        0, len(z) - 1, ATTENTION_IMAGES, device=z.device
-    ).long()  # rows from different classes
+    pick = torch.linspace(0, len(z) - 1, ATTENTION_IMAGES, device=z.device).long()  # different classes
     z, y = z[pick], None if y is None else y[pick]
     attn.keep_attention = True
     try:
