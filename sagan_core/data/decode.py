@@ -184,13 +184,18 @@ def decode_all(
     source: Source, cfg: DataConfig, workers: int, chunk: int
 ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
     """Decoded chunks, (valid images, one reason or None per key), in `source.read_order`."""
-    chunks = source.payloads(chunk, cfg.max_pixels)
     order = source.read_order if source.read_order is not None else range(len(source.items))
+    starts = [0]  # where each chunk starts in read order (a chunk may close early, at CHUNK_BYTES)
+
+    def chunks() -> Iterator[list]:
+        for batch in source.payloads(chunk, cfg.max_pixels):
+            starts.append(starts[-1] + len(batch))
+            yield batch
 
     def name(seq: int, i: int) -> str:
-        return str(source.items[order[seq * chunk + i]][0])
+        return str(source.items[order[starts[seq] + i]][0])
 
-    yield from in_order(_decode_chunk, chunks, workers, name, _init_worker, (source, cfg))
+    yield from in_order(_decode_chunk, chunks(), workers, name, _init_worker, (source, cfg))
 
 
 def read_rgb(path: Path) -> np.ndarray:
