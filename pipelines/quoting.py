@@ -30,27 +30,22 @@ def _char(c: str) -> str:
 
 
 def md(text: object) -> str:
-    """`text` as literal text in Markdown rendered to HTML (table cells included)."""
     return "".join(map(_char, str(text)))
 
 
 def md_code(text: object) -> str:
-    """`text` shown as code in Markdown, literally."""
     return f"<code>{md(text)}</code>"
 
 
 def chat(text: object) -> str:
-    """`text` for a chat webhook's message line, shown as itself."""
     return html.escape(str(text), quote=False)
 
 
 def sh(word: object) -> str:
-    """`word` as one shell word (quoted only when it needs to be)."""
     return shlex.quote(str(word))
 
 
 def json_sh(obj: object) -> str:
-    """`obj` as JSON, one shell word, free of characters HTML, Markdown or the shell would read."""
     text = json.dumps(obj)  # ASCII only: newlines and other control characters are \\u escapes
     for c, escaped in _JSON_ESCAPE.items():
         text = text.replace(c, escaped)

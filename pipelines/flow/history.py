@@ -26,17 +26,13 @@ def project_tag(project_dir: str | Path = ".") -> str:
     return f"project:{here.name}-{digest}"
 
 
-def _process_tag() -> str:
-    return f"process:{socket.gethostname()}:{os.getpid()}"
-
-
 def tag_flow_run(tag: str) -> None:
     """Add `tag` and the running process (for `end_orphans`) to the running flow run's tags."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     tags = list(flow_run.tags or [])
-    new = [t for t in (tag, _process_tag()) if t not in tags]
+    new = [t for t in (tag, f"process:{socket.gethostname()}:{os.getpid()}") if t not in tags]
     if new:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=[*tags, *new])

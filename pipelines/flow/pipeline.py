@@ -19,7 +19,7 @@ from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
 from pipelines.flow import kubernetes_train, notify, params_writeback
-from pipelines.flow.console import StageLine, bounded, sagan_logs_to_prefect, stage_line
+from pipelines.flow.console import StageLine, sagan_logs_to_prefect, stage_line
 from pipelines.flow.dvc_sync import DvcProject
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, stage_detail, summarize
@@ -150,9 +150,13 @@ def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Re
 
 
 def _bounded(task_, cfg, key: str, *args, **options):
-    """The task under its pipeline.KEY timeout; a timeout as the stage's one line."""
-    with bounded(task_.name, key, getattr(cfg, key)):
-        return task_.with_options(timeout_seconds=getattr(cfg, key), **options)(*args)
+    """The task under its pipeline.KEY timeout; Prefect's ("Scope timed out after N second(s).") as
+    the stage's one line."""
+    seconds = getattr(cfg, key)
+    try:
+        return task_.with_options(timeout_seconds=seconds, **options)(*args)
+    except TimeoutError:
+        raise SaganError(f"stage {task_.name} failed: timed out after {seconds:g} s (pipeline.{key})") from None
 
 
 @flow(
