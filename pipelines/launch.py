@@ -29,7 +29,6 @@ MARK = "SAGAN_SUPERVISED_BY"  # in the environment of everything a supervised co
 
 
 def distributed(params: Params) -> bool:
-    """Whether `sagan train` runs as several processes (on this machine or several)."""
     return params.train.nproc_per_node > 1 or params.train.nnodes > 1
 
 

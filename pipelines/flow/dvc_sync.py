@@ -18,8 +18,6 @@ log = logging.getLogger("sagan")
 
 
 class DvcProject:
-    """The DVC project at `root` (dvc.yaml + .dvc/), queried through DVC's Python API."""
-
     def __init__(self, root: str | Path = "."):
         self.root = Path(root).resolve()
         spec = yaml.safe_load((self.root / "dvc.yaml").read_text()) or {}

@@ -35,8 +35,6 @@ from sagan_core.train import resume
 
 
 class StageFailed(SaganError):
-    """A stage raised; the message names the stage and the cause."""
-
     def __init__(self, stage: str, cause: BaseException):
         text = str(cause) if isinstance(cause, SaganError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"stage {stage} failed: {text}")
@@ -121,7 +119,6 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate") as line:
-        # eval.checkpoint: best.pt or the last checkpoint
         get_run_logger().info("evaluate: the %s checkpoint of training at step %d", run.params.eval.checkpoint, trained.step)
         if run.up_to_date(line):
             return stages.evaluated(run.params)

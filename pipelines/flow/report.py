@@ -224,7 +224,6 @@ def _tool(name: str) -> str:
 
 
 def final_report(s: RunSummary, params: Params) -> str:
-    """The closing lines: sample grid, FID, registered version, the UIs."""
     uri = redact(
         params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
