@@ -128,8 +128,5 @@ def supervised() -> Iterator[None]:
     try:
         yield
     finally:
-        with suppress(OSError):
-            dog.stdin.write(b"done\n")
-            dog.stdin.close()
-        with suppress(subprocess.TimeoutExpired):
-            dog.wait(timeout=5)
+        with suppress(OSError, subprocess.TimeoutExpired):
+            dog.communicate(b"done\n", timeout=5)
