@@ -50,8 +50,7 @@ def end_orphans(tag: str) -> list[str]:
     ended = []
     running = {"type": {"any_": ["RUNNING"]}}  # the filters' nested models, validated from dicts
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags={"all_": [tag]}, state=running))
-        for r in runs:
+        for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(tags={"all_": [tag]}, state=running)):
             pids = [int(t[len(host) :]) for t in r.tags if t.startswith(host) and t[len(host) :].isdigit()]
             if str(r.id) == str(flow_run.id) or not pids or any(map(psutil.pid_exists, pids)):
                 continue
