@@ -37,9 +37,9 @@ def send(block: str, subject: str, body: str) -> bool:
 
 
 def _notify(flow_run, state, text: str) -> None:
-    from prefect.client.orchestration import get_client
-
     try:
+        from prefect.client.orchestration import get_client
+
         with get_client(sync_client=True) as client:
             tags = client.read_flow_run(flow_run.id).tags
     except Exception as e:  # noqa: BLE001 - e.g. the server is gone; never fails the run
