@@ -53,8 +53,7 @@ def _locate(client, source: str) -> tuple[str, str]:
     ref = source.removeprefix("models:/")
     try:
         if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
+            mv = client.get_model_version_by_alias(*ref.split("@", 1))
         else:
             name, _, version = ref.partition("/")
             mv = client.get_model_version(name, version)

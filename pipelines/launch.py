@@ -29,7 +29,6 @@ MARK = "SAGAN_SUPERVISED_BY"  # in the environment of everything a supervised co
 
 
 def distributed(params: Params) -> bool:
-    """Whether `sagan train` runs as several processes (on this machine or several)."""
     return params.train.nproc_per_node > 1 or params.train.nnodes > 1
 
 
@@ -56,22 +55,18 @@ def torchrun_command(params_file: Path, params: Params, resume: bool, quiet: boo
 _CPP_NOISE = re.compile(r"^(\[[WEI]\d{4} |Exception raised from |frame #\d+: |<omitting python frames>)")
 
 
-def _torchrun_report(line: str) -> bool:
-    """Lines of torchrun's own failure report and warnings (the ranks said what went wrong)."""
-    return "torch.distributed.elastic" in line or "torch/distributed/elastic" in line
-
-
 class _Filter:
     """Passes the ranks' lines on, holds back torchrun's traceback of a failed rank: a Python
-    traceback is kept back until its last line says whose it is."""
+    traceback is kept back until its last line says whose it is. `last`: the last line passed on."""
 
     def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emit, self.held, self.dropping = emit, [], False
+        self.emit, self.held, self.dropping, self.last = emit, [], False, ""
 
     def __call__(self, line: str) -> None:
         if _CPP_NOISE.match(line):
             return
-        if self.dropping or _torchrun_report(line):
+        # torchrun's own failure report and warnings (the ranks said what went wrong)
+        if self.dropping or "torch.distributed.elastic" in line or "torch/distributed/elastic" in line:
             self.dropping = self.dropping or bool(self.held)  # the report runs to the end
             self.held = []
             return
@@ -80,7 +75,7 @@ class _Filter:
             return
         for kept in [*self.held, line]:
             self.emit(kept)
-        self.held = []
+        self.held, self.last = [], line.strip()
 
 
 def run_torchrun(
@@ -100,22 +95,11 @@ def run_torchrun(
         # forward: stdout and stderr as one stream for the log; else stdout stays this process's
         pipes = (subprocess.PIPE, subprocess.STDOUT) if forward else (None, subprocess.PIPE)
         proc = subprocess.Popen(cmd, stdout=pipes[0], stderr=pipes[1], text=True, env=env, bufsize=1)
-        last = ""
-
-        def emit(line: str) -> None:
-            nonlocal last
-            last = line.strip() or last
-            if forward:
-                log(line.rstrip())
-            else:
-                sys.stderr.write(line if line.endswith("\n") else line + "\n")
-                sys.stderr.flush()
-
-        keep = _Filter(emit)
+        keep = _Filter(log if forward else lambda line: print(line, file=sys.stderr, flush=True))
         for line in proc.stdout if forward else proc.stderr:
             if line.strip():
-                keep(line.rstrip("\n"))
-        return proc.wait(), last
+                keep(line.rstrip())
+        return proc.wait(), keep.last
 
 
 def watch(mark: str) -> None:
@@ -144,8 +128,5 @@ def supervised() -> Iterator[None]:
     try:
         yield
     finally:
-        with suppress(OSError):
-            dog.stdin.write(b"done\n")
-            dog.stdin.close()
-        with suppress(subprocess.TimeoutExpired):
-            dog.wait(timeout=5)
+        with suppress(OSError, subprocess.TimeoutExpired):
+            dog.communicate(b"done\n", timeout=5)

@@ -74,16 +74,12 @@ def project_lock(
         lock.release()
 
 
-@contextlib.contextmanager
-def stage_lock(timeout_s: float = 0.0) -> Iterator[None]:
+def stage_lock(timeout_s: float = 0.0) -> contextlib.AbstractContextManager:
     """The project lock for one stage command in the current directory (none for DDP ranks)."""
-    if "WORLD_SIZE" in os.environ and (
+    rank = "WORLD_SIZE" in os.environ and (
         os.environ.get(HELD_BY_LAUNCHER) or os.environ.get("RANK", "0") != "0"
-    ):
-        yield
-        return
-    with project_lock(".", timeout_s):
-        yield
+    )
+    return contextlib.nullcontext() if rank else project_lock(".", timeout_s)
 
 
 def limit_name(project_dir: str | Path) -> str:
@@ -137,11 +133,8 @@ def promotion_lock(store: str, model: str) -> Iterator[None]:
     busy = f"registry: another `sagan register` is still deciding the aliases of {model!r}; rerun later"
     lock = FileLock(Path(tempfile.gettempdir()) / f"sagan-promotion-{os.getuid()}-{key}.lock")
     try:
-        lock.acquire(timeout=PROMOTION_WAIT_S)
+        held = lock.acquire(timeout=PROMOTION_WAIT_S)
     except Timeout:
         raise SaganError(f"{busy}; waited {PROMOTION_WAIT_S:g} s") from None
-    try:
-        with prefect_slot(f"sagan-promotion-{key}", PROMOTION_WAIT_S, busy):
-            yield
-    finally:
-        lock.release()
+    with held, prefect_slot(f"sagan-promotion-{key}", PROMOTION_WAIT_S, busy):
+        yield

@@ -14,44 +14,31 @@ from __future__ import annotations
 import html
 import json
 import shlex
-import unicodedata
 
 _ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "`": "&#96;", "\\": "&#92;"}
 _ENTITY |= {"[": "&#91;", "]": "&#93;", "~": "&#126;", "*": "&#42;", "_": "&#95;"}
+# Unicode's control characters (Cc), line and paragraph separators: line breaks, NUL, escape sequences
+_ENTITY |= {chr(i): f"&#{i};" for i in (*range(1, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+_MD = str.maketrans(_ENTITY | {"\0": "&#65533;"})
 _JSON_ESCAPE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027", "`": "\\u0060"}
 
 
-def _char(c: str) -> str:
-    if c in _ENTITY:
-        return _ENTITY[c]
-    if unicodedata.category(c) in ("Cc", "Zl", "Zp"):  # line breaks, NUL, escape sequences
-        return "&#65533;" if c == "\0" else f"&#{ord(c)};"
-    return c
-
-
 def md(text: object) -> str:
-    """`text` as literal text in Markdown rendered to HTML (table cells included)."""
-    return "".join(map(_char, str(text)))
+    return str(text).translate(_MD)
 
 
 def md_code(text: object) -> str:
-    """`text` shown as code in Markdown, literally."""
     return f"<code>{md(text)}</code>"
 
 
 def chat(text: object) -> str:
-    """`text` for a chat webhook's message line, shown as itself."""
     return html.escape(str(text), quote=False)
 
 
 def sh(word: object) -> str:
-    """`word` as one shell word (quoted only when it needs to be)."""
     return shlex.quote(str(word))
 
 
 def json_sh(obj: object) -> str:
-    """`obj` as JSON, one shell word, free of characters HTML, Markdown or the shell would read."""
-    text = json.dumps(obj)  # ASCII only: newlines and other control characters are \\u escapes
-    for c, escaped in _JSON_ESCAPE.items():
-        text = text.replace(c, escaped)
-    return shlex.quote(text)
+    # json.dumps: ASCII only, newlines and other control characters are \\u escapes
+    return shlex.quote(json.dumps(obj).translate(str.maketrans(_JSON_ESCAPE)))

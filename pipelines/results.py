@@ -20,7 +20,6 @@ class Trained:
     step: int  # the checkpoint's step
     trained_steps: int  # steps trained by this call (0: nothing to do, or skipped)
     samples: str  # latest sample grid
-    attention: str  # latest attention figure
 
 
 @dataclass(frozen=True)

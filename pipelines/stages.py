@@ -87,7 +87,7 @@ def train(params: Params, resume: bool = False, progress: bool = True, callbacks
         tracker.close()
     step, ckpt, samples = summary["step"], summary["checkpoint"], summary["samples"]
     log.info("trained to step %d; checkpoint %s; samples %s", step, ckpt, samples)
-    return Trained(ckpt, step, step - start, samples, summary["attention"])
+    return Trained(ckpt, step, step - start, samples)
 
 
 def trained(params: Params, start_step: int | None = None) -> Trained:
@@ -96,7 +96,7 @@ def trained(params: Params, start_step: int | None = None) -> Trained:
 
     t, step = params.train, step_of(params.train.checkpoint) or 0
     done = 0 if start_step is None else step - start_step
-    return Trained(str(t.checkpoint), step, done, str(t.latest_samples), str(t.latest_attention))
+    return Trained(str(t.checkpoint), step, done, str(t.latest_samples))
 
 
 def evaluate(params: Params, progress: bool = True, checkpoint: str | Path | None = None) -> Evaluated:

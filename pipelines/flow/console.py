@@ -89,13 +89,9 @@ class _NoTracebackForOwnErrors(logging.Formatter):
         super().__init__()
         self.inner = inner or logging.Formatter()
 
-    @staticmethod
-    def own_error(record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return isinstance(exc, SaganError) and not getattr(exc, "transient", False)
-
     def format(self, record: logging.LogRecord) -> str:
-        if not self.own_error(record):
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, SaganError) or getattr(exc, "transient", False):
             return self.inner.format(record)
         saved = record.exc_info, record.exc_text  # restored: later handlers see the full record
         record.exc_info = record.exc_text = None
@@ -123,12 +119,3 @@ def short_console_errors() -> Iterator[None]:
         for h, f in zip(handlers, saved, strict=True):
             h.setFormatter(f)
             h.removeFilter(_not_prefect_state_line)
-
-
-@contextlib.contextmanager
-def bounded(stage: str, key: str, seconds: float | None) -> Iterator[None]:
-    """Prefect's task timeout ("Scope timed out after N second(s).") as the stage's one line."""
-    try:
-        yield
-    except TimeoutError:
-        raise SaganError(f"stage {stage} failed: timed out after {seconds:g} s (pipeline.{key})") from None

@@ -4,7 +4,6 @@ own process with its progress, MLflow callback and launchers). DVC reads params.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +17,7 @@ from sagan_core.errors import ConfigError, SaganError
 log = logging.getLogger("sagan")
 
 
-def _dvc_warnings_only() -> None:
-    """DVC's loggers print warnings only, once: `import dvc` gives them DVC's own console handlers and
-    they also propagate to the root logger, so "Updating lock file 'dvc.lock'" came twice per stage."""
-    import dvc  # noqa: F401 - its import adds DVC's handlers: before they are looked at
-
-    for lg in map(logging.getLogger, ("dvc", "dvc_objects", "dvc_data")):
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-        lg.propagate = not lg.handlers  # no handler of DVC's own: the root logger's prints it, once
-
-
 class DvcProject:
-    """The DVC project at `root` (dvc.yaml + .dvc/), queried through DVC's Python API."""
-
     def __init__(self, root: str | Path = "."):
         self.root = Path(root).resolve()
         spec = yaml.safe_load((self.root / "dvc.yaml").read_text()) or {}
@@ -55,13 +42,15 @@ class DvcProject:
             return None
         return cls(root)
 
-    @contextlib.contextmanager
     def _repo(self):
-        from dvc.repo import Repo
+        """DVC's Repo, its loggers printing warnings only, once: `import dvc` gives them DVC's own console
+        handlers and they also propagate to the root logger ("Updating lock file 'dvc.lock'" came twice)."""
+        from dvc.repo import Repo  # its import adds DVC's handlers: before they are looked at
 
-        _dvc_warnings_only()
-        with Repo(str(self.root)) as repo:
-            yield repo
+        for lg in map(logging.getLogger, ("dvc", "dvc_objects", "dvc_data")):
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+            lg.propagate = not lg.handlers  # no handler of DVC's own: the root logger's prints it, once
+        return Repo(str(self.root))
 
     def status(self, stage: str | None = None) -> dict[str, Any]:
         """`dvc status [stage]`: {} when up to date; "always changed" alone (`check`) is left out."""

@@ -26,17 +26,13 @@ def project_tag(project_dir: str | Path = ".") -> str:
     return f"project:{here.name}-{digest}"
 
 
-def _process_tag() -> str:
-    return f"process:{socket.gethostname()}:{os.getpid()}"
-
-
 def tag_flow_run(tag: str) -> None:
     """Add `tag` and the running process (for `end_orphans`) to the running flow run's tags."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     tags = list(flow_run.tags or [])
-    new = [t for t in (tag, _process_tag()) if t not in tags]
+    new = [t for t in (tag, f"process:{socket.gethostname()}:{os.getpid()}") if t not in tags]
     if new:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=[*tags, *new])
@@ -54,8 +50,7 @@ def end_orphans(tag: str) -> list[str]:
     ended = []
     running = {"type": {"any_": ["RUNNING"]}}  # the filters' nested models, validated from dicts
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags={"all_": [tag]}, state=running))
-        for r in runs:
+        for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(tags={"all_": [tag]}, state=running)):
             pids = [int(t[len(host) :]) for t in r.tags if t.startswith(host) and t[len(host) :].isdigit()]
             if str(r.id) == str(flow_run.id) or not pids or any(map(psutil.pid_exists, pids)):
                 continue

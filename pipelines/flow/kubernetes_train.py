@@ -115,9 +115,8 @@ def _failed_pods(name: str, namespace: str) -> str:
             continue
         index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "?")
         ended = [c.get("state", {}).get("terminated") for c in status.get("containerStatuses") or []]
-        why = next(
-            (f"{t.get('reason', 'exit')} (exit code {t.get('exitCode')})" for t in ended if t), "failed"
-        )
+        t = next(filter(None, ended), None)  # the first container that ended
+        why = f"{t.get('reason', 'exit')} (exit code {t.get('exitCode')})" if t else "failed"
         failed.append(f"pod {meta.get('name')} (index {index}): {why}")
     return "; ".join(failed) or "no failed pod listed"
 
@@ -141,25 +140,22 @@ def wait(
         elapsed = time.monotonic() - started
         st, n = job.get("status") or {}, (job.get("spec") or {}).get("completions", "?")
         counts = ", ".join(f"{st.get(k) or 0} {k}" for k in ("active", "ready", "succeeded", "failed"))
-        if (line := f"job {job.get('metadata', {}).get('name')}: {counts} of {n} pods") != last:
+        if (line := f"job {name}: {counts} of {n} pods") != last:
             log(f"{line} ({elapsed:.0f} s)")
             last = line
         outcome = job_outcome(job)
         if outcome == "succeeded":
             log(f"job {name} succeeded")
             return
-        if outcome:
-            raise SaganError(
-                f"kubernetes job {name} {outcome}: {_failed_pods(name, namespace)}; "
-                f"last lines: {_last_lines(name, namespace)}"
-            )
-        if timeout_s is not None and elapsed > timeout_s:
-            lines = _last_lines(name, namespace)
-            _kubectl("delete", "job,service", name, "--namespace", namespace, "--ignore-not-found")
-            raise SaganError(
-                f"kubernetes job {name} not done after {timeout_s:.0f} s: deleted (with its pods); "
-                f"last lines: {lines}"
-            )
+        timed_out = not outcome and timeout_s is not None and elapsed > timeout_s
+        if outcome or timed_out:
+            lines = _last_lines(name, namespace)  # before a delete takes the pods' logs with them
+            if timed_out:
+                _kubectl("delete", "job,service", name, "--namespace", namespace, "--ignore-not-found")
+                outcome = f"not done after {timeout_s:.0f} s: deleted (with its pods)"
+            else:
+                outcome += f": {_failed_pods(name, namespace)}"
+            raise SaganError(f"kubernetes job {name} {outcome}; last lines: {lines}")
         time.sleep(poll_s)
 
 

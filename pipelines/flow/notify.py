@@ -18,14 +18,6 @@ log = logging.getLogger("sagan.notify")
 TAG = "notify:"
 
 
-def _block_name(flow_run) -> str | None:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        tags = client.read_flow_run(flow_run.id).tags
-    return next((t.removeprefix(TAG) for t in tags if t.startswith(TAG)), None)
-
-
 def send(block: str, subject: str, body: str) -> bool:
     """`body` (names and reasons escaped so they cannot ping or link: quoting.chat) to `block`."""
     import prefect.blocks.notifications  # noqa: F401 - registers the block types Block.load returns
@@ -46,11 +38,14 @@ def send(block: str, subject: str, body: str) -> bool:
 
 def _notify(flow_run, state, text: str) -> None:
     try:
-        block = _block_name(flow_run)
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            tags = client.read_flow_run(flow_run.id).tags
     except Exception as e:  # noqa: BLE001 - e.g. the server is gone; never fails the run
         log.warning("could not notify: the flow run's tags are unreadable (%s)", type(e).__name__)
         return
-    if block:
+    if block := next((t.removeprefix(TAG) for t in tags if t.startswith(TAG)), None):
         send(block, f"sagan pipeline {flow_run.name}: {state.name}", f"sagan pipeline {flow_run.name}{text}")
 
 

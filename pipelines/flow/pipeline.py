@@ -19,7 +19,7 @@ from prefect.utilities.annotations import quote
 
 from pipelines import launch, stages
 from pipelines.flow import kubernetes_train, notify, params_writeback
-from pipelines.flow.console import StageLine, bounded, sagan_logs_to_prefect, stage_line
+from pipelines.flow.console import StageLine, sagan_logs_to_prefect, stage_line
 from pipelines.flow.dvc_sync import DvcProject
 from pipelines.flow.history import end_orphans, project_tag, tag_flow_run
 from pipelines.flow.report import PrefectProgress, RunSummary, publish, stage_detail, summarize
@@ -35,8 +35,6 @@ from sagan_core.train import resume
 
 
 class StageFailed(SaganError):
-    """A stage raised; the message names the stage and the cause."""
-
     def __init__(self, stage: str, cause: BaseException):
         text = str(cause) if isinstance(cause, SaganError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"stage {stage} failed: {text}")
@@ -121,7 +119,6 @@ def train_task(run: RunContext, data_hash: str) -> Trained:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(run: RunContext, trained: Trained) -> Evaluated:
     with _stage("evaluate") as line:
-        # eval.checkpoint: best.pt or the last checkpoint
         get_run_logger().info("evaluate: the %s checkpoint of training at step %d", run.params.eval.checkpoint, trained.step)
         if run.up_to_date(line):
             return stages.evaluated(run.params)
@@ -150,9 +147,13 @@ def register_task(run: RunContext, trained: Trained, evaluated: Evaluated) -> Re
 
 
 def _bounded(task_, cfg, key: str, *args, **options):
-    """The task under its pipeline.KEY timeout; a timeout as the stage's one line."""
-    with bounded(task_.name, key, getattr(cfg, key)):
-        return task_.with_options(timeout_seconds=getattr(cfg, key), **options)(*args)
+    """The task under its pipeline.KEY timeout; Prefect's ("Scope timed out after N second(s).") as
+    the stage's one line."""
+    seconds = getattr(cfg, key)
+    try:
+        return task_.with_options(timeout_seconds=seconds, **options)(*args)
+    except TimeoutError:
+        raise SaganError(f"stage {task_.name} failed: timed out after {seconds:g} s (pipeline.{key})") from None
 
 
 @flow(

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -162,8 +163,10 @@ def inline_png(path: str | Path) -> str | None:
 
 def summary_markdown(s: RunSummary) -> str:
     """The run's markdown summary; every user-named piece quoted as text (pipelines/quoting.py)."""
+    # a link destination in a table cell: what would end it %-encoded
+    url = quote(s.mlflow_url or "", safe=":/?#[]@!$&*+,;=%~-._")
     link = (
-        f"[{md(s.mlflow_run)}]({_link(s.mlflow_url)}) (with `mlflow ui` running)"
+        f"[{md(s.mlflow_run)}]({url}) (with `mlflow ui` running)"
         if s.mlflow_url
         else md(shown_value(s.mlflow_run))
     )
@@ -211,13 +214,6 @@ def publish(s: RunSummary, project: str) -> None:
     )
 
 
-def _link(url: str) -> str:
-    """A URL as a Markdown link destination in a table cell: what would end either %-encoded."""
-    from urllib.parse import quote
-
-    return quote(url, safe=":/?#[]@!$&*+,;=%~-._")
-
-
 def _tool(name: str) -> str:
     """NAME as the user can type it here: .venv/bin/NAME when sagan runs from there."""
     exe = Path(sys.executable).parent / name
@@ -228,7 +224,6 @@ def _tool(name: str) -> str:
 
 
 def final_report(s: RunSummary, params: Params) -> str:
-    """The closing lines: sample grid, FID, registered version, the UIs."""
     uri = redact(
         params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
