@@ -87,17 +87,14 @@ def check_same_data(content_hash: str, device: torch.device) -> None:
         )
 
 
-def _digest(path: Path) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b""
-
-
 def share_newest(path: Path, step_of: Callable[[Path], int | None], device: torch.device) -> None:
     """Make every rank's `path` the newest checkpoint any rank holds."""
     if not dist.is_initialized():
         return
-    step = (step_of(path) or 0) if path.is_file() else -1
-    mine = _digest(path) + step.to_bytes(8, "big", signed=True)
-    rows = _gather_bytes(mine, device)
+    held = path.is_file()
+    step = (step_of(path) or 0) if held else -1
+    digest = hashlib.sha256(path.read_bytes()).digest() if held else b""
+    rows = _gather_bytes(digest + step.to_bytes(8, "big", signed=True), device)
     steps = [int.from_bytes(r[-8:], "big", signed=True) for r in rows]
     src = max(range(len(rows)), key=lambda r: (steps[r], -r))  # the newest; the lowest rank among equals
     if steps[src] < 0 or all(r[:-8] == rows[src][:-8] for r in rows):
@@ -137,10 +134,10 @@ def lost_peers() -> Iterator[None]:
         ) from None
 
 
-def broadcast_buffers(module: torch.nn.Module) -> None:
+def broadcast_buffers(*modules: torch.nn.Module) -> None:
     """Make every rank hold rank 0's buffers (BN statistics, spectral-norm vectors)."""
     if dist.is_initialized():
-        for b in module.buffers():
+        for b in (b for m in modules for b in m.buffers()):
             dist.broadcast(b, 0)
 
 

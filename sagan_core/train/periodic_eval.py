@@ -93,12 +93,8 @@ class PeriodicEval(Callback):
             ckpt_io.save_atomic(ckpt, self.path)
         self.seconds += time.perf_counter() - t0
         best = f"  (best {self.metric} so far: {self.path})" if self.improved else ""
-        log.info(
-            "step %d: KID %.5f ± %.5f  FID %.3f%s",
-            step,
-            *(scores[k] for k in ("kid", "kid_std", "fid")),
-            best,
-        )
+        kid_mean, kid_std, fid = (scores[k] for k in ("kid", "kid_std", "fid"))
+        log.info("step %d: KID %.5f ± %.5f  FID %.3f%s", step, kid_mean, kid_std, fid, best)
         return scores
 
     def state_dict(self) -> dict[str, Any] | None:

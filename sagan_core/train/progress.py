@@ -84,17 +84,14 @@ class MetricsCSV(Callback):
         row = io.StringIO(newline="")
         writer = csv.DictWriter(row, fieldnames=self.fields, extrasaction="ignore")
         writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
-        self._append(row.getvalue().encode(), step)
-        if self.scores and "kid" in metrics:
-            self.scores.on_metrics(step, metrics)
-
-    def _append(self, data: bytes, step: int) -> None:
         end = os.fstat(self.file.fileno()).st_size
         try:
-            write_all(self.file, data, self.path)
+            write_all(self.file, row.getvalue().encode(), self.path)
         except WriteError as e:
             self.file.truncate(end)  # the part of the row that fit goes (freeing space works when full)
             raise WriteError(self.path, e.error, f"the rows before step {step} are kept") from None
+        if self.scores and "kid" in metrics:
+            self.scores.on_metrics(step, metrics)
 
     def close(self) -> None:
         if self.file:
@@ -109,14 +106,8 @@ class ConsoleProgress(Callback):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.interactive = sys.stderr.isatty()
-        self.bar = tqdm(
-            total=self.steps,
-            initial=info["start_step"],
-            desc="train",
-            unit="step",
-            disable=not self.interactive,
-            dynamic_ncols=True,
-        )
+        self.bar = tqdm(total=self.steps, initial=info["start_step"], desc="train", unit="step",
+                        disable=not self.interactive, dynamic_ncols=True)
 
     def on_step_end(self, step: int, state: TrainState) -> None:
         self.bar.update(1)
