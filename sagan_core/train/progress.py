@@ -56,14 +56,12 @@ class MetricsCSV(Callback):
     """One row per logging step; on resume the rows after the resumed step go (atomically). With a
     `kid` field, `<stem>_eval.csv` keeps only the evaluation steps, for dvc.yaml's plots."""
 
-    SCORES = ["step", "kid", "kid_std", "fid"]
-
     def __init__(self, path: str | Path, fields: list[str], scores: bool = True):
         self.path, self.fields, self.file = Path(path), fields, None
         self.scores: MetricsCSV | None = None
         if scores and "kid" in fields:
             scores_path = self.path.with_name(f"{self.path.stem}_eval.csv")
-            self.scores = MetricsCSV(scores_path, self.SCORES, scores=False)
+            self.scores = MetricsCSV(scores_path, ["step", "kid", "kid_std", "fid"], scores=False)
 
     def on_start(self, info: dict[str, Any]) -> None:
         start, kept = info["start_step"], []
@@ -132,8 +130,7 @@ class StepMeter:
 
     def __init__(self, device: torch.device, step: int, images_per_step: int, clock=time.perf_counter):
         self.acc, self.count, self.images_per_step = torch.zeros(4, device=device), 0, images_per_step
-        self.clock = clock
-        self.t, self.step = clock(), step
+        self.clock, self.t, self.step = clock, clock(), step
 
     def add(self, values: torch.Tensor) -> None:
         self.acc += values
@@ -148,5 +145,4 @@ class StepMeter:
         return dict(zip(["loss_d", "loss_g", "d_real", "d_fake"], vals)), rate
 
     def restart_clock(self) -> None:
-        """An in-training evaluation is not counted as training in `img_per_s`."""
         self.t = self.clock()

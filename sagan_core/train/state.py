@@ -41,7 +41,6 @@ class TrainState:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         if self.augment is not None:
             rng["augment"] = self.augment.get_state()
-        extra = {} if self.lecam is None else {"lecam": self.lecam.detach().clone()}
         return {
             "step": self.step,
             "spec": self.spec.to_dict(),
@@ -53,10 +52,9 @@ class TrainState:
             "opt_d": self.opt_d.state_dict(),
             "rng": rng,
             "loader": self.loader.state_dict(),
-        } | extra
+        } | ({} if self.lecam is None else {"lecam": self.lecam.detach().clone()})
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
-        """A part that does not fit is a SaganError naming `path` and the part."""
         parts = [  # in this order: the order that made resume bit-exact
             ("generator", self.G.load_state_dict),
             ("generator_ema", self.G_ema.module.load_state_dict),

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,7 @@ class TrainingDiverged(SaganError):
 
 
 class Trainer:
-    def __init__(
-        self, params: Params, callbacks: list[Callback] | tuple[Callback, ...] = (), progress: bool = True
-    ):
+    def __init__(self, params: Params, callbacks: Iterable[Callback] = (), progress: bool = True):
         self.params, self.cfg, self.callbacks, self.progress = params, params.train, list(callbacks), progress
         self.hooks: list[Callback] = self.callbacks  # during fit: + the metrics CSV and console progress
         cfg = self.cfg
@@ -62,8 +61,7 @@ class Trainer:
             )
         self.class_names = list(data.manifest.get("class_names", []))
         self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
-        # several nodes: all train on rank 0's data
-        distributed.check_same_data(self.content_hash, self.device)
+        distributed.check_same_data(self.content_hash, self.device)  # every node trains on rank 0's data
         self.spec = spec = model_spec(params, data.num_classes)
         rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
         loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
@@ -73,8 +71,7 @@ class Trainer:
         for net in (G, D):
             net.to(self.device, memory_format=self.plan.memory_format)
         # EMA of parameters only: averaged u/v would un-normalise; buffers are copied from G instead
-        G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
-        G_ema.eval()
+        G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False).eval()
         betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
         opt_g = precision.adam(G.parameters(), cfg.lr_g, betas, self.device)
         opt_d = precision.adam(D.parameters(), cfg.lr_d, betas, self.device)
@@ -93,7 +90,7 @@ class Trainer:
             "class_names": self.class_names,
             "params": self.params.model_dump(),
             "fingerprint": fingerprint.record(self.params, self.content_hash),
-            "best": self.evals.state_dict(),  # None: no evaluation yet
+            "best": self.evals.best,  # None: no evaluation yet
         }
 
     def save_checkpoint(self) -> None:
@@ -111,11 +108,9 @@ class Trainer:
         bad = [k for k, v in (losses or {}).items() if not math.isfinite(v)]
         bad = bad or self.state.nonfinite()  # weights and optimizer moments
         if distributed.any_rank(bool(bad), self.device):
-            kept = (
-                f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
-                if self.last_good_step is not None
-                else "no checkpoint had been written yet"
-            )
+            kept = "no checkpoint had been written yet"
+            if self.last_good_step is not None:
+                kept = f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
             what = ", ".join(bad) or "another rank's values"
             raise TrainingDiverged(f"training diverged at step {self.state.step}: {what} not finite; {kept}")
 
@@ -171,7 +166,7 @@ class Trainer:
         there, DDP would wait for gradients that never come."""
         G, D = self.state.G, self.state.D
         g_run, d_run, d_frozen = G, D, D
-        if self.dist.enabled:
+        if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             g_run, d_run = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
         if self.plan.compile:
@@ -189,7 +184,6 @@ class Trainer:
                 b_ema.copy_(b)
 
     def _fake_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Noise, then (conditional G) fake labels, both from the checkpointed noise generator."""
         z = torch.randn(n, self.spec.z_dim, generator=self.state.noise, device=self.device)
         if not self.spec.num_classes:
             return z, None
@@ -233,8 +227,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, main, s = self.cfg, self.dist.is_main, self.state
         if resume:
-            # nodes without a shared disk
-            distributed.share_newest(self.ckpt_path, ckpt_io.step_of, self.device)
+            distributed.share_newest(self.ckpt_path, ckpt_io.step_of, self.device)  # no shared disk
             self._resume()
         if s.step >= cfg.steps:
             log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", s.step, cfg.steps)
