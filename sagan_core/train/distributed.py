@@ -130,8 +130,9 @@ def lost_peers() -> Iterator[None]:
 def broadcast_buffers(*modules: torch.nn.Module) -> None:
     """Make every rank hold rank 0's buffers (BN statistics, spectral-norm vectors)."""
     if dist.is_initialized():
-        for b in (b for m in modules for b in m.buffers()):
-            dist.broadcast(b, 0)
+        for m in modules:
+            for b in m.buffers():
+                dist.broadcast(b, 0)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
