@@ -1,9 +1,7 @@
 """DDP plumbing: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK (GROUP_RANK: the node); NCCL on GPU, gloo on CPU.
 
-Several machines (docs/scale-out.md): the same data on every node (`check_same_data`), the newest
-checkpoint to every rank without a shared disk (`share_newest`: whichever node becomes rank 0
-continues), a lost peer as one line (`lost_peers`). Bytes travel as uint8 tensors, never pickles
-(no unpickling of what another node sends).
+Several machines: docs/scale-out.md. Bytes travel as uint8 tensors, never pickles (no unpickling of
+what another node sends).
 """
 
 from __future__ import annotations
@@ -29,10 +27,6 @@ class DistInfo:
     rank: int = 0  # the global rank: rank 0 of all nodes alone writes checkpoints, samples, metrics
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -65,8 +59,7 @@ def _gather_bytes(mine: bytes, device: torch.device) -> list[bytes]:
     dist.all_gather(sizes, size)
     longest = max(int(s.item()) for s in sizes)
     buf = torch.zeros(longest, dtype=torch.uint8, device=device)
-    if mine:
-        buf[: len(mine)] = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
+    buf[: len(mine)] = torch.tensor(list(mine), dtype=torch.uint8)  # small: hashes and names
     out = [torch.zeros_like(buf) for _ in range(world)]
     dist.all_gather(out, buf)
     return [bytes(t[: int(n.item())].cpu().tolist()) for t, n in zip(out, sizes, strict=True)]
@@ -87,17 +80,15 @@ def check_same_data(content_hash: str, device: torch.device) -> None:
         )
 
 
-def _digest(path: Path) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b""
-
-
 def share_newest(path: Path, step_of: Callable[[Path], int | None], device: torch.device) -> None:
-    """Make every rank's `path` the newest checkpoint any rank holds."""
+    """Make every rank's `path` the newest checkpoint any rank holds (no shared disk needed: whichever
+    node becomes rank 0 continues)."""
     if not dist.is_initialized():
         return
-    step = (step_of(path) or 0) if path.is_file() else -1
-    mine = _digest(path) + step.to_bytes(8, "big", signed=True)
-    rows = _gather_bytes(mine, device)
+    held = path.is_file()
+    step = (step_of(path) or 0) if held else -1
+    digest = hashlib.sha256(path.read_bytes()).digest() if held else b""
+    rows = _gather_bytes(digest + step.to_bytes(8, "big", signed=True), device)
     steps = [int.from_bytes(r[-8:], "big", signed=True) for r in rows]
     src = max(range(len(rows)), key=lambda r: (steps[r], -r))  # the newest; the lowest rank among equals
     if steps[src] < 0 or all(r[:-8] == rows[src][:-8] for r in rows):
@@ -125,9 +116,8 @@ def lost_peers() -> Iterator[None]:
         yield
     except RuntimeError as e:  # dist.DistError is one; gloo's lost connections are plain ones
         text = str(e)
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, SaganError):
-            raise
-        if not isinstance(e, dist.DistError) and not any(m in text for m in _LOST):
+        lost = isinstance(e, dist.DistError) or any(m in text for m in _LOST)
+        if not lost or isinstance(e, SaganError) or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             raise
         first = (text.strip().splitlines() or [type(e).__name__])[0][:300]
         raise SaganError(
@@ -137,11 +127,12 @@ def lost_peers() -> Iterator[None]:
         ) from None
 
 
-def broadcast_buffers(module: torch.nn.Module) -> None:
+def broadcast_buffers(*modules: torch.nn.Module) -> None:
     """Make every rank hold rank 0's buffers (BN statistics, spectral-norm vectors)."""
     if dist.is_initialized():
-        for b in module.buffers():
-            dist.broadcast(b, 0)
+        for m in modules:
+            for b in m.buffers():
+                dist.broadcast(b, 0)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

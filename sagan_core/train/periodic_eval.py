@@ -89,20 +89,12 @@ class PeriodicEval(Callback):
         self.improved = self.best is None or value < self.best["value"]
         if self.improved:
             self.best = {"metric": self.metric, "value": value, "step": step}
-            ckpt = state() | {"best_metric": self.metric, "best_value": value}
-            ckpt_io.save_atomic(ckpt, self.path)
+            ckpt_io.save_atomic(state() | {"best_metric": self.metric, "best_value": value}, self.path)
         self.seconds += time.perf_counter() - t0
         best = f"  (best {self.metric} so far: {self.path})" if self.improved else ""
-        log.info(
-            "step %d: KID %.5f ± %.5f  FID %.3f%s",
-            step,
-            *(scores[k] for k in ("kid", "kid_std", "fid")),
-            best,
-        )
+        kid_mean, kid_std, fid = (scores[k] for k in ("kid", "kid_std", "fid"))
+        log.info("step %d: KID %.5f ± %.5f  FID %.3f%s", step, kid_mean, kid_std, fid, best)
         return scores
-
-    def state_dict(self) -> dict[str, Any] | None:
-        return self.best
 
     def load_state_dict(self, best: dict[str, Any] | None) -> None:
         # another metric's best is not comparable

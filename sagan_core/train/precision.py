@@ -52,9 +52,3 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, fl
     """Adam, one fused kernel (CPU, CUDA) or foreach ops: same rule, other rounding."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused, foreach=None if fused else True)
-
-
-def begin_step(p: StepPlan) -> None:
-    """CUDA graphs (reduce-overhead) reuse their output memory: a new training step starts."""
-    if p.compile and p.compile_mode == "reduce-overhead":
-        torch.compiler.cudagraph_mark_step_begin()

@@ -56,14 +56,12 @@ class MetricsCSV(Callback):
     """One row per logging step; on resume the rows after the resumed step go (atomically). With a
     `kid` field, `<stem>_eval.csv` keeps only the evaluation steps, for dvc.yaml's plots."""
 
-    SCORES = ["step", "kid", "kid_std", "fid"]
-
     def __init__(self, path: str | Path, fields: list[str], scores: bool = True):
         self.path, self.fields, self.file = Path(path), fields, None
         self.scores: MetricsCSV | None = None
         if scores and "kid" in fields:
             scores_path = self.path.with_name(f"{self.path.stem}_eval.csv")
-            self.scores = MetricsCSV(scores_path, self.SCORES, scores=False)
+            self.scores = MetricsCSV(scores_path, ["step", "kid", "kid_std", "fid"], scores=False)
 
     def on_start(self, info: dict[str, Any]) -> None:
         start, kept = info["start_step"], []
@@ -84,17 +82,14 @@ class MetricsCSV(Callback):
         row = io.StringIO(newline="")
         writer = csv.DictWriter(row, fieldnames=self.fields, extrasaction="ignore")
         writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in metrics.items()}})
-        self._append(row.getvalue().encode(), step)
-        if self.scores and "kid" in metrics:
-            self.scores.on_metrics(step, metrics)
-
-    def _append(self, data: bytes, step: int) -> None:
         end = os.fstat(self.file.fileno()).st_size
         try:
-            write_all(self.file, data, self.path)
+            write_all(self.file, row.getvalue().encode(), self.path)
         except WriteError as e:
             self.file.truncate(end)  # the part of the row that fit goes (freeing space works when full)
             raise WriteError(self.path, e.error, f"the rows before step {step} are kept") from None
+        if self.scores and "kid" in metrics:
+            self.scores.on_metrics(step, metrics)
 
     def close(self) -> None:
         if self.file:
@@ -109,14 +104,8 @@ class ConsoleProgress(Callback):
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.interactive = sys.stderr.isatty()
-        self.bar = tqdm(
-            total=self.steps,
-            initial=info["start_step"],
-            desc="train",
-            unit="step",
-            disable=not self.interactive,
-            dynamic_ncols=True,
-        )
+        self.bar = tqdm(total=self.steps, initial=info["start_step"], desc="train", unit="step",
+                        disable=not self.interactive, dynamic_ncols=True)
 
     def on_step_end(self, step: int, state: TrainState) -> None:
         self.bar.update(1)
@@ -141,8 +130,7 @@ class StepMeter:
 
     def __init__(self, device: torch.device, step: int, images_per_step: int, clock=time.perf_counter):
         self.acc, self.count, self.images_per_step = torch.zeros(4, device=device), 0, images_per_step
-        self.clock = clock
-        self.t, self.step = clock(), step
+        self.clock, self.t, self.step = clock, clock(), step
 
     def add(self, values: torch.Tensor) -> None:
         self.acc += values
@@ -157,5 +145,4 @@ class StepMeter:
         return dict(zip(["loss_d", "loss_g", "d_real", "d_fake"], vals)), rate
 
     def restart_clock(self) -> None:
-        """An in-training evaluation is not counted as training in `img_per_s`."""
         self.t = self.clock()

@@ -41,7 +41,6 @@ class TrainState:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         if self.augment is not None:
             rng["augment"] = self.augment.get_state()
-        extra = {} if self.lecam is None else {"lecam": self.lecam.detach().clone()}
         return {
             "step": self.step,
             "spec": self.spec.to_dict(),
@@ -53,10 +52,9 @@ class TrainState:
             "opt_d": self.opt_d.state_dict(),
             "rng": rng,
             "loader": self.loader.state_dict(),
-        } | extra
+        } | ({} if self.lecam is None else {"lecam": self.lecam.detach().clone()})
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
-        """A part that does not fit is a SaganError naming `path` and the part."""
         parts = [  # in this order: the order that made resume bit-exact
             ("generator", self.G.load_state_dict),
             ("generator_ema", self.G_ema.module.load_state_dict),
@@ -73,7 +71,11 @@ class TrainState:
             except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise SaganError(f"{path}: damaged checkpoint: {key} does not fit ({reason})") from None
-        self._load_lecam(ckpt.get("lecam"), path)
+        anchors = ckpt.get("lecam")  # None: written with LeCam off, or before its first D step
+        fits = torch.is_tensor(anchors) and anchors.shape == (2,) and anchors.is_floating_point()
+        if anchors is not None and not fits:
+            raise SaganError(f"{path}: damaged checkpoint: lecam does not fit (expected 2 anchors)")
+        self.lecam = anchors.to(self.device, torch.float32) if fits else None
         self.step = int(ckpt["step"])
 
     def _set_rng(self, rng: dict[str, Any]) -> None:
@@ -84,23 +86,13 @@ class TrainState:
         if self.augment is not None and "augment" in rng:
             self.augment.set_state(rng["augment"])
 
-    def _load_lecam(self, anchors: Any, path: Path) -> None:
-        if anchors is None:  # written with LeCam off, or before its first D step: start afresh
-            self.lecam = None
-            return
-        if not torch.is_tensor(anchors) or anchors.shape != (2,) or not anchors.is_floating_point():
-            raise SaganError(f"{path}: damaged checkpoint: lecam does not fit (expected 2 anchors)")
-        self.lecam = anchors.to(self.device, torch.float32)
-
     def apply_optimizer_params(self, cfg) -> None:
         """`--resume --set train.lr_g=...`: the params win over the loaded optimizer, said once."""
         betas, said = (float(cfg.beta1), float(cfg.beta2)), set()
         for opt, lr_key, lr in ((self.opt_g, "train.lr_g", cfg.lr_g), (self.opt_d, "train.lr_d", cfg.lr_d)):
             for group in opt.param_groups:
-                olds = [(lr_key, group["lr"], lr)] + [
-                    (f"train.beta{i + 1}", group["betas"][i], betas[i]) for i in (0, 1)
-                ]
-                for key, old, new in olds:
+                olds = (group["lr"], *group["betas"])
+                for key, old, new in zip((lr_key, "train.beta1", "train.beta2"), olds, (lr, *betas)):
                     if old != new and key not in said:
                         said.add(key)
                         log.warning("%s: %s -> %s (applied on resume; no longer bit-exact)", key, old, new)
@@ -110,17 +102,11 @@ class TrainState:
         """The parts holding inf/NaN: weights and optimizer moments (a NaN exp_avg_sq spoils every
         later update while the weights stay finite a while)."""
         bad = []
-        with torch.no_grad():
-            for name, net, opt in (("generator", self.G, self.opt_g), ("discriminator", self.D, self.opt_d)):
-                if not _all_finite(list(net.parameters())):
-                    bad.append(f"{name} weights")
-                moments = [
-                    v for s in opt.state.values() for k, v in s.items() if k != "step" and torch.is_tensor(v)
-                ]
-                if not _all_finite(moments):
-                    bad.append(f"{name} optimizer state")
+        for name, net, opt in (("generator", self.G, self.opt_g), ("discriminator", self.D, self.opt_d)):
+            moments = [
+                v for s in opt.state.values() for k, v in s.items() if k != "step" and torch.is_tensor(v)
+            ]
+            for part, tensors in (("weights", list(net.parameters())), ("optimizer state", moments)):
+                if tensors and not torch.stack([x.isfinite().all() for x in tensors]).all():
+                    bad.append(f"{name} {part}")
         return bad
-
-
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    return not tensors or bool(torch.stack([x.isfinite().all() for x in tensors]).all())

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from sagan_core.model import checkpoint as ckpt_io
 from sagan_core.model import visualize as vis
 from sagan_core.model.networks import attention_blocks, build_models, model_spec
 from sagan_core.train import diffaug, distributed, fingerprint, precision, resume, standing_stats
-from sagan_core.train.distributed import DistInfo
 from sagan_core.train.losses import d_hinge, g_hinge, lecam, lecam_anchors
 from sagan_core.train.periodic_eval import PeriodicEval
 from sagan_core.train.progress import Callback, ConsoleProgress, MetricsCSV, StepMeter
@@ -41,14 +41,12 @@ class TrainingDiverged(SaganError):
 
 
 class Trainer:
-    def __init__(
-        self, params: Params, callbacks: list[Callback] | tuple[Callback, ...] = (), progress: bool = True
-    ):
+    def __init__(self, params: Params, callbacks: Iterable[Callback] = (), progress: bool = True):
         self.params, self.cfg, self.callbacks, self.progress = params, params.train, list(callbacks), progress
         self.hooks: list[Callback] = self.callbacks  # during fit: + the metrics CSV and console progress
         cfg = self.cfg
         probe = resolve_device(cfg.device, "train.device")  # decides the process-group backend
-        self.dist: DistInfo = distributed.init_distributed(probe.type, cfg.dist_timeout_s)
+        self.dist = distributed.init_distributed(probe.type, cfg.dist_timeout_s)
         self.device = resolve_device(cfg.device, "train.device", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -63,8 +61,7 @@ class Trainer:
             )
         self.class_names = list(data.manifest.get("class_names", []))
         self.content_hash = data.manifest["content_hash"]  # part of the checkpoint's fingerprint
-        # several nodes: all train on rank 0's data
-        distributed.check_same_data(self.content_hash, self.device)
+        distributed.check_same_data(self.content_hash, self.device)  # every node trains on rank 0's data
         self.spec = spec = model_spec(params, data.num_classes)
         rank, world = self.dist.rank, self.dist.world_size  # rank r of w reads every w-th image
         loader = BatchLoader(data, cfg.batch_size, cfg.seed, params.data.hflip, self.device, rank, world)
@@ -74,8 +71,7 @@ class Trainer:
         for net in (G, D):
             net.to(self.device, memory_format=self.plan.memory_format)
         # EMA of parameters only: averaged u/v would un-normalise; buffers are copied from G instead
-        G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
-        G_ema.eval()
+        G_ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False).eval()
         betas = (float(cfg.beta1), float(cfg.beta2))  # torch 2.14 rejects an int/float mix
         opt_g = precision.adam(G.parameters(), cfg.lr_g, betas, self.device)
         opt_d = precision.adam(D.parameters(), cfg.lr_d, betas, self.device)
@@ -94,15 +90,13 @@ class Trainer:
             "class_names": self.class_names,
             "params": self.params.model_dump(),
             "fingerprint": fingerprint.record(self.params, self.content_hash),
-            "best": self.evals.state_dict(),  # None: no evaluation yet
+            "best": self.evals.best,  # None: no evaluation yet
         }
 
     def save_checkpoint(self) -> None:
         s = self.state
-        self._check_finite(weights=True)
-        if self.dist.enabled:
-            distributed.broadcast_buffers(s.G)
-            distributed.broadcast_buffers(s.D)
+        self._check_finite()
+        distributed.broadcast_buffers(s.G, s.D)
         if self.dist.is_main:
             self._own_ema_stats()
             ckpt_io.save_atomic(ckpt := self.checkpoint(), self.ckpt_path)
@@ -110,16 +104,13 @@ class Trainer:
             self._emit("on_checkpoint", s.step, self.ckpt_path)
         self.last_good_step = s.step
 
-    def _check_finite(self, weights: bool, losses: dict[str, float] | None = None) -> None:
+    def _check_finite(self, losses: dict[str, float] | None = None) -> None:
         bad = [k for k, v in (losses or {}).items() if not math.isfinite(v)]
-        if weights and not bad:
-            bad = self.state.nonfinite()  # weights and optimizer moments
+        bad = bad or self.state.nonfinite()  # weights and optimizer moments
         if distributed.any_rank(bool(bad), self.device):
-            kept = (
-                f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
-                if self.last_good_step is not None
-                else "no checkpoint had been written yet"
-            )
+            kept = "no checkpoint had been written yet"
+            if self.last_good_step is not None:
+                kept = f"the last good checkpoint (step {self.last_good_step}) at {self.ckpt_path} was kept"
             what = ", ".join(bad) or "another rank's values"
             raise TrainingDiverged(f"training diverged at step {self.state.step}: {what} not finite; {kept}")
 
@@ -132,7 +123,7 @@ class Trainer:
         size = max(64, self.cfg.batch_size)  # a chunk at a time: every class can be many images
         zs = z.split(size)
         ys = [None] * len(zs) if y is None else y.split(size)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.plan.autocast(self.device):
             images = torch.cat([g(zc, yc).float() for zc, yc in zip(zs, ys)])
         grid = out / f"step_{step:06d}.png"
         if y is None:
@@ -170,22 +161,17 @@ class Trainer:
             self._emit("on_best", step, self.evals.path, scores)
         return scores
 
-    def _autocast(self):
-        return self.plan.autocast(self.device)
-
     def _prepare_modules(self):
         """(G, D, D in G's step), DDP-wrapped and/or compiled. G's step uses D unwrapped: frozen
         there, DDP would wait for gradients that never come."""
         G, D = self.state.G, self.state.D
         g_run, d_run, d_frozen = G, D, D
-        if self.dist.enabled:
+        if self.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            g_run = DDP(G, device_ids=ids)
-            d_run = DDP(D, device_ids=ids)
+            g_run, d_run = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
         if self.plan.compile:
-            g_run, d_run, d_frozen = (
-                torch.compile(m, mode=self.plan.compile_mode) for m in (g_run, d_run, D)
-            )
+            mode = self.plan.compile_mode
+            g_run, d_run, d_frozen = (torch.compile(m, mode=mode) for m in (g_run, d_run, D))
         return g_run, d_run, d_frozen
 
     def _update_ema(self) -> None:
@@ -197,66 +183,51 @@ class Trainer:
             for b_ema, b in zip(s.G_ema.module.buffers(), s.G.buffers()):
                 b_ema.copy_(b)
 
-    def _fake_labels(self, n: int) -> torch.Tensor | None:
+    def _fake_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn(n, self.spec.z_dim, generator=self.state.noise, device=self.device)
         if not self.spec.num_classes:
-            return None
-        return torch.randint(self.spec.num_classes, (n,), generator=self.state.noise, device=self.device)
-
-    def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.spec.z_dim, generator=self.state.noise, device=self.device)
-
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.diffaug:
-            return x
-        return diffaug.augment(x, self.cfg.diffaug, self.state.augment)
-
-    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor | None:
-        if not self.cfg.lecam_weight:
-            return None
-        self.state.lecam = lecam_anchors(self.state.lecam, d_real, d_fake, self.cfg.lecam_decay)
-        return self.cfg.lecam_weight * lecam(d_real, d_fake, self.state.lecam)
+            return z, None
+        return z, torch.randint(self.spec.num_classes, (n,), generator=self.state.noise, device=self.device)
 
     def train_step(self, g_run, d_run, d_frozen) -> torch.Tensor:
         """[loss_d, loss_g, D(x), D(G(z))] on the device."""
         cfg, b, mf, s = self.cfg, self.cfg.batch_size, self.plan.memory_format, self.state
-        precision.begin_step(self.plan)
-        for p in s.D.parameters():
-            p.requires_grad_(True)
+        if self.plan.compile and self.plan.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs reuse their output memory
+        s.D.requires_grad_(True)
         for _ in range(cfg.n_dis):
             x, y = next(s.loader)
-            z, y_fake = self._noise(b), self._fake_labels(b)
-            with torch.no_grad(), self._autocast():
+            z, y_fake = self._fake_inputs(b)
+            with torch.no_grad(), self.plan.autocast(self.device):
                 fake = g_run(z, y_fake)
             # real and fake in one D pass: one power iteration per D step
-            inp = self._augment(torch.cat([x.to(fake.dtype), fake])).contiguous(memory_format=mf)
+            inp = torch.cat([x.to(fake.dtype), fake])
+            inp = diffaug.augment(inp, cfg.diffaug, s.augment).contiguous(memory_format=mf)
             labels = None if y_fake is None else torch.cat([y, y_fake])
-            with self._autocast():
+            with self.plan.autocast(self.device):
                 logits = d_run(inp, labels)
             d_real, d_fake = logits[:b], logits[b:]
             loss_d = d_hinge(d_real, d_fake)
-            if (reg := self._lecam(d_real, d_fake)) is not None:
-                loss_d = loss_d + reg
+            if cfg.lecam_weight:
+                s.lecam = lecam_anchors(s.lecam, d_real, d_fake, cfg.lecam_decay)
+                loss_d = loss_d + cfg.lecam_weight * lecam(d_real, d_fake, s.lecam)
             s.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             s.opt_d.step()
-        for p in s.D.parameters():  # G's backward needs no D gradients
-            p.requires_grad_(False)
-        z, y_fake = self._noise(b), self._fake_labels(b)
-        with self._autocast():
-            fake = self._augment(g_run(z, y_fake)).contiguous(memory_format=mf)
+        s.D.requires_grad_(False)  # G's backward needs no D gradients
+        z, y_fake = self._fake_inputs(b)
+        with self.plan.autocast(self.device):
+            fake = diffaug.augment(g_run(z, y_fake), cfg.diffaug, s.augment).contiguous(memory_format=mf)
             loss_g = g_hinge(d_frozen(fake, y_fake))
         s.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         s.opt_g.step()
-        return torch.stack(
-            [loss_d.detach(), loss_g.detach(), d_real.detach().float().mean(), d_fake.detach().float().mean()]
-        )
+        return torch.stack([loss_d, loss_g, d_real.float().mean(), d_fake.float().mean()]).detach()
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, main, s = self.cfg, self.dist.is_main, self.state
         if resume:
-            # nodes without a shared disk
-            distributed.share_newest(self.ckpt_path, ckpt_io.step_of, self.device)
+            distributed.share_newest(self.ckpt_path, ckpt_io.step_of, self.device)  # no shared disk
             self._resume()
         if s.step >= cfg.steps:
             log.info("checkpoint is at step %d >= train.steps=%d: nothing to train", s.step, cfg.steps)
@@ -318,14 +289,9 @@ class Trainer:
         log.info("resumed from %s at step %d", self.ckpt_path, self.state.step)
 
     def _metrics(self, losses: dict[str, float], rate: float, gammas: dict[str, Any]) -> dict[str, float]:
-        self._check_finite(weights=True, losses=losses)
-        s = self.state
-        return (
-            losses
-            | {k: v.item() for k, v in gammas.items()}
-            | {"lr_g": s.opt_g.param_groups[0]["lr"], "lr_d": s.opt_d.param_groups[0]["lr"]}
-            | {"img_per_s": rate}
-        )
+        self._check_finite(losses)
+        lrs = {"lr_g": self.state.opt_g.param_groups[0]["lr"], "lr_d": self.state.opt_d.param_groups[0]["lr"]}
+        return losses | {k: v.item() for k, v in gammas.items()} | lrs | {"img_per_s": rate}
 
     def _start_info(self) -> dict[str, Any]:
         return {
