@@ -8,9 +8,8 @@ prepared manifest); a missing piece reads "unknown", never a guess.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipelines.quoting import json_sh, md, md_code, sh
 from sagan_core.config import Params
@@ -141,8 +140,7 @@ curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
 The answer has one row per image: `class`, `class_id`, `seed`, `index`, `image` (base64 PNG)."""
 
 
-@dataclass(frozen=True)
-class Grid:
+class Grid(NamedTuple):
     """Run artifact paths of the registered step's sample grid (page 1 first) and its small preview."""
 
     pages: tuple[str, ...]

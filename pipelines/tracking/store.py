@@ -99,7 +99,6 @@ def connect(params: Params):
     for k, v in _HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
     import mlflow
-    from mlflow import MlflowClient
 
     # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
@@ -121,7 +120,7 @@ def connect(params: Params):
         Path(db).parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock") if db else contextlib.nullcontext():
         try:
-            client = MlflowClient(uri, registry_uri=uri)
+            client = mlflow.MlflowClient(uri, registry_uri=uri)
         except Exception as e:  # a new sqlite store on a full disk; anything else keeps its traceback
             if local := local_write_failure(uri, e):
                 raise local from None
