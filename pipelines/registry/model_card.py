@@ -192,8 +192,7 @@ def promotion_line(decision: str, reason: str) -> str:
 
 def version_card(params: Params, name: str, version: int, run, ev: dict[str, Any], decision: str, reason: str,
                  grid: Grid | None = None) -> str:
-    """Version `version` of `name`, registered from `run`: decision and scores first, then the
-    sample grid's preview (`sample_grid`), then the details."""
+    """The card of version `version` of `name`, registered from `run` (`grid`: from `sample_grid`)."""
     run_params, tags = dict(run.data.params), dict(run.data.tags)
     step = ev.get("generator_step", "?")
     manifest = _manifest(params)

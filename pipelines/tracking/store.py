@@ -67,18 +67,6 @@ def _scrub_record(record: logging.LogRecord) -> bool:
     return True
 
 
-def _hide_credentials(uri: str) -> None:
-    """Keep a user-info URI out of every line MLflow prints: its "View run ... at: <URL>" goes to
-    stdout with no logger to filter (so the public switch turns it off); its loggers end in the
-    "mlflow" logger's own handler (propagate=False), which gets the filter, as does urllib3's."""
-    if uri != redact(uri):
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    for name in ("mlflow", "urllib3.connectionpool"):
-        logger = logging.getLogger(name)
-        for target in (logger, *logger.handlers):
-            target.addFilter(_scrub_record)  # added once: addFilter skips a filter already there
-
-
 def project_root() -> Path:
     """$DVC_ROOT when DVC runs the stage (`dvc exp run --queue/--temp` run in a copy that is thrown
     away: experiments record into the project's store), else the working directory."""
@@ -105,7 +93,15 @@ def connect(params: Params):
     # MLflow logs each database error with its traceback (90 lines for a full disk), then raises it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri(params)
-    _hide_credentials(uri)
+    # Keep a user-info URI out of every line MLflow prints: its "View run ... at: <URL>" goes to
+    # stdout with no logger to filter (so the public switch turns it off); its loggers end in the
+    # "mlflow" logger's own handler (propagate=False), which gets the filter, as does urllib3's.
+    if uri != redact(uri):
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    for name in ("mlflow", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            target.addFilter(_scrub_record)  # added once: addFilter skips a filter already there
     # set_*_uri also export $MLFLOW_TRACKING_URI/$MLFLOW_REGISTRY_URI; left there, the next project
     # connected in this process (a worker serving several, the tests) would record into this one.
     kept = {n: os.environ.get(n) for n in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
