@@ -8,9 +8,8 @@ prepared manifest); a missing piece reads "unknown", never a guess.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipelines.quoting import json_sh, md, md_code, sh
 from sagan_core.config import Params
@@ -141,8 +140,7 @@ curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
 The answer has one row per image: `class`, `class_id`, `seed`, `index`, `image` (base64 PNG)."""
 
 
-@dataclass(frozen=True)
-class Grid:
+class Grid(NamedTuple):
     """Run artifact paths of the registered step's sample grid (page 1 first) and its small preview."""
 
     pages: tuple[str, ...]
@@ -194,8 +192,7 @@ def promotion_line(decision: str, reason: str) -> str:
 
 def version_card(params: Params, name: str, version: int, run, ev: dict[str, Any], decision: str, reason: str,
                  grid: Grid | None = None) -> str:
-    """Version `version` of `name`, registered from `run`: decision and scores first, then the
-    sample grid's preview (`sample_grid`), then the details."""
+    """The card of version `version` of `name`, registered from `run` (`grid`: from `sample_grid`)."""
     run_params, tags = dict(run.data.params), dict(run.data.tags)
     step = ev.get("generator_step", "?")
     manifest = _manifest(params)

@@ -11,24 +11,8 @@ import getpass
 import os
 from typing import Any
 
+from pipelines.registry import promotion as p
 from pipelines.registry.compare import score_under, version_protocol
-from pipelines.registry.promotion import (
-    AT,
-    BY,
-    CHAMPION,
-    DECISION,
-    REASON,
-    REPLACED,
-    alias_version,
-    crown,
-    decision_lock,
-    error_code,
-    now_utc,
-    record_promotion,
-    restate,
-    same_version,
-    tag_version,
-)
 from pipelines.tracking.store import call, connect
 from sagan_core.config import Params
 from sagan_core.errors import ConfigError
@@ -52,7 +36,7 @@ def _model(params: Params):
     try:
         model = call(uri, client.get_registered_model, name)
     except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in error_code(e):
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ConfigError(
                 f"no registered model {name!r} at this tracking store (run `sagan register`)"
             ) from None
@@ -63,34 +47,28 @@ def _model(params: Params):
 def versions(params: Params) -> list[dict[str, Any]]:
     """Every version as a row, oldest first."""
     client, name, model = _model(params)
-    aliases: dict[str, list[str]] = {}
-    for alias, version in (model.aliases or {}).items():
-        aliases.setdefault(str(version), []).append(alias)
     rows = []
     for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
         tags = dict(mv.tags or {})
-        step, fid = tags.get("generator_step"), tags.get("fid")
-        rows.append(
-            {
-                "version": int(mv.version),
-                "generator_step": int(step) if step not in (None, "") else None,
-                "fid": float(fid) if fid not in (None, "") else None,
-                "protocol_id": tags.get("protocol_id"),
-                "reference": version_protocol(mv).get("reference_content_hash") or tags.get("content_hash"),
-                "aliases": sorted(aliases.get(str(mv.version), [])),
-                "registered_at": mv.creation_timestamp,
-                # a champion since replaced still carries the decision it was given: shown as replaced
-                "decision": "replaced"
-                if tags.get(DECISION) == CHAMPION and CHAMPION not in aliases.get(str(mv.version), [])
-                else tags.get(DECISION),
-                "promoted_at": tags.get(AT),
-                "promoted_by": tags.get(BY),
-                "reason": tags.get(REASON),
-                "replaced": tags.get(REPLACED),
-                "run_id": mv.run_id,
-                "tags": tags,
-            }
-        )
+        held = sorted(alias for alias, v in (model.aliases or {}).items() if str(v) == str(mv.version))
+        decision = tags.get(p.DECISION)
+        rows.append({
+            "version": int(mv.version),
+            "generator_step": int(tags["generator_step"]) if tags.get("generator_step") else None,
+            "fid": float(tags["fid"]) if tags.get("fid") else None,
+            "protocol_id": tags.get("protocol_id"),
+            "reference": version_protocol(mv).get("reference_content_hash") or tags.get("content_hash"),
+            "aliases": held,
+            "registered_at": mv.creation_timestamp,
+            # a champion since replaced still carries the decision it was given: shown as replaced
+            "decision": "replaced" if decision == p.CHAMPION and p.CHAMPION not in held else decision,
+            "promoted_at": tags.get(p.AT),
+            "promoted_by": tags.get(p.BY),
+            "reason": tags.get(p.REASON),
+            "replaced": tags.get(p.REPLACED),
+            "run_id": mv.run_id,
+            "tags": tags,
+        })
     return rows
 
 
@@ -103,12 +81,11 @@ def table(rows: list[dict[str, Any]], width: int = 60) -> str:
         reason = (r["reason"] or "").replace("\n", " ")
         fid = f"{r['fid']:.4g}" if r["fid"] is not None else "-"
         when = f"{r['decision'] or '-'} {r['promoted_at'] or ''}".strip()
-        lines.append(
-            (f"v{r['version']}", str(r["generator_step"] if r["generator_step"] is not None else "-"), fid, ref,
-             ",".join(r["aliases"]) or "-", when, r["promoted_by"] or "-",
-             reason if len(reason) <= width else reason[: width - 1] + "…")
-        )  # fmt: skip
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+        step = "-" if r["generator_step"] is None else str(r["generator_step"])
+        reason = reason if len(reason) <= width else reason[: width - 1] + "…"
+        aliases, by = ",".join(r["aliases"]) or "-", r["promoted_by"] or "-"
+        lines.append((f"v{r['version']}", step, fid, ref, aliases, when, by, reason))
+    widths = [max(map(len, column)) for column in zip(head, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
     return "\n".join(fmt.format(*row) for row in [head, *lines])
 
@@ -128,8 +105,8 @@ def promote(params: Params, version: int, reason: str | None) -> str:
     """The champion alias to `version` (a person's decision, recorded); returns what was done."""
     client, name, _ = _model(params)
     mv = _version(client, name, version)
-    champion = alias_version(client, name, CHAMPION)
-    if champion is not None and same_version(champion, mv):
+    champion = p.alias_version(client, name, p.CHAMPION)
+    if champion is not None and p.same_version(champion, mv):
         return f"{name} v{version} is the champion already"
     comparison = ""
     if champion is not None:
@@ -143,37 +120,35 @@ def promote(params: Params, version: int, reason: str | None) -> str:
         comparison = f"FID {mine:.4g} against champion v{champion.version}'s {theirs:.4g} under protocol {protocol_id(target)}"
     who, why = person(), reason or "no reason given"
     extra = {"comparison": comparison} if comparison else {}
-    with decision_lock(params):
-        record_promotion(client, name, mv.version, why, who, champion, **extra)
-    return f"{name} v{version} is the champion, promoted by {who}: {why}" + (
-        f" ({comparison})" if comparison else ""
-    )
+    with p.decision_lock(params):
+        p.record_promotion(client, name, mv.version, why, who, champion, **extra)
+    done = f"{name} v{version} is the champion, promoted by {who}: {why}"
+    return done + (f" ({comparison})" if comparison else "")
 
 
 def rollback(params: Params, reason: str | None) -> str:
     """The champion back to the version it replaced; returns what was done."""
     client, name, _ = _model(params)
     who = person()
-    with decision_lock(params):
-        champion = alias_version(client, name, CHAMPION)
+    with p.decision_lock(params):
+        champion = p.alias_version(client, name, p.CHAMPION)
         if champion is None:
             raise ConfigError(f"{name} has no champion to roll back")
         champion = client.get_model_version(name, champion.version)
-        before = champion.tags.get(REPLACED)
+        before = champion.tags.get(p.REPLACED)
         if not before:
-            raise ConfigError(
-                f"{name} v{champion.version} replaced no earlier champion: nothing to roll back to"
-            )
+            raise ConfigError(f"{name} v{champion.version} replaced no earlier champion: "
+                              "nothing to roll back to")
         previous = _version(client, name, int(before))
         why = reason or "no reason given"
-        crown(client, name, previous.version)
-        at = now_utc()
+        p.crown(client, name, previous.version)
+        at = p.now_utc()
         # `promotion.replaced` of the restored version is kept: a second rollback goes further back
         for version, decision, note, card in (
-            (previous.version, CHAMPION, f"champion again: v{champion.version} rolled back by {who}: {why}",
+            (previous.version, p.CHAMPION, f"champion again: v{champion.version} rolled back by {who}: {why}",
              f"again: v{champion.version} rolled back ({who}, {at}: {why})"),
             (champion.version, "rolled back", f"rolled back by {who}: {why}", f"by {who}, {at}: {why}"),
         ):  # fmt: skip
-            tag_version(client, name, version, {DECISION: decision, REASON: note, BY: who, AT: at})
-            restate(client, name, version, decision, card)
+            p.tag_version(client, name, version, {p.DECISION: decision, p.REASON: note, p.BY: who, p.AT: at})
+            p.restate(client, name, version, decision, card)
     return f"{name}: champion v{champion.version} rolled back to v{previous.version} ({why})"

@@ -23,13 +23,8 @@ from sagan_core.evaluate.identity import protocol_difference
 log = logging.getLogger("sagan.registry")
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION, REASON, BY, AT, REPLACED = (
-    f"promotion.{k}" for k in ("decision", "reason", "by", "at", "replaced")
-)
+    f"promotion.{k}" for k in ("decision", "reason", "by", "at", "replaced"))
 GATE = "sagan register (FID gate)"  # promotion.by of the gate's decisions; people's carry their name
-
-
-def error_code(e: Exception) -> str:
-    return str(getattr(e, "error_code", ""))
 
 
 def same_version(a, b) -> bool:
@@ -47,7 +42,7 @@ def alias_version(client, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in error_code(e) or "INVALID_PARAMETER_VALUE" in error_code(e):
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
 
@@ -69,16 +64,10 @@ def decide(mv, champion, min_improvement: float, why_not: str = "") -> tuple[boo
         )
     same = champion.tags.get("protocol_id") == mv.tags.get("protocol_id")
     again = "" if same else " (scored again under this protocol)"
-    gain = c_fid - fid
-    if gain > min_improvement:
-        return True, (
-            f"FID {fid:.4g} beats champion v{champion.version}'s {c_fid:.4g}{again} by {gain:.4g} "
-            f"> min_improvement {min_improvement:g}"
-        )
-    return False, (
-        f"FID {fid:.4g} does not beat champion v{champion.version}'s {c_fid:.4g}{again} by more than "
-        f"min_improvement {min_improvement:g}"
-    )
+    theirs = f"champion v{champion.version}'s {c_fid:.4g}{again}"
+    if (gain := c_fid - fid) > min_improvement:
+        return True, f"FID {fid:.4g} beats {theirs} by {gain:.4g} > min_improvement {min_improvement:g}"
+    return False, f"FID {fid:.4g} does not beat {theirs} by more than min_improvement {min_improvement:g}"
 
 
 def current_standing(client, name: str, mv) -> tuple[str, str]:
@@ -97,23 +86,26 @@ def decision_lock(params: Params):
 
 
 def gate(client, params: Params, name: str, mv) -> tuple[str, str]:
-    """The FID gate for a new version `mv`: (decision, reason), aliases and tags set."""
-    why_not = _score_champion(client, params, name, mv)
+    """The FID gate for a new version `mv`: (decision, reason), aliases and tags set. The champion is
+    first scored under `mv`'s protocol where needed, outside the lock (`why_not`: why it could not be)."""
+    why_not, champion = "", alias_version(client, name, CHAMPION)
+    if champion is not None and not same_version(champion, mv):
+        try:
+            score_under(client, params, name, champion, version_protocol(mv))
+        except SaganError as e:
+            log.warning("%s", e)
+            why_not = str(e)
     with decision_lock(params):
-        return _promote(client, name, mv, params.registry.min_improvement, why_not)
-
-
-def _score_champion(client, params: Params, name: str, mv) -> str:
-    """Score the champion under `mv`'s protocol where needed; '' when comparable, else why not."""
-    champion = alias_version(client, name, CHAMPION)
-    if champion is None or same_version(champion, mv):
-        return ""
-    try:
-        score_under(client, params, name, champion, version_protocol(mv))
-        return ""
-    except SaganError as e:
-        log.warning("%s", e)
-        return str(e)
+        champion = alias_version(client, name, CHAMPION)
+        if champion is not None and not same_version(champion, mv):
+            champion = client.get_model_version(name, champion.version)  # with the tags compare.py set
+        promote, reason = decide(mv, champion, params.registry.min_improvement, why_not)
+        if promote:
+            record_promotion(client, name, mv.version, reason, GATE, champion)
+            return CHAMPION, reason
+        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        tag_version(client, name, mv.version, {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()})
+        return CHALLENGER, reason
 
 
 def tag_version(client, name: str, version, tags: dict[str, str]) -> None:
@@ -146,24 +138,9 @@ def record_promotion(client, name: str, version, reason: str, by: str, replaced=
     tags = {DECISION: CHAMPION, REASON: reason, BY: by, AT: now_utc()}
     if replaced is not None and str(replaced.version) != str(version):
         tags[REPLACED] = str(replaced.version)
-    tags |= {f"promotion.{key}": value for key, value in more.items()}
-    tag_version(client, name, version, tags)
+    tag_version(client, name, version, tags | {f"promotion.{key}": value for key, value in more.items()})
     restate(client, name, version, CHAMPION, f"{reason} ({by}, {tags[AT]})")
-    if replaced is not None and str(replaced.version) != str(version):
-        restate(
-            client, name, replaced.version, "replaced", f"v{version} became the champion ({by}, {tags[AT]})"
-        )
+    if REPLACED in tags:
+        restate(client, name, tags[REPLACED], "replaced",
+                f"v{version} became the champion ({by}, {tags[AT]})")
 
-
-def _promote(client, name: str, mv, min_improvement: float, why_not: str = "") -> tuple[str, str]:
-    """Decide and set the alias of version `mv` (under the promotion lock); (decision, reason)."""
-    champion = alias_version(client, name, CHAMPION)
-    if champion is not None and not same_version(champion, mv):
-        champion = client.get_model_version(name, champion.version)  # with the tags compare.py set
-    promote, reason = decide(mv, champion, min_improvement, why_not)
-    if promote:
-        record_promotion(client, name, mv.version, reason, GATE, champion)
-        return CHAMPION, reason
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
-    tag_version(client, name, mv.version, {DECISION: CHALLENGER, REASON: reason, BY: GATE, AT: now_utc()})
-    return CHALLENGER, reason

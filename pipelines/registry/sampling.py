@@ -44,13 +44,11 @@ def _is_checkpoint(model: str) -> bool:
 
 
 def load_sampler(model: str, params: Params) -> Sampler:
+    from sagan_core.model import checkpoint as ckpt_io
+
     if model in ("best", "last"):  # train.out_dir's best.pt (else the last) or checkpoint.pt
-        from sagan_core.model.checkpoint import resolve
-
-        model = str(resolve(params.train, model))
+        model = str(ckpt_io.resolve(params.train, model))
     if _is_checkpoint(model):
-        from sagan_core.model import checkpoint as ckpt_io
-
         g, meta = ckpt_io.load_generator(model, use_ema=True, device="cpu")
         generate = lambda z, y: g(z, y if g.spec.num_classes else None)  # noqa: E731
         return Sampler(generate, g.spec.z_dim, g.spec.num_classes, list(meta.get("class_names", [])), model)

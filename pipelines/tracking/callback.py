@@ -218,8 +218,7 @@ class MlflowCallback(Callback):
         self.ended = True
         self.uploads.close()  # queued uploads finish first (failures were reported as they came)
         self._guard("flushing metrics", self._flush)
-        if self.error is None:
-            self._guard("uploading the checkpoint", self._log_final, summary)
+        self._guard("uploading the checkpoint", self._log_final, summary)  # skipped after a failure
         self._terminate("FINISHED" if self.error is None else "FAILED")
         if self.error is not None:
             raise artifact_error(self.uri, self.error, self.client, self.run_id) from None

@@ -59,9 +59,8 @@ class RunRecord:
 
     def trained(self, step: int, steps: int) -> bool:
         """Whether it finished training the checkpoint at `step` (or wrote it at train.steps: an outage)."""
-        if self.checkpoint_step == UNKNOWN or self.step == step:
-            return True
-        return self.checkpoint_step == step and step >= steps
+        done = self.checkpoint_step == UNKNOWN or self.step == step
+        return done or (self.checkpoint_step == step and step >= steps)
 
 
 def read_run_record(params: Params) -> RunRecord | None:

@@ -37,19 +37,14 @@ def enabled(params: Params) -> bool:
     return params.tracking.enabled and env not in ("0", "off", "false", "no")
 
 
-# ---- URIs and connection -------------------------------------------------------------------------
 def redact(uri: str) -> str:
     """The URI without user:password@ (never print or log credentials)."""
     try:
         parts = urlsplit(uri)
     except ValueError:
         return uri
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=host))
-    return uri
+    # the host after the last "@", as written (an IPv6 literal keeps its brackets)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else uri
 
 
 # scheme://user:password@ anywhere in a message (MLflow's and requests' errors quote the full URL)
@@ -61,30 +56,15 @@ def scrub(text: str) -> str:
     return _USER_INFO.sub(r"\1", text)
 
 
-class _ScrubFilter(logging.Filter):
-    """Rewrites a log record whose text carries user-info (MLflow logs request URLs on failures)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
-            return True
-        if _USER_INFO.search(message):
-            record.msg, record.args = scrub(message), None
+def _scrub_record(record: logging.LogRecord) -> bool:
+    """Log filter: rewrites a record whose text carries user-info (MLflow logs request URLs on failures)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
         return True
-
-
-def _hide_credentials(uri: str) -> None:
-    """Keep a user-info URI out of every line MLflow prints: its "View run ... at: <URL>" goes to
-    stdout with no logger to filter (so the public switch turns it off); its loggers end in the
-    "mlflow" logger's own handler (propagate=False), which gets the filter, as does urllib3's."""
-    if uri != redact(uri):
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    for name in ("mlflow", "urllib3.connectionpool"):
-        logger = logging.getLogger(name)
-        for target in (logger, *logger.handlers):
-            if not any(isinstance(f, _ScrubFilter) for f in target.filters):
-                target.addFilter(_ScrubFilter())
+    if _USER_INFO.search(message):
+        record.msg, record.args = scrub(message), None
+    return True
 
 
 def project_root() -> Path:
@@ -94,11 +74,8 @@ def project_root() -> Path:
 
 
 def tracking_uri(params: Params) -> str:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
     uri = params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{project_root() / 'mlflow.db'}"
+    return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def _is_local_store(uri: str) -> bool:
@@ -110,14 +87,21 @@ def connect(params: Params):
     for k, v in _HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
     import mlflow
-    from mlflow import MlflowClient
 
     # urllib3 warns on every retry; the retries are expected and the final failure is reported once.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     # MLflow logs each database error with its traceback (90 lines for a full disk), then raises it.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri(params)
-    _hide_credentials(uri)
+    # Keep a user-info URI out of every line MLflow prints: its "View run ... at: <URL>" goes to
+    # stdout with no logger to filter (so the public switch turns it off); its loggers end in the
+    # "mlflow" logger's own handler (propagate=False), which gets the filter, as does urllib3's.
+    if uri != redact(uri):
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    for name in ("mlflow", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            target.addFilter(_scrub_record)  # added once: addFilter skips a filter already there
     # set_*_uri also export $MLFLOW_TRACKING_URI/$MLFLOW_REGISTRY_URI; left there, the next project
     # connected in this process (a worker serving several, the tests) would record into this one.
     kept = {n: os.environ.get(n) for n in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -132,7 +116,7 @@ def connect(params: Params):
         Path(db).parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock") if db else contextlib.nullcontext():
         try:
-            client = MlflowClient(uri, registry_uri=uri)
+            client = mlflow.MlflowClient(uri, registry_uri=uri)
         except Exception as e:  # a new sqlite store on a full disk; anything else keeps its traceback
             if local := local_write_failure(uri, e):
                 raise local from None
@@ -257,10 +241,8 @@ def call(uri: str, fn, *args, **kwargs):
             raise server_store_error(uri) from None
         if local := local_write_failure(uri, e):
             raise local from None
-        failing = (
-            isinstance(e, MlflowException) and e.get_http_status_code() >= 500 and not _is_local_store(uri)
-        )
-        if _transport(e) or failing:  # a server's 5xx answer: "unreachable or failing" as well
+        failing = isinstance(e, MlflowException) and e.get_http_status_code() >= 500
+        if _transport(e) or (failing and not _is_local_store(uri)):  # a server's 5xx: "failing" as well
             raise unreachable(uri, e) from None
         raise
 
