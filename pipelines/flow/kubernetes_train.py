@@ -147,15 +147,18 @@ def wait(
         if outcome == "succeeded":
             log(f"job {name} succeeded")
             return
-        timed_out = not outcome and timeout_s is not None and elapsed > timeout_s
-        if outcome or timed_out:
-            lines = _last_lines(name, namespace)  # before a delete takes the pods' logs with them
-            if timed_out:
-                _kubectl("delete", "job,service", name, "--namespace", namespace, "--ignore-not-found")
-                outcome = f"not done after {timeout_s:.0f} s: deleted (with its pods)"
-            else:
-                outcome += f": {_failed_pods(name, namespace)}"
-            raise SaganError(f"kubernetes job {name} {outcome}; last lines: {lines}")
+        if outcome:
+            raise SaganError(
+                f"kubernetes job {name} {outcome}: {_failed_pods(name, namespace)}; "
+                f"last lines: {_last_lines(name, namespace)}"
+            )
+        if timeout_s is not None and elapsed > timeout_s:
+            lines = _last_lines(name, namespace)  # before the delete takes the pods' logs with them
+            _kubectl("delete", "job,service", name, "--namespace", namespace, "--ignore-not-found")
+            raise SaganError(
+                f"kubernetes job {name} not done after {timeout_s:.0f} s: deleted (with its pods); "
+                f"last lines: {lines}"
+            )
         time.sleep(poll_s)
 
 

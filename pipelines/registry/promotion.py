@@ -23,7 +23,8 @@ from sagan_core.evaluate.identity import protocol_difference
 log = logging.getLogger("sagan.registry")
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION, REASON, BY, AT, REPLACED = (
-    f"promotion.{k}" for k in ("decision", "reason", "by", "at", "replaced"))
+    f"promotion.{k}" for k in ("decision", "reason", "by", "at", "replaced")
+)
 GATE = "sagan register (FID gate)"  # promotion.by of the gate's decisions; people's carry their name
 
 

@@ -63,10 +63,11 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict[str, Any]:
         manifest = _build(source, cfg, new, progress)
         _swap_in(new, out)
         rejections.rejected_path(cfg.prepared_dir).unlink(missing_ok=True)
-    except BaseException as e:
+    except WriteError as e:  # named by the build folder's file: the user knows data.prepared_dir
         _remove(new)
-        if isinstance(e, WriteError):  # named by the build folder's file: the user knows data.prepared_dir
-            raise WriteError(out, e.error, kept) from None
+        raise WriteError(out, e.error, kept) from None
+    except BaseException:
+        _remove(new)
         raise
     return manifest
 

@@ -6,11 +6,15 @@ import hashlib
 import json
 from typing import Any
 
-# Not the generator's step or EMA, timings or the sampling seed. "protocol": the feature-extraction
-# recipe (a string) or a dict of the fields above
+# Not the generator's step or EMA, timings or the sampling seed
 PROTOCOL_KEYS = (
-    "num_samples", "reference_split", "reference_size", "reference_content_hash", "weights_sha256", "dims",
-    "protocol",
+    "num_samples",
+    "reference_split",
+    "reference_size",
+    "reference_content_hash",
+    "weights_sha256",
+    "dims",
+    "protocol",  # the feature-extraction recipe (a string) or a dict of the fields above
 )
 
 

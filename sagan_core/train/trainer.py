@@ -222,7 +222,8 @@ class Trainer:
         s.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         s.opt_g.step()
-        return torch.stack([loss_d, loss_g, d_real.float().mean(), d_fake.float().mean()]).detach()
+        with torch.no_grad():  # numbers for the log: no graph built for them
+            return torch.stack([loss_d, loss_g, d_real.float().mean(), d_fake.float().mean()])
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, main, s = self.cfg, self.dist.is_main, self.state
